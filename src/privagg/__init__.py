@@ -1,0 +1,99 @@
+"""privagg: secure aggregation and differential privacy for federated learning.
+
+Recipes (the front door)::
+
+    import privagg
+    total = privagg.secure_sum(updates, backend="ckks")        # dict name -> array
+
+    backend = privagg.get_backend("paillier", bound=1.0)
+    session = backend.setup(privagg.Layout.from_arrays(updates[0]), max_clients=10)
+    result = privagg.run_round(session, {"a": upd_a, "b": upd_b})
+
+Everything that can fail raises a subclass of :class:`privagg.PrivaggError`.
+Low-level pieces (raw backends, deterministic RNGs for tests) live in
+:mod:`privagg.hazmat`.
+"""
+
+from privagg._rng import Rng, SystemRng
+from privagg.encoding import EncodedVector, FixedPointEncoder
+from privagg.envelope import FORMAT_VERSION, Scheme, from_bytes
+from privagg.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    DeserializationError,
+    EncodingOverflowError,
+    InsufficientParticipantsError,
+    MissingKeyError,
+    ParameterMismatchError,
+    PrivaggError,
+    ProtocolError,
+    UnsupportedError,
+    UnsupportedEventError,
+    UnsupportedReason,
+)
+from privagg.keys import (
+    NoProtection,
+    PasswordProtection,
+    SecretBytes,
+    SecretKey,
+    read_secret_file,
+    write_secret_file,
+)
+from privagg.layout import Layout, TensorSpec
+from privagg.protocols import (
+    AggregatorRole,
+    Backend,
+    ClientRole,
+    HolderRole,
+    NoiseShare,
+    Recovered,
+    Session,
+)
+from privagg.registry import available_backends, get_backend, register_backend
+from privagg.simulation import RoundResult, run_round, secure_sum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "AggregatorRole",
+    "Backend",
+    "BudgetExceededError",
+    "ClientRole",
+    "ConfigurationError",
+    "DeserializationError",
+    "EncodedVector",
+    "EncodingOverflowError",
+    "FixedPointEncoder",
+    "HolderRole",
+    "InsufficientParticipantsError",
+    "Layout",
+    "MissingKeyError",
+    "NoProtection",
+    "NoiseShare",
+    "ParameterMismatchError",
+    "PasswordProtection",
+    "PrivaggError",
+    "ProtocolError",
+    "Recovered",
+    "Rng",
+    "RoundResult",
+    "Scheme",
+    "SecretBytes",
+    "SecretKey",
+    "Session",
+    "SystemRng",
+    "TensorSpec",
+    "UnsupportedError",
+    "UnsupportedEventError",
+    "UnsupportedReason",
+    "__version__",
+    "available_backends",
+    "from_bytes",
+    "get_backend",
+    "read_secret_file",
+    "register_backend",
+    "run_round",
+    "secure_sum",
+    "write_secret_file",
+]

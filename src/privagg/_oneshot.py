@@ -1,0 +1,248 @@
+"""Reusable roles for one-shot schemes (plain, CKKS, Paillier).
+
+The roles handle everything protocol-level: round and parameter checks, client ids,
+replay and duplicate rejection, contributor bookkeeping. A backend supplies only the
+cryptography through three small codecs (:class:`ClientCodec`, :class:`CombineCodec`,
+:class:`RecoverCodec`): composition, not inheritance.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from privagg._rng import Rng, SystemRng
+from privagg.envelope import Scheme
+from privagg.errors import (
+    ConfigurationError,
+    InsufficientParticipantsError,
+    ParameterMismatchError,
+    ProtocolError,
+)
+from privagg.layout import FloatVector, Layout
+from privagg.messages import AggregateMessage, Contribution, RoundRequest
+from privagg.protocols import Recovered, Responder
+
+__all__ = [
+    "ClientCodec",
+    "CombineCodec",
+    "OneShotAggregator",
+    "OneShotClient",
+    "OneShotHolder",
+    "OneShotSession",
+    "RecoverCodec",
+]
+
+
+class ClientCodec(Protocol):
+    """Client side: protect one weighted update into an opaque body."""
+
+    def protect(self, update: FloatVector, weight: float, rng: Rng) -> bytes: ...
+
+
+class CombineCodec(Protocol):
+    """Aggregator side: combine bodies without learning them."""
+
+    def combine(self, bodies: Sequence[bytes]) -> bytes: ...
+
+
+class RecoverCodec(Protocol):
+    """Holder side: recover the float sum from a combined body."""
+
+    def recover(self, body: bytes, n_contributions: int) -> FloatVector: ...
+
+
+def _check_params(got: bytes, want: bytes, what: str) -> None:
+    if not hmac.compare_digest(got, want):
+        raise ParameterMismatchError(
+            f"{what} was made under different parameters or keys"
+        )
+
+
+@dataclass
+class OneShotClient:
+    """A one-shot client: answers the single request with its protected update."""
+
+    scheme: Scheme
+    params_id: bytes
+    party_id: str
+    round_id: int
+    codec: ClientCodec
+    update: FloatVector
+    weight: float
+    rng: Rng = field(default_factory=SystemRng)
+    _answered: bool = False
+
+    def handle(self, request: bytes) -> bytes:
+        """Check the request and return the protected update."""
+        req = RoundRequest.from_bytes(request)
+        if req.scheme != self.scheme:
+            raise ProtocolError("request is for another scheme")
+        _check_params(req.params_id, self.params_id, "the request")
+        if req.round_id != self.round_id or req.client_id != self.party_id:
+            raise ProtocolError("request is for another round or client")
+        if self._answered:
+            raise ProtocolError("this client already contributed to this round")
+        body = self.codec.protect(self.update, self.weight, self.rng)
+        self._answered = True
+        return Contribution(
+            self.scheme, self.params_id, self.round_id, self.party_id, body
+        ).to_bytes()
+
+    def __repr__(self) -> str:
+        return f"OneShotClient({self.scheme.name}, client={self.party_id!r}, round={self.round_id})"
+
+
+@dataclass
+class OneShotAggregator:
+    """A one-shot aggregator: one request per client, then combine what came back."""
+
+    scheme: Scheme
+    params_id: bytes
+    round_id: int
+    client_ids: tuple[str, ...]
+    codec: CombineCodec
+    min_contributions: int = 1
+    _result: bytes | None = None
+    _started: bool = False
+
+    def __post_init__(self) -> None:
+        if len(set(self.client_ids)) != len(self.client_ids):
+            raise ConfigurationError("client ids must be unique")
+
+    def start(self) -> dict[str, bytes]:
+        """Send every client a request for this round."""
+        if self._started:
+            raise ProtocolError("round already started")
+        self._started = True
+        return {
+            cid: RoundRequest(
+                self.scheme, self.params_id, self.round_id, cid
+            ).to_bytes()
+            for cid in self.client_ids
+        }
+
+    def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Validate every reply, then combine. Replies from unknown parties are errors."""
+        if not self._started or self._result is not None:
+            raise ProtocolError("receive() called out of order")
+        bodies: list[bytes] = []
+        contributors: list[str] = []
+        expected = set(self.client_ids)
+        for sender, data in replies.items():
+            if sender not in expected:
+                raise ProtocolError(f"reply from unexpected party {sender!r}")
+            msg = Contribution.from_bytes(data)
+            if msg.scheme != self.scheme:
+                raise ProtocolError(f"client {sender!r} answered with another scheme")
+            _check_params(
+                msg.params_id, self.params_id, f"client {sender!r}'s contribution"
+            )
+            if msg.round_id != self.round_id:
+                raise ProtocolError(
+                    f"client {sender!r} sent a contribution for another round (replay?)"
+                )
+            if msg.client_id != sender:
+                raise ProtocolError(
+                    f"client {sender!r} sent a contribution labelled {msg.client_id!r}"
+                )
+            bodies.append(msg.body)
+            contributors.append(sender)
+        if len(contributors) < self.min_contributions:
+            raise InsufficientParticipantsError(
+                f"{len(contributors)} contribution(s) arrived, at least {self.min_contributions} needed"
+            )
+        order = sorted(range(len(contributors)), key=contributors.__getitem__)
+        body = self.codec.combine([bodies[i] for i in order])
+        self._result = AggregateMessage(
+            self.scheme,
+            self.params_id,
+            self.round_id,
+            tuple(contributors[i] for i in order),
+            body,
+        ).to_bytes()
+        return {}
+
+    @property
+    def done(self) -> bool:
+        """True once the replies were combined."""
+        return self._result is not None
+
+    def result(self) -> bytes:
+        """The combined, still protected aggregate."""
+        if self._result is None:
+            raise ProtocolError("the round has not finished")
+        return self._result
+
+
+@dataclass
+class OneShotHolder:
+    """A one-shot result holder."""
+
+    scheme: Scheme
+    params_id: bytes
+    codec: RecoverCodec
+
+    def recover(self, result: bytes) -> Recovered:
+        """Check the aggregate's parameters and recover the float sum."""
+        msg = AggregateMessage.from_bytes(result)
+        if msg.scheme != self.scheme:
+            raise ProtocolError("aggregate is of another scheme")
+        _check_params(msg.params_id, self.params_id, "the aggregate")
+        vec = self.codec.recover(msg.body, len(msg.contributors))
+        return Recovered(vec, msg.contributors)
+
+
+@dataclass
+class OneShotSession:
+    """A session for a one-shot scheme, built from the backend's codecs."""
+
+    backend_name: str
+    scheme: Scheme
+    layout: Layout
+    params_id: bytes
+    client_codec: ClientCodec
+    combine_codec: CombineCodec
+    recover_codec: Callable[[], RecoverCodec]
+    max_weight: float | None = None
+
+    def aggregator(self, round_id: int, client_ids: Sequence[str]) -> OneShotAggregator:
+        """The aggregator for one round."""
+        return OneShotAggregator(
+            self.scheme, self.params_id, round_id, tuple(client_ids), self.combine_codec
+        )
+
+    def client(
+        self,
+        client_id: str,
+        round_id: int,
+        update: FloatVector,
+        *,
+        weight: float = 1.0,
+        rng: Rng | None = None,
+    ) -> OneShotClient:
+        """A client for one round."""
+        if update.shape != (self.layout.size,):
+            raise ParameterMismatchError(
+                f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
+            )
+        return OneShotClient(
+            self.scheme,
+            self.params_id,
+            client_id,
+            round_id,
+            self.client_codec,
+            update,
+            float(weight),
+            rng or SystemRng(),
+        )
+
+    def servers(self, round_id: int) -> dict[str, Responder]:
+        """One-shot schemes have no extra servers."""
+        return {}
+
+    def holder(self) -> OneShotHolder:
+        """The result holder (for CKKS and Paillier: whoever holds the secret key)."""
+        return OneShotHolder(self.scheme, self.params_id, self.recover_codec())

@@ -1,0 +1,1 @@
+"""Secure-aggregation backends. Import them through :func:`privagg.get_backend`."""

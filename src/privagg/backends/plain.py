@@ -1,0 +1,100 @@
+"""The plaintext reference backend. **Insecure**: the aggregator sees every update.
+
+It exists to define correct behaviour (every secure backend must agree with it within
+its tolerance) and as a fast baseline in benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from privagg._oneshot import OneShotSession
+from privagg._rng import Rng
+from privagg.envelope import PayloadReader, PayloadWriter, Scheme
+from privagg.errors import ConfigurationError, DeserializationError
+from privagg.keys import fingerprint
+from privagg.layout import FloatVector, Layout
+from privagg.protocols import NoiseShare
+
+__all__ = ["PlainBackend"]
+
+_EPS = 2.0**-52
+
+
+def _vector_body(v: FloatVector) -> bytes:
+    return PayloadWriter().array(np.ascontiguousarray(v, dtype=np.float64)).getvalue()
+
+
+def _read_vector(body: bytes, size: int) -> FloatVector:
+    r = PayloadReader(body)
+    v = r.array()
+    r.done()
+    if v.dtype != np.float64 or v.shape != (size,):
+        raise DeserializationError()
+    return v
+
+
+@dataclass(frozen=True)
+class _Codec:
+    size: int
+    noise: NoiseShare | None
+
+    def protect(self, update: FloatVector, weight: float, rng: Rng) -> bytes:
+        v = weight * update
+        if self.noise is not None:
+            v = v + self.noise.sample_real(v.size, rng=rng)
+        return _vector_body(v)
+
+    def combine(self, bodies: Sequence[bytes]) -> bytes:
+        acc = np.zeros(self.size, dtype=np.float64)
+        for b in bodies:
+            acc += _read_vector(b, self.size)
+        return _vector_body(acc)
+
+    def recover(self, body: bytes, n_contributions: int) -> FloatVector:
+        return _read_vector(body, self.size)
+
+
+class PlainBackend:
+    """Float64 sums in the clear. The reference every secure backend is tested against."""
+
+    name: ClassVar[str] = "plain"
+
+    def __init__(self) -> None:
+        pass
+
+    @property
+    def value_bound(self) -> float | None:
+        """No bound: any finite float is accepted."""
+        return None
+
+    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
+        """Float64 summation error bound: about ``n * max_abs * 2**-52`` with margin."""
+        return 4.0 * n_clients * max(max_abs, 1e-300) * _EPS
+
+    def setup(
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
+    ) -> OneShotSession:
+        """A session for ``layout`` (no keys to generate)."""
+        if not isinstance(max_clients, int) or max_clients < 1:
+            raise ConfigurationError(
+                f"max_clients must be an int >= 1, got {max_clients!r}"
+            )
+        params_id = fingerprint(b"plain/v1", layout.fingerprint)
+        codec = _Codec(layout.size, noise)
+        return OneShotSession(
+            "plain", Scheme.PLAIN, layout, params_id, codec, codec, lambda: codec
+        )
+
+    def __repr__(self) -> str:
+        return "PlainBackend()"

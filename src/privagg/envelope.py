@@ -1,0 +1,338 @@
+"""One versioned binary envelope for every privagg message.
+
+Layout (all integers big-endian)::
+
+    offset  size  field
+    0       4     magic  b"PVAG"
+    4       2     format version (currently 1)
+    6       1     scheme id        (Scheme)
+    7       1     message kind     (per scheme; see each backend)
+    8       32    params_id        (fingerprint of the public parameters + layout)
+    40      8     round id
+    48      8     payload length L
+    56      L     payload
+    56+L    16    BLAKE2b-128 digest of bytes [0, 56+L)
+
+The digest detects truncation and accidental corruption (a flipped bit anywhere is
+rejected). It is *not* authentication: anyone can recompute it. Authenticity, where the
+threat model needs it, comes from the protocol (AES-GCM between parties, Ed25519
+signatures in SecAgg+).
+
+Decoding never unpickles or imports anything named by the data: the (scheme, kind) pair
+selects a class from a closed registry, and every failure raises the same opaque
+:class:`~privagg.errors.DeserializationError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg.errors import DeserializationError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "Header",
+    "Message",
+    "PayloadReader",
+    "PayloadWriter",
+    "Scheme",
+    "decode_guard",
+    "from_bytes",
+    "open_envelope",
+    "register_message",
+    "seal",
+]
+
+MAGIC = b"PVAG"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">4sHBB32sQQ")
+_DIGEST_SIZE = 16
+PARAMS_ID_SIZE = 32
+
+
+class Scheme(enum.IntEnum):
+    """Closed set of schemes that may appear in an envelope."""
+
+    CORE = 0
+    PLAIN = 1
+    CKKS = 2
+    PAILLIER = 3
+    SECAGG = 4
+    ADDITIVE = 5
+
+
+# Where each scheme's message classes live. Closed: the data picks an entry, never a path.
+_SCHEME_MODULES: dict[Scheme, str] = {
+    Scheme.CORE: "privagg.messages",
+    Scheme.PLAIN: "privagg.messages",
+    Scheme.CKKS: "privagg.messages",
+    Scheme.PAILLIER: "privagg.messages",
+    Scheme.SECAGG: "privagg.backends.secagg",
+    Scheme.ADDITIVE: "privagg.backends.additive",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The fixed-size envelope header."""
+
+    scheme: Scheme
+    kind: int
+    params_id: bytes
+    round_id: int
+    version: int = FORMAT_VERSION
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).digest()
+
+
+def seal(header: Header, payload: bytes) -> bytes:
+    """Wrap ``payload`` in an envelope."""
+    if len(header.params_id) != PARAMS_ID_SIZE:
+        raise ValueError(
+            f"params_id must be {PARAMS_ID_SIZE} bytes, got {len(header.params_id)}"
+        )
+    if not 0 <= header.kind <= 255:
+        raise ValueError(f"kind must fit one byte, got {header.kind}")
+    if not 0 <= header.round_id < 1 << 64:
+        raise ValueError(f"round_id must fit 64 bits, got {header.round_id}")
+    head = _HEADER.pack(
+        MAGIC,
+        header.version,
+        int(header.scheme),
+        header.kind,
+        header.params_id,
+        header.round_id,
+        len(payload),
+    )
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    h.update(head)
+    h.update(payload)
+    return b"".join((head, payload, h.digest()))
+
+
+def open_envelope(data: bytes | bytearray | memoryview) -> tuple[Header, memoryview]:
+    """Check an envelope and return its header and a view of its payload.
+
+    Raises:
+        DeserializationError: bad magic, unknown version or scheme, wrong length, or a
+            digest mismatch (truncated or corrupted bytes).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DeserializationError()
+    view = memoryview(data).cast("B")
+    if len(view) < _HEADER.size + _DIGEST_SIZE:
+        raise DeserializationError()
+    magic, version, scheme, kind, params_id, round_id, length = _HEADER.unpack_from(
+        view, 0
+    )
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise DeserializationError()
+    if len(view) != _HEADER.size + length + _DIGEST_SIZE:
+        raise DeserializationError()
+    end = _HEADER.size + length
+    if _digest(view[:end]) != bytes(view[end:]):
+        raise DeserializationError()
+    try:
+        sch = Scheme(scheme)
+    except ValueError:
+        raise DeserializationError() from None
+    return Header(sch, kind, bytes(params_id), round_id, version), view[
+        _HEADER.size : end
+    ]
+
+
+class Message(Protocol):
+    """What every registered message class provides."""
+
+    SCHEME: ClassVar[Scheme]
+    KIND: ClassVar[int]
+
+    def to_bytes(self) -> bytes: ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self: ...
+
+
+_MessageT = TypeVar("_MessageT")
+_REGISTRY: dict[tuple[Scheme, int], Callable[[bytes], Any]] = {}
+
+
+def register_message(
+    *pairs: tuple[Scheme, int],
+) -> Callable[[type[_MessageT]], type[_MessageT]]:
+    """Class decorator: let :func:`from_bytes` decode envelopes with these (scheme, kind)."""
+
+    def deco(cls: type[_MessageT]) -> type[_MessageT]:
+        for pair in pairs:
+            if pair in _REGISTRY:
+                raise RuntimeError(f"message kind {pair} registered twice")
+            _REGISTRY[pair] = cls.from_bytes  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def from_bytes(data: bytes) -> Any:
+    """Decode any privagg envelope into its typed message.
+
+    Raises:
+        DeserializationError: the bytes are not a well-formed privagg message.
+    """
+    header, _ = open_envelope(data)
+    key = (header.scheme, header.kind)
+    if key not in _REGISTRY:
+        try:
+            importlib.import_module(_SCHEME_MODULES[header.scheme])
+        except ImportError:
+            raise DeserializationError() from None
+    decoder = _REGISTRY.get(key)
+    if decoder is None:
+        raise DeserializationError()
+    return decoder(data)
+
+
+# -- payload codec -----------------------------------------------------------------------
+class PayloadWriter:
+    """Appends length-prefixed fields to a payload."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u8(self, v: int) -> PayloadWriter:
+        self._parts.append(struct.pack(">B", v))
+        return self
+
+    def u32(self, v: int) -> PayloadWriter:
+        self._parts.append(struct.pack(">I", v))
+        return self
+
+    def u64(self, v: int) -> PayloadWriter:
+        self._parts.append(struct.pack(">Q", v))
+        return self
+
+    def f64(self, v: float) -> PayloadWriter:
+        self._parts.append(struct.pack(">d", v))
+        return self
+
+    def blob(self, b: bytes | memoryview) -> PayloadWriter:
+        self._parts.append(struct.pack(">Q", len(b)))
+        self._parts.append(bytes(b))
+        return self
+
+    def text(self, s: str) -> PayloadWriter:
+        return self.blob(s.encode("utf-8"))
+
+    def int_big(self, v: int) -> PayloadWriter:
+        """A non-negative arbitrary-precision integer."""
+        if v < 0:
+            raise ValueError("int_big takes non-negative integers")
+        return self.blob(v.to_bytes((v.bit_length() + 7) // 8 or 1, "big"))
+
+    def array(self, a: npt.NDArray[Any]) -> PayloadWriter:
+        """A 1-d little-endian array of a fixed numeric dtype."""
+        arr = np.ascontiguousarray(a).reshape(-1)
+        code = _DTYPE_CODES[
+            arr.dtype.newbyteorder("<").str
+            if arr.dtype.byteorder == ">"
+            else arr.dtype.str
+        ]
+        self._parts.append(struct.pack(">BQ", code, arr.size))
+        self._parts.append(
+            arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        )
+        return self
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+_DTYPE_CODES = {"<f8": 1, "<u8": 2, "<i8": 3, "<u4": 4, "<f4": 5, "|u1": 6}
+_CODE_DTYPES = {v: np.dtype(k) for k, v in _DTYPE_CODES.items()}
+
+
+class PayloadReader:
+    """Reads fields written by :class:`PayloadWriter`; any overrun raises DeserializationError."""
+
+    __slots__ = ("_pos", "_view")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def _take(self, n: int) -> memoryview:
+        if n < 0 or self._pos + n > len(self._view):
+            raise DeserializationError()
+        out = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def u8(self) -> int:
+        return int(self._take(1)[0])
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self._take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack(">Q", self._take(8))[0])
+
+    def f64(self) -> float:
+        return float(struct.unpack(">d", self._take(8))[0])
+
+    def blob(self) -> bytes:
+        return bytes(self._take(self.u64()))
+
+    def blob_view(self) -> memoryview:
+        return self._take(self.u64())
+
+    def text(self) -> str:
+        try:
+            return self.blob().decode("utf-8")
+        except UnicodeDecodeError:
+            raise DeserializationError() from None
+
+    def int_big(self) -> int:
+        return int.from_bytes(self.blob(), "big")
+
+    def array(self) -> npt.NDArray[Any]:
+        code = self.u8()
+        n = self.u64()
+        dt = _CODE_DTYPES.get(code)
+        if dt is None:
+            raise DeserializationError()
+        raw = self._take(n * dt.itemsize)
+        return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True)
+
+    def done(self) -> None:
+        """Raise unless every byte was consumed."""
+        if self._pos != len(self._view):
+            raise DeserializationError()
+
+
+def decode_guard(fn: Callable[..., _MessageT]) -> Callable[..., _MessageT]:
+    """Turn any non-privagg exception raised while decoding into DeserializationError."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> _MessageT:
+        try:
+            return fn(*args, **kwargs)
+        except DeserializationError:
+            raise
+        except Exception:
+            raise DeserializationError() from None
+
+    wrapper.__name__ = getattr(fn, "__name__", "decode")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper

@@ -1,0 +1,322 @@
+"""Secret material as its own types: never pickled, never printed, exported only on purpose.
+
+* :class:`SecretBytes` holds raw secret bytes (seeds, shares, symmetric keys).
+* :class:`SecretKey` holds a backend's secret-key object (a private TenSEAL context, a
+  Paillier private key) next to a public fingerprint.
+
+Both refuse ``pickle``/``copy``, show only a fingerprint in ``repr``/``str``, and compare
+in constant time. Exporting requires an explicit :class:`Protection`:
+``NoProtection()`` to write the key in the clear on purpose, or
+``PasswordProtection(password)`` (scrypt + AES-256-GCM). :func:`write_secret_file`
+writes key files with mode 0600, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, NoReturn, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from privagg._rng import Rng, SystemRng
+from privagg.envelope import (
+    Header,
+    PayloadReader,
+    PayloadWriter,
+    Scheme,
+    open_envelope,
+    seal,
+)
+from privagg.errors import ConfigurationError, DeserializationError
+
+__all__ = [
+    "NoProtection",
+    "PasswordProtection",
+    "Protection",
+    "SecretBytes",
+    "SecretKey",
+    "fingerprint",
+    "read_secret_file",
+    "write_secret_file",
+]
+
+_SECRET_KIND = 1  # Scheme.CORE kind for an exported secret
+_NONE, _PASSWORD = 0, 1
+
+
+def fingerprint(*parts: bytes) -> bytes:
+    """SHA-256 over length-prefixed parts: a public identifier, safe to show and log."""
+    h = hashlib.sha256(b"privagg/fp/v1")
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.digest()
+
+
+class _NoCopy:
+    __slots__ = ()
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} holds secret material and cannot be pickled"
+        )
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        self.__reduce__()
+        raise AssertionError  # unreachable
+
+    def __getstate__(self) -> NoReturn:
+        self.__reduce__()
+        raise AssertionError
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} cannot be copied")
+
+
+class SecretBytes(_NoCopy):
+    """Raw secret bytes. ``reveal()`` is the only way to read them."""
+
+    __slots__ = ("_data", "_label")
+
+    def __init__(self, data: bytes, *, label: str = "secret") -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("SecretBytes takes bytes")
+        self._data = bytes(data)
+        self._label = label
+
+    @classmethod
+    def random(
+        cls, n: int, rng: Rng | None = None, *, label: str = "secret"
+    ) -> SecretBytes:
+        """``n`` fresh random bytes from ``rng`` (the OS CSPRNG by default)."""
+        return cls((rng or SystemRng()).random_bytes(n), label=label)
+
+    def reveal(self) -> bytes:
+        """The secret bytes. Call only where the secret is used."""
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def fingerprint(self) -> bytes:
+        """A one-way public identifier of the secret (SHA-256, domain separated)."""
+        return fingerprint(b"secret-bytes", self._data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretBytes):
+            return NotImplemented
+        return hmac.compare_digest(self._data, other._data)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        return f"<SecretBytes {self._label} len={len(self._data)} fp={self.fingerprint[:4].hex()}…>"
+
+    __str__ = __repr__
+
+
+_M = TypeVar("_M")
+
+
+class SecretKey(_NoCopy, Generic[_M]):
+    """A backend's secret key. The material stays inside; only a public fingerprint shows.
+
+    Args:
+        scheme: the backend's name ("ckks", "paillier", ...).
+        material: the backend's secret-key object.
+        public_fingerprint: fingerprint of the matching *public* parameters.
+        export: turns the material into bytes (used only by :meth:`to_bytes`).
+    """
+
+    __slots__ = ("_export", "_material", "_public_fingerprint", "_scheme")
+
+    def __init__(
+        self,
+        scheme: str,
+        material: _M,
+        *,
+        public_fingerprint: bytes,
+        export: Callable[[_M], bytes] | None = None,
+    ) -> None:
+        self._scheme = scheme
+        self._material = material
+        self._public_fingerprint = public_fingerprint
+        self._export = export
+
+    @property
+    def scheme(self) -> str:
+        """The backend this key belongs to."""
+        return self._scheme
+
+    @property
+    def public_fingerprint(self) -> bytes:
+        """Fingerprint of the matching public parameters (safe to show)."""
+        return self._public_fingerprint
+
+    def unsafe_material(self) -> _M:
+        """The raw secret-key object. Hazmat: for the backend that owns it."""
+        return self._material
+
+    def to_bytes(self, *, protection: Protection) -> bytes:
+        """Export the key; ``protection`` is mandatory (pass NoProtection() on purpose)."""
+        if self._export is None:
+            raise ConfigurationError(f"{self._scheme} secret keys cannot be exported")
+        return protection.wrap(
+            self._scheme, self._public_fingerprint, self._export(self._material)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretKey):
+            return NotImplemented
+        return self._scheme == other._scheme and hmac.compare_digest(
+            self._public_fingerprint, other._public_fingerprint
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._scheme, self._public_fingerprint))
+
+    def __repr__(self) -> str:
+        return f"<SecretKey {self._scheme} fp={self._public_fingerprint[:4].hex()}…>"
+
+    __str__ = __repr__
+
+
+class Protection:
+    """How an exported secret is protected. Use a subclass."""
+
+    def wrap(self, scheme: str, public_fp: bytes, secret: bytes) -> bytes:
+        """Return an envelope holding ``secret`` under this protection."""
+        raise NotImplementedError
+
+    def unwrap(self, data: bytes) -> tuple[str, bytes, bytes]:
+        """Return ``(scheme, public_fingerprint, secret)`` from :meth:`wrap`'s output."""
+        header, payload = open_envelope(data)
+        if header.scheme != Scheme.CORE or header.kind != _SECRET_KIND:
+            raise DeserializationError()
+        r = PayloadReader(payload)
+        try:
+            method = r.u8()
+            scheme = r.text()
+            if method == _NONE:
+                secret = r.blob()
+            elif method == _PASSWORD:
+                salt, nonce, ct = r.blob(), r.blob(), r.blob()
+                secret = self._decrypt(scheme, header.params_id, salt, nonce, ct)
+            else:
+                raise DeserializationError()
+            r.done()
+        except DeserializationError:
+            raise
+        except Exception:
+            raise DeserializationError() from None
+        return scheme, header.params_id, secret
+
+    def _decrypt(
+        self, scheme: str, public_fp: bytes, salt: bytes, nonce: bytes, ct: bytes
+    ) -> bytes:
+        raise DeserializationError(
+            "this secret is password-protected: use PasswordProtection"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class NoProtection(Protection):
+    """Export in the clear, on purpose (for a key that goes into an HSM/KMS, say)."""
+
+    def wrap(self, scheme: str, public_fp: bytes, secret: bytes) -> bytes:
+        """Return an envelope holding ``secret`` unprotected."""
+        payload = PayloadWriter().u8(_NONE).text(scheme).blob(secret).getvalue()
+        return seal(Header(Scheme.CORE, _SECRET_KIND, public_fp, 0), payload)
+
+    def __repr__(self) -> str:
+        return "NoProtection()"
+
+
+class PasswordProtection(Protection):
+    """scrypt(password) -> AES-256-GCM key; the scheme and public fingerprint are AAD."""
+
+    __slots__ = ("_password", "_rng")
+
+    def __init__(self, password: bytes | str, *, rng: Rng | None = None) -> None:
+        pw = password.encode("utf-8") if isinstance(password, str) else bytes(password)
+        if len(pw) < 8:
+            raise ConfigurationError("password must be at least 8 bytes")
+        self._password = pw
+        self._rng = rng or SystemRng()
+
+    def _key(self, salt: bytes) -> bytes:
+        return Scrypt(salt=salt, length=32, n=1 << 15, r=8, p=1).derive(self._password)
+
+    def wrap(self, scheme: str, public_fp: bytes, secret: bytes) -> bytes:
+        """Return an envelope holding ``secret`` encrypted under the password."""
+        salt, nonce = self._rng.random_bytes(16), self._rng.random_bytes(12)
+        aad = scheme.encode("utf-8") + public_fp
+        ct = AESGCM(self._key(salt)).encrypt(nonce, secret, aad)
+        payload = (
+            PayloadWriter()
+            .u8(_PASSWORD)
+            .text(scheme)
+            .blob(salt)
+            .blob(nonce)
+            .blob(ct)
+            .getvalue()
+        )
+        return seal(Header(Scheme.CORE, _SECRET_KIND, public_fp, 0), payload)
+
+    def _decrypt(
+        self, scheme: str, public_fp: bytes, salt: bytes, nonce: bytes, ct: bytes
+    ) -> bytes:
+        try:
+            return AESGCM(self._key(salt)).decrypt(
+                nonce, ct, scheme.encode("utf-8") + public_fp
+            )
+        except InvalidTag:
+            raise DeserializationError("wrong password or tampered key file") from None
+
+    def __repr__(self) -> str:
+        return "PasswordProtection(<password hidden>)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("PasswordProtection cannot be pickled")
+
+
+def write_secret_file(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """Read a key file, refusing one that group or others can read."""
+    p = Path(path)
+    mode = p.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"{p} is readable by group/others (mode {oct(mode)}); chmod 600 it"
+        )
+    return p.read_bytes()

@@ -1,0 +1,189 @@
+"""The typed protocols every backend implements.
+
+A round has three roles that exchange *bytes* (privagg envelopes), never objects:
+
+* **client** (:class:`ClientRole`): holds one update; answers each request with a reply.
+* **aggregator** (:class:`AggregatorRole`): untrusted; drives the stages. ``start()``
+  returns the first requests, addressed by party id; ``receive(replies)`` takes the
+  replies that arrived (a missing reply *is* a dropout) and returns the next requests,
+  until ``done``; then ``result()`` is the protected aggregate for the holder.
+* **result holder** (:class:`HolderRole`): recovers the float sum from ``result()``.
+
+Some protocols have extra responders (the servers of multi-server additive sharing);
+the aggregator addresses them by id like clients, and :meth:`Session.servers` makes them.
+
+One-shot schemes (plain, CKKS, Paillier) use a single request/reply stage; SecAgg+ uses
+several. The in-process driver :func:`privagg.run_round` only routes bytes between role
+objects, and a network runtime (Flower) routes the same bytes across machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg._rng import Rng
+from privagg.layout import FloatVector, Layout
+
+__all__ = [
+    "AGGREGATOR",
+    "AggregatorRole",
+    "Backend",
+    "ClientRole",
+    "HolderRole",
+    "NoiseShare",
+    "Recovered",
+    "Responder",
+    "Session",
+]
+
+AGGREGATOR = "aggregator"
+
+
+@runtime_checkable
+class Responder(Protocol):
+    """A party that answers the aggregator's requests (a client, or an extra server)."""
+
+    @property
+    def party_id(self) -> str:
+        """The id the aggregator addresses this party by."""
+        ...
+
+    def handle(self, request: bytes) -> bytes:
+        """Answer one request."""
+        ...
+
+
+@runtime_checkable
+class ClientRole(Responder, Protocol):
+    """A client holding one (already weighted) update for one round."""
+
+
+@runtime_checkable
+class AggregatorRole(Protocol):
+    """The untrusted aggregator's state machine for one round."""
+
+    def start(self) -> dict[str, bytes]:
+        """The first requests, by party id."""
+        ...
+
+    def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Process the replies that arrived; return the next requests ({} when done)."""
+        ...
+
+    @property
+    def done(self) -> bool:
+        """True once :meth:`result` is available."""
+        ...
+
+    def result(self) -> bytes:
+        """The protected aggregate, for the result holder."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A recovered aggregate: the float sum and the clients it includes."""
+
+    vector: FloatVector
+    contributors: tuple[str, ...]
+
+
+@runtime_checkable
+class HolderRole(Protocol):
+    """The result holder: turns the protected aggregate into floats."""
+
+    def recover(self, result: bytes) -> Recovered:
+        """Recover the weighted sum from the aggregator's result."""
+        ...
+
+
+@runtime_checkable
+class NoiseShare(Protocol):
+    """A client's share of distributed DP noise, added after encoding, before protection.
+
+    Implemented in :mod:`privagg.dp`.
+    """
+
+    def sample_encoded(
+        self, n: int, *, scale: float, rng: Rng
+    ) -> npt.NDArray[np.int64]:
+        """Integer noise in fixed-point units (``scale`` units per 1.0)."""
+        ...
+
+    def sample_real(self, n: int, *, rng: Rng) -> npt.NDArray[np.float64]:
+        """Real-valued noise, for float backends (CKKS, plain)."""
+        ...
+
+    def headroom(self, n_clients: int) -> float:
+        """A bound on |sum of n_clients shares| (float units) holding w.p. >= 1 - 2**-40."""
+        ...
+
+
+@runtime_checkable
+class Session(Protocol):
+    """The set-up of one backend for one layout: makes the roles of each round.
+
+    In one process a session is a trusted dealer (simulation). Across machines each
+    backend documents how each role is built from its own key material.
+    """
+
+    backend_name: str
+    layout: Layout
+
+    def aggregator(self, round_id: int, client_ids: Sequence[str]) -> AggregatorRole:
+        """The aggregator for a round with these clients."""
+        ...
+
+    def client(
+        self,
+        client_id: str,
+        round_id: int,
+        update: FloatVector,
+        *,
+        weight: float = 1.0,
+        rng: Rng | None = None,
+    ) -> ClientRole:
+        """A client for one round, holding ``weight * update``."""
+        ...
+
+    def servers(self, round_id: int) -> dict[str, Responder]:
+        """Extra responders of the protocol ({} for most backends)."""
+        ...
+
+    def holder(self) -> HolderRole:
+        """The result holder."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A configured secure-aggregation backend (see :func:`privagg.get_backend`)."""
+
+    name: ClassVar[str]
+
+    def setup(
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
+    ) -> Session:
+        """Generate keys/parameters for ``layout`` and up to ``max_clients`` clients."""
+        ...
+
+    @property
+    def value_bound(self) -> float | None:
+        """Largest |value| a client may contribute (before weighting); None: unbounded."""
+        ...
+
+    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
+        """Declared max absolute error of a recovered sum of ``n_clients`` values of
+        magnitude <= ``max_abs`` (0.0 for exact backends at their resolution)."""
+        ...
