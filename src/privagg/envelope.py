@@ -228,7 +228,7 @@ class PayloadWriter:
         self._parts.append(struct.pack(">d", v))
         return self
 
-    def blob(self, b: bytes | memoryview) -> PayloadWriter:
+    def blob(self, b: bytes | bytearray | memoryview) -> PayloadWriter:
         self._parts.append(struct.pack(">Q", len(b)))
         self._parts.append(bytes(b))
         return self

@@ -1,0 +1,1235 @@
+"""CKKS homomorphic aggregation on TenSEAL (Microsoft SEAL through ``tenseal.sealapi``).
+
+The aggregator adds ciphertexts and never holds a key that decrypts them.
+
+* **Keys** (:func:`keygen`): a :class:`CkksSecretContext` for the result holder (the
+  secret key, wrapped in :class:`privagg.SecretKey`) and a :class:`CkksPublicContext`
+  (parameters + public encryption key, *no* secret key and no Galois/relinearization
+  keys: none is ever generated) for clients and the aggregator.
+* **Packing**: a whole flat update goes into ``ceil(size / N)`` ciphertexts, N real
+  values each (the real *and* imaginary parts of the N/2 complex slots).
+* **Wire format**: SEAL's ciphertext coefficients (NTT form, one row per data prime)
+  bit-packed at the prime's width, e.g. 60 bits per coefficient: 15 bytes per value
+  for one 60-bit prime, 30 for two. SEAL writes them; privagg reads the raw words from
+  SEAL's own serialization and never re-implements encryption.
+* **Aggregation**: coefficient-wise addition modulo each prime (exactly what SEAL's
+  ``add`` does), vectorized with numpy; the aggregate counts its contributions.
+* **Release** (IND-CPA-D, Li-Micciancio 2021): the holder adds Gaussian flooding
+  noise ``2**flood_bits`` times the encryption noise, then rounds to a power-of-two
+  grid, before the sum leaves it. See ``docs/backends/ckks.md``.
+
+Randomness note: SEAL samples its encryption and key randomness from its own CSPRNG
+(Blake2xb seeded from the OS); privagg's injected :class:`~privagg.Rng` drives the
+flooding noise and DP noise. Seeding SEAL from the injected Rng is not possible
+without seed reuse across ciphertexts (SEAL's fixed-seed factories repeat streams).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg._oneshot import OneShotSession
+from privagg._rng import Rng, SystemRng, uniform01
+from privagg.backends._ckks_params import PRESETS, CkksParams
+from privagg.envelope import (
+    Header,
+    PayloadReader,
+    PayloadWriter,
+    Scheme,
+    open_envelope,
+    seal,
+)
+from privagg.errors import (
+    ConfigurationError,
+    DeserializationError,
+    EncodingOverflowError,
+    MissingKeyError,
+    ParameterMismatchError,
+)
+from privagg.keys import (
+    Protection,
+    SecretKey,
+    fingerprint,
+    read_secret_file,
+    write_secret_file,
+)
+from privagg.layout import FloatVector, Layout
+from privagg.protocols import NoiseShare
+
+try:
+    import tenseal.sealapi as _seal
+except ImportError as _exc:  # pragma: no cover - the registry reports this
+    raise ImportError(f"the ckks backend needs TenSEAL: {_exc}") from _exc
+
+__all__ = [
+    "PRESETS",
+    "CkksBackend",
+    "CkksParams",
+    "CkksPublicContext",
+    "CkksSecretContext",
+    "EncryptedUpdate",
+    "keygen",
+]
+
+_PUBLIC_CTX_KIND = 0x20
+_BODY_VERSION = 1
+_SEAL_MAGIC = 0xA15E
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Forking a worker costs roughly a page-table copy of the parent; only updates with at
+# least this many ciphertexts per worker amortize it.
+_POOL_MIN_PER_WORKER = 64
+_BLOCK = 32  # ciphertexts per block in block-wise encrypt/combine/decrypt
+_MAX_CONTRIBUTIONS = 1 << 40
+
+
+# -- SEAL object <-> bytes (in memory) ----------------------------------------------
+@contextlib.contextmanager
+def _scratch_path() -> Iterator[str]:
+    """A path SEAL can ``save``/``load`` through: an anonymous memory file on Linux."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("privagg-ckks", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="privagg-ckks-") as d:  # pragma: no cover
+        path = os.path.join(d, "obj")
+        Path(path).touch(mode=0o600)
+        yield path
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def _seal_save(obj: Any) -> bytes:
+    with _scratch_path() as p:
+        obj.save(p)
+        return _read(p)
+
+
+def _seal_load(obj: Any, context: Any, data: bytes) -> None:
+    with _scratch_path() as p:
+        _write(p, data)
+        obj.load(context, p)
+
+
+class _CompressedError(Exception):
+    """SEAL compressed this object (not a raw zstd frame): take the slow path."""
+
+
+def _seal_body(blob: bytes) -> bytes:
+    """The uncompressed body of a SEAL serialization (after its 16-byte header).
+
+    SEAL compresses with zstd; random ciphertext words are incompressible, so zstd
+    stores them as raw (or RLE) blocks, which this reads. A compressed block raises
+    :class:`_CompressedError` and the caller falls back to reading words one by one.
+    """
+    magic, hsize, _vmaj, _vmin, mode, _res, size = _SEAL_HEADER.unpack_from(blob, 0)
+    if magic != _SEAL_MAGIC or hsize != 16 or size != len(blob):
+        raise _CompressedError
+    body = memoryview(blob)[16:]
+    if mode == 0:
+        return bytes(body)
+    if mode != 2 or bytes(body[:4]) != _ZSTD_MAGIC:
+        raise _CompressedError
+    fhd = body[4]
+    pos = 5
+    single = (fhd >> 5) & 1
+    if not single:
+        pos += 1
+    pos += (0, 1, 2, 4)[fhd & 3]
+    pos += (1 if single else 0, 2, 4, 8)[fhd >> 6]
+    out: list[bytes] = []
+    while True:
+        if pos + 3 > len(body):
+            raise _CompressedError
+        h = int.from_bytes(body[pos : pos + 3], "little")
+        pos += 3
+        last, btype, bsize = h & 1, (h >> 1) & 3, h >> 3
+        if btype == 0:
+            out.append(bytes(body[pos : pos + bsize]))
+            pos += bsize
+        elif btype == 1:
+            out.append(bytes(body[pos : pos + 1]) * bsize)
+            pos += 1
+        else:
+            raise _CompressedError
+        if last:
+            break
+    return b"".join(out)
+
+
+def _translate(what: str) -> Callable[[BaseException], NoReturn]:
+    def raise_(exc: BaseException) -> NoReturn:
+        # SEAL messages describe parameters, never values; keep them out anyway.
+        raise ConfigurationError(f"CKKS {what} failed ({type(exc).__name__})") from None
+
+    return raise_
+
+
+# -- bit packing ----------------------------------------------------------------------
+_U64 = np.dtype("<u8")
+
+
+def _pack(words: npt.NDArray[np.uint64], bits: int) -> npt.NDArray[np.uint8]:
+    """Pack rows of uint64 words (< 2**bits; row length a multiple of 8) at ``bits``.
+
+    Returns a uint8 array of shape ``rows.shape[:-1] + (row_len * bits // 8,)``;
+    word ``i`` occupies bits ``[i*bits, (i+1)*bits)`` of its row, little-endian.
+    """
+    lead = words.shape[:-1]
+    n = words.shape[-1]
+    if bits % 4 == 0 and bits > 32:
+        # Fast path (the 60-bit presets): two words -> one 128-bit pair -> 2*bits/8 bytes.
+        w = np.ascontiguousarray(words, dtype=_U64).reshape(-1, 2)
+        pair = np.empty((w.shape[0], 2), dtype=_U64)
+        pair[:, 0] = w[:, 0] | (w[:, 1] << np.uint64(bits))
+        pair[:, 1] = w[:, 1] >> np.uint64(64 - bits)
+        out = pair.view(np.uint8)[:, : bits // 4]
+        return np.ascontiguousarray(out).reshape(*lead, n * bits // 8)
+    w = np.ascontiguousarray(words, dtype=_U64).reshape(-1, 8)
+    g = w.shape[0]
+    buf = np.zeros((g, bits + 8), dtype=np.uint8)
+    for k in range(8):
+        off = k * bits
+        byte, sh = off >> 3, off & 7
+        v = w[:, k]
+        lo = (v << np.uint64(sh)).astype(_U64)
+        buf[:, byte : byte + 8] |= lo.view(np.uint8).reshape(g, 8)
+        if sh:
+            buf[:, byte + 8] |= (v >> np.uint64(64 - sh)).astype(np.uint8)
+    return np.ascontiguousarray(buf[:, :bits]).reshape(*lead, n * bits // 8)
+
+
+def _unpack(data: npt.NDArray[np.uint8], bits: int, n: int) -> npt.NDArray[np.uint64]:
+    """Inverse of :func:`_pack` for rows of ``n`` words: shape ``lead + (n,)``."""
+    lead = data.shape[:-1]
+    mask = np.uint64((1 << bits) - 1)
+    if bits % 4 == 0 and bits > 32:
+        # Pairs of words in rows of 2*bits/8 bytes: read two overlapping unaligned
+        # 8-byte windows per row (first word at byte 0, second at bit ``bits``).
+        width = bits // 4
+        g = data.size // width
+        flat = np.zeros(data.size + 8, dtype=np.uint8)
+        flat[: data.size] = data.reshape(-1)
+        buf = flat.data
+        first = np.ndarray((g,), dtype=_U64, buffer=buf, offset=0, strides=(width,))
+        second = np.ndarray(
+            (g,), dtype=_U64, buffer=buf, offset=bits // 8, strides=(width,)
+        )
+        out = np.empty((g, 2), dtype=_U64)
+        np.bitwise_and(first, mask, out=out[:, 0])
+        np.bitwise_and(second >> np.uint64(bits % 8), mask, out=out[:, 1])
+        return out.reshape(*lead, n)
+    g = data.size // bits
+    src = np.zeros((g, bits + 8), dtype=np.uint8)
+    src[:, :bits] = data.reshape(g, bits)
+    res = np.empty((g, 8), dtype=_U64)
+    for k in range(8):
+        off = k * bits
+        byte, sh = off >> 3, off & 7
+        lo = np.ascontiguousarray(src[:, byte : byte + 8]).view(_U64).reshape(g)
+        v = lo >> np.uint64(sh)
+        if sh:
+            v |= src[:, byte + 8].astype(_U64) << np.uint64(64 - sh)
+        res[:, k] = v & mask
+    return res.reshape(*lead, n)
+
+
+# -- SEAL state -------------------------------------------------------------------------
+class _Seal:
+    """SEAL objects for one parameter set (and optionally keys). Never pickled."""
+
+    def __init__(self, params: CkksParams) -> None:
+        self.params = params
+        n = params.poly_modulus_degree
+        try:
+            parms = _seal.EncryptionParameters(_seal.SCHEME_TYPE.CKKS)
+            parms.set_poly_modulus_degree(n)
+            parms.set_coeff_modulus(
+                _seal.CoeffModulus.Create(n, params.coeff_mod_bit_sizes)
+            )
+            ctx = _seal.SEALContext(parms, True, _seal.SEC_LEVEL_TYPE.TC128)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            _translate("parameter setup")(exc)
+        if not ctx.parameters_set():
+            raise ConfigurationError(
+                f"SEAL rejected the CKKS parameters: {ctx.parameters_error_message()}"
+            )
+        self.context = ctx
+        self.encoder = _seal.CKKSEncoder(ctx)
+        data = ctx.first_context_data().parms().coeff_modulus()
+        self.moduli = tuple(int(m.value()) for m in data)
+        if len(self.moduli) != len(params.data_bits):
+            raise ConfigurationError(
+                "unexpected CKKS modulus chain"
+            )  # pragma: no cover
+        self.bits = tuple(q.bit_length() for q in self.moduli)
+        self._q_column = np.array(self.moduli, dtype=_U64).reshape(1, 1, -1, 1)
+        self.n = n
+        self.level = len(self.moduli)
+        self.encryptor: Any = None
+        self.decryptor: Any = None
+        self._prefix: bytes | None = None
+        self._header: tuple[int, int] | None = None
+
+    # keys
+    def set_public_key(self, pk_bytes: bytes) -> Any:
+        pk = _seal.PublicKey()
+        try:
+            _seal_load(pk, self.context, pk_bytes)
+        except (RuntimeError, ValueError, OSError):
+            raise DeserializationError() from None
+        self.encryptor = _seal.Encryptor(self.context, pk)
+        return pk
+
+    def set_secret_key(self, sk: Any) -> None:
+        self.decryptor = _seal.Decryptor(self.context, sk)
+
+    # ciphertext layout
+    def _template(self) -> tuple[bytes, tuple[int, int]]:
+        """SEAL's serialization of a fresh ciphertext, up to its coefficient words.
+
+        Ciphertext::save writes parms_id (4 x u64), is_ntt_form (u8), size,
+        poly_modulus_degree, coeff_modulus_size (u64 each), scale (f64),
+        correction_factor (u64), then the coefficient DynArray: a nested SEAL
+        header, its length (u64) and the words.
+        """
+        if self._prefix is None or self._header is None:
+            with _scratch_path() as path:
+                _seal.Plaintext().save(path)
+                blob = _read(path)
+            vmaj, vmin = blob[3], blob[4]
+            nwords = 2 * self.level * self.n
+            pid = [int(x) for x in self.context.first_parms_id()]
+            self._prefix = b"".join(
+                (
+                    struct.pack("<4Q", *pid),
+                    b"\x01",
+                    struct.pack("<QQQdQ", 2, self.n, self.level, self.params.scale, 1),
+                    _SEAL_HEADER.pack(
+                        _SEAL_MAGIC, 16, vmaj, vmin, 0, 0, 24 + 8 * nwords
+                    ),
+                    struct.pack("<Q", nwords),
+                )
+            )
+            self._header = (vmaj, vmin)
+        return self._prefix, self._header
+
+    def _ct_words(self, ct: Any, path: str) -> npt.NDArray[np.uint64]:
+        nwords = 2 * self.level * self.n
+        ct.save(path)
+        blob = _read(path)
+        try:
+            body = _seal_body(blob)
+        except _CompressedError:
+            # zstd squeezed the words (primes well below 64 bits): read them one by one.
+            arr = ct.dyn_array()
+            return np.array([arr.at(i) for i in range(nwords)], dtype=_U64)
+        prefix, _ = self._template()
+        if len(body) != len(prefix) + 8 * nwords or not body.startswith(prefix):
+            raise ConfigurationError("SEAL produced an unexpected ciphertext layout")
+        return np.frombuffer(body, dtype=_U64, offset=len(prefix)).copy()
+
+    def encrypt_words(self, values: FloatVector) -> npt.NDArray[np.uint64]:
+        """Encrypt a flat float vector: words of shape (n_ct, 2, level, N)."""
+        if self.encryptor is None:
+            raise MissingKeyError("this CKKS context holds no public key")
+        n = self.n
+        n_ct = -(-values.size // n)
+        padded = np.zeros(n_ct * n, dtype=np.float64)
+        padded[: values.size] = values
+        cplx = padded[0::2] + 1j * padded[1::2]
+        out = np.empty((n_ct, 2 * self.level * n), dtype=_U64)
+        scale = self.params.scale
+        pt = _seal.Plaintext()
+        try:
+            with _scratch_path() as path:
+                for i in range(n_ct):
+                    self.encoder.encode(
+                        cplx[i * (n // 2) : (i + 1) * (n // 2)].tolist(), scale, pt
+                    )
+                    ct = _seal.Ciphertext(self.context)
+                    self.encryptor.encrypt(pt, ct)
+                    out[i] = self._ct_words(ct, path)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            _translate("encryption")(exc)
+        return out.reshape(n_ct, 2, self.level, n)
+
+    def decrypt_words(self, words: npt.NDArray[np.uint64], size: int) -> FloatVector:
+        """Decrypt words of shape (n_ct, 2, level, N) into ``size`` floats."""
+        if self.decryptor is None:
+            raise MissingKeyError("decryption needs the secret CKKS context")
+        prefix, (vmaj, vmin) = self._template()
+        n = self.n
+        n_ct = words.shape[0]
+        body_len = 16 + len(prefix) + 8 * 2 * self.level * n
+        head = _SEAL_HEADER.pack(_SEAL_MAGIC, 16, vmaj, vmin, 0, 0, body_len)
+        out = np.empty(n_ct * n, dtype=np.float64)
+        pt = _seal.Plaintext()
+        try:
+            with _scratch_path() as path:
+                for i in range(n_ct):
+                    _write(
+                        path,
+                        head + prefix + words[i].astype(_U64, copy=False).tobytes(),
+                    )
+                    ct = _seal.Ciphertext(self.context)
+                    ct.load(self.context, path)
+                    self.decryptor.decrypt(ct, pt)
+                    z = np.asarray(self.encoder.decode_complex(pt), dtype=np.complex128)
+                    out[i * n : (i + 1) * n : 2] = z.real
+                    out[i * n + 1 : (i + 1) * n : 2] = z.imag
+        except (RuntimeError, ValueError, TypeError):
+            raise DeserializationError() from None
+        return out[:size]
+
+    # packing
+    def pack(self, words: npt.NDArray[np.uint64]) -> bytes:
+        """Words (n_ct, 2, level, N) -> bytes, ciphertext-major, each row at its width."""
+        if words.shape[0] == 0:
+            return b""
+        if len(set(self.bits)) == 1:  # same width everywhere: one pass, same layout
+            return _pack(words, self.bits[0]).tobytes()
+        rows = [_pack(words[:, :, j, :], b) for j, b in enumerate(self.bits)]
+        return np.concatenate(rows, axis=-1).tobytes()
+
+    def packed_size(self, n_ct: int) -> int:
+        return n_ct * 2 * sum(self.n * b // 8 for b in self.bits)
+
+    def unpack(self, data: bytes | memoryview, n_ct: int) -> npt.NDArray[np.uint64]:
+        """Inverse of :meth:`pack`; DeserializationError unless every word is < q."""
+        if len(data) != self.packed_size(n_ct):
+            raise DeserializationError()
+        out = np.empty((n_ct, 2, self.level, self.n), dtype=_U64)
+        if n_ct == 0:
+            return out
+        raw = np.frombuffer(data, dtype=np.uint8).reshape(n_ct, 2, -1)
+        if len(set(self.bits)) == 1:
+            out = _unpack(raw.reshape(n_ct, 2, self.level, -1), self.bits[0], self.n)
+            if (out >= self._q_column).any():
+                raise DeserializationError()
+            return out
+        pos = 0
+        for j, (b, q) in enumerate(zip(self.bits, self.moduli, strict=True)):
+            width = self.n * b // 8
+            w = _unpack(np.ascontiguousarray(raw[:, :, pos : pos + width]), b, self.n)
+            if w.max(initial=0) >= q:
+                raise DeserializationError()
+            out[:, :, j, :] = w
+            pos += width
+        return out
+
+    @property
+    def ct_bytes(self) -> int:
+        """Packed bytes of one ciphertext."""
+        return self.packed_size(1)
+
+    def encrypt_packed(self, values: FloatVector) -> bytes:
+        """Encrypt and pack block by block (peak memory ~ the packed output)."""
+        step = _BLOCK * self.n
+        return b"".join(
+            self.pack(self.encrypt_words(values[a : a + step]))
+            for a in range(0, values.size, step)
+        )
+
+    def decrypt_packed(
+        self, packed: bytes | memoryview, n_ct: int, size: int
+    ) -> FloatVector:
+        """Unpack (checking every word < q) and decrypt block by block."""
+        view = memoryview(packed)
+        cb = self.ct_bytes
+        if len(view) != n_ct * cb:
+            raise DeserializationError()
+        out = np.empty(n_ct * self.n, dtype=np.float64)
+        for a in range(0, n_ct, _BLOCK):
+            b = min(a + _BLOCK, n_ct)
+            words = self.unpack(view[a * cb : b * cb], b - a)
+            out[a * self.n : b * self.n] = self.decrypt_words(words, (b - a) * self.n)
+        return out[:size]
+
+    def add_into(
+        self, acc: npt.NDArray[np.uint64], other: npt.NDArray[np.uint64]
+    ) -> None:
+        """``acc += other`` modulo each data prime, in place.
+
+        Words are < q < 2**60, so ``r = a + b`` cannot overflow; ``r - q`` wraps to a
+        huge value exactly when ``r < q``, so ``min(r, r - q)`` is ``r mod q``.
+        """
+        q = self._q_column
+        np.add(acc, other, out=acc)
+        np.minimum(acc, acc - q, out=acc)
+
+
+# -- contexts and keys -------------------------------------------------------------------
+def _key_fp(params: CkksParams, pk_bytes: bytes) -> bytes:
+    return fingerprint(b"ckks-public-context/v1", params.to_bytes(), pk_bytes)
+
+
+class CkksPublicContext:
+    """Parameters + public encryption key: what clients and the aggregator hold.
+
+    It holds no secret key and no Galois or relinearization keys (aggregation needs
+    only additions), so it cannot decrypt: :meth:`decrypt` raises
+    :class:`~privagg.MissingKeyError`.
+    """
+
+    __slots__ = ("_pk_bytes", "_seal", "fingerprint", "params")
+
+    def __init__(self, params: CkksParams, pk_bytes: bytes) -> None:
+        self.params = params
+        self._pk_bytes = bytes(pk_bytes)
+        self.fingerprint = _key_fp(params, self._pk_bytes)
+        self._seal: _Seal | None = None
+
+    @property
+    def has_secret_key(self) -> bool:
+        """Always False."""
+        return False
+
+    def seal_state(self) -> _Seal:
+        """The SEAL objects (built on first use)."""
+        if self._seal is None:
+            st = _Seal(self.params)
+            st.set_public_key(self._pk_bytes)
+            self._seal = st
+        return self._seal
+
+    def public_key_bytes(self) -> bytes:
+        """SEAL's serialization of the public key."""
+        return self._pk_bytes
+
+    def encrypt(self, values: npt.ArrayLike) -> EncryptedUpdate:
+        """Encrypt a flat vector (|values| <= value_bound) into an :class:`EncryptedUpdate`."""
+        vec = _check_values(
+            np.asarray(values, dtype=np.float64).reshape(-1), self.params, 1.0
+        )
+        st = self.seal_state()
+        return EncryptedUpdate(self.fingerprint, st, 1, vec.size, st.encrypt_words(vec))
+
+    def decrypt(self, update: EncryptedUpdate) -> NoReturn:
+        """Always raises: the public context has no secret key."""
+        raise MissingKeyError(
+            "the public CKKS context has no secret key and cannot decrypt; "
+            "only the key holders' secret context can"
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialize (parameters + public key) in a privagg envelope."""
+        payload = (
+            PayloadWriter().blob(self.params.to_bytes()).blob(self._pk_bytes).getvalue()
+        )
+        return seal(Header(Scheme.CKKS, _PUBLIC_CTX_KIND, self.fingerprint, 0), payload)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CkksPublicContext:
+        """Decode :meth:`to_bytes`; any malformation raises DeserializationError."""
+        try:
+            header, payload = open_envelope(data)
+            if header.scheme != Scheme.CKKS or header.kind != _PUBLIC_CTX_KIND:
+                raise DeserializationError()
+            r = PayloadReader(payload)
+            params = CkksParams.from_bytes(r.blob())
+            pk = r.blob()
+            r.done()
+            ctx = cls(params, pk)
+            if ctx.fingerprint != header.params_id:
+                raise DeserializationError()
+            ctx.seal_state()  # SEAL validates the key against the parameters
+        except DeserializationError:
+            raise
+        except Exception:
+            raise DeserializationError() from None
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"<CkksPublicContext N={self.params.poly_modulus_degree} fp={self.fingerprint[:4].hex()}…>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CkksPublicContext.from_bytes, (self.to_bytes(),))
+
+
+class _SecretMaterial:
+    """The SEAL secret key and its decryptor; lives only inside a SecretKey."""
+
+    __slots__ = ("sk", "state")
+
+    def __init__(self, sk: Any, state: _Seal) -> None:
+        self.sk = sk
+        self.state = state
+
+    def __repr__(self) -> str:
+        return "<CKKS secret material>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("CKKS secret material cannot be pickled")
+
+
+def _export_secret(m: _SecretMaterial) -> bytes:
+    return _seal_save(m.sk)
+
+
+class CkksSecretContext:
+    """The key holders' context: the public context plus the secret key.
+
+    The secret key is a :class:`privagg.SecretKey`: never pickled or printed; export
+    only with :meth:`to_bytes` (explicit protection) or :meth:`save` (mode 0600).
+    """
+
+    __slots__ = ("public", "secret_key")
+
+    def __init__(
+        self, public: CkksPublicContext, secret_key: SecretKey[_SecretMaterial]
+    ) -> None:
+        self.public = public
+        self.secret_key = secret_key
+
+    @property
+    def params(self) -> CkksParams:
+        """The parameter set."""
+        return self.public.params
+
+    @property
+    def has_secret_key(self) -> bool:
+        """Always True."""
+        return True
+
+    def seal_state(self) -> _Seal:
+        """SEAL objects with both keys."""
+        return self.secret_key.unsafe_material().state
+
+    def encrypt(self, values: npt.ArrayLike) -> EncryptedUpdate:
+        """Encrypt like the public context does (public-key encryption)."""
+        return self.public.encrypt(values)
+
+    def decrypt(self, update: EncryptedUpdate) -> FloatVector:
+        """Decrypt an update or aggregate *without* release protection (hazmat).
+
+        Use the holder role (or :meth:`release`) for anything that leaves the key
+        holders: raw CKKS decryptions can leak the key (IND-CPA-D).
+        """
+        if update.key_fingerprint != self.public.fingerprint:
+            raise ParameterMismatchError(
+                "the ciphertext was made under another CKKS key"
+            )
+        return self.seal_state().decrypt_words(update.words, update.size)
+
+    def release(self, update: EncryptedUpdate, rng: Rng | None = None) -> FloatVector:
+        """Decrypt, flood and round: the only safe way to publish a decryption."""
+        return _release(
+            self.params, self.decrypt(update), update.count, rng or SystemRng()
+        )
+
+    def to_bytes(self, *, protection: Protection) -> bytes:
+        """Export the secret key (``protection`` mandatory) with the public context."""
+        sk = self.secret_key.to_bytes(protection=protection)
+        return PayloadWriter().blob(self.public.to_bytes()).blob(sk).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, protection: Protection) -> CkksSecretContext:
+        """Load :meth:`to_bytes` output. A public context raises MissingKeyError."""
+        try:
+            CkksPublicContext.from_bytes(data)
+        except DeserializationError:
+            pass
+        else:
+            raise MissingKeyError(
+                "these bytes are a public CKKS context: no secret key"
+            )
+        try:
+            r = PayloadReader(data)
+            public = CkksPublicContext.from_bytes(r.blob())
+            wrapped = r.blob()
+            r.done()
+        except DeserializationError:
+            raise
+        except Exception:
+            raise DeserializationError() from None
+        scheme, fp, raw = protection.unwrap(wrapped)
+        if scheme != "ckks" or fp != public.fingerprint:
+            raise ParameterMismatchError(
+                "the secret key does not match this public context"
+            )
+        state = _Seal(public.params)
+        state.set_public_key(public.public_key_bytes())
+        sk = _seal.SecretKey()
+        try:
+            _seal_load(sk, state.context, raw)
+        except (RuntimeError, ValueError, OSError):
+            raise DeserializationError() from None
+        state.set_secret_key(sk)
+        return cls(public, _wrap_secret(sk, state, public.fingerprint))
+
+    def save(self, path: str | os.PathLike[str], *, protection: Protection) -> Path:
+        """Write the exported context to ``path`` with mode 0600."""
+        return write_secret_file(path, self.to_bytes(protection=protection))
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, protection: Protection
+    ) -> CkksSecretContext:
+        """Read a file written by :meth:`save` (refuses group/other-readable files)."""
+        return cls.from_bytes(read_secret_file(path), protection=protection)
+
+    def __repr__(self) -> str:
+        return f"<CkksSecretContext {self.secret_key!r}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("CkksSecretContext holds a secret key and cannot be pickled")
+
+
+def _wrap_secret(sk: Any, state: _Seal, fp: bytes) -> SecretKey[_SecretMaterial]:
+    return SecretKey(
+        "ckks", _SecretMaterial(sk, state), public_fingerprint=fp, export=_export_secret
+    )
+
+
+def keygen(params: CkksParams | str = "secure") -> CkksSecretContext:
+    """Generate a CKKS key pair: the holders' secret context (``.public`` for the rest).
+
+    Only the secret and public keys are generated: no relinearization or Galois keys.
+    """
+    p = PRESETS[params] if isinstance(params, str) and params in PRESETS else params
+    if not isinstance(p, CkksParams):
+        raise ConfigurationError(
+            f"unknown CKKS preset {params!r}; known: {sorted(PRESETS)}"
+        )
+    state = _Seal(p)
+    try:
+        kg = _seal.KeyGenerator(state.context)
+        sk = kg.secret_key()
+        pk = _seal.PublicKey()
+        kg.create_public_key(pk)
+        pk_bytes = _seal_save(pk)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        _translate("key generation")(exc)
+    public = CkksPublicContext(p, pk_bytes)
+    state.set_public_key(pk_bytes)
+    state.set_secret_key(sk)
+    public._seal = _Seal(p)
+    public._seal.set_public_key(pk_bytes)
+    return CkksSecretContext(public, _wrap_secret(sk, state, public.fingerprint))
+
+
+# -- encrypted updates ------------------------------------------------------------------
+class EncryptedUpdate:
+    """Encrypted flat vector (or a sum of them) under one key; counts its contributions.
+
+    ``a + b`` adds ciphertexts (refusing other keys, parameters or sizes);
+    ``to_bytes``/``from_bytes`` use the packed wire format.
+    """
+
+    __slots__ = ("_state", "count", "key_fingerprint", "size", "words")
+
+    def __init__(
+        self,
+        key_fingerprint: bytes,
+        state: _Seal,
+        count: int,
+        size: int,
+        words: npt.NDArray[np.uint64],
+    ) -> None:
+        self.key_fingerprint = key_fingerprint
+        self._state = state
+        self.count = count
+        self.size = size
+        self.words = words
+
+    @property
+    def n_ciphertexts(self) -> int:
+        """Ciphertexts holding the vector."""
+        return int(self.words.shape[0])
+
+    def __add__(self, other: object) -> EncryptedUpdate:
+        if not isinstance(other, EncryptedUpdate):
+            return NotImplemented
+        if other.key_fingerprint != self.key_fingerprint:
+            raise ParameterMismatchError(
+                "cannot add CKKS ciphertexts of different keys/parameters"
+            )
+        if other.size != self.size:
+            raise ParameterMismatchError(
+                f"cannot add CKKS updates of {self.size} and {other.size} values"
+            )
+        _check_count(
+            self._state.params, self.count + other.count, self._state.params.value_bound
+        )
+        words = self.words.copy()
+        self._state.add_into(words, other.words)
+        return EncryptedUpdate(
+            self.key_fingerprint,
+            self._state,
+            self.count + other.count,
+            self.size,
+            words,
+        )
+
+    def to_bytes(self) -> bytes:
+        """Body: version, contribution count, value count, packed coefficients."""
+        return (
+            PayloadWriter()
+            .u8(_BODY_VERSION)
+            .u64(self.count)
+            .u64(self.size)
+            .blob(self._state.pack(self.words))
+            .getvalue()
+        )
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes | memoryview,
+        context: CkksPublicContext | CkksSecretContext,
+        *,
+        size: int | None = None,
+    ) -> EncryptedUpdate:
+        """Decode :meth:`to_bytes`; DeserializationError on any malformation."""
+        pub = context.public if isinstance(context, CkksSecretContext) else context
+        return _decode_body(data, pub.fingerprint, context.seal_state(), size)
+
+    def __repr__(self) -> str:
+        return (
+            f"EncryptedUpdate(values={self.size}, ciphertexts={self.n_ciphertexts}, "
+            f"contributions={self.count})"
+        )
+
+
+def _decode_body(
+    data: bytes | memoryview, fp: bytes, state: _Seal, size: int | None
+) -> EncryptedUpdate:
+    try:
+        r = PayloadReader(data)
+        if r.u8() != _BODY_VERSION:
+            raise DeserializationError()
+        count = r.u64()
+        n_values = r.u64()
+        packed = r.blob_view()
+        r.done()
+        if not 1 <= count <= _MAX_CONTRIBUTIONS or n_values > 1 << 40:
+            raise DeserializationError()
+        if size is not None and n_values != size:
+            raise DeserializationError()
+        n_ct = -(-n_values // state.n)
+        words = state.unpack(packed, n_ct)
+    except DeserializationError:
+        raise
+    except Exception:
+        raise DeserializationError() from None
+    return EncryptedUpdate(fp, state, count, n_values, words)
+
+
+def _check_count(params: CkksParams, count: int, per_contribution: float) -> None:
+    """Refuse sums of more contributions than the modulus holds (they would wrap)."""
+    if not params.max_sum(count * per_contribution):
+        raise EncodingOverflowError(
+            f"a CKKS sum of {count} contributions could wrap the modulus; "
+            "set up the session with a larger max_clients or smaller value_bound"
+        )
+
+
+def _check_values(v: FloatVector, params: CkksParams, max_weight: float) -> FloatVector:
+    if not np.isfinite(v).all():
+        raise ConfigurationError("CKKS cannot encrypt NaN or infinite values")
+    limit = params.value_bound * max_weight
+    if v.size and float(np.max(np.abs(v))) > limit * (1 + 1e-12):
+        raise EncodingOverflowError(
+            f"a value exceeds the CKKS bound {limit:.6g} (value_bound * max_weight); "
+            "clip the update or configure a larger value_bound"
+        )
+    return v
+
+
+def _gaussian(rng: Rng, n: int) -> npt.NDArray[np.float64]:
+    u1 = uniform01(rng, n)
+    u2 = uniform01(rng, n)
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * math.pi * u2)
+
+
+def _release(params: CkksParams, v: FloatVector, count: int, rng: Rng) -> FloatVector:
+    """IND-CPA-D mitigation: Gaussian noise flooding, then rounding to a grid."""
+    sf = params.flood_std(count)
+    if sf > 0 and v.size:
+        v = v + sf * _gaussian(rng, v.size)
+    g = params.release_grid(count)
+    return np.round(v / g) * g
+
+
+# -- parallel encryption / decryption ------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(params_bytes: bytes, pk_bytes: bytes, sk_bytes: bytes | None) -> None:
+    st = _Seal(CkksParams.from_bytes(params_bytes))
+    st.set_public_key(pk_bytes)
+    if sk_bytes is not None:
+        sk = _seal.SecretKey()
+        _seal_load(sk, st.context, sk_bytes)
+        st.set_secret_key(sk)
+    _WORKER["state"] = st
+
+
+def _worker_encrypt(values: FloatVector) -> bytes:
+    st: _Seal = _WORKER["state"]
+    return st.encrypt_packed(values)
+
+
+def _worker_decrypt(packed: bytes, n_ct: int) -> FloatVector:
+    st: _Seal = _WORKER["state"]
+    return st.decrypt_packed(packed, n_ct, n_ct * st.n)
+
+
+def _n_workers(threads: int | None, n_ct: int) -> int:
+    """Worker processes for ``n_ct`` ciphertexts (1: inline).
+
+    ``threads=None`` takes the cores available to the process that are not already
+    busy (per the 1-minute load average), so a shared machine is not oversubscribed;
+    an explicit ``threads`` is an upper bound used as given.
+    """
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # pragma: no cover - non-POSIX
+    if threads is None:
+        avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        threads = max(1, round(avail - busy))
+    return max(1, min(threads, n_ct // _POOL_MIN_PER_WORKER))
+
+
+def _spans(n_ct: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-n_ct // parts)
+    return [(a, min(a + step, n_ct)) for a in range(0, n_ct, step)]
+
+
+def _pool(workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init,
+        initargs=initargs,
+    )
+
+
+def _encrypt_packed(
+    ctx: CkksPublicContext, vec: FloatVector, threads: int | None
+) -> bytes:
+    st = ctx.seal_state()
+    n_ct = -(-vec.size // st.n)
+    workers = _n_workers(threads, n_ct)
+    if workers <= 1:
+        return st.encrypt_packed(vec)
+    spans = _spans(n_ct, workers * 4)
+    with _pool(workers, (ctx.params.to_bytes(), ctx.public_key_bytes(), None)) as ex:
+        parts = ex.map(_worker_encrypt, [vec[a * st.n : b * st.n] for a, b in spans])
+        return b"".join(parts)
+
+
+def _decrypt_packed(
+    ctx: CkksSecretContext,
+    packed: memoryview,
+    n_ct: int,
+    size: int,
+    threads: int | None,
+) -> FloatVector:
+    st = ctx.seal_state()
+    workers = _n_workers(threads, n_ct)
+    if workers <= 1:
+        return st.decrypt_packed(packed, n_ct, size)
+    cb = st.ct_bytes
+    spans = _spans(n_ct, workers * 4)
+    # The forked workers inherit the key in memory; it never crosses a pipe or a disk.
+    sk_bytes = _export_secret(ctx.secret_key.unsafe_material())
+    init = (ctx.params.to_bytes(), ctx.public.public_key_bytes(), sk_bytes)
+    with _pool(workers, init) as ex:
+        chunks = [(bytes(packed[a * cb : b * cb]), b - a) for a, b in spans]
+        parts = ex.map(_worker_decrypt, *zip(*chunks, strict=True))
+        return np.concatenate(list(parts))[:size]
+
+
+def _read_body(
+    data: bytes | memoryview, state: _Seal, size: int
+) -> tuple[int, memoryview, int]:
+    """Parse a body's header: (contributions, packed view, ciphertext count)."""
+    try:
+        r = PayloadReader(data)
+        if r.u8() != _BODY_VERSION:
+            raise DeserializationError()
+        count = r.u64()
+        n_values = r.u64()
+        packed = r.blob_view()
+        r.done()
+    except DeserializationError:
+        raise
+    except Exception:
+        raise DeserializationError() from None
+    if not 1 <= count <= _MAX_CONTRIBUTIONS or n_values != size:
+        raise DeserializationError()
+    n_ct = -(-n_values // state.n)
+    if len(packed) != n_ct * state.ct_bytes:
+        raise DeserializationError()
+    return count, packed, n_ct
+
+
+def _body(count: int, size: int, packed: bytes | bytearray) -> bytes:
+    return (
+        PayloadWriter().u8(_BODY_VERSION).u64(count).u64(size).blob(packed).getvalue()
+    )
+
+
+# -- codecs ----------------------------------------------------------------------------------
+@dataclass
+class _ClientCodec:
+    context: CkksPublicContext
+    size: int
+    max_weight: float
+    threads: int | None
+    noise: NoiseShare | None
+
+    def protect(self, update: FloatVector, weight: float, rng: Rng) -> bytes:
+        params = self.context.params
+        v = np.asarray(update, dtype=np.float64).reshape(-1)
+        if v.size != self.size:
+            raise ParameterMismatchError(
+                f"update has {v.size} values, layout has {self.size}"
+            )
+        if not np.isfinite(v).all():
+            raise ConfigurationError("CKKS cannot encrypt NaN or infinite values")
+        if not (math.isfinite(weight) and 0 <= weight <= self.max_weight * (1 + 1e-12)):
+            raise ConfigurationError(
+                f"weight must be in [0, {self.max_weight}], got {weight}"
+            )
+        _check_values(v, params, 1.0)
+        v = weight * v
+        if self.noise is not None:
+            v = v + self.noise.sample_real(v.size, rng=rng)
+            if not np.isfinite(v).all():
+                raise ConfigurationError("DP noise produced non-finite values")
+        return _body(1, self.size, _encrypt_packed(self.context, v, self.threads))
+
+
+@dataclass
+class _CombineCodec:
+    context: CkksPublicContext
+    size: int
+    per_contribution: float = 1.0  # max |weighted value| + DP noise, per contribution
+
+    def combine(self, bodies: Sequence[bytes]) -> bytes:
+        """Sum block by block modulo each prime; validates every body first."""
+        st = self.context.seal_state()
+        parsed = [_read_body(b, st, self.size) for b in bodies]
+        if not parsed:
+            raise DeserializationError()
+        _check_count(
+            self.context.params, sum(c for c, _, _ in parsed), self.per_contribution
+        )
+        n_ct = parsed[0][2]
+        cb = st.ct_bytes
+        out = bytearray(n_ct * cb)
+        for a in range(0, n_ct, _BLOCK):
+            b = min(a + _BLOCK, n_ct)
+            acc = st.unpack(parsed[0][1][a * cb : b * cb], b - a)
+            for _, packed, _ in parsed[1:]:
+                st.add_into(acc, st.unpack(packed[a * cb : b * cb], b - a))
+            out[a * cb : b * cb] = st.pack(acc)
+        count = sum(c for c, _, _ in parsed)
+        if count > _MAX_CONTRIBUTIONS:
+            raise DeserializationError()
+        return _body(count, self.size, out)
+
+
+class _RecoverCodec:
+    """Holder side: decrypt, check the contribution count, flood and round."""
+
+    __slots__ = ("_ctx", "_per", "_rng", "_size", "_threads")
+
+    def __init__(
+        self,
+        ctx: CkksSecretContext,
+        size: int,
+        threads: int | None,
+        rng: Rng,
+        per_contribution: float = 1.0,
+    ) -> None:
+        if not isinstance(ctx, CkksSecretContext):
+            raise MissingKeyError(
+                "recovering a CKKS aggregate needs the secret context"
+            )
+        self._ctx = ctx
+        self._size = size
+        self._threads = threads
+        self._rng = rng
+        self._per = per_contribution
+
+    def recover(self, body: bytes, n_contributions: int) -> FloatVector:
+        count, packed, n_ct = _read_body(body, self._ctx.seal_state(), self._size)
+        if count != n_contributions:
+            raise DeserializationError(
+                "aggregate count does not match its contributor list"
+            )
+        _check_count(self._ctx.params, count, self._per)
+        raw = _decrypt_packed(self._ctx, packed, n_ct, self._size, self._threads)
+        return _release(self._ctx.params, raw, count, self._rng)
+
+    def __repr__(self) -> str:
+        return f"<CKKS recover codec {self._ctx.secret_key!r}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("the CKKS holder holds a secret key and cannot be pickled")
+
+
+# -- backend ---------------------------------------------------------------------------------
+class CkksBackend:
+    """CKKS (TenSEAL/SEAL) additive aggregation.
+
+    Args:
+        preset: "secure" (default: N=8192, 30 bytes/value, 2**40 noise flooding),
+            "compact" (N=4096, 15 bytes/value, heuristic flooding) or "test-fast".
+        poly_modulus_degree, data_bits, special_bits, scale_bits, value_bound,
+        flood_bits: override the preset (custom path; validated, see
+            :class:`CkksParams`).
+        threads: worker processes for large updates (None: all cores; 1: inline).
+    """
+
+    name: ClassVar[str] = "ckks"
+
+    def __init__(
+        self,
+        *,
+        preset: str = "secure",
+        poly_modulus_degree: int | None = None,
+        data_bits: Sequence[int] | None = None,
+        special_bits: int | str | None = "preset",
+        scale_bits: int | None = None,
+        value_bound: float | None = None,
+        flood_bits: int | str | None = "preset",
+        threads: int | None = None,
+    ) -> None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise ConfigurationError(
+                f"preset must be one of {sorted(PRESETS)}, got {preset!r}"
+            )
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ConfigurationError(
+                f"threads must be None or an int >= 1, got {threads!r}"
+            )
+        changes: dict[str, Any] = {}
+        if poly_modulus_degree is not None:
+            changes["poly_modulus_degree"] = poly_modulus_degree
+        if data_bits is not None:
+            if isinstance(data_bits, (str, bytes)) or not isinstance(
+                data_bits, Sequence
+            ):
+                raise ConfigurationError(
+                    f"data_bits must be a sequence of ints, got {data_bits!r}"
+                )
+            changes["data_bits"] = tuple(data_bits)
+        if special_bits != "preset":
+            changes["special_bits"] = special_bits
+        if scale_bits is not None:
+            changes["scale_bits"] = scale_bits
+        if value_bound is not None:
+            changes["value_bound"] = value_bound
+        if flood_bits != "preset":
+            changes["flood_bits"] = flood_bits
+        self.params = (
+            PRESETS[preset].with_options(**changes) if changes else PRESETS[preset]
+        )
+        self.preset = preset
+        self.threads = threads
+
+    @property
+    def value_bound(self) -> float | None:
+        """Largest |value| per coordinate, before weighting."""
+        return float(self.params.value_bound)
+
+    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
+        """Declared max abs error of a released sum (see :meth:`CkksParams.tolerance`)."""
+        return self.params.tolerance(n_clients, max_abs)
+
+    def keygen(self) -> CkksSecretContext:
+        """A fresh key pair for these parameters."""
+        return keygen(self.params)
+
+    def setup(
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
+        keys: CkksSecretContext | None = None,
+    ) -> OneShotSession:
+        """Generate keys (or use ``keys``) and build the roles for ``layout``.
+
+        Raises:
+            ConfigurationError: bad max_clients/max_weight, or sums that could wrap
+                the modulus (max_clients * max_weight * value_bound too large).
+        """
+        if (
+            isinstance(max_clients, bool)
+            or not isinstance(max_clients, int)
+            or max_clients < 1
+        ):
+            raise ConfigurationError(
+                f"max_clients must be an int >= 1, got {max_clients!r}"
+            )
+        if not (
+            isinstance(max_weight, (int, float))
+            and math.isfinite(max_weight)
+            and max_weight > 0
+        ):
+            raise ConfigurationError(
+                f"max_weight must be finite and > 0, got {max_weight!r}"
+            )
+        p = self.params
+        extra = noise.headroom(max_clients) if noise is not None else 0.0
+        p.check_headroom(max_clients * float(max_weight) * p.value_bound + extra)
+        if keys is None:
+            keys = keygen(p)
+        elif keys.params != p:
+            raise ParameterMismatchError("the given CKKS keys use other parameters")
+        public = keys.public
+        params_id = fingerprint(b"ckks/v1", public.fingerprint, layout.fingerprint)
+        size = layout.size
+        client = _ClientCodec(public, size, float(max_weight), self.threads, noise)
+        per = float(max_weight) * p.value_bound + extra / max_clients
+        combine = _CombineCodec(public, size, per)
+        recover_rng = rng or SystemRng()
+        session = OneShotSession(
+            "ckks",
+            Scheme.CKKS,
+            layout,
+            params_id,
+            client,
+            combine,
+            lambda: _RecoverCodec(keys, size, self.threads, recover_rng, per),
+            max_weight=float(max_weight),
+        )
+        session.ckks_keys = keys  # type: ignore[attr-defined]
+        return session
+
+    def __repr__(self) -> str:
+        return f"CkksBackend(preset={self.preset!r}, params={self.params!r})"

@@ -1,0 +1,504 @@
+"""CKKS backend: the contract suite (two presets) plus CKKS-specific checks."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import privagg
+from privagg import (
+    ConfigurationError,
+    DeserializationError,
+    EncodingOverflowError,
+    Layout,
+    MissingKeyError,
+    NoProtection,
+    ParameterMismatchError,
+    PasswordProtection,
+)
+from privagg.backends._ckks_params import HE_STANDARD_MAX_BITS, PRESETS, CkksParams
+from privagg.backends.ckks import (
+    CkksBackend,
+    CkksPublicContext,
+    CkksSecretContext,
+    EncryptedUpdate,
+    _pack,
+    _RecoverCodec,
+    _unpack,
+    keygen,
+)
+from privagg.envelope import PayloadReader, PayloadWriter
+from privagg.protocols import Session
+from tests.privagg.contract.backend_contract import BackendContract
+
+
+class TestCkksSecureContract(BackendContract):
+    """The contract on the default preset ("compact" has its own hypothesis tests below;
+    one contract subclass per function keeps hypothesis' executor check happy)."""
+
+    max_clients = 4
+
+    def make_backend(self) -> CkksBackend:
+        return CkksBackend(threads=1)
+
+    def secrets(self, session: Session) -> list[object]:
+        return [session.ckks_keys.secret_key]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def keys() -> CkksSecretContext:
+    return keygen("compact")
+
+
+@pytest.fixture(scope="module")
+def other_keys() -> CkksSecretContext:
+    return keygen("compact")
+
+
+# -- parameters ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_meet_he_standard_128_bit(name: str) -> None:
+    p = PRESETS[name]
+    assert p.total_bits <= HE_STANDARD_MAX_BITS[p.poly_modulus_degree]
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(p.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        seal.CoeffModulus.Create(p.poly_modulus_degree, p.coeff_mod_bit_sizes)
+    )
+    ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    assert ctx.parameters_set()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"poly_modulus_degree": 3000},
+        {
+            "poly_modulus_degree": 4096,
+            "data_bits": (60, 40),
+            "special_bits": 20,
+        },  # 120 > 109
+        {"data_bits": (61, 60)},
+        {"data_bits": (19, 60)},
+        {"data_bits": ()},
+        {"data_bits": "60"},
+        {"preset": "compact", "data_bits": (60, 30), "special_bits": None},
+        {
+            "preset": "compact",
+            "scale_bits": 58,
+        },  # TenSEAL would say "scale out of bounds"
+        {"preset": "compact", "scale_bits": 70},
+        {"scale_bits": 10},
+        {"value_bound": float("nan")},
+        {"value_bound": 0.0},
+        {"value_bound": 2.0**60},
+        {"flood_bits": -1},
+        {"flood_bits": 1.5},
+        {"threads": 0},
+        {"preset": "nope"},
+    ],
+)
+def test_bad_custom_parameters_raise_configuration_error(options: dict) -> None:
+    with pytest.raises(ConfigurationError):
+        CkksBackend(**options)
+
+
+def test_custom_path_accepts_valid_parameters() -> None:
+    be = CkksBackend(
+        preset="compact",
+        poly_modulus_degree=8192,
+        data_bits=(60, 50),
+        special_bits=30,
+        scale_bits=60,
+        value_bound=100.0,
+        flood_bits=8,
+    )
+    assert be.params.total_bits == 140
+    ups = [{"x": np.linspace(-100, 100, 50)} for _ in range(2)]
+    out = privagg.secure_sum(ups, backend=be)
+    assert np.max(np.abs(out["x"] - 2 * ups[0]["x"])) <= be.tolerance(
+        n_clients=2, max_abs=100
+    )
+
+
+def test_registry_builds_ckks_and_rejects_unknown_options() -> None:
+    assert isinstance(privagg.get_backend("ckks", preset="compact"), CkksBackend)
+    with pytest.raises(ConfigurationError):
+        privagg.get_backend("ckks", bogus=1)
+
+
+def test_setup_refuses_sums_that_could_wrap() -> None:
+    be = CkksBackend(preset="compact")
+    layout = Layout.from_arrays({"x": np.zeros(3)})
+    with pytest.raises(ConfigurationError, match="do not fit"):
+        be.setup(layout, max_clients=10**6)
+    with pytest.raises(ConfigurationError):
+        be.setup(layout, max_clients=0)
+    with pytest.raises(ConfigurationError):
+        be.setup(layout, max_clients=2, max_weight=float("inf"))
+
+
+def test_params_bytes_round_trip() -> None:
+    for p in PRESETS.values():
+        assert CkksParams.from_bytes(p.to_bytes()) == p
+
+
+# -- keys ---------------------------------------------------------------------------------
+def test_public_context_cannot_decrypt(keys: CkksSecretContext) -> None:
+    pub = CkksPublicContext.from_bytes(keys.public.to_bytes())
+    upd = pub.encrypt(np.ones(10))
+    assert not pub.has_secret_key
+    with pytest.raises(MissingKeyError):
+        pub.decrypt(upd)
+    with pytest.raises(MissingKeyError):
+        pub.seal_state().decrypt_words(upd.words, upd.size)
+    with pytest.raises(MissingKeyError):
+        _RecoverCodec(pub, 10, 1, privagg.SystemRng())  # type: ignore[arg-type]
+    with pytest.raises(MissingKeyError):
+        CkksSecretContext.from_bytes(pub.to_bytes(), protection=NoProtection())
+    # The key holders' context decrypts the same ciphertext.
+    assert np.allclose(keys.decrypt(upd), 1.0, atol=1e-6)
+
+
+def test_public_context_holds_only_parameters_and_public_key(
+    keys: CkksSecretContext,
+) -> None:
+    data = keys.public.to_bytes()
+    _, payload = privagg.envelope.open_envelope(data)
+    r = PayloadReader(payload)
+    assert CkksParams.from_bytes(r.blob()) == keys.params
+    pk_blob = r.blob()
+    r.done()
+    state = keys.public.seal_state()
+    from privagg.backends.ckks import _seal_load
+
+    pk = seal.PublicKey()
+    _seal_load(pk, state.context, pk_blob)  # the one key inside is a public key
+    exported = keys.secret_key.to_bytes(protection=NoProtection())
+    raw_sk = NoProtection().unwrap(exported)[2]
+    assert raw_sk[100:164] not in data
+    assert "secret" not in repr(keys.public).lower()
+
+
+def test_secret_context_refuses_pickle_and_hides_key(keys: CkksSecretContext) -> None:
+    import pickle
+
+    with pytest.raises(TypeError):
+        pickle.dumps(keys)
+    with pytest.raises(TypeError):
+        pickle.dumps(keys.secret_key)
+    raw = NoProtection().unwrap(keys.secret_key.to_bytes(protection=NoProtection()))[2]
+    assert raw[64:96].hex() not in repr(keys) + str(keys)
+    # the public context pickles (it is public)
+    assert (
+        pickle.loads(pickle.dumps(keys.public)).fingerprint == keys.public.fingerprint
+    )
+
+
+def test_secret_context_saved_0600_and_reloads(
+    tmp_path, keys: CkksSecretContext
+) -> None:
+    path = keys.save(tmp_path / "ckks.key", protection=NoProtection())
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    loaded = CkksSecretContext.load(path, protection=NoProtection())
+    upd = keys.public.encrypt(np.full(7, 0.25))
+    assert np.allclose(loaded.decrypt(upd), 0.25, atol=1e-6)
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigurationError):
+        CkksSecretContext.load(path, protection=NoProtection())
+
+
+def test_password_protected_export(keys: CkksSecretContext) -> None:
+    blob = keys.to_bytes(protection=PasswordProtection("correct horse battery"))
+    with pytest.raises(DeserializationError):
+        CkksSecretContext.from_bytes(
+            blob, protection=PasswordProtection("wrong password!")
+        )
+    again = CkksSecretContext.from_bytes(
+        blob, protection=PasswordProtection("correct horse battery")
+    )
+    assert again.public.fingerprint == keys.public.fingerprint
+
+
+def test_secret_of_other_key_rejected(
+    keys: CkksSecretContext, other_keys: CkksSecretContext
+) -> None:
+    mixed = (
+        PayloadWriter()
+        .blob(keys.public.to_bytes())
+        .blob(other_keys.secret_key.to_bytes(protection=NoProtection()))
+        .getvalue()
+    )
+    with pytest.raises(ParameterMismatchError):
+        CkksSecretContext.from_bytes(mixed, protection=NoProtection())
+
+
+# -- packing --------------------------------------------------------------------------------
+@settings(max_examples=25)
+@given(
+    bits=st.integers(20, 60),
+    rows=st.integers(1, 4),
+    groups=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_bit_packing_round_trips(bits: int, rows: int, groups: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w = rng.integers(0, 2**bits, size=(rows, 8 * groups), dtype=np.uint64)
+    p = _pack(w, bits)
+    assert p.shape == (rows, groups * bits)
+    assert (_unpack(p, bits, 8 * groups) == w).all()
+
+
+@pytest.mark.parametrize("extra", [-4095, -1, 0, 1, 3 * 4096 + 5 - 4096])
+def test_packing_uses_every_slot(keys: CkksSecretContext, extra: int) -> None:
+    size = 4096 + extra
+    x = np.linspace(-1, 1, size)
+    upd = keys.public.encrypt(x)
+    assert upd.n_ciphertexts == -(-size // 4096)
+    body = upd.to_bytes()
+    assert len(body) <= 15 * upd.n_ciphertexts * 4096 + 64
+    back = EncryptedUpdate.from_bytes(body, keys.public)
+    assert np.max(np.abs(keys.decrypt(back) - x)) < 1e-6
+
+
+def test_bytes_per_value_targets() -> None:
+    for name, limit in (("compact", 16.0), ("secure", 32.0)):
+        k = keygen(name)
+        n = 4 * k.params.poly_modulus_degree
+        body = k.public.encrypt(np.zeros(n)).to_bytes()
+        assert len(body) / n <= limit, name
+
+
+def test_compressible_primes_fall_back_to_slow_path() -> None:
+    # 40-bit primes: SEAL's zstd compresses the words; the fallback reads them one by one.
+    be = CkksBackend(preset="compact", data_bits=(40,), scale_bits=20, value_bound=1.0)
+    ups = [{"x": np.linspace(-1, 1, 100)} for _ in range(3)]
+    out = privagg.secure_sum(ups, backend=be)
+    assert np.max(np.abs(out["x"] - 3 * ups[0]["x"])) <= be.tolerance(
+        n_clients=3, max_abs=1
+    )
+
+
+# -- precision --------------------------------------------------------------------------------
+def test_noise_model_matches_measurement(keys: CkksSecretContext) -> None:
+    xs = [np.random.default_rng(i).uniform(-1, 1, 3 * 4096) for i in range(4)]
+    acc = keys.public.encrypt(xs[0])
+    for x in xs[1:]:
+        acc = acc + keys.public.encrypt(x)
+    err = keys.decrypt(acc) - np.sum(xs, axis=0)
+    ratio = float(np.std(err)) / keys.params.noise_std(4)
+    assert 0.7 < ratio < 1.3, ratio
+
+
+@settings(max_examples=15)
+@given(
+    n=st.integers(1, 10),
+    size=st.integers(1, 300),
+    magnitude=st.sampled_from([1e-6, 1e-3, 1.0, 16.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_error_within_declared_bound(
+    n: int, size: int, magnitude: float, seed: int
+) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    rng = np.random.default_rng(seed)
+    ups = [{"x": rng.uniform(-magnitude, magnitude, size)} for _ in range(n)]
+    w = rng.uniform(0, 1, n).tolist()
+    out = privagg.secure_sum(ups, backend=be, weights=w)
+    ref = sum(wi * u["x"] for wi, u in zip(w, ups, strict=True))
+    assert np.max(np.abs(out["x"] - ref)) <= be.tolerance(
+        n_clients=n, max_abs=magnitude
+    )
+
+
+def test_target_ten_clients_magnitude_one_within_1e6() -> None:
+    for name in ("compact", "secure"):
+        be = CkksBackend(preset=name, threads=1)
+        assert be.tolerance(n_clients=10, max_abs=1.0) <= 1e-6
+        rng = np.random.default_rng(0)
+        ups = [{"x": rng.uniform(-1, 1, 20000).astype(np.float32)} for _ in range(10)]
+        layout = Layout.from_arrays(ups[0])
+        session = be.setup(layout, max_clients=10)
+        res = privagg.run_round(session, {f"c{i}": u for i, u in enumerate(ups)})
+        ref = np.sum([u["x"].astype(np.float64) for u in ups], axis=0)
+        assert np.max(np.abs(res.vector - ref)) <= 1e-6, name
+
+
+def test_release_floods_and_rounds(keys: CkksSecretContext) -> None:
+    x = np.linspace(-1, 1, 500)
+    upd = keys.public.encrypt(x)
+    a, b = keys.release(upd), keys.release(upd)
+    grid = keys.params.release_grid(1)
+    assert np.allclose(a / grid, np.round(a / grid))
+    assert not np.array_equal(a, b)  # fresh flooding noise each release
+    tol = keys.params.tolerance(1, 1.0)
+    assert np.max(np.abs(a - x)) <= tol and np.max(np.abs(b - x)) <= tol
+
+
+# -- bad input ----------------------------------------------------------------------------------
+def _body(keys: CkksSecretContext, x: np.ndarray) -> bytes:
+    return keys.public.encrypt(x).to_bytes()
+
+
+def test_non_finite_and_out_of_bound_values(keys: CkksSecretContext) -> None:
+    with pytest.raises(ConfigurationError):
+        keys.public.encrypt(np.array([0.0, np.nan]))
+    with pytest.raises(ConfigurationError):
+        keys.public.encrypt(np.array([np.inf]))
+    with pytest.raises(EncodingOverflowError):
+        keys.public.encrypt(np.array([17.0]))
+    be = CkksBackend(preset="compact")
+    with pytest.raises(EncodingOverflowError):
+        privagg.secure_sum([{"x": np.full(3, 100.0)}], backend=be)
+
+
+def test_other_key_ciphertexts_refused(
+    keys: CkksSecretContext, other_keys: CkksSecretContext
+) -> None:
+    a = keys.public.encrypt(np.ones(5))
+    b = other_keys.public.encrypt(np.ones(5))
+    with pytest.raises(ParameterMismatchError):
+        _ = a + b
+    with pytest.raises(ParameterMismatchError):
+        keys.decrypt(b)
+    with pytest.raises(ParameterMismatchError):
+        _ = a + keys.public.encrypt(np.ones(6))
+
+
+def test_aggregate_counts_and_refuses_mixed_sets(keys: CkksSecretContext) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(10)})
+    session = be.setup(layout, max_clients=3, keys=keys)
+    combine = session.combine_codec
+    bodies = [_body(keys, np.full(10, 0.5)) for _ in range(3)]
+    agg = EncryptedUpdate.from_bytes(combine.combine(bodies), keys)
+    assert agg.count == 3
+    assert np.allclose(keys.decrypt(agg), 1.5, atol=1e-6)
+    # an aggregate of aggregates keeps counting
+    agg2 = EncryptedUpdate.from_bytes(
+        combine.combine([agg.to_bytes(), bodies[0]]), keys
+    )
+    assert agg2.count == 4
+    # a body of another size / parameter set
+    with pytest.raises(DeserializationError):
+        combine.combine([bodies[0], _body(keys, np.zeros(11))])
+    secure = keygen("secure")
+    with pytest.raises(DeserializationError):
+        combine.combine([bodies[0], secure.public.encrypt(np.zeros(10)).to_bytes()])
+    # the holder refuses a count that disagrees with the contributor list
+    recover = session.recover_codec()
+    with pytest.raises(DeserializationError):
+        recover.recover(combine.combine(bodies), 2)
+    with pytest.raises(ParameterMismatchError):
+        be.setup(layout, max_clients=3, keys=secure)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 9, 17, 100, -1])
+def test_truncated_bodies_rejected(keys: CkksSecretContext, cut: int) -> None:
+    body = _body(keys, np.ones(10))
+    with pytest.raises(DeserializationError):
+        EncryptedUpdate.from_bytes(body[:cut], keys.public)
+
+
+def test_tampered_bodies_rejected_or_typed(keys: CkksSecretContext) -> None:
+    body = bytearray(_body(keys, np.ones(10)))
+    # words >= q (all ones) are rejected
+    bad = bytes(body[:25]) + b"\xff" * (len(body) - 25)
+    with pytest.raises(DeserializationError):
+        EncryptedUpdate.from_bytes(bad, keys.public)
+    for pos in (0, 1, 9, 17):
+        t = bytearray(body)
+        t[pos] ^= 0x01
+        with pytest.raises(DeserializationError):
+            EncryptedUpdate.from_bytes(bytes(t), keys.public, size=10)
+    with pytest.raises(DeserializationError):
+        CkksPublicContext.from_bytes(b"junk" * 20)
+
+
+# -- threads --------------------------------------------------------------------------------
+def test_process_pool_matches_inline(
+    keys: CkksSecretContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import privagg.backends.ckks as ckks_mod
+
+    monkeypatch.setattr(ckks_mod, "_POOL_MIN_PER_WORKER", 4)
+    assert ckks_mod._n_workers(2, 40) == 2 and ckks_mod._n_workers(1, 40) == 1
+    x = np.random.default_rng(3).uniform(-1, 1, 40 * 4096 + 17)
+    layout = Layout.from_arrays({"x": x})
+    outs = []
+    for threads in (1, 2):
+        be = CkksBackend(preset="compact", threads=threads)
+        session = be.setup(layout, max_clients=2, keys=keys)
+        res = privagg.run_round(session, {"a": {"x": x}, "b": {"x": x}})
+        outs.append(res.vector)
+    tol = CkksBackend(preset="compact").tolerance(n_clients=2, max_abs=1.0)
+    for o in outs:
+        assert np.max(np.abs(o - 2 * x)) <= tol
+
+
+@pytest.mark.parametrize("shape", [(1,), (0,), (2, 0)])
+def test_tiny_and_empty_updates(
+    keys: CkksSecretContext, shape: tuple[int, ...]
+) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    ups = [{"x": np.full(shape, 0.5)}, {"x": np.full(shape, 0.25)}]
+    session = be.setup(Layout.from_arrays(ups[0]), max_clients=2, keys=keys)
+    res = privagg.run_round(session, {"a": ups[0], "b": ups[1]})
+    assert res.aggregate["x"].shape == shape
+    assert np.all(
+        np.abs(res.aggregate["x"] - 0.75) <= be.tolerance(n_clients=2, max_abs=1)
+    )
+
+
+class _ConstNoise:
+    """A stand-in NoiseShare adding a known offset (tests the plumbing, not DP)."""
+
+    def sample_encoded(self, n: int, *, scale: float, rng: privagg.Rng) -> np.ndarray:
+        raise AssertionError("CKKS is a float backend")
+
+    def sample_real(self, n: int, *, rng: privagg.Rng) -> np.ndarray:
+        return np.full(n, 0.125)
+
+    def headroom(self, n_clients: int) -> float:
+        return 0.125 * n_clients
+
+
+def test_dp_noise_is_added_before_encryption(keys: CkksSecretContext) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(5)})
+    session = be.setup(layout, max_clients=3, noise=_ConstNoise(), keys=keys)
+    ups = {f"c{i}": {"x": np.full(5, 0.5)} for i in range(3)}
+    res = privagg.run_round(session, ups)
+    tol = be.tolerance(n_clients=3, max_abs=1.0)
+    assert np.all(np.abs(res.vector - 3 * (0.5 + 0.125)) <= tol)
+    # 5770 clients fit the modulus without noise but not with the noise headroom
+    be.setup(layout, max_clients=5770, keys=keys)
+    with pytest.raises(ConfigurationError):
+        be.setup(layout, max_clients=5770, noise=_ConstNoise(), keys=keys)
+
+
+def test_sums_beyond_the_modulus_are_refused_not_wrapped(
+    keys: CkksSecretContext,
+) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(4)})
+    session = be.setup(layout, max_clients=2, keys=keys)
+    body = _body(keys, np.full(4, 16.0))
+    combine = session.combine_codec
+    # 16 * 2**13 = 2**17 > 2**16.5 of headroom: more contributions than the modulus holds
+    many = PayloadWriter().u8(1).u64(2**13).u64(4)
+    many = many.blob(PayloadReader(body[17:]).blob()).getvalue()
+    with pytest.raises(EncodingOverflowError):
+        combine.combine([many])
+    with pytest.raises(EncodingOverflowError):
+        session.recover_codec().recover(many, 2**13)
+    upd = keys.public.encrypt(np.full(4, 16.0))
+    upd.count = 2**13
+    with pytest.raises(EncodingOverflowError):
+        _ = upd + upd
