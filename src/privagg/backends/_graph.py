@@ -1,0 +1,163 @@
+"""The SecAgg+ communication graph and the choice of its degree ``k`` and threshold ``t``.
+
+The graph is a Harary graph ``H(k, n)`` (each node linked to the ``k/2`` nodes on either
+side of it on a ring) over a pseudo-random ordering of the round's clients. The ordering
+is derived from a public seed that hashes every advertised public key of the round, so
+the server cannot place clients where it wants without grinding on the key set. Because
+the ordering is a uniformly random permutation, the neighbourhood of any fixed client is
+a uniformly random ``k``-subset of the others: the number of corrupt (or dropped)
+neighbours is hypergeometric, which gives the bounds below (Bell et al., CCS 2020,
+Sec. 3-4, with exact hypergeometric tails instead of Chernoff bounds).
+
+Each client's two secrets are Shamir-shared among its ``k`` neighbours *and itself*
+(``k + 1`` holders), threshold ``t``.
+
+* **Security** (an honest client's secrets stay hidden from the server plus ``C =
+  ceil(gamma * n)`` corrupt clients): the corrupt holders must be fewer than ``t``:
+  ``n * P[Hyp(n - 1, C, k) >= t] <= 2**-sigma``.
+* **Correctness** (up to ``D = floor(delta * n)`` dropouts): a secret that must be
+  recovered keeps ``t`` live holders: ``n * P[Hyp(n - 1, D, k) > k - t] <= 2**-eta``.
+* **Connectivity (necessary part)**: an honest survivor keeps at least one honest,
+  surviving neighbour: ``n * P[Hyp(n - 1, C + D, k) = k] <= 2**-sigma``.
+
+The smallest even ``k`` for which some ``t`` meets all three is used, with the
+smallest such ``t`` (most dropout tolerance). If no ``k < n - 1`` works, the graph is
+complete (Bonawitz et al., CCS 2017), where the bounds are deterministic:
+``t >= C + 1`` and ``t <= n - D``, and ``t`` is raised to ``floor(n/2) + 1`` when that
+still fits (so that two disjoint halves of the clients cannot both unmask).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from privagg.errors import ConfigurationError
+
+__all__ = ["GraphParams", "choose_parameters", "consistency_quorum", "harary_neighbours"]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphParams:
+    """Degree and threshold of a round's graph.
+
+    Attributes:
+        degree: neighbours per client (``n - 1`` for the complete graph).
+        threshold: shares needed to reconstruct a secret (out of ``degree + 1`` holders).
+        full: True for the complete graph.
+    """
+
+    degree: int
+    threshold: int
+    full: bool
+
+
+def _hyp_tail(population: int, marked: int, draws: int, at_least: int) -> float:
+    """P[X >= at_least] for X ~ Hypergeometric(population, marked, draws)."""
+    if at_least <= 0:
+        return 1.0
+    hi = min(marked, draws)
+    if at_least > hi:
+        return 0.0
+    total = math.comb(population, draws)
+    num = sum(
+        math.comb(marked, x) * math.comb(population - marked, draws - x)
+        for x in range(at_least, hi + 1)
+    )
+    return num / total
+
+
+@lru_cache(maxsize=256)
+def choose_parameters(
+    n: int,
+    *,
+    dropout_rate: float,
+    corruption_rate: float,
+    sigma: int = 40,
+    eta: int = 20,
+    full_graph: bool = False,
+) -> GraphParams:
+    """Degree ``k`` and threshold ``t`` for ``n`` clients (see the module docstring).
+
+    Args:
+        n: clients in the round.
+        dropout_rate: ``delta``, the fraction of clients that may drop out.
+        corruption_rate: ``gamma``, the fraction of clients that may collude with the server.
+        sigma: statistical security parameter (failure probability ``2**-sigma``).
+        eta: correctness parameter (probability ``2**-eta`` that recovery fails when at
+            most ``delta * n`` clients drop).
+        full_graph: force the complete graph.
+
+    Raises:
+        ConfigurationError: no threshold satisfies both bounds (``gamma + delta`` too large
+            for ``n``).
+    """
+    if n < 1:
+        raise ConfigurationError(f"a round needs at least one client, got {n}")
+    corrupt = min(math.ceil(corruption_rate * n - 1e-9), n - 1)
+    dropped = math.floor(dropout_rate * n)
+    if not full_graph:
+        sec_bound = 2.0**-sigma / n
+        cor_bound = 2.0**-eta / n
+        for k in range(2, n - 1, 2):
+            if _hyp_tail(n - 1, corrupt + dropped, k, k) > sec_bound:
+                continue
+            t_lo = next(
+                (t for t in range(1, k + 2) if _hyp_tail(n - 1, corrupt, k, t) <= sec_bound),
+                None,
+            )
+            if t_lo is None:
+                continue
+            if _hyp_tail(n - 1, dropped, k, k - t_lo + 1) <= cor_bound:
+                return GraphParams(k, t_lo, False)
+    lo, hi = corrupt + 1, n - dropped
+    if lo > hi:
+        raise ConfigurationError(
+            f"no threshold works for n={n}, dropout_rate={dropout_rate}, "
+            f"corruption_rate={corruption_rate}: need t >= {lo} and t <= {hi}"
+        )
+    t = min(max(lo, n // 2 + 1), hi)
+    return GraphParams(n - 1, t, True)
+
+
+def consistency_quorum(n: int, *, corruption_rate: float, threshold: int) -> int:
+    """Survivor-set signatures a client requires before it reveals any share (active variant).
+
+    Honest clients sign exactly one survivor set. With ``C = ceil(gamma * n)`` corrupt
+    clients able to sign anything, two different survivor sets can each collect ``q``
+    signatures only if ``2q <= n + C``; ``q = floor((n + C) / 2) + 1`` therefore makes every
+    honest client that reveals a share agree on one survivor set, so for every client the
+    server obtains honest shares of its self-mask seed *or* of its mask key, never both
+    (Bonawitz et al.'s consistency check, with a quorum that also holds for sparse graphs).
+    """
+    corrupt = min(math.ceil(corruption_rate * n - 1e-9), n - 1)
+    return max(threshold, (n + corrupt) // 2 + 1)
+
+
+def _order(ids: Sequence[str], seed: bytes) -> list[str]:
+    def key(cid: str) -> bytes:
+        return hashlib.sha256(b"privagg/secagg/order\x00" + seed + cid.encode("utf-8")).digest()
+
+    return sorted(ids, key=key)
+
+
+def harary_neighbours(ids: Sequence[str], degree: int, seed: bytes) -> dict[str, frozenset[str]]:
+    """Neighbour sets of the Harary graph ``H(degree, n)`` over a seeded ordering of ``ids``.
+
+    ``degree`` must be even or ``n - 1`` (the complete graph).
+    """
+    n = len(ids)
+    if degree >= n - 1:
+        everyone = frozenset(ids)
+        return {c: everyone - {c} for c in ids}
+    if degree % 2:
+        raise ConfigurationError(f"a sparse Harary graph needs an even degree, got {degree}")
+    order = _order(ids, seed)
+    half = degree // 2
+    out = {}
+    for pos, cid in enumerate(order):
+        out[cid] = frozenset(order[(pos + o) % n] for o in range(-half, half + 1) if o)
+    return out

@@ -1,0 +1,164 @@
+"""Cryptographic building blocks of SecAgg+ and the additive backend (all from ``cryptography``).
+
+* X25519 key agreement, HKDF-SHA256 key derivation, AES-256-GCM for shares;
+* Ed25519 signatures (the active-security variant);
+* mask expansion: AES-256-CTR keystreams (the project PRG, :func:`privagg._rng.aes_ctr_keystream`,
+  with a zero 128-bit counter block) read as little-endian ring words, written straight
+  into a reusable buffer (``update_into``) and added to or subtracted from an accumulator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from privagg._rng import Rng
+from privagg.errors import DeserializationError, ProtocolError
+
+__all__ = [
+    "KEY_SIZE",
+    "MaskExpander",
+    "aead_decrypt",
+    "aead_encrypt",
+    "ecdh",
+    "ed25519_public",
+    "ed25519_sign",
+    "ed25519_verify",
+    "hkdf",
+    "new_ed25519",
+    "new_x25519",
+    "x25519_key",
+    "x25519_public",
+]
+
+KEY_SIZE = 32
+_NONCE = bytes(12)
+_COUNTER0 = bytes(16)
+
+
+def new_x25519(rng: Rng) -> bytes:
+    """Fresh X25519 private key bytes from ``rng`` (clamped by X25519 itself)."""
+    return rng.random_bytes(KEY_SIZE)
+
+
+def x25519_public(private: bytes) -> bytes:
+    """The raw 32-byte public key of an X25519 private key."""
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+
+
+def x25519_key(private: bytes) -> X25519PrivateKey:
+    """An X25519 key object (to reuse for many exchanges)."""
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def ecdh(private: bytes | X25519PrivateKey, peer_public: bytes) -> bytes:
+    """X25519 shared secret; a low-order peer key raises :class:`ProtocolError`."""
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
+    try:
+        return private.exchange(
+            X25519PublicKey.from_public_bytes(peer_public)
+        )
+    except ValueError:
+        raise ProtocolError("invalid X25519 public key") from None
+
+
+def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
+    """HKDF-SHA256."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def aead_encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with a zero nonce: every key here encrypts exactly one message."""
+    return AESGCM(key).encrypt(_NONCE, plaintext, aad)
+
+
+def aead_decrypt(key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    """Inverse of :func:`aead_encrypt`; a bad tag raises :class:`DeserializationError`."""
+    try:
+        return AESGCM(key).decrypt(_NONCE, ciphertext, aad)
+    except (InvalidTag, ValueError):
+        raise DeserializationError() from None
+
+
+def new_ed25519(rng: Rng) -> bytes:
+    """Fresh Ed25519 private key bytes from ``rng``."""
+    return rng.random_bytes(KEY_SIZE)
+
+
+def ed25519_public(private: bytes) -> bytes:
+    """The raw 32-byte Ed25519 public key."""
+    return (
+        Ed25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+
+
+def ed25519_sign(private: bytes, message: bytes) -> bytes:
+    """A 64-byte Ed25519 signature."""
+    return Ed25519PrivateKey.from_private_bytes(private).sign(message)
+
+
+def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """True iff ``signature`` is valid on ``message`` under ``public``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class MaskExpander:
+    """Expands 32-byte seeds into ring-word masks of a fixed length, without copies.
+
+    The mask of a seed is ``aes_ctr_keystream(seed, size * itemsize)`` read as
+    little-endian unsigned words of ``dtype`` (uint32 or uint64): arithmetic modulo
+    ``2**32`` or ``2**64``.
+    """
+
+    __slots__ = ("_buf", "_dtype", "_size", "_view", "_zeros")
+
+    def __init__(self, size: int, dtype: type[np.unsignedinteger]) -> None:
+        self._dtype = np.dtype(dtype).newbyteorder("<")
+        self._size = size
+        nbytes = size * self._dtype.itemsize
+        self._zeros = memoryview(bytes(nbytes))
+        self._buf = bytearray(nbytes + 15)
+        self._view = np.frombuffer(self._buf, dtype=self._dtype, count=size)
+
+    def _expand(self, seed: bytes) -> npt.NDArray[np.unsignedinteger]:
+        enc = Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor()
+        if self._size:
+            enc.update_into(self._zeros, self._buf)
+        return self._view
+
+    def mask(self, seed: bytes) -> npt.NDArray[np.unsignedinteger]:
+        """A fresh array holding the mask of ``seed``."""
+        return self._expand(seed).astype(self._dtype.newbyteorder("="), copy=True)
+
+    def add(self, acc: npt.NDArray[np.unsignedinteger], seed: bytes, sign: int = 1) -> None:
+        """``acc += sign * mask(seed)`` in place, modulo the word size."""
+        ks = self._expand(seed)
+        if sign >= 0:
+            np.add(acc, ks, out=acc)
+        else:
+            np.subtract(acc, ks, out=acc)

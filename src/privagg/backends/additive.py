@@ -1,0 +1,644 @@
+"""Multi-server additive secret sharing over ``Z_2**bits`` (secure while one server is honest).
+
+There are ``n_servers`` non-colluding servers. Server 0 is the aggregator (the party that
+drives the round); servers ``1 .. n_servers - 1`` are the extra responders of
+:meth:`AdditiveSession.servers`. Each client encodes its weighted update ``x`` into the
+ring and splits it into ``n_servers`` additive shares:
+
+* for each server ``k >= 1`` a fresh 32-byte seed ``r_k``; that server's share is
+  ``PRG(r_k)`` (AES-256-CTR), and only the seed travels, AES-256-GCM-encrypted to the
+  server under ``HKDF(X25519(client ephemeral key, server key))``;
+* server 0's share is ``x - sum_k PRG(r_k)``, sent to the aggregator as ring words.
+
+Every share alone is uniformly distributed (computationally, for the PRG ones), so any
+coalition that misses at least one server learns nothing about ``x``. Each server sums
+its shares over the clients that answered; servers ``k >= 1`` encrypt their partial sums
+to the result holder (ephemeral X25519 + HKDF + AES-256-GCM, the contributor list bound
+as associated data), and server 0 forwards them with its own partial sum. The holder adds
+the partial sums and decodes. Server 0 sees its partial sum, which is masked by the
+others; only the holder (or all servers together) learns the total.
+
+A client that does not answer is simply not in the sum (exact for the others); a server
+that does not answer aborts the round.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, NoReturn, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg._rng import Rng, SystemRng
+from privagg.backends import _wire
+from privagg.backends._ringcode import add_masks, encode_to_ring
+from privagg.backends._secagg_crypto import (
+    aead_decrypt,
+    aead_encrypt,
+    ecdh,
+    hkdf,
+    new_x25519,
+    x25519_key,
+    x25519_public,
+)
+from privagg.encoding import FixedPointEncoder, from_ring
+from privagg.envelope import (
+    PayloadReader,
+    PayloadWriter,
+    Scheme,
+    open_envelope,
+    register_message,
+)
+from privagg.errors import (
+    ConfigurationError,
+    DeserializationError,
+    EncodingOverflowError,
+    InsufficientParticipantsError,
+    ParameterMismatchError,
+    ProtocolError,
+)
+from privagg.keys import SecretKey, fingerprint
+from privagg.layout import FloatVector, Layout
+from privagg.protocols import NoiseShare, Recovered, Responder
+
+__all__ = [
+    "AdditiveAggregator",
+    "AdditiveBackend",
+    "AdditiveClient",
+    "AdditiveHolder",
+    "AdditiveKind",
+    "AdditiveServer",
+    "AdditiveSession",
+    "ClientShares",
+    "PartialSum",
+    "ResultMessage",
+    "ServerRequest",
+    "ShareRequest",
+]
+
+_DOMAIN = b"privagg/additive/v1/"
+
+
+class AdditiveKind(enum.IntEnum):
+    """Message kinds of the additive scheme."""
+
+    REQUEST = 1
+    SHARES = 2
+    SERVER_REQUEST = 3
+    PARTIAL = 4
+    RESULT = 5
+
+
+@dataclass(frozen=True)
+class _Message(_wire.Message):
+    SCHEME: ClassVar[Scheme] = Scheme.ADDITIVE
+
+
+def _ring_array(r: PayloadReader) -> npt.NDArray[np.unsignedinteger]:
+    a = r.array()
+    if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+        raise DeserializationError()
+    return a
+
+
+@register_message((Scheme.ADDITIVE, AdditiveKind.REQUEST))
+@dataclass(frozen=True)
+class ShareRequest(_Message):
+    """Aggregator -> client: "send your shares for this round"."""
+
+    KIND: ClassVar[int] = AdditiveKind.REQUEST
+
+
+@register_message((Scheme.ADDITIVE, AdditiveKind.SHARES))
+@dataclass(frozen=True, eq=False)
+class ClientShares(_Message):
+    """Client -> aggregator: server 0's share, and an encrypted seed for each other server."""
+
+    KIND: ClassVar[int] = AdditiveKind.SHARES
+    ephemeral_pk: bytes = b""
+    share0: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    seeds: tuple[tuple[str, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.blob(self.ephemeral_pk).array(self.share0)
+        _wire.write_pairs(w, self.seeds)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _wire.fixed(r, 32), _ring_array(r), _wire.read_pairs(r))
+
+    def __repr__(self) -> str:
+        return f"ClientShares(round={self.round_id}, client={self.party!r})"
+
+
+@register_message((Scheme.ADDITIVE, AdditiveKind.SERVER_REQUEST))
+@dataclass(frozen=True)
+class ServerRequest(_Message):
+    """Aggregator -> server k: each contributor's ephemeral key and encrypted seed."""
+
+    KIND: ClassVar[int] = AdditiveKind.SERVER_REQUEST
+    entries: tuple[tuple[str, bytes, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.u32(len(self.entries))
+        for cid, epk, ct in self.entries:
+            w.text(cid).blob(epk).blob(ct)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        entries = tuple((r.text(), _wire.fixed(r, 32), r.blob()) for _ in range(_wire.count(r)))
+        if len({e[0] for e in entries}) != len(entries):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, entries)
+
+
+@register_message((Scheme.ADDITIVE, AdditiveKind.PARTIAL))
+@dataclass(frozen=True)
+class PartialSum(_Message):
+    """Server k -> aggregator: its partial sum, encrypted to the result holder."""
+
+    KIND: ClassVar[int] = AdditiveKind.PARTIAL
+    contributors: tuple[str, ...] = ()
+    ephemeral_pk: bytes = b""
+    ciphertext: bytes = b""
+
+    def _write(self, w: PayloadWriter) -> None:
+        _wire.write_ids(w, self.contributors)
+        w.blob(self.ephemeral_pk).blob(self.ciphertext)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _wire.read_ids(r), _wire.fixed(r, 32), r.blob())
+
+    def __repr__(self) -> str:
+        return f"PartialSum(round={self.round_id}, server={self.party!r})"
+
+
+@register_message((Scheme.ADDITIVE, AdditiveKind.RESULT))
+@dataclass(frozen=True, eq=False)
+class ResultMessage(_Message):
+    """Aggregator -> holder: server 0's partial sum and the other servers' encrypted ones."""
+
+    KIND: ClassVar[int] = AdditiveKind.RESULT
+    contributors: tuple[str, ...] = ()
+    partial0: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    partials: tuple[tuple[str, bytes, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _wire.write_ids(w, self.contributors)
+        w.array(self.partial0)
+        w.u32(len(self.partials))
+        for sid, epk, ct in self.partials:
+            w.text(sid).blob(epk).blob(ct)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        ids = _wire.read_ids(r)
+        p0 = _ring_array(r)
+        parts = tuple((r.text(), _wire.fixed(r, 32), r.blob()) for _ in range(_wire.count(r)))
+        if len({p[0] for p in parts}) != len(parts):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, ids, p0, parts)
+
+    def __repr__(self) -> str:
+        return f"AdditiveResult(round={self.round_id}, contributors={len(self.contributors)})"
+
+
+# -- shared configuration --------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Config:
+    params_id: bytes
+    size: int
+    encoder: FixedPointEncoder
+    value_bound: float
+    clip: bool
+    max_weight: float
+    ring_bits: int
+    max_clients: int
+    server_ids: tuple[str, ...]  # servers 1..n-1 (server 0 is the aggregator)
+    server_pks: tuple[bytes, ...]
+    holder_pk: bytes
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        return np.uint32 if self.ring_bits == 32 else np.uint64
+
+    def check(self, data: bytes, round_id: int, kind: int, who: str) -> None:
+        h = _wire.peek_header(data)
+        if h.scheme != Scheme.ADDITIVE:
+            raise ProtocolError(f"{who}: message of another scheme")
+        if not hmac.compare_digest(h.params_id, self.params_id):
+            raise ParameterMismatchError(f"{who}: message made under different parameters or keys")
+        if h.round_id != round_id:
+            raise ProtocolError(f"{who}: message for round {h.round_id}, expected {round_id} (replay?)")
+        if h.kind != kind:
+            raise ProtocolError(f"{who}: unexpected message kind {h.kind} (expected {kind})")
+
+
+def _ctx(cfg: _Config, round_id: int, *parts: str) -> bytes:
+    out = cfg.params_id + round_id.to_bytes(8, "big")
+    for p in parts:
+        b = p.encode("utf-8")
+        out += struct.pack(">I", len(b)) + b
+    return out
+
+
+def _ids_digest(ids: Sequence[str]) -> bytes:
+    h = hashlib.sha256()
+    for i in ids:
+        b = i.encode("utf-8")
+        h.update(struct.pack(">I", len(b)) + b)
+    return h.digest()
+
+
+# -- roles -------------------------------------------------------------------------------------
+class AdditiveClient:
+    """A client: splits its encoded update into one additive share per server."""
+
+    def __init__(self, cfg: _Config, party_id: str, round_id: int, update: FloatVector,
+                 weight: float, rng: Rng, noise: NoiseShare | None) -> None:
+        self._cfg = cfg
+        self._id = party_id
+        self._round = round_id
+        self._update = update
+        self._weight = weight
+        self._rng = rng
+        self._noise = noise
+        self._answered = False
+
+    @property
+    def party_id(self) -> str:
+        """This client's id."""
+        return self._id
+
+    def handle(self, request: bytes) -> bytes:
+        """Answer the share request."""
+        cfg = self._cfg
+        cfg.check(request, self._round, AdditiveKind.REQUEST, f"client {self._id!r}")
+        req = ShareRequest.from_bytes(request)
+        if req.party != self._id:
+            raise ProtocolError(f"client {self._id!r} got a request addressed to {req.party!r}")
+        if self._answered:
+            raise ProtocolError("this client already contributed to this round")
+        share0 = encode_to_ring(
+            cfg.encoder, self._update, self._weight, value_bound=cfg.value_bound, clip=cfg.clip,
+            rng=self._rng, dtype=cfg.dtype, noise=self._noise, who=f"client {self._id!r}",
+        )
+        eph = x25519_key(new_x25519(self._rng))
+        epk = x25519_public(eph.private_bytes_raw())
+        seeds = []
+        masks = []
+        for sid, spk in zip(cfg.server_ids, cfg.server_pks, strict=True):
+            seed = self._rng.random_bytes(32)
+            masks.append((seed, -1))
+            ctx = _ctx(cfg, self._round, self._id, sid)
+            key = hkdf(ecdh(eph, spk), salt=cfg.params_id, info=_DOMAIN + b"seed-key" + ctx + epk)
+            seeds.append((sid, aead_encrypt(key, seed, _DOMAIN + b"seed" + ctx + epk)))
+        add_masks(share0, masks)
+        self._answered = True
+        self._update = np.zeros(0)
+        return ClientShares(cfg.params_id, self._round, self._id, epk, share0, tuple(seeds)).to_bytes()
+
+    def __repr__(self) -> str:
+        return f"AdditiveClient(client={self._id!r}, round={self._round})"
+
+
+class AdditiveServer:
+    """Server ``k >= 1``: decrypts its seeds, sums their expansions, encrypts the sum to the holder."""
+
+    def __init__(self, cfg: _Config, server_id: str, round_id: int, key: SecretKey[bytes], rng: Rng) -> None:
+        self._cfg = cfg
+        self._id = server_id
+        self._round = round_id
+        self._key = key
+        self._rng = rng
+        self._answered = False
+
+    @property
+    def party_id(self) -> str:
+        """This server's id."""
+        return self._id
+
+    def handle(self, request: bytes) -> bytes:
+        """Sum this server's shares of the listed contributors."""
+        cfg = self._cfg
+        cfg.check(request, self._round, AdditiveKind.SERVER_REQUEST, f"server {self._id!r}")
+        req = ServerRequest.from_bytes(request)
+        if req.party != self._id:
+            raise ProtocolError(f"server {self._id!r} got a request addressed to {req.party!r}")
+        if self._answered:
+            raise ProtocolError("this server already answered this round")
+        sk = x25519_key(self._key.unsafe_material())
+        acc = np.zeros(cfg.size, dtype=cfg.dtype)
+        masks = []
+        contributors = tuple(sorted(e[0] for e in req.entries))
+        for cid, epk, ct in req.entries:
+            ctx = _ctx(cfg, self._round, cid, self._id)
+            key = hkdf(ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"seed-key" + ctx + epk)
+            seed = aead_decrypt(key, ct, _DOMAIN + b"seed" + ctx + epk)
+            if len(seed) != 32:
+                raise DeserializationError()
+            masks.append((seed, 1))
+        add_masks(acc, masks)
+        eph = x25519_key(new_x25519(self._rng))
+        epk = x25519_public(eph.private_bytes_raw())
+        ctx = _ctx(cfg, self._round, self._id) + _ids_digest(contributors) + epk
+        key = hkdf(ecdh(eph, cfg.holder_pk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx)
+        ct = aead_encrypt(key, acc.astype(acc.dtype.newbyteorder("<")).tobytes(), _DOMAIN + b"partial" + ctx)
+        self._answered = True
+        return PartialSum(cfg.params_id, self._round, self._id, contributors, epk, ct).to_bytes()
+
+    def __repr__(self) -> str:
+        return f"AdditiveServer({self._id!r}, round={self._round})"
+
+
+class AdditiveAggregator:
+    """The coordinator, which is also server 0."""
+
+    def __init__(self, cfg: _Config, round_id: int, client_ids: Sequence[str]) -> None:
+        if len(set(client_ids)) != len(client_ids):
+            raise ConfigurationError("client ids must be unique")
+        if set(client_ids) & set(cfg.server_ids):
+            raise ConfigurationError("client ids must differ from the server ids")
+        if len(client_ids) > cfg.max_clients:
+            raise ConfigurationError(
+                f"{len(client_ids)} clients, but the session was set up for max_clients={cfg.max_clients}"
+            )
+        self._cfg = cfg
+        self._round = round_id
+        self._clients = tuple(client_ids)
+        self._stage = 0
+        self._contributors: tuple[str, ...] = ()
+        self._partial0: npt.NDArray[np.unsignedinteger] | None = None
+        self._result: bytes | None = None
+
+    def start(self) -> dict[str, bytes]:
+        """Ask every client for its shares."""
+        if self._stage:
+            raise ProtocolError("round already started")
+        self._stage = 1
+        return {c: ShareRequest(self._cfg.params_id, self._round, c).to_bytes() for c in self._clients}
+
+    def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Stage 1: sum server 0's shares and relay the seeds; stage 2: collect partial sums."""
+        if self._stage == 1:
+            return self._on_shares(replies)
+        if self._stage == 2:
+            return self._on_partials(replies)
+        raise ProtocolError("receive() called out of order")
+
+    def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        cfg = self._cfg
+        expected = set(self._clients)
+        acc = np.zeros(cfg.size, dtype=cfg.dtype)
+        per_server: dict[str, list[tuple[str, bytes, bytes]]] = {s: [] for s in cfg.server_ids}
+        for sender in sorted(replies):
+            data = replies[sender]
+            if sender not in expected:
+                raise ProtocolError(f"reply from unexpected party {sender!r}")
+            cfg.check(data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}")
+            msg = ClientShares.from_bytes(data)
+            if msg.party != sender:
+                raise ProtocolError(f"client {sender!r} sent a reply labelled {msg.party!r}")
+            if msg.share0.dtype != np.dtype(cfg.dtype) or msg.share0.shape != (cfg.size,):
+                raise ProtocolError(f"client {sender!r} sent a share of the wrong type or size")
+            seeds = dict(msg.seeds)
+            if set(seeds) != set(cfg.server_ids):
+                raise ProtocolError(f"client {sender!r} did not address every server")
+            np.add(acc, msg.share0, out=acc)
+            for sid in cfg.server_ids:
+                per_server[sid].append((sender, msg.ephemeral_pk, seeds[sid]))
+        if not replies:
+            raise InsufficientParticipantsError("no client contributed")
+        self._contributors = tuple(sorted(replies))
+        self._partial0 = acc
+        if not cfg.server_ids:
+            return self._finish(())
+        self._stage = 2
+        return {
+            sid: ServerRequest(cfg.params_id, self._round, sid, tuple(per_server[sid])).to_bytes()
+            for sid in cfg.server_ids
+        }
+
+    def _on_partials(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        cfg = self._cfg
+        missing = set(cfg.server_ids) - set(replies)
+        if missing:
+            raise InsufficientParticipantsError(f"server(s) {sorted(missing)} did not answer; round aborted")
+        parts = []
+        for sid in cfg.server_ids:
+            data = replies[sid]
+            cfg.check(data, self._round, AdditiveKind.PARTIAL, f"reply of {sid!r}")
+            msg = PartialSum.from_bytes(data)
+            if msg.party != sid:
+                raise ProtocolError(f"server {sid!r} sent a reply labelled {msg.party!r}")
+            if msg.contributors != self._contributors:
+                raise ProtocolError(f"server {sid!r} summed a different set of clients")
+            parts.append((sid, msg.ephemeral_pk, msg.ciphertext))
+        unexpected = set(replies) - set(cfg.server_ids)
+        if unexpected:
+            raise ProtocolError(f"reply from unexpected party {sorted(unexpected)[0]!r}")
+        return self._finish(tuple(parts))
+
+    def _finish(self, parts: tuple[tuple[str, bytes, bytes], ...]) -> dict[str, bytes]:
+        assert self._partial0 is not None
+        self._result = ResultMessage(
+            self._cfg.params_id, self._round, "holder", self._contributors, self._partial0, parts
+        ).to_bytes()
+        self._partial0 = None
+        self._stage = 3
+        return {}
+
+    @property
+    def done(self) -> bool:
+        """True once every partial sum is in."""
+        return self._result is not None
+
+    def result(self) -> bytes:
+        """Server 0's partial sum and the others' encrypted partial sums."""
+        if self._result is None:
+            raise ProtocolError("the round has not finished")
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"AdditiveAggregator(round={self._round}, clients={len(self._clients)})"
+
+
+class AdditiveHolder:
+    """Decrypts the servers' partial sums and adds them."""
+
+    def __init__(self, cfg: _Config, key: SecretKey[bytes]) -> None:
+        self._cfg = cfg
+        self._key = key
+
+    def recover(self, result: bytes) -> Recovered:
+        """Combine the partial sums into the float sum."""
+        cfg = self._cfg
+        h, _ = open_envelope(result)
+        if h.scheme != Scheme.ADDITIVE or h.kind != AdditiveKind.RESULT:
+            raise ProtocolError("not an additive-sharing result")
+        if not hmac.compare_digest(h.params_id, cfg.params_id):
+            raise ParameterMismatchError("the result was made under different parameters or keys")
+        msg = ResultMessage.from_bytes(result)
+        if msg.partial0.dtype != np.dtype(cfg.dtype) or msg.partial0.shape != (cfg.size,):
+            raise ProtocolError("result has the wrong type or size")
+        if {p[0] for p in msg.partials} != set(cfg.server_ids):
+            raise ProtocolError("the result does not carry every server's partial sum")
+        acc = msg.partial0.copy()
+        sk = x25519_key(self._key.unsafe_material())
+        digest = _ids_digest(msg.contributors)
+        for sid, epk, ct in msg.partials:
+            ctx = _ctx(cfg, msg.round_id, sid) + digest + epk
+            key = hkdf(ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx)
+            raw = aead_decrypt(key, ct, _DOMAIN + b"partial" + ctx)
+            part = np.frombuffer(raw, dtype=np.dtype(cfg.dtype).newbyteorder("<"))
+            if part.shape != (cfg.size,):
+                raise DeserializationError()
+            np.add(acc, part, out=acc)
+        ints = from_ring(acc.astype(np.uint64), cfg.ring_bits)
+        return Recovered(cfg.encoder.decode(ints), msg.contributors)
+
+    def __repr__(self) -> str:
+        return "AdditiveHolder(<key hidden>)"
+
+
+class AdditiveSession:
+    """An additive-sharing session. In one process it holds every server's key and the
+    holder's key (a trusted dealer); across machines each party keeps its own."""
+
+    def __init__(self, cfg: _Config, layout: Layout, server_keys: dict[str, SecretKey[bytes]],
+                 holder_key: SecretKey[bytes], noise: NoiseShare | None, rng: Rng) -> None:
+        self.backend_name = "additive"
+        self.layout = layout
+        self.max_weight = cfg.max_weight
+        self._cfg = cfg
+        self._server_keys = server_keys
+        self._holder_key = holder_key
+        self._noise = noise
+        self._rng = rng
+
+    @property
+    def params_id(self) -> bytes:
+        """Public fingerprint of the parameters and every server's and the holder's key."""
+        return self._cfg.params_id
+
+    @property
+    def ring_bits(self) -> int:
+        """Bits of the ring (32 or 64)."""
+        return self._cfg.ring_bits
+
+    def aggregator(self, round_id: int, client_ids: Sequence[str]) -> AdditiveAggregator:
+        """The coordinator (server 0) for one round."""
+        return AdditiveAggregator(self._cfg, round_id, list(client_ids))
+
+    def client(
+        self, client_id: str, round_id: int, update: FloatVector, *, weight: float = 1.0,
+        rng: Rng | None = None,
+    ) -> AdditiveClient:
+        """A client for one round, holding ``weight * update``."""
+        if update.shape != (self.layout.size,):
+            raise ParameterMismatchError(
+                f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
+            )
+        w = float(weight)
+        if not (math.isfinite(w) and 0 <= w <= self._cfg.max_weight):
+            raise ConfigurationError(f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}")
+        return AdditiveClient(self._cfg, client_id, round_id, update, w, rng or SystemRng(), self._noise)
+
+    def servers(self, round_id: int) -> dict[str, Responder]:
+        """Servers 1 .. n_servers - 1."""
+        return {
+            sid: AdditiveServer(self._cfg, sid, round_id, self._server_keys[sid], self._rng)
+            for sid in self._cfg.server_ids
+        }
+
+    def holder(self) -> AdditiveHolder:
+        """The result holder."""
+        return AdditiveHolder(self._cfg, self._holder_key)
+
+    def secret_keys(self) -> list[SecretKey[bytes]]:
+        """Every secret key this (simulation) session holds."""
+        return [*self._server_keys.values(), self._holder_key]
+
+    def __repr__(self) -> str:
+        return f"AdditiveSession(size={self.layout.size}, servers={len(self._cfg.server_ids) + 1})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("AdditiveSession holds secret keys and cannot be pickled")
+
+
+class AdditiveBackend:
+    """Additive secret sharing among ``n_servers`` non-colluding servers.
+
+    Args:
+        bound: largest |value| a client may contribute (before weighting).
+        scale_bits: fixed-point fractional bits.
+        clip: clip out-of-range values instead of raising.
+        n_servers: number of servers (>= 2), the aggregator being server 0.
+    """
+
+    name: ClassVar[str] = "additive"
+
+    def __init__(self, *, bound: float = 1.0, scale_bits: int = 16, clip: bool = False,
+                 n_servers: int = 2) -> None:
+        FixedPointEncoder(bound, scale_bits)
+        if isinstance(n_servers, bool) or not isinstance(n_servers, int) or not 2 <= n_servers <= 64:
+            raise ConfigurationError(f"n_servers must be an int in [2, 64], got {n_servers!r}")
+        if not isinstance(clip, bool):
+            raise ConfigurationError(f"clip must be a bool, got {clip!r}")
+        self._bound = float(bound)
+        self._scale_bits = scale_bits
+        self._clip = clip
+        self._n_servers = n_servers
+
+    @property
+    def value_bound(self) -> float | None:
+        """Largest |value| a client may contribute (before weighting)."""
+        return self._bound
+
+    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
+        """Stochastic rounding: under one unit ``2**-scale_bits`` per client, plus float slack."""
+        return n_clients * 2.0**-self._scale_bits + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+
+    def setup(
+        self, layout: Layout, *, max_clients: int, max_weight: float = 1.0,
+        noise: NoiseShare | None = None, rng: Rng | None = None,
+    ) -> AdditiveSession:
+        """Make the servers' and the holder's keys; check that sums fit the ring."""
+        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
+        if not (math.isfinite(max_weight) and max_weight > 0):
+            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        rng = rng or SystemRng()
+        encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
+        extra = noise.headroom(max_clients) if noise is not None else 0.0
+        need = encoder.sum_bits(max_clients, extra=extra)
+        if need > 64:
+            raise EncodingOverflowError(f"sums need {need} bits, more than the 64-bit ring")
+        ring_bits = 32 if need <= 32 else 64
+        server_ids = tuple(f"server-{k}" for k in range(1, self._n_servers))
+        server_sks = [new_x25519(rng) for _ in server_ids]
+        server_pks = tuple(x25519_public(sk) for sk in server_sks)
+        holder_sk = new_x25519(rng)
+        holder_pk = x25519_public(holder_sk)
+        public = struct.pack(">dIBdIQ", self._bound, self._scale_bits, self._clip, max_weight,
+                             ring_bits, max_clients) + b"".join(server_pks) + holder_pk
+        params_id = fingerprint(b"additive/v1", public, layout.fingerprint)
+        cfg = _Config(params_id, layout.size, encoder, self._bound, self._clip, float(max_weight),
+                      ring_bits, max_clients, server_ids, server_pks, holder_pk)
+        keys = {
+            sid: SecretKey("additive", sk, public_fingerprint=fingerprint(b"additive/server", pk))
+            for sid, sk, pk in zip(server_ids, server_sks, server_pks, strict=True)
+        }
+        hkey = SecretKey("additive", holder_sk, public_fingerprint=fingerprint(b"additive/holder", holder_pk))
+        return AdditiveSession(cfg, layout, keys, hkey, noise, rng)
+
+    def __repr__(self) -> str:
+        return f"AdditiveBackend(bound={self._bound}, scale_bits={self._scale_bits}, n_servers={self._n_servers})"

@@ -1,0 +1,1233 @@
+"""SecAgg+ (Bell et al., CCS 2020): masking-based secure aggregation with dropout recovery.
+
+One untrusted aggregator learns the sum of the surviving clients' updates and nothing
+else; clients may drop out at any stage. With ``full_graph=True`` the protocol is the
+complete-graph protocol of Bonawitz et al. (CCS 2017). See ``docs/backends/secagg.md``
+for the design, the threat model and the choice of the graph degree and threshold.
+
+Stages (each is one request from the aggregator and one reply from each client; a
+missing reply is a dropout):
+
+0. ``SETUP`` -> ``ADVERTISE``: the round's participant list ``U0`` and ``(k, t)``; each
+   client makes two fresh X25519 key pairs (``c`` for encryption, ``s`` for masking) and a
+   32-byte self-mask seed ``b``, and advertises the public keys, signed with its long-term
+   Ed25519 identity key when ``active=True``.
+1. ``SHARE_KEYS`` -> ``SHARES``: the aggregator relays the neighbours' keys; each client
+   Shamir-shares ``s_sk`` and ``b`` (threshold ``t``) among its live neighbours and itself and
+   encrypts each pair of shares with AES-256-GCM under ``HKDF(ECDH(c_i, c_j))``, binding
+   (params, round, sender, recipient) as associated data.
+2. ``MASK`` -> ``MASKED``: each client decrypts the shares addressed to it and uploads
+   ``y_i = x_i + PRG(b_i) + sum_j +-PRG(s_ij) mod 2**bits`` (PRG: AES-256-CTR).
+3. (``active=True`` only) ``CONSISTENCY`` -> ``SIGNATURE``: each survivor signs the survivor
+   set ``U3``; clients later refuse to unmask unless ``t`` survivors signed the same set.
+4. ``UNMASK`` -> ``UNMASK_SHARES``: each survivor sends its shares of ``b_i`` for survivors
+   and of ``s_sk_j`` for dropped neighbours (never both for one client); the aggregator
+   reconstructs, removes the masks and emits ``RESULT`` (the unmasked sum).
+
+Every message carries the scheme, kind, params_id and round id in its envelope and the
+sending/receiving party in its payload; duplicates, replays, messages of another round or
+session and out-of-order stages raise :class:`~privagg.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import math
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NoReturn, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg._rng import Rng, SystemRng
+from privagg.backends import _shamir, _wire
+from privagg.backends._graph import (
+    GraphParams,
+    choose_parameters,
+    consistency_quorum,
+    harary_neighbours,
+)
+from privagg.backends._ringcode import add_masks, encode_to_ring
+from privagg.backends._secagg_crypto import (
+    aead_decrypt,
+    aead_encrypt,
+    ecdh,
+    ed25519_public,
+    ed25519_sign,
+    ed25519_verify,
+    hkdf,
+    new_ed25519,
+    new_x25519,
+    x25519_key,
+    x25519_public,
+)
+from privagg.encoding import FixedPointEncoder, from_ring
+from privagg.envelope import (
+    Header,
+    PayloadReader,
+    PayloadWriter,
+    Scheme,
+    open_envelope,
+    register_message,
+    seal,
+)
+from privagg.errors import (
+    ConfigurationError,
+    DeserializationError,
+    EncodingOverflowError,
+    InsufficientParticipantsError,
+    MissingKeyError,
+    ParameterMismatchError,
+    ProtocolError,
+)
+from privagg.keys import SecretBytes, fingerprint
+from privagg.layout import FloatVector, Layout
+from privagg.protocols import NoiseShare, Recovered, Responder
+
+__all__ = [
+    "AdvertiseMessage",
+    "SecAggMaterial",
+    "ConsistencyRequest",
+    "MaskRequest",
+    "MaskedInput",
+    "ResultMessage",
+    "SecAggAggregator",
+    "SecAggBackend",
+    "SecAggClient",
+    "SecAggHolder",
+    "SecAggKind",
+    "SecAggSession",
+    "SetupRequest",
+    "ShareKeysRequest",
+    "SharesMessage",
+    "SignatureMessage",
+    "UnmaskRequest",
+    "UnmaskShares",
+]
+
+_DOMAIN = b"privagg/secagg/v1/"
+_B, _S = 0, 1  # which secret a share is of
+
+
+class SecAggKind(enum.IntEnum):
+    """Message kinds of the SecAgg+ scheme (envelope byte 7)."""
+
+    SETUP = 1
+    ADVERTISE = 2
+    SHARE_KEYS = 3
+    SHARES = 4
+    MASK = 5
+    MASKED = 6
+    CONSISTENCY = 7
+    SIGNATURE = 8
+    UNMASK = 9
+    UNMASK_SHARES = 10
+    RESULT = 11
+
+
+# -- messages ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Message(_wire.Message):
+    SCHEME: ClassVar[Scheme] = Scheme.SECAGG
+
+
+_count, _fixed = _wire.count, _wire.fixed
+_write_ids, _read_ids = _wire.write_ids, _wire.read_ids
+_write_cts, _read_cts = _wire.write_pairs, _wire.read_pairs
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SETUP))
+@dataclass(frozen=True)
+class SetupRequest(_Message):
+    """Aggregator -> client (stage 0): participants, graph degree and threshold."""
+
+    KIND: ClassVar[int] = SecAggKind.SETUP
+    participants: tuple[str, ...] = ()
+    degree: int = 0
+    threshold: int = 0
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.participants)
+        w.u32(self.degree).u32(self.threshold)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        ids = _read_ids(r)
+        return cls(params_id, round_id, party, ids, r.u32(), r.u32())
+
+
+@register_message((Scheme.SECAGG, SecAggKind.ADVERTISE))
+@dataclass(frozen=True)
+class AdvertiseMessage(_Message):
+    """Client -> aggregator (stage 0): ephemeral public keys (+ Ed25519 signature)."""
+
+    KIND: ClassVar[int] = SecAggKind.ADVERTISE
+    c_pk: bytes = b""
+    s_pk: bytes = b""
+    signature: bytes = b""
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.blob(self.c_pk).blob(self.s_pk).blob(self.signature)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        c_pk, s_pk = _fixed(r, 32), _fixed(r, 32)
+        sig = r.blob()
+        if len(sig) not in (0, 64):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, c_pk, s_pk, sig)
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SHARE_KEYS))
+@dataclass(frozen=True)
+class ShareKeysRequest(_Message):
+    """Aggregator -> client (stage 1): the advertised keys of the client and its neighbours."""
+
+    KIND: ClassVar[int] = SecAggKind.SHARE_KEYS
+    keys: tuple[AdvertiseMessage, ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.u32(len(self.keys))
+        for k in self.keys:
+            w.text(k.party).blob(k.c_pk).blob(k.s_pk).blob(k.signature)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        keys = tuple(
+            AdvertiseMessage._read(params_id, round_id, r.text(), r) for _ in range(_count(r))
+        )
+        if len({k.party for k in keys}) != len(keys):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, keys)
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SHARES))
+@dataclass(frozen=True)
+class SharesMessage(_Message):
+    """Client -> aggregator (stage 1): encrypted share pairs, by recipient."""
+
+    KIND: ClassVar[int] = SecAggKind.SHARES
+    ciphertexts: tuple[tuple[str, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_cts(w, self.ciphertexts)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _read_cts(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.MASK))
+@dataclass(frozen=True)
+class MaskRequest(_Message):
+    """Aggregator -> client (stage 2): the encrypted shares addressed to it, by sender."""
+
+    KIND: ClassVar[int] = SecAggKind.MASK
+    ciphertexts: tuple[tuple[str, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_cts(w, self.ciphertexts)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _read_cts(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.MASKED))
+@dataclass(frozen=True, eq=False)
+class MaskedInput(_Message):
+    """Client -> aggregator (stage 2): the masked update (ring words)."""
+
+    KIND: ClassVar[int] = SecAggKind.MASKED
+    masked: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.array(self.masked)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        a = r.array()
+        if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, a)
+
+    def __repr__(self) -> str:
+        return f"MaskedInput(round={self.round_id}, client={self.party!r}, size={self.masked.size})"
+
+
+@register_message((Scheme.SECAGG, SecAggKind.CONSISTENCY))
+@dataclass(frozen=True)
+class ConsistencyRequest(_Message):
+    """Aggregator -> client (stage 3, active variant): the survivor set to sign."""
+
+    KIND: ClassVar[int] = SecAggKind.CONSISTENCY
+    survivors: tuple[str, ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.survivors)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _read_ids(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SIGNATURE))
+@dataclass(frozen=True)
+class SignatureMessage(_Message):
+    """Client -> aggregator (stage 3, active variant): Ed25519 signature on the survivor set."""
+
+    KIND: ClassVar[int] = SecAggKind.SIGNATURE
+    signature: bytes = b""
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.blob(self.signature)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _fixed(r, 64))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.UNMASK))
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Aggregator -> client (last stage): survivors (+ their signatures, active variant)."""
+
+    KIND: ClassVar[int] = SecAggKind.UNMASK
+    survivors: tuple[str, ...] = ()
+    signatures: tuple[tuple[str, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.survivors)
+        _write_cts(w, self.signatures)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        return cls(params_id, round_id, party, _read_ids(r), _read_cts(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.UNMASK_SHARES))
+@dataclass(frozen=True)
+class UnmaskShares(_Message):
+    """Client -> aggregator (last stage): (owner, which secret, share) triples."""
+
+    KIND: ClassVar[int] = SecAggKind.UNMASK_SHARES
+    shares: tuple[tuple[str, int, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.u32(len(self.shares))
+        for owner, which, sh in self.shares:
+            w.text(owner).u8(which).blob(sh)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        out = []
+        for _ in range(_count(r)):
+            owner, which, sh = r.text(), r.u8(), _fixed(r, _shamir.SHARE_SIZE)
+            if which not in (_B, _S):
+                raise DeserializationError()
+            out.append((owner, which, sh))
+        if len({o for o, _, _ in out}) != len(out):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, tuple(out))
+
+    def __repr__(self) -> str:
+        return f"UnmaskShares(round={self.round_id}, client={self.party!r}, n={len(self.shares)})"
+
+
+@register_message((Scheme.SECAGG, SecAggKind.RESULT))
+@dataclass(frozen=True, eq=False)
+class ResultMessage(_Message):
+    """Aggregator -> result holder: the unmasked sum of the contributors (ring words)."""
+
+    KIND: ClassVar[int] = SecAggKind.RESULT
+    contributors: tuple[str, ...] = ()
+    total: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.contributors)
+        w.array(self.total)
+
+    @classmethod
+    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+        ids = _read_ids(r)
+        a = r.array()
+        if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, ids, a)
+
+    def __repr__(self) -> str:
+        return f"ResultMessage(round={self.round_id}, contributors={len(self.contributors)})"
+
+
+# -- shared configuration ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Config:
+    """Public parameters of a session (identical for every role)."""
+
+    params_id: bytes
+    size: int
+    encoder: FixedPointEncoder
+    value_bound: float
+    clip: bool
+    max_weight: float
+    ring_bits: int
+    max_clients: int
+    dropout_rate: float
+    corruption_rate: float
+    sigma: int
+    eta: int
+    full_graph: bool
+    active: bool
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        return np.uint32 if self.ring_bits == 32 else np.uint64
+
+    def graph(self, n: int) -> GraphParams:
+        return choose_parameters(
+            n, dropout_rate=self.dropout_rate, corruption_rate=self.corruption_rate,
+            sigma=self.sigma, eta=self.eta, full_graph=self.full_graph,
+        )
+
+    def quorum(self, n: int) -> int:
+        """Survivors (and, if active, survivor-set signatures) needed before unmasking."""
+        t = self.graph(n).threshold
+        if not self.active:
+            return t
+        return consistency_quorum(n, corruption_rate=self.corruption_rate, threshold=t)
+
+    def neighbours(self, round_id: int, participants: Sequence[str]) -> dict[str, frozenset[str]]:
+        seed = hashlib.sha256(
+            _DOMAIN + b"graph" + self.params_id + round_id.to_bytes(8, "big")
+            + b"".join(struct.pack(">I", len(p)) + p.encode() for p in sorted(participants))
+        ).digest()
+        return harary_neighbours(sorted(participants), self.graph(len(participants)).degree, seed)
+
+    def check_header(self, data: bytes, round_id: int, kind: int, who: str) -> None:
+        """Cheap checks before decoding: scheme, parameters, round, kind."""
+        h = _wire.peek_header(data)
+        if h.scheme != Scheme.SECAGG:
+            raise ProtocolError(f"{who}: message of another scheme")
+        if not hmac.compare_digest(h.params_id, self.params_id):
+            raise ParameterMismatchError(f"{who}: message made under different parameters or keys")
+        if h.round_id != round_id:
+            raise ProtocolError(f"{who}: message for round {h.round_id}, expected {round_id} (replay?)")
+        if h.kind != kind:
+            raise ProtocolError(f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})")
+
+
+def _key_message(cfg: _Config, round_id: int, cid: str, c_pk: bytes, s_pk: bytes) -> bytes:
+    return (_DOMAIN + b"keys" + cfg.params_id + round_id.to_bytes(8, "big")
+            + cid.encode() + b"\x00" + c_pk + s_pk)
+
+
+def _survivor_message(cfg: _Config, round_id: int, survivors: Sequence[str]) -> bytes:
+    h = hashlib.sha256()
+    for s in sorted(survivors):
+        h.update(struct.pack(">I", len(s)) + s.encode())
+    return _DOMAIN + b"survivors" + cfg.params_id + round_id.to_bytes(8, "big") + h.digest()
+
+
+def _share_key(cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str) -> tuple[bytes, bytes]:
+    ctx = (cfg.params_id + round_id.to_bytes(8, "big") + struct.pack(">I", len(sender))
+           + sender.encode() + struct.pack(">I", len(recipient)) + recipient.encode())
+    key = hkdf(shared, salt=cfg.params_id, info=_DOMAIN + b"share-key" + ctx)
+    return key, _DOMAIN + b"share-aad" + ctx
+
+
+def _pair_seed(cfg: _Config, round_id: int, shared: bytes, a: str, b: str) -> bytes:
+    lo, hi = sorted((a, b))
+    ctx = struct.pack(">I", len(lo)) + lo.encode() + struct.pack(">I", len(hi)) + hi.encode()
+    return hkdf(shared, salt=cfg.params_id,
+                info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + ctx)
+
+
+def _pair_sign(me: str, other: str) -> int:
+    return 1 if me < other else -1
+
+
+def _x_coord(index: Mapping[str, int], cid: str) -> int:
+    return index[cid] + 1
+
+
+# -- client --------------------------------------------------------------------------------
+class SecAggClient:
+    """A SecAgg+ client's state machine for one round (bytes in, bytes out)."""
+
+    def __init__(
+        self, cfg: _Config, party_id: str, round_id: int, update: FloatVector, weight: float,
+        rng: Rng, identity: SecretBytes | None, directory: Callable[[str], bytes],
+        noise: NoiseShare | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._id = party_id
+        self._round = round_id
+        self._update = update
+        self._weight = weight
+        self._rng = rng
+        self._identity = identity
+        self._directory = directory
+        self._noise = noise
+        self._expect: int = SecAggKind.SETUP
+        self._participants: tuple[str, ...] = ()
+        self._index: dict[str, int] = {}
+        self._graph: GraphParams | None = None
+        self._quorum = 1
+        self._nbrs: frozenset[str] = frozenset()
+        self._c_sk: SecretBytes | None = None
+        self._s_sk: SecretBytes | None = None
+        self._b: SecretBytes | None = None
+        self._keys: dict[str, AdvertiseMessage] = {}
+        self._own_pks: tuple[bytes, bytes] = (b"", b"")
+        self._c_shared: dict[str, bytes] = {}  # X25519(c_i, c_j), stage 1 -> stage 2
+        self._held: dict[str, tuple[int, int]] = {}  # owner -> (s share, b share)
+        self._masked_with: frozenset[str] = frozenset()
+        self._signed: tuple[str, ...] | None = None
+
+    @property
+    def party_id(self) -> str:
+        """This client's id."""
+        return self._id
+
+    def handle(self, request: bytes) -> bytes:
+        """Answer the aggregator's request for the current stage."""
+        self._cfg.check_header(request, self._round, self._expect, f"client {self._id!r}")
+        if self._expect == SecAggKind.SETUP:
+            return self._setup(SetupRequest.from_bytes(request))
+        if self._expect == SecAggKind.SHARE_KEYS:
+            return self._share(ShareKeysRequest.from_bytes(request))
+        if self._expect == SecAggKind.MASK:
+            return self._mask(MaskRequest.from_bytes(request))
+        if self._expect == SecAggKind.CONSISTENCY:
+            return self._consistency(ConsistencyRequest.from_bytes(request))
+        if self._expect == SecAggKind.UNMASK:
+            return self._unmask(UnmaskRequest.from_bytes(request))
+        raise ProtocolError(f"client {self._id!r} has finished this round")
+
+    def _check_party(self, msg: _Message) -> None:
+        if msg.party != self._id:
+            raise ProtocolError(f"client {self._id!r} got a request addressed to {msg.party!r}")
+
+    def _setup(self, req: SetupRequest) -> bytes:
+        self._check_party(req)
+        ids = req.participants
+        if self._id not in ids:
+            raise ProtocolError(f"client {self._id!r} is not among the round's participants")
+        if len(ids) > self._cfg.max_clients:
+            raise ProtocolError(f"round has {len(ids)} participants, session allows {self._cfg.max_clients}")
+        g = self._cfg.graph(len(ids))
+        if (req.degree, req.threshold) != (g.degree, g.threshold):
+            raise ProtocolError("the aggregator proposed a graph degree/threshold other than the session's")
+        self._participants = tuple(sorted(ids))
+        self._index = {c: i for i, c in enumerate(self._participants)}
+        self._graph = g
+        self._quorum = self._cfg.quorum(len(ids))
+        self._nbrs = self._cfg.neighbours(self._round, self._participants)[self._id]
+        self._c_sk = SecretBytes(new_x25519(self._rng), label="secagg c_sk")
+        self._s_sk = SecretBytes(new_x25519(self._rng), label="secagg s_sk")
+        self._b = SecretBytes(self._rng.random_bytes(32), label="secagg self-mask seed")
+        c_pk = x25519_public(self._c_sk.reveal())
+        s_pk = x25519_public(self._s_sk.reveal())
+        self._own_pks = (c_pk, s_pk)
+        sig = b""
+        if self._cfg.active:
+            if self._identity is None:
+                raise ConfigurationError("the active variant needs an identity key")
+            sig = ed25519_sign(self._identity.reveal(), _key_message(self._cfg, self._round, self._id, c_pk, s_pk))
+        self._expect = SecAggKind.SHARE_KEYS
+        return AdvertiseMessage(self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig).to_bytes()
+
+    def _share(self, req: ShareKeysRequest) -> bytes:
+        self._check_party(req)
+        assert self._graph is not None and self._c_sk is not None
+        assert self._s_sk is not None and self._b is not None
+        keys = {k.party: k for k in req.keys}
+        mine = keys.get(self._id)
+        if mine is None or (mine.c_pk, mine.s_pk) != self._own_pks:
+            raise ProtocolError(f"client {self._id!r}: the relayed key set misstates its own keys")
+        for cid, k in keys.items():
+            if cid != self._id and cid not in self._nbrs:
+                raise ProtocolError(f"client {self._id!r}: keys of non-neighbour {cid!r} relayed")
+            if k.c_pk == k.s_pk:
+                raise ProtocolError(f"client {cid!r} advertised equal keys")
+            if self._cfg.active and cid != self._id:
+                msg = _key_message(self._cfg, self._round, cid, k.c_pk, k.s_pk)
+                if not ed25519_verify(self._directory(cid), k.signature, msg):
+                    raise ProtocolError(f"bad signature on the keys of client {cid!r}")
+        holders = sorted(set(keys))
+        t = self._graph.threshold
+        if len(holders) < t:
+            raise InsufficientParticipantsError(
+                f"client {self._id!r} has {len(holders) - 1} live neighbours; threshold is {t}"
+            )
+        if len({(k.c_pk) for k in keys.values()}) != len(keys):
+            raise ProtocolError("two clients advertised the same key")
+        self._keys = keys
+        xs = [_x_coord(self._index, h) for h in holders]
+        s_sh = _shamir.share(self._s_sk.reveal(), xs, t, self._rng)
+        b_sh = _shamir.share(self._b.reveal(), xs, t, self._rng)
+        cts = []
+        c_sk = x25519_key(self._c_sk.reveal())
+        for h in holders:
+            x = _x_coord(self._index, h)
+            if h == self._id:
+                self._held[h] = (s_sh[x], b_sh[x])
+                continue
+            shared = ecdh(c_sk, keys[h].c_pk)
+            self._c_shared[h] = shared
+            key, aad = _share_key(self._cfg, self._round, shared, self._id, h)
+            pt = _shamir.encode_share(s_sh[x]) + _shamir.encode_share(b_sh[x])
+            cts.append((h, aead_encrypt(key, pt, aad)))
+        self._expect = SecAggKind.MASK
+        return SharesMessage(self._cfg.params_id, self._round, self._id, tuple(cts)).to_bytes()
+
+    def _mask(self, req: MaskRequest) -> bytes:
+        self._check_party(req)
+        assert self._graph is not None and self._c_sk is not None
+        assert self._s_sk is not None and self._b is not None
+        for sender, ct in req.ciphertexts:
+            shared = self._c_shared.get(sender)
+            if shared is None:
+                raise ProtocolError(f"client {self._id!r}: shares relayed from unexpected {sender!r}")
+            key, aad = _share_key(self._cfg, self._round, shared, sender, self._id)
+            pt = aead_decrypt(key, ct, aad)
+            if len(pt) != 2 * _shamir.SHARE_SIZE:
+                raise DeserializationError()
+            self._held[sender] = (
+                _shamir.decode_share(pt[: _shamir.SHARE_SIZE]),
+                _shamir.decode_share(pt[_shamir.SHARE_SIZE:]),
+            )
+        peers = frozenset(s for s, _ in req.ciphertexts)
+        if len(peers) + 1 < self._graph.threshold:
+            raise InsufficientParticipantsError(
+                f"client {self._id!r}: {len(peers)} neighbours shared keys; threshold is {self._graph.threshold}"
+            )
+        self._masked_with = peers
+        self._c_shared = {}
+        y = self._encode()
+        s_sk = x25519_key(self._s_sk.reveal())
+        seeds = [(self._b.reveal(), 1)]
+        for j in sorted(peers):
+            seed = _pair_seed(self._cfg, self._round, ecdh(s_sk, self._keys[j].s_pk), self._id, j)
+            seeds.append((seed, _pair_sign(self._id, j)))
+        add_masks(y, seeds)
+        self._update = np.zeros(0)
+        self._expect = SecAggKind.CONSISTENCY if self._cfg.active else SecAggKind.UNMASK
+        return MaskedInput(self._cfg.params_id, self._round, self._id, y).to_bytes()
+
+    def _encode(self) -> npt.NDArray[np.unsignedinteger]:
+        cfg = self._cfg
+        return encode_to_ring(
+            cfg.encoder, self._update, self._weight, value_bound=cfg.value_bound, clip=cfg.clip,
+            rng=self._rng, dtype=cfg.dtype, noise=self._noise, who=f"client {self._id!r}",
+        )
+
+    def _consistency(self, req: ConsistencyRequest) -> bytes:
+        self._check_party(req)
+        assert self._graph is not None and self._identity is not None
+        self._check_survivors(req.survivors)
+        self._signed = tuple(sorted(req.survivors))
+        sig = ed25519_sign(self._identity.reveal(), _survivor_message(self._cfg, self._round, self._signed))
+        self._expect = SecAggKind.UNMASK
+        return SignatureMessage(self._cfg.params_id, self._round, self._id, sig).to_bytes()
+
+    def _check_survivors(self, survivors: Sequence[str]) -> None:
+        assert self._graph is not None
+        if self._id not in survivors or any(s not in self._index for s in survivors):
+            raise ProtocolError(f"client {self._id!r}: invalid survivor set")
+        if len(survivors) < self._quorum:
+            raise InsufficientParticipantsError(
+                f"{len(survivors)} survivors, {self._quorum} needed"
+            )
+
+    def _unmask(self, req: UnmaskRequest) -> bytes:
+        self._check_party(req)
+        assert self._graph is not None
+        survivors = tuple(sorted(req.survivors))
+        self._check_survivors(survivors)
+        if self._cfg.active:
+            if survivors != self._signed:
+                raise ProtocolError(f"client {self._id!r}: survivor set differs from the one it signed")
+            msg = _survivor_message(self._cfg, self._round, survivors)
+            alive = set(survivors)
+            valid: set[str] = set()
+            for cid, sig in req.signatures:  # a quorum of valid signatures suffices
+                if len(valid) >= self._quorum:
+                    break
+                if cid in alive and ed25519_verify(self._directory(cid), sig, msg):
+                    valid.add(cid)
+            if len(valid) < self._quorum:
+                raise ProtocolError(
+                    f"client {self._id!r}: {len(valid)} valid survivor-set signatures, need {self._quorum}"
+                )
+        alive = set(survivors)
+        out = []
+        for owner in sorted(self._masked_with | {self._id}):
+            s_share, b_share = self._held[owner]
+            if owner in alive:
+                out.append((owner, _B, _shamir.encode_share(b_share)))
+            else:
+                out.append((owner, _S, _shamir.encode_share(s_share)))
+        self._expect = -1
+        self._held = {}
+        return UnmaskShares(self._cfg.params_id, self._round, self._id, tuple(out)).to_bytes()
+
+    def __repr__(self) -> str:
+        return f"SecAggClient(client={self._id!r}, round={self._round})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("SecAggClient holds secret material and cannot be pickled")
+
+
+# -- aggregator ----------------------------------------------------------------------------
+class SecAggAggregator:
+    """The untrusted SecAgg+ server's state machine for one round."""
+
+    def __init__(self, cfg: _Config, round_id: int, client_ids: Sequence[str],
+                 directory: Callable[[str], bytes]) -> None:
+        if len(set(client_ids)) != len(client_ids):
+            raise ConfigurationError("client ids must be unique")
+        if not client_ids:
+            raise ConfigurationError("a round needs at least one client")
+        if len(client_ids) > cfg.max_clients:
+            raise ConfigurationError(
+                f"{len(client_ids)} clients, but the session was set up for max_clients={cfg.max_clients}"
+            )
+        self._cfg = cfg
+        self._round = round_id
+        self._u0 = tuple(sorted(client_ids))
+        self._graph = cfg.graph(len(self._u0))
+        self._quorum = cfg.quorum(len(self._u0))
+        self._nbrs = cfg.neighbours(round_id, self._u0)
+        self._directory = directory
+        self._expect: int | None = None
+        self._keys: dict[str, AdvertiseMessage] = {}
+        self._routed: dict[str, list[tuple[str, bytes]]] = {}
+        self._u2: frozenset[str] = frozenset()
+        self._u3: tuple[str, ...] = ()
+        self._acc: npt.NDArray[np.unsignedinteger] | None = None
+        self._result: bytes | None = None
+
+    @property
+    def graph(self) -> GraphParams:
+        """The round's degree and threshold."""
+        return self._graph
+
+    @property
+    def done(self) -> bool:
+        """True once the sum is unmasked."""
+        return self._result is not None
+
+    def result(self) -> bytes:
+        """The unmasked sum for the result holder."""
+        if self._result is None:
+            raise ProtocolError("the round has not finished")
+        return self._result
+
+    def _msg(self, cls: type[Any], **kw: Any) -> Callable[[str], bytes]:
+        return lambda party: cls(self._cfg.params_id, self._round, party, **kw).to_bytes()
+
+    def start(self) -> dict[str, bytes]:
+        """Stage 0: send the participant list and (k, t) to every client."""
+        if self._expect is not None:
+            raise ProtocolError("round already started")
+        self._expect = SecAggKind.ADVERTISE
+        mk = self._msg(SetupRequest, participants=self._u0, degree=self._graph.degree,
+                       threshold=self._graph.threshold)
+        return {cid: mk(cid) for cid in self._u0}
+
+    def _decode(self, replies: Mapping[str, bytes], cls: type[Any], allowed: frozenset[str] | set[str]) -> dict[str, Any]:
+        out = {}
+        for sender, data in replies.items():
+            if sender not in allowed:
+                raise ProtocolError(f"reply from unexpected party {sender!r}")
+            self._cfg.check_header(data, self._round, cls.KIND, f"reply of {sender!r}")
+            msg = cls.from_bytes(data)
+            if msg.party != sender:
+                raise ProtocolError(f"party {sender!r} sent a reply labelled {msg.party!r}")
+            out[sender] = msg
+        return out
+
+    def _need(self, n: int, what: str) -> None:
+        if n < self._graph.threshold:
+            raise InsufficientParticipantsError(
+                f"{n} {what}, fewer than the threshold {self._graph.threshold}; round aborted"
+            )
+
+    def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Process one stage's replies; return the next stage's requests ({} when done)."""
+        stage = self._expect
+        if stage is None or self._result is not None:
+            raise ProtocolError("receive() called out of order")
+        if stage == SecAggKind.ADVERTISE:
+            return self._on_advertise(replies)
+        if stage == SecAggKind.SHARES:
+            return self._on_shares(replies)
+        if stage == SecAggKind.MASKED:
+            return self._on_masked(replies)
+        if stage == SecAggKind.SIGNATURE:
+            return self._on_signatures(replies)
+        return self._on_unmask(replies)
+
+    def _on_advertise(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, AdvertiseMessage] = self._decode(replies, AdvertiseMessage, set(self._u0))
+        for cid, m in msgs.items():
+            if self._cfg.active and not ed25519_verify(
+                self._directory(cid), m.signature,
+                _key_message(self._cfg, self._round, cid, m.c_pk, m.s_pk),
+            ):
+                raise ProtocolError(f"bad signature on the keys of client {cid!r}")
+        self._need(len(msgs), "clients advertised keys")
+        self._keys = msgs
+        self._expect = SecAggKind.SHARES
+        out = {}
+        for cid in sorted(msgs):
+            rel = tuple(msgs[j] for j in sorted((self._nbrs[cid] & msgs.keys()) | {cid}))
+            out[cid] = ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes()
+        return out
+
+    def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, SharesMessage] = self._decode(replies, SharesMessage, set(self._keys))
+        self._need(len(msgs), "clients shared keys")
+        u2 = frozenset(msgs)
+        routed: dict[str, list[tuple[str, bytes]]] = {cid: [] for cid in u2}
+        for sender in sorted(msgs):
+            want = (self._nbrs[sender] & self._keys.keys())
+            got = {r for r, _ in msgs[sender].ciphertexts}
+            if got != want:
+                raise ProtocolError(f"client {sender!r} sent shares to the wrong set of parties")
+            for recipient, ct in msgs[sender].ciphertexts:
+                if recipient in u2:
+                    routed[recipient].append((sender, ct))
+        self._u2 = u2
+        self._routed = routed
+        self._expect = SecAggKind.MASKED
+        return {
+            cid: MaskRequest(self._cfg.params_id, self._round, cid, tuple(routed[cid])).to_bytes()
+            for cid in sorted(u2)
+        }
+
+    def _holders(self, owner: str) -> set[str]:
+        """Clients holding shares of ``owner``'s secrets (live neighbours in U2, and itself)."""
+        return {owner} | (self._nbrs[owner] & self._u2)
+
+    def _on_masked(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        dtype = self._cfg.dtype
+        acc = np.zeros(self._cfg.size, dtype=dtype)
+        u3 = []
+        for sender, data in replies.items():
+            msg: MaskedInput = self._decode({sender: data}, MaskedInput, self._u2)[sender]
+            if msg.masked.dtype != np.dtype(dtype) or msg.masked.shape != (self._cfg.size,):
+                raise ProtocolError(f"client {sender!r} uploaded a vector of the wrong type or size")
+            np.add(acc, msg.masked, out=acc)
+            u3.append(sender)
+        self._need(len(u3), "masked inputs arrived")
+        if len(u3) < self._quorum:
+            raise InsufficientParticipantsError(
+                f"{len(u3)} masked inputs arrived; unmasking needs {self._quorum}; round aborted"
+            )
+        self._u3 = tuple(sorted(u3))
+        self._acc = acc
+        self._precheck(set(self._u3))
+        self._expect = SecAggKind.SIGNATURE if self._cfg.active else SecAggKind.UNMASK_SHARES
+        if self._cfg.active:
+            mk = self._msg(ConsistencyRequest, survivors=self._u3)
+        else:
+            mk = self._msg(UnmaskRequest, survivors=self._u3, signatures=())
+        return {cid: mk(cid) for cid in self._u3}
+
+    def _needed(self) -> list[str]:
+        """Owners whose secret must be reconstructed: every survivor, and each dropped
+        client of U2 that masked with a survivor."""
+        alive = set(self._u3)
+        out = list(self._u3)
+        out += [j for j in sorted(self._u2 - alive) if self._nbrs[j] & alive]
+        return out
+
+    def _precheck(self, responders: set[str]) -> None:
+        """Abort (before asking for any share) if some secret could not be recovered."""
+        for owner in self._needed():
+            n = len(self._holders(owner) & responders)
+            if n < self._graph.threshold:
+                raise InsufficientParticipantsError(
+                    f"only {n} live holders of a needed secret, threshold {self._graph.threshold}; round aborted"
+                )
+
+    def _on_signatures(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, SignatureMessage] = self._decode(replies, SignatureMessage, set(self._u3))
+        smsg = _survivor_message(self._cfg, self._round, self._u3)
+        sigs = []
+        for cid in sorted(msgs):
+            if not ed25519_verify(self._directory(cid), msgs[cid].signature, smsg):
+                raise ProtocolError(f"bad survivor-set signature from client {cid!r}")
+            sigs.append((cid, msgs[cid].signature))
+        if len(sigs) < self._quorum:
+            raise InsufficientParticipantsError(
+                f"{len(sigs)} survivor-set signatures, {self._quorum} needed; round aborted"
+            )
+        self._precheck(set(msgs))
+        self._expect = SecAggKind.UNMASK_SHARES
+        mk = self._msg(UnmaskRequest, survivors=self._u3, signatures=tuple(sigs))
+        return {cid: mk(cid) for cid in sorted(msgs)}
+
+    def _on_unmask(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, UnmaskShares] = self._decode(replies, UnmaskShares, set(self._u3))
+        alive = set(self._u3)
+        index = {c: i for i, c in enumerate(self._u0)}
+        got: dict[str, dict[int, int]] = {}
+        for sender, m in msgs.items():
+            for owner, which, sh in m.shares:
+                if owner not in self._u2 or sender not in self._holders(owner):
+                    raise ProtocolError(f"client {sender!r} sent a share of {owner!r} it cannot hold")
+                if which != (_B if owner in alive else _S):
+                    raise ProtocolError(f"client {sender!r} sent the wrong kind of share of {owner!r}")
+                got.setdefault(owner, {})[_x_coord(index, sender)] = _shamir.decode_share(sh)
+        t = self._graph.threshold
+        needed = self._needed()
+        for owner in needed:
+            if len(got.get(owner, {})) < t:
+                raise InsufficientParticipantsError(
+                    f"too few shares arrived to unmask (threshold {t}); round aborted"
+                )
+        assert self._acc is not None
+        acc = self._acc
+        seeds: list[tuple[bytes, int]] = []
+        for owner in needed:
+            secret = _shamir.reconstruct(got[owner], t)
+            if owner in alive:
+                seeds.append((secret, -1))
+                continue
+            if x25519_public(secret) != self._keys[owner].s_pk:
+                raise ProtocolError(f"shares of {owner!r} do not reconstruct its advertised key")
+            s_sk = x25519_key(secret)
+            for i in sorted(self._nbrs[owner] & alive):
+                seed = _pair_seed(self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner)
+                seeds.append((seed, -_pair_sign(i, owner)))
+        add_masks(acc, seeds)
+        self._acc = None
+        self._result = ResultMessage(
+            self._cfg.params_id, self._round, "holder", self._u3, acc
+        ).to_bytes()
+        return {}
+
+    def __repr__(self) -> str:
+        return f"SecAggAggregator(round={self._round}, clients={len(self._u0)})"
+
+
+# -- holder / session / backend ------------------------------------------------------------
+class SecAggHolder:
+    """Decodes the aggregator's unmasked sum (the server learns the sum by design)."""
+
+    def __init__(self, cfg: _Config) -> None:
+        self._cfg = cfg
+
+    def recover(self, result: bytes) -> Recovered:
+        """Check the result's parameters and decode the fixed-point sum."""
+        h, _ = open_envelope(result)
+        if h.scheme != Scheme.SECAGG or h.kind != SecAggKind.RESULT:
+            raise ProtocolError("not a SecAgg+ result")
+        if not hmac.compare_digest(h.params_id, self._cfg.params_id):
+            raise ParameterMismatchError("the result was made under different parameters")
+        msg = ResultMessage.from_bytes(result)
+        if msg.total.dtype != np.dtype(self._cfg.dtype) or msg.total.shape != (self._cfg.size,):
+            raise ProtocolError("result has the wrong type or size")
+        ints = from_ring(msg.total.astype(np.uint64), self._cfg.ring_bits)
+        return Recovered(self._cfg.encoder.decode(ints), msg.contributors)
+
+    def __repr__(self) -> str:
+        return "SecAggHolder()"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("result holders cannot be pickled")
+
+
+class SecAggSession:
+    """A SecAgg+ session. In one process it is also the PKI: it makes each client's
+    long-term Ed25519 identity key on first use and publishes the public half."""
+
+    def __init__(self, cfg: _Config, layout: Layout, noise: NoiseShare | None, rng: Rng) -> None:
+        self.backend_name = "secagg"
+        self.layout = layout
+        self.max_weight = cfg.max_weight
+        self._cfg = cfg
+        self._noise = noise
+        self._rng = rng
+        self._identities: dict[str, SecretBytes] = {}
+        self._public: dict[str, bytes] = {}
+        self._dealt = False  # True for a session loaded from dealt material
+
+    @property
+    def params_id(self) -> bytes:
+        """Public fingerprint of the session's parameters."""
+        return self._cfg.params_id
+
+    @property
+    def ring_bits(self) -> int:
+        """Bits of the ring the masked sums live in (32 or 64)."""
+        return self._cfg.ring_bits
+
+    def graph(self, n_clients: int) -> GraphParams:
+        """The degree and threshold a round with ``n_clients`` uses."""
+        return self._cfg.graph(n_clients)
+
+    def unmask_quorum(self, n_clients: int) -> int:
+        """Survivors needed to unmask a round of ``n_clients``: the threshold, or with the
+        active variant the consistency quorum ``max(t, floor((n + C)/2) + 1)``."""
+        return self._cfg.quorum(n_clients)
+
+    def _identity(self, cid: str) -> SecretBytes:
+        if cid not in self._identities:
+            if self._dealt:
+                raise MissingKeyError(f"this process holds no identity key for client {cid!r}")
+            sk = SecretBytes(new_ed25519(self._rng), label="secagg identity key")
+            self._identities[cid] = sk
+            self._public[cid] = ed25519_public(sk.reveal())
+        return self._identities[cid]
+
+    def identity_public(self, cid: str) -> bytes:
+        """The long-term Ed25519 public key of client ``cid``."""
+        pk = self._public.get(cid)
+        if pk is None:
+            raise ProtocolError(f"no identity key is registered for client {cid!r}")
+        return pk
+
+    def aggregator(self, round_id: int, client_ids: Sequence[str]) -> SecAggAggregator:
+        """The aggregator for one round."""
+        return SecAggAggregator(self._cfg, round_id, list(client_ids), self.identity_public)
+
+    def client(
+        self, client_id: str, round_id: int, update: FloatVector, *, weight: float = 1.0,
+        rng: Rng | None = None,
+    ) -> SecAggClient:
+        """A client for one round, holding ``weight * update``."""
+        if update.shape != (self.layout.size,):
+            raise ParameterMismatchError(
+                f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
+            )
+        w = float(weight)
+        if not (math.isfinite(w) and 0 <= w <= self._cfg.max_weight):
+            raise ConfigurationError(f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}")
+        identity = self._identity(client_id) if self._cfg.active else None
+        return SecAggClient(self._cfg, client_id, round_id, update, w, rng or SystemRng(),
+                            identity, self.identity_public, self._noise)
+
+    def servers(self, round_id: int) -> dict[str, Responder]:
+        """SecAgg+ has no extra servers."""
+        return {}
+
+    def holder(self) -> SecAggHolder:
+        """The result holder."""
+        return SecAggHolder(self._cfg)
+
+    def identity_keys(self) -> list[SecretBytes]:
+        """The long-term identity keys this (simulation) session holds."""
+        return list(self._identities.values())
+
+    def __repr__(self) -> str:
+        return f"SecAggSession(size={self.layout.size}, ring_bits={self._cfg.ring_bits})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("SecAggSession holds secret material and cannot be pickled")
+
+
+_MATERIAL_KIND = 12
+
+
+@dataclass(frozen=True)
+class SecAggMaterial:
+    """Dealt material, one opaque blob per role (see :meth:`SecAggBackend.deal`)."""
+
+    aggregator: bytes
+    holder: bytes
+    clients: Mapping[str, bytes]
+
+    def __repr__(self) -> str:
+        return f"SecAggMaterial(clients={len(self.clients)})"
+
+
+def _read_material(material: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
+    try:
+        return _parse_material(material)
+    except DeserializationError:
+        raise
+    except Exception:
+        raise DeserializationError() from None
+
+
+def _parse_material(material: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
+    h, payload = open_envelope(material)
+    if h.scheme != Scheme.SECAGG or h.kind != _MATERIAL_KIND:
+        raise DeserializationError()
+    r = PayloadReader(payload)
+    public, secret = r.blob(), r.blob()
+    r.done()
+    if len(secret) not in (0, 32):
+        raise DeserializationError()
+    p = PayloadReader(public)
+    nonce = _fixed(p, 32)
+    directory = {}
+    for _ in range(_count(p)):
+        pid = p.text()
+        directory[pid] = _fixed(p, 32)
+    p.done()
+    return nonce, directory, secret
+
+
+class SecAggBackend:
+    """SecAgg+ with dropout recovery (one untrusted aggregator).
+
+    Args:
+        bound: largest |value| a client may contribute (before weighting).
+        scale_bits: fixed-point fractional bits.
+        clip: clip out-of-range values instead of raising.
+        dropout_rate: fraction of clients that may drop (``delta``), for ``k`` and ``t``.
+        corruption_rate: fraction of clients that may collude with the server (``gamma``).
+        sigma: statistical security parameter for the graph bounds.
+        eta: correctness parameter (recovery fails w.p. <= 2**-eta at the dropout rate).
+        full_graph: use the complete graph (Bonawitz et al. 2017).
+        active: Ed25519-signed keys and the consistency-check round (on by default).
+    """
+
+    name: ClassVar[str] = "secagg"
+
+    def __init__(
+        self, *, bound: float = 1.0, scale_bits: int = 16, clip: bool = False,
+        dropout_rate: float = 1 / 3, corruption_rate: float = 0.1, sigma: int = 40,
+        eta: int = 20, full_graph: bool = False, active: bool = True,
+    ) -> None:
+        FixedPointEncoder(bound, scale_bits)  # validates bound and scale_bits
+        for name, v in (("dropout_rate", dropout_rate), ("corruption_rate", corruption_rate)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ConfigurationError(f"{name} must be in [0, 1), got {v!r}")
+        if dropout_rate + corruption_rate >= 1:
+            raise ConfigurationError(
+                f"dropout_rate + corruption_rate must be < 1, got {dropout_rate} + {corruption_rate}"
+            )
+        for name, iv in (("sigma", sigma), ("eta", eta)):
+            if isinstance(iv, bool) or not isinstance(iv, int) or not 1 <= iv <= 128:
+                raise ConfigurationError(f"{name} must be an int in [1, 128], got {iv!r}")
+        for name, b in (("clip", clip), ("full_graph", full_graph), ("active", active)):
+            if not isinstance(b, bool):
+                raise ConfigurationError(f"{name} must be a bool, got {b!r}")
+        self._bound = float(bound)
+        self._scale_bits = scale_bits
+        self._clip = clip
+        self._dropout = float(dropout_rate)
+        self._corrupt = float(corruption_rate)
+        self._sigma = sigma
+        self._eta = eta
+        self._full = full_graph
+        self._active = active
+
+    @property
+    def value_bound(self) -> float | None:
+        """Largest |value| a client may contribute (before weighting)."""
+        return self._bound
+
+    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
+        """Stochastic rounding: under one unit ``2**-scale_bits`` per client, plus float slack."""
+        return n_clients * 2.0**-self._scale_bits + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+
+    def setup(
+        self, layout: Layout, *, max_clients: int, max_weight: float = 1.0,
+        noise: NoiseShare | None = None, rng: Rng | None = None,
+    ) -> SecAggSession:
+        """A session for ``layout``; checks that sums of ``max_clients`` fit the ring."""
+        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
+        if not (math.isfinite(max_weight) and max_weight > 0):
+            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        rng = rng or SystemRng()
+        return SecAggSession(self._config(layout, max_clients, max_weight, noise, rng.random_bytes(32)),
+                             layout, noise, rng)
+
+    def _config(self, layout: Layout, max_clients: int, max_weight: float,
+                noise: NoiseShare | None, nonce: bytes) -> _Config:
+        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
+        if not (math.isfinite(max_weight) and max_weight > 0):
+            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
+        extra = noise.headroom(max_clients) if noise is not None else 0.0
+        need = encoder.sum_bits(max_clients, extra=extra)
+        if need > 64:
+            raise EncodingOverflowError(f"sums need {need} bits, more than the 64-bit ring")
+        ring_bits = 32 if need <= 32 else 64
+        public = struct.pack(
+            ">dIBdIddIIBB", self._bound, self._scale_bits, self._clip, max_weight, ring_bits,
+            self._dropout, self._corrupt, self._sigma, self._eta, self._full, self._active,
+        ) + struct.pack(">Q", max_clients) + nonce
+        params_id = fingerprint(b"secagg/v1", public, layout.fingerprint)
+        return _Config(
+            params_id, layout.size, encoder, self._bound, self._clip, float(max_weight),
+            ring_bits, max_clients, self._dropout, self._corrupt, self._sigma, self._eta,
+            self._full, self._active,
+        )
+
+    # -- deployment: one process per role -------------------------------------------------
+    def deal(
+        self, layout: Layout, party_ids: Sequence[str], *, max_clients: int,
+        max_weight: float = 1.0, rng: Rng | None = None,
+    ) -> SecAggMaterial:
+        """Make every role's material for a deployment (the operator's one-time step).
+
+        The public part (session nonce, every client's Ed25519 identity public key) goes
+        to everyone; each client's material adds its own identity secret key. Nothing
+        secret goes to the aggregator or the holder (SecAgg+'s holder has no secret).
+        """
+        if len(set(party_ids)) != len(party_ids) or not party_ids:
+            raise ConfigurationError("party_ids must be non-empty and unique")
+        rng = rng or SystemRng()
+        nonce = rng.random_bytes(32)
+        cfg = self._config(layout, max_clients, max_weight, None, nonce)
+        secrets = {pid: new_ed25519(rng) for pid in party_ids}
+        w = PayloadWriter().blob(nonce).u32(len(party_ids))
+        for pid in sorted(party_ids):
+            w.text(pid).blob(ed25519_public(secrets[pid]))
+        public = w.getvalue()
+
+        def blob(secret: bytes) -> bytes:
+            payload = PayloadWriter().blob(public).blob(secret).getvalue()
+            sealed: bytes = seal(Header(Scheme.SECAGG, _MATERIAL_KIND, cfg.params_id, 0), payload)
+            return sealed
+
+        return SecAggMaterial(blob(b""), blob(b""), {pid: blob(secrets[pid]) for pid in party_ids})
+
+    def load_role(
+        self, layout: Layout, role: str, party_id: str | None, material: bytes, *,
+        max_clients: int, max_weight: float = 1.0, rng: Rng | None = None,
+    ) -> SecAggSession:
+        """A session for one role (``"aggregator"``, ``"client"`` or ``"holder"``) built
+        from that role's material only.
+
+        Raises:
+            ParameterMismatchError: material dealt for other options or another layout.
+            DeserializationError: malformed material.
+        """
+        nonce, directory, secret = _read_material(material)
+        cfg = self._config(layout, max_clients, max_weight, None, nonce)
+        if not hmac.compare_digest(open_envelope(material)[0].params_id, cfg.params_id):
+            raise ParameterMismatchError("the material was dealt for other parameters or another layout")
+        session = SecAggSession(cfg, layout, None, rng or SystemRng())
+        session._public = dict(directory)
+        session._dealt = True
+        if role == "client":
+            if party_id is None or party_id not in directory:
+                raise ConfigurationError(f"party {party_id!r} is not in the dealt directory")
+            if ed25519_public(secret) != directory[party_id]:
+                raise ParameterMismatchError("the identity key does not match the directory")
+            session._identities[party_id] = SecretBytes(secret, label="secagg identity key")
+        elif role not in ("aggregator", "holder"):
+            raise ConfigurationError(f"role must be aggregator, client or holder, got {role!r}")
+        return session
+
+    def __repr__(self) -> str:
+        return (
+            f"SecAggBackend(bound={self._bound}, scale_bits={self._scale_bits}, "
+            f"dropout_rate={self._dropout:.3g}, corruption_rate={self._corrupt:.3g}, "
+            f"full_graph={self._full}, active={self._active})"
+        )

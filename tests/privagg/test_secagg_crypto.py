@@ -1,0 +1,189 @@
+"""SecAgg+ building blocks: Shamir sharing, mask PRG vectors, and statistical uniformity of
+what the server sees (one masked upload; any t - 1 shares)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets as pysecrets
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from privagg import DeserializationError, Layout
+from privagg._rng import SystemRng, aes_ctr_keystream
+from privagg.backends import _shamir
+from privagg.backends import secagg as sa
+from privagg.backends._secagg_crypto import MaskExpander, ecdh, hkdf, x25519_public
+from privagg.backends.secagg import SecAggBackend
+from privagg.errors import ConfigurationError
+from privagg.hazmat import DeterministicRng
+
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "masking" / "masks_v1.json").read_text())
+P_MIN = 1e-6  # p-value below which a uniformity test fails (false alarm rate 1e-6 per test)
+
+
+# -- known answers ------------------------------------------------------------------------------
+def test_aes256_ctr_matches_nist_sp800_38a() -> None:
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    ctr = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    pt = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a")
+    ks = aes_ctr_keystream(key, 16, ctr)
+    assert bytes(a ^ b for a, b in zip(ks, pt, strict=True)).hex() == "601ec313775789a5b7a7f504bbf3d228"
+
+
+def test_x25519_matches_rfc7748() -> None:
+    a = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    b = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    assert x25519_public(a).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert x25519_public(b).hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    want = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    assert ecdh(a, x25519_public(b)).hex() == ecdh(b, x25519_public(a)).hex() == want
+
+
+@pytest.mark.parametrize("vec", VECTORS["masks"], ids=lambda v: f"{v['dtype']}x{v['size']}")
+def test_mask_vectors(vec: dict[str, object]) -> None:
+    dt = np.dtype(str(vec["dtype"]))
+    size = int(vec["size"])  # type: ignore[call-overload]
+    seed = bytes.fromhex(str(vec["seed"]))
+    m = MaskExpander(size, dt.type).mask(seed)
+    assert [int(w) for w in m[:4]] == vec["first_words"]
+    ks = aes_ctr_keystream(seed, size * dt.itemsize)
+    assert m.astype(dt.newbyteorder("<")).tobytes() == ks
+    acc = np.zeros(size, dt)
+    exp = MaskExpander(size, dt.type)
+    exp.add(acc, seed, 1)
+    exp.add(acc, seed, 1)
+    exp.add(acc, seed, -1)
+    assert np.array_equal(acc, m)
+
+
+def test_x25519_hkdf_and_shamir_regression_vectors() -> None:
+    v = VECTORS["x25519"]
+    a, b = bytes.fromhex(v["a_private"]), bytes.fromhex(v["b_private"])
+    assert x25519_public(a).hex() == v["a_public"]
+    assert x25519_public(b).hex() == v["b_public"]
+    shared = ecdh(a, bytes.fromhex(v["b_public"]))
+    assert shared.hex() == v["shared"]
+    assert hkdf(shared, salt=bytes.fromhex(v["hkdf_salt"]), info=bytes.fromhex(v["hkdf_info"])).hex() == v["hkdf_out"]
+    s = VECTORS["shamir"]
+    assert int(s["prime"], 16) == _shamir.PRIME
+    got = _shamir.share(bytes.fromhex(s["secret"]), [1, 2, 3, 4, 5], s["threshold"], DeterministicRng(s["rng_seed"]))
+    assert {str(x): hex(y) for x, y in got.items()} == s["shares"]
+
+
+# -- Shamir ---------------------------------------------------------------------------------------
+def _is_probable_prime(n: int, rounds: int = 40) -> bool:
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for _ in range(rounds):
+        a = pysecrets.randbelow(n - 3) + 2
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def test_field_is_prime_and_holds_every_32_byte_secret() -> None:
+    assert _is_probable_prime(_shamir.PRIME)
+    assert _shamir.PRIME > 2**256
+    assert not any(_is_probable_prime(2**256 + c, 8) for c in range(1, 297, 2))
+
+
+@pytest.mark.parametrize("t,n", [(1, 3), (2, 4), (3, 5), (4, 7)])
+def test_every_threshold_subset_reconstructs(t: int, n: int) -> None:
+    rng = SystemRng()
+    for secret in (bytes(32), b"\xff" * 32, rng.random_bytes(32)):
+        xs = list(range(1, n + 1))
+        sh = _shamir.share(secret, xs, t, rng)
+        for sub in itertools.combinations(xs, t):
+            assert _shamir.reconstruct({x: sh[x] for x in sub}, t) == secret
+        if t > 1:
+            with pytest.raises(ConfigurationError):
+                _shamir.reconstruct({x: sh[x] for x in xs[: t - 1]}, t)
+            wrong = {x: sh[x] for x in xs[:t]}
+            wrong[xs[0]] = (wrong[xs[0]] + 1) % _shamir.PRIME
+            try:
+                assert _shamir.reconstruct(wrong, t) != secret
+            except DeserializationError:
+                pass
+
+
+def test_share_encoding_is_canonical() -> None:
+    assert _shamir.decode_share(_shamir.encode_share(_shamir.PRIME - 1)) == _shamir.PRIME - 1
+    with pytest.raises(DeserializationError):
+        _shamir.decode_share(_shamir.PRIME.to_bytes(33, "big"))
+    with pytest.raises(DeserializationError):
+        _shamir.decode_share(b"\x00" * 32)
+    with pytest.raises(ConfigurationError):
+        _shamir.share(b"short", [1, 2], 2, SystemRng())
+    with pytest.raises(ConfigurationError):
+        _shamir.share(bytes(32), [1, 1], 2, SystemRng())
+
+
+def _uniform_p_values(u: np.ndarray) -> list[float]:
+    """KS test of floats on [0, 1) and a 64-bin chi-square."""
+    ks = stats.kstest(u, "uniform").pvalue
+    counts = np.bincount(np.minimum((u * 64).astype(int), 63), minlength=64)
+    chi = stats.chisquare(counts).pvalue
+    return [float(ks), float(chi)]
+
+
+@pytest.mark.parametrize("secret", [bytes(32), b"\xff" * 32])
+def test_any_t_minus_1_shares_are_uniform(secret: bytes) -> None:
+    """For t = 3 of 5 holders: every pair of shares is (jointly) uniform, whatever the secret."""
+    rng = SystemRng()
+    trials = 2000
+    samples = np.array(
+        [[v for _, v in sorted(_shamir.share(secret, [1, 2, 3, 4, 5], 3, rng).items())] for _ in range(trials)],
+        dtype=object,
+    )
+    p = float(_shamir.PRIME)
+    for i, j in itertools.combinations(range(5), 2):
+        ui = np.array([float(v) / p for v in samples[:, i]])
+        uj = np.array([float(v) / p for v in samples[:, j]])
+        pv = _uniform_p_values(ui) + _uniform_p_values(uj)
+        grid = np.bincount(np.minimum((ui * 8).astype(int), 7) * 8 + np.minimum((uj * 8).astype(int), 7), minlength=64)
+        pv.append(float(stats.chisquare(grid).pvalue))  # joint uniformity of the pair
+        assert min(pv) > P_MIN, (i, j, pv)
+
+
+# -- what the server sees -----------------------------------------------------------------------------
+def _masked_upload(x: np.ndarray, active: bool) -> np.ndarray:
+    n = 5
+    be = SecAggBackend(active=active)
+    s = be.setup(Layout.from_arrays({"w": x}), max_clients=n)
+    ids = [f"c{i}" for i in range(n)]
+    clients = {c: s.client(c, 0, x) for c in ids}
+    agg = s.aggregator(0, ids)
+    reqs = agg.start()
+    while True:
+        reps = {c: clients[c].handle(r) for c, r in reqs.items()}
+        kind = sa._wire.peek_header(reps["c0"]).kind
+        if kind == sa.SecAggKind.MASKED:
+            return sa.MaskedInput.from_bytes(reps["c0"]).masked
+        reqs = agg.receive(reps)
+
+
+@pytest.mark.parametrize("value,active", [(0.0, True), (0.999, False), (-0.5, True)])
+def test_one_masked_upload_is_uniform(value: float, active: bool) -> None:
+    x = np.full(20000, value)
+    y = _masked_upload(x, active)
+    assert y.dtype == np.uint32
+    u = y.astype(np.float64) / 2.0**32
+    pv = _uniform_p_values(u)
+    low = np.bincount((y & np.uint32(0xFF)).astype(np.int64), minlength=256)
+    pv.append(float(stats.chisquare(low).pvalue))
+    assert min(pv) > P_MIN, pv
+    # and two uploads of the same input are unrelated
+    y2 = _masked_upload(x, active)
+    assert abs(stats.pearsonr(y.astype(float), y2.astype(float)).statistic) < 0.05
