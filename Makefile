@@ -43,7 +43,7 @@ typecheck: setup
 	$(BIN)/mypy src/privagg
 
 docs: setup
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: setup
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; \

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from privagg._rng import Rng, SystemRng
 from privagg.envelope import Scheme
@@ -179,20 +179,40 @@ class OneShotAggregator:
 
 @dataclass
 class OneShotHolder:
-    """A one-shot result holder."""
+    """A one-shot result holder.
+
+    Defence in depth against an aggregator that deviates from the protocol: the holder
+    recovers each round id at most once and refuses aggregates with fewer than
+    ``min_contributions`` contributors, so a replayed or single-client "aggregate" is
+    not decrypted. (Against a fully malicious aggregator that fabricates contributions
+    this is not enough: see each backend's threat model.)
+    """
 
     scheme: Scheme
     params_id: bytes
     codec: RecoverCodec
+    min_contributions: int = 1
+    _recovered_rounds: set[int] = field(default_factory=set)
 
     def recover(self, result: bytes) -> Recovered:
-        """Check the aggregate's parameters and recover the float sum."""
+        """Check the aggregate's parameters and round, and recover the float sum."""
         msg = AggregateMessage.from_bytes(result)
         if msg.scheme != self.scheme:
             raise ProtocolError("aggregate is of another scheme")
         _check_params(msg.params_id, self.params_id, "the aggregate")
+        if msg.round_id in self._recovered_rounds:
+            raise ProtocolError(f"round {msg.round_id} was already recovered (replay?)")
+        if len(msg.contributors) < self.min_contributions:
+            raise InsufficientParticipantsError(
+                f"aggregate has {len(msg.contributors)} contributor(s), "
+                f"at least {self.min_contributions} required"
+            )
         vec = self.codec.recover(msg.body, len(msg.contributors))
+        self._recovered_rounds.add(msg.round_id)
         return Recovered(vec, msg.contributors)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a result holder may hold a secret key and cannot be pickled")
 
 
 @dataclass
@@ -207,11 +227,34 @@ class OneShotSession:
     combine_codec: CombineCodec
     recover_codec: Callable[[], RecoverCodec]
     max_weight: float | None = None
+    min_contributions: int = 1
+    _holder: OneShotHolder | None = field(default=None, repr=False)
+    _round_counter: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_contributions, int) or self.min_contributions < 1:
+            raise ConfigurationError(
+                f"min_contributions must be an int >= 1, got {self.min_contributions!r}"
+            )
+
+    def next_round_id(self) -> int:
+        """A round id this session has not handed out before (for ``run_round``)."""
+        used = self._holder._recovered_rounds if self._holder is not None else set()
+        while self._round_counter in used:
+            self._round_counter += 1
+        rid = self._round_counter
+        self._round_counter += 1
+        return rid
 
     def aggregator(self, round_id: int, client_ids: Sequence[str]) -> OneShotAggregator:
         """The aggregator for one round."""
         return OneShotAggregator(
-            self.scheme, self.params_id, round_id, tuple(client_ids), self.combine_codec
+            self.scheme,
+            self.params_id,
+            round_id,
+            tuple(client_ids),
+            self.combine_codec,
+            self.min_contributions,
         )
 
     def client(
@@ -244,5 +287,16 @@ class OneShotSession:
         return {}
 
     def holder(self) -> OneShotHolder:
-        """The result holder (for CKKS and Paillier: whoever holds the secret key)."""
-        return OneShotHolder(self.scheme, self.params_id, self.recover_codec())
+        """The result holder (for CKKS and Paillier: whoever holds the secret key).
+
+        The same object for the whole session, so it remembers which rounds it
+        recovered.
+        """
+        if self._holder is None:
+            self._holder = OneShotHolder(
+                self.scheme,
+                self.params_id,
+                self.recover_codec(),
+                self.min_contributions,
+            )
+        return self._holder

@@ -30,6 +30,9 @@ FloatVector = npt.NDArray[np.float64]
 _SUPPORTED_DTYPES = ("float16", "float32", "float64")
 _MAX_NAME = 4096
 _MAX_NDIM = 32
+_MAX_SIZE = (
+    1 << 40
+)  # values in one update (8 TiB of float64): far above any real update
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,18 @@ class Layout:
                 raise ConfigurationError(
                     f"tensor {s.name!r}: dtype must be one of {_SUPPORTED_DTYPES}, got {s.dtype}"
                 )
-            if len(s.shape) > _MAX_NDIM or any(d < 0 for d in s.shape):
+            if len(s.shape) > _MAX_NDIM or any(d < 0 or d > _MAX_SIZE for d in s.shape):
                 raise ConfigurationError(f"tensor {s.name!r}: invalid shape {s.shape}")
+        total = 0
+        for s in self.specs:
+            n = 1
+            for d in s.shape:
+                n *= d
+            total += n
+        if total > _MAX_SIZE:
+            raise ConfigurationError(
+                f"layout has {total} values, more than {_MAX_SIZE}"
+            )
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, npt.ArrayLike]) -> Layout:

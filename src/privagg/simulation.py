@@ -85,7 +85,7 @@ def run_round(
     updates: Mapping[str, Mapping[str, npt.ArrayLike]],
     *,
     weights: Mapping[str, float] | None = None,
-    round_id: int = 0,
+    round_id: int | None = None,
     dropouts: Mapping[int, Collection[str]] | None = None,
     isolate_failures: bool = False,
     rng: Rng | None = None,
@@ -96,7 +96,8 @@ def run_round(
         session: from ``backend.setup(layout, ...)``.
         updates: client id -> update (mapping of tensor name -> float array).
         weights: client id -> weight applied by that client before protection.
-        round_id: the round number bound into every message (replays are rejected).
+        round_id: the round number bound into every message (replays are rejected);
+            by default the session's next unused round id.
         dropouts: stage index -> client ids that stop answering from that stage on
             (stage 0 is the first request); to simulate failures.
         isolate_failures: if True, a client whose own step raises is treated as a
@@ -122,6 +123,11 @@ def run_round(
                 f"client ids must be non-empty strings, got {cid!r}"
             )
     w = _check_weights(ids, weights, getattr(session, "max_weight", None))
+    if round_id is None:
+        next_id = getattr(session, "next_round_id", None)
+        round_id = next_id() if callable(next_id) else 0
+    elif not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
+        raise ConfigurationError(f"round_id must be an int in [0, 2**64), got {round_id!r}")
     rng = rng or SystemRng()
     layout = session.layout
     failed: dict[str, str] = {}

@@ -275,3 +275,40 @@ def test_errors_share_one_root() -> None:
         assert issubclass(getattr(privagg, name), privagg.PrivaggError)
     assert issubclass(privagg.ConfigurationError, ValueError)
     assert issubclass(privagg.EncodingOverflowError, OverflowError)
+
+
+def test_layout_from_bytes_rejects_overflowing_shapes() -> None:
+    # review finding: (2**32, 2**32) wrapped .size to 0 and (2**64-1,) to -1
+    import struct
+
+    for shape in ((1 << 32, 1 << 32), ((1 << 64) - 1,), ((1 << 40) + 1,)):
+        data = struct.pack(">I", 1) + struct.pack(">H", 1) + b"w"
+        data += struct.pack(">BB", 2, len(shape)) + struct.pack(f">{len(shape)}Q", *shape)
+        with pytest.raises(DeserializationError):
+            Layout.from_bytes(data)
+
+
+def test_holder_refuses_replayed_round_and_small_aggregates() -> None:
+    from privagg._oneshot import OneShotSession
+    from privagg.errors import InsufficientParticipantsError, ProtocolError
+
+    layout = Layout.from_arrays({"a": np.zeros(3)})
+    session = privagg.get_backend("plain").setup(layout, max_clients=3)
+    ups = {"x": {"a": np.ones(3)}, "y": {"a": np.ones(3)}}
+    agg = session.aggregator(5, list(ups))
+    reqs = agg.start()
+    agg.receive({c: session.client(c, 5, layout.flatten(u)).handle(reqs[c]) for c, u in ups.items()})
+    holder = session.holder()
+    assert holder is session.holder()
+    holder.recover(agg.result())
+    with pytest.raises(ProtocolError):
+        holder.recover(agg.result())
+    assert isinstance(session, OneShotSession)
+    strict = OneShotSession(
+        "plain", session.scheme, layout, session.params_id, session.client_codec,
+        session.combine_codec, session.recover_codec, min_contributions=2,
+    )
+    agg = strict.aggregator(6, ["x"])
+    req = agg.start()["x"]
+    with pytest.raises(InsufficientParticipantsError):
+        agg.receive({"x": strict.client("x", 6, layout.flatten(ups["x"])).handle(req)})
