@@ -34,6 +34,7 @@ from privagg.backends.ckks import (
     keygen,
 )
 from privagg.envelope import PayloadReader, PayloadWriter
+from privagg.messages import Contribution
 from privagg.protocols import Session
 from tests.privagg.contract.backend_contract import BackendContract
 
@@ -380,11 +381,12 @@ def test_aggregate_counts_and_refuses_mixed_sets(keys: CkksSecretContext) -> Non
     agg = EncryptedUpdate.from_bytes(combine.combine(bodies), keys)
     assert agg.count == 3
     assert np.allclose(keys.decrypt(agg), 1.5, atol=1e-6)
-    # an aggregate of aggregates keeps counting
-    agg2 = EncryptedUpdate.from_bytes(
-        combine.combine([agg.to_bytes(), bodies[0]]), keys
-    )
+    # an aggregate of aggregates keeps counting (EncryptedUpdate arithmetic) ...
+    agg2 = agg + EncryptedUpdate.from_bytes(bodies[0], keys)
     assert agg2.count == 4
+    # ... but the aggregator's combine takes client contributions only (count 1 each)
+    with pytest.raises(DeserializationError, match="count 1"):
+        combine.combine([agg.to_bytes(), bodies[0]])
     # a body of another size / parameter set
     with pytest.raises(DeserializationError):
         combine.combine([bodies[0], _body(keys, np.zeros(11))])
@@ -397,6 +399,99 @@ def test_aggregate_counts_and_refuses_mixed_sets(keys: CkksSecretContext) -> Non
         recover.recover(combine.combine(bodies), 2)
     with pytest.raises(ParameterMismatchError):
         be.setup(layout, max_clients=3, keys=secure)
+
+
+def _with_count(body: bytes, count: int, size: int) -> bytes:
+    w = PayloadWriter().u8(1).u64(count).u64(size)
+    return w.blob(PayloadReader(body[17:]).blob()).getvalue()
+
+
+@pytest.mark.parametrize("count", [0, 2, 3, 2**20, 2**40, 2**40 + 1, 2**64 - 1])
+def test_client_contribution_must_have_count_one(
+    keys: CkksSecretContext, count: int
+) -> None:
+    """Review finding: a client could set its body's count to anything in [1, 2**40],
+    making combine raise or the holder refuse the round (availability)."""
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(10)})
+    session = be.setup(layout, max_clients=3, keys=keys)
+    good = [_body(keys, np.full(10, 0.25)) for _ in range(2)]
+    evil = _with_count(_body(keys, np.full(10, 0.25)), count, 10)
+    with pytest.raises(DeserializationError):
+        session.combine_codec.combine([good[0], evil, good[1]])
+    if 1 <= count <= 2**40:  # well formed otherwise: the position is named
+        with pytest.raises(DeserializationError, match=r"#1 of 3.*count 1"):
+            session.combine_codec.combine([good[0], evil, good[1]])
+    # through the roles: the aggregator refuses the round, naming no wrong sum
+    agg = session.aggregator(7, ["a", "b", "c"])
+    reqs = agg.start()
+    replies = {
+        cid: session.client(cid, 7, np.full(10, 0.25)).handle(r)
+        for cid, r in reqs.items()
+    }
+    msg = Contribution.from_bytes(replies["b"])
+    replies["b"] = Contribution(
+        msg.scheme,
+        msg.params_id,
+        msg.round_id,
+        msg.client_id,
+        _with_count(msg.body, count, 10),
+    ).to_bytes()
+    with pytest.raises(DeserializationError):
+        agg.receive(replies)
+    # honest contributions (count 1) still combine, and the aggregate counts them
+    out = EncryptedUpdate.from_bytes(session.combine_codec.combine(good), keys)
+    assert out.count == 2
+
+
+def test_params_id_binds_max_clients_max_weight_and_noise(
+    keys: CkksSecretContext,
+) -> None:
+    """Review finding: params_id covered only the key and the layout."""
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(5)})
+
+    def pid(**kw: object) -> bytes:
+        kw.setdefault("max_clients", 3)
+        return be.setup(layout, keys=keys, **kw).params_id  # type: ignore[arg-type]
+
+    ids = [
+        pid(),
+        pid(max_clients=4),
+        pid(max_weight=2.0),
+        pid(noise=_ConstNoise()),
+        pid(noise=_ScaledNoise(0.5)),
+        pid(noise=_ScaledNoise(0.25)),
+    ]
+    assert len(set(ids)) == len(ids)
+    assert pid() == pid() and pid(noise=_ScaledNoise(0.5)) == pid(
+        noise=_ScaledNoise(0.5)
+    )
+    # parties with different settings no longer interoperate silently
+    s3, s4 = (
+        be.setup(layout, max_clients=3, keys=keys),
+        be.setup(layout, max_clients=4, keys=keys),
+    )
+    reply = s3.client("a", 0, np.zeros(5)).handle(s3.aggregator(0, ["a"]).start()["a"])
+    agg = s4.aggregator(0, ["a"])
+    agg.start()
+    with pytest.raises(ParameterMismatchError):
+        agg.receive({"a": reply})
+    with pytest.raises(ParameterMismatchError):
+        s4.client("a", 0, np.zeros(5)).handle(s3.aggregator(0, ["a"]).start()["a"])
+
+
+def test_secure_preset_error_is_float64_dominated(keys: CkksSecretContext) -> None:
+    """Review finding: the docs said the secure preset's error before flooding is
+    ~1e-20; the measured error is ~2e-16 (float64 encode/decode), far above the RLWE
+    model, and the tolerance's float64 term is what covers it."""
+    secure = keygen("secure")
+    p = secure.params
+    x = np.random.default_rng(0).uniform(-1, 1, 2 * p.poly_modulus_degree)
+    e = secure.decrypt(secure.public.encrypt(x)) - x
+    assert np.max(np.abs(e)) > 100 * p.noise_std(1)  # the RLWE model alone misses it
+    float_term = 2.0**-45 * 1 * 1.0
+    assert np.max(np.abs(e)) < float_term / 10  # the float64 term covers it with room
 
 
 @pytest.mark.parametrize("cut", [0, 1, 9, 17, 100, -1])
@@ -469,6 +564,16 @@ class _ConstNoise:
         return 0.125 * n_clients
 
 
+class _ScaledNoise(_ConstNoise):
+    """A stand-in with a ``stddev`` attribute (like privagg.dp's shares)."""
+
+    def __init__(self, stddev: float) -> None:
+        self.stddev = stddev
+
+    def headroom(self, n_clients: int) -> float:
+        return 0.125 * n_clients  # same headroom for every stddev: only stddev differs
+
+
 def test_dp_noise_is_added_before_encryption(keys: CkksSecretContext) -> None:
     be = CkksBackend(preset="compact", threads=1)
     layout = Layout.from_arrays({"x": np.zeros(5)})
@@ -494,7 +599,8 @@ def test_sums_beyond_the_modulus_are_refused_not_wrapped(
     # 16 * 2**13 = 2**17 > 2**16.5 of headroom: more contributions than the modulus holds
     many = PayloadWriter().u8(1).u64(2**13).u64(4)
     many = many.blob(PayloadReader(body[17:]).blob()).getvalue()
-    with pytest.raises(EncodingOverflowError):
+    # the aggregator refuses it earlier: a client contribution must have count 1
+    with pytest.raises(DeserializationError):
         combine.combine([many])
     with pytest.raises(EncodingOverflowError):
         session.recover_codec().recover(many, 2**13)

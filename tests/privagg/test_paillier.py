@@ -6,7 +6,9 @@ speed; one test runs the real 2048-bit default.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import itertools
 import math
 import pickle
 import types
@@ -63,13 +65,18 @@ class TestPaillierContract(BackendContract):
         return [session.holder().codec.secret_key]  # type: ignore[attr-defined]
 
 
+_ROUND_IDS = itertools.count(100)
+
+
 def _round(session: OneShotSession, vecs: dict[str, np.ndarray], weights: dict[str, float] | None = None,
            rng: privagg.Rng | None = None, recover: bool = True) -> tuple[bytes, privagg.Recovered | None]:
-    agg = session.aggregator(0, list(vecs))
+    # a fresh round id per call: the holder refuses a round id it already recovered
+    round_id = next(_ROUND_IDS)
+    agg = session.aggregator(round_id, list(vecs))
     reqs = agg.start()
     w = weights or {}
     replies = {
-        cid: session.client(cid, 0, vecs[cid], weight=w.get(cid, 1.0), rng=rng).handle(r)
+        cid: session.client(cid, round_id, vecs[cid], weight=w.get(cid, 1.0), rng=rng).handle(r)
         for cid, r in reqs.items()
     }
     agg.receive(replies)
@@ -166,6 +173,109 @@ def test_secret_key_export_import_and_hygiene() -> None:
         be.session(layout, pk, other_sk, max_clients=3)
     with pytest.raises(DeserializationError):
         PaillierPublicKey.from_bytes(pk.to_bytes()[:-1])
+
+
+def test_public_key_carries_h_and_derives_hs_itself() -> None:
+    """Review finding: a supplied h_s = 1 + n (not an n-th residue) made c readable."""
+    pk, sk = _backend().keygen(DeterministicRng(5))
+    m: _PrivateMaterial = sk.unsafe_material()
+    p, q = m.phe.p, m.phe.q
+    n, nn = pk.n, pk.n**2
+    # the wire form is (key_bits, n, h) only: h_s is derived, never read
+    assert 1 < pk.h < n - 1 and math.gcd(pk.h, n) == 1
+    assert pk.hs == pow(pk.h, n, nn)
+    assert str(pk.hs) not in repr(pk) and pk.hs.to_bytes(2 * TEST_BITS // 8, "big") not in pk.to_bytes()
+    loaded = PaillierPublicKey.from_bytes(pk.to_bytes())
+    assert loaded == pk and loaded.hs == pk.hs and loaded.fingerprint == pk.fingerprint
+    # whatever h is supplied, h_s = h**n is an n-th residue (h_s**lambda == 1 mod n**2),
+    # so ciphertexts stay textbook Paillier with r = h**a mod n
+    for h in (2, 3, n - 2, pk.h):
+        hs = PaillierPublicKey(n, h, TEST_BITS).hs
+        assert pow(hs, (p - 1) * (q - 1), nn) == 1 and hs != 1 + n
+    # the reviewer's key (n, 1 + n) cannot be expressed: 1 + n is not a valid h ...
+    with pytest.raises(ConfigurationError):
+        PaillierPublicKey(n, 1 + n, TEST_BITS)
+    # ... nor can h = +-1 (h_s = +-1: no randomness), h = 0, or a non-unit
+    for bad in (0, 1, n - 1, n, p):
+        with pytest.raises(ConfigurationError):
+            PaillierPublicKey(n, bad, TEST_BITS)
+    # ... and neither form survives the wire: the v2 encoding with h = 1 + n or h = 1,
+    # or the pre-v2 encoding that carried h_s itself
+    from privagg.envelope import PayloadWriter
+
+    for tag, h in (("paillier-pk/v2", 1 + n), ("paillier-pk/v2", 1), ("paillier-pk/v1", 1 + n),
+                   ("paillier-pk/v1", pk.hs)):
+        forged = PayloadWriter().text(tag).u32(TEST_BITS).int_big(n).int_big(h).getvalue()
+        with pytest.raises(DeserializationError):
+            PaillierPublicKey.from_bytes(forged)
+
+
+def test_reviewer_hs_attack_no_longer_reads_ciphertexts() -> None:
+    """/tmp/review/hs.py: with h_s = 1 + n, (c - 1) / n revealed m + a. Now every
+    party's h_s is h**n, and (c - 1) / n mod n is unrelated to the plaintext."""
+    be = _backend()
+    pk, _ = be.keygen(DeterministicRng(6))
+    layout = Layout.from_arrays({"w": np.zeros(23)})
+    s = be.session(layout, PaillierPublicKey.from_bytes(pk.to_bytes()), max_clients=2)
+    codec = s.client_codec
+    pts = codec.encode(np.linspace(-1, 1, 23), 1.0, DeterministicRng(1))  # type: ignore[attr-defined]
+    (c,) = codec.encrypt(pts, DeterministicRng(2))  # type: ignore[attr-defined]
+    n = pk.n
+    leaked = ((int(c) - 1) // n) % n
+    a_bound = 1 << pk.exponent_bits
+    # under the attack leaked - m was the exponent a < 2**ceil(k/2); now it is not
+    assert not 0 <= (leaked - pts[0]) % n < a_bound
+
+
+def test_public_key_fingerprint_from_trusted_source() -> None:
+    be = _backend()
+    pk, _ = be.keygen(DeterministicRng(7))
+    attacker, _ = be.keygen(DeterministicRng(8))  # a fully substituted key is well formed
+    assert PaillierPublicKey.from_bytes(pk.to_bytes(), expected_fingerprint=pk.fingerprint) == pk
+    with pytest.raises(ParameterMismatchError):
+        PaillierPublicKey.from_bytes(attacker.to_bytes(), expected_fingerprint=pk.fingerprint)
+    layout = Layout.from_arrays({"w": np.zeros(4)})
+    assert be.session(layout, pk, max_clients=2).params_id != be.session(
+        layout, attacker, max_clients=2
+    ).params_id
+
+
+@dataclasses.dataclass(frozen=True)
+class _GaussLike:
+    """Stand-in NoiseShare (only headroom and stddev matter for params_id)."""
+
+    stddev: float
+
+    def sample_encoded(self, n: int, *, scale: float, rng: privagg.Rng) -> np.ndarray:
+        return np.zeros(n, dtype=np.int64)
+
+    def sample_real(self, n: int, *, rng: privagg.Rng) -> np.ndarray:
+        return np.zeros(n)
+
+    def headroom(self, n_clients: int) -> float:
+        return 10.0 * self.stddev * math.sqrt(n_clients)
+
+
+class _SkellamLike(_GaussLike):
+    """Same stddev and headroom as _GaussLike, another distribution."""
+
+
+def test_params_id_binds_session_options_and_noise() -> None:
+    be = _backend()
+    pk, _ = be.keygen(DeterministicRng(9))
+    layout = Layout.from_arrays({"w": np.zeros(4)})
+
+    def pid(**kw: object) -> bytes:
+        kw.setdefault("max_clients", 3)
+        return be.session(layout, pk, **kw).params_id  # type: ignore[arg-type]
+
+    ids = [
+        pid(), pid(max_clients=4), pid(max_weight=2.0),
+        pid(noise=_GaussLike(0.5)), pid(noise=_GaussLike(0.25)),
+        pid(noise=_SkellamLike(0.5)),
+    ]
+    assert len(set(ids)) == len(ids)
+    assert pid() == pid() and pid(noise=_SkellamLike(0.5)) == pid(noise=_SkellamLike(0.5))
 
 
 # -- packing and headroom -------------------------------------------------------------------
@@ -269,7 +379,8 @@ def test_headroom_exactly_at_maximum_passes_one_beyond_fails_before_encryption(n
     reqs = agg.start()
     with pytest.raises(EncodingOverflowError):
         agg.receive({c: session.client(c, 2, vecs[c]).handle(r) for c, r in reqs.items()})
-    result, _ = _round(session, {f"c{i}": np.zeros(50) for i in range(mc)})
+    # (not recovered first: the holder would refuse the forged copy as a replayed round)
+    result, _ = _round(session, {f"c{i}": np.zeros(50) for i in range(mc)}, recover=False)
     msg = AggregateMessage.from_bytes(result)
     forged = AggregateMessage(msg.scheme, msg.params_id, msg.round_id, (*msg.contributors, "x"), msg.body)
     with pytest.raises(EncodingOverflowError):

@@ -174,7 +174,9 @@ def test_djn_vector_encrypt_and_crt_decrypt(vectors: dict[str, Any]) -> None:
     table = _FixedBase(hs, n * n, (v["key_bits"] + 1) // 2, workers=1)
     assert int(table.pow(a)) == pow(hs, a, n * n)
     assert int((1 + gmpy2.mpz(m) * n) * table.pow(a) % (n * n)) == v["c"]
-    pk = PaillierPublicKey(n, hs, v["key_bits"])
+    # the public key is (n, h) since paillier-pk/v2; it derives h_s = h**n mod n**2
+    pk = PaillierPublicKey(n, v["h"], v["key_bits"])
+    assert pk.hs == hs
     material = _PrivateMaterial(pk, v["p"], v["q"])
     assert [int(x) for x in material.decrypt_many([gmpy2.mpz(v["c"])])] == [m]
     assert material.phe.raw_decrypt(v["c"]) == m

@@ -1,6 +1,9 @@
 """CKKS homomorphic aggregation on TenSEAL (Microsoft SEAL through ``tenseal.sealapi``).
 
-The aggregator adds ciphertexts and never holds a key that decrypts them.
+The aggregator adds ciphertexts and never holds a key that decrypts them. It must be
+honest-but-curious: a malicious aggregator can present one client's ciphertext (or one
+plus its own encryptions of known values) as "the aggregate" and have the holder decrypt
+it; contributions are not authenticated to the holder (``docs/backends/ckks.md``).
 
 * **Keys** (:func:`keygen`): a :class:`CkksSecretContext` for the result holder (the
   secret key, wrapped in :class:`privagg.SecretKey`) and a :class:`CkksPublicContext`
@@ -13,7 +16,8 @@ The aggregator adds ciphertexts and never holds a key that decrypts them.
   for one 60-bit prime, 30 for two. SEAL writes them; privagg reads the raw words from
   SEAL's own serialization and never re-implements encryption.
 * **Aggregation**: coefficient-wise addition modulo each prime (exactly what SEAL's
-  ``add`` does), vectorized with numpy; the aggregate counts its contributions.
+  ``add`` does), vectorized with numpy; the aggregate counts its contributions. A
+  client contribution must say ``count == 1``; only aggregates carry larger counts.
 * **Release** (IND-CPA-D, Li-Micciancio 2021): the holder adds Gaussian flooding
   noise ``2**flood_bits`` times the encryption noise, then rounds to a power-of-two
   grid, before the sum leaves it. See ``docs/backends/ckks.md``.
@@ -1034,11 +1038,28 @@ class _CombineCodec:
     per_contribution: float = 1.0  # max |weighted value| + DP noise, per contribution
 
     def combine(self, bodies: Sequence[bytes]) -> bytes:
-        """Sum block by block modulo each prime; validates every body first."""
+        """Sum block by block modulo each prime; validates every body first.
+
+        ``bodies`` are client contributions (in contributor-id order, as the one-shot
+        aggregator passes them): each must carry ``count == 1``. Before this check a
+        single client could claim any count up to 2**40 and so make ``combine`` raise
+        (modulus overflow) or the holder refuse the round (count vs contributor list).
+
+        Raises:
+            DeserializationError: a malformed body, another size/parameter set, or a
+                contribution whose count is not 1 (its position is named).
+            EncodingOverflowError: a sum the modulus cannot hold.
+        """
         st = self.context.seal_state()
         parsed = [_read_body(b, st, self.size) for b in bodies]
         if not parsed:
             raise DeserializationError()
+        for i, (c, _, _) in enumerate(parsed):
+            if c != 1:
+                raise DeserializationError(
+                    f"contribution #{i} of {len(parsed)} (contributors in id order) "
+                    f"claims {c} contributions; a client contribution must have count 1"
+                )
         _check_count(
             self.context.params, sum(c for c, _, _ in parsed), self.per_contribution
         )
@@ -1095,6 +1116,19 @@ class _RecoverCodec:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("the CKKS holder holds a secret key and cannot be pickled")
+
+
+def _noise_descriptor(noise: NoiseShare | None) -> bytes:
+    """What ``params_id`` binds of the DP noise share: its type and its ``stddev``."""
+    w = PayloadWriter()
+    if noise is None:
+        return w.text("none").getvalue()
+    t = type(noise)
+    stddev = getattr(noise, "stddev", None)
+    w.text(f"{t.__module__}.{t.__qualname__}")
+    if isinstance(stddev, (int, float)) and not isinstance(stddev, bool):
+        return w.u8(1).f64(float(stddev)).getvalue()
+    return w.u8(0).getvalue()
 
 
 # -- backend ---------------------------------------------------------------------------------
@@ -1212,7 +1246,21 @@ class CkksBackend:
         elif keys.params != p:
             raise ParameterMismatchError("the given CKKS keys use other parameters")
         public = keys.public
-        params_id = fingerprint(b"ckks/v1", public.fingerprint, layout.fingerprint)
+        # Bound to params_id (v2): the key and CKKS parameters (public.fingerprint covers
+        # CkksParams.to_bytes: N, primes, scale, value_bound, flood_bits), the layout,
+        # and the session options every party must share: max_clients, max_weight and
+        # the DP noise configuration (type, stddev, headroom for max_clients).
+        session_options = (
+            PayloadWriter()
+            .int_big(max_clients)
+            .f64(float(max_weight))
+            .f64(float(extra))
+            .blob(_noise_descriptor(noise))
+            .getvalue()
+        )
+        params_id = fingerprint(
+            b"ckks/v2", public.fingerprint, layout.fingerprint, session_options
+        )
         size = layout.size
         client = _ClientCodec(public, size, float(max_weight), self.threads, noise)
         per = float(max_weight) * p.value_bound + extra / max_clients

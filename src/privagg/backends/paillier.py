@@ -4,17 +4,23 @@ Roles and keys
 --------------
 The *result holder* generates the key pair and keeps the secret key (the primes ``p``,
 ``q``, wrapped in :class:`privagg.SecretKey`); clients and the aggregator only ever see
-the public key ``(n, h_s)``. Clients encrypt, the aggregator multiplies ciphertexts
+the public key ``(n, h)``. Clients encrypt, the aggregator multiplies ciphertexts
 (adds plaintexts) without any key material, the holder decrypts the single aggregate.
 In :meth:`PaillierBackend.setup` one process plays the trusted dealer; across machines
 use :meth:`PaillierBackend.keygen` on the holder and :meth:`PaillierBackend.session`
-on every party (clients and aggregator without the secret key).
+on every party (clients and aggregator without the secret key). Clients must check the
+public key's fingerprint (or the session's ``params_id``) against the holder's, obtained
+over an authenticated channel. The aggregator must be honest-but-curious: the holder
+decrypts whatever it is given as "the aggregate" (``docs/backends/paillier.md``).
 
 Scheme (g = n + 1, Damgard-Jurik-Nielsen randomness, s = 1)
 ----------------------------------------------------------
 * keygen: ``p, q`` random ``key_bits/2``-bit primes from the injected Rng (top two bits
   set so ``n = pq`` has exactly ``key_bits`` bits); ``x`` uniform in ``Z_n^*``,
-  ``h = -x**2 mod n``, ``h_s = h**n mod n**2``. Public key ``(n, h_s)``.
+  ``h = -x**2 mod n``. Public key ``(n, h)``; every party computes
+  ``h_s = h**n mod n**2`` itself when it loads the key, so ``h_s`` is an n-th residue
+  by construction (a supplied ``h_s`` such as ``1 + n`` would make ciphertexts
+  readable: it cannot be expressed).
 * encrypt ``m`` in ``[0, n)``: ``c = (1 + m*n) * h_s**a mod n**2`` with ``a`` uniform in
   ``[0, 2**ceil(key_bits/2))``. ``h_s**a = (h**a)**n``, so this is textbook Paillier with
   ``r = h**a mod n``, the DJN short-exponent variant. ``h_s**a`` uses a fixed-base
@@ -35,6 +41,7 @@ process.
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import threading
@@ -57,6 +64,7 @@ from privagg.errors import (
     DeserializationError,
     EncodingOverflowError,
     MissingKeyError,
+    ParameterMismatchError,
 )
 from privagg.keys import NoProtection, Protection, SecretKey, fingerprint
 from privagg.layout import FloatVector, Layout
@@ -67,6 +75,9 @@ __all__ = ["KEY_SIZES", "PaillierBackend", "PaillierPublicKey", "load_secret_key
 #: the public key sizes (bits of n)
 KEY_SIZES = (2048, 3072)
 _SCHEME = "paillier"
+# v2: the key carries h and every party derives h_s (v1 carried h_s, unverifiable).
+_PK_TAG = "paillier-pk/v2"
+_SK_TAG = "paillier-sk/v2"
 _BODY_VERSION = 1
 _WINDOW = 8  # fixed-base window (bits); rows are bytes of the exponent
 _TABLE_MIN_CIPHERTEXTS = 32  # below this, plain powmod beats building a table
@@ -116,24 +127,40 @@ def _gil_free() -> Any:
 # -- public key ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PaillierPublicKey:
-    """The public key ``(n, h_s)`` every party holds.
+    """The public key ``(n, h)`` every party holds.
+
+    Only ``n`` and ``h`` are published (and fingerprinted); the DJN randomiser base
+    ``h_s = h**n mod n**2`` is derived here, once, when the key is built or loaded. So
+    ``h_s`` is always an n-th residue: nobody can hand a party a base such as
+    ``h_s = 1 + n`` (not an n-th residue), under which ``c = 1 + (m + a)*n`` would be
+    readable without the secret key.
 
     Attributes:
         n: the modulus ``p*q``.
-        hs: the DJN randomiser base ``h_s = (-x**2)**n mod n**2``.
+        h: the DJN generator, a unit modulo ``n`` other than ``1`` and ``n - 1``
+            (honest keys use ``h = -x**2 mod n``).
         key_bits: bits of ``n``.
+        hs: derived, ``h**n mod n**2`` (not an argument, not serialised).
     """
 
     n: int
-    hs: int
+    h: int
     key_bits: int
+    hs: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        n, hs = self.n, self.hs
+        n, h = self.n, self.h
+        for name, v in (("n", n), ("h", h), ("key_bits", self.key_bits)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigurationError(f"{name} must be an int")
         if n.bit_length() != self.key_bits or n % 2 == 0:
             raise ConfigurationError(f"n must be an odd {self.key_bits}-bit modulus")
-        if not (1 < hs < n * n) or gmpy2.gcd(hs, n) != 1:
-            raise ConfigurationError("h_s must be a unit modulo n**2")
+        # h = 1 or h = -1 give h_s = +-1 (no randomness at all); other elements of small
+        # order cannot be found without factoring n. An h >= n (for instance a v1-style
+        # h_s, or 1 + n) is refused: the base is canonical in [2, n - 2].
+        if not (1 < h < n - 1) or gmpy2.gcd(h, n) != 1:
+            raise ConfigurationError("h must be a unit modulo n in [2, n - 2]")
+        object.__setattr__(self, "hs", int(gmpy2.powmod(h, n, gmpy2.mpz(n) * n)))
 
     @property
     def phe(self) -> phe_paillier.PaillierPublicKey:
@@ -151,29 +178,50 @@ class PaillierPublicKey:
         return (self.key_bits + 1) // 2
 
     def to_bytes(self) -> bytes:
-        """Canonical public-key bytes (also what the session fingerprint covers)."""
+        """Canonical public-key bytes ``(key_bits, n, h)``; what the fingerprints cover."""
         return (
-            PayloadWriter().text("paillier-pk/v1").u32(self.key_bits).int_big(self.n)
-            .int_big(self.hs).getvalue()
+            PayloadWriter().text(_PK_TAG).u32(self.key_bits).int_big(self.n)
+            .int_big(self.h).getvalue()
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> PaillierPublicKey:
-        """Decode :meth:`to_bytes`; any malformation raises DeserializationError."""
+    def from_bytes(
+        cls, data: bytes, *, expected_fingerprint: bytes | None = None
+    ) -> PaillierPublicKey:
+        """Decode :meth:`to_bytes`; any malformation raises DeserializationError.
+
+        Args:
+            data: the public-key bytes (from an untrusted channel, typically).
+            expected_fingerprint: :attr:`fingerprint` obtained from a trusted source
+                (the result holder). A fully substituted key (an attacker's own ``n``)
+                is well formed and cannot be detected any other way.
+
+        Raises:
+            DeserializationError: malformed bytes, an ``h`` that is not a unit in
+                ``[2, n - 2]``, or the pre-v2 encoding (which carried ``h_s`` itself).
+            ParameterMismatchError: the key does not match ``expected_fingerprint``.
+        """
         try:
             r = PayloadReader(data)
-            if r.text() != "paillier-pk/v1":
+            if r.text() != _PK_TAG:
                 raise DeserializationError()
             bits = r.u32()
-            n, hs = r.int_big(), r.int_big()
+            n, h = r.int_big(), r.int_big()
             r.done()
             if bits not in KEY_SIZES and bits < _MIN_TEST_KEY_BITS:
                 raise DeserializationError()
-            return cls(n, hs, bits)
+            key = cls(n, h, bits)
         except DeserializationError:
             raise
         except Exception:
             raise DeserializationError() from None
+        if expected_fingerprint is not None and not hmac.compare_digest(
+            key.fingerprint, bytes(expected_fingerprint)
+        ):
+            raise ParameterMismatchError(
+                "the Paillier public key does not match the trusted fingerprint"
+            )
+        return key
 
     @property
     def fingerprint(self) -> bytes:
@@ -218,7 +266,7 @@ class _PrivateMaterial:
     def export(self) -> bytes:
         """The secret key as bytes (used only by :meth:`SecretKey.to_bytes`)."""
         return (
-            PayloadWriter().text("paillier-sk/v1").blob(self.public.to_bytes())
+            PayloadWriter().text(_SK_TAG).blob(self.public.to_bytes())
             .int_big(int(self._p)).int_big(int(self._q)).getvalue()
         )
 
@@ -252,7 +300,7 @@ def load_secret_key(data: bytes, protection: Protection | None = None) -> Secret
         raise DeserializationError()
     try:
         r = PayloadReader(secret)
-        if r.text() != "paillier-sk/v1":
+        if r.text() != _SK_TAG:
             raise DeserializationError()
         public = PaillierPublicKey.from_bytes(r.blob())
         p, q = r.int_big(), r.int_big()
@@ -284,10 +332,7 @@ def _keygen(key_bits: int, rng: Rng) -> tuple[PaillierPublicKey, SecretKey[Any]]
         if x > 1 and math.gcd(x, n) == 1:
             break
     h = (-x * x) % n
-    nn = gmpy2.mpz(n) * n
-    # h**n mod n**2 via CRT would be faster; keygen is once per session.
-    hs = int(gmpy2.powmod(h, n, nn))
-    public = PaillierPublicKey(n, hs, key_bits)
+    public = PaillierPublicKey(n, h, key_bits)  # derives h_s = h**n mod n**2
     return public, _secret_key(_PrivateMaterial(public, p, q))
 
 
@@ -582,6 +627,19 @@ class _RecoverCodec:
         return f"<Paillier recover codec {self.params.public!r}>"
 
 
+def _noise_descriptor(noise: NoiseShare | None) -> bytes:
+    """What ``params_id`` binds of the DP noise share: its type and its ``stddev``."""
+    w = PayloadWriter()
+    if noise is None:
+        return w.text("none").getvalue()
+    t = type(noise)
+    stddev = getattr(noise, "stddev", None)
+    w.text(f"{t.__module__}.{t.__qualname__}")
+    if isinstance(stddev, (int, float)) and not isinstance(stddev, bool):
+        return w.u8(1).f64(float(stddev)).getvalue()
+    return w.u8(0).getvalue()
+
+
 def _no_holder() -> NoReturn:
     raise MissingKeyError("this session has no Paillier secret key: only the result holder can recover")
 
@@ -718,9 +776,11 @@ class PaillierBackend:
         encoding = (
             PayloadWriter().u32(self.scale_bits).f64(self.bound).int_big(max_clients)
             .f64(max_weight).u32(slot_bits).u32(slots.slots).u32(MARGIN_BITS).f64(extra)
-            .u8(int(self.clip)).getvalue()
+            .u8(int(self.clip)).blob(_noise_descriptor(noise)).getvalue()
         )
-        params_id = fingerprint(b"paillier/v1", public_key.to_bytes(), encoding, layout.fingerprint)
+        # v2: the public key is (n, h) (h_s derived), and the noise share's type and
+        # scale are bound too, not only its headroom.
+        params_id = fingerprint(b"paillier/v2", public_key.to_bytes(), encoding, layout.fingerprint)
         recover: Callable[[], Any]
         if secret_key is None:
             recover = _no_holder
