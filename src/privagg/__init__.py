@@ -54,6 +54,16 @@ from privagg.simulation import RoundResult, run_round, secure_sum
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # ``privagg.dp`` is imported on first use: it pulls in scipy and dp-accounting.
+    if name in ("dp", "hazmat"):
+        import importlib
+
+        return importlib.import_module(f"privagg.{name}")
+    raise AttributeError(f"module 'privagg' has no attribute {name!r}")
+
+
 __all__ = [
     "FORMAT_VERSION",
     "AggregatorRole",
