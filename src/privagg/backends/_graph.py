@@ -4,17 +4,21 @@ The graph is a Harary graph ``H(k, n)`` (each node linked to the ``k/2`` nodes o
 side of it on a ring) over a pseudo-random ordering of the round's clients. The ordering
 is derived from a public seed that hashes every advertised public key of the round, so
 the server cannot place clients where it wants without grinding on the key set. Because
-the ordering is a uniformly random permutation, the neighbourhood of any fixed client is
+the ordering is a uniformly random permutation (up to that grinding, see
+``docs/backends/secagg.md``), the neighbourhood of any fixed client is
 a uniformly random ``k``-subset of the others: the number of corrupt (or dropped)
 neighbours is hypergeometric, which gives the bounds below (Bell et al., CCS 2020,
 Sec. 3-4, with exact hypergeometric tails instead of Chernoff bounds).
 
-Each client's two secrets are Shamir-shared among its ``k`` neighbours *and itself*
-(``k + 1`` holders), threshold ``t``.
+Each client's two secrets are Shamir-shared among its ``k`` neighbours only (``k``
+holders, threshold ``t``); the owner keeps no share of its own, so every one of the ``t``
+shares the server needs comes from *another* client.
 
 * **Security** (an honest client's secrets stay hidden from the server plus ``C =
   ceil(gamma * n)`` corrupt clients): the corrupt holders must be fewer than ``t``:
-  ``n * P[Hyp(n - 1, C, k) >= t] <= 2**-sigma``.
+  ``n * P[Hyp(n - 1, C, k) >= t] <= 2**-sigma``. Because any ``t`` of a client's
+  neighbours then include an honest one (w.h.p.), a client that masks with at least
+  ``t`` neighbours always masks with an honest one.
 * **Correctness** (up to ``D = floor(delta * n)`` dropouts): a secret that must be
   recovered keeps ``t`` live holders: ``n * P[Hyp(n - 1, D, k) > k - t] <= 2**-eta``.
 * **Connectivity (necessary part)**: an honest survivor keeps at least one honest,
@@ -23,7 +27,9 @@ Each client's two secrets are Shamir-shared among its ``k`` neighbours *and itse
 The smallest even ``k`` for which some ``t`` meets all three is used, with the
 smallest such ``t`` (most dropout tolerance). If no ``k < n - 1`` works, the graph is
 complete (Bonawitz et al., CCS 2017), where the bounds are deterministic:
-``t >= C + 1`` and ``t <= n - D``, and ``t`` is raised to ``floor(n/2) + 1`` when that
+``t >= C + 1`` and ``t <= n - 1 - D`` (a survivor's ``n - 1`` holders lose at most ``D``;
+when only ``t = n - D`` satisfies the first, as for tiny ``n``, one dropout fewer is
+tolerated), and ``t`` is raised to ``floor(n/2) + 1`` when that
 still fits (so that two disjoint halves of the clients cannot both unmask).
 """
 
@@ -37,7 +43,10 @@ from functools import lru_cache
 
 from privagg.errors import ConfigurationError
 
-__all__ = ["GraphParams", "choose_parameters", "consistency_quorum", "harary_neighbours"]
+__all__ = [
+    "GraphParams", "choose_parameters", "consistency_quorum", "harary_neighbours",
+    "min_live_neighbours",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +55,8 @@ class GraphParams:
 
     Attributes:
         degree: neighbours per client (``n - 1`` for the complete graph).
-        threshold: shares needed to reconstruct a secret (out of ``degree + 1`` holders).
+        threshold: shares needed to reconstruct a secret (out of ``degree`` holders, the
+            owner's neighbours; the owner holds no share of its own secrets).
         full: True for the complete graph.
     """
 
@@ -113,14 +123,41 @@ def choose_parameters(
                 continue
             if _hyp_tail(n - 1, dropped, k, k - t_lo + 1) <= cor_bound:
                 return GraphParams(k, t_lo, False)
-    lo, hi = corrupt + 1, n - dropped
+    # t > C, except when C >= n - 1: then the sum alone reveals the one honest input, and
+    # t = n - 1 (every other client) is the most that can be asked.
+    lo, hi = min(corrupt + 1, max(n - 1, 1)), n - dropped
     if lo > hi:
         raise ConfigurationError(
             f"no threshold works for n={n}, dropout_rate={dropout_rate}, "
             f"corruption_rate={corruption_rate}: need t >= {lo} and t <= {hi}"
         )
-    t = min(max(lo, n // 2 + 1), hi)
+    # A survivor's n - 1 holders keep n - 1 - D live ones; when t = C + 1 = n - D (tiny n)
+    # the complete graph tolerates one dropout fewer than D (see min_live_neighbours).
+    t = max(lo, min(n // 2 + 1, n - 1 - dropped))
     return GraphParams(n - 1, t, True)
+
+
+@lru_cache(maxsize=256)
+def min_live_neighbours(n: int, degree: int, threshold: int, *, dropout_rate: float, eta: int = 20) -> int:
+    """Fewest advertised neighbours a client accepts before it shares its secrets.
+
+    With at most ``D = floor(delta * n)`` clients dropping (at any stage, so in particular
+    at stage 0), the number of a client's ``k`` neighbours that dropped is
+    ``Hyp(n - 1, D, k)``. ``d`` is the smallest count with ``n * P[Hyp > d] <= 2**-eta``
+    (the correctness parameter): honest rounds see at least ``k - d`` live neighbours at
+    stage 1 except with probability ``2**-eta``. The correctness bound of
+    :func:`choose_parameters` gives ``d <= k - t``, so the result is at least ``t``: a
+    client therefore masks with, and shares among, at least ``t`` other clients, which
+    (security bound) always include an honest one. For the complete graph ``d = D``.
+    A server that relays fewer keys (to isolate a client among corrupt neighbours) is
+    refused.
+    """
+    if degree == 0:
+        return 0  # a one-client round: nothing to share with
+    dropped = math.floor(dropout_rate * n)
+    bound = 2.0**-eta / n
+    d = next(d for d in range(0, degree + 1) if _hyp_tail(n - 1, dropped, degree, d + 1) <= bound)
+    return max(threshold, degree - d)
 
 
 def consistency_quorum(n: int, *, corruption_rate: float, threshold: int) -> int:

@@ -3,10 +3,13 @@
 :func:`encode_to_ring` uses the shared :class:`~privagg.encoding.FixedPointEncoder`'s
 parameters as they are (its ``bound``, ``scale``, capacity check ``sum_bits`` and
 ``decode``), with a vectorised form of its unbiased stochastic rounding:
-``R(y) = floor(y + u)``, ``u = k / 2**32`` with ``k`` a uniform 32-bit word from the
-injected :class:`~privagg._rng.Rng`. Then ``P[R(y) = floor(y) + 1] = P[u >= 1 - frac(y)]``,
-so ``E[R(y)] = y`` up to ``2**-32`` of one unit (the grid of ``u``) and ``|R(y) - y| < 1``
-unit always, as with the shared encoder.
+``R(y) = floor(y) + [u < frac(y)]``, ``frac(y) = y - floor(y)`` (computed exactly: no
+float addition of ``u`` to a large ``y``), ``u = k / 2**32`` with ``k`` a uniform 32-bit
+word from the injected :class:`~privagg._rng.Rng`. Then ``P[R(y) = floor(y) + 1] =
+ceil(frac(y) * 2**32) / 2**32``, so ``E[R(y)] = y`` up to ``2**-32`` of one unit (the grid
+of ``u``) for every ``|y| < 2**53`` and ``|R(y) - y| < 1`` unit always, as with the shared
+encoder. (An earlier ``floor(y + u)`` form was biased once ``|y| > 2**21``, where the ulp
+of ``y`` exceeds ``2**-32`` and ``y + u`` rounds.)
 
 Both functions work in blocks of :data:`BLOCK` values so that every temporary stays in
 the CPU cache: a SecAgg+ client adds ``k + 1`` masks to its vector, and blocking turns
@@ -68,6 +71,8 @@ def encode_to_ring(
     out = np.empty(n, dtype=np.int64 if noise is not None else dtype)
     t1 = np.empty(min(n, BLOCK), dtype=np.float64)
     t2 = np.empty_like(t1)
+    t3 = np.empty_like(t1)
+    up = np.empty(t1.shape, dtype=bool)
     for s in range(0, n, BLOCK):
         e = min(n, s + BLOCK)
         xs, a, b = x[s:e], t1[: e - s], t2[: e - s]
@@ -80,10 +85,13 @@ def encode_to_ring(
                     f"{who}: values exceed the bound {value_bound}; clip first or use clip=True"
                 )
             xs = np.clip(xs, -value_bound, value_bound, out=a)
-        np.multiply(xs, ws, out=a)
-        np.multiply(words[s:e], 2.0**-32, out=b)
-        np.add(a, b, out=a)
-        np.floor(a, out=a)
+        f, m = t3[: e - s], up[: e - s]
+        np.multiply(xs, ws, out=a)  # y
+        np.floor(a, out=f)
+        np.subtract(a, f, out=a)  # frac(y), exact (Sterbenz) for |y| >= 1 and y >= 0
+        np.multiply(words[s:e], 2.0**-32, out=b)  # u
+        np.less(b, a, out=m)
+        np.add(f, m, out=a)
         if noise is not None:
             np.copyto(out[s:e], a, casting="unsafe")
         else:  # float -> int64 -> ring word (two's complement, reduced mod 2**bits)

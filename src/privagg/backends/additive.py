@@ -242,6 +242,19 @@ class _Config:
             raise ProtocolError(f"{who}: unexpected message kind {h.kind} (expected {kind})")
 
 
+_SEED_CT_LEN = 32 + 16  # AES-256-GCM of a 32-byte seed
+_PROBE_KEY = x25519_key(hashlib.sha256(b"privagg/additive/v1/probe").digest())
+
+
+def _valid_x25519(pk: bytes) -> bool:
+    """False for a low-order (unusable) X25519 public key."""
+    try:
+        ecdh(_PROBE_KEY, pk)
+    except ProtocolError:
+        return False
+    return True
+
+
 def _ctx(cfg: _Config, round_id: int, *parts: str) -> bytes:
     out = cfg.params_id + round_id.to_bytes(8, "big")
     for p in parts:
@@ -339,6 +352,9 @@ class AdditiveServer:
         acc = np.zeros(cfg.size, dtype=cfg.dtype)
         masks = []
         contributors = tuple(sorted(e[0] for e in req.entries))
+        # The coordinator sends every server the same accepted entries; a listed entry this
+        # server cannot decrypt aborts (DeserializationError / ProtocolError) rather than
+        # being dropped silently, which would make the servers sum different client sets.
         for cid, epk, ct in req.entries:
             ctx = _ctx(cfg, self._round, cid, self._id)
             key = hkdf(ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"seed-key" + ctx + epk)
@@ -376,6 +392,8 @@ class AdditiveAggregator:
         self._clients = tuple(client_ids)
         self._stage = 0
         self._contributors: tuple[str, ...] = ()
+        #: clients whose shares were unusable (skipped, not in the sum), for reporting
+        self.rejected: set[str] = set()
         self._partial0: npt.NDArray[np.unsignedinteger] | None = None
         self._result: bytes | None = None
 
@@ -399,6 +417,7 @@ class AdditiveAggregator:
         expected = set(self._clients)
         acc = np.zeros(cfg.size, dtype=cfg.dtype)
         per_server: dict[str, list[tuple[str, bytes, bytes]]] = {s: [] for s in cfg.server_ids}
+        accepted: list[str] = []
         for sender in sorted(replies):
             data = replies[sender]
             if sender not in expected:
@@ -407,17 +426,24 @@ class AdditiveAggregator:
             msg = ClientShares.from_bytes(data)
             if msg.party != sender:
                 raise ProtocolError(f"client {sender!r} sent a reply labelled {msg.party!r}")
-            if msg.share0.dtype != np.dtype(cfg.dtype) or msg.share0.shape != (cfg.size,):
-                raise ProtocolError(f"client {sender!r} sent a share of the wrong type or size")
+            # Content checks: a client whose entry is unusable (share of the wrong type or
+            # size, a server not addressed, a low-order ephemeral key, a seed ciphertext of
+            # the wrong length) is skipped and reported, not allowed to abort the round.
+            # Every server then gets the same list of accepted entries.
             seeds = dict(msg.seeds)
-            if set(seeds) != set(cfg.server_ids):
-                raise ProtocolError(f"client {sender!r} did not address every server")
+            if (msg.share0.dtype != np.dtype(cfg.dtype) or msg.share0.shape != (cfg.size,)
+                    or set(seeds) != set(cfg.server_ids) or len(seeds) != len(msg.seeds)
+                    or any(len(ct) != _SEED_CT_LEN for ct in seeds.values())
+                    or not _valid_x25519(msg.ephemeral_pk)):
+                self.rejected.add(sender)
+                continue
             np.add(acc, msg.share0, out=acc)
+            accepted.append(sender)
             for sid in cfg.server_ids:
                 per_server[sid].append((sender, msg.ephemeral_pk, seeds[sid]))
-        if not replies:
+        if not accepted:
             raise InsufficientParticipantsError("no client contributed")
-        self._contributors = tuple(sorted(replies))
+        self._contributors = tuple(sorted(accepted))
         self._partial0 = acc
         if not cfg.server_ids:
             return self._finish(())
@@ -498,9 +524,10 @@ class AdditiveHolder:
             ctx = _ctx(cfg, msg.round_id, sid) + digest + epk
             key = hkdf(ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx)
             raw = aead_decrypt(key, ct, _DOMAIN + b"partial" + ctx)
-            part = np.frombuffer(raw, dtype=np.dtype(cfg.dtype).newbyteorder("<"))
-            if part.shape != (cfg.size,):
+            dt = np.dtype(cfg.dtype).newbyteorder("<")
+            if len(raw) != cfg.size * dt.itemsize:  # also catches a length frombuffer rejects
                 raise DeserializationError()
+            part = np.frombuffer(raw, dtype=dt)
             np.add(acc, part, out=acc)
         ints = from_ring(acc.astype(np.uint64), cfg.ring_bits)
         return Recovered(cfg.encoder.decode(ints), msg.contributors)

@@ -11,15 +11,18 @@ missing reply is a dropout):
 0. ``SETUP`` -> ``ADVERTISE``: the round's participant list ``U0`` and ``(k, t)``; each
    client makes two fresh X25519 key pairs (``c`` for encryption, ``s`` for masking) and a
    32-byte self-mask seed ``b``, and advertises the public keys, signed with its long-term
-   Ed25519 identity key when ``active=True``.
-1. ``SHARE_KEYS`` -> ``SHARES``: the aggregator relays the neighbours' keys; each client
-   Shamir-shares ``s_sk`` and ``b`` (threshold ``t``) among its live neighbours and itself and
-   encrypts each pair of shares with AES-256-GCM under ``HKDF(ECDH(c_i, c_j))``, binding
-   (params, round, sender, recipient) as associated data.
-2. ``MASK`` -> ``MASKED``: each client decrypts the shares addressed to it and uploads
+   Ed25519 identity key when ``active=True`` over (keys, H(U0), n, k, t, q, m).
+1. ``SHARE_KEYS`` -> ``SHARES``: the aggregator relays every advertised key set (U1); the
+   graph seed hashes them all. Each client checks its neighbours' signatures (same H(U0)
+   and parameters), requires at least ``m >= t`` live neighbours, Shamir-shares ``s_sk``
+   and ``b`` (threshold ``t``) among its live neighbours only (never itself) and encrypts
+   each pair of shares with AES-256-GCM under ``HKDF(ECDH(c_i, c_j))``, binding
+   (params, round, H(U0), sender, recipient) as associated data.
+2. ``MASK`` -> ``MASKED``: each client decrypts the shares addressed to it (a sender whose
+   ciphertext fails is treated as dropped and reported), requires ``t`` of them, and uploads
    ``y_i = x_i + PRG(b_i) + sum_j +-PRG(s_ij) mod 2**bits`` (PRG: AES-256-CTR).
-3. (``active=True`` only) ``CONSISTENCY`` -> ``SIGNATURE``: each survivor signs the survivor
-   set ``U3``; clients later refuse to unmask unless ``t`` survivors signed the same set.
+3. (``active=True`` only) ``CONSISTENCY`` -> ``SIGNATURE``: each survivor signs (H(U0), graph
+   seed, ``U3``); clients later refuse to unmask unless a quorum ``q`` signed the same.
 4. ``UNMASK`` -> ``UNMASK_SHARES``: each survivor sends its shares of ``b_i`` for survivors
    and of ``s_sk_j`` for dropped neighbours (never both for one client); the aggregator
    reconstructs, removes the masks and emits ``RESULT`` (the unmasked sum).
@@ -50,6 +53,7 @@ from privagg.backends._graph import (
     choose_parameters,
     consistency_quorum,
     harary_neighbours,
+    min_live_neighbours,
 )
 from privagg.backends._ringcode import add_masks, encode_to_ring
 from privagg.backends._secagg_crypto import (
@@ -244,16 +248,18 @@ class MaskedInput(_Message):
 
     KIND: ClassVar[int] = SecAggKind.MASKED
     masked: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    rejected: tuple[str, ...] = ()  # senders whose share ciphertext failed (not masked with)
 
     def _write(self, w: PayloadWriter) -> None:
         w.array(self.masked)
+        _write_ids(w, self.rejected)
 
     @classmethod
     def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
         a = r.array()
         if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
             raise DeserializationError()
-        return cls(params_id, round_id, party, a)
+        return cls(params_id, round_id, party, a, _read_ids(r))
 
     def __repr__(self) -> str:
         return f"MaskedInput(round={self.round_id}, client={self.party!r}, size={self.masked.size})"
@@ -395,17 +401,39 @@ class _Config:
 
     def quorum(self, n: int) -> int:
         """Survivors (and, if active, survivor-set signatures) needed before unmasking."""
-        t = self.graph(n).threshold
+        # A survivor's self-mask seed needs t live *other* holders: t + 1 survivors at least.
+        t1 = min(self.graph(n).threshold + 1, n)
         if not self.active:
-            return t
-        return consistency_quorum(n, corruption_rate=self.corruption_rate, threshold=t)
+            return t1
+        return consistency_quorum(n, corruption_rate=self.corruption_rate, threshold=t1)
 
-    def neighbours(self, round_id: int, participants: Sequence[str]) -> dict[str, frozenset[str]]:
-        seed = hashlib.sha256(
-            _DOMAIN + b"graph" + self.params_id + round_id.to_bytes(8, "big")
-            + b"".join(struct.pack(">I", len(p)) + p.encode() for p in sorted(participants))
-        ).digest()
-        return harary_neighbours(sorted(participants), self.graph(len(participants)).degree, seed)
+    def min_live(self, n: int) -> int:
+        """Fewest advertised neighbours a client accepts at stage 1 (>= t)."""
+        g = self.graph(n)
+        return min_live_neighbours(n, g.degree, g.threshold, dropout_rate=self.dropout_rate, eta=self.eta)
+
+    def round_params(self, n: int) -> bytes:
+        """(k, t, q, min_live) for a round of ``n`` clients, as bound into key signatures."""
+        g = self.graph(n)
+        return struct.pack(">IIIII", n, g.degree, g.threshold, self.quorum(n), self.min_live(n))
+
+    def graph_seed(self, round_id: int, participants: Sequence[str],
+                   keys: Mapping[str, AdvertiseMessage]) -> bytes:
+        """SHA-256 over (params, round, H(U0)) and every advertised key set of U1."""
+        h = hashlib.sha256(_DOMAIN + b"graph" + self.params_id + round_id.to_bytes(8, "big")
+                           + u0_digest(participants))
+        for cid in sorted(keys):
+            k = keys[cid]
+            h.update(struct.pack(">I", len(cid)) + cid.encode() + k.c_pk + k.s_pk)
+        return h.digest()
+
+    def neighbours(self, round_id: int, participants: Sequence[str],
+                   keys: Mapping[str, AdvertiseMessage], seed: bytes | None = None,
+                   ) -> dict[str, frozenset[str]]:
+        """The graph over U0, ordered by :meth:`graph_seed` (all advertised keys, U1)."""
+        ids = sorted(participants)
+        seed = seed if seed is not None else self.graph_seed(round_id, ids, keys)
+        return harary_neighbours(ids, self.graph(len(ids)).degree, seed)
 
     def check_header(self, data: bytes, round_id: int, kind: int, who: str) -> None:
         """Cheap checks before decoding: scheme, parameters, round, kind."""
@@ -420,20 +448,43 @@ class _Config:
             raise ProtocolError(f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})")
 
 
-def _key_message(cfg: _Config, round_id: int, cid: str, c_pk: bytes, s_pk: bytes) -> bytes:
+def u0_digest(participants: Sequence[str]) -> bytes:
+    """H(U0): SHA-256 of the sorted, length-prefixed participant ids."""
+    h = hashlib.sha256(_DOMAIN + b"U0")
+    for p in sorted(participants):
+        h.update(struct.pack(">I", len(p)) + p.encode())
+    return h.digest()
+
+
+def _key_message(cfg: _Config, round_id: int, cid: str, c_pk: bytes, s_pk: bytes,
+                 u0: bytes, rparams: bytes) -> bytes:
+    """What a client signs at stage 0: its keys, H(U0) and the round's (n, k, t, q, min_live)."""
     return (_DOMAIN + b"keys" + cfg.params_id + round_id.to_bytes(8, "big")
-            + cid.encode() + b"\x00" + c_pk + s_pk)
+            + struct.pack(">I", len(cid)) + cid.encode() + c_pk + s_pk + u0 + rparams)
 
 
-def _survivor_message(cfg: _Config, round_id: int, survivors: Sequence[str]) -> bytes:
+def _survivor_message(cfg: _Config, round_id: int, survivors: Sequence[str], view: bytes) -> bytes:
+    """What a client signs at stage 3: the survivor set U3 and its view of the round,
+    ``view = H(U0) || graph seed`` (so all clients that reveal shares agree on U0 and on
+    the graph, not only on U3)."""
     h = hashlib.sha256()
     for s in sorted(survivors):
         h.update(struct.pack(">I", len(s)) + s.encode())
-    return _DOMAIN + b"survivors" + cfg.params_id + round_id.to_bytes(8, "big") + h.digest()
+    return _DOMAIN + b"survivors" + cfg.params_id + round_id.to_bytes(8, "big") + view + h.digest()
 
 
-def _share_key(cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str) -> tuple[bytes, bytes]:
-    ctx = (cfg.params_id + round_id.to_bytes(8, "big") + struct.pack(">I", len(sender))
+def _valid_x25519(pk: bytes) -> bool:
+    """False for a low-order (or otherwise unusable) X25519 public key."""
+    try:
+        ecdh(_PROBE_KEY, pk)
+    except ProtocolError:
+        return False
+    return True
+
+
+def _share_key(cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str,
+               u0: bytes) -> tuple[bytes, bytes]:
+    ctx = (cfg.params_id + round_id.to_bytes(8, "big") + u0 + struct.pack(">I", len(sender))
            + sender.encode() + struct.pack(">I", len(recipient)) + recipient.encode())
     key = hkdf(shared, salt=cfg.params_id, info=_DOMAIN + b"share-key" + ctx)
     return key, _DOMAIN + b"share-aad" + ctx
@@ -444,6 +495,9 @@ def _pair_seed(cfg: _Config, round_id: int, shared: bytes, a: str, b: str) -> by
     ctx = struct.pack(">I", len(lo)) + lo.encode() + struct.pack(">I", len(hi)) + hi.encode()
     return hkdf(shared, salt=cfg.params_id,
                 info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + ctx)
+
+
+_PROBE_KEY = x25519_key(hashlib.sha256(_DOMAIN + b"probe").digest())
 
 
 def _pair_sign(me: str, other: str) -> int:
@@ -477,6 +531,10 @@ class SecAggClient:
         self._index: dict[str, int] = {}
         self._graph: GraphParams | None = None
         self._quorum = 1
+        self._min_live = 1
+        self._u0 = b""
+        self._rparams = b""
+        self._seed = b""
         self._nbrs: frozenset[str] = frozenset()
         self._c_sk: SecretBytes | None = None
         self._s_sk: SecretBytes | None = None
@@ -525,8 +583,12 @@ class SecAggClient:
         self._participants = tuple(sorted(ids))
         self._index = {c: i for i, c in enumerate(self._participants)}
         self._graph = g
+        # n, k, t, q and the stage-1 minimum all follow from |U0|, which the key signature
+        # binds (with H(U0)): neighbours that saw another U0 reject these keys.
         self._quorum = self._cfg.quorum(len(ids))
-        self._nbrs = self._cfg.neighbours(self._round, self._participants)[self._id]
+        self._min_live = self._cfg.min_live(len(ids))
+        self._u0 = u0_digest(self._participants)
+        self._rparams = self._cfg.round_params(len(ids))
         self._c_sk = SecretBytes(new_x25519(self._rng), label="secagg c_sk")
         self._s_sk = SecretBytes(new_x25519(self._rng), label="secagg s_sk")
         self._b = SecretBytes(self._rng.random_bytes(32), label="secagg self-mask seed")
@@ -537,7 +599,8 @@ class SecAggClient:
         if self._cfg.active:
             if self._identity is None:
                 raise ConfigurationError("the active variant needs an identity key")
-            sig = ed25519_sign(self._identity.reveal(), _key_message(self._cfg, self._round, self._id, c_pk, s_pk))
+            sig = ed25519_sign(self._identity.reveal(), _key_message(
+                self._cfg, self._round, self._id, c_pk, s_pk, self._u0, self._rparams))
         self._expect = SecAggKind.SHARE_KEYS
         return AdvertiseMessage(self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig).to_bytes()
 
@@ -549,23 +612,39 @@ class SecAggClient:
         mine = keys.get(self._id)
         if mine is None or (mine.c_pk, mine.s_pk) != self._own_pks:
             raise ProtocolError(f"client {self._id!r}: the relayed key set misstates its own keys")
+        # The request carries every advertised key set of the round (U1); the graph seed
+        # hashes all of them. The keys of the client's neighbours must be signed over the
+        # same H(U0) and round parameters (n, k, t, q, min_live) as its own; the seed
+        # itself is signed with the survivor set at stage 3, so every client that reveals a
+        # share saw the same U0 and the same graph (see docs/backends/secagg.md).
         for cid, k in keys.items():
-            if cid != self._id and cid not in self._nbrs:
-                raise ProtocolError(f"client {self._id!r}: keys of non-neighbour {cid!r} relayed")
+            if cid not in self._index:
+                raise ProtocolError(f"client {self._id!r}: keys of non-participant {cid!r} relayed")
             if k.c_pk == k.s_pk:
                 raise ProtocolError(f"client {cid!r} advertised equal keys")
-            if self._cfg.active and cid != self._id:
-                msg = _key_message(self._cfg, self._round, cid, k.c_pk, k.s_pk)
-                if not ed25519_verify(self._directory(cid), k.signature, msg):
-                    raise ProtocolError(f"bad signature on the keys of client {cid!r}")
-        holders = sorted(set(keys))
-        t = self._graph.threshold
-        if len(holders) < t:
-            raise InsufficientParticipantsError(
-                f"client {self._id!r} has {len(holders) - 1} live neighbours; threshold is {t}"
-            )
-        if len({(k.c_pk) for k in keys.values()}) != len(keys):
+        if len({k.c_pk for k in keys.values()} | {k.s_pk for k in keys.values()}) != 2 * len(keys):
             raise ProtocolError("two clients advertised the same key")
+        self._seed = self._cfg.graph_seed(self._round, self._participants, keys)
+        self._nbrs = self._cfg.neighbours(self._round, self._participants, keys, self._seed)[self._id]
+        if self._cfg.active:
+            for cid in sorted(self._nbrs & keys.keys()):
+                k = keys[cid]
+                msg = _key_message(self._cfg, self._round, cid, k.c_pk, k.s_pk, self._u0, self._rparams)
+                if not ed25519_verify(self._directory(cid), k.signature, msg):
+                    raise ProtocolError(
+                        f"bad signature on the keys of client {cid!r} (forged, or signed for another "
+                        "participant list / round parameters)"
+                    )
+        # Neighbours only: the owner never holds (or reveals) a share of its own secrets,
+        # except in a one-client round, where the sum is the input anyway.
+        solo = len(self._participants) == 1
+        holders = [self._id] if solo else sorted(self._nbrs & keys.keys())
+        t = self._graph.threshold
+        if len(holders) < self._min_live:
+            raise InsufficientParticipantsError(
+                f"client {self._id!r} has {len(holders)} live neighbours; it needs {self._min_live} "
+                f"(threshold {t})"
+            )
         self._keys = keys
         xs = [_x_coord(self._index, h) for h in holders]
         s_sh = _shamir.share(self._s_sk.reveal(), xs, t, self._rng)
@@ -574,12 +653,13 @@ class SecAggClient:
         c_sk = x25519_key(self._c_sk.reveal())
         for h in holders:
             x = _x_coord(self._index, h)
-            if h == self._id:
+            if solo:
                 self._held[h] = (s_sh[x], b_sh[x])
+                self._masked_with = frozenset({h})
                 continue
             shared = ecdh(c_sk, keys[h].c_pk)
             self._c_shared[h] = shared
-            key, aad = _share_key(self._cfg, self._round, shared, self._id, h)
+            key, aad = _share_key(self._cfg, self._round, shared, self._id, h, self._u0)
             pt = _shamir.encode_share(s_sh[x]) + _shamir.encode_share(b_sh[x])
             cts.append((h, aead_encrypt(key, pt, aad)))
         self._expect = SecAggKind.MASK
@@ -589,24 +669,33 @@ class SecAggClient:
         self._check_party(req)
         assert self._graph is not None and self._c_sk is not None
         assert self._s_sk is not None and self._b is not None
+        peers: set[str] = set()
+        rejected: list[str] = []
         for sender, ct in req.ciphertexts:
             shared = self._c_shared.get(sender)
             if shared is None:
                 raise ProtocolError(f"client {self._id!r}: shares relayed from unexpected {sender!r}")
-            key, aad = _share_key(self._cfg, self._round, shared, sender, self._id)
-            pt = aead_decrypt(key, ct, aad)
-            if len(pt) != 2 * _shamir.SHARE_SIZE:
-                raise DeserializationError()
-            self._held[sender] = (
-                _shamir.decode_share(pt[: _shamir.SHARE_SIZE]),
-                _shamir.decode_share(pt[_shamir.SHARE_SIZE:]),
-            )
-        peers = frozenset(s for s, _ in req.ciphertexts)
-        if len(peers) + 1 < self._graph.threshold:
+            key, aad = _share_key(self._cfg, self._round, shared, sender, self._id, self._u0)
+            try:
+                pt = aead_decrypt(key, ct, aad)
+                if len(pt) != 2 * _shamir.SHARE_SIZE:
+                    raise DeserializationError()
+                held = (_shamir.decode_share(pt[: _shamir.SHARE_SIZE]),
+                        _shamir.decode_share(pt[_shamir.SHARE_SIZE:]))
+            except DeserializationError:
+                # A bad share ciphertext: treat the sender as dropped (do not mask with it,
+                # hold nothing of it) and report it, so the aggregator excludes it too.
+                rejected.append(sender)
+                continue
+            self._held[sender] = held
+            peers.add(sender)
+        solo = len(self._participants) == 1
+        if len(peers) < self._graph.threshold and not solo:
             raise InsufficientParticipantsError(
                 f"client {self._id!r}: {len(peers)} neighbours shared keys; threshold is {self._graph.threshold}"
             )
-        self._masked_with = peers
+        if not solo:
+            self._masked_with = frozenset(peers)
         self._c_shared = {}
         y = self._encode()
         s_sk = x25519_key(self._s_sk.reveal())
@@ -617,7 +706,7 @@ class SecAggClient:
         add_masks(y, seeds)
         self._update = np.zeros(0)
         self._expect = SecAggKind.CONSISTENCY if self._cfg.active else SecAggKind.UNMASK
-        return MaskedInput(self._cfg.params_id, self._round, self._id, y).to_bytes()
+        return MaskedInput(self._cfg.params_id, self._round, self._id, y, tuple(sorted(rejected))).to_bytes()
 
     def _encode(self) -> npt.NDArray[np.unsignedinteger]:
         cfg = self._cfg
@@ -631,7 +720,8 @@ class SecAggClient:
         assert self._graph is not None and self._identity is not None
         self._check_survivors(req.survivors)
         self._signed = tuple(sorted(req.survivors))
-        sig = ed25519_sign(self._identity.reveal(), _survivor_message(self._cfg, self._round, self._signed))
+        sig = ed25519_sign(self._identity.reveal(),
+                           _survivor_message(self._cfg, self._round, self._signed, self._u0 + self._seed))
         self._expect = SecAggKind.UNMASK
         return SignatureMessage(self._cfg.params_id, self._round, self._id, sig).to_bytes()
 
@@ -639,6 +729,8 @@ class SecAggClient:
         assert self._graph is not None
         if self._id not in survivors or any(s not in self._index for s in survivors):
             raise ProtocolError(f"client {self._id!r}: invalid survivor set")
+        if len(set(survivors)) != len(survivors):
+            raise ProtocolError(f"client {self._id!r}: duplicate survivors")
         if len(survivors) < self._quorum:
             raise InsufficientParticipantsError(
                 f"{len(survivors)} survivors, {self._quorum} needed"
@@ -652,7 +744,7 @@ class SecAggClient:
         if self._cfg.active:
             if survivors != self._signed:
                 raise ProtocolError(f"client {self._id!r}: survivor set differs from the one it signed")
-            msg = _survivor_message(self._cfg, self._round, survivors)
+            msg = _survivor_message(self._cfg, self._round, survivors, self._u0 + self._seed)
             alive = set(survivors)
             valid: set[str] = set()
             for cid, sig in req.signatures:  # a quorum of valid signatures suffices
@@ -666,7 +758,7 @@ class SecAggClient:
                 )
         alive = set(survivors)
         out = []
-        for owner in sorted(self._masked_with | {self._id}):
+        for owner in sorted(self._masked_with):  # never its own secrets
             s_share, b_share = self._held[owner]
             if owner in alive:
                 out.append((owner, _B, _shamir.encode_share(b_share)))
@@ -702,7 +794,14 @@ class SecAggAggregator:
         self._u0 = tuple(sorted(client_ids))
         self._graph = cfg.graph(len(self._u0))
         self._quorum = cfg.quorum(len(self._u0))
-        self._nbrs = cfg.neighbours(round_id, self._u0)
+        self._min_live = cfg.min_live(len(self._u0))
+        self._u0_digest = u0_digest(self._u0)
+        self._rparams = cfg.round_params(len(self._u0))
+        self._seed = b""
+        self._nbrs: dict[str, frozenset[str]] = {}  # known once the keys are advertised
+        self._rejected_by: dict[str, frozenset[str]] = {}
+        self._peers: dict[str, frozenset[str]] = {}
+        self.rejected: set[str] = set()  # clients dropped for invalid keys or shares
         self._directory = directory
         self._expect: int | None = None
         self._keys: dict[str, AdvertiseMessage] = {}
@@ -775,31 +874,48 @@ class SecAggAggregator:
 
     def _on_advertise(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, AdvertiseMessage] = self._decode(replies, AdvertiseMessage, set(self._u0))
+        rejected: set[str] = set()
         for cid, m in msgs.items():
+            # A bad signature, or a low-order / equal / duplicated X25519 key, would make the
+            # client's neighbours abort: drop that client here instead (a stage-0 dropout).
             if self._cfg.active and not ed25519_verify(
                 self._directory(cid), m.signature,
-                _key_message(self._cfg, self._round, cid, m.c_pk, m.s_pk),
+                _key_message(self._cfg, self._round, cid, m.c_pk, m.s_pk, self._u0_digest, self._rparams),
             ):
-                raise ProtocolError(f"bad signature on the keys of client {cid!r}")
-        self._need(len(msgs), "clients advertised keys")
-        self._keys = msgs
-        self._expect = SecAggKind.SHARES
-        out = {}
+                rejected.add(cid)
+            elif m.c_pk == m.s_pk or not (_valid_x25519(m.c_pk) and _valid_x25519(m.s_pk)):
+                rejected.add(cid)
+        seen: dict[bytes, str] = {}
         for cid in sorted(msgs):
-            rel = tuple(msgs[j] for j in sorted((self._nbrs[cid] & msgs.keys()) | {cid}))
-            out[cid] = ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes()
-        return out
+            for pk in (msgs[cid].c_pk, msgs[cid].s_pk):
+                if pk in seen:
+                    rejected |= {cid, seen[pk]}
+                seen[pk] = cid
+        self.rejected |= rejected
+        msgs = {c: m for c, m in msgs.items() if c not in rejected}
+        self._need(len(msgs), "clients advertised valid keys")
+        self._keys = msgs
+        # The graph seed hashes every (signed) advertised key set, after stage 0.
+        self._seed = self._cfg.graph_seed(self._round, self._u0, msgs)
+        self._nbrs = self._cfg.neighbours(self._round, self._u0, msgs, self._seed)
+        # Clients with too few live neighbours would refuse to share: treat them as dropped.
+        live = [c for c in sorted(msgs) if len(self._nbrs[c] & msgs.keys()) >= self._min_live]
+        self._need(len(live), "clients have enough live neighbours")
+        self._expect = SecAggKind.SHARES
+        rel = tuple(msgs[j] for j in sorted(msgs))
+        return {cid: ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes() for cid in live}
 
     def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, SharesMessage] = self._decode(replies, SharesMessage, set(self._keys))
+        for sender in sorted(msgs):
+            want = (self._nbrs[sender] & self._keys.keys())
+            if {r for r, _ in msgs[sender].ciphertexts} != want:
+                self.rejected.add(sender)  # shares for the wrong parties: a stage-1 dropout
+                del msgs[sender]
         self._need(len(msgs), "clients shared keys")
         u2 = frozenset(msgs)
         routed: dict[str, list[tuple[str, bytes]]] = {cid: [] for cid in u2}
         for sender in sorted(msgs):
-            want = (self._nbrs[sender] & self._keys.keys())
-            got = {r for r, _ in msgs[sender].ciphertexts}
-            if got != want:
-                raise ProtocolError(f"client {sender!r} sent shares to the wrong set of parties")
             for recipient, ct in msgs[sender].ciphertexts:
                 if recipient in u2:
                     routed[recipient].append((sender, ct))
@@ -812,25 +928,46 @@ class SecAggAggregator:
         }
 
     def _holders(self, owner: str) -> set[str]:
-        """Clients holding shares of ``owner``'s secrets (live neighbours in U2, and itself)."""
-        return {owner} | (self._nbrs[owner] & self._u2)
+        """Clients holding shares of ``owner``'s secrets: its neighbours in U2 that accepted
+        its share ciphertext (never ``owner`` itself)."""
+        if len(self._u0) == 1:
+            return {owner}  # a one-client round (the sum is the input)
+        return {i for i in self._nbrs[owner] & self._u2 if owner not in self._rejected_by.get(i, ())}
 
     def _on_masked(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         dtype = self._cfg.dtype
-        acc = np.zeros(self._cfg.size, dtype=dtype)
-        u3 = []
+        msgs: dict[str, MaskedInput] = {}
         for sender, data in replies.items():
             msg: MaskedInput = self._decode({sender: data}, MaskedInput, self._u2)[sender]
-            if msg.masked.dtype != np.dtype(dtype) or msg.masked.shape != (self._cfg.size,):
-                raise ProtocolError(f"client {sender!r} uploaded a vector of the wrong type or size")
-            np.add(acc, msg.masked, out=acc)
+            routed_from = {s for s, _ in self._routed[sender]}
+            if (msg.masked.dtype != np.dtype(dtype) or msg.masked.shape != (self._cfg.size,)
+                    or not set(msg.rejected) <= routed_from):
+                # An unusable upload: ignore it (as if the client dropped before uploading).
+                self.rejected.add(sender)
+                continue
+            msgs[sender] = msg
+        # A client whose share ciphertext some uploader rejected is treated as dropped at
+        # stage 2 (its upload is ignored, its mask key is recovered): the rejecting client
+        # did not mask with it, so its pairwise masks would not cancel.
+        accused = {j for m in msgs.values() for j in m.rejected}
+        self.rejected |= accused & set(msgs)
+        self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
+        acc = np.zeros(self._cfg.size, dtype=dtype)
+        u3 = []
+        for sender in sorted(msgs):
+            if sender in accused:
+                continue
+            np.add(acc, msgs[sender].masked, out=acc)
             u3.append(sender)
         self._need(len(u3), "masked inputs arrived")
         if len(u3) < self._quorum:
             raise InsufficientParticipantsError(
                 f"{len(u3)} masked inputs arrived; unmasking needs {self._quorum}; round aborted"
             )
-        self._u3 = tuple(sorted(u3))
+        self._u3 = tuple(u3)
+        self._peers = {
+            c: frozenset(s for s, _ in self._routed[c]) - self._rejected_by[c] for c in self._u3
+        }
         self._acc = acc
         self._precheck(set(self._u3))
         self._expect = SecAggKind.SIGNATURE if self._cfg.active else SecAggKind.UNMASK_SHARES
@@ -841,11 +978,11 @@ class SecAggAggregator:
         return {cid: mk(cid) for cid in self._u3}
 
     def _needed(self) -> list[str]:
-        """Owners whose secret must be reconstructed: every survivor, and each dropped
-        client of U2 that masked with a survivor."""
+        """Owners whose secret must be reconstructed: every survivor, and each client of
+        U2 outside U3 that a survivor masked with."""
         alive = set(self._u3)
         out = list(self._u3)
-        out += [j for j in sorted(self._u2 - alive) if self._nbrs[j] & alive]
+        out += [j for j in sorted(self._u2 - alive) if any(j in self._peers[i] for i in alive)]
         return out
 
     def _precheck(self, responders: set[str]) -> None:
@@ -859,7 +996,7 @@ class SecAggAggregator:
 
     def _on_signatures(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, SignatureMessage] = self._decode(replies, SignatureMessage, set(self._u3))
-        smsg = _survivor_message(self._cfg, self._round, self._u3)
+        smsg = _survivor_message(self._cfg, self._round, self._u3, self._u0_digest + self._seed)
         sigs = []
         for cid in sorted(msgs):
             if not ed25519_verify(self._directory(cid), msgs[cid].signature, smsg):
@@ -904,7 +1041,7 @@ class SecAggAggregator:
             if x25519_public(secret) != self._keys[owner].s_pk:
                 raise ProtocolError(f"shares of {owner!r} do not reconstruct its advertised key")
             s_sk = x25519_key(secret)
-            for i in sorted(self._nbrs[owner] & alive):
+            for i in sorted(i for i in alive if owner in self._peers[i]):
                 seed = _pair_seed(self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner)
                 seeds.append((seed, -_pair_sign(i, owner)))
         add_masks(acc, seeds)
@@ -975,8 +1112,9 @@ class SecAggSession:
         return self._cfg.graph(n_clients)
 
     def unmask_quorum(self, n_clients: int) -> int:
-        """Survivors needed to unmask a round of ``n_clients``: the threshold, or with the
-        active variant the consistency quorum ``max(t, floor((n + C)/2) + 1)``."""
+        """Survivors needed to unmask a round of ``n_clients``: ``t + 1`` (a survivor's
+        self-mask seed needs ``t`` other live holders), or with the active variant the
+        consistency quorum ``max(t + 1, floor((n + C)/2) + 1)`` (capped at ``n``)."""
         return self._cfg.quorum(n_clients)
 
     def _identity(self, cid: str) -> SecretBytes:
