@@ -19,6 +19,7 @@ objects, and a network runtime (Flower) routes the same bytes across machines.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
@@ -27,10 +28,12 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg._rng import Rng
+from privagg.errors import ConfigurationError
 from privagg.layout import FloatVector, Layout
 
 __all__ = [
     "AGGREGATOR",
+    "check_setup_args",
     "AggregatorRole",
     "Backend",
     "ClientRole",
@@ -42,6 +45,27 @@ __all__ = [
 ]
 
 AGGREGATOR = "aggregator"
+
+
+def check_setup_args(max_clients: object, max_weight: object) -> tuple[int, float]:
+    """Validate :meth:`Backend.setup`'s ``max_clients`` and ``max_weight``.
+
+    Returns:
+        ``(max_clients, float(max_weight))``.
+
+    Raises:
+        ConfigurationError: ``max_clients`` is not an int >= 1, or ``max_weight`` is not
+            a finite number > 0.
+    """
+    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+        raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
+    if (
+        isinstance(max_weight, bool)
+        or not isinstance(max_weight, (int, float, np.integer, np.floating))
+        or not (math.isfinite(max_weight) and max_weight > 0)
+    ):
+        raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+    return max_clients, float(max_weight)
 
 
 @runtime_checkable

@@ -66,7 +66,7 @@ from privagg.errors import (
 )
 from privagg.keys import SecretKey, fingerprint
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import NoiseShare, Recovered, Responder
+from privagg.protocols import NoiseShare, Recovered, Responder, check_setup_args
 
 __all__ = [
     "AdditiveAggregator",
@@ -639,10 +639,7 @@ class AdditiveBackend:
         noise: NoiseShare | None = None, rng: Rng | None = None,
     ) -> AdditiveSession:
         """Make the servers' and the holder's keys; check that sums fit the ring."""
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
-        if not (math.isfinite(max_weight) and max_weight > 0):
-            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        max_clients, max_weight = check_setup_args(max_clients, max_weight)
         rng = rng or SystemRng()
         encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
         extra = noise.headroom(max_clients) if noise is not None else 0.0

@@ -68,7 +68,7 @@ from privagg.errors import (
 )
 from privagg.keys import NoProtection, Protection, SecretKey, fingerprint
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import NoiseShare
+from privagg.protocols import NoiseShare, check_setup_args
 
 __all__ = ["KEY_SIZES", "PaillierBackend", "PaillierPublicKey", "load_secret_key"]
 
@@ -829,12 +829,7 @@ class PaillierBackend:
         Raises:
             ConfigurationError, EncodingOverflowError: as :meth:`session`.
         """
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
-        if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)) or not (
-            math.isfinite(max_weight) and max_weight > 0
-        ):
-            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        max_clients, max_weight = check_setup_args(max_clients, max_weight)
         extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
         base = FixedPointEncoder(self.bound, self.scale_bits)
         slot_bits = base.sum_bits(max_clients, max_weight=float(max_weight), extra=extra)

@@ -15,10 +15,10 @@ import numpy as np
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng
 from privagg.envelope import PayloadReader, PayloadWriter, Scheme
-from privagg.errors import ConfigurationError, DeserializationError
+from privagg.errors import DeserializationError
 from privagg.keys import fingerprint
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import NoiseShare
+from privagg.protocols import NoiseShare, check_setup_args
 
 __all__ = ["PlainBackend"]
 
@@ -86,10 +86,7 @@ class PlainBackend:
         rng: Rng | None = None,
     ) -> OneShotSession:
         """A session for ``layout`` (no keys to generate)."""
-        if not isinstance(max_clients, int) or max_clients < 1:
-            raise ConfigurationError(
-                f"max_clients must be an int >= 1, got {max_clients!r}"
-            )
+        check_setup_args(max_clients, max_weight)
         params_id = fingerprint(b"plain/v1", layout.fingerprint)
         codec = _Codec(layout.size, noise)
         return OneShotSession(

@@ -90,7 +90,7 @@ from privagg.errors import (
 )
 from privagg.keys import SecretBytes, fingerprint
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import NoiseShare, Recovered, Responder
+from privagg.protocols import NoiseShare, Recovered, Responder, check_setup_args
 
 __all__ = [
     "AdvertiseMessage",
@@ -1275,20 +1275,14 @@ class SecAggBackend:
         noise: NoiseShare | None = None, rng: Rng | None = None,
     ) -> SecAggSession:
         """A session for ``layout``; checks that sums of ``max_clients`` fit the ring."""
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
-        if not (math.isfinite(max_weight) and max_weight > 0):
-            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        max_clients, max_weight = check_setup_args(max_clients, max_weight)
         rng = rng or SystemRng()
         return SecAggSession(self._config(layout, max_clients, max_weight, noise, rng.random_bytes(32)),
                              layout, noise, rng)
 
     def _config(self, layout: Layout, max_clients: int, max_weight: float,
                 noise: NoiseShare | None, nonce: bytes) -> _Config:
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
-        if not (math.isfinite(max_weight) and max_weight > 0):
-            raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        max_clients, max_weight = check_setup_args(max_clients, max_weight)
         encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
         extra = noise.headroom(max_clients) if noise is not None else 0.0
         need = encoder.sum_bits(max_clients, extra=extra)
