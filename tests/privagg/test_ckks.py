@@ -608,3 +608,134 @@ def test_sums_beyond_the_modulus_are_refused_not_wrapped(
     upd.count = 2**13
     with pytest.raises(EncodingOverflowError):
         _ = upd + upd
+
+
+# -- per-role sessions (deployment across processes) ---------------------------------------
+def _round(
+    client_session: Session,
+    agg_session: Session,
+    updates: dict[str, np.ndarray],
+    weights: dict[str, float],
+    round_id: int = 0,
+) -> bytes:
+    agg = agg_session.aggregator(round_id, sorted(updates))
+    reqs = agg.start()
+    replies = {
+        cid: client_session.client(
+            cid, round_id, updates[cid], weight=weights[cid]
+        ).handle(r)
+        for cid, r in reqs.items()
+    }
+    agg.receive(replies)
+    return agg.result()
+
+
+def test_public_only_session_cannot_recover(keys: CkksSecretContext) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(5)})
+    public = be.session(layout, keys.public, max_clients=3)
+    with pytest.raises(MissingKeyError):
+        public.holder()
+    assert not hasattr(public, "ckks_keys")
+    with pytest.raises(ConfigurationError):
+        be.session(layout, b"not a context", max_clients=3)  # type: ignore[arg-type]
+    with pytest.raises(ParameterMismatchError):
+        CkksBackend(preset="secure", threads=1).session(
+            layout, keys.public, max_clients=3
+        )
+
+
+def test_sessions_built_separately_interoperate(keys: CkksSecretContext) -> None:
+    """Clients, aggregator and holder each build their session from their own context
+    (the public one from its serialized bytes, as another process would)."""
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"a": np.zeros((2, 3)), "b": np.zeros(4)})
+    kw = {"max_clients": 3, "max_weight": 1.0}
+    pub = CkksPublicContext.from_bytes(keys.public.to_bytes())
+    client_s = be.session(layout, pub, **kw)
+    agg_s = be.session(
+        layout, CkksPublicContext.from_bytes(keys.public.to_bytes()), **kw
+    )
+    holder_s = be.session(layout, keys, **kw)
+    assert client_s.params_id == agg_s.params_id == holder_s.params_id
+    # the same params_id as the single-process setup with these keys
+    assert be.setup(layout, keys=keys, **kw).params_id == holder_s.params_id
+    rng = np.random.default_rng(3)
+    updates = {f"c{i}": rng.uniform(-1, 1, layout.size) for i in range(3)}
+    weights = {"c0": 0.25, "c1": 0.5, "c2": 1.0}
+    result = _round(client_s, agg_s, updates, weights)
+    with pytest.raises(MissingKeyError):
+        agg_s.holder()
+    rec = holder_s.holder().recover(result)
+    want = sum(weights[c] * updates[c] for c in updates)
+    tol = be.tolerance(n_clients=3, max_abs=1.0)
+    np.testing.assert_allclose(rec.vector, want, rtol=0, atol=tol)
+    assert tuple(rec.contributors) == ("c0", "c1", "c2")
+    # other options or another key: another params_id, messages refused
+    assert be.session(layout, pub, max_clients=4).params_id != agg_s.params_id
+    other = keygen("compact")
+    assert be.session(layout, other.public, **kw).params_id != agg_s.params_id
+    with pytest.raises(ParameterMismatchError):
+        _round(be.session(layout, other.public, **kw), agg_s, updates, weights, 1)
+
+
+def test_combine_refuses_more_bodies_than_max_clients(keys: CkksSecretContext) -> None:
+    be = CkksBackend(preset="compact", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(4)})
+    session = be.session(layout, keys.public, max_clients=2)
+    bodies = [_body(keys, np.full(4, 0.5)) for _ in range(3)]
+    with pytest.raises(EncodingOverflowError, match="max_clients=2"):
+        session.combine_codec.combine(bodies)
+    assert session.combine_codec.combine(bodies[:2])
+    holder = be.session(layout, keys, max_clients=2)
+    with pytest.raises(EncodingOverflowError, match="max_clients=2"):
+        holder.recover_codec().recover(b"", 3)
+
+
+def test_deal_and_load_role() -> None:
+    be = CkksBackend(preset="test-fast", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(6)})
+    kw = {"max_clients": 2, "max_weight": 1.0}
+    dealt = be.deal(layout, ["p0", "p1"], **kw)
+    assert "holder=" not in repr(dealt)  # the secret blob is never printed
+    assert dealt.clients["p0"] == dealt.clients["p1"] == dealt.aggregator
+    # the public blob holds no secret key; the holder's does
+    with pytest.raises(MissingKeyError):
+        CkksSecretContext.from_bytes(dealt.aggregator, protection=NoProtection())
+    agg = be.load_role(layout, "aggregator", None, dealt.aggregator, **kw)
+    c0 = be.load_role(layout, "client", "p0", dealt.clients["p0"], **kw)
+    holder = be.load_role(layout, "holder", None, dealt.holder, **kw)
+    assert agg.params_id == c0.params_id == holder.params_id
+    with pytest.raises(MissingKeyError):
+        agg.holder()
+    with pytest.raises(MissingKeyError):
+        c0.holder()
+    updates = {"p0": np.full(6, 0.5), "p1": np.full(6, -0.25)}
+    rec = holder.holder().recover(_round(c0, agg, updates, {"p0": 1.0, "p1": 0.5}))
+    tol = be.tolerance(n_clients=2, max_abs=1.0)
+    np.testing.assert_allclose(rec.vector, np.full(6, 0.375), rtol=0, atol=tol)
+    # the aggregator and clients never load the holder's secret material
+    with pytest.raises(DeserializationError, match="public context"):
+        be.load_role(layout, "aggregator", None, dealt.holder, **kw)
+    with pytest.raises(DeserializationError):
+        be.load_role(layout, "client", "p0", dealt.holder, **kw)
+    with pytest.raises(MissingKeyError):
+        be.load_role(layout, "holder", None, dealt.aggregator, **kw)
+    with pytest.raises(ConfigurationError):
+        be.load_role(layout, "client", None, dealt.aggregator, **kw)
+    with pytest.raises(ConfigurationError):
+        be.load_role(layout, "dealer", None, dealt.aggregator, **kw)
+    with pytest.raises(ParameterMismatchError):  # material of another preset
+        CkksBackend(preset="compact", threads=1).load_role(
+            layout, "aggregator", None, dealt.aggregator, **kw
+        )
+    with pytest.raises(ConfigurationError):
+        be.deal(layout, [], **kw)
+    with pytest.raises(ConfigurationError):
+        be.deal(layout, ["p0", "p0"], **kw)
+    # an explicit protection round-trips; the holder needs the same one to load
+    pw = PasswordProtection(b"correct horse battery staple")
+    sealed = be.deal(layout, ["p0"], **kw, protection=pw)
+    assert be.load_role(layout, "holder", None, sealed.holder, **kw, protection=pw)
+    with pytest.raises(privagg.PrivaggError):
+        be.load_role(layout, "holder", None, sealed.holder, **kw)

@@ -9,6 +9,12 @@ it; contributions are not authenticated to the holder (``docs/backends/ckks.md``
   secret key, wrapped in :class:`privagg.SecretKey`) and a :class:`CkksPublicContext`
   (parameters + public encryption key, *no* secret key and no Galois/relinearization
   keys: none is ever generated) for clients and the aggregator.
+* **Per-role sessions** (:meth:`CkksBackend.session`): clients and the aggregator
+  build their session from the public context alone (``holder()`` raises
+  :class:`~privagg.MissingKeyError`), the holder from the secret context; all agree on
+  ``params_id``. :meth:`CkksBackend.deal` / :meth:`CkksBackend.load_role` are the
+  deployment hook (``fedtrain.flower.material``): public context for clients and the
+  aggregator, secret context (explicitly protected export) for the holder only.
 * **Packing**: a whole flat update goes into ``ceil(size / N)`` ciphertexts, N real
   values each (the real *and* imaginary parts of the N/2 complex slots).
 * **Wire format**: SEAL's ciphertext coefficients (NTT form, one row per data prime)
@@ -36,9 +42,9 @@ import multiprocessing
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -64,6 +70,7 @@ from privagg.errors import (
     ParameterMismatchError,
 )
 from privagg.keys import (
+    NoProtection,
     Protection,
     SecretKey,
     fingerprint,
@@ -81,6 +88,7 @@ except ImportError as _exc:  # pragma: no cover - the registry reports this
 __all__ = [
     "PRESETS",
     "CkksBackend",
+    "CkksMaterial",
     "CkksParams",
     "CkksPublicContext",
     "CkksSecretContext",
@@ -1036,6 +1044,7 @@ class _CombineCodec:
     context: CkksPublicContext
     size: int
     per_contribution: float = 1.0  # max |weighted value| + DP noise, per contribution
+    max_clients: int = _MAX_CONTRIBUTIONS
 
     def combine(self, bodies: Sequence[bytes]) -> bytes:
         """Sum block by block modulo each prime; validates every body first.
@@ -1048,8 +1057,14 @@ class _CombineCodec:
         Raises:
             DeserializationError: a malformed body, another size/parameter set, or a
                 contribution whose count is not 1 (its position is named).
-            EncodingOverflowError: a sum the modulus cannot hold.
+            EncodingOverflowError: more bodies than the session's ``max_clients`` (its
+                headroom was sized for that many), or a sum the modulus cannot hold.
         """
+        if len(bodies) > self.max_clients:
+            raise EncodingOverflowError(
+                f"{len(bodies)} contributions exceed the session's max_clients="
+                f"{self.max_clients} (the headroom was checked for that many)"
+            )
         st = self.context.seal_state()
         parsed = [_read_body(b, st, self.size) for b in bodies]
         if not parsed:
@@ -1081,7 +1096,7 @@ class _CombineCodec:
 class _RecoverCodec:
     """Holder side: decrypt, check the contribution count, flood and round."""
 
-    __slots__ = ("_ctx", "_per", "_rng", "_size", "_threads")
+    __slots__ = ("_ctx", "_max_clients", "_per", "_rng", "_size", "_threads")
 
     def __init__(
         self,
@@ -1090,6 +1105,7 @@ class _RecoverCodec:
         threads: int | None,
         rng: Rng,
         per_contribution: float = 1.0,
+        max_clients: int = _MAX_CONTRIBUTIONS,
     ) -> None:
         if not isinstance(ctx, CkksSecretContext):
             raise MissingKeyError(
@@ -1100,8 +1116,14 @@ class _RecoverCodec:
         self._threads = threads
         self._rng = rng
         self._per = per_contribution
+        self._max_clients = max_clients
 
     def recover(self, body: bytes, n_contributions: int) -> FloatVector:
+        if n_contributions > self._max_clients:
+            raise EncodingOverflowError(
+                f"{n_contributions} contributions exceed the session's max_clients="
+                f"{self._max_clients}"
+            )
         count, packed, n_ct = _read_body(body, self._ctx.seal_state(), self._size)
         if count != n_contributions:
             raise DeserializationError(
@@ -1129,6 +1151,28 @@ def _noise_descriptor(noise: NoiseShare | None) -> bytes:
     if isinstance(stddev, (int, float)) and not isinstance(stddev, bool):
         return w.u8(1).f64(float(stddev)).getvalue()
     return w.u8(0).getvalue()
+
+
+def _no_holder() -> NoReturn:
+    raise MissingKeyError(
+        "this CKKS session holds only the public context: only the result holder "
+        "(built from the secret context) can recover"
+    )
+
+
+@dataclass(frozen=True)
+class CkksMaterial:
+    """Dealt material, one opaque blob per role (see :meth:`CkksBackend.deal`).
+
+    Attributes:
+        aggregator: the public context (parameters + public key).
+        holder: the secret context (public context + exported secret key).
+        clients: party id -> the public context.
+    """
+
+    aggregator: bytes
+    holder: bytes = field(repr=False)  # holds the secret key: never printed
+    clients: Mapping[str, bytes] = field(repr=False)
 
 
 # -- backend ---------------------------------------------------------------------------------
@@ -1203,25 +1247,40 @@ class CkksBackend:
         return self.params.tolerance(n_clients, max_abs)
 
     def keygen(self) -> CkksSecretContext:
-        """A fresh key pair for these parameters."""
+        """A fresh key pair for these parameters (run once, by the result holder).
+
+        Returns:
+            The holder's :class:`CkksSecretContext`; hand only its ``.public``
+            (:class:`CkksPublicContext`) to clients and the aggregator.
+        """
         return keygen(self.params)
 
-    def setup(
+    def session_check(
         self,
         layout: Layout,
         *,
         max_clients: int,
         max_weight: float = 1.0,
         noise: NoiseShare | None = None,
-        rng: Rng | None = None,
-        keys: CkksSecretContext | None = None,
-    ) -> OneShotSession:
-        """Generate keys (or use ``keys``) and build the roles for ``layout``.
+    ) -> float:
+        """Validate session options without touching keys.
+
+        Args:
+            layout: the update layout.
+            max_clients: most contributions one aggregate may hold.
+            max_weight: largest client weight.
+            noise: the clients' DP noise share, if any.
+
+        Returns:
+            The DP noise headroom for ``max_clients`` (0.0 without noise).
 
         Raises:
-            ConfigurationError: bad max_clients/max_weight, or sums that could wrap
-                the modulus (max_clients * max_weight * value_bound too large).
+            ConfigurationError: bad layout, ``max_clients`` or ``max_weight``, or sums
+                that could wrap the modulus (max_clients * max_weight * value_bound,
+                plus the noise headroom, too large).
         """
+        if not isinstance(layout, Layout):
+            raise ConfigurationError("layout must be a privagg.Layout")
         if (
             isinstance(max_clients, bool)
             or not isinstance(max_clients, int)
@@ -1230,7 +1289,7 @@ class CkksBackend:
             raise ConfigurationError(
                 f"max_clients must be an int >= 1, got {max_clients!r}"
             )
-        if not (
+        if isinstance(max_weight, bool) or not (
             isinstance(max_weight, (int, float))
             and math.isfinite(max_weight)
             and max_weight > 0
@@ -1239,13 +1298,66 @@ class CkksBackend:
                 f"max_weight must be finite and > 0, got {max_weight!r}"
             )
         p = self.params
-        extra = noise.headroom(max_clients) if noise is not None else 0.0
+        extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
         p.check_headroom(max_clients * float(max_weight) * p.value_bound + extra)
-        if keys is None:
-            keys = keygen(p)
-        elif keys.params != p:
+        return extra
+
+    def session(
+        self,
+        layout: Layout,
+        context: CkksPublicContext | CkksSecretContext,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
+    ) -> OneShotSession:
+        """A session for one party from its own key material.
+
+        Clients and the aggregator pass the :class:`CkksPublicContext`: their session
+        encrypts and combines, and its ``holder()`` raises
+        :class:`~privagg.MissingKeyError`. Only the result holder passes the
+        :class:`CkksSecretContext`. ``params_id`` depends on the *public* key only (plus
+        parameters, layout and options), so sessions built separately by each party
+        from the same key pair agree and their messages interoperate. Every party must
+        use the same backend options, layout, ``max_clients``, ``max_weight`` and
+        noise: all of them enter ``params_id``.
+
+        Args:
+            layout: the update layout.
+            context: the public context (clients, aggregator) or the secret context
+                (result holder).
+            max_clients: most contributions one aggregate may hold; ``combine``
+                refuses more.
+            max_weight: largest client weight.
+            noise: the clients' DP noise share, if any.
+            rng: randomness for the holder's flooding noise (default: the OS).
+
+        Returns:
+            A one-shot session.
+
+        Raises:
+            ConfigurationError: bad options or a ``context`` of another type, or sums
+                that could wrap the modulus.
+            ParameterMismatchError: ``context`` uses other CKKS parameters than this
+                backend.
+        """
+        if isinstance(context, CkksSecretContext):
+            secret: CkksSecretContext | None = context
+            public = context.public
+        elif isinstance(context, CkksPublicContext):
+            secret, public = None, context
+        else:
+            raise ConfigurationError(
+                "context must be a CkksPublicContext or a CkksSecretContext, got "
+                f"{type(context).__name__}"
+            )
+        if public.params != self.params:
             raise ParameterMismatchError("the given CKKS keys use other parameters")
-        public = keys.public
+        extra = self.session_check(
+            layout, max_clients=max_clients, max_weight=max_weight, noise=noise
+        )
+        p = self.params
         # Bound to params_id (v2): the key and CKKS parameters (public.fingerprint covers
         # CkksParams.to_bytes: N, primes, scale, value_bound, flood_bits), the layout,
         # and the session options every party must share: max_clients, max_weight and
@@ -1264,8 +1376,19 @@ class CkksBackend:
         size = layout.size
         client = _ClientCodec(public, size, float(max_weight), self.threads, noise)
         per = float(max_weight) * p.value_bound + extra / max_clients
-        combine = _CombineCodec(public, size, per)
-        recover_rng = rng or SystemRng()
+        combine = _CombineCodec(public, size, per, max_clients)
+        recover: Callable[[], _RecoverCodec]
+        if secret is None:
+            recover = _no_holder
+        else:
+            keys = secret
+            recover_rng = rng or SystemRng()
+
+            def recover() -> _RecoverCodec:
+                return _RecoverCodec(
+                    keys, size, self.threads, recover_rng, per, max_clients
+                )
+
         session = OneShotSession(
             "ckks",
             Scheme.CKKS,
@@ -1273,11 +1396,148 @@ class CkksBackend:
             params_id,
             client,
             combine,
-            lambda: _RecoverCodec(keys, size, self.threads, recover_rng, per),
+            recover,
             max_weight=float(max_weight),
         )
-        session.ckks_keys = keys  # type: ignore[attr-defined]
+        if secret is not None:
+            session.ckks_keys = secret  # type: ignore[attr-defined]
         return session
+
+    def setup(
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
+        keys: CkksSecretContext | None = None,
+    ) -> OneShotSession:
+        """Generate keys (or use ``keys``) and build every role in one process.
+
+        Raises:
+            ConfigurationError: bad max_clients/max_weight, or sums that could wrap
+                the modulus (max_clients * max_weight * value_bound too large).
+            ParameterMismatchError: ``keys`` use other CKKS parameters.
+        """
+        # validate the cheap things before generating a key
+        self.session_check(
+            layout, max_clients=max_clients, max_weight=max_weight, noise=noise
+        )
+        if keys is None:
+            keys = keygen(self.params)
+        return self.session(
+            layout,
+            keys,
+            max_clients=max_clients,
+            max_weight=max_weight,
+            noise=noise,
+            rng=rng,
+        )
+
+    # -- deployment: one role per process -----------------------------------------------
+    def deal(
+        self,
+        layout: Layout,
+        party_ids: Sequence[str],
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        protection: Protection | None = None,
+    ) -> CkksMaterial:
+        """Make every role's material for a deployment (the operator's one-time step).
+
+        Clients and the aggregator get the :class:`CkksPublicContext` (parameters and
+        public key: no secret). The result holder gets the :class:`CkksSecretContext`
+        exported with ``protection``; without one it is exported with an explicit
+        :class:`~privagg.NoProtection`, so write it only to a 0600 file (as
+        ``fedtrain.flower.material.deal`` does) on the holder's machine.
+
+        Args:
+            layout: the update layout (validated against the options; keys do not
+                depend on it).
+            party_ids: the client parties (non-empty, unique).
+            max_clients: the sessions' ``max_clients`` (validated before keygen).
+            max_weight: the sessions' ``max_weight``.
+            protection: how to export the holder's secret key (default: none, the
+                file mode protects it).
+
+        Returns:
+            One blob per role.
+
+        Raises:
+            ConfigurationError: empty or repeated party ids, or bad session options.
+        """
+        if not party_ids or len(set(party_ids)) != len(party_ids):
+            raise ConfigurationError("party_ids must be non-empty and unique")
+        self.session_check(layout, max_clients=max_clients, max_weight=max_weight)
+        secret = self.keygen()
+        public = secret.public.to_bytes()
+        # An explicit protection choice: NoProtection only when the caller gave none.
+        holder = secret.to_bytes(protection=protection or NoProtection())
+        return CkksMaterial(public, holder, dict.fromkeys(party_ids, public))
+
+    def load_role(
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        protection: Protection | None = None,
+        rng: Rng | None = None,
+    ) -> OneShotSession:
+        """A session for one role, built from that role's material only.
+
+        ``"aggregator"`` and ``"client"`` accept only a public context: given the
+        holder's file they raise instead of loading the secret key. ``"holder"``
+        needs the secret context.
+
+        Args:
+            layout: the update layout.
+            role: ``"aggregator"``, ``"client"`` or ``"holder"``.
+            party_id: the client's party id (required for ``"client"``).
+            material: this role's blob from :meth:`deal`.
+            max_clients: as given to :meth:`deal`.
+            max_weight: as given to :meth:`deal`.
+            protection: how the holder's secret was exported (default: none).
+            rng: randomness for the holder's flooding noise (default: the OS).
+
+        Returns:
+            A session; only ``role``'s method is usable (the aggregator's and the
+            clients' ``holder()`` raise :class:`~privagg.MissingKeyError`).
+
+        Raises:
+            ConfigurationError: an unknown role, or a client without a party id.
+            DeserializationError: malformed material, or secret material given to the
+                aggregator or a client.
+            MissingKeyError: the holder was given public material.
+            ParameterMismatchError: material for other CKKS parameters.
+        """
+        context: CkksPublicContext | CkksSecretContext
+        if role in ("aggregator", "client"):
+            if role == "client" and not party_id:
+                raise ConfigurationError("a CKKS client role needs its party id")
+            try:
+                context = CkksPublicContext.from_bytes(material)
+            except DeserializationError:
+                raise DeserializationError(
+                    f"the CKKS {role} material must be a public context "
+                    "(parameters + public key only)"
+                ) from None
+        elif role == "holder":
+            context = CkksSecretContext.from_bytes(
+                material, protection=protection or NoProtection()
+            )
+        else:
+            raise ConfigurationError(
+                f"role must be aggregator, client or holder, got {role!r}"
+            )
+        return self.session(
+            layout, context, max_clients=max_clients, max_weight=max_weight, rng=rng
+        )
 
     def __repr__(self) -> str:
         return f"CkksBackend(preset={self.preset!r}, params={self.params!r})"
