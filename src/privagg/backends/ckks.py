@@ -78,7 +78,7 @@ from privagg.keys import (
     write_secret_file,
 )
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import NoiseShare
+from privagg.protocols import NoiseShare, check_setup_args
 
 try:
     import tenseal.sealapi as _seal
@@ -1281,22 +1281,7 @@ class CkksBackend:
         """
         if not isinstance(layout, Layout):
             raise ConfigurationError("layout must be a privagg.Layout")
-        if (
-            isinstance(max_clients, bool)
-            or not isinstance(max_clients, int)
-            or max_clients < 1
-        ):
-            raise ConfigurationError(
-                f"max_clients must be an int >= 1, got {max_clients!r}"
-            )
-        if isinstance(max_weight, bool) or not (
-            isinstance(max_weight, (int, float))
-            and math.isfinite(max_weight)
-            and max_weight > 0
-        ):
-            raise ConfigurationError(
-                f"max_weight must be finite and > 0, got {max_weight!r}"
-            )
+        max_clients, max_weight = check_setup_args(max_clients, max_weight)
         p = self.params
         extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
         p.check_headroom(max_clients * float(max_weight) * p.value_bound + extra)
