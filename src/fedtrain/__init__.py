@@ -1,0 +1,36 @@
+"""fedtrain: federated LoRA fine-tuning with privagg-protected adapter aggregation.
+
+Only protected adapter updates leave a client. See ``docs/fedtrain.md``.
+"""
+
+from fedtrain.config import LoraSettings, PrivacyConfig, RoundConfig, RunConfig
+from fedtrain.errors import (
+    ClientError,
+    ConfigError,
+    DataError,
+    EmptyClientDataError,
+    FedtrainError,
+    LabelMismatchError,
+    LayoutMismatchError,
+    RankMismatchError,
+    UnknownModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClientError",
+    "ConfigError",
+    "DataError",
+    "EmptyClientDataError",
+    "FedtrainError",
+    "LabelMismatchError",
+    "LayoutMismatchError",
+    "LoraSettings",
+    "PrivacyConfig",
+    "RankMismatchError",
+    "RoundConfig",
+    "RunConfig",
+    "UnknownModelError",
+    "__version__",
+]

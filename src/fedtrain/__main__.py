@@ -1,0 +1,5 @@
+"""``python -m fedtrain``."""
+
+from fedtrain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""fedtrain on Flower's deployment engine: privagg rounds between a ServerApp and ClientApps.
+
+* :mod:`fedtrain.flower.transport`: routes privagg role bytes over Flower Messages.
+* :mod:`fedtrain.flower.server_app` / :mod:`fedtrain.flower.client_app`: the apps
+  (``fedtrain.flower.server_app:app``, ``fedtrain.flower.client_app:app``).
+* :mod:`fedtrain.flower.material`: which process holds which key material.
+* :mod:`fedtrain.flower.tasks` / :mod:`fedtrain.flower.lora_task`: where a client's
+  update comes from (synthetic test data, or local LoRA training).
+* :mod:`fedtrain.flower.launch`: a local SuperLink + SuperNodes deployment (tests,
+  ``python -m fedtrain.flower.launch`` demo).
+
+See ``docs/flower.md``.
+"""
+
+from fedtrain.flower.material import Role, SessionSpec, deal, load_session
+from fedtrain.flower.transport import (
+    DriveResult,
+    Envelope,
+    Exchange,
+    GridExchange,
+    drive_aggregator,
+    pack,
+    unpack,
+)
+
+__all__ = [
+    "DriveResult",
+    "Envelope",
+    "Exchange",
+    "GridExchange",
+    "Role",
+    "SessionSpec",
+    "deal",
+    "drive_aggregator",
+    "load_session",
+    "pack",
+    "unpack",
+]

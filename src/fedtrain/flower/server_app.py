@@ -1,0 +1,355 @@
+"""The ServerApp: drives privagg rounds over a Flower Grid and applies the result.
+
+One run = ``rounds`` privagg rounds:
+
+1. wait until ``min-nodes`` SuperNodes are connected, then a ``hello`` stage maps each
+   node to its privagg party id (node config ``party-id``) and finds the result holder;
+2. build the *aggregator* session from public material only
+   (:func:`fedtrain.flower.material.load_session` with ``Role.AGGREGATOR``);
+3. per round, :func:`~fedtrain.flower.transport.drive_aggregator` routes the
+   aggregator's requests to the clients' ClientApps (dropouts: no reply within
+   ``stage-timeout``);
+4. the protected aggregate goes to the result holder: a SuperNode with
+   ``privagg-holder=true`` (``holder = "node"``), or this process for backends whose
+   holder has no secret (``holder = "server"``, plain only);
+5. the task applies the recovered sum (synthetic: record it; lora: update the global
+   adapter) and the run summary is written as JSON to ``result-path`` if set.
+
+Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``backend``,
+``backend-options`` (JSON object), ``task``, ``shapes`` (synthetic), ``rounds``,
+``min-nodes``, ``node-wait``, ``stage-timeout``, ``holder``, ``aggregator-material``,
+``max-weight``, ``result-path``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedtrain.flower.material import (
+    Role,
+    SessionSpec,
+    holder_needs_no_secret,
+    load_session,
+    needs_setup_seed,
+)
+from fedtrain.flower.settings import settings_from_config
+from fedtrain.flower.tasks import parse_shapes
+from fedtrain.flower.transport import (
+    MESSAGE_TYPE,
+    Envelope,
+    GridExchange,
+    Op,
+    drive_aggregator,
+    pack,
+    send_and_receive,
+    unpack,
+)
+from privagg import (
+    ConfigurationError,
+    InsufficientParticipantsError,
+    Layout,
+    ProtocolError,
+)
+
+__all__ = ["RunSettings", "ServerTask", "app", "run"]
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The ServerApp's settings, read from the run config."""
+
+    backend: str = "plain"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    task: str = "synthetic"
+    shapes: str = "weight:float32:3x4,bias:float64:4"
+    rounds: int = 1
+    min_nodes: int = 2
+    node_wait: float = 60.0
+    stage_timeout: float = 30.0
+    holder: str = "server"
+    aggregator_material: str = ""
+    max_weight: float = 1.0
+    result_path: str = ""
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
+        """Read settings from a Flower run config (missing keys take defaults).
+
+        Raises:
+            privagg.ConfigurationError: a malformed value.
+        """
+        out = settings_from_config(cls, cfg, skip=("backend_options",))
+        try:
+            options = json.loads(str(cfg.get("backend-options", "{}")) or "{}")
+        except ValueError as exc:
+            raise ConfigurationError(
+                "run config 'backend-options' is not JSON"
+            ) from exc
+        if not isinstance(options, dict):
+            raise ConfigurationError(
+                "run config 'backend-options' must be a JSON object"
+            )
+        out = dataclasses.replace(out, backend_options=options)
+        if out.holder not in ("server", "node"):
+            raise ConfigurationError(
+                f"holder must be 'server' or 'node', got {out.holder!r}"
+            )
+        if out.rounds < 1 or out.min_nodes < 1:
+            raise ConfigurationError("rounds and min-nodes must be >= 1")
+        return out
+
+
+class ServerTask(Protocol):
+    """What the ServerApp does around each secure sum (the task's server side)."""
+
+    def layout(self) -> Layout:
+        """Layout of every client's update."""
+        ...
+
+    def broadcast(self, round_id: int) -> RecordDict | None:
+        """Records sent to every client with the round's first request (or None)."""
+        ...
+
+    def apply(
+        self,
+        round_id: int,
+        aggregate: Mapping[str, npt.NDArray[np.floating]],
+        contributors: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """Use the recovered sum; return JSON-able facts about the round."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts about the whole run."""
+        ...
+
+
+class _SyntheticTask:
+    """Records each round's recovered sum (deployment tests)."""
+
+    def __init__(self, shapes: str) -> None:
+        self._layout = parse_shapes(shapes)
+
+    def layout(self) -> Layout:
+        return self._layout
+
+    def broadcast(self, round_id: int) -> RecordDict | None:
+        return None
+
+    def apply(
+        self,
+        round_id: int,
+        aggregate: Mapping[str, npt.NDArray[np.floating]],
+        contributors: tuple[str, ...],
+    ) -> dict[str, Any]:
+        return {"aggregate": {k: np.asarray(v).tolist() for k, v in aggregate.items()}}
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
+def _make_task(settings: RunSettings, context: Context) -> ServerTask:
+    if settings.task == "synthetic":
+        return _SyntheticTask(settings.shapes)
+    if settings.task == "lora":
+        from fedtrain.flower import lora_task
+
+        return lora_task.ServerLoraTask(context.run_config)
+    raise ConfigurationError(f"unknown task {settings.task!r}")
+
+
+def _wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
+    deadline = time.monotonic() + wait
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= n:
+            return ids
+        if time.monotonic() > deadline:
+            raise InsufficientParticipantsError(
+                f"{len(ids)} node(s) connected within {wait}s, {n} needed"
+            )
+        time.sleep(0.2)
+
+
+def _hello(
+    grid: Grid, nodes: list[int], timeout: float
+) -> tuple[dict[str, int], int | None]:
+    """Ask every node for its party id; return party -> node and the holder node."""
+    msgs = [
+        Message(
+            pack(Envelope(Op.HELLO, 0, "")), dst_node_id=n, message_type=MESSAGE_TYPE
+        )
+        for n in nodes
+    ]
+    parties: dict[str, int] = {}
+    holder: int | None = None
+    for reply in send_and_receive(grid, msgs, timeout=timeout):
+        if reply.has_error():
+            log.warning(
+                "node %s failed hello: %s",
+                reply.metadata.src_node_id,
+                reply.error.reason,
+            )
+            continue
+        env = unpack(reply.content)
+        node = reply.metadata.src_node_id
+        if env.party:
+            if env.party in parties:
+                raise ProtocolError(f"two nodes claim party id {env.party!r}")
+            parties[env.party] = node
+        if env.meta.get("holder") == "1":
+            if holder is not None:
+                raise ProtocolError("more than one node claims the result-holder role")
+            holder = node
+    return parties, holder
+
+
+def _recover_remote(
+    grid: Grid,
+    node: int,
+    round_id: int,
+    result: bytes,
+    meta: Mapping[str, str],
+    timeout: float,
+) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
+    msg = Message(
+        pack(Envelope(Op.RECOVER, round_id, "holder", result, meta)),
+        dst_node_id=node,
+        message_type=MESSAGE_TYPE,
+    )
+    replies = send_and_receive(grid, [msg], timeout=timeout)
+    if not replies:
+        raise ProtocolError("the result holder did not answer")
+    if replies[0].has_error():
+        raise ProtocolError(f"the result holder failed: {replies[0].error.reason}")
+    env = unpack(replies[0].content)
+    vector = np.frombuffer(env.payload, dtype="<f8").astype(np.float64)
+    return vector, tuple(json.loads(env.meta["contributors"]))
+
+
+def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
+    """Run ``settings.rounds`` secure-aggregation rounds over ``grid``.
+
+    Args:
+        grid: the ServerApp's grid.
+        settings: run settings.
+        task: the task's server side.
+
+    Returns:
+        A JSON-able summary: parties, and per round the contributors, dropouts, stages,
+        timings and the task's facts.
+
+    Raises:
+        privagg.PrivaggError: configuration or protocol failures.
+    """
+    t0 = time.monotonic()
+    nodes = _wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
+    parties, holder_node = _hello(grid, nodes, settings.stage_timeout)
+    if not parties:
+        raise InsufficientParticipantsError("no node announced a party id")
+    layout = task.layout()
+    spec = SessionSpec(
+        settings.backend,
+        settings.backend_options,
+        max_clients=len(parties),
+        max_weight=settings.max_weight,
+    )
+    if needs_setup_seed(spec):
+        spec = dataclasses.replace(spec, setup_seed=os.urandom(32).hex())
+    if settings.holder == "server" and not holder_needs_no_secret(spec):
+        raise ConfigurationError(
+            f"backend {spec.backend!r}: the result holder holds a secret key, so it "
+            "must run on a node (holder = 'node'), not in the ServerApp"
+        )
+    if settings.holder == "node" and holder_node is None:
+        raise ConfigurationError("holder = 'node' but no node has privagg-holder=true")
+    session = load_session(
+        spec, layout, Role.AGGREGATOR, material=settings.aggregator_material or None
+    )
+    meta = {
+        "spec": spec.to_json(),
+        "layout": layout.to_bytes().hex(),
+        "task": settings.task,
+    }
+    rounds: list[dict[str, Any]] = []
+    for round_id in range(settings.rounds):
+        t_round = time.monotonic()
+        client_ids = sorted(parties)
+        aggregator = session.aggregator(round_id, client_ids)
+        extra = task.broadcast(round_id)
+        exchange = GridExchange(
+            grid,
+            parties,
+            round_id=round_id,
+            timeout=settings.stage_timeout,
+            meta=meta,
+            extra=dict.fromkeys(client_ids, extra) if extra is not None else None,
+        )
+        driven = drive_aggregator(aggregator, exchange)
+        t_recover = time.monotonic()
+        if holder_node is not None and settings.holder == "node":
+            vector, contributors = _recover_remote(
+                grid, holder_node, round_id, driven.result, meta, settings.stage_timeout
+            )
+        else:
+            recovered = session.holder().recover(driven.result)
+            vector, contributors = recovered.vector, tuple(recovered.contributors)
+        facts = task.apply(round_id, layout.unflatten(vector), contributors)
+        rounds.append(
+            {
+                "round": round_id,
+                "contributors": list(contributors),
+                "dropped": [c for c in client_ids if c not in contributors],
+                "stages": driven.stages,
+                "missing": {str(k): list(v) for k, v in driven.missing.items()},
+                "errors": exchange.errors,
+                "seconds": time.monotonic() - t_round,
+                "recover_seconds": time.monotonic() - t_recover,
+                **facts,
+            }
+        )
+        log.info(
+            "round %d: %d contributors, dropped %s",
+            round_id,
+            len(contributors),
+            rounds[-1]["dropped"],
+        )
+    return {
+        "backend": spec.backend,
+        "parties": sorted(parties),
+        "holder": settings.holder,
+        "rounds": rounds,
+        "seconds": time.monotonic() - t0,
+        **task.summary(),
+    }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: run the configured rounds and write the summary."""
+    settings = RunSettings.from_run_config(context.run_config)
+    summary = run(grid, settings, _make_task(settings, context))
+    text = json.dumps(summary, sort_keys=True)
+    print(f"privagg-summary {text}", flush=True)
+    if settings.result_path:
+        path = Path(settings.result_path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)

@@ -1,0 +1,120 @@
+"""``report.json`` and PNG plots of the metric and epsilon per round."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedtrain.privacy import atomic_write_bytes
+
+__all__ = ["build_report", "plot_rounds", "write_report"]
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def build_report(
+    *,
+    main_metric: str,
+    initial_metrics: Mapping[str, float],
+    final_metrics: Mapping[str, float],
+    rounds: Sequence[Mapping[str, Any]],
+    base_model: str,
+    num_labels: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the report dict (infinite/NaN values become null).
+
+    ``rounds`` entries must have ``round``, ``metrics`` and ``epsilon`` (None or
+    infinity when the run gives no DP guarantee); other keys are kept.
+
+    Returns:
+        The report.
+    """
+    rep: dict[str, Any] = {
+        "main_metric": main_metric,
+        "initial_metrics": dict(initial_metrics),
+        "final_metrics": dict(final_metrics),
+        "rounds": [dict(r) for r in rounds],
+        "base_model": base_model,
+        "num_labels": num_labels,
+    }
+    rep.update(extra or {})
+    out: dict[str, Any] = _finite(rep)
+    return out
+
+
+def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
+    """Write ``report.json`` atomically (strict JSON)."""
+    p = Path(path)
+    atomic_write_bytes(p, json.dumps(report, indent=2, allow_nan=False).encode())
+    return p
+
+
+def plot_rounds(
+    report: Mapping[str, Any], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Plot the main metric and epsilon per round (matplotlib Agg).
+
+    Args:
+        report: a report from :func:`build_report`.
+        out_dir: where to write ``metric.png`` and ``epsilon.png``.
+
+    Returns:
+        The written files.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    key = report["main_metric"]
+    xs = [0] + [r["round"] for r in report["rounds"]]
+    ys = [report["initial_metrics"].get(key)] + [
+        r["metrics"].get(key) for r in report["rounds"]
+    ]
+    files = []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(xs, ys, marker="o")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} per round")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    files.append(out / "metric.png")
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    eps = [0.0] + [r.get("epsilon") for r in report["rounds"]]
+    if all(e is not None for e in eps[1:]):
+        ax.plot(xs, eps, marker="o", color="tab:red")
+        ax.set_ylabel("epsilon spent")
+    else:
+        ax.text(
+            0.5, 0.5, "no DP guarantee (privacy level 'none')", ha="center", va="center"
+        )
+        ax.set_ylabel("epsilon")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("privacy spent per round")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    files.append(out / "epsilon.png")
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+    return files

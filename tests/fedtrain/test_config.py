@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from fedtrain.config import LoraSettings, PrivacyConfig, RoundConfig, RunConfig
+from fedtrain.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LoraSettings(r=0),
+        lambda: LoraSettings(mode="bogus"),  # type: ignore[arg-type]
+        lambda: LoraSettings(client_ranks={"a": 2}),  # heterogeneous ranks need flora
+        lambda: LoraSettings(mode="flora", client_ranks={"a": 0}),
+        lambda: RoundConfig(rounds=0),
+        lambda: RoundConfig(sample_rate=0.0),
+        lambda: RoundConfig(local_steps=None, local_epochs=None),
+        lambda: RoundConfig(server_opt="sgd"),  # type: ignore[arg-type]
+        lambda: PrivacyConfig(level="record", noise_multiplier=0.0),
+        lambda: PrivacyConfig(clip=-1.0),
+        lambda: PrivacyConfig(delta=1.0),
+        lambda: RunConfig(task="qa"),  # type: ignore[arg-type]
+        lambda: RunConfig(max_len=2),
+    ],
+)
+def test_invalid_configs_raise(make: object) -> None:
+    with pytest.raises(ConfigError):
+        make()  # type: ignore[operator]
+
+
+def test_roundtrip_dict() -> None:
+    cfg = RunConfig(
+        task="token_cls",
+        lora=LoraSettings(
+            r=4, mode="flora", client_ranks={"a": 2}, target_modules=("query",)
+        ),
+        rounds=RoundConfig(server_opt="fedyogi", sampling="poisson", sample_rate=0.5),
+        privacy=PrivacyConfig(level="client", noise_multiplier=1.3),
+        backend="ckks",
+        backend_options={"poly_degree": 8192},
+    )
+    back = RunConfig.from_dict(cfg.to_dict())
+    assert back == cfg
+    with pytest.raises(ConfigError):
+        RunConfig.from_dict({"unknown": 1})
