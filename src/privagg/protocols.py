@@ -57,14 +57,22 @@ def check_setup_args(max_clients: object, max_weight: object) -> tuple[int, floa
         ConfigurationError: ``max_clients`` is not an int >= 1, or ``max_weight`` is not
             a finite number > 0.
     """
-    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-        raise ConfigurationError(f"max_clients must be an int >= 1, got {max_clients!r}")
+    if (
+        isinstance(max_clients, bool)
+        or not isinstance(max_clients, int)
+        or max_clients < 1
+    ):
+        raise ConfigurationError(
+            f"max_clients must be an int >= 1, got {max_clients!r}"
+        )
     if (
         isinstance(max_weight, bool)
         or not isinstance(max_weight, (int, float, np.integer, np.floating))
         or not (math.isfinite(max_weight) and max_weight > 0)
     ):
-        raise ConfigurationError(f"max_weight must be finite and > 0, got {max_weight!r}")
+        raise ConfigurationError(
+            f"max_weight must be finite and > 0, got {max_weight!r}"
+        )
     return max_clients, float(max_weight)
 
 

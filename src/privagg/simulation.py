@@ -127,7 +127,9 @@ def run_round(
         next_id = getattr(session, "next_round_id", None)
         round_id = next_id() if callable(next_id) else 0
     elif not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
-        raise ConfigurationError(f"round_id must be an int in [0, 2**64), got {round_id!r}")
+        raise ConfigurationError(
+            f"round_id must be an int in [0, 2**64), got {round_id!r}"
+        )
     rng = rng or SystemRng()
     layout = session.layout
     failed: dict[str, str] = {}

@@ -44,7 +44,10 @@ from functools import lru_cache
 from privagg.errors import ConfigurationError
 
 __all__ = [
-    "GraphParams", "choose_parameters", "consistency_quorum", "harary_neighbours",
+    "GraphParams",
+    "choose_parameters",
+    "consistency_quorum",
+    "harary_neighbours",
     "min_live_neighbours",
 ]
 
@@ -116,7 +119,11 @@ def choose_parameters(
             if _hyp_tail(n - 1, corrupt + dropped, k, k) > sec_bound:
                 continue
             t_lo = next(
-                (t for t in range(1, k + 2) if _hyp_tail(n - 1, corrupt, k, t) <= sec_bound),
+                (
+                    t
+                    for t in range(1, k + 2)
+                    if _hyp_tail(n - 1, corrupt, k, t) <= sec_bound
+                ),
                 None,
             )
             if t_lo is None:
@@ -138,7 +145,9 @@ def choose_parameters(
 
 
 @lru_cache(maxsize=256)
-def min_live_neighbours(n: int, degree: int, threshold: int, *, dropout_rate: float, eta: int = 20) -> int:
+def min_live_neighbours(
+    n: int, degree: int, threshold: int, *, dropout_rate: float, eta: int = 20
+) -> int:
     """Fewest advertised neighbours a client accepts before it shares its secrets.
 
     With at most ``D = floor(delta * n)`` clients dropping (at any stage, so in particular
@@ -156,7 +165,11 @@ def min_live_neighbours(n: int, degree: int, threshold: int, *, dropout_rate: fl
         return 0  # a one-client round: nothing to share with
     dropped = math.floor(dropout_rate * n)
     bound = 2.0**-eta / n
-    d = next(d for d in range(0, degree + 1) if _hyp_tail(n - 1, dropped, degree, d + 1) <= bound)
+    d = next(
+        d
+        for d in range(0, degree + 1)
+        if _hyp_tail(n - 1, dropped, degree, d + 1) <= bound
+    )
     return max(threshold, degree - d)
 
 
@@ -176,12 +189,16 @@ def consistency_quorum(n: int, *, corruption_rate: float, threshold: int) -> int
 
 def _order(ids: Sequence[str], seed: bytes) -> list[str]:
     def key(cid: str) -> bytes:
-        return hashlib.sha256(b"privagg/secagg/order\x00" + seed + cid.encode("utf-8")).digest()
+        return hashlib.sha256(
+            b"privagg/secagg/order\x00" + seed + cid.encode("utf-8")
+        ).digest()
 
     return sorted(ids, key=key)
 
 
-def harary_neighbours(ids: Sequence[str], degree: int, seed: bytes) -> dict[str, frozenset[str]]:
+def harary_neighbours(
+    ids: Sequence[str], degree: int, seed: bytes
+) -> dict[str, frozenset[str]]:
     """Neighbour sets of the Harary graph ``H(degree, n)`` over a seeded ordering of ``ids``.
 
     ``degree`` must be even or ``n - 1`` (the complete graph).
@@ -191,7 +208,9 @@ def harary_neighbours(ids: Sequence[str], degree: int, seed: bytes) -> dict[str,
         everyone = frozenset(ids)
         return {c: everyone - {c} for c in ids}
     if degree % 2:
-        raise ConfigurationError(f"a sparse Harary graph needs an even degree, got {degree}")
+        raise ConfigurationError(
+            f"a sparse Harary graph needs an even degree, got {degree}"
+        )
     order = _order(ids, seed)
     half = degree // 2
     out = {}

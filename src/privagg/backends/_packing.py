@@ -124,7 +124,9 @@ class SlotLayout:
         """
         vals = np.asarray(values, dtype=np.int64).reshape(-1)
         if vals.size != self.n_values:
-            raise ConfigurationError(f"expected {self.n_values} values, got {vals.size}")
+            raise ConfigurationError(
+                f"expected {self.n_values} values, got {vals.size}"
+            )
         self.check_values(vals)
         w, k, m = self.slot_bits, self.slots, self.n_plaintexts
         padded = np.zeros(m * k, dtype=np.int64)
@@ -175,7 +177,9 @@ class SlotLayout:
             return out[: self.n_values]
         nbytes = (w * k + 7) // 8
         pad = nbytes * 8 - w * k
-        buf = np.frombuffer(b"".join(int(t).to_bytes(nbytes, "big") for t in totals), dtype=np.uint8)
+        buf = np.frombuffer(
+            b"".join(int(t).to_bytes(nbytes, "big") for t in totals), dtype=np.uint8
+        )
         bits = np.unpackbits(buf.reshape(m, nbytes), axis=1)[:, pad:]
         slots = bits.reshape(m, k, w)[:, ::-1, :].reshape(m * k, w)[: self.n_values]
         weights = np.left_shift(np.uint64(1), np.arange(w - 1, -1, -1, dtype=np.uint64))

@@ -103,7 +103,9 @@ def encode_to_ring(
     return u.astype(np.uint32) if dtype is np.uint32 else u
 
 
-def add_masks(acc: npt.NDArray[np.unsignedinteger], seeds: Sequence[tuple[bytes, int]]) -> None:
+def add_masks(
+    acc: npt.NDArray[np.unsignedinteger], seeds: Sequence[tuple[bytes, int]]
+) -> None:
     """``acc += sum(sign * mask(seed))`` in place, block by block.
 
     ``mask(seed)`` is the AES-256-CTR keystream of ``seed`` (zero counter block) read as
@@ -117,7 +119,10 @@ def add_masks(acc: npt.NDArray[np.unsignedinteger], seeds: Sequence[tuple[bytes,
     zeros = memoryview(bytes(m * dt.itemsize))
     buf = bytearray(m * dt.itemsize + 15)
     view = np.frombuffer(buf, dtype=dt, count=m)
-    encs = [(Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor(), sign) for seed, sign in seeds]
+    encs = [
+        (Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor(), sign)
+        for seed, sign in seeds
+    ]
     for s in range(0, acc.size, BLOCK):
         e = min(acc.size, s + BLOCK)
         k = e - s

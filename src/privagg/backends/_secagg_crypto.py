@@ -74,16 +74,16 @@ def ecdh(private: bytes | X25519PrivateKey, peer_public: bytes) -> bytes:
     if isinstance(private, bytes):
         private = X25519PrivateKey.from_private_bytes(private)
     try:
-        return private.exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError:
         raise ProtocolError("invalid X25519 public key") from None
 
 
 def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
     """HKDF-SHA256."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(
+        secret
+    )
 
 
 def aead_encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -155,7 +155,9 @@ class MaskExpander:
         """A fresh array holding the mask of ``seed``."""
         return self._expand(seed).astype(self._dtype.newbyteorder("="), copy=True)
 
-    def add(self, acc: npt.NDArray[np.unsignedinteger], seed: bytes, sign: int = 1) -> None:
+    def add(
+        self, acc: npt.NDArray[np.unsignedinteger], seed: bytes, sign: int = 1
+    ) -> None:
         """``acc += sign * mask(seed)`` in place, modulo the word size."""
         ks = self._expand(seed)
         if sign >= 0:

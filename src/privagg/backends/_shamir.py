@@ -18,8 +18,15 @@ from collections.abc import Mapping, Sequence
 from privagg._rng import Rng
 from privagg.errors import ConfigurationError, DeserializationError
 
-__all__ = ["PRIME", "SHARE_SIZE", "decode_share", "encode_share", "random_element",
-           "reconstruct", "share"]
+__all__ = [
+    "PRIME",
+    "SHARE_SIZE",
+    "decode_share",
+    "encode_share",
+    "random_element",
+    "reconstruct",
+    "share",
+]
 
 PRIME = (1 << 256) + 297
 SHARE_SIZE = 33
@@ -47,12 +54,20 @@ def share(secret: bytes, xs: Sequence[int], threshold: int, rng: Rng) -> dict[in
         x -> share value.
     """
     if len(secret) != _SECRET_SIZE:
-        raise ConfigurationError(f"secrets must be {_SECRET_SIZE} bytes, got {len(secret)}")
+        raise ConfigurationError(
+            f"secrets must be {_SECRET_SIZE} bytes, got {len(secret)}"
+        )
     if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
-        raise ConfigurationError("share x-coordinates must be distinct and in [1, PRIME)")
+        raise ConfigurationError(
+            "share x-coordinates must be distinct and in [1, PRIME)"
+        )
     if not 1 <= threshold <= len(xs):
-        raise ConfigurationError(f"threshold must be in [1, {len(xs)}], got {threshold}")
-    coeffs = [int.from_bytes(secret, "big")] + [random_element(rng) for _ in range(threshold - 1)]
+        raise ConfigurationError(
+            f"threshold must be in [1, {len(xs)}], got {threshold}"
+        )
+    coeffs = [int.from_bytes(secret, "big")] + [
+        random_element(rng) for _ in range(threshold - 1)
+    ]
     out = {}
     for x in xs:
         acc = 0

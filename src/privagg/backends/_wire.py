@@ -18,7 +18,16 @@ from privagg.envelope import (
 )
 from privagg.errors import DeserializationError
 
-__all__ = ["Message", "count", "peek_header", "fixed", "read_ids", "read_pairs", "write_ids", "write_pairs"]
+__all__ = [
+    "Message",
+    "count",
+    "peek_header",
+    "fixed",
+    "read_ids",
+    "read_pairs",
+    "write_ids",
+    "write_pairs",
+]
 
 _MAX_ITEMS = 1 << 20
 _HEADER = struct.Struct(">4sHBB32sQQ")
@@ -97,14 +106,18 @@ class Message:
         pass
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         return cls(params_id, round_id, party)
 
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
         w = PayloadWriter().text(self.party)
         self._write(w)
-        return seal(Header(self.SCHEME, self.KIND, self.params_id, self.round_id), w.getvalue())
+        return seal(
+            Header(self.SCHEME, self.KIND, self.params_id, self.round_id), w.getvalue()
+        )
 
     @classmethod
     @decode_guard

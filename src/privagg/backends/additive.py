@@ -123,7 +123,9 @@ class ClientShares(_Message):
 
     KIND: ClassVar[int] = AdditiveKind.SHARES
     ephemeral_pk: bytes = b""
-    share0: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    share0: npt.NDArray[np.unsignedinteger] = field(
+        default_factory=lambda: np.zeros(0, np.uint32)
+    )
     seeds: tuple[tuple[str, bytes], ...] = ()
 
     def _write(self, w: PayloadWriter) -> None:
@@ -131,8 +133,17 @@ class ClientShares(_Message):
         _wire.write_pairs(w, self.seeds)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
-        return cls(params_id, round_id, party, _wire.fixed(r, 32), _ring_array(r), _wire.read_pairs(r))
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        return cls(
+            params_id,
+            round_id,
+            party,
+            _wire.fixed(r, 32),
+            _ring_array(r),
+            _wire.read_pairs(r),
+        )
 
     def __repr__(self) -> str:
         return f"ClientShares(round={self.round_id}, client={self.party!r})"
@@ -152,8 +163,12 @@ class ServerRequest(_Message):
             w.text(cid).blob(epk).blob(ct)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
-        entries = tuple((r.text(), _wire.fixed(r, 32), r.blob()) for _ in range(_wire.count(r)))
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        entries = tuple(
+            (r.text(), _wire.fixed(r, 32), r.blob()) for _ in range(_wire.count(r))
+        )
         if len({e[0] for e in entries}) != len(entries):
             raise DeserializationError()
         return cls(params_id, round_id, party, entries)
@@ -174,8 +189,12 @@ class PartialSum(_Message):
         w.blob(self.ephemeral_pk).blob(self.ciphertext)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
-        return cls(params_id, round_id, party, _wire.read_ids(r), _wire.fixed(r, 32), r.blob())
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        return cls(
+            params_id, round_id, party, _wire.read_ids(r), _wire.fixed(r, 32), r.blob()
+        )
 
     def __repr__(self) -> str:
         return f"PartialSum(round={self.round_id}, server={self.party!r})"
@@ -188,7 +207,9 @@ class ResultMessage(_Message):
 
     KIND: ClassVar[int] = AdditiveKind.RESULT
     contributors: tuple[str, ...] = ()
-    partial0: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    partial0: npt.NDArray[np.unsignedinteger] = field(
+        default_factory=lambda: np.zeros(0, np.uint32)
+    )
     partials: tuple[tuple[str, bytes, bytes], ...] = ()
 
     def _write(self, w: PayloadWriter) -> None:
@@ -199,10 +220,14 @@ class ResultMessage(_Message):
             w.text(sid).blob(epk).blob(ct)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         ids = _wire.read_ids(r)
         p0 = _ring_array(r)
-        parts = tuple((r.text(), _wire.fixed(r, 32), r.blob()) for _ in range(_wire.count(r)))
+        parts = tuple(
+            (r.text(), _wire.fixed(r, 32), r.blob()) for _ in range(_wire.count(r))
+        )
         if len({p[0] for p in parts}) != len(parts):
             raise DeserializationError()
         return cls(params_id, round_id, party, ids, p0, parts)
@@ -235,11 +260,17 @@ class _Config:
         if h.scheme != Scheme.ADDITIVE:
             raise ProtocolError(f"{who}: message of another scheme")
         if not hmac.compare_digest(h.params_id, self.params_id):
-            raise ParameterMismatchError(f"{who}: message made under different parameters or keys")
+            raise ParameterMismatchError(
+                f"{who}: message made under different parameters or keys"
+            )
         if h.round_id != round_id:
-            raise ProtocolError(f"{who}: message for round {h.round_id}, expected {round_id} (replay?)")
+            raise ProtocolError(
+                f"{who}: message for round {h.round_id}, expected {round_id} (replay?)"
+            )
         if h.kind != kind:
-            raise ProtocolError(f"{who}: unexpected message kind {h.kind} (expected {kind})")
+            raise ProtocolError(
+                f"{who}: unexpected message kind {h.kind} (expected {kind})"
+            )
 
 
 _SEED_CT_LEN = 32 + 16  # AES-256-GCM of a 32-byte seed
@@ -275,8 +306,16 @@ def _ids_digest(ids: Sequence[str]) -> bytes:
 class AdditiveClient:
     """A client: splits its encoded update into one additive share per server."""
 
-    def __init__(self, cfg: _Config, party_id: str, round_id: int, update: FloatVector,
-                 weight: float, rng: Rng, noise: NoiseShare | None) -> None:
+    def __init__(
+        self,
+        cfg: _Config,
+        party_id: str,
+        round_id: int,
+        update: FloatVector,
+        weight: float,
+        rng: Rng,
+        noise: NoiseShare | None,
+    ) -> None:
         self._cfg = cfg
         self._id = party_id
         self._round = round_id
@@ -297,12 +336,21 @@ class AdditiveClient:
         cfg.check(request, self._round, AdditiveKind.REQUEST, f"client {self._id!r}")
         req = ShareRequest.from_bytes(request)
         if req.party != self._id:
-            raise ProtocolError(f"client {self._id!r} got a request addressed to {req.party!r}")
+            raise ProtocolError(
+                f"client {self._id!r} got a request addressed to {req.party!r}"
+            )
         if self._answered:
             raise ProtocolError("this client already contributed to this round")
         share0 = encode_to_ring(
-            cfg.encoder, self._update, self._weight, value_bound=cfg.value_bound, clip=cfg.clip,
-            rng=self._rng, dtype=cfg.dtype, noise=self._noise, who=f"client {self._id!r}",
+            cfg.encoder,
+            self._update,
+            self._weight,
+            value_bound=cfg.value_bound,
+            clip=cfg.clip,
+            rng=self._rng,
+            dtype=cfg.dtype,
+            noise=self._noise,
+            who=f"client {self._id!r}",
         )
         eph = x25519_key(new_x25519(self._rng))
         epk = x25519_public(eph.private_bytes_raw())
@@ -312,12 +360,18 @@ class AdditiveClient:
             seed = self._rng.random_bytes(32)
             masks.append((seed, -1))
             ctx = _ctx(cfg, self._round, self._id, sid)
-            key = hkdf(ecdh(eph, spk), salt=cfg.params_id, info=_DOMAIN + b"seed-key" + ctx + epk)
+            key = hkdf(
+                ecdh(eph, spk),
+                salt=cfg.params_id,
+                info=_DOMAIN + b"seed-key" + ctx + epk,
+            )
             seeds.append((sid, aead_encrypt(key, seed, _DOMAIN + b"seed" + ctx + epk)))
         add_masks(share0, masks)
         self._answered = True
         self._update = np.zeros(0)
-        return ClientShares(cfg.params_id, self._round, self._id, epk, share0, tuple(seeds)).to_bytes()
+        return ClientShares(
+            cfg.params_id, self._round, self._id, epk, share0, tuple(seeds)
+        ).to_bytes()
 
     def __repr__(self) -> str:
         return f"AdditiveClient(client={self._id!r}, round={self._round})"
@@ -326,7 +380,14 @@ class AdditiveClient:
 class AdditiveServer:
     """Server ``k >= 1``: decrypts its seeds, sums their expansions, encrypts the sum to the holder."""
 
-    def __init__(self, cfg: _Config, server_id: str, round_id: int, key: SecretKey[bytes], rng: Rng) -> None:
+    def __init__(
+        self,
+        cfg: _Config,
+        server_id: str,
+        round_id: int,
+        key: SecretKey[bytes],
+        rng: Rng,
+    ) -> None:
         self._cfg = cfg
         self._id = server_id
         self._round = round_id
@@ -342,10 +403,14 @@ class AdditiveServer:
     def handle(self, request: bytes) -> bytes:
         """Sum this server's shares of the listed contributors."""
         cfg = self._cfg
-        cfg.check(request, self._round, AdditiveKind.SERVER_REQUEST, f"server {self._id!r}")
+        cfg.check(
+            request, self._round, AdditiveKind.SERVER_REQUEST, f"server {self._id!r}"
+        )
         req = ServerRequest.from_bytes(request)
         if req.party != self._id:
-            raise ProtocolError(f"server {self._id!r} got a request addressed to {req.party!r}")
+            raise ProtocolError(
+                f"server {self._id!r} got a request addressed to {req.party!r}"
+            )
         if self._answered:
             raise ProtocolError("this server already answered this round")
         sk = x25519_key(self._key.unsafe_material())
@@ -357,7 +422,11 @@ class AdditiveServer:
         # being dropped silently, which would make the servers sum different client sets.
         for cid, epk, ct in req.entries:
             ctx = _ctx(cfg, self._round, cid, self._id)
-            key = hkdf(ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"seed-key" + ctx + epk)
+            key = hkdf(
+                ecdh(sk, epk),
+                salt=cfg.params_id,
+                info=_DOMAIN + b"seed-key" + ctx + epk,
+            )
             seed = aead_decrypt(key, ct, _DOMAIN + b"seed" + ctx + epk)
             if len(seed) != 32:
                 raise DeserializationError()
@@ -366,10 +435,20 @@ class AdditiveServer:
         eph = x25519_key(new_x25519(self._rng))
         epk = x25519_public(eph.private_bytes_raw())
         ctx = _ctx(cfg, self._round, self._id) + _ids_digest(contributors) + epk
-        key = hkdf(ecdh(eph, cfg.holder_pk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx)
-        ct = aead_encrypt(key, acc.astype(acc.dtype.newbyteorder("<")).tobytes(), _DOMAIN + b"partial" + ctx)
+        key = hkdf(
+            ecdh(eph, cfg.holder_pk),
+            salt=cfg.params_id,
+            info=_DOMAIN + b"partial-key" + ctx,
+        )
+        ct = aead_encrypt(
+            key,
+            acc.astype(acc.dtype.newbyteorder("<")).tobytes(),
+            _DOMAIN + b"partial" + ctx,
+        )
         self._answered = True
-        return PartialSum(cfg.params_id, self._round, self._id, contributors, epk, ct).to_bytes()
+        return PartialSum(
+            cfg.params_id, self._round, self._id, contributors, epk, ct
+        ).to_bytes()
 
     def __repr__(self) -> str:
         return f"AdditiveServer({self._id!r}, round={self._round})"
@@ -402,7 +481,10 @@ class AdditiveAggregator:
         if self._stage:
             raise ProtocolError("round already started")
         self._stage = 1
-        return {c: ShareRequest(self._cfg.params_id, self._round, c).to_bytes() for c in self._clients}
+        return {
+            c: ShareRequest(self._cfg.params_id, self._round, c).to_bytes()
+            for c in self._clients
+        }
 
     def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         """Stage 1: sum server 0's shares and relay the seeds; stage 2: collect partial sums."""
@@ -416,7 +498,9 @@ class AdditiveAggregator:
         cfg = self._cfg
         expected = set(self._clients)
         acc = np.zeros(cfg.size, dtype=cfg.dtype)
-        per_server: dict[str, list[tuple[str, bytes, bytes]]] = {s: [] for s in cfg.server_ids}
+        per_server: dict[str, list[tuple[str, bytes, bytes]]] = {
+            s: [] for s in cfg.server_ids
+        }
         accepted: list[str] = []
         for sender in sorted(replies):
             data = replies[sender]
@@ -425,16 +509,22 @@ class AdditiveAggregator:
             cfg.check(data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}")
             msg = ClientShares.from_bytes(data)
             if msg.party != sender:
-                raise ProtocolError(f"client {sender!r} sent a reply labelled {msg.party!r}")
+                raise ProtocolError(
+                    f"client {sender!r} sent a reply labelled {msg.party!r}"
+                )
             # Content checks: a client whose entry is unusable (share of the wrong type or
             # size, a server not addressed, a low-order ephemeral key, a seed ciphertext of
             # the wrong length) is skipped and reported, not allowed to abort the round.
             # Every server then gets the same list of accepted entries.
             seeds = dict(msg.seeds)
-            if (msg.share0.dtype != np.dtype(cfg.dtype) or msg.share0.shape != (cfg.size,)
-                    or set(seeds) != set(cfg.server_ids) or len(seeds) != len(msg.seeds)
-                    or any(len(ct) != _SEED_CT_LEN for ct in seeds.values())
-                    or not _valid_x25519(msg.ephemeral_pk)):
+            if (
+                msg.share0.dtype != np.dtype(cfg.dtype)
+                or msg.share0.shape != (cfg.size,)
+                or set(seeds) != set(cfg.server_ids)
+                or len(seeds) != len(msg.seeds)
+                or any(len(ct) != _SEED_CT_LEN for ct in seeds.values())
+                or not _valid_x25519(msg.ephemeral_pk)
+            ):
                 self.rejected.add(sender)
                 continue
             np.add(acc, msg.share0, out=acc)
@@ -449,7 +539,9 @@ class AdditiveAggregator:
             return self._finish(())
         self._stage = 2
         return {
-            sid: ServerRequest(cfg.params_id, self._round, sid, tuple(per_server[sid])).to_bytes()
+            sid: ServerRequest(
+                cfg.params_id, self._round, sid, tuple(per_server[sid])
+            ).to_bytes()
             for sid in cfg.server_ids
         }
 
@@ -457,26 +549,37 @@ class AdditiveAggregator:
         cfg = self._cfg
         missing = set(cfg.server_ids) - set(replies)
         if missing:
-            raise InsufficientParticipantsError(f"server(s) {sorted(missing)} did not answer; round aborted")
+            raise InsufficientParticipantsError(
+                f"server(s) {sorted(missing)} did not answer; round aborted"
+            )
         parts = []
         for sid in cfg.server_ids:
             data = replies[sid]
             cfg.check(data, self._round, AdditiveKind.PARTIAL, f"reply of {sid!r}")
             msg = PartialSum.from_bytes(data)
             if msg.party != sid:
-                raise ProtocolError(f"server {sid!r} sent a reply labelled {msg.party!r}")
+                raise ProtocolError(
+                    f"server {sid!r} sent a reply labelled {msg.party!r}"
+                )
             if msg.contributors != self._contributors:
                 raise ProtocolError(f"server {sid!r} summed a different set of clients")
             parts.append((sid, msg.ephemeral_pk, msg.ciphertext))
         unexpected = set(replies) - set(cfg.server_ids)
         if unexpected:
-            raise ProtocolError(f"reply from unexpected party {sorted(unexpected)[0]!r}")
+            raise ProtocolError(
+                f"reply from unexpected party {sorted(unexpected)[0]!r}"
+            )
         return self._finish(tuple(parts))
 
     def _finish(self, parts: tuple[tuple[str, bytes, bytes], ...]) -> dict[str, bytes]:
         assert self._partial0 is not None
         self._result = ResultMessage(
-            self._cfg.params_id, self._round, "holder", self._contributors, self._partial0, parts
+            self._cfg.params_id,
+            self._round,
+            "holder",
+            self._contributors,
+            self._partial0,
+            parts,
         ).to_bytes()
         self._partial0 = None
         self._stage = 3
@@ -511,9 +614,13 @@ class AdditiveHolder:
         if h.scheme != Scheme.ADDITIVE or h.kind != AdditiveKind.RESULT:
             raise ProtocolError("not an additive-sharing result")
         if not hmac.compare_digest(h.params_id, cfg.params_id):
-            raise ParameterMismatchError("the result was made under different parameters or keys")
+            raise ParameterMismatchError(
+                "the result was made under different parameters or keys"
+            )
         msg = ResultMessage.from_bytes(result)
-        if msg.partial0.dtype != np.dtype(cfg.dtype) or msg.partial0.shape != (cfg.size,):
+        if msg.partial0.dtype != np.dtype(cfg.dtype) or msg.partial0.shape != (
+            cfg.size,
+        ):
             raise ProtocolError("result has the wrong type or size")
         if {p[0] for p in msg.partials} != set(cfg.server_ids):
             raise ProtocolError("the result does not carry every server's partial sum")
@@ -522,10 +629,14 @@ class AdditiveHolder:
         digest = _ids_digest(msg.contributors)
         for sid, epk, ct in msg.partials:
             ctx = _ctx(cfg, msg.round_id, sid) + digest + epk
-            key = hkdf(ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx)
+            key = hkdf(
+                ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx
+            )
             raw = aead_decrypt(key, ct, _DOMAIN + b"partial" + ctx)
             dt = np.dtype(cfg.dtype).newbyteorder("<")
-            if len(raw) != cfg.size * dt.itemsize:  # also catches a length frombuffer rejects
+            if (
+                len(raw) != cfg.size * dt.itemsize
+            ):  # also catches a length frombuffer rejects
                 raise DeserializationError()
             part = np.frombuffer(raw, dtype=dt)
             np.add(acc, part, out=acc)
@@ -540,8 +651,15 @@ class AdditiveSession:
     """An additive-sharing session. In one process it holds every server's key and the
     holder's key (a trusted dealer); across machines each party keeps its own."""
 
-    def __init__(self, cfg: _Config, layout: Layout, server_keys: dict[str, SecretKey[bytes]],
-                 holder_key: SecretKey[bytes], noise: NoiseShare | None, rng: Rng) -> None:
+    def __init__(
+        self,
+        cfg: _Config,
+        layout: Layout,
+        server_keys: dict[str, SecretKey[bytes]],
+        holder_key: SecretKey[bytes],
+        noise: NoiseShare | None,
+        rng: Rng,
+    ) -> None:
         self.backend_name = "additive"
         self.layout = layout
         self.max_weight = cfg.max_weight
@@ -561,12 +679,19 @@ class AdditiveSession:
         """Bits of the ring (32 or 64)."""
         return self._cfg.ring_bits
 
-    def aggregator(self, round_id: int, client_ids: Sequence[str]) -> AdditiveAggregator:
+    def aggregator(
+        self, round_id: int, client_ids: Sequence[str]
+    ) -> AdditiveAggregator:
         """The coordinator (server 0) for one round."""
         return AdditiveAggregator(self._cfg, round_id, list(client_ids))
 
     def client(
-        self, client_id: str, round_id: int, update: FloatVector, *, weight: float = 1.0,
+        self,
+        client_id: str,
+        round_id: int,
+        update: FloatVector,
+        *,
+        weight: float = 1.0,
         rng: Rng | None = None,
     ) -> AdditiveClient:
         """A client for one round, holding ``weight * update``."""
@@ -576,13 +701,19 @@ class AdditiveSession:
             )
         w = float(weight)
         if not (math.isfinite(w) and 0 <= w <= self._cfg.max_weight):
-            raise ConfigurationError(f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}")
-        return AdditiveClient(self._cfg, client_id, round_id, update, w, rng or SystemRng(), self._noise)
+            raise ConfigurationError(
+                f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}"
+            )
+        return AdditiveClient(
+            self._cfg, client_id, round_id, update, w, rng or SystemRng(), self._noise
+        )
 
     def servers(self, round_id: int) -> dict[str, Responder]:
         """Servers 1 .. n_servers - 1."""
         return {
-            sid: AdditiveServer(self._cfg, sid, round_id, self._server_keys[sid], self._rng)
+            sid: AdditiveServer(
+                self._cfg, sid, round_id, self._server_keys[sid], self._rng
+            )
             for sid in self._cfg.server_ids
         }
 
@@ -613,11 +744,23 @@ class AdditiveBackend:
 
     name: ClassVar[str] = "additive"
 
-    def __init__(self, *, bound: float = 1.0, scale_bits: int = 16, clip: bool = False,
-                 n_servers: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        bound: float = 1.0,
+        scale_bits: int = 16,
+        clip: bool = False,
+        n_servers: int = 2,
+    ) -> None:
         FixedPointEncoder(bound, scale_bits)
-        if isinstance(n_servers, bool) or not isinstance(n_servers, int) or not 2 <= n_servers <= 64:
-            raise ConfigurationError(f"n_servers must be an int in [2, 64], got {n_servers!r}")
+        if (
+            isinstance(n_servers, bool)
+            or not isinstance(n_servers, int)
+            or not 2 <= n_servers <= 64
+        ):
+            raise ConfigurationError(
+                f"n_servers must be an int in [2, 64], got {n_servers!r}"
+            )
         if not isinstance(clip, bool):
             raise ConfigurationError(f"clip must be a bool, got {clip!r}")
         self._bound = float(bound)
@@ -632,11 +775,19 @@ class AdditiveBackend:
 
     def tolerance(self, *, n_clients: int, max_abs: float) -> float:
         """Stochastic rounding: under one unit ``2**-scale_bits`` per client, plus float slack."""
-        return n_clients * 2.0**-self._scale_bits + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+        return (
+            n_clients * 2.0**-self._scale_bits
+            + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+        )
 
     def setup(
-        self, layout: Layout, *, max_clients: int, max_weight: float = 1.0,
-        noise: NoiseShare | None = None, rng: Rng | None = None,
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
     ) -> AdditiveSession:
         """Make the servers' and the holder's keys; check that sums fit the ring."""
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
@@ -645,23 +796,53 @@ class AdditiveBackend:
         extra = noise.headroom(max_clients) if noise is not None else 0.0
         need = encoder.sum_bits(max_clients, extra=extra)
         if need > 64:
-            raise EncodingOverflowError(f"sums need {need} bits, more than the 64-bit ring")
+            raise EncodingOverflowError(
+                f"sums need {need} bits, more than the 64-bit ring"
+            )
         ring_bits = 32 if need <= 32 else 64
         server_ids = tuple(f"server-{k}" for k in range(1, self._n_servers))
         server_sks = [new_x25519(rng) for _ in server_ids]
         server_pks = tuple(x25519_public(sk) for sk in server_sks)
         holder_sk = new_x25519(rng)
         holder_pk = x25519_public(holder_sk)
-        public = struct.pack(">dIBdIQ", self._bound, self._scale_bits, self._clip, max_weight,
-                             ring_bits, max_clients) + b"".join(server_pks) + holder_pk
+        public = (
+            struct.pack(
+                ">dIBdIQ",
+                self._bound,
+                self._scale_bits,
+                self._clip,
+                max_weight,
+                ring_bits,
+                max_clients,
+            )
+            + b"".join(server_pks)
+            + holder_pk
+        )
         params_id = fingerprint(b"additive/v1", public, layout.fingerprint)
-        cfg = _Config(params_id, layout.size, encoder, self._bound, self._clip, float(max_weight),
-                      ring_bits, max_clients, server_ids, server_pks, holder_pk)
+        cfg = _Config(
+            params_id,
+            layout.size,
+            encoder,
+            self._bound,
+            self._clip,
+            float(max_weight),
+            ring_bits,
+            max_clients,
+            server_ids,
+            server_pks,
+            holder_pk,
+        )
         keys = {
-            sid: SecretKey("additive", sk, public_fingerprint=fingerprint(b"additive/server", pk))
+            sid: SecretKey(
+                "additive", sk, public_fingerprint=fingerprint(b"additive/server", pk)
+            )
             for sid, sk, pk in zip(server_ids, server_sks, server_pks, strict=True)
         }
-        hkey = SecretKey("additive", holder_sk, public_fingerprint=fingerprint(b"additive/holder", holder_pk))
+        hkey = SecretKey(
+            "additive",
+            holder_sk,
+            public_fingerprint=fingerprint(b"additive/holder", holder_pk),
+        )
         return AdditiveSession(cfg, layout, keys, hkey, noise, rng)
 
     def __repr__(self) -> str:

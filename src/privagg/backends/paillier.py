@@ -107,14 +107,18 @@ def _gen_prime(bits: int, rng: Rng) -> int:
             return cand
 
 
-def _parallel_map(fn: Callable[[list[_T]], list[_R]], items: list[_T], workers: int) -> list[_R]:
+def _parallel_map(
+    fn: Callable[[list[_T]], list[_R]], items: list[_T], workers: int
+) -> list[_R]:
     """``fn`` over chunks of ``items`` in ``workers`` threads (gmpy2 releases the GIL)."""
     if workers <= 1 or len(items) < 2 * workers:
         return fn(items)
     n_chunks = min(len(items), 4 * workers)
     size = -(-len(items) // n_chunks)
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="privagg-paillier") as ex:
+    with ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="privagg-paillier"
+    ) as ex:
         parts = list(ex.map(fn, chunks))
     return [x for part in parts for x in part]
 
@@ -180,8 +184,12 @@ class PaillierPublicKey:
     def to_bytes(self) -> bytes:
         """Canonical public-key bytes ``(key_bits, n, h)``; what the fingerprints cover."""
         return (
-            PayloadWriter().text(_PK_TAG).u32(self.key_bits).int_big(self.n)
-            .int_big(self.h).getvalue()
+            PayloadWriter()
+            .text(_PK_TAG)
+            .u32(self.key_bits)
+            .int_big(self.n)
+            .int_big(self.h)
+            .getvalue()
         )
 
     @classmethod
@@ -229,7 +237,9 @@ class PaillierPublicKey:
         return fingerprint(b"paillier/public-key", self.to_bytes())
 
     def __repr__(self) -> str:
-        return f"PaillierPublicKey(bits={self.key_bits}, fp={self.fingerprint[:4].hex()})"
+        return (
+            f"PaillierPublicKey(bits={self.key_bits}, fp={self.fingerprint[:4].hex()})"
+        )
 
 
 # -- private key material -----------------------------------------------------------------
@@ -266,8 +276,12 @@ class _PrivateMaterial:
     def export(self) -> bytes:
         """The secret key as bytes (used only by :meth:`SecretKey.to_bytes`)."""
         return (
-            PayloadWriter().text(_SK_TAG).blob(self.public.to_bytes())
-            .int_big(int(self._p)).int_big(int(self._q)).getvalue()
+            PayloadWriter()
+            .text(_SK_TAG)
+            .blob(self.public.to_bytes())
+            .int_big(int(self._p))
+            .int_big(int(self._q))
+            .getvalue()
         )
 
     def __reduce__(self) -> NoReturn:
@@ -279,12 +293,16 @@ class _PrivateMaterial:
 
 def _secret_key(material: _PrivateMaterial) -> SecretKey[_PrivateMaterial]:
     return SecretKey(
-        _SCHEME, material, public_fingerprint=material.public.fingerprint,
+        _SCHEME,
+        material,
+        public_fingerprint=material.public.fingerprint,
         export=_PrivateMaterial.export,
     )
 
 
-def load_secret_key(data: bytes, protection: Protection | None = None) -> SecretKey[Any]:
+def load_secret_key(
+    data: bytes, protection: Protection | None = None
+) -> SecretKey[Any]:
     """Import a key exported with ``secret_key.to_bytes(protection=...)``.
 
     Args:
@@ -407,7 +425,9 @@ def _fixed_base_for(public: PaillierPublicKey, workers: int) -> _FixedBase:
     with _TABLES_LOCK:
         table = _TABLES.get(key)
         if table is None:
-            table = _FixedBase(public.hs, public.n * public.n, public.exponent_bits, workers)
+            table = _FixedBase(
+                public.hs, public.n * public.n, public.exponent_bits, workers
+            )
             while len(_TABLES) >= _TABLES_MAX:
                 _TABLES.pop(next(iter(_TABLES)))
             _TABLES[key] = table
@@ -496,7 +516,9 @@ class _ClientCodec:
             )
         x = np.asarray(update, dtype=np.float64).reshape(-1)
         if x.size != p.slots.n_values:
-            raise ConfigurationError(f"expected {p.slots.n_values} values, got {x.size}")
+            raise ConfigurationError(
+                f"expected {p.slots.n_values} values, got {x.size}"
+            )
         if not np.isfinite(x).all():
             raise ConfigurationError("cannot encode NaN or infinite values")
         if p.clip:
@@ -510,7 +532,8 @@ class _ClientCodec:
         ints = p.encoder.encode(w * x, rng).values
         if p.noise is not None:
             noise = np.asarray(
-                p.noise.sample_encoded(x.size, scale=p.encoder.scale, rng=rng), dtype=np.int64
+                p.noise.sample_encoded(x.size, scale=p.encoder.scale, rng=rng),
+                dtype=np.int64,
             )
             ints = ints + noise
         n = p.public.n
@@ -541,7 +564,9 @@ class _ClientCodec:
                     out.append((1 + m * n) * rn % nn)
             return out
 
-        return _parallel_map(enc, list(zip(plaintexts, exps, strict=True)), self.params.workers)
+        return _parallel_map(
+            enc, list(zip(plaintexts, exps, strict=True)), self.params.workers
+        )
 
     def protect(self, update: FloatVector, weight: float, rng: Rng) -> bytes:
         """Encode then encrypt one weighted update (all checks happen before encryption)."""
@@ -641,7 +666,9 @@ def _noise_descriptor(noise: NoiseShare | None) -> bytes:
 
 
 def _no_holder() -> NoReturn:
-    raise MissingKeyError("this session has no Paillier secret key: only the result holder can recover")
+    raise MissingKeyError(
+        "this session has no Paillier secret key: only the result holder can recover"
+    )
 
 
 # -- backend ------------------------------------------------------------------------------
@@ -670,27 +697,47 @@ class PaillierBackend:
 
     def __post_init__(self) -> None:
         if isinstance(self.key_bits, bool) or self.key_bits not in KEY_SIZES:
-            raise ConfigurationError(f"key_bits must be one of {KEY_SIZES}, got {self.key_bits!r}")
-        if isinstance(self.bound, bool) or not isinstance(self.bound, (int, float)) or not (
-            math.isfinite(self.bound) and self.bound > 0
+            raise ConfigurationError(
+                f"key_bits must be one of {KEY_SIZES}, got {self.key_bits!r}"
+            )
+        if (
+            isinstance(self.bound, bool)
+            or not isinstance(self.bound, (int, float))
+            or not (math.isfinite(self.bound) and self.bound > 0)
         ):
-            raise ConfigurationError(f"bound must be a finite number > 0, got {self.bound!r}")
+            raise ConfigurationError(
+                f"bound must be a finite number > 0, got {self.bound!r}"
+            )
         if isinstance(self.scale_bits, bool) or not isinstance(self.scale_bits, int):
-            raise ConfigurationError(f"scale_bits must be an int, got {self.scale_bits!r}")
+            raise ConfigurationError(
+                f"scale_bits must be an int, got {self.scale_bits!r}"
+            )
         FixedPointEncoder(float(self.bound), self.scale_bits)  # validates scale_bits
         if not isinstance(self.clip, bool):
             raise ConfigurationError(f"clip must be a bool, got {self.clip!r}")
         if self.workers is not None and (
-            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
+            isinstance(self.workers, bool)
+            or not isinstance(self.workers, int)
+            or self.workers < 1
         ):
-            raise ConfigurationError(f"workers must be an int >= 1 or None, got {self.workers!r}")
+            raise ConfigurationError(
+                f"workers must be an int >= 1 or None, got {self.workers!r}"
+            )
         self.bound = float(self.bound)
 
     @classmethod
-    def _insecure_for_tests(cls, key_bits: int = 512, **options: Any) -> PaillierBackend:
+    def _insecure_for_tests(
+        cls, key_bits: int = 512, **options: Any
+    ) -> PaillierBackend:
         """HAZMAT, tests only: a backend with a tiny, **insecure** modulus for speed."""
-        if not isinstance(key_bits, int) or key_bits < _MIN_TEST_KEY_BITS or key_bits % 2:
-            raise ConfigurationError(f"test key_bits must be an even int >= {_MIN_TEST_KEY_BITS}")
+        if (
+            not isinstance(key_bits, int)
+            or key_bits < _MIN_TEST_KEY_BITS
+            or key_bits % 2
+        ):
+            raise ConfigurationError(
+                f"test key_bits must be an even int >= {_MIN_TEST_KEY_BITS}"
+            )
         be = cls(**options)
         be._insecure_key_bits = key_bits
         return be
@@ -718,10 +765,15 @@ class PaillierBackend:
         wrap). Added: float64 rounding of the weight product and of the final division,
         ``4 * n_clients * max_abs * 2**-52``. So ``n*2**-s + 4*n*max_abs*2**-52``.
         """
-        return n_clients * 2.0**-self.scale_bits + 4.0 * n_clients * max(max_abs, 0.0) * _EPS
+        return (
+            n_clients * 2.0**-self.scale_bits
+            + 4.0 * n_clients * max(max_abs, 0.0) * _EPS
+        )
 
     # -- keys and sessions ------------------------------------------------------------------
-    def keygen(self, rng: Rng | None = None) -> tuple[PaillierPublicKey, SecretKey[Any]]:
+    def keygen(
+        self, rng: Rng | None = None
+    ) -> tuple[PaillierPublicKey, SecretKey[Any]]:
         """A fresh key pair for the result holder (primes drawn from ``rng``)."""
         return _keygen(self.effective_key_bits, rng or SystemRng())
 
@@ -774,13 +826,24 @@ class PaillierBackend:
             workers=self.n_workers,
         )
         encoding = (
-            PayloadWriter().u32(self.scale_bits).f64(self.bound).int_big(max_clients)
-            .f64(max_weight).u32(slot_bits).u32(slots.slots).u32(MARGIN_BITS).f64(extra)
-            .u8(int(self.clip)).blob(_noise_descriptor(noise)).getvalue()
+            PayloadWriter()
+            .u32(self.scale_bits)
+            .f64(self.bound)
+            .int_big(max_clients)
+            .f64(max_weight)
+            .u32(slot_bits)
+            .u32(slots.slots)
+            .u32(MARGIN_BITS)
+            .f64(extra)
+            .u8(int(self.clip))
+            .blob(_noise_descriptor(noise))
+            .getvalue()
         )
         # v2: the public key is (n, h) (h_s derived), and the noise share's type and
         # scale are bound too, not only its headroom.
-        params_id = fingerprint(b"paillier/v2", public_key.to_bytes(), encoding, layout.fingerprint)
+        params_id = fingerprint(
+            b"paillier/v2", public_key.to_bytes(), encoding, layout.fingerprint
+        )
         recover: Callable[[], Any]
         if secret_key is None:
             recover = _no_holder
@@ -791,8 +854,14 @@ class PaillierBackend:
                 return codec
 
         return OneShotSession(
-            "paillier", Scheme.PAILLIER, layout, params_id, _ClientCodec(params),
-            _CombineCodec(params), recover, max_weight=max_weight,
+            "paillier",
+            Scheme.PAILLIER,
+            layout,
+            params_id,
+            _ClientCodec(params),
+            _CombineCodec(params),
+            recover,
+            max_weight=max_weight,
         )
 
     def setup(
@@ -814,14 +883,25 @@ class PaillierBackend:
         if not isinstance(layout, Layout):
             raise ConfigurationError("layout must be a privagg.Layout")
         # validate the cheap things before generating a key
-        self.session_check(layout, max_clients=max_clients, max_weight=max_weight, noise=noise)
+        self.session_check(
+            layout, max_clients=max_clients, max_weight=max_weight, noise=noise
+        )
         public, secret = self.keygen(rng)
         return self.session(
-            layout, public, secret, max_clients=max_clients, max_weight=max_weight, noise=noise
+            layout,
+            public,
+            secret,
+            max_clients=max_clients,
+            max_weight=max_weight,
+            noise=noise,
         )
 
     def session_check(
-        self, layout: Layout, *, max_clients: int, max_weight: float = 1.0,
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
         noise: NoiseShare | None = None,
     ) -> SlotLayout:
         """The slot layout a session would use, without generating keys.
@@ -832,13 +912,19 @@ class PaillierBackend:
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
         base = FixedPointEncoder(self.bound, self.scale_bits)
-        slot_bits = base.sum_bits(max_clients, max_weight=float(max_weight), extra=extra)
+        slot_bits = base.sum_bits(
+            max_clients, max_weight=float(max_weight), extra=extra
+        )
         return SlotLayout.for_key(
             key_bits=self.effective_key_bits, slot_bits=slot_bits, n_values=layout.size
         )
 
     def __repr__(self) -> str:
-        insecure = f", INSECURE_TEST_KEY={self._insecure_key_bits}" if self._insecure_key_bits else ""
+        insecure = (
+            f", INSECURE_TEST_KEY={self._insecure_key_bits}"
+            if self._insecure_key_bits
+            else ""
+        )
         return (
             f"PaillierBackend(key_bits={self.key_bits}, bound={self.bound}, "
             f"scale_bits={self.scale_bits}, clip={self.clip}, workers={self.workers}{insecure})"

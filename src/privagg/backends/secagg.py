@@ -159,7 +159,9 @@ class SetupRequest(_Message):
         w.u32(self.degree).u32(self.threshold)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         ids = _read_ids(r)
         return cls(params_id, round_id, party, ids, r.u32(), r.u32())
 
@@ -178,7 +180,9 @@ class AdvertiseMessage(_Message):
         w.blob(self.c_pk).blob(self.s_pk).blob(self.signature)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         c_pk, s_pk = _fixed(r, 32), _fixed(r, 32)
         sig = r.blob()
         if len(sig) not in (0, 64):
@@ -200,9 +204,12 @@ class ShareKeysRequest(_Message):
             w.text(k.party).blob(k.c_pk).blob(k.s_pk).blob(k.signature)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         keys = tuple(
-            AdvertiseMessage._read(params_id, round_id, r.text(), r) for _ in range(_count(r))
+            AdvertiseMessage._read(params_id, round_id, r.text(), r)
+            for _ in range(_count(r))
         )
         if len({k.party for k in keys}) != len(keys):
             raise DeserializationError()
@@ -221,7 +228,9 @@ class SharesMessage(_Message):
         _write_cts(w, self.ciphertexts)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         return cls(params_id, round_id, party, _read_cts(r))
 
 
@@ -237,7 +246,9 @@ class MaskRequest(_Message):
         _write_cts(w, self.ciphertexts)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         return cls(params_id, round_id, party, _read_cts(r))
 
 
@@ -247,15 +258,21 @@ class MaskedInput(_Message):
     """Client -> aggregator (stage 2): the masked update (ring words)."""
 
     KIND: ClassVar[int] = SecAggKind.MASKED
-    masked: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
-    rejected: tuple[str, ...] = ()  # senders whose share ciphertext failed (not masked with)
+    masked: npt.NDArray[np.unsignedinteger] = field(
+        default_factory=lambda: np.zeros(0, np.uint32)
+    )
+    rejected: tuple[
+        str, ...
+    ] = ()  # senders whose share ciphertext failed (not masked with)
 
     def _write(self, w: PayloadWriter) -> None:
         w.array(self.masked)
         _write_ids(w, self.rejected)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         a = r.array()
         if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
             raise DeserializationError()
@@ -277,7 +294,9 @@ class ConsistencyRequest(_Message):
         _write_ids(w, self.survivors)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         return cls(params_id, round_id, party, _read_ids(r))
 
 
@@ -293,7 +312,9 @@ class SignatureMessage(_Message):
         w.blob(self.signature)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         return cls(params_id, round_id, party, _fixed(r, 64))
 
 
@@ -311,7 +332,9 @@ class UnmaskRequest(_Message):
         _write_cts(w, self.signatures)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         return cls(params_id, round_id, party, _read_ids(r), _read_cts(r))
 
 
@@ -329,7 +352,9 @@ class UnmaskShares(_Message):
             w.text(owner).u8(which).blob(sh)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         out = []
         for _ in range(_count(r)):
             owner, which, sh = r.text(), r.u8(), _fixed(r, _shamir.SHARE_SIZE)
@@ -351,14 +376,18 @@ class ResultMessage(_Message):
 
     KIND: ClassVar[int] = SecAggKind.RESULT
     contributors: tuple[str, ...] = ()
-    total: npt.NDArray[np.unsignedinteger] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    total: npt.NDArray[np.unsignedinteger] = field(
+        default_factory=lambda: np.zeros(0, np.uint32)
+    )
 
     def _write(self, w: PayloadWriter) -> None:
         _write_ids(w, self.contributors)
         w.array(self.total)
 
     @classmethod
-    def _read(cls, params_id: bytes, round_id: int, party: str, r: PayloadReader) -> Self:
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
         ids = _read_ids(r)
         a = r.array()
         if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
@@ -395,8 +424,12 @@ class _Config:
 
     def graph(self, n: int) -> GraphParams:
         return choose_parameters(
-            n, dropout_rate=self.dropout_rate, corruption_rate=self.corruption_rate,
-            sigma=self.sigma, eta=self.eta, full_graph=self.full_graph,
+            n,
+            dropout_rate=self.dropout_rate,
+            corruption_rate=self.corruption_rate,
+            sigma=self.sigma,
+            eta=self.eta,
+            full_graph=self.full_graph,
         )
 
     def quorum(self, n: int) -> int:
@@ -410,26 +443,43 @@ class _Config:
     def min_live(self, n: int) -> int:
         """Fewest advertised neighbours a client accepts at stage 1 (>= t)."""
         g = self.graph(n)
-        return min_live_neighbours(n, g.degree, g.threshold, dropout_rate=self.dropout_rate, eta=self.eta)
+        return min_live_neighbours(
+            n, g.degree, g.threshold, dropout_rate=self.dropout_rate, eta=self.eta
+        )
 
     def round_params(self, n: int) -> bytes:
         """(k, t, q, min_live) for a round of ``n`` clients, as bound into key signatures."""
         g = self.graph(n)
-        return struct.pack(">IIIII", n, g.degree, g.threshold, self.quorum(n), self.min_live(n))
+        return struct.pack(
+            ">IIIII", n, g.degree, g.threshold, self.quorum(n), self.min_live(n)
+        )
 
-    def graph_seed(self, round_id: int, participants: Sequence[str],
-                   keys: Mapping[str, AdvertiseMessage]) -> bytes:
+    def graph_seed(
+        self,
+        round_id: int,
+        participants: Sequence[str],
+        keys: Mapping[str, AdvertiseMessage],
+    ) -> bytes:
         """SHA-256 over (params, round, H(U0)) and every advertised key set of U1."""
-        h = hashlib.sha256(_DOMAIN + b"graph" + self.params_id + round_id.to_bytes(8, "big")
-                           + u0_digest(participants))
+        h = hashlib.sha256(
+            _DOMAIN
+            + b"graph"
+            + self.params_id
+            + round_id.to_bytes(8, "big")
+            + u0_digest(participants)
+        )
         for cid in sorted(keys):
             k = keys[cid]
             h.update(struct.pack(">I", len(cid)) + cid.encode() + k.c_pk + k.s_pk)
         return h.digest()
 
-    def neighbours(self, round_id: int, participants: Sequence[str],
-                   keys: Mapping[str, AdvertiseMessage], seed: bytes | None = None,
-                   ) -> dict[str, frozenset[str]]:
+    def neighbours(
+        self,
+        round_id: int,
+        participants: Sequence[str],
+        keys: Mapping[str, AdvertiseMessage],
+        seed: bytes | None = None,
+    ) -> dict[str, frozenset[str]]:
         """The graph over U0, ordered by :meth:`graph_seed` (all advertised keys, U1)."""
         ids = sorted(participants)
         seed = seed if seed is not None else self.graph_seed(round_id, ids, keys)
@@ -441,11 +491,17 @@ class _Config:
         if h.scheme != Scheme.SECAGG:
             raise ProtocolError(f"{who}: message of another scheme")
         if not hmac.compare_digest(h.params_id, self.params_id):
-            raise ParameterMismatchError(f"{who}: message made under different parameters or keys")
+            raise ParameterMismatchError(
+                f"{who}: message made under different parameters or keys"
+            )
         if h.round_id != round_id:
-            raise ProtocolError(f"{who}: message for round {h.round_id}, expected {round_id} (replay?)")
+            raise ProtocolError(
+                f"{who}: message for round {h.round_id}, expected {round_id} (replay?)"
+            )
         if h.kind != kind:
-            raise ProtocolError(f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})")
+            raise ProtocolError(
+                f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})"
+            )
 
 
 def u0_digest(participants: Sequence[str]) -> bytes:
@@ -456,21 +512,47 @@ def u0_digest(participants: Sequence[str]) -> bytes:
     return h.digest()
 
 
-def _key_message(cfg: _Config, round_id: int, cid: str, c_pk: bytes, s_pk: bytes,
-                 u0: bytes, rparams: bytes) -> bytes:
+def _key_message(
+    cfg: _Config,
+    round_id: int,
+    cid: str,
+    c_pk: bytes,
+    s_pk: bytes,
+    u0: bytes,
+    rparams: bytes,
+) -> bytes:
     """What a client signs at stage 0: its keys, H(U0) and the round's (n, k, t, q, min_live)."""
-    return (_DOMAIN + b"keys" + cfg.params_id + round_id.to_bytes(8, "big")
-            + struct.pack(">I", len(cid)) + cid.encode() + c_pk + s_pk + u0 + rparams)
+    return (
+        _DOMAIN
+        + b"keys"
+        + cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + struct.pack(">I", len(cid))
+        + cid.encode()
+        + c_pk
+        + s_pk
+        + u0
+        + rparams
+    )
 
 
-def _survivor_message(cfg: _Config, round_id: int, survivors: Sequence[str], view: bytes) -> bytes:
+def _survivor_message(
+    cfg: _Config, round_id: int, survivors: Sequence[str], view: bytes
+) -> bytes:
     """What a client signs at stage 3: the survivor set U3 and its view of the round,
     ``view = H(U0) || graph seed`` (so all clients that reveal shares agree on U0 and on
     the graph, not only on U3)."""
     h = hashlib.sha256()
     for s in sorted(survivors):
         h.update(struct.pack(">I", len(s)) + s.encode())
-    return _DOMAIN + b"survivors" + cfg.params_id + round_id.to_bytes(8, "big") + view + h.digest()
+    return (
+        _DOMAIN
+        + b"survivors"
+        + cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + view
+        + h.digest()
+    )
 
 
 def _valid_x25519(pk: bytes) -> bool:
@@ -482,19 +564,35 @@ def _valid_x25519(pk: bytes) -> bool:
     return True
 
 
-def _share_key(cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str,
-               u0: bytes) -> tuple[bytes, bytes]:
-    ctx = (cfg.params_id + round_id.to_bytes(8, "big") + u0 + struct.pack(">I", len(sender))
-           + sender.encode() + struct.pack(">I", len(recipient)) + recipient.encode())
+def _share_key(
+    cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str, u0: bytes
+) -> tuple[bytes, bytes]:
+    ctx = (
+        cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + u0
+        + struct.pack(">I", len(sender))
+        + sender.encode()
+        + struct.pack(">I", len(recipient))
+        + recipient.encode()
+    )
     key = hkdf(shared, salt=cfg.params_id, info=_DOMAIN + b"share-key" + ctx)
     return key, _DOMAIN + b"share-aad" + ctx
 
 
 def _pair_seed(cfg: _Config, round_id: int, shared: bytes, a: str, b: str) -> bytes:
     lo, hi = sorted((a, b))
-    ctx = struct.pack(">I", len(lo)) + lo.encode() + struct.pack(">I", len(hi)) + hi.encode()
-    return hkdf(shared, salt=cfg.params_id,
-                info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + ctx)
+    ctx = (
+        struct.pack(">I", len(lo))
+        + lo.encode()
+        + struct.pack(">I", len(hi))
+        + hi.encode()
+    )
+    return hkdf(
+        shared,
+        salt=cfg.params_id,
+        info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + ctx,
+    )
 
 
 _PROBE_KEY = x25519_key(hashlib.sha256(_DOMAIN + b"probe").digest())
@@ -513,8 +611,15 @@ class SecAggClient:
     """A SecAgg+ client's state machine for one round (bytes in, bytes out)."""
 
     def __init__(
-        self, cfg: _Config, party_id: str, round_id: int, update: FloatVector, weight: float,
-        rng: Rng, identity: SecretBytes | None, directory: Callable[[str], bytes],
+        self,
+        cfg: _Config,
+        party_id: str,
+        round_id: int,
+        update: FloatVector,
+        weight: float,
+        rng: Rng,
+        identity: SecretBytes | None,
+        directory: Callable[[str], bytes],
         noise: NoiseShare | None = None,
     ) -> None:
         self._cfg = cfg
@@ -553,7 +658,9 @@ class SecAggClient:
 
     def handle(self, request: bytes) -> bytes:
         """Answer the aggregator's request for the current stage."""
-        self._cfg.check_header(request, self._round, self._expect, f"client {self._id!r}")
+        self._cfg.check_header(
+            request, self._round, self._expect, f"client {self._id!r}"
+        )
         if self._expect == SecAggKind.SETUP:
             return self._setup(SetupRequest.from_bytes(request))
         if self._expect == SecAggKind.SHARE_KEYS:
@@ -568,18 +675,26 @@ class SecAggClient:
 
     def _check_party(self, msg: _Message) -> None:
         if msg.party != self._id:
-            raise ProtocolError(f"client {self._id!r} got a request addressed to {msg.party!r}")
+            raise ProtocolError(
+                f"client {self._id!r} got a request addressed to {msg.party!r}"
+            )
 
     def _setup(self, req: SetupRequest) -> bytes:
         self._check_party(req)
         ids = req.participants
         if self._id not in ids:
-            raise ProtocolError(f"client {self._id!r} is not among the round's participants")
+            raise ProtocolError(
+                f"client {self._id!r} is not among the round's participants"
+            )
         if len(ids) > self._cfg.max_clients:
-            raise ProtocolError(f"round has {len(ids)} participants, session allows {self._cfg.max_clients}")
+            raise ProtocolError(
+                f"round has {len(ids)} participants, session allows {self._cfg.max_clients}"
+            )
         g = self._cfg.graph(len(ids))
         if (req.degree, req.threshold) != (g.degree, g.threshold):
-            raise ProtocolError("the aggregator proposed a graph degree/threshold other than the session's")
+            raise ProtocolError(
+                "the aggregator proposed a graph degree/threshold other than the session's"
+            )
         self._participants = tuple(sorted(ids))
         self._index = {c: i for i, c in enumerate(self._participants)}
         self._graph = g
@@ -599,10 +714,22 @@ class SecAggClient:
         if self._cfg.active:
             if self._identity is None:
                 raise ConfigurationError("the active variant needs an identity key")
-            sig = ed25519_sign(self._identity.reveal(), _key_message(
-                self._cfg, self._round, self._id, c_pk, s_pk, self._u0, self._rparams))
+            sig = ed25519_sign(
+                self._identity.reveal(),
+                _key_message(
+                    self._cfg,
+                    self._round,
+                    self._id,
+                    c_pk,
+                    s_pk,
+                    self._u0,
+                    self._rparams,
+                ),
+            )
         self._expect = SecAggKind.SHARE_KEYS
-        return AdvertiseMessage(self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig).to_bytes()
+        return AdvertiseMessage(
+            self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig
+        ).to_bytes()
 
     def _share(self, req: ShareKeysRequest) -> bytes:
         self._check_party(req)
@@ -611,7 +738,9 @@ class SecAggClient:
         keys = {k.party: k for k in req.keys}
         mine = keys.get(self._id)
         if mine is None or (mine.c_pk, mine.s_pk) != self._own_pks:
-            raise ProtocolError(f"client {self._id!r}: the relayed key set misstates its own keys")
+            raise ProtocolError(
+                f"client {self._id!r}: the relayed key set misstates its own keys"
+            )
         # The request carries every advertised key set of the round (U1); the graph seed
         # hashes all of them. The keys of the client's neighbours must be signed over the
         # same H(U0) and round parameters (n, k, t, q, min_live) as its own; the seed
@@ -619,17 +748,25 @@ class SecAggClient:
         # share saw the same U0 and the same graph (see docs/backends/secagg.md).
         for cid, k in keys.items():
             if cid not in self._index:
-                raise ProtocolError(f"client {self._id!r}: keys of non-participant {cid!r} relayed")
+                raise ProtocolError(
+                    f"client {self._id!r}: keys of non-participant {cid!r} relayed"
+                )
             if k.c_pk == k.s_pk:
                 raise ProtocolError(f"client {cid!r} advertised equal keys")
-        if len({k.c_pk for k in keys.values()} | {k.s_pk for k in keys.values()}) != 2 * len(keys):
+        if len(
+            {k.c_pk for k in keys.values()} | {k.s_pk for k in keys.values()}
+        ) != 2 * len(keys):
             raise ProtocolError("two clients advertised the same key")
         self._seed = self._cfg.graph_seed(self._round, self._participants, keys)
-        self._nbrs = self._cfg.neighbours(self._round, self._participants, keys, self._seed)[self._id]
+        self._nbrs = self._cfg.neighbours(
+            self._round, self._participants, keys, self._seed
+        )[self._id]
         if self._cfg.active:
             for cid in sorted(self._nbrs & keys.keys()):
                 k = keys[cid]
-                msg = _key_message(self._cfg, self._round, cid, k.c_pk, k.s_pk, self._u0, self._rparams)
+                msg = _key_message(
+                    self._cfg, self._round, cid, k.c_pk, k.s_pk, self._u0, self._rparams
+                )
                 if not ed25519_verify(self._directory(cid), k.signature, msg):
                     raise ProtocolError(
                         f"bad signature on the keys of client {cid!r} (forged, or signed for another "
@@ -663,7 +800,9 @@ class SecAggClient:
             pt = _shamir.encode_share(s_sh[x]) + _shamir.encode_share(b_sh[x])
             cts.append((h, aead_encrypt(key, pt, aad)))
         self._expect = SecAggKind.MASK
-        return SharesMessage(self._cfg.params_id, self._round, self._id, tuple(cts)).to_bytes()
+        return SharesMessage(
+            self._cfg.params_id, self._round, self._id, tuple(cts)
+        ).to_bytes()
 
     def _mask(self, req: MaskRequest) -> bytes:
         self._check_party(req)
@@ -674,14 +813,20 @@ class SecAggClient:
         for sender, ct in req.ciphertexts:
             shared = self._c_shared.get(sender)
             if shared is None:
-                raise ProtocolError(f"client {self._id!r}: shares relayed from unexpected {sender!r}")
-            key, aad = _share_key(self._cfg, self._round, shared, sender, self._id, self._u0)
+                raise ProtocolError(
+                    f"client {self._id!r}: shares relayed from unexpected {sender!r}"
+                )
+            key, aad = _share_key(
+                self._cfg, self._round, shared, sender, self._id, self._u0
+            )
             try:
                 pt = aead_decrypt(key, ct, aad)
                 if len(pt) != 2 * _shamir.SHARE_SIZE:
                     raise DeserializationError()
-                held = (_shamir.decode_share(pt[: _shamir.SHARE_SIZE]),
-                        _shamir.decode_share(pt[_shamir.SHARE_SIZE:]))
+                held = (
+                    _shamir.decode_share(pt[: _shamir.SHARE_SIZE]),
+                    _shamir.decode_share(pt[_shamir.SHARE_SIZE :]),
+                )
             except DeserializationError:
                 # A bad share ciphertext: treat the sender as dropped (do not mask with it,
                 # hold nothing of it) and report it, so the aggregator excludes it too.
@@ -701,18 +846,29 @@ class SecAggClient:
         s_sk = x25519_key(self._s_sk.reveal())
         seeds = [(self._b.reveal(), 1)]
         for j in sorted(peers):
-            seed = _pair_seed(self._cfg, self._round, ecdh(s_sk, self._keys[j].s_pk), self._id, j)
+            seed = _pair_seed(
+                self._cfg, self._round, ecdh(s_sk, self._keys[j].s_pk), self._id, j
+            )
             seeds.append((seed, _pair_sign(self._id, j)))
         add_masks(y, seeds)
         self._update = np.zeros(0)
         self._expect = SecAggKind.CONSISTENCY if self._cfg.active else SecAggKind.UNMASK
-        return MaskedInput(self._cfg.params_id, self._round, self._id, y, tuple(sorted(rejected))).to_bytes()
+        return MaskedInput(
+            self._cfg.params_id, self._round, self._id, y, tuple(sorted(rejected))
+        ).to_bytes()
 
     def _encode(self) -> npt.NDArray[np.unsignedinteger]:
         cfg = self._cfg
         return encode_to_ring(
-            cfg.encoder, self._update, self._weight, value_bound=cfg.value_bound, clip=cfg.clip,
-            rng=self._rng, dtype=cfg.dtype, noise=self._noise, who=f"client {self._id!r}",
+            cfg.encoder,
+            self._update,
+            self._weight,
+            value_bound=cfg.value_bound,
+            clip=cfg.clip,
+            rng=self._rng,
+            dtype=cfg.dtype,
+            noise=self._noise,
+            who=f"client {self._id!r}",
         )
 
     def _consistency(self, req: ConsistencyRequest) -> bytes:
@@ -720,10 +876,16 @@ class SecAggClient:
         assert self._graph is not None and self._identity is not None
         self._check_survivors(req.survivors)
         self._signed = tuple(sorted(req.survivors))
-        sig = ed25519_sign(self._identity.reveal(),
-                           _survivor_message(self._cfg, self._round, self._signed, self._u0 + self._seed))
+        sig = ed25519_sign(
+            self._identity.reveal(),
+            _survivor_message(
+                self._cfg, self._round, self._signed, self._u0 + self._seed
+            ),
+        )
         self._expect = SecAggKind.UNMASK
-        return SignatureMessage(self._cfg.params_id, self._round, self._id, sig).to_bytes()
+        return SignatureMessage(
+            self._cfg.params_id, self._round, self._id, sig
+        ).to_bytes()
 
     def _check_survivors(self, survivors: Sequence[str]) -> None:
         assert self._graph is not None
@@ -743,8 +905,12 @@ class SecAggClient:
         self._check_survivors(survivors)
         if self._cfg.active:
             if survivors != self._signed:
-                raise ProtocolError(f"client {self._id!r}: survivor set differs from the one it signed")
-            msg = _survivor_message(self._cfg, self._round, survivors, self._u0 + self._seed)
+                raise ProtocolError(
+                    f"client {self._id!r}: survivor set differs from the one it signed"
+                )
+            msg = _survivor_message(
+                self._cfg, self._round, survivors, self._u0 + self._seed
+            )
             alive = set(survivors)
             valid: set[str] = set()
             for cid, sig in req.signatures:  # a quorum of valid signatures suffices
@@ -766,7 +932,9 @@ class SecAggClient:
                 out.append((owner, _S, _shamir.encode_share(s_share)))
         self._expect = -1
         self._held = {}
-        return UnmaskShares(self._cfg.params_id, self._round, self._id, tuple(out)).to_bytes()
+        return UnmaskShares(
+            self._cfg.params_id, self._round, self._id, tuple(out)
+        ).to_bytes()
 
     def __repr__(self) -> str:
         return f"SecAggClient(client={self._id!r}, round={self._round})"
@@ -779,8 +947,13 @@ class SecAggClient:
 class SecAggAggregator:
     """The untrusted SecAgg+ server's state machine for one round."""
 
-    def __init__(self, cfg: _Config, round_id: int, client_ids: Sequence[str],
-                 directory: Callable[[str], bytes]) -> None:
+    def __init__(
+        self,
+        cfg: _Config,
+        round_id: int,
+        client_ids: Sequence[str],
+        directory: Callable[[str], bytes],
+    ) -> None:
         if len(set(client_ids)) != len(client_ids):
             raise ConfigurationError("client ids must be unique")
         if not client_ids:
@@ -828,18 +1001,29 @@ class SecAggAggregator:
         return self._result
 
     def _msg(self, cls: type[Any], **kw: Any) -> Callable[[str], bytes]:
-        return lambda party: cls(self._cfg.params_id, self._round, party, **kw).to_bytes()
+        return lambda party: cls(
+            self._cfg.params_id, self._round, party, **kw
+        ).to_bytes()
 
     def start(self) -> dict[str, bytes]:
         """Stage 0: send the participant list and (k, t) to every client."""
         if self._expect is not None:
             raise ProtocolError("round already started")
         self._expect = SecAggKind.ADVERTISE
-        mk = self._msg(SetupRequest, participants=self._u0, degree=self._graph.degree,
-                       threshold=self._graph.threshold)
+        mk = self._msg(
+            SetupRequest,
+            participants=self._u0,
+            degree=self._graph.degree,
+            threshold=self._graph.threshold,
+        )
         return {cid: mk(cid) for cid in self._u0}
 
-    def _decode(self, replies: Mapping[str, bytes], cls: type[Any], allowed: frozenset[str] | set[str]) -> dict[str, Any]:
+    def _decode(
+        self,
+        replies: Mapping[str, bytes],
+        cls: type[Any],
+        allowed: frozenset[str] | set[str],
+    ) -> dict[str, Any]:
         out = {}
         for sender, data in replies.items():
             if sender not in allowed:
@@ -847,7 +1031,9 @@ class SecAggAggregator:
             self._cfg.check_header(data, self._round, cls.KIND, f"reply of {sender!r}")
             msg = cls.from_bytes(data)
             if msg.party != sender:
-                raise ProtocolError(f"party {sender!r} sent a reply labelled {msg.party!r}")
+                raise ProtocolError(
+                    f"party {sender!r} sent a reply labelled {msg.party!r}"
+                )
             out[sender] = msg
         return out
 
@@ -873,17 +1059,30 @@ class SecAggAggregator:
         return self._on_unmask(replies)
 
     def _on_advertise(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        msgs: dict[str, AdvertiseMessage] = self._decode(replies, AdvertiseMessage, set(self._u0))
+        msgs: dict[str, AdvertiseMessage] = self._decode(
+            replies, AdvertiseMessage, set(self._u0)
+        )
         rejected: set[str] = set()
         for cid, m in msgs.items():
             # A bad signature, or a low-order / equal / duplicated X25519 key, would make the
             # client's neighbours abort: drop that client here instead (a stage-0 dropout).
             if self._cfg.active and not ed25519_verify(
-                self._directory(cid), m.signature,
-                _key_message(self._cfg, self._round, cid, m.c_pk, m.s_pk, self._u0_digest, self._rparams),
+                self._directory(cid),
+                m.signature,
+                _key_message(
+                    self._cfg,
+                    self._round,
+                    cid,
+                    m.c_pk,
+                    m.s_pk,
+                    self._u0_digest,
+                    self._rparams,
+                ),
             ):
                 rejected.add(cid)
-            elif m.c_pk == m.s_pk or not (_valid_x25519(m.c_pk) and _valid_x25519(m.s_pk)):
+            elif m.c_pk == m.s_pk or not (
+                _valid_x25519(m.c_pk) and _valid_x25519(m.s_pk)
+            ):
                 rejected.add(cid)
         seen: dict[bytes, str] = {}
         for cid in sorted(msgs):
@@ -899,18 +1098,29 @@ class SecAggAggregator:
         self._seed = self._cfg.graph_seed(self._round, self._u0, msgs)
         self._nbrs = self._cfg.neighbours(self._round, self._u0, msgs, self._seed)
         # Clients with too few live neighbours would refuse to share: treat them as dropped.
-        live = [c for c in sorted(msgs) if len(self._nbrs[c] & msgs.keys()) >= self._min_live]
+        live = [
+            c
+            for c in sorted(msgs)
+            if len(self._nbrs[c] & msgs.keys()) >= self._min_live
+        ]
         self._need(len(live), "clients have enough live neighbours")
         self._expect = SecAggKind.SHARES
         rel = tuple(msgs[j] for j in sorted(msgs))
-        return {cid: ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes() for cid in live}
+        return {
+            cid: ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes()
+            for cid in live
+        }
 
     def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        msgs: dict[str, SharesMessage] = self._decode(replies, SharesMessage, set(self._keys))
+        msgs: dict[str, SharesMessage] = self._decode(
+            replies, SharesMessage, set(self._keys)
+        )
         for sender in sorted(msgs):
-            want = (self._nbrs[sender] & self._keys.keys())
+            want = self._nbrs[sender] & self._keys.keys()
             if {r for r, _ in msgs[sender].ciphertexts} != want:
-                self.rejected.add(sender)  # shares for the wrong parties: a stage-1 dropout
+                self.rejected.add(
+                    sender
+                )  # shares for the wrong parties: a stage-1 dropout
                 del msgs[sender]
         self._need(len(msgs), "clients shared keys")
         u2 = frozenset(msgs)
@@ -923,7 +1133,9 @@ class SecAggAggregator:
         self._routed = routed
         self._expect = SecAggKind.MASKED
         return {
-            cid: MaskRequest(self._cfg.params_id, self._round, cid, tuple(routed[cid])).to_bytes()
+            cid: MaskRequest(
+                self._cfg.params_id, self._round, cid, tuple(routed[cid])
+            ).to_bytes()
             for cid in sorted(u2)
         }
 
@@ -932,16 +1144,25 @@ class SecAggAggregator:
         its share ciphertext (never ``owner`` itself)."""
         if len(self._u0) == 1:
             return {owner}  # a one-client round (the sum is the input)
-        return {i for i in self._nbrs[owner] & self._u2 if owner not in self._rejected_by.get(i, ())}
+        return {
+            i
+            for i in self._nbrs[owner] & self._u2
+            if owner not in self._rejected_by.get(i, ())
+        }
 
     def _on_masked(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         dtype = self._cfg.dtype
         msgs: dict[str, MaskedInput] = {}
         for sender, data in replies.items():
-            msg: MaskedInput = self._decode({sender: data}, MaskedInput, self._u2)[sender]
+            msg: MaskedInput = self._decode({sender: data}, MaskedInput, self._u2)[
+                sender
+            ]
             routed_from = {s for s, _ in self._routed[sender]}
-            if (msg.masked.dtype != np.dtype(dtype) or msg.masked.shape != (self._cfg.size,)
-                    or not set(msg.rejected) <= routed_from):
+            if (
+                msg.masked.dtype != np.dtype(dtype)
+                or msg.masked.shape != (self._cfg.size,)
+                or not set(msg.rejected) <= routed_from
+            ):
                 # An unusable upload: ignore it (as if the client dropped before uploading).
                 self.rejected.add(sender)
                 continue
@@ -966,11 +1187,14 @@ class SecAggAggregator:
             )
         self._u3 = tuple(u3)
         self._peers = {
-            c: frozenset(s for s, _ in self._routed[c]) - self._rejected_by[c] for c in self._u3
+            c: frozenset(s for s, _ in self._routed[c]) - self._rejected_by[c]
+            for c in self._u3
         }
         self._acc = acc
         self._precheck(set(self._u3))
-        self._expect = SecAggKind.SIGNATURE if self._cfg.active else SecAggKind.UNMASK_SHARES
+        self._expect = (
+            SecAggKind.SIGNATURE if self._cfg.active else SecAggKind.UNMASK_SHARES
+        )
         if self._cfg.active:
             mk = self._msg(ConsistencyRequest, survivors=self._u3)
         else:
@@ -982,7 +1206,11 @@ class SecAggAggregator:
         U2 outside U3 that a survivor masked with."""
         alive = set(self._u3)
         out = list(self._u3)
-        out += [j for j in sorted(self._u2 - alive) if any(j in self._peers[i] for i in alive)]
+        out += [
+            j
+            for j in sorted(self._u2 - alive)
+            if any(j in self._peers[i] for i in alive)
+        ]
         return out
 
     def _precheck(self, responders: set[str]) -> None:
@@ -995,8 +1223,12 @@ class SecAggAggregator:
                 )
 
     def _on_signatures(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        msgs: dict[str, SignatureMessage] = self._decode(replies, SignatureMessage, set(self._u3))
-        smsg = _survivor_message(self._cfg, self._round, self._u3, self._u0_digest + self._seed)
+        msgs: dict[str, SignatureMessage] = self._decode(
+            replies, SignatureMessage, set(self._u3)
+        )
+        smsg = _survivor_message(
+            self._cfg, self._round, self._u3, self._u0_digest + self._seed
+        )
         sigs = []
         for cid in sorted(msgs):
             if not ed25519_verify(self._directory(cid), msgs[cid].signature, smsg):
@@ -1012,17 +1244,25 @@ class SecAggAggregator:
         return {cid: mk(cid) for cid in sorted(msgs)}
 
     def _on_unmask(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        msgs: dict[str, UnmaskShares] = self._decode(replies, UnmaskShares, set(self._u3))
+        msgs: dict[str, UnmaskShares] = self._decode(
+            replies, UnmaskShares, set(self._u3)
+        )
         alive = set(self._u3)
         index = {c: i for i, c in enumerate(self._u0)}
         got: dict[str, dict[int, int]] = {}
         for sender, m in msgs.items():
             for owner, which, sh in m.shares:
                 if owner not in self._u2 or sender not in self._holders(owner):
-                    raise ProtocolError(f"client {sender!r} sent a share of {owner!r} it cannot hold")
+                    raise ProtocolError(
+                        f"client {sender!r} sent a share of {owner!r} it cannot hold"
+                    )
                 if which != (_B if owner in alive else _S):
-                    raise ProtocolError(f"client {sender!r} sent the wrong kind of share of {owner!r}")
-                got.setdefault(owner, {})[_x_coord(index, sender)] = _shamir.decode_share(sh)
+                    raise ProtocolError(
+                        f"client {sender!r} sent the wrong kind of share of {owner!r}"
+                    )
+                got.setdefault(owner, {})[_x_coord(index, sender)] = (
+                    _shamir.decode_share(sh)
+                )
         t = self._graph.threshold
         needed = self._needed()
         for owner in needed:
@@ -1039,10 +1279,14 @@ class SecAggAggregator:
                 seeds.append((secret, -1))
                 continue
             if x25519_public(secret) != self._keys[owner].s_pk:
-                raise ProtocolError(f"shares of {owner!r} do not reconstruct its advertised key")
+                raise ProtocolError(
+                    f"shares of {owner!r} do not reconstruct its advertised key"
+                )
             s_sk = x25519_key(secret)
             for i in sorted(i for i in alive if owner in self._peers[i]):
-                seed = _pair_seed(self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner)
+                seed = _pair_seed(
+                    self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner
+                )
                 seeds.append((seed, -_pair_sign(i, owner)))
         add_masks(acc, seeds)
         self._acc = None
@@ -1068,9 +1312,13 @@ class SecAggHolder:
         if h.scheme != Scheme.SECAGG or h.kind != SecAggKind.RESULT:
             raise ProtocolError("not a SecAgg+ result")
         if not hmac.compare_digest(h.params_id, self._cfg.params_id):
-            raise ParameterMismatchError("the result was made under different parameters")
+            raise ParameterMismatchError(
+                "the result was made under different parameters"
+            )
         msg = ResultMessage.from_bytes(result)
-        if msg.total.dtype != np.dtype(self._cfg.dtype) or msg.total.shape != (self._cfg.size,):
+        if msg.total.dtype != np.dtype(self._cfg.dtype) or msg.total.shape != (
+            self._cfg.size,
+        ):
             raise ProtocolError("result has the wrong type or size")
         ints = from_ring(msg.total.astype(np.uint64), self._cfg.ring_bits)
         return Recovered(self._cfg.encoder.decode(ints), msg.contributors)
@@ -1086,7 +1334,9 @@ class SecAggSession:
     """A SecAgg+ session. In one process it is also the PKI: it makes each client's
     long-term Ed25519 identity key on first use and publishes the public half."""
 
-    def __init__(self, cfg: _Config, layout: Layout, noise: NoiseShare | None, rng: Rng) -> None:
+    def __init__(
+        self, cfg: _Config, layout: Layout, noise: NoiseShare | None, rng: Rng
+    ) -> None:
         self.backend_name = "secagg"
         self.layout = layout
         self.max_weight = cfg.max_weight
@@ -1120,7 +1370,9 @@ class SecAggSession:
     def _identity(self, cid: str) -> SecretBytes:
         if cid not in self._identities:
             if self._dealt:
-                raise MissingKeyError(f"this process holds no identity key for client {cid!r}")
+                raise MissingKeyError(
+                    f"this process holds no identity key for client {cid!r}"
+                )
             sk = SecretBytes(new_ed25519(self._rng), label="secagg identity key")
             self._identities[cid] = sk
             self._public[cid] = ed25519_public(sk.reveal())
@@ -1135,10 +1387,17 @@ class SecAggSession:
 
     def aggregator(self, round_id: int, client_ids: Sequence[str]) -> SecAggAggregator:
         """The aggregator for one round."""
-        return SecAggAggregator(self._cfg, round_id, list(client_ids), self.identity_public)
+        return SecAggAggregator(
+            self._cfg, round_id, list(client_ids), self.identity_public
+        )
 
     def client(
-        self, client_id: str, round_id: int, update: FloatVector, *, weight: float = 1.0,
+        self,
+        client_id: str,
+        round_id: int,
+        update: FloatVector,
+        *,
+        weight: float = 1.0,
         rng: Rng | None = None,
     ) -> SecAggClient:
         """A client for one round, holding ``weight * update``."""
@@ -1148,10 +1407,21 @@ class SecAggSession:
             )
         w = float(weight)
         if not (math.isfinite(w) and 0 <= w <= self._cfg.max_weight):
-            raise ConfigurationError(f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}")
+            raise ConfigurationError(
+                f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}"
+            )
         identity = self._identity(client_id) if self._cfg.active else None
-        return SecAggClient(self._cfg, client_id, round_id, update, w, rng or SystemRng(),
-                            identity, self.identity_public, self._noise)
+        return SecAggClient(
+            self._cfg,
+            client_id,
+            round_id,
+            update,
+            w,
+            rng or SystemRng(),
+            identity,
+            self.identity_public,
+            self._noise,
+        )
 
     def servers(self, round_id: int) -> dict[str, Responder]:
         """SecAgg+ has no extra servers."""
@@ -1166,7 +1436,9 @@ class SecAggSession:
         return list(self._identities.values())
 
     def __repr__(self) -> str:
-        return f"SecAggSession(size={self.layout.size}, ring_bits={self._cfg.ring_bits})"
+        return (
+            f"SecAggSession(size={self.layout.size}, ring_bits={self._cfg.ring_bits})"
+        )
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("SecAggSession holds secret material and cannot be pickled")
@@ -1233,12 +1505,23 @@ class SecAggBackend:
     name: ClassVar[str] = "secagg"
 
     def __init__(
-        self, *, bound: float = 1.0, scale_bits: int = 16, clip: bool = False,
-        dropout_rate: float = 1 / 3, corruption_rate: float = 0.1, sigma: int = 40,
-        eta: int = 20, full_graph: bool = False, active: bool = True,
+        self,
+        *,
+        bound: float = 1.0,
+        scale_bits: int = 16,
+        clip: bool = False,
+        dropout_rate: float = 1 / 3,
+        corruption_rate: float = 0.1,
+        sigma: int = 40,
+        eta: int = 20,
+        full_graph: bool = False,
+        active: bool = True,
     ) -> None:
         FixedPointEncoder(bound, scale_bits)  # validates bound and scale_bits
-        for name, v in (("dropout_rate", dropout_rate), ("corruption_rate", corruption_rate)):
+        for name, v in (
+            ("dropout_rate", dropout_rate),
+            ("corruption_rate", corruption_rate),
+        ):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ConfigurationError(f"{name} must be in [0, 1), got {v!r}")
         if dropout_rate + corruption_rate >= 1:
@@ -1247,7 +1530,9 @@ class SecAggBackend:
             )
         for name, iv in (("sigma", sigma), ("eta", eta)):
             if isinstance(iv, bool) or not isinstance(iv, int) or not 1 <= iv <= 128:
-                raise ConfigurationError(f"{name} must be an int in [1, 128], got {iv!r}")
+                raise ConfigurationError(
+                    f"{name} must be an int in [1, 128], got {iv!r}"
+                )
         for name, b in (("clip", clip), ("full_graph", full_graph), ("active", active)):
             if not isinstance(b, bool):
                 raise ConfigurationError(f"{name} must be a bool, got {b!r}")
@@ -1268,42 +1553,92 @@ class SecAggBackend:
 
     def tolerance(self, *, n_clients: int, max_abs: float) -> float:
         """Stochastic rounding: under one unit ``2**-scale_bits`` per client, plus float slack."""
-        return n_clients * 2.0**-self._scale_bits + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+        return (
+            n_clients * 2.0**-self._scale_bits
+            + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+        )
 
     def setup(
-        self, layout: Layout, *, max_clients: int, max_weight: float = 1.0,
-        noise: NoiseShare | None = None, rng: Rng | None = None,
+        self,
+        layout: Layout,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
+        rng: Rng | None = None,
     ) -> SecAggSession:
         """A session for ``layout``; checks that sums of ``max_clients`` fit the ring."""
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         rng = rng or SystemRng()
-        return SecAggSession(self._config(layout, max_clients, max_weight, noise, rng.random_bytes(32)),
-                             layout, noise, rng)
+        return SecAggSession(
+            self._config(layout, max_clients, max_weight, noise, rng.random_bytes(32)),
+            layout,
+            noise,
+            rng,
+        )
 
-    def _config(self, layout: Layout, max_clients: int, max_weight: float,
-                noise: NoiseShare | None, nonce: bytes) -> _Config:
+    def _config(
+        self,
+        layout: Layout,
+        max_clients: int,
+        max_weight: float,
+        noise: NoiseShare | None,
+        nonce: bytes,
+    ) -> _Config:
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
         extra = noise.headroom(max_clients) if noise is not None else 0.0
         need = encoder.sum_bits(max_clients, extra=extra)
         if need > 64:
-            raise EncodingOverflowError(f"sums need {need} bits, more than the 64-bit ring")
+            raise EncodingOverflowError(
+                f"sums need {need} bits, more than the 64-bit ring"
+            )
         ring_bits = 32 if need <= 32 else 64
-        public = struct.pack(
-            ">dIBdIddIIBB", self._bound, self._scale_bits, self._clip, max_weight, ring_bits,
-            self._dropout, self._corrupt, self._sigma, self._eta, self._full, self._active,
-        ) + struct.pack(">Q", max_clients) + nonce
+        public = (
+            struct.pack(
+                ">dIBdIddIIBB",
+                self._bound,
+                self._scale_bits,
+                self._clip,
+                max_weight,
+                ring_bits,
+                self._dropout,
+                self._corrupt,
+                self._sigma,
+                self._eta,
+                self._full,
+                self._active,
+            )
+            + struct.pack(">Q", max_clients)
+            + nonce
+        )
         params_id = fingerprint(b"secagg/v1", public, layout.fingerprint)
         return _Config(
-            params_id, layout.size, encoder, self._bound, self._clip, float(max_weight),
-            ring_bits, max_clients, self._dropout, self._corrupt, self._sigma, self._eta,
-            self._full, self._active,
+            params_id,
+            layout.size,
+            encoder,
+            self._bound,
+            self._clip,
+            float(max_weight),
+            ring_bits,
+            max_clients,
+            self._dropout,
+            self._corrupt,
+            self._sigma,
+            self._eta,
+            self._full,
+            self._active,
         )
 
     # -- deployment: one process per role -------------------------------------------------
     def deal(
-        self, layout: Layout, party_ids: Sequence[str], *, max_clients: int,
-        max_weight: float = 1.0, rng: Rng | None = None,
+        self,
+        layout: Layout,
+        party_ids: Sequence[str],
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        rng: Rng | None = None,
     ) -> SecAggMaterial:
         """Make every role's material for a deployment (the operator's one-time step).
 
@@ -1324,14 +1659,25 @@ class SecAggBackend:
 
         def blob(secret: bytes) -> bytes:
             payload = PayloadWriter().blob(public).blob(secret).getvalue()
-            sealed: bytes = seal(Header(Scheme.SECAGG, _MATERIAL_KIND, cfg.params_id, 0), payload)
+            sealed: bytes = seal(
+                Header(Scheme.SECAGG, _MATERIAL_KIND, cfg.params_id, 0), payload
+            )
             return sealed
 
-        return SecAggMaterial(blob(b""), blob(b""), {pid: blob(secrets[pid]) for pid in party_ids})
+        return SecAggMaterial(
+            blob(b""), blob(b""), {pid: blob(secrets[pid]) for pid in party_ids}
+        )
 
     def load_role(
-        self, layout: Layout, role: str, party_id: str | None, material: bytes, *,
-        max_clients: int, max_weight: float = 1.0, rng: Rng | None = None,
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        rng: Rng | None = None,
     ) -> SecAggSession:
         """A session for one role (``"aggregator"``, ``"client"`` or ``"holder"``) built
         from that role's material only.
@@ -1343,18 +1689,28 @@ class SecAggBackend:
         nonce, directory, secret = _read_material(material)
         cfg = self._config(layout, max_clients, max_weight, None, nonce)
         if not hmac.compare_digest(open_envelope(material)[0].params_id, cfg.params_id):
-            raise ParameterMismatchError("the material was dealt for other parameters or another layout")
+            raise ParameterMismatchError(
+                "the material was dealt for other parameters or another layout"
+            )
         session = SecAggSession(cfg, layout, None, rng or SystemRng())
         session._public = dict(directory)
         session._dealt = True
         if role == "client":
             if party_id is None or party_id not in directory:
-                raise ConfigurationError(f"party {party_id!r} is not in the dealt directory")
+                raise ConfigurationError(
+                    f"party {party_id!r} is not in the dealt directory"
+                )
             if ed25519_public(secret) != directory[party_id]:
-                raise ParameterMismatchError("the identity key does not match the directory")
-            session._identities[party_id] = SecretBytes(secret, label="secagg identity key")
+                raise ParameterMismatchError(
+                    "the identity key does not match the directory"
+                )
+            session._identities[party_id] = SecretBytes(
+                secret, label="secagg identity key"
+            )
         elif role not in ("aggregator", "holder"):
-            raise ConfigurationError(f"role must be aggregator, client or holder, got {role!r}")
+            raise ConfigurationError(
+                f"role must be aggregator, client or holder, got {role!r}"
+            )
         return session
 
     def __repr__(self) -> str:
