@@ -118,6 +118,19 @@ class FixedPointEncoder:
         """Map fixed-point integers (or their sums) back to floats."""
         return np.asarray(values).astype(np.float64) / self.scale
 
+    def sum_error_bound(self, n_summands: int, max_abs: float) -> float:
+        """Max abs error of a decoded sum of ``n_summands`` encoded values.
+
+        Each value is stochastically rounded to the grid ``2**-scale_bits`` (an error
+        strictly below one unit); the integer sum itself is exact when the capacity
+        check holds. Added: float64 rounding of the weight product and of the final
+        division, ``8 * n * max(max_abs, 1) * 2**-52``.
+        """
+        return float(
+            n_summands * 2.0**-self.scale_bits
+            + 8 * n_summands * max(max_abs, 1.0) * 2.0**-52
+        )
+
     def sum_bits(
         self, n_summands: int, *, max_weight: float = 1.0, extra: float = 0.0
     ) -> int:

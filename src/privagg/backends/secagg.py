@@ -1552,10 +1552,9 @@ class SecAggBackend:
         return self._bound
 
     def tolerance(self, *, n_clients: int, max_abs: float) -> float:
-        """Stochastic rounding: under one unit ``2**-scale_bits`` per client, plus float slack."""
-        return (
-            n_clients * 2.0**-self._scale_bits
-            + 8 * n_clients * max(max_abs, 1.0) * 2.0**-52
+        """See :meth:`privagg.FixedPointEncoder.sum_error_bound`."""
+        return FixedPointEncoder(1.0, self._scale_bits).sum_error_bound(
+            n_clients, max_abs
         )
 
     def setup(
