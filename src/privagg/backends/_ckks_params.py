@@ -71,9 +71,11 @@ class CkksParams:
             None for a single-level chain (then ``data_bits`` must be one prime).
         scale_bits: log2 of the CKKS scale Delta.
         value_bound: largest |value| a client may contribute, before weighting.
-        flood_bits: the holder adds Gaussian noise of standard deviation
-            ``2**flood_bits`` times the encryption-noise deviation before release
-            (IND-CPA-D mitigation); None disables flooding (unsafe to release).
+        flood_bits: before decrypting an aggregate, the holder adds integer
+            (rounded Gaussian) noise of standard deviation ``2**flood_bits`` times
+            the coefficient-domain decryption-noise deviation to its coefficients
+            (IND-CPA-D mitigation, Li-Micciancio 2021); None disables flooding
+            (unsafe to release).
     """
 
     poly_modulus_degree: int
@@ -141,6 +143,13 @@ class CkksParams:
             raise ConfigurationError(
                 f"scale_bits must be >= {_MIN_SCALE_BITS}, got {sb}"
             )
+        if sb > self.data_total_bits - 4:
+            # SEAL itself refuses scales within a bit of the modulus ("scale out of
+            # bounds"); ask for room for the sign, one unit and a spare bit.
+            raise ConfigurationError(
+                f"scale_bits={sb} leaves no room under the {self.data_total_bits}-bit "
+                f"data modulus: it must be <= {self.data_total_bits - 4}"
+            )
         # One client of weight 1 must fit: the sharper check runs in setup().
         self.check_headroom(float(vb))
 
@@ -173,35 +182,51 @@ class CkksParams:
         """The CKKS scale Delta = 2**scale_bits."""
         return float(2.0**self.scale_bits)
 
-    def max_sum(self, magnitude: float) -> bool:
-        """True when a slot sum of this magnitude decodes without wrapping."""
-        # A slot z = a + ib with |a|, |b| <= M gives coefficients of magnitude at most
-        # sqrt(2) M Delta; they (plus noise) must stay below Q/2 with one spare bit.
-        need = math.log2(max(magnitude, 1e-300)) + 0.5 + self.scale_bits
-        return need <= self.data_total_bits - 3
+    def max_sum(self, magnitude: float, n_contributions: int = 1) -> bool:
+        """True when a slot sum of this magnitude decodes without wrapping.
 
-    def check_headroom(self, magnitude: float) -> None:
+        A slot z = a + ib with |a|, |b| <= M gives coefficients of magnitude at most
+        sqrt(2) M Delta; they plus ``TAIL_SIGMAS`` deviations of noise and flooding
+        (``n_contributions`` contributions) must stay below Q/2 with two spare bits.
+        """
+        coeff = math.sqrt(2.0) * max(magnitude, 0.0) * self.scale
+        coeff += TAIL_SIGMAS * math.hypot(
+            self.coeff_noise_std(n_contributions),
+            self.flood_coeff_std(n_contributions),
+        )
+        return math.log2(max(coeff, 1.0)) <= self.data_total_bits - 3
+
+    def check_headroom(self, magnitude: float, n_contributions: int = 1) -> None:
         """Raise ConfigurationError unless sums up to ``magnitude`` fit the modulus."""
-        if not self.max_sum(magnitude):
+        if not self.max_sum(magnitude, n_contributions):
             room = self.data_total_bits - 3.5 - self.scale_bits
             raise ConfigurationError(
                 f"CKKS sums up to {magnitude:.6g} do not fit: scale_bits="
                 f"{self.scale_bits} with {self.data_total_bits} data-modulus bits "
-                f"leaves room for |sum| <= 2**{room:.1f}; lower scale_bits, "
-                "value_bound, max_clients or max_weight"
+                f"leaves room for |sum| <= 2**{room:.1f} (less the flooding noise); "
+                "lower scale_bits, value_bound, max_clients, max_weight or flood_bits"
             )
 
     # -- error model ---------------------------------------------------------------------
-    def noise_std(self, n_contributions: int) -> float:
-        """Standard deviation of the decryption error of one value of a sum.
+    @property
+    def slot_factor(self) -> float:
+        """Slot std per unit of coefficient std: ``sqrt(N/2) / Delta``.
+
+        The real (or imaginary) part of a slot is ``sum_k c_k cos(theta_k) / Delta``
+        over the N coefficients; for independent coefficient errors of variance V its
+        variance is ``N * V / 2 / Delta**2``.
+        """
+        return math.sqrt(self.poly_modulus_degree / 2.0) / self.scale
+
+    def coeff_noise_std(self, n_contributions: int) -> float:
+        """Std of one *coefficient* of the decryption error of a sum (integer units).
 
         Per contribution, the coefficient error variance is (SEAL public-key
         encryption ``c = u*pk + (e1 + m, e2)``, decryption ``c0 + c1*s``):
         ``V = N*var_e*2/3 (e*u) + N*var_e*2/3 (e2*s) + var_e (e1)``; with a special
         prime p the encryption happens one level up and is divided by p, leaving
-        ``V/p**2 + (1 + N*2/3)/12`` (rounding of c0 and c1*s). Encoding adds 1/12.
-        The real (or imaginary) part of a slot is a sum of N coefficients times unit
-        cosines, so its variance is ``N*V/2``; n independent contributions add.
+        ``V/p**2 + (1 + N*2/3)/12`` (rounding of c0 and c1*s). Encoding adds 1/12
+        (rounding of the scaled message to integers). n independent contributions add.
         """
         n = self.poly_modulus_degree
         fresh = 2.0 * n * _ERR_VAR * _TERNARY_VAR + _ERR_VAR
@@ -211,13 +236,26 @@ class CkksParams:
         else:
             var = fresh
         var += 1.0 / 12.0
-        return math.sqrt(max(n_contributions, 1) * n * var / 2.0) / self.scale
+        return math.sqrt(max(n_contributions, 1) * var)
 
-    def flood_std(self, n_contributions: int) -> float:
-        """Standard deviation of the holder's flooding noise (0.0 when disabled)."""
+    def noise_std(self, n_contributions: int) -> float:
+        """Std of one released *value* of a sum due to the RLWE decryption error."""
+        return self.coeff_noise_std(n_contributions) * self.slot_factor
+
+    def flood_coeff_std(self, n_contributions: int) -> float:
+        """Std of the holder's integer flooding noise per coefficient (0.0: none).
+
+        ``2**flood_bits * coeff_noise_std``: the flooding is added to the aggregate
+        ciphertext in the coefficient domain, *before* SEAL decodes, so the float64
+        decoding error is post-processing of an already flooded value.
+        """
         if self.flood_bits is None:
             return 0.0
-        return float(2.0**self.flood_bits) * self.noise_std(n_contributions)
+        return float(2.0**self.flood_bits) * self.coeff_noise_std(n_contributions)
+
+    def flood_std(self, n_contributions: int) -> float:
+        """Std of the flooding noise in one released value (0.0 when disabled)."""
+        return self.flood_coeff_std(n_contributions) * self.slot_factor
 
     def release_grid(self, n_contributions: int) -> float:
         """Power-of-two grid the released sum is rounded to (<= the noise deviation)."""
@@ -227,14 +265,14 @@ class CkksParams:
     def tolerance(self, n_clients: int, max_abs: float) -> float:
         """Declared max abs error of a released sum of ``n_clients`` weighted values.
 
-        ``TAIL_SIGMAS * sqrt(noise_std**2 + flood_std**2)`` (encryption noise plus
-        flooding, both sub-Gaussian) + half the release grid + a float64 term for
-        SEAL's FFT encode/decode, ``2**-45 * n * max(max_abs, 1) + 4 * 2**-52``. The
-        float64 term is not negligible: ``noise_std`` models only the RLWE noise, and
-        for the ``secure`` preset (scale 2**80) the measured pre-flooding error
-        (~2e-16 std for |x| <= 1) is ~1.8e5 times ``noise_std(1)`` (~1.1e-21), i.e.
-        entirely float64 encode/decode; ``2**-45`` (~2.8e-14) per unit of magnitude
-        and client is ~30 times the largest measured error (~9.4e-16).
+        ``TAIL_SIGMAS * sqrt(noise_std**2 + flood_std**2)`` (RLWE noise plus the
+        coefficient-domain flooding, both sub-Gaussian, mapped to a slot by
+        :attr:`slot_factor`) + half the release grid + a float64 term for SEAL's FFT
+        encode/decode, ``2**-45 * n * max(max_abs, 1) + 4 * 2**-52``. The float64
+        term matters for unflooded decryptions at large scales (at scale 2**75 the
+        float64 encode/decode error, ~1e-16 per unit of magnitude, is far above the
+        modelled RLWE noise); ``2**-45`` (~2.8e-14) per unit and client covers it
+        with a wide margin.
         """
         n = max(int(n_clients), 1)
         sig = math.hypot(self.noise_std(n), self.flood_std(n))
@@ -281,17 +319,27 @@ class CkksParams:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-#: Named parameter sets. ``secure`` is the default.
+#: Named parameter sets. ``secure`` is the default. The flooding std is
+#: ``2**flood_bits`` times the *coefficient-domain* RLWE decryption-noise std
+#: (:meth:`CkksParams.coeff_noise_std`), added before decoding.
 PRESETS: dict[str, CkksParams] = {
-    # N=8192, two 60-bit data primes + 20-bit special prime (140 <= 218 bits).
-    # 30 bytes/value. The modelled RLWE noise is tiny (noise_std(1) ~1.1e-21), but the
-    # measured decryption error before flooding is ~2e-16 for |x| <= 1: SEAL's float64
-    # encode/decode dominates (it is the tolerance's float64 term). Flooding at 2**40 x
-    # noise_std (~1.2e-9) still leaves a 10-client sum within ~4.1e-8.
-    "secure": CkksParams(8192, (60, 60), 20, 80, 2.0**10, 40),
-    # N=4096, one 60-bit prime (60 <= 109 bits). 15 bytes/value, fastest; error
-    # ~3e-8 per client, so flooding can only double the noise (heuristic IND-CPA-D).
+    # N=4096, data primes (60, 29) + 20-bit special prime (109 <= 109 bits: the HE
+    # Standard maximum), scale 2**75. 22.25 bytes/value. Coefficient noise ~15.1 per
+    # contribution (the special prime leaves only the mod-switch rounding); flooding
+    # 2**40 times that gives a released-value std of ~2.0e-8 per sqrt(contribution),
+    # 10-client declared error 6.6e-7. Sums up to 2**10.5 fit (value_bound 16:
+    # max_clients * max_weight <= 90). The fastest provably flooded set measured
+    # end to end (docs/backends/ckks.md).
+    "secure": CkksParams(4096, (60, 29), 20, 75, 16.0, 40),
+    # N=8192, two 60-bit data primes + 20-bit special prime (140 <= 218 bits), scale
+    # 2**80. 30 bytes/value, same flooding argument (coefficient noise ~21.3,
+    # 10-client declared error 4.1e-8), sums up to 2**36.5 (value_bound 1024): for
+    # large federations or large values.
+    "secure-large": CkksParams(8192, (60, 60), 20, 80, 2.0**10, 40),
+    # N=4096, one 60-bit prime (60 <= 109 bits). 15 bytes/value, fastest; no special
+    # prime, flooding only doubles the noise: a heuristic IND-CPA-D mitigation, NOT
+    # for releasing decryptions beyond the key holder.
     "compact": CkksParams(4096, (60,), None, 40, 16.0, 0),
-    # Small and fast for tests: N=2048, one 54-bit prime (54 <= 54 bits).
+    # Small and fast for tests: N=2048, one 54-bit prime (54 <= 54 bits). Heuristic.
     "test-fast": CkksParams(2048, (54,), None, 34, 16.0, 0),
 }

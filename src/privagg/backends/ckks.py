@@ -18,15 +18,22 @@ it; contributions are not authenticated to the holder (``docs/backends/ckks.md``
 * **Packing**: a whole flat update goes into ``ceil(size / N)`` ciphertexts, N real
   values each (the real *and* imaginary parts of the N/2 complex slots).
 * **Wire format**: SEAL's ciphertext coefficients (NTT form, one row per data prime)
-  bit-packed at the prime's width, e.g. 60 bits per coefficient: 15 bytes per value
-  for one 60-bit prime, 30 for two. SEAL writes them; privagg reads the raw words from
-  SEAL's own serialization and never re-implements encryption.
+  bit-packed at the prime's width: 15 bytes per value for one 60-bit prime (``compact``),
+  22.25 for 60 + 29 bits (``secure``), 30 for two 60-bit primes (``secure-large``).
+  SEAL writes them; privagg reads the raw words from SEAL's own serialization (raw
+  zstd blocks, or SEAL's own linked zstd for compressed frames) and never
+  re-implements encryption.
 * **Aggregation**: coefficient-wise addition modulo each prime (exactly what SEAL's
   ``add`` does), vectorized with numpy; the aggregate counts its contributions. A
   client contribution must say ``count == 1``; only aggregates carry larger counts.
-* **Release** (IND-CPA-D, Li-Micciancio 2021): the holder adds Gaussian flooding
-  noise ``2**flood_bits`` times the encryption noise, then rounds to a power-of-two
-  grid, before the sum leaves it. See ``docs/backends/ckks.md``.
+* **Release** (IND-CPA-D, Li-Micciancio 2021; Li-Micciancio-Schultz-Sorrell 2022):
+  before decrypting, the holder adds integer flooding noise ``f`` (rounded Gaussian,
+  std ``2**flood_bits`` times the modelled coefficient-domain decryption noise, drawn
+  from the injected :class:`~privagg.Rng`) to the aggregate's *coefficients*: SEAL
+  transforms ``(f, 1)`` to NTT form and the evaluator adds it (the ``1`` is cancelled
+  in ``c1`` beforehand), then decrypts and decodes. SEAL's float64 decoding error is
+  thus post-processing of an already flooded value. The result is rounded to a
+  power-of-two grid. See ``docs/backends/ckks.md``.
 
 Randomness note: SEAL samples its encryption and key randomness from its own CSPRNG
 (Blake2xb seeded from the OS); privagg's injected :class:`~privagg.Rng` drives the
@@ -37,10 +44,13 @@ without seed reuse across ciphertexts (SEAL's fixed-seed factories repeat stream
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import math
 import multiprocessing
 import os
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -125,14 +135,41 @@ def _scratch_path() -> Iterator[str]:
         yield path
 
 
+_FD_PREFIX = "/proc/self/fd/"
+
+
 def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
+    if path.startswith(_FD_PREFIX):  # our memfd: read it without reopening
+        fd = int(path[len(_FD_PREFIX) :])
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+        if len(data) == size:
+            return data
+    with open(path, "rb") as fh:  # pragma: no cover - non-Linux or short read
         return fh.read()
 
 
-def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
+def _write(path: str, *parts: bytes | npt.NDArray[Any]) -> None:
+    """Replace the file's content by the concatenation of ``parts`` (no joining copy)."""
+    bufs = [
+        memoryview(p).cast("B")
+        if isinstance(p, bytes)
+        else np.ascontiguousarray(p).reshape(-1).view(np.uint8).data
+        for p in parts
+    ]
+    total = sum(len(b) for b in bufs)
+    if path.startswith(_FD_PREFIX) and hasattr(os, "pwritev"):
+        fd = int(path[len(_FD_PREFIX) :])
+        done = os.pwritev(fd, bufs, 0)
+        if done < total:  # pragma: no cover - short write: finish it piece by piece
+            joined = memoryview(b"".join(bufs))
+            while done < total:
+                done += os.pwrite(fd, joined[done:], done)
+        os.ftruncate(fd, total)
+        return
+    with open(path, "wb") as fh:  # pragma: no cover - non-Linux
+        for b in bufs:
+            fh.write(b)
 
 
 def _seal_save(obj: Any) -> bytes:
@@ -193,6 +230,53 @@ def _seal_body(blob: bytes) -> bytes:
     return b"".join(out)
 
 
+def _load_zstd() -> Callable[[bytes, int], bytes | None] | None:
+    """``ZSTD_decompress`` from the zstd SEAL itself links (or the system's), or None.
+
+    TenSEAL's ``_sealapi_cpp`` extension links zstd statically and exports its
+    symbols; SEAL compresses with it, so decompressing with the same library is
+    exact. Without it the caller falls back to reading words one by one.
+    """
+    names: list[str] = []
+    mod = sys.modules.get("_sealapi_cpp")
+    if mod is not None and getattr(mod, "__file__", None):
+        names.append(str(mod.__file__))
+    system = ctypes.util.find_library("zstd")
+    if system:
+        names.append(system)
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            fn = lib.ZSTD_decompress
+            is_error = lib.ZSTD_isError
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_size_t
+        fn.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
+        is_error.restype = ctypes.c_uint
+        is_error.argtypes = [ctypes.c_size_t]
+
+        def decompress(
+            frame: bytes, size: int, fn: Any = fn, err: Any = is_error
+        ) -> bytes | None:
+            out = ctypes.create_string_buffer(size)
+            got = fn(out, size, frame, len(frame))
+            if err(got) or got != size:
+                return None
+            return out.raw
+
+        return decompress
+    return None  # pragma: no cover - TenSEAL always ships zstd
+
+
+_ZSTD = _load_zstd()
+
+
 def _translate(what: str) -> Callable[[BaseException], NoReturn]:
     def raise_(exc: BaseException) -> NoReturn:
         # SEAL messages describe parameters, never values; keep them out anyway.
@@ -213,26 +297,26 @@ def _pack(words: npt.NDArray[np.uint64], bits: int) -> npt.NDArray[np.uint8]:
     """
     lead = words.shape[:-1]
     n = words.shape[-1]
-    if bits % 4 == 0 and bits > 32:
-        # Fast path (the 60-bit presets): two words -> one 128-bit pair -> 2*bits/8 bytes.
+    if bits % 4 == 0 and bits > 48:
+        # Fast path (60-bit primes): two words -> one 128-bit pair -> 2*bits/8 bytes.
         w = np.ascontiguousarray(words, dtype=_U64).reshape(-1, 2)
         pair = np.empty((w.shape[0], 2), dtype=_U64)
         pair[:, 0] = w[:, 0] | (w[:, 1] << np.uint64(bits))
         pair[:, 1] = w[:, 1] >> np.uint64(64 - bits)
         out = pair.view(np.uint8)[:, : bits // 4]
         return np.ascontiguousarray(out).reshape(*lead, n * bits // 8)
+    # Groups of 8 words -> ``bits`` bytes, assembled in ceil(bits/8) 64-bit lanes.
     w = np.ascontiguousarray(words, dtype=_U64).reshape(-1, 8)
     g = w.shape[0]
-    buf = np.zeros((g, bits + 8), dtype=np.uint8)
+    lanes = np.zeros((g, -(-bits // 8)), dtype=_U64)
     for k in range(8):
-        off = k * bits
-        byte, sh = off >> 3, off & 7
+        li, sh = (k * bits) >> 6, (k * bits) & 63
         v = w[:, k]
-        lo = (v << np.uint64(sh)).astype(_U64)
-        buf[:, byte : byte + 8] |= lo.view(np.uint8).reshape(g, 8)
-        if sh:
-            buf[:, byte + 8] |= (v >> np.uint64(64 - sh)).astype(np.uint8)
-    return np.ascontiguousarray(buf[:, :bits]).reshape(*lead, n * bits // 8)
+        lanes[:, li] |= v << np.uint64(sh)
+        if sh + bits > 64:
+            lanes[:, li + 1] |= v >> np.uint64(64 - sh)
+    out = lanes.view(np.uint8)[:, :bits]
+    return np.ascontiguousarray(out).reshape(*lead, n * bits // 8)
 
 
 def _unpack(data: npt.NDArray[np.uint8], bits: int, n: int) -> npt.NDArray[np.uint64]:
@@ -256,17 +340,17 @@ def _unpack(data: npt.NDArray[np.uint8], bits: int, n: int) -> npt.NDArray[np.ui
         np.bitwise_and(second >> np.uint64(bits % 8), mask, out=out[:, 1])
         return out.reshape(*lead, n)
     g = data.size // bits
-    src = np.zeros((g, bits + 8), dtype=np.uint8)
+    nl = -(-bits // 8)
+    src = np.zeros((g, 8 * nl), dtype=np.uint8)
     src[:, :bits] = data.reshape(g, bits)
+    lanes = src.view(_U64)
     res = np.empty((g, 8), dtype=_U64)
     for k in range(8):
-        off = k * bits
-        byte, sh = off >> 3, off & 7
-        lo = np.ascontiguousarray(src[:, byte : byte + 8]).view(_U64).reshape(g)
-        v = lo >> np.uint64(sh)
-        if sh:
-            v |= src[:, byte + 8].astype(_U64) << np.uint64(64 - sh)
-        res[:, k] = v & mask
+        li, sh = (k * bits) >> 6, (k * bits) & 63
+        v = lanes[:, li] >> np.uint64(sh)
+        if sh + bits > 64:
+            v |= lanes[:, li + 1] << np.uint64(64 - sh)
+        np.bitwise_and(v, mask, out=res[:, k])
     return res.reshape(*lead, n)
 
 
@@ -304,6 +388,7 @@ class _Seal:
         self.level = len(self.moduli)
         self.encryptor: Any = None
         self.decryptor: Any = None
+        self.evaluator: Any = None
         self._prefix: bytes | None = None
         self._header: tuple[int, int] | None = None
 
@@ -319,6 +404,7 @@ class _Seal:
 
     def set_secret_key(self, sk: Any) -> None:
         self.decryptor = _seal.Decryptor(self.context, sk)
+        self.evaluator = _seal.Evaluator(self.context)
 
     # ciphertext layout
     def _template(self) -> tuple[bytes, tuple[int, int]]:
@@ -354,16 +440,22 @@ class _Seal:
         nwords = 2 * self.level * self.n
         ct.save(path)
         blob = _read(path)
+        prefix, _ = self._template()
         try:
             body = _seal_body(blob)
         except _CompressedError:
-            # zstd squeezed the words (primes well below 64 bits): read them one by one.
-            arr = ct.dyn_array()
-            return np.array([arr.at(i) for i in range(nwords)], dtype=_U64)
-        prefix, _ = self._template()
+            # zstd squeezed the words (primes well below 64 bits): decompress with
+            # SEAL's own zstd, else read the words one by one (slow).
+            full = None
+            if _ZSTD is not None and blob[5] == 2:
+                full = _ZSTD(blob[16:], len(prefix) + 8 * nwords)
+            if full is None:  # pragma: no cover - TenSEAL always ships zstd
+                arr = ct.dyn_array()
+                return np.array([arr.at(i) for i in range(nwords)], dtype=_U64)
+            body = full
         if len(body) != len(prefix) + 8 * nwords or not body.startswith(prefix):
             raise ConfigurationError("SEAL produced an unexpected ciphertext layout")
-        return np.frombuffer(body, dtype=_U64, offset=len(prefix)).copy()
+        return np.frombuffer(body, dtype=_U64, offset=len(prefix))
 
     def encrypt_words(self, values: FloatVector) -> npt.NDArray[np.uint64]:
         """Encrypt a flat float vector: words of shape (n_ct, 2, level, N)."""
@@ -390,8 +482,26 @@ class _Seal:
             _translate("encryption")(exc)
         return out.reshape(n_ct, 2, self.level, n)
 
-    def decrypt_words(self, words: npt.NDArray[np.uint64], size: int) -> FloatVector:
-        """Decrypt words of shape (n_ct, 2, level, N) into ``size`` floats."""
+    def flood_residues(self, flood: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        """Integer noise (n_ct, N) -> residues (n_ct, level, N) modulo each data prime."""
+        q = np.array(self.moduli, dtype=np.int64).reshape(1, -1, 1)
+        return np.mod(flood[:, None, :], q).astype(_U64)
+
+    def decrypt_words(
+        self,
+        words: npt.NDArray[np.uint64],
+        size: int,
+        flood: npt.NDArray[np.int64] | None = None,
+    ) -> FloatVector:
+        """Decrypt words of shape (n_ct, 2, level, N) into ``size`` floats.
+
+        With ``flood`` (integer noise, shape (n_ct, N)), each ciphertext first gets
+        ``flood[i]`` added to its *coefficients*: SEAL transforms the polynomial
+        ``(f, 1)`` to NTT form (its ``1`` keeps the ciphertext from being transparent
+        and is cancelled by subtracting ``NTT(1) = (1, ..., 1)`` from ``c1``), the
+        evaluator adds it, and only then is the sum decrypted and decoded. The float64
+        decoding error is then post-processing of ``m + e + f``.
+        """
         if self.decryptor is None:
             raise MissingKeyError("decryption needs the secret CKKS context")
         prefix, (vmaj, vmin) = self._template()
@@ -399,17 +509,33 @@ class _Seal:
         n_ct = words.shape[0]
         body_len = 16 + len(prefix) + 8 * 2 * self.level * n
         head = _SEAL_HEADER.pack(_SEAL_MAGIC, 16, vmaj, vmin, 0, 0, body_len)
+        # the same serialization with is_ntt_form = 0 (coefficient form)
+        coeff_prefix = prefix[:32] + b"\x00" + prefix[33:]
+        if flood is not None:
+            if flood.shape != (n_ct, n):
+                raise ConfigurationError("flooding noise of the wrong shape")
+            q = self._q_column[0, 0]
+            words = words.copy()
+            c1 = words[:, 1]
+            np.subtract(c1, np.uint64(1), out=c1)
+            np.minimum(c1, c1 + q, out=c1)  # 0 - 1 wraps to 2**64 - 1: add q back
+            fl = np.zeros((n_ct, 2, self.level, n), dtype=_U64)
+            fl[:, 0] = self.flood_residues(flood)
+            fl[:, 1, :, 0] = 1
         out = np.empty(n_ct * n, dtype=np.float64)
         pt = _seal.Plaintext()
         try:
             with _scratch_path() as path:
                 for i in range(n_ct):
-                    _write(
-                        path,
-                        head + prefix + words[i].astype(_U64, copy=False).tobytes(),
-                    )
+                    _write(path, head + prefix, words[i].astype(_U64, copy=False))
                     ct = _seal.Ciphertext(self.context)
                     ct.load(self.context, path)
+                    if flood is not None:
+                        _write(path, head + coeff_prefix, fl[i])
+                        fct = _seal.Ciphertext(self.context)
+                        fct.load(self.context, path)
+                        self.evaluator.transform_to_ntt_inplace(fct)
+                        self.evaluator.add_inplace(ct, fct)
                     self.decryptor.decrypt(ct, pt)
                     z = np.asarray(self.encoder.decode_complex(pt), dtype=np.complex128)
                     out[i * n : (i + 1) * n : 2] = z.real
@@ -468,9 +594,13 @@ class _Seal:
         )
 
     def decrypt_packed(
-        self, packed: bytes | memoryview, n_ct: int, size: int
+        self,
+        packed: bytes | memoryview,
+        n_ct: int,
+        size: int,
+        flood: npt.NDArray[np.int64] | None = None,
     ) -> FloatVector:
-        """Unpack (checking every word < q) and decrypt block by block."""
+        """Unpack (checking every word < q) and decrypt block by block (flooded)."""
         view = memoryview(packed)
         cb = self.ct_bytes
         if len(view) != n_ct * cb:
@@ -479,7 +609,9 @@ class _Seal:
         for a in range(0, n_ct, _BLOCK):
             b = min(a + _BLOCK, n_ct)
             words = self.unpack(view[a * cb : b * cb], b - a)
-            out[a * self.n : b * self.n] = self.decrypt_words(words, (b - a) * self.n)
+            out[a * self.n : b * self.n] = self.decrypt_words(
+                words, (b - a) * self.n, None if flood is None else flood[a:b]
+            )
         return out[:size]
 
     def add_into(
@@ -649,10 +781,20 @@ class CkksSecretContext:
         return self.seal_state().decrypt_words(update.words, update.size)
 
     def release(self, update: EncryptedUpdate, rng: Rng | None = None) -> FloatVector:
-        """Decrypt, flood and round: the only safe way to publish a decryption."""
-        return _release(
-            self.params, self.decrypt(update), update.count, rng or SystemRng()
+        """Flood (coefficient domain), decrypt and round: the only safe way to publish.
+
+        The integer flooding noise comes from ``rng`` (default: the OS CSPRNG).
+        """
+        if update.key_fingerprint != self.public.fingerprint:
+            raise ParameterMismatchError(
+                "the ciphertext was made under another CKKS key"
+            )
+        st = self.seal_state()
+        flood = _flood_noise(
+            self.params, update.count, update.n_ciphertexts, rng or SystemRng()
         )
+        raw = st.decrypt_words(update.words, update.size, flood)
+        return _round_release(self.params, raw, update.count)
 
     def to_bytes(self, *, protection: Protection) -> bytes:
         """Export the secret key (``protection`` mandatory) with the public context."""
@@ -854,7 +996,7 @@ def _decode_body(
 
 def _check_count(params: CkksParams, count: int, per_contribution: float) -> None:
     """Refuse sums of more contributions than the modulus holds (they would wrap)."""
-    if not params.max_sum(count * per_contribution):
+    if not params.max_sum(count * per_contribution, count):
         raise EncodingOverflowError(
             f"a CKKS sum of {count} contributions could wrap the modulus; "
             "set up the session with a larger max_clients or smaller value_bound"
@@ -874,16 +1016,32 @@ def _check_values(v: FloatVector, params: CkksParams, max_weight: float) -> Floa
 
 
 def _gaussian(rng: Rng, n: int) -> npt.NDArray[np.float64]:
-    u1 = uniform01(rng, n)
-    u2 = uniform01(rng, n)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * math.pi * u2)
+    """``n`` standard normal samples (Box-Muller, both outputs, 53-bit uniforms)."""
+    half = (n + 1) // 2
+    u = uniform01(rng, 2 * half)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:half]))  # 1 - u in (0, 1]
+    angle = 2.0 * math.pi * u[half:]
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
 
 
-def _release(params: CkksParams, v: FloatVector, count: int, rng: Rng) -> FloatVector:
-    """IND-CPA-D mitigation: Gaussian noise flooding, then rounding to a grid."""
-    sf = params.flood_std(count)
-    if sf > 0 and v.size:
-        v = v + sf * _gaussian(rng, v.size)
+def _flood_noise(
+    params: CkksParams, count: int, n_ct: int, rng: Rng
+) -> npt.NDArray[np.int64] | None:
+    """Integer flooding noise for ``n_ct`` ciphertexts of a ``count``-sum, or None.
+
+    A rounded Gaussian of std ``params.flood_coeff_std(count)`` per coefficient,
+    drawn from the injected ``rng`` (never numpy's or Python's generators).
+    """
+    sigma = params.flood_coeff_std(count)
+    if sigma <= 0 or n_ct == 0:
+        return None
+    n = params.poly_modulus_degree
+    z = np.rint(sigma * _gaussian(rng, n_ct * n))
+    return z.astype(np.int64).reshape(n_ct, n)
+
+
+def _round_release(params: CkksParams, v: FloatVector, count: int) -> FloatVector:
+    """Round a flooded decryption to the power-of-two release grid."""
     g = params.release_grid(count)
     return np.round(v / g) * g
 
@@ -907,9 +1065,11 @@ def _worker_encrypt(values: FloatVector) -> bytes:
     return st.encrypt_packed(values)
 
 
-def _worker_decrypt(packed: bytes, n_ct: int) -> FloatVector:
+def _worker_decrypt(
+    packed: bytes, n_ct: int, flood: npt.NDArray[np.int64] | None
+) -> FloatVector:
     st: _Seal = _WORKER["state"]
-    return st.decrypt_packed(packed, n_ct, n_ct * st.n)
+    return st.decrypt_packed(packed, n_ct, n_ct * st.n, flood)
 
 
 def _n_workers(threads: int | None, n_ct: int) -> int:
@@ -962,18 +1122,26 @@ def _decrypt_packed(
     n_ct: int,
     size: int,
     threads: int | None,
+    flood: npt.NDArray[np.int64] | None = None,
 ) -> FloatVector:
     st = ctx.seal_state()
     workers = _n_workers(threads, n_ct)
     if workers <= 1:
-        return st.decrypt_packed(packed, n_ct, size)
+        return st.decrypt_packed(packed, n_ct, size, flood)
     cb = st.ct_bytes
     spans = _spans(n_ct, workers * 4)
     # The forked workers inherit the key in memory; it never crosses a pipe or a disk.
     sk_bytes = _export_secret(ctx.secret_key.unsafe_material())
     init = (ctx.params.to_bytes(), ctx.public.public_key_bytes(), sk_bytes)
     with _pool(workers, init) as ex:
-        chunks = [(bytes(packed[a * cb : b * cb]), b - a) for a, b in spans]
+        chunks = [
+            (
+                bytes(packed[a * cb : b * cb]),
+                b - a,
+                None if flood is None else flood[a:b],
+            )
+            for a, b in spans
+        ]
         parts = ex.map(_worker_decrypt, *zip(*chunks, strict=True))
         return np.concatenate(list(parts))[:size]
 
@@ -1130,8 +1298,10 @@ class _RecoverCodec:
                 "aggregate count does not match its contributor list"
             )
         _check_count(self._ctx.params, count, self._per)
-        raw = _decrypt_packed(self._ctx, packed, n_ct, self._size, self._threads)
-        return _release(self._ctx.params, raw, count, self._rng)
+        params = self._ctx.params
+        flood = _flood_noise(params, count, n_ct, self._rng)
+        raw = _decrypt_packed(self._ctx, packed, n_ct, self._size, self._threads, flood)
+        return _round_release(params, raw, count)
 
     def __repr__(self) -> str:
         return f"<CKKS recover codec {self._ctx.secret_key!r}>"
@@ -1180,8 +1350,11 @@ class CkksBackend:
     """CKKS (TenSEAL/SEAL) additive aggregation.
 
     Args:
-        preset: "secure" (default: N=8192, 30 bytes/value, 2**40 noise flooding),
-            "compact" (N=4096, 15 bytes/value, heuristic flooding) or "test-fast".
+        preset: "secure" (default: N=4096, 22.25 bytes/value, 2**40
+            coefficient-domain noise flooding, sums up to 2**10.5), "secure-large"
+            (N=8192, 30 bytes/value, same flooding, sums up to 2**36.5), "compact"
+            (N=4096, 15 bytes/value, heuristic flooding: not for releases beyond the
+            key holder) or "test-fast".
         poly_modulus_degree, data_bits, special_bits, scale_bits, value_bound,
         flood_bits: override the preset (custom path; validated, see
             :class:`CkksParams`).
@@ -1284,7 +1457,9 @@ class CkksBackend:
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         p = self.params
         extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
-        p.check_headroom(max_clients * float(max_weight) * p.value_bound + extra)
+        p.check_headroom(
+            max_clients * float(max_weight) * p.value_bound + extra, max_clients
+        )
         return extra
 
     def session(
