@@ -30,7 +30,6 @@ class TestSecAggContract(BackendContract):
     max_clients = 5
     n_clients = 5
 
-
     def make_backend(self) -> SecAggBackend:
         return SecAggBackend(bound=2.0)
 
@@ -48,18 +47,29 @@ def _session(be: SecAggBackend, n: int, size: int = 50) -> sa.SecAggSession:
     return be.setup(Layout.from_arrays({"w": np.zeros(size)}), max_clients=n)
 
 
-def _check_exact(res: privagg.RoundResult, ups: Mapping[str, Mapping[str, np.ndarray]], n: int) -> None:
+def _check_exact(
+    res: privagg.RoundResult, ups: Mapping[str, Mapping[str, np.ndarray]], n: int
+) -> None:
     ref = sum(ups[c]["w"] for c in res.contributors)
-    assert np.max(np.abs(res.vector - ref)) <= SecAggBackend().tolerance(n_clients=n, max_abs=1.0)
+    assert np.max(np.abs(res.vector - ref)) <= SecAggBackend().tolerance(
+        n_clients=n, max_abs=1.0
+    )
 
 
 class _Driver:
     """Routes bytes like run_round, recording every request, with hooks to tamper."""
 
-    def __init__(self, session: sa.SecAggSession, ups: Mapping[str, Mapping[str, np.ndarray]], round_id: int = 0) -> None:
+    def __init__(
+        self,
+        session: sa.SecAggSession,
+        ups: Mapping[str, Mapping[str, np.ndarray]],
+        round_id: int = 0,
+    ) -> None:
         self.session = session
         self.clients = {
-            c: session.client(c, round_id, session.layout.flatten(u), rng=DeterministicRng(i))
+            c: session.client(
+                c, round_id, session.layout.flatten(u), rng=DeterministicRng(i)
+            )
             for i, (c, u) in enumerate(ups.items())
         }
         self.agg = session.aggregator(round_id, list(ups))
@@ -97,8 +107,16 @@ class _Driver:
     full=st.booleans(),
     data=st.data(),
 )
-def test_exact_sum_property(n: int, size: int, active: bool, full: bool, data: st.DataObject) -> None:
-    vals = data.draw(st.lists(st.lists(st.floats(-1, 1), min_size=size, max_size=size), min_size=n, max_size=n))
+def test_exact_sum_property(
+    n: int, size: int, active: bool, full: bool, data: st.DataObject
+) -> None:
+    vals = data.draw(
+        st.lists(
+            st.lists(st.floats(-1, 1), min_size=size, max_size=size),
+            min_size=n,
+            max_size=n,
+        )
+    )
     be = SecAggBackend(active=active, full_graph=full)
     ups = {f"c{i}": {"w": np.asarray(v)} for i, v in enumerate(vals)}
     res = privagg.run_round(_session(be, n, size), ups)
@@ -110,14 +128,20 @@ def test_ring_is_32_bit_for_small_sums_and_64_bit_for_large() -> None:
     assert _session(SecAggBackend(), 50).ring_bits == 32
     assert _session(SecAggBackend(bound=1e6, scale_bits=20), 50).ring_bits == 64
     ups = {f"c{i}": {"w": np.full(4, 1e6 if i % 2 else -1e6)} for i in range(3)}
-    res = privagg.run_round(SecAggBackend(bound=1e6, scale_bits=20).setup(
-        Layout.from_arrays(ups["c0"]), max_clients=3), ups)
+    res = privagg.run_round(
+        SecAggBackend(bound=1e6, scale_bits=20).setup(
+            Layout.from_arrays(ups["c0"]), max_clients=3
+        ),
+        ups,
+    )
     assert np.allclose(res.vector, -1e6, atol=1e-4)
 
 
 # -- dropouts: every stage x every count up to n - t --------------------------------------------
 _N = 7
-_T = choose_parameters(_N, dropout_rate=0.45, corruption_rate=0.1, full_graph=True).threshold
+_T = choose_parameters(
+    _N, dropout_rate=0.45, corruption_rate=0.1, full_graph=True
+).threshold
 
 
 @pytest.mark.parametrize("active", [True, False])
@@ -132,7 +156,7 @@ def test_dropout_every_stage_every_count(active: bool) -> None:
     ups = _updates(_N, 40)
     ids = sorted(ups)
     for stage, count in itertools.product(range(stages), range(_N - need + 1)):
-        dropped = set(ids[_N - count:])
+        dropped = set(ids[_N - count :])
         res = privagg.run_round(_session(be, _N, 40), ups, dropouts={stage: dropped})
         in_sum = set(ids) if stage >= 3 else set(ids) - dropped
         assert set(res.contributors) == in_sum, (stage, count)
@@ -141,7 +165,9 @@ def test_dropout_every_stage_every_count(active: bool) -> None:
 
 @pytest.mark.parametrize("active", [True, False])
 @pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
-def test_too_many_dropouts_abort_without_unmask_requests(stage: int, active: bool) -> None:
+def test_too_many_dropouts_abort_without_unmask_requests(
+    stage: int, active: bool
+) -> None:
     be = SecAggBackend(full_graph=True, dropout_rate=0.45, active=active)
     if stage == 4 and not active:
         return  # the semi-honest protocol has four stages
@@ -154,7 +180,10 @@ def test_too_many_dropouts_abort_without_unmask_requests(stage: int, active: boo
     with pytest.raises(InsufficientParticipantsError):
         drv.run(drop={stage: dropped})
     if stage <= 2:  # aborted before anything could be unmasked
-        assert SecAggKind.UNMASK not in drv.kinds and SecAggKind.CONSISTENCY not in drv.kinds
+        assert (
+            SecAggKind.UNMASK not in drv.kinds
+            and SecAggKind.CONSISTENCY not in drv.kinds
+        )
 
 
 def test_sparse_graph_recovers_one_third_dropout() -> None:
@@ -165,7 +194,9 @@ def test_sparse_graph_recovers_one_third_dropout() -> None:
     ups = _updates(n, 30, seed=3)
     ids = sorted(ups)
     for stage in range(5):
-        res = privagg.run_round(_session(be, n, 30), ups, dropouts={stage: set(ids[::3])})
+        res = privagg.run_round(
+            _session(be, n, 30), ups, dropouts={stage: set(ids[::3])}
+        )
         _check_exact(res, ups, n)
         assert len(res.contributors) == (n if stage >= 3 else n - len(ids[::3]))
 
@@ -174,7 +205,8 @@ def test_dropouts_spread_over_stages() -> None:
     ups = _updates(10, 20, seed=4)
     ids = sorted(ups)
     res = privagg.run_round(
-        _session(SecAggBackend(), 10, 20), ups,
+        _session(SecAggBackend(), 10, 20),
+        ups,
         dropouts={1: {ids[0]}, 2: {ids[1]}, 3: {ids[2]}},
     )
     assert set(res.contributors) == set(ids[2:])
@@ -199,15 +231,28 @@ def test_parameters_meet_the_bounds() -> None:
         assert g.threshold >= 2 or n == 1
     g = choose_parameters(50, dropout_rate=1 / 3, corruption_rate=0.1)
     assert not g.full and g.degree < 30
-    assert choose_parameters(50, dropout_rate=1 / 3, corruption_rate=0.1, full_graph=True).degree == 49
+    assert (
+        choose_parameters(
+            50, dropout_rate=1 / 3, corruption_rate=0.1, full_graph=True
+        ).degree
+        == 49
+    )
     with pytest.raises(privagg.ConfigurationError):
         choose_parameters(10, dropout_rate=0.6, corruption_rate=0.39, full_graph=True)
 
 
-@pytest.mark.parametrize("opts", [
-    {"dropout_rate": 1.0}, {"corruption_rate": -0.1}, {"dropout_rate": 0.6, "corruption_rate": 0.5},
-    {"sigma": 0}, {"active": 1}, {"bound": 0.0}, {"scale_bits": 60},
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"dropout_rate": 1.0},
+        {"corruption_rate": -0.1},
+        {"dropout_rate": 0.6, "corruption_rate": 0.5},
+        {"sigma": 0},
+        {"active": 1},
+        {"bound": 0.0},
+        {"scale_bits": 60},
+    ],
+)
 def test_bad_options_rejected(opts: dict[str, object]) -> None:
     with pytest.raises(privagg.ConfigurationError):
         SecAggBackend(**opts)  # type: ignore[arg-type]
@@ -216,8 +261,12 @@ def test_bad_options_rejected(opts: dict[str, object]) -> None:
 def test_out_of_bound_values_rejected_or_clipped() -> None:
     ups = {"a": {"w": np.array([0.5, 3.0])}, "b": {"w": np.array([0.0, 0.0])}}
     with pytest.raises(privagg.EncodingOverflowError):
-        privagg.run_round(SecAggBackend().setup(Layout.from_arrays(ups["a"]), max_clients=2), ups)
-    res = privagg.run_round(SecAggBackend(clip=True).setup(Layout.from_arrays(ups["a"]), max_clients=2), ups)
+        privagg.run_round(
+            SecAggBackend().setup(Layout.from_arrays(ups["a"]), max_clients=2), ups
+        )
+    res = privagg.run_round(
+        SecAggBackend(clip=True).setup(Layout.from_arrays(ups["a"]), max_clients=2), ups
+    )
     assert np.allclose(res.vector, [0.5, 1.0], atol=1e-4)
 
 
@@ -234,7 +283,14 @@ def test_tampered_share_ciphertext_rejected_by_gcm() -> None:
             m = sa.MaskRequest.from_bytes(req)
             sender, ct = m.ciphertexts[0]
             bad = bytes([ct[0] ^ 1]) + ct[1:]
-            return _reseal(sa.MaskRequest(m.params_id, m.round_id, m.party, ((sender, bad), *m.ciphertexts[1:])))
+            return _reseal(
+                sa.MaskRequest(
+                    m.params_id,
+                    m.round_id,
+                    m.party,
+                    ((sender, bad), *m.ciphertexts[1:]),
+                )
+            )
         return req
 
     # The GCM tag still rejects the altered share; since finding 4 the recipient treats the
@@ -246,7 +302,9 @@ def test_tampered_share_ciphertext_rejected_by_gcm() -> None:
     assert sender in drv.agg.rejected and sender not in res.contributors
     assert set(res.contributors) == set(ups) - {sender}
     ref = sum(ups[c]["w"] for c in res.contributors)
-    assert np.max(np.abs(res.vector - ref)) <= SecAggBackend().tolerance(n_clients=5, max_abs=1.0)
+    assert np.max(np.abs(res.vector - ref)) <= SecAggBackend().tolerance(
+        n_clients=5, max_abs=1.0
+    )
 
 
 def test_share_relayed_to_wrong_recipient_rejected() -> None:
@@ -264,7 +322,9 @@ def test_share_relayed_to_wrong_recipient_rejected() -> None:
         if pid == "c02":  # give c02 the ciphertext c03 encrypted for c01
             cts = dict(m.ciphertexts)
             cts["c03"] = stolen["c03"]
-            return _reseal(sa.MaskRequest(m.params_id, m.round_id, m.party, tuple(cts.items())))
+            return _reseal(
+                sa.MaskRequest(m.params_id, m.round_id, m.party, tuple(cts.items()))
+            )
         return req
 
     # Re-addressed ciphertexts fail the tag (AAD binds sender and recipient); the recipient
@@ -272,8 +332,12 @@ def test_share_relayed_to_wrong_recipient_rejected() -> None:
     res = drv.run(edit_request=edit)
     assert "c03" in drv.agg.rejected and "c03" not in res.contributors
     ref = sum(ups[c]["w"] for c in res.contributors)
-    assert np.max(np.abs(res.vector - ref)) <= SecAggBackend().tolerance(n_clients=5, max_abs=1.0)
-    assert drv.agg._rejected_by["c02"] == {"c03"}  # c02's tag check failed and it said so
+    assert np.max(np.abs(res.vector - ref)) <= SecAggBackend().tolerance(
+        n_clients=5, max_abs=1.0
+    )
+    assert drv.agg._rejected_by["c02"] == {
+        "c03"
+    }  # c02's tag check failed and it said so
 
 
 def test_duplicate_request_and_duplicate_entries_rejected() -> None:
@@ -319,8 +383,12 @@ def test_reply_from_other_session_rejected() -> None:
     assert a.params_id != b.params_id
     agg = a.aggregator(0, list(ups))
     reqs = agg.start()
-    replies = {c: a.client(c, 0, a.layout.flatten(u)).handle(reqs[c]) for c, u in ups.items()}
-    replies["c00"] = b.client("c00", 0, b.layout.flatten(ups["c00"])).handle(b.aggregator(0, list(ups)).start()["c00"])
+    replies = {
+        c: a.client(c, 0, a.layout.flatten(u)).handle(reqs[c]) for c, u in ups.items()
+    }
+    replies["c00"] = b.client("c00", 0, b.layout.flatten(ups["c00"])).handle(
+        b.aggregator(0, list(ups)).start()["c00"]
+    )
     with pytest.raises(ParameterMismatchError):
         agg.receive(replies)
 
@@ -329,7 +397,9 @@ def test_client_refuses_lowered_threshold() -> None:
     s = _session(SecAggBackend(), 5, 5)
     ups = _updates(5, 5)
     req = sa.SetupRequest.from_bytes(s.aggregator(0, list(ups)).start()["c00"])
-    bad = sa.SetupRequest(req.params_id, req.round_id, req.party, req.participants, req.degree, 1)
+    bad = sa.SetupRequest(
+        req.params_id, req.round_id, req.party, req.participants, req.degree, 1
+    )
     with pytest.raises(ProtocolError):
         s.client("c00", 0, s.layout.flatten(ups["c00"])).handle(bad.to_bytes())
 
@@ -340,17 +410,25 @@ def test_active_client_refuses_unsigned_or_inconsistent_survivor_set() -> None:
     def drop_sigs(stage: int, pid: str, req: bytes) -> bytes:
         if stage == 4:
             m = sa.UnmaskRequest.from_bytes(req)
-            return _reseal(sa.UnmaskRequest(m.params_id, m.round_id, m.party, m.survivors, m.signatures[:1]))
+            return _reseal(
+                sa.UnmaskRequest(
+                    m.params_id, m.round_id, m.party, m.survivors, m.signatures[:1]
+                )
+            )
         return req
 
     with pytest.raises(ProtocolError):
         _Driver(_session(SecAggBackend(), 5, 5), ups).run(edit_request=drop_sigs)
 
     def other_set(stage: int, pid: str, req: bytes) -> bytes:
-        if stage == 4:  # claim c04 dropped to obtain its s-share while holding its b-share
+        if (
+            stage == 4
+        ):  # claim c04 dropped to obtain its s-share while holding its b-share
             m = sa.UnmaskRequest.from_bytes(req)
             surv = tuple(s for s in m.survivors if s != "c04")
-            return _reseal(sa.UnmaskRequest(m.params_id, m.round_id, m.party, surv, m.signatures))
+            return _reseal(
+                sa.UnmaskRequest(m.params_id, m.round_id, m.party, surv, m.signatures)
+            )
         return req
 
     with pytest.raises(ProtocolError):
@@ -364,10 +442,16 @@ def test_forged_key_signature_rejected() -> None:
         if stage == 1:
             m = sa.ShareKeysRequest.from_bytes(req)
             keys = [
-                k if k.party == pid else sa.AdvertiseMessage(k.params_id, k.round_id, k.party, k.c_pk[::-1], k.s_pk, k.signature)
+                k
+                if k.party == pid
+                else sa.AdvertiseMessage(
+                    k.params_id, k.round_id, k.party, k.c_pk[::-1], k.s_pk, k.signature
+                )
                 for k in m.keys
             ]
-            return _reseal(sa.ShareKeysRequest(m.params_id, m.round_id, m.party, tuple(keys)))
+            return _reseal(
+                sa.ShareKeysRequest(m.params_id, m.round_id, m.party, tuple(keys))
+            )
         return req
 
     with pytest.raises(ProtocolError):
@@ -391,7 +475,13 @@ def test_every_stage_message_decodes_via_from_bytes() -> None:
     drv = _Driver(_session(SecAggBackend(), 4, 5), ups)
     drv.run(edit_request=lambda st_, pid, req: (seen.append(req), req)[1])
     kinds = {open_envelope(m)[0].kind for m in seen}
-    assert kinds == {SecAggKind.SETUP, SecAggKind.SHARE_KEYS, SecAggKind.MASK, SecAggKind.CONSISTENCY, SecAggKind.UNMASK}
+    assert kinds == {
+        SecAggKind.SETUP,
+        SecAggKind.SHARE_KEYS,
+        SecAggKind.MASK,
+        SecAggKind.CONSISTENCY,
+        SecAggKind.UNMASK,
+    }
     for m in seen:
         assert privagg.from_bytes(m).to_bytes() == m
 
@@ -409,8 +499,12 @@ class _ConstNoise:
         return 1.0
 
 
-@pytest.mark.parametrize("backend", [SecAggBackend(), SecAggBackend(bound=1e6, scale_bits=20, active=False)])
-def test_noise_share_is_added_in_fixed_point_units_with_dropouts(backend: SecAggBackend) -> None:
+@pytest.mark.parametrize(
+    "backend", [SecAggBackend(), SecAggBackend(bound=1e6, scale_bits=20, active=False)]
+)
+def test_noise_share_is_added_in_fixed_point_units_with_dropouts(
+    backend: SecAggBackend,
+) -> None:
     n, size = 6, 12
     ups = {f"c{i}": {"w": np.linspace(-0.9, 0.9, size) * (i + 1) / n} for i in range(n)}
     s = backend.setup(Layout.from_arrays(ups["c0"]), max_clients=n, noise=_ConstNoise())
@@ -446,7 +540,9 @@ def test_equivocating_server_cannot_reach_the_signature_quorum() -> None:
     unmask_a = agg.receive({c: clients[c].handle(reqs[c]) for c in group_a})
     assert set(unmask_a) == set(group_a)
     for c in group_b:
-        req = sa.UnmaskRequest(s.params_id, 0, c, u3_b, tuple(sigs_b.items())).to_bytes()
+        req = sa.UnmaskRequest(
+            s.params_id, 0, c, u3_b, tuple(sigs_b.items())
+        ).to_bytes()
         with pytest.raises(ProtocolError):
             clients[c].handle(req)
 
@@ -461,7 +557,8 @@ def test_dealt_material_runs_each_role_from_its_own_session(active: bool) -> Non
     agg_s = be.load_role(layout, "aggregator", None, dealt.aggregator, max_clients=6)
     clients = {
         c: be.load_role(layout, "client", c, dealt.clients[c], max_clients=6).client(
-            c, 3, layout.flatten(u))
+            c, 3, layout.flatten(u)
+        )
         for c, u in ups.items()
     }
     holder_s = be.load_role(layout, "holder", None, dealt.holder, max_clients=6)
@@ -493,9 +590,17 @@ def test_dealt_material_is_checked() -> None:
     layout = Layout.from_arrays({"w": np.zeros(4)})
     dealt = be.deal(layout, ["a", "b", "c"], max_clients=3)
     with pytest.raises(ParameterMismatchError):
-        be.load_role(Layout.from_arrays({"v": np.zeros(4)}), "aggregator", None, dealt.aggregator, max_clients=3)
+        be.load_role(
+            Layout.from_arrays({"v": np.zeros(4)}),
+            "aggregator",
+            None,
+            dealt.aggregator,
+            max_clients=3,
+        )
     with pytest.raises(ParameterMismatchError):
-        SecAggBackend(bound=2.0).load_role(layout, "aggregator", None, dealt.aggregator, max_clients=3)
+        SecAggBackend(bound=2.0).load_role(
+            layout, "aggregator", None, dealt.aggregator, max_clients=3
+        )
     bad = bytearray(dealt.clients["a"])
     bad[70] ^= 1
     with pytest.raises(DeserializationError):
@@ -504,4 +609,6 @@ def test_dealt_material_is_checked() -> None:
         be.load_role(layout, "client", "zz", dealt.clients["a"], max_clients=3)
     with pytest.raises(ParameterMismatchError):
         be.load_role(layout, "client", "b", dealt.clients["a"], max_clients=3)
-    assert "SecretBytes" not in repr(dealt) and dealt.clients["a"].hex() not in repr(dealt)
+    assert "SecretBytes" not in repr(dealt) and dealt.clients["a"].hex() not in repr(
+        dealt
+    )

@@ -24,35 +24,56 @@ from privagg.hazmat import DeterministicRng
 from privagg.layout import Layout
 
 N, R, SIZE = 20, 7, 6
-_LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+_LOW_ORDER = bytes.fromhex(
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"
+)
 
 
-def _setup(n: int = N, seed: int = 1) -> tuple[sa.SecAggSession, list[str], dict[str, np.ndarray], dict[str, sa.SecAggClient]]:
+def _setup(
+    n: int = N, seed: int = 1
+) -> tuple[
+    sa.SecAggSession, list[str], dict[str, np.ndarray], dict[str, sa.SecAggClient]
+]:
     layout = Layout.from_arrays({"w": np.zeros(SIZE)})
-    sess = sa.SecAggBackend(bound=1.0).setup(layout, max_clients=n)  # active, sparse graph
+    sess = sa.SecAggBackend(bound=1.0).setup(
+        layout, max_clients=n
+    )  # active, sparse graph
     ids = sorted(f"c{i:02d}" for i in range(n))
     rng = np.random.default_rng(seed)
     updates = {c: rng.uniform(-1, 1, SIZE) for c in ids}
-    clients = {c: sess.client(c, R, updates[c], rng=DeterministicRng(i)) for i, c in enumerate(ids)}
+    clients = {
+        c: sess.client(c, R, updates[c], rng=DeterministicRng(i))
+        for i, c in enumerate(ids)
+    }
     return sess, ids, updates, clients
 
 
-def _advertise(sess: sa.SecAggSession, ids: list[str], clients: dict[str, sa.SecAggClient],
-               view: tuple[str, ...] | None = None, who: Sequence[str] | None = None,
-               ) -> dict[str, sa.AdvertiseMessage]:
+def _advertise(
+    sess: sa.SecAggSession,
+    ids: list[str],
+    clients: dict[str, sa.SecAggClient],
+    view: tuple[str, ...] | None = None,
+    who: Sequence[str] | None = None,
+) -> dict[str, sa.AdvertiseMessage]:
     """Stage 0 for the clients ``who`` (default: all of ``view``), each shown ``view`` as U0."""
     cfg = sess._cfg
     view = view or tuple(ids)
     g = cfg.graph(len(view))
     return {
         c: sa.AdvertiseMessage.from_bytes(
-            clients[c].handle(sa.SetupRequest(cfg.params_id, R, c, view, g.degree, g.threshold).to_bytes())
+            clients[c].handle(
+                sa.SetupRequest(
+                    cfg.params_id, R, c, view, g.degree, g.threshold
+                ).to_bytes()
+            )
         )
         for c in (who if who is not None else view)
     }
 
 
-def _finish(agg: sa.SecAggAggregator, out: dict[str, bytes], clients: dict[str, sa.SecAggClient]) -> None:
+def _finish(
+    agg: sa.SecAggAggregator, out: dict[str, bytes], clients: dict[str, sa.SecAggClient]
+) -> None:
     while not agg.done:
         out = agg.receive({c: clients[c].handle(r) for c, r in out.items()})
 
@@ -67,7 +88,7 @@ def test_forged_participant_view_is_refused() -> None:
     cfg = sess._cfg
     g = cfg.graph(N)
     v = ids[0]
-    hs = ids[1: 1 + g.threshold]
+    hs = ids[1 : 1 + g.threshold]
     view_s = tuple(sorted([*hs, v]))
     main = [c for c in ids if c not in hs]
     adv = _advertise(sess, ids, cl, tuple(main))
@@ -77,11 +98,15 @@ def test_forged_participant_view_is_refused() -> None:
     # H are shown the victim's key set: signed over the real U0, so refused.
     for h in hs:
         with pytest.raises(ProtocolError):
-            cl[h].handle(sa.ShareKeysRequest(P, R, h, tuple(adv[j] for j in view_s)).to_bytes())
+            cl[h].handle(
+                sa.ShareKeysRequest(P, R, h, tuple(adv[j] for j in view_s)).to_bytes()
+            )
     # The victim is shown H's key sets too: those of its neighbours are verified against
     # its own H(U0), so it either refuses or shares with none of H.
     try:
-        sh = cl[v].handle(sa.ShareKeysRequest(P, R, v, tuple(adv[j] for j in sorted(ids))).to_bytes())
+        sh = cl[v].handle(
+            sa.ShareKeysRequest(P, R, v, tuple(adv[j] for j in sorted(ids))).to_bytes()
+        )
     except ProtocolError:
         pass
     else:
@@ -94,27 +119,41 @@ def test_forged_view_leaves_no_share_of_the_victim_with_the_other_group() -> Non
     sess, ids, _, cl = _setup(seed=2)
     cfg = sess._cfg
     g = cfg.graph(N)
-    v, hs = ids[0], ids[1: 1 + g.threshold]
+    v, hs = ids[0], ids[1 : 1 + g.threshold]
     main = tuple(c for c in ids if c not in hs)
     fresh = dict(cl)
     adv = _advertise(sess, ids, fresh, main)
     P = cfg.params_id
-    sh = sa.SharesMessage.from_bytes(fresh[v].handle(sa.ShareKeysRequest(P, R, v, tuple(adv[j] for j in main)).to_bytes()))
+    sh = sa.SharesMessage.from_bytes(
+        fresh[v].handle(
+            sa.ShareKeysRequest(P, R, v, tuple(adv[j] for j in main)).to_bytes()
+        )
+    )
     assert not {r for r, _ in sh.ciphertexts} & set(hs)
     # H in their forged view (without the victim's keys) never accept a share from it.
     adv_s = _advertise(sess, ids, fresh, tuple(hs))
     h = hs[0]
-    fresh[h].handle(sa.ShareKeysRequest(P, R, h, tuple(adv_s[j] for j in hs)).to_bytes())
+    fresh[h].handle(
+        sa.ShareKeysRequest(P, R, h, tuple(adv_s[j] for j in hs)).to_bytes()
+    )
     with pytest.raises(ProtocolError):
-        fresh[h].handle(sa.MaskRequest(P, R, h, ((v, sh.ciphertexts[0][1]),)).to_bytes())
+        fresh[h].handle(
+            sa.MaskRequest(P, R, h, ((v, sh.ciphertexts[0][1]),)).to_bytes()
+        )
 
 
 def test_survivor_signature_and_share_key_bind_u0() -> None:
     cfg = _setup(n=5)[0]._cfg
     a, b = sa.u0_digest(["c0", "c1"]), sa.u0_digest(["c0", "c1", "c2"])
-    assert sa._survivor_message(cfg, 0, ["c0"], a + bytes(32)) != sa._survivor_message(cfg, 0, ["c0"], a + b)
-    assert sa._survivor_message(cfg, 0, ["c0"], a) != sa._survivor_message(cfg, 0, ["c0"], b)
-    assert sa._share_key(cfg, 0, bytes(32), "c0", "c1", a) != sa._share_key(cfg, 0, bytes(32), "c0", "c1", b)
+    assert sa._survivor_message(cfg, 0, ["c0"], a + bytes(32)) != sa._survivor_message(
+        cfg, 0, ["c0"], a + b
+    )
+    assert sa._survivor_message(cfg, 0, ["c0"], a) != sa._survivor_message(
+        cfg, 0, ["c0"], b
+    )
+    assert sa._share_key(cfg, 0, bytes(32), "c0", "c1", a) != sa._share_key(
+        cfg, 0, bytes(32), "c0", "c1", b
+    )
 
 
 # -- finding 2: own share + server-chosen neighbours (reviewer's secagg_isolate.py) ------------
@@ -128,7 +167,9 @@ def test_victim_isolated_among_t_minus_1_corrupt_neighbours_is_refused() -> None
     nbrs = cfg.neighbours(R, ids, adv)
     victim = ids[0]
     corrupt = sorted(nbrs[victim])[: g.threshold - 1]
-    req = sa.ShareKeysRequest(cfg.params_id, R, victim, tuple(adv[j] for j in sorted([*corrupt, victim])))
+    req = sa.ShareKeysRequest(
+        cfg.params_id, R, victim, tuple(adv[j] for j in sorted([*corrupt, victim]))
+    )
     with pytest.raises(InsufficientParticipantsError):
         cl[victim].handle(req.to_bytes())
 
@@ -141,10 +182,14 @@ def test_victim_masking_with_t_minus_1_corrupt_neighbours_is_refused() -> None:
     g = cfg.graph(N)
     agg = sess.aggregator(R, ids)
     out = agg.start()
-    out = agg.receive({c: cl[c].handle(r) for c, r in out.items()})  # SHARE_KEYS requests
+    out = agg.receive(
+        {c: cl[c].handle(r) for c, r in out.items()}
+    )  # SHARE_KEYS requests
     shares = {c: sa.SharesMessage.from_bytes(cl[c].handle(r)) for c, r in out.items()}
     victim = ids[0]
-    from_nbrs = sorted((s, ct) for s, m in shares.items() for r, ct in m.ciphertexts if r == victim)
+    from_nbrs = sorted(
+        (s, ct) for s, m in shares.items() for r, ct in m.ciphertexts if r == victim
+    )
     assert len(from_nbrs) >= g.threshold
     req = sa.MaskRequest(cfg.params_id, R, victim, tuple(from_nbrs[: g.threshold - 1]))
     with pytest.raises(InsufficientParticipantsError):
@@ -159,10 +204,15 @@ def test_owner_never_holds_or_reveals_a_share_of_its_own_secrets() -> None:
     while not agg.done:
         replies = {c: cl[c].handle(r) for c, r in out.items()}
         for c, rep in replies.items():
-            if privagg.envelope.open_envelope(rep)[0].kind == sa.SecAggKind.UNMASK_SHARES:
+            if (
+                privagg.envelope.open_envelope(rep)[0].kind
+                == sa.SecAggKind.UNMASK_SHARES
+            ):
                 seen.append(sa.UnmaskShares.from_bytes(rep))
             if privagg.envelope.open_envelope(rep)[0].kind == sa.SecAggKind.SHARES:
-                assert c not in {r for r, _ in sa.SharesMessage.from_bytes(rep).ciphertexts}
+                assert c not in {
+                    r for r, _ in sa.SharesMessage.from_bytes(rep).ciphertexts
+                }
         out = agg.receive(replies)
     assert seen and all(m.party not in {o for o, _, _ in m.shares} for m in seen)
 
@@ -176,7 +226,9 @@ def test_graph_seed_hashes_the_advertised_keys() -> None:
     nb = cfg.neighbours(R, ids, adv)
     other = dict(adv)
     k = other[ids[3]]
-    other[ids[3]] = sa.AdvertiseMessage(k.params_id, k.round_id, k.party, k.s_pk, k.c_pk, k.signature)
+    other[ids[3]] = sa.AdvertiseMessage(
+        k.params_id, k.round_id, k.party, k.s_pk, k.c_pk, k.signature
+    )
     assert cfg.neighbours(R, ids, other) != nb
 
 
@@ -197,7 +249,10 @@ def test_threshold_holds_against_t_shares_from_others() -> None:
             assert n * _hyp_tail(n - 1, c, g.degree, g.threshold) <= 2.0**-40
         else:
             assert g.threshold > c
-        assert min_live_neighbours(n, g.degree, g.threshold, dropout_rate=1 / 3) >= g.threshold
+        assert (
+            min_live_neighbours(n, g.degree, g.threshold, dropout_rate=1 / 3)
+            >= g.threshold
+        )
 
 
 # -- finding 3: biased fast stochastic rounding (reviewer's ringbias.py) -----------------------
@@ -205,8 +260,15 @@ def test_ring_rounding_is_unbiased_for_large_values() -> None:
     enc = FixedPointEncoder(1024.0, 40)
     x = 512 + 2.0**-42  # y = 2**49 + 0.25 units
     n = 200_000
-    v = encode_to_ring(enc, np.full(n, x), 1.0, value_bound=1024.0, clip=False,
-                       rng=DeterministicRng(5), dtype=np.uint64)
+    v = encode_to_ring(
+        enc,
+        np.full(n, x),
+        1.0,
+        value_bound=1024.0,
+        clip=False,
+        rng=DeterministicRng(5),
+        dtype=np.uint64,
+    )
     frac = from_ring(v, 64) - 2**49
     assert set(np.unique(frac)) <= {0, 1}
     assert abs(frac.mean() - 0.25) < 0.005  # 7 sigma; floor(y + u) gave 0.0 or 0.5 here
@@ -221,16 +283,24 @@ def test_low_order_x25519_key_drops_only_that_client() -> None:
     replies = {c: cl[c].handle(r) for c, r in out.items()}
     bad = "c03"
     m = sa.AdvertiseMessage.from_bytes(replies[bad])
-    msg = sa._key_message(cfg, R, bad, _LOW_ORDER, m.s_pk, sa.u0_digest(ids), cfg.round_params(len(ids)))
-    sig = ed25519_sign(sess._identity(bad).reveal(), msg)  # the malicious client signs it
-    replies[bad] = sa.AdvertiseMessage(cfg.params_id, R, bad, _LOW_ORDER, m.s_pk, sig).to_bytes()
+    msg = sa._key_message(
+        cfg, R, bad, _LOW_ORDER, m.s_pk, sa.u0_digest(ids), cfg.round_params(len(ids))
+    )
+    sig = ed25519_sign(
+        sess._identity(bad).reveal(), msg
+    )  # the malicious client signs it
+    replies[bad] = sa.AdvertiseMessage(
+        cfg.params_id, R, bad, _LOW_ORDER, m.s_pk, sig
+    ).to_bytes()
     out = agg.receive(replies)
     assert bad in agg.rejected and bad not in out
     _finish(agg, out, cl)
     res = sess.holder().recover(agg.result())
     assert bad not in res.contributors and len(res.contributors) == 9
     ref = sum(updates[c] for c in res.contributors)
-    assert np.max(np.abs(res.vector - ref)) <= sa.SecAggBackend().tolerance(n_clients=10, max_abs=1.0)
+    assert np.max(np.abs(res.vector - ref)) <= sa.SecAggBackend().tolerance(
+        n_clients=10, max_abs=1.0
+    )
 
 
 def test_corrupted_share_ciphertext_excludes_its_sender_only() -> None:
@@ -241,17 +311,24 @@ def test_corrupted_share_ciphertext_excludes_its_sender_only() -> None:
     replies = {c: cl[c].handle(r) for c, r in out.items()}
     bad = "c05"
     m = sa.SharesMessage.from_bytes(replies[bad])
-    cts = tuple((r, ct[:-1] + bytes([ct[-1] ^ 1]) if i == 0 else ct) for i, (r, ct) in enumerate(m.ciphertexts))
+    cts = tuple(
+        (r, ct[:-1] + bytes([ct[-1] ^ 1]) if i == 0 else ct)
+        for i, (r, ct) in enumerate(m.ciphertexts)
+    )
     replies[bad] = sa.SharesMessage(m.params_id, m.round_id, bad, cts).to_bytes()
     out = agg.receive(replies)
     _finish(agg, out, cl)
     res = sess.holder().recover(agg.result())
     assert bad in agg.rejected and set(res.contributors) == set(ids) - {bad}
     ref = sum(updates[c] for c in res.contributors)
-    assert np.max(np.abs(res.vector - ref)) <= sa.SecAggBackend().tolerance(n_clients=10, max_abs=1.0)
+    assert np.max(np.abs(res.vector - ref)) <= sa.SecAggBackend().tolerance(
+        n_clients=10, max_abs=1.0
+    )
 
 
-def _additive(n: int = 3, servers: int = 2) -> tuple[ad.AdditiveSession, dict[str, np.ndarray]]:
+def _additive(
+    n: int = 3, servers: int = 2
+) -> tuple[ad.AdditiveSession, dict[str, np.ndarray]]:
     layout = Layout.from_arrays({"w": np.zeros(SIZE)})
     s = ad.AdditiveBackend(n_servers=servers).setup(layout, max_clients=n)
     rng = np.random.default_rng(0)
@@ -264,11 +341,17 @@ def test_additive_bad_ephemeral_key_skips_that_client_on_every_server() -> None:
     agg = s.aggregator(0, list(ups))
     reps = {c: clients[c].handle(r) for c, r in agg.start().items()}
     m = ad.ClientShares.from_bytes(reps["c1"])
-    reps["c1"] = ad.ClientShares(m.params_id, m.round_id, "c1", _LOW_ORDER, m.share0, m.seeds).to_bytes()
+    reps["c1"] = ad.ClientShares(
+        m.params_id, m.round_id, "c1", _LOW_ORDER, m.share0, m.seeds
+    ).to_bytes()
     reqs = agg.receive(reps)
     assert agg.rejected == {"c1"}
     for req in reqs.values():  # every server gets the same accepted list
-        assert [e[0] for e in ad.ServerRequest.from_bytes(req).entries] == ["c0", "c2", "c3"]
+        assert [e[0] for e in ad.ServerRequest.from_bytes(req).entries] == [
+            "c0",
+            "c2",
+            "c3",
+        ]
     servers = s.servers(0)
     agg.receive({sid: servers[sid].handle(reqs[sid]) for sid in servers})
     res = s.holder().recover(agg.result())
@@ -297,10 +380,24 @@ def test_additive_odd_length_partial_is_a_deserialization_error() -> None:
     eph = x25519_key(new_x25519(DeterministicRng(9)))
     epk = x25519_public(eph.private_bytes_raw())
     ctx = ad._ctx(cfg, msg.round_id, sid) + ad._ids_digest(msg.contributors) + epk
-    key = hkdf(ecdh(eph, cfg.holder_pk), salt=cfg.params_id, info=ad._DOMAIN + b"partial-key" + ctx)
-    ct = aead_encrypt(key, b"\x01" * (cfg.size * np.dtype(cfg.dtype).itemsize - 1), ad._DOMAIN + b"partial" + ctx)
-    bad = ad.ResultMessage(msg.params_id, msg.round_id, msg.party, msg.contributors, msg.partial0,
-                           ((sid, epk, ct), *msg.partials[1:]))
+    key = hkdf(
+        ecdh(eph, cfg.holder_pk),
+        salt=cfg.params_id,
+        info=ad._DOMAIN + b"partial-key" + ctx,
+    )
+    ct = aead_encrypt(
+        key,
+        b"\x01" * (cfg.size * np.dtype(cfg.dtype).itemsize - 1),
+        ad._DOMAIN + b"partial" + ctx,
+    )
+    bad = ad.ResultMessage(
+        msg.params_id,
+        msg.round_id,
+        msg.party,
+        msg.contributors,
+        msg.partial0,
+        ((sid, epk, ct), *msg.partials[1:]),
+    )
     with pytest.raises(DeserializationError):
         s.holder().recover(bad.to_bytes())
 
@@ -320,11 +417,15 @@ def test_bad_key_signature_drops_only_that_client() -> None:
     out = agg.start()
     replies = {c: cl[c].handle(r) for c, r in out.items()}
     m = sa.AdvertiseMessage.from_bytes(replies["c07"])
-    replies["c07"] = sa.AdvertiseMessage(m.params_id, R, "c07", m.c_pk, m.s_pk, bytes(64)).to_bytes()
+    replies["c07"] = sa.AdvertiseMessage(
+        m.params_id, R, "c07", m.c_pk, m.s_pk, bytes(64)
+    ).to_bytes()
     out = agg.receive(replies)
     assert "c07" in agg.rejected and "c07" not in out
     _finish(agg, out, cl)
     res = sess.holder().recover(agg.result())
     assert set(res.contributors) == set(ids) - {"c07"}
     ref = sum(updates[c] for c in res.contributors)
-    assert np.max(np.abs(res.vector - ref)) <= sa.SecAggBackend().tolerance(n_clients=10, max_abs=1.0)
+    assert np.max(np.abs(res.vector - ref)) <= sa.SecAggBackend().tolerance(
+        n_clients=10, max_abs=1.0
+    )

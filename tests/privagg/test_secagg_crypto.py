@@ -21,29 +21,50 @@ from privagg.backends.secagg import SecAggBackend
 from privagg.errors import ConfigurationError
 from privagg.hazmat import DeterministicRng
 
-VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "masking" / "masks_v1.json").read_text())
-P_MIN = 1e-6  # p-value below which a uniformity test fails (false alarm rate 1e-6 per test)
+VECTORS = json.loads(
+    (Path(__file__).parents[1] / "vectors" / "masking" / "masks_v1.json").read_text()
+)
+P_MIN = (
+    1e-6  # p-value below which a uniformity test fails (false alarm rate 1e-6 per test)
+)
 
 
 # -- known answers ------------------------------------------------------------------------------
 def test_aes256_ctr_matches_nist_sp800_38a() -> None:
-    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    key = bytes.fromhex(
+        "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4"
+    )
     ctr = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
     pt = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a")
     ks = aes_ctr_keystream(key, 16, ctr)
-    assert bytes(a ^ b for a, b in zip(ks, pt, strict=True)).hex() == "601ec313775789a5b7a7f504bbf3d228"
+    assert (
+        bytes(a ^ b for a, b in zip(ks, pt, strict=True)).hex()
+        == "601ec313775789a5b7a7f504bbf3d228"
+    )
 
 
 def test_x25519_matches_rfc7748() -> None:
-    a = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
-    b = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
-    assert x25519_public(a).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
-    assert x25519_public(b).hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    a = bytes.fromhex(
+        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
+    )
+    b = bytes.fromhex(
+        "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"
+    )
+    assert (
+        x25519_public(a).hex()
+        == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    )
+    assert (
+        x25519_public(b).hex()
+        == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    )
     want = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
     assert ecdh(a, x25519_public(b)).hex() == ecdh(b, x25519_public(a)).hex() == want
 
 
-@pytest.mark.parametrize("vec", VECTORS["masks"], ids=lambda v: f"{v['dtype']}x{v['size']}")
+@pytest.mark.parametrize(
+    "vec", VECTORS["masks"], ids=lambda v: f"{v['dtype']}x{v['size']}"
+)
 def test_mask_vectors(vec: dict[str, object]) -> None:
     dt = np.dtype(str(vec["dtype"]))
     size = int(vec["size"])  # type: ignore[call-overload]
@@ -67,10 +88,22 @@ def test_x25519_hkdf_and_shamir_regression_vectors() -> None:
     assert x25519_public(b).hex() == v["b_public"]
     shared = ecdh(a, bytes.fromhex(v["b_public"]))
     assert shared.hex() == v["shared"]
-    assert hkdf(shared, salt=bytes.fromhex(v["hkdf_salt"]), info=bytes.fromhex(v["hkdf_info"])).hex() == v["hkdf_out"]
+    assert (
+        hkdf(
+            shared,
+            salt=bytes.fromhex(v["hkdf_salt"]),
+            info=bytes.fromhex(v["hkdf_info"]),
+        ).hex()
+        == v["hkdf_out"]
+    )
     s = VECTORS["shamir"]
     assert int(s["prime"], 16) == _shamir.PRIME
-    got = _shamir.share(bytes.fromhex(s["secret"]), [1, 2, 3, 4, 5], s["threshold"], DeterministicRng(s["rng_seed"]))
+    got = _shamir.share(
+        bytes.fromhex(s["secret"]),
+        [1, 2, 3, 4, 5],
+        s["threshold"],
+        DeterministicRng(s["rng_seed"]),
+    )
     assert {str(x): hex(y) for x, y in got.items()} == s["shares"]
 
 
@@ -119,7 +152,10 @@ def test_every_threshold_subset_reconstructs(t: int, n: int) -> None:
 
 
 def test_share_encoding_is_canonical() -> None:
-    assert _shamir.decode_share(_shamir.encode_share(_shamir.PRIME - 1)) == _shamir.PRIME - 1
+    assert (
+        _shamir.decode_share(_shamir.encode_share(_shamir.PRIME - 1))
+        == _shamir.PRIME - 1
+    )
     with pytest.raises(DeserializationError):
         _shamir.decode_share(_shamir.PRIME.to_bytes(33, "big"))
     with pytest.raises(DeserializationError):
@@ -144,7 +180,15 @@ def test_any_t_minus_1_shares_are_uniform(secret: bytes) -> None:
     rng = SystemRng()
     trials = 2000
     samples = np.array(
-        [[v for _, v in sorted(_shamir.share(secret, [1, 2, 3, 4, 5], 3, rng).items())] for _ in range(trials)],
+        [
+            [
+                v
+                for _, v in sorted(
+                    _shamir.share(secret, [1, 2, 3, 4, 5], 3, rng).items()
+                )
+            ]
+            for _ in range(trials)
+        ],
         dtype=object,
     )
     p = float(_shamir.PRIME)
@@ -152,7 +196,11 @@ def test_any_t_minus_1_shares_are_uniform(secret: bytes) -> None:
         ui = np.array([float(v) / p for v in samples[:, i]])
         uj = np.array([float(v) / p for v in samples[:, j]])
         pv = _uniform_p_values(ui) + _uniform_p_values(uj)
-        grid = np.bincount(np.minimum((ui * 8).astype(int), 7) * 8 + np.minimum((uj * 8).astype(int), 7), minlength=64)
+        grid = np.bincount(
+            np.minimum((ui * 8).astype(int), 7) * 8
+            + np.minimum((uj * 8).astype(int), 7),
+            minlength=64,
+        )
         pv.append(float(stats.chisquare(grid).pvalue))  # joint uniformity of the pair
         assert min(pv) > P_MIN, (i, j, pv)
 

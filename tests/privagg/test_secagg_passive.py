@@ -13,6 +13,5 @@ class TestSecAggPassiveContract(BackendContract):
     max_clients = 4
     n_clients = 4
 
-
     def make_backend(self) -> SecAggBackend:
         return SecAggBackend(active=False, full_graph=True)

@@ -5,7 +5,7 @@ parameters as they are (its ``bound``, ``scale``, capacity check ``sum_bits`` an
 ``decode``), with a vectorised form of its unbiased stochastic rounding:
 ``R(y) = floor(y) + [u < frac(y)]``, ``frac(y) = y - floor(y)`` (computed exactly: no
 float addition of ``u`` to a large ``y``), ``u = k / 2**32`` with ``k`` a uniform 32-bit
-word from the injected :class:`~privagg._rng.Rng`. Then ``P[R(y) = floor(y) + 1] =
+word (AES-256-CTR keystream under a fresh key from the injected :class:`~privagg._rng.Rng`). Then ``P[R(y) = floor(y) + 1] =
 ceil(frac(y) * 2**32) / 2**32``, so ``E[R(y)] = y`` up to ``2**-32`` of one unit (the grid
 of ``u``) for every ``|y| < 2**53`` and ``|R(y) - y| < 1`` unit always, as with the shared
 encoder. (An earlier ``floor(y + u)`` form was biased once ``|y| > 2**21``, where the ulp
@@ -18,7 +18,9 @@ the CPU cache: a SecAgg+ client adds ``k + 1`` masks to its vector, and blocking
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +31,7 @@ from privagg.encoding import FixedPointEncoder
 from privagg.errors import ConfigurationError, EncodingOverflowError
 from privagg.protocols import NoiseShare
 
-__all__ = ["BLOCK", "add_masks", "encode_to_ring"]
+__all__ = ["BLOCK", "add_masks", "centred", "encode_to_ring"]
 
 BLOCK = 1 << 15
 _COUNTER0 = bytes(16)
@@ -46,8 +48,16 @@ def encode_to_ring(
     dtype: type[np.unsignedinteger],
     noise: NoiseShare | None = None,
     who: str = "client",
+    masks: Sequence[tuple[bytes, int]] = (),
 ) -> npt.NDArray[np.unsignedinteger]:
-    """``weight * update`` as fixed-point residues modulo ``2**32`` or ``2**64``.
+    """``weight * update`` as fixed-point residues modulo ``2**32`` or ``2**64``, plus
+    ``sum(sign * mask(seed))`` for each ``(seed, sign)`` of ``masks`` (see :func:`add_masks`).
+
+    Encoding and masking are fused: each block of :data:`BLOCK` values is encoded, then
+    every mask's keystream for that block is added while the block is still in cache. The
+    rounding words are the AES-256-CTR keystream (zero counter block) of a fresh 32-byte
+    key drawn from ``rng`` (the construction :class:`~privagg._rng.SystemRng` itself uses
+    for bulk draws), produced block by block into a reusable buffer, never held in full.
 
     Args:
         encoder: the session's encoder (bound ``value_bound * max_weight``).
@@ -59,6 +69,7 @@ def encode_to_ring(
         dtype: ``np.uint32`` or ``np.uint64`` (the ring).
         noise: distributed-DP noise share, added in fixed-point units.
         who: names the party in error messages.
+        masks: AES-256-CTR seeds and signs of the masks to add.
 
     Raises:
         ConfigurationError: NaN or infinite values.
@@ -67,12 +78,29 @@ def encode_to_ring(
     x = np.asarray(update, dtype=np.float64).reshape(-1)
     n = x.size
     ws = float(weight) * encoder.scale
-    words = np.frombuffer(rng.random_bytes(4 * n), dtype="<u4")
-    out = np.empty(n, dtype=np.int64 if noise is not None else dtype)
-    t1 = np.empty(min(n, BLOCK), dtype=np.float64)
+    ring = np.dtype(dtype)
+    # After the bound check (or clipping) every rounded value is an exact integer of
+    # magnitude <= ceil(|ws| * value_bound) + 1: the values go straight into the ring's
+    # signed width when that fits it (two's complement is the residue mod 2**bits), else
+    # through int64 (reduced mod 2**bits on the copy).
+    out = np.empty(n, dtype=np.int64 if noise is not None else ring)
+    widest = math.ceil(abs(ws) * value_bound) + 1
+    direct = noise is not None or widest < 1 << (8 * ring.itemsize - 1)
+    if noise is not None:
+        ints = out
+    elif direct:
+        ints = out.view(np.int32 if ring.itemsize == 4 else np.int64)
+    else:
+        ints = np.empty(min(n, BLOCK), dtype=np.int64)
+    blk = min(n, BLOCK)
+    t1 = np.empty(blk, dtype=np.float64)
     t2 = np.empty_like(t1)
     t3 = np.empty_like(t1)
     up = np.empty(t1.shape, dtype=bool)
+    mk = _Masker(ring, blk, masks) if (masks and noise is None and n) else None
+    coins = (
+        _Masker(np.dtype(np.uint32), blk, [(rng.random_bytes(32), 1)]) if n else None
+    )
     for s in range(0, n, BLOCK):
         e = min(n, s + BLOCK)
         xs, a, b = x[s:e], t1[: e - s], t2[: e - s]
@@ -85,22 +113,65 @@ def encode_to_ring(
                     f"{who}: values exceed the bound {value_bound}; clip first or use clip=True"
                 )
             xs = np.clip(xs, -value_bound, value_bound, out=a)
+        assert coins is not None
+        words = coins.keystream(e - s)
         f, m = t3[: e - s], up[: e - s]
         np.multiply(xs, ws, out=a)  # y
         np.floor(a, out=f)
         np.subtract(a, f, out=a)  # frac(y), exact (Sterbenz) for |y| >= 1 and y >= 0
-        np.multiply(words[s:e], 2.0**-32, out=b)  # u
+        np.multiply(words, 2.0**-32, out=b)  # u
         np.less(b, a, out=m)
         np.add(f, m, out=a)
-        if noise is not None:
-            np.copyto(out[s:e], a, casting="unsafe")
+        if direct:
+            np.copyto(ints[s:e], a, casting="unsafe")
         else:  # float -> int64 -> ring word (two's complement, reduced mod 2**bits)
-            np.copyto(out[s:e], a.astype(np.int64).view(np.uint64), casting="unsafe")
+            i = ints[: e - s]
+            np.copyto(i, a, casting="unsafe")
+            np.copyto(out[s:e], i.view(np.uint64), casting="unsafe")
+        if mk is not None:
+            mk.apply(out[s:e])
     if noise is None:
         return out
     out += noise.sample_encoded(n, scale=encoder.scale, rng=rng)
     u = out.view(np.uint64)
-    return u.astype(np.uint32) if dtype is np.uint32 else u
+    res = u.astype(np.uint32) if ring.itemsize == 4 else u
+    add_masks(res, masks)
+    return res
+
+
+class _Masker:
+    """AES-256-CTR keystreams of several seeds, consumed block by block into a reusable
+    buffer (``update_into``) and added to or subtracted from consecutive blocks."""
+
+    __slots__ = ("_buf", "_dt", "_encs", "_view", "_zeros")
+
+    def __init__(
+        self, dtype: np.dtype[Any], block: int, seeds: Sequence[tuple[bytes, int]]
+    ) -> None:
+        self._dt = dtype.newbyteorder("<")
+        self._zeros = memoryview(bytes(block * self._dt.itemsize))
+        self._buf = bytearray(block * self._dt.itemsize + 15)
+        self._view = np.frombuffer(self._buf, dtype=self._dt, count=block)
+        self._encs = [
+            (Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor(), sign >= 0)
+            for seed, sign in seeds
+        ]
+
+    def keystream(self, k: int) -> npt.NDArray[np.unsignedinteger]:
+        """The next ``k`` words of the (first) keystream, in the reusable buffer."""
+        self._encs[0][0].update_into(self._zeros[: k * self._dt.itemsize], self._buf)
+        return self._view[:k]
+
+    def apply(self, a: npt.NDArray[np.unsignedinteger]) -> None:
+        """Add the next ``a.size`` words of every keystream to ``a`` (with its sign)."""
+        k = a.size
+        zeros, buf, v = self._zeros[: k * self._dt.itemsize], self._buf, self._view[:k]
+        for enc, plus in self._encs:
+            enc.update_into(zeros, buf)
+            if plus:
+                np.add(a, v, out=a)
+            else:
+                np.subtract(a, v, out=a)
 
 
 def add_masks(
@@ -114,22 +185,20 @@ def add_masks(
     """
     if not seeds or acc.size == 0:
         return
-    dt = acc.dtype.newbyteorder("<")
-    m = min(acc.size, BLOCK)
-    zeros = memoryview(bytes(m * dt.itemsize))
-    buf = bytearray(m * dt.itemsize + 15)
-    view = np.frombuffer(buf, dtype=dt, count=m)
-    encs = [
-        (Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor(), sign)
-        for seed, sign in seeds
-    ]
+    mk = _Masker(acc.dtype, min(acc.size, BLOCK), seeds)
     for s in range(0, acc.size, BLOCK):
-        e = min(acc.size, s + BLOCK)
-        k = e - s
-        a, v = acc[s:e], view[:k]
-        for enc, sign in encs:
-            enc.update_into(zeros[: k * dt.itemsize], buf)
-            if sign >= 0:
-                np.add(a, v, out=a)
-            else:
-                np.subtract(a, v, out=a)
+        mk.apply(acc[s : s + BLOCK])
+
+
+def centred(words: npt.NDArray[np.unsignedinteger]) -> npt.NDArray[np.signedinteger]:
+    """Ring words (uint32 or uint64) as centred signed integers, without a copy.
+
+    The same values as :func:`privagg.encoding.from_ring` with ``bits`` the word size:
+    the two's-complement reading of a ``b``-bit word is its representative in
+    ``[-2**(b-1), 2**(b-1))``.
+    """
+    if words.dtype == np.dtype(np.uint32):
+        return words.view(np.int32)
+    if words.dtype == np.dtype(np.uint64):
+        return words.view(np.int64)
+    raise ConfigurationError(f"ring words must be uint32 or uint64, got {words.dtype}")

@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from privagg._rng import Rng, SystemRng
 from privagg.backends import _wire
-from privagg.backends._ringcode import add_masks, encode_to_ring
+from privagg.backends._ringcode import add_masks, centred, encode_to_ring
 from privagg.backends._secagg_crypto import (
     aead_decrypt,
     aead_encrypt,
@@ -48,7 +48,7 @@ from privagg.backends._secagg_crypto import (
     x25519_key,
     x25519_public,
 )
-from privagg.encoding import FixedPointEncoder, from_ring
+from privagg.encoding import FixedPointEncoder
 from privagg.envelope import (
     PayloadReader,
     PayloadWriter,
@@ -341,17 +341,6 @@ class AdditiveClient:
             )
         if self._answered:
             raise ProtocolError("this client already contributed to this round")
-        share0 = encode_to_ring(
-            cfg.encoder,
-            self._update,
-            self._weight,
-            value_bound=cfg.value_bound,
-            clip=cfg.clip,
-            rng=self._rng,
-            dtype=cfg.dtype,
-            noise=self._noise,
-            who=f"client {self._id!r}",
-        )
         eph = x25519_key(new_x25519(self._rng))
         epk = x25519_public(eph.private_bytes_raw())
         seeds = []
@@ -366,7 +355,19 @@ class AdditiveClient:
                 info=_DOMAIN + b"seed-key" + ctx + epk,
             )
             seeds.append((sid, aead_encrypt(key, seed, _DOMAIN + b"seed" + ctx + epk)))
-        add_masks(share0, masks)
+        # Server 0's share: the encoding minus every seed's expansion, in one blocked pass.
+        share0 = encode_to_ring(
+            cfg.encoder,
+            self._update,
+            self._weight,
+            value_bound=cfg.value_bound,
+            clip=cfg.clip,
+            rng=self._rng,
+            dtype=cfg.dtype,
+            noise=self._noise,
+            who=f"client {self._id!r}",
+            masks=masks,
+        )
         self._answered = True
         self._update = np.zeros(0)
         return ClientShares(
@@ -442,7 +443,7 @@ class AdditiveServer:
         )
         ct = aead_encrypt(
             key,
-            acc.astype(acc.dtype.newbyteorder("<")).tobytes(),
+            acc.astype(acc.dtype.newbyteorder("<"), copy=False).tobytes(),
             _DOMAIN + b"partial" + ctx,
         )
         self._answered = True
@@ -610,8 +611,15 @@ class AdditiveHolder:
     def recover(self, result: bytes) -> Recovered:
         """Combine the partial sums into the float sum."""
         cfg = self._cfg
-        h, _ = open_envelope(result)
-        if h.scheme != Scheme.ADDITIVE or h.kind != AdditiveKind.RESULT:
+        # The header is read unverified first, so that the digest over the (P-word)
+        # result is computed once, by ``from_bytes``; a mismatch is reported only after
+        # ``open_envelope`` has checked the digest (corrupted bytes stay a
+        # DeserializationError).
+        h = _wire.peek_header(result)
+        ours = h.scheme == Scheme.ADDITIVE and h.kind == AdditiveKind.RESULT
+        if not (ours and hmac.compare_digest(h.params_id, cfg.params_id)):
+            open_envelope(result)
+        if not ours:
             raise ProtocolError("not an additive-sharing result")
         if not hmac.compare_digest(h.params_id, cfg.params_id):
             raise ParameterMismatchError(
@@ -624,7 +632,7 @@ class AdditiveHolder:
             raise ProtocolError("result has the wrong type or size")
         if {p[0] for p in msg.partials} != set(cfg.server_ids):
             raise ProtocolError("the result does not carry every server's partial sum")
-        acc = msg.partial0.copy()
+        acc = msg.partial0  # decoded into a fresh array: add in place
         sk = x25519_key(self._key.unsafe_material())
         digest = _ids_digest(msg.contributors)
         for sid, epk, ct in msg.partials:
@@ -640,8 +648,7 @@ class AdditiveHolder:
                 raise DeserializationError()
             part = np.frombuffer(raw, dtype=dt)
             np.add(acc, part, out=acc)
-        ints = from_ring(acc.astype(np.uint64), cfg.ring_bits)
-        return Recovered(cfg.encoder.decode(ints), msg.contributors)
+        return Recovered(cfg.encoder.decode(centred(acc)), msg.contributors)
 
     def __repr__(self) -> str:
         return "AdditiveHolder(<key hidden>)"

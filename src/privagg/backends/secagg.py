@@ -55,7 +55,7 @@ from privagg.backends._graph import (
     harary_neighbours,
     min_live_neighbours,
 )
-from privagg.backends._ringcode import add_masks, encode_to_ring
+from privagg.backends._ringcode import add_masks, centred, encode_to_ring
 from privagg.backends._secagg_crypto import (
     aead_decrypt,
     aead_encrypt,
@@ -69,7 +69,7 @@ from privagg.backends._secagg_crypto import (
     x25519_key,
     x25519_public,
 )
-from privagg.encoding import FixedPointEncoder, from_ring
+from privagg.encoding import FixedPointEncoder
 from privagg.envelope import (
     Header,
     PayloadReader,
@@ -842,7 +842,6 @@ class SecAggClient:
         if not solo:
             self._masked_with = frozenset(peers)
         self._c_shared = {}
-        y = self._encode()
         s_sk = x25519_key(self._s_sk.reveal())
         seeds = [(self._b.reveal(), 1)]
         for j in sorted(peers):
@@ -850,14 +849,17 @@ class SecAggClient:
                 self._cfg, self._round, ecdh(s_sk, self._keys[j].s_pk), self._id, j
             )
             seeds.append((seed, _pair_sign(self._id, j)))
-        add_masks(y, seeds)
+        # Encoding and all k + 1 masks in one cache-blocked pass over the vector.
+        y = self._encode(seeds)
         self._update = np.zeros(0)
         self._expect = SecAggKind.CONSISTENCY if self._cfg.active else SecAggKind.UNMASK
         return MaskedInput(
             self._cfg.params_id, self._round, self._id, y, tuple(sorted(rejected))
         ).to_bytes()
 
-    def _encode(self) -> npt.NDArray[np.unsignedinteger]:
+    def _encode(
+        self, masks: Sequence[tuple[bytes, int]]
+    ) -> npt.NDArray[np.unsignedinteger]:
         cfg = self._cfg
         return encode_to_ring(
             cfg.encoder,
@@ -869,6 +871,7 @@ class SecAggClient:
             dtype=cfg.dtype,
             noise=self._noise,
             who=f"client {self._id!r}",
+            masks=masks,
         )
 
     def _consistency(self, req: ConsistencyRequest) -> bytes:
@@ -1308,8 +1311,15 @@ class SecAggHolder:
 
     def recover(self, result: bytes) -> Recovered:
         """Check the result's parameters and decode the fixed-point sum."""
-        h, _ = open_envelope(result)
-        if h.scheme != Scheme.SECAGG or h.kind != SecAggKind.RESULT:
+        # The header is read unverified first, so that the digest over the (P-word)
+        # result is computed once, by ``from_bytes``; a mismatch is reported only after
+        # ``open_envelope`` has checked the digest (corrupted bytes stay a
+        # DeserializationError).
+        h = _wire.peek_header(result)
+        ours = h.scheme == Scheme.SECAGG and h.kind == SecAggKind.RESULT
+        if not (ours and hmac.compare_digest(h.params_id, self._cfg.params_id)):
+            open_envelope(result)
+        if not ours:
             raise ProtocolError("not a SecAgg+ result")
         if not hmac.compare_digest(h.params_id, self._cfg.params_id):
             raise ParameterMismatchError(
@@ -1320,8 +1330,7 @@ class SecAggHolder:
             self._cfg.size,
         ):
             raise ProtocolError("result has the wrong type or size")
-        ints = from_ring(msg.total.astype(np.uint64), self._cfg.ring_bits)
-        return Recovered(self._cfg.encoder.decode(ints), msg.contributors)
+        return Recovered(self._cfg.encoder.decode(centred(msg.total)), msg.contributors)
 
     def __repr__(self) -> str:
         return "SecAggHolder()"
