@@ -37,7 +37,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: setup
 	$(BIN)/mypy src/privagg

@@ -19,7 +19,9 @@ T = TypeVar("T")
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="small sizes, < 1 minute on 2 cores")
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes, < 1 minute on 2 cores"
+    )
     return p
 
 

@@ -44,15 +44,20 @@ def _naive(key_bits: int, samples: list[np.ndarray]) -> dict[str, float]:
         for c in range(1, n_clients):
             acc = acc + enc[c][j]
         sums.append(acc)
-    t_add = (time.perf_counter() - t) / n  # per value of the vector (n_clients - 1 adds)
+    t_add = (
+        time.perf_counter() - t
+    ) / n  # per value of the vector (n_clients - 1 adds)
     t = time.perf_counter()
     dec = np.array([priv.decrypt(e) for e in sums])
     t_dec = (time.perf_counter() - t) / n
     err = float(np.max(np.abs(dec - np.sum(samples, axis=0))))
     ct_bytes = (2 * key_bits + 7) // 8
     return {
-        "encrypt_s_per_value": t_enc, "aggregate_s_per_value": t_add,
-        "decrypt_s_per_value": t_dec, "bytes_per_value": float(ct_bytes + 2), "max_abs_error": err,
+        "encrypt_s_per_value": t_enc,
+        "aggregate_s_per_value": t_add,
+        "decrypt_s_per_value": t_dec,
+        "bytes_per_value": float(ct_bytes + 2),
+        "max_abs_error": err,
     }
 
 
@@ -65,7 +70,10 @@ def main() -> None:
     p.add_argument("--naive-sample", type=int, default=200)
     args = p.parse_args()
     if args.quick:
-        args.values, args.naive_sample = min(args.values, 10_000), min(args.naive_sample, 10)
+        args.values, args.naive_sample = (
+            min(args.values, 10_000),
+            min(args.naive_sample, 10),
+        )
     k, size = args.clients, args.values
 
     rng = np.random.default_rng(0)  # test data only
@@ -87,8 +95,12 @@ def main() -> None:
     total_own_tables = total + (k - 1) * t_table  # every client builds its own table
     upload = float(np.mean(list(res.bytes_sent.values())))
     packed = {
-        "setup_keygen_s": t_setup, "fixed_base_table_s": t_table, "client_encrypt_s": t_enc, "aggregate_s": t_agg,
-        "decrypt_s": t_dec, "end_to_end_s": total,
+        "setup_keygen_s": t_setup,
+        "fixed_base_table_s": t_table,
+        "client_encrypt_s": t_enc,
+        "aggregate_s": t_agg,
+        "decrypt_s": t_dec,
+        "end_to_end_s": total,
         "end_to_end_s_note": "table + encrypt (all clients) + aggregate + decrypt; keygen excluded",
         "end_to_end_s_one_table_per_client": total_own_tables,
         "client_encrypt_values_per_s": k * size / t_enc,
@@ -96,9 +108,11 @@ def main() -> None:
         "decrypt_values_per_s": size / t_dec,
         "end_to_end_values_per_s": k * size / total,
         "bytes_per_value": upload / size,
-        "slot_bits": slots.slot_bits, "slots_per_ciphertext": slots.slots,
+        "slot_bits": slots.slot_bits,
+        "slots_per_ciphertext": slots.slots,
         "ciphertexts_per_client": slots.n_plaintexts,
-        "max_abs_error": err, "tolerance": tol,
+        "max_abs_error": err,
+        "tolerance": tol,
     }
 
     sample = min(args.naive_sample, size)
@@ -108,34 +122,49 @@ def main() -> None:
     n_dec = nv["decrypt_s_per_value"] * size
     n_total = n_enc + n_agg + n_dec
     naive = {
-        **nv, "extrapolated": True, "sample_values_per_client": sample,
-        "client_encrypt_s": n_enc, "aggregate_s": n_agg, "decrypt_s": n_dec,
-        "end_to_end_s": n_total, "end_to_end_values_per_s": k * size / n_total,
+        **nv,
+        "extrapolated": True,
+        "sample_values_per_client": sample,
+        "client_encrypt_s": n_enc,
+        "aggregate_s": n_agg,
+        "decrypt_s": n_dec,
+        "end_to_end_s": n_total,
+        "end_to_end_values_per_s": k * size / n_total,
         "method": (
             f"phe {phe_paillier.__name__}: encrypt/add/decrypt timed on {sample} values per "
             f"client x {k} clients, per-value cost x {size} values (linear extrapolation)"
         ),
     }
-    emit("paillier", {
-        "config": {
-            "clients": k, "values_per_client": size, "key_bits": args.key_bits,
-            "workers": args.workers, "quick": args.quick, "bound": be.bound,
-            "scale_bits": be.scale_bits, "cpu_count": os.cpu_count(),
+    emit(
+        "paillier",
+        {
+            "config": {
+                "clients": k,
+                "values_per_client": size,
+                "key_bits": args.key_bits,
+                "workers": args.workers,
+                "quick": args.quick,
+                "bound": be.bound,
+                "scale_bits": be.scale_bits,
+                "cpu_count": os.cpu_count(),
+            },
+            "packed": packed,
+            "naive_phe": naive,
+            "speedup_vs_baseline": n_total / total,
+            "speedup_vs_baseline_one_table_per_client": n_total / total_own_tables,
+            "speedup_encrypt": n_enc / (t_enc + t_table),
+            "speedup_aggregate": n_agg / t_agg,
+            "speedup_decrypt": n_dec / t_dec,
+            "bytes_ratio_vs_baseline": packed["bytes_per_value"]
+            / nv["bytes_per_value"],
+            "targets": {
+                "speedup_ge_100": n_total / total >= 100,
+                "bytes_ratio_le_1_50": packed["bytes_per_value"] / nv["bytes_per_value"]
+                <= 1 / 50,
+                "error_within_tolerance": err <= tol,
+            },
         },
-        "packed": packed,
-        "naive_phe": naive,
-        "speedup_vs_baseline": n_total / total,
-        "speedup_vs_baseline_one_table_per_client": n_total / total_own_tables,
-        "speedup_encrypt": n_enc / (t_enc + t_table),
-        "speedup_aggregate": n_agg / t_agg,
-        "speedup_decrypt": n_dec / t_dec,
-        "bytes_ratio_vs_baseline": packed["bytes_per_value"] / nv["bytes_per_value"],
-        "targets": {
-            "speedup_ge_100": n_total / total >= 100,
-            "bytes_ratio_le_1_50": packed["bytes_per_value"] / nv["bytes_per_value"] <= 1 / 50,
-            "error_within_tolerance": err <= tol,
-        },
-    })
+    )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,17 @@ def main() -> None:
     res, t_priv = timed(lambda: privagg.run_round(session, ups), repeat=3)
     ref, t_np = timed(lambda: np.sum([u["w"] for u in ups.values()], axis=0), repeat=3)
     err = float(np.max(np.abs(res.aggregate["w"] - ref)))
-    emit("plain", {
-        "clients": n, "values": size, "privagg_round_s": t_priv, "numpy_sum_s": t_np,
-        "ratio_vs_numpy": t_priv / t_np, "max_abs_error": err,
-    })
+    emit(
+        "plain",
+        {
+            "clients": n,
+            "values": size,
+            "privagg_round_s": t_priv,
+            "numpy_sum_s": t_np,
+            "ratio_vs_numpy": t_priv / t_np,
+            "max_abs_error": err,
+        },
+    )
 
 
 if __name__ == "__main__":

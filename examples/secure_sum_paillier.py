@@ -17,7 +17,10 @@ from privagg.backends.paillier import PaillierBackend, PaillierPublicKey
 def main() -> None:
     rng = np.random.default_rng(0)  # test data only; privagg draws its own secrets
     updates = {
-        f"client-{i}": {"lora_B": rng.uniform(-1, 1, size=(64, 8)), "bias": rng.uniform(-1, 1, size=(8,))}
+        f"client-{i}": {
+            "lora_B": rng.uniform(-1, 1, size=(64, 8)),
+            "bias": rng.uniform(-1, 1, size=(8,)),
+        }
         for i in range(3)
     }
     weights = {"client-0": 0.5, "client-1": 0.3, "client-2": 0.2}
@@ -45,7 +48,9 @@ def main() -> None:
     protected = aggregator.result()  # ciphertexts only
 
     # result holder: the same parameters plus the secret key
-    holder_session = backend.session(layout, public_key, secret_key, max_clients=3, max_weight=1.0)
+    holder_session = backend.session(
+        layout, public_key, secret_key, max_clients=3, max_weight=1.0
+    )
     recovered = holder_session.holder().recover(protected)
     total = layout.unflatten(recovered.vector)
 
@@ -53,7 +58,9 @@ def main() -> None:
     err = float(np.max(np.abs(total["lora_B"] - ref)))
     tol = backend.tolerance(n_clients=3, max_abs=1.0)
     print(f"contributors: {recovered.contributors}")
-    print(f"upload per client: {len(replies['client-0'])} bytes for {layout.size} values")
+    print(
+        f"upload per client: {len(replies['client-0'])} bytes for {layout.size} values"
+    )
     print(f"max abs error vs numpy: {err:.2e} (declared tolerance {tol:.2e})")
     assert err <= tol
 

@@ -15,7 +15,9 @@ import privagg
 
 
 def main() -> None:
-    rng = np.random.default_rng(0)  # test data only; privagg's own randomness is a CSPRNG
+    rng = np.random.default_rng(
+        0
+    )  # test data only; privagg's own randomness is a CSPRNG
     updates = {
         f"client-{i:02d}": {
             "dense.weight": rng.uniform(-0.5, 0.5, (16, 8)).astype(np.float32),
@@ -38,8 +40,10 @@ def main() -> None:
     }
     err = max(float(np.max(np.abs(result.aggregate[n] - ref[n]))) for n in layout.names)
     print(f"contributors: {len(result.contributors)}, dropped: {list(result.dropped)}")
-    print(f"max |secure sum - plain sum| = {err:.2e} "
-          f"(declared tolerance {backend.tolerance(n_clients=20, max_abs=0.5):.2e})")
+    print(
+        f"max |secure sum - plain sum| = {err:.2e} "
+        f"(declared tolerance {backend.tolerance(n_clients=20, max_abs=0.5):.2e})"
+    )
     print(f"bytes uploaded per client: {max(result.bytes_sent.values())}")
 
 

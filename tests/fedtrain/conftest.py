@@ -49,7 +49,9 @@ def conll_small() -> tuple[RawDataset, RawDataset]:
     return train, ev
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """Silence Opacus' benign full-backward-hook warning in the fedtrain tests."""
     here = Path(__file__).resolve().parent
     mark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")

@@ -243,7 +243,9 @@ def test_ledger_persists_and_reloads(tmp_path: Path) -> None:
     "backend",
     ["ckks", "secagg", "additive", pytest.param("paillier", marks=pytest.mark.slow)],
 )
-def test_secure_backend_matches_plain(backend: str, rt_small: tuple[RawDataset, RawDataset]) -> None:
+def test_secure_backend_matches_plain(
+    backend: str, rt_small: tuple[RawDataset, RawDataset]
+) -> None:
     """Encrypted vs plaintext aggregation of the same training: same state and metric."""
     if backend not in privagg.available_backends():
         pytest.skip(f"privagg backend {backend!r} not available")

@@ -61,7 +61,9 @@ def test_keystream_is_consistent_across_chunking() -> None:
     big = aes_ctr_keystream(key, (1 << 20) + 100)
     assert big[:1000] == aes_ctr_keystream(key, 1000)
     r1, r2 = DeterministicRng(7), DeterministicRng(7)
-    assert r1.random_bytes(10) + r1.random_bytes(2_000_000) == r2.random_bytes(2_000_010)
+    assert r1.random_bytes(10) + r1.random_bytes(2_000_000) == r2.random_bytes(
+        2_000_010
+    )
 
 
 def test_system_rng_bulk_and_small() -> None:
@@ -100,7 +102,11 @@ float_arrays = hnp.arrays(
 )
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=8), float_arrays, min_size=1, max_size=5))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8), float_arrays, min_size=1, max_size=5
+    )
+)
 def test_layout_round_trip(arrays: dict[str, np.ndarray]) -> None:
     layout = Layout.from_arrays(arrays)
     vec = layout.flatten(arrays)
@@ -111,7 +117,10 @@ def test_layout_round_trip(arrays: dict[str, np.ndarray]) -> None:
         np.testing.assert_array_equal(back[k], v)
     assert Layout.from_bytes(layout.to_bytes()) == layout
     # insertion order does not matter
-    assert Layout.from_arrays(dict(reversed(list(arrays.items())))).fingerprint == layout.fingerprint
+    assert (
+        Layout.from_arrays(dict(reversed(list(arrays.items())))).fingerprint
+        == layout.fingerprint
+    )
 
 
 def test_layout_mismatch_and_bad_input() -> None:
@@ -135,8 +144,13 @@ def test_layout_mismatch_and_bad_input() -> None:
 
 # -- encoder --------------------------------------------------------------------------------
 def test_encoder_validates_parameters() -> None:
-    for kwargs in ({"bound": 0.0}, {"bound": float("inf")}, {"bound": 1.0, "scale_bits": -1},
-                   {"bound": 1.0, "scale_bits": 53}, {"bound": 2.0**20, "scale_bits": 45}):
+    for kwargs in (
+        {"bound": 0.0},
+        {"bound": float("inf")},
+        {"bound": 1.0, "scale_bits": -1},
+        {"bound": 1.0, "scale_bits": 53},
+        {"bound": 2.0**20, "scale_bits": 45},
+    ):
         with pytest.raises(ConfigurationError):
             FixedPointEncoder(**kwargs)  # type: ignore[arg-type]
 
@@ -146,7 +160,9 @@ def test_encoder_overflow_and_clip() -> None:
     with pytest.raises(EncodingOverflowError):
         enc.encode([0.5, 1.5])
     enc.encode([1.0, -1.0])  # exactly at the bound is fine
-    clipped = FixedPointEncoder(bound=1.0, scale_bits=8, clip=True).encode([0.5, 1.5, -3.0])
+    clipped = FixedPointEncoder(bound=1.0, scale_bits=8, clip=True).encode(
+        [0.5, 1.5, -3.0]
+    )
     assert clipped.n_clipped == 2
     assert clipped.values.tolist()[1:] == [256, -256]
     with pytest.raises(ConfigurationError):
@@ -162,7 +178,10 @@ def test_stochastic_rounding_is_unbiased() -> None:
     assert abs(vals.mean() - 0.3) < 0.005
 
 
-@given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=50), st.integers(0, 40))
+@given(
+    st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=50),
+    st.integers(0, 40),
+)
 def test_encode_error_below_one_unit(xs: list[float], bits: int) -> None:
     enc = FixedPointEncoder(bound=1.0, scale_bits=bits)
     vals = enc.encode(xs, DeterministicRng(bits)).values
@@ -184,7 +203,9 @@ def test_capacity_boundary() -> None:
     st.integers(1, 64).flatmap(
         lambda b: st.tuples(
             st.just(b),
-            st.lists(st.integers(-(2 ** (b - 1)), 2 ** (b - 1) - 1), min_size=1, max_size=20),
+            st.lists(
+                st.integers(-(2 ** (b - 1)), 2 ** (b - 1) - 1), min_size=1, max_size=20
+            ),
         )
     )
 )
@@ -206,7 +227,14 @@ def test_ring_sum_wraps_correctly() -> None:
 # -- envelope --------------------------------------------------------------------------------
 def test_envelope_round_trip_and_rejections() -> None:
     h = Header(Scheme.PLAIN, 7, b"\x11" * 32, 42)
-    payload = PayloadWriter().u32(5).text("hé").array(np.arange(4.0)).int_big(2**300 + 1).getvalue()
+    payload = (
+        PayloadWriter()
+        .u32(5)
+        .text("hé")
+        .array(np.arange(4.0))
+        .int_big(2**300 + 1)
+        .getvalue()
+    )
     data = seal(h, payload)
     h2, p2 = open_envelope(data)
     assert h2 == h
@@ -215,7 +243,12 @@ def test_envelope_round_trip_and_rejections() -> None:
     np.testing.assert_array_equal(r.array(), np.arange(4.0))
     assert r.int_big() == 2**300 + 1
     r.done()
-    for bad in (data[:-1], data + b"\0", b"XXXX" + data[4:], data[:4] + b"\x00\x02" + data[6:]):
+    for bad in (
+        data[:-1],
+        data + b"\0",
+        b"XXXX" + data[4:],
+        data[:4] + b"\x00\x02" + data[6:],
+    ):
         with pytest.raises(DeserializationError):
             open_envelope(bad)
     with pytest.raises(DeserializationError):
@@ -269,9 +302,17 @@ def test_secret_key_export_requires_protection(tmp_path: os.PathLike[str]) -> No
 
 
 def test_errors_share_one_root() -> None:
-    for name in ("ConfigurationError", "DeserializationError", "ParameterMismatchError",
-                 "EncodingOverflowError", "ProtocolError", "InsufficientParticipantsError",
-                 "BudgetExceededError", "UnsupportedError", "MissingKeyError"):
+    for name in (
+        "ConfigurationError",
+        "DeserializationError",
+        "ParameterMismatchError",
+        "EncodingOverflowError",
+        "ProtocolError",
+        "InsufficientParticipantsError",
+        "BudgetExceededError",
+        "UnsupportedError",
+        "MissingKeyError",
+    ):
         assert issubclass(getattr(privagg, name), privagg.PrivaggError)
     assert issubclass(privagg.ConfigurationError, ValueError)
     assert issubclass(privagg.EncodingOverflowError, OverflowError)
@@ -283,7 +324,9 @@ def test_layout_from_bytes_rejects_overflowing_shapes() -> None:
 
     for shape in ((1 << 32, 1 << 32), ((1 << 64) - 1,), ((1 << 40) + 1,)):
         data = struct.pack(">I", 1) + struct.pack(">H", 1) + b"w"
-        data += struct.pack(">BB", 2, len(shape)) + struct.pack(f">{len(shape)}Q", *shape)
+        data += struct.pack(">BB", 2, len(shape)) + struct.pack(
+            f">{len(shape)}Q", *shape
+        )
         with pytest.raises(DeserializationError):
             Layout.from_bytes(data)
 
@@ -297,7 +340,12 @@ def test_holder_refuses_replayed_round_and_small_aggregates() -> None:
     ups = {"x": {"a": np.ones(3)}, "y": {"a": np.ones(3)}}
     agg = session.aggregator(5, list(ups))
     reqs = agg.start()
-    agg.receive({c: session.client(c, 5, layout.flatten(u)).handle(reqs[c]) for c, u in ups.items()})
+    agg.receive(
+        {
+            c: session.client(c, 5, layout.flatten(u)).handle(reqs[c])
+            for c, u in ups.items()
+        }
+    )
     holder = session.holder()
     assert holder is session.holder()
     holder.recover(agg.result())
@@ -305,8 +353,14 @@ def test_holder_refuses_replayed_round_and_small_aggregates() -> None:
         holder.recover(agg.result())
     assert isinstance(session, OneShotSession)
     strict = OneShotSession(
-        "plain", session.scheme, layout, session.params_id, session.client_codec,
-        session.combine_codec, session.recover_codec, min_contributions=2,
+        "plain",
+        session.scheme,
+        layout,
+        session.params_id,
+        session.client_codec,
+        session.combine_codec,
+        session.recover_codec,
+        min_contributions=2,
     )
     agg = strict.aggregator(6, ["x"])
     req = agg.start()["x"]

@@ -29,7 +29,9 @@ _CASES = [(name, DiscreteGaussianShare) for name in _BACKENDS] + [
 ]
 
 
-@pytest.mark.parametrize(("name", "share_cls"), _CASES, ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize(
+    ("name", "share_cls"), _CASES, ids=lambda v: getattr(v, "__name__", v)
+)
 def test_aggregate_carries_calibrated_noise(name: str, share_cls: type) -> None:
     backend = _BACKENDS[name]()
     share = share_cls.for_target(

@@ -68,15 +68,22 @@ class TestPaillierContract(BackendContract):
 _ROUND_IDS = itertools.count(100)
 
 
-def _round(session: OneShotSession, vecs: dict[str, np.ndarray], weights: dict[str, float] | None = None,
-           rng: privagg.Rng | None = None, recover: bool = True) -> tuple[bytes, privagg.Recovered | None]:
+def _round(
+    session: OneShotSession,
+    vecs: dict[str, np.ndarray],
+    weights: dict[str, float] | None = None,
+    rng: privagg.Rng | None = None,
+    recover: bool = True,
+) -> tuple[bytes, privagg.Recovered | None]:
     # a fresh round id per call: the holder refuses a round id it already recovered
     round_id = next(_ROUND_IDS)
     agg = session.aggregator(round_id, list(vecs))
     reqs = agg.start()
     w = weights or {}
     replies = {
-        cid: session.client(cid, round_id, vecs[cid], weight=w.get(cid, 1.0), rng=rng).handle(r)
+        cid: session.client(
+            cid, round_id, vecs[cid], weight=w.get(cid, 1.0), rng=rng
+        ).handle(r)
         for cid, r in reqs.items()
     }
     agg.receive(replies)
@@ -87,8 +94,18 @@ def _round(session: OneShotSession, vecs: dict[str, np.ndarray], weights: dict[s
 # -- options ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "opts",
-    [{"key_bits": 1024}, {"key_bits": 4096}, {"key_bits": True}, {"bound": 0.0}, {"bound": float("inf")},
-     {"scale_bits": 60}, {"scale_bits": 1.5}, {"clip": 1}, {"workers": 0}, {"workers": True}],
+    [
+        {"key_bits": 1024},
+        {"key_bits": 4096},
+        {"key_bits": True},
+        {"bound": 0.0},
+        {"bound": float("inf")},
+        {"scale_bits": 60},
+        {"scale_bits": 1.5},
+        {"clip": 1},
+        {"workers": 0},
+        {"workers": True},
+    ],
 )
 def test_bad_options_rejected(opts: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
@@ -106,7 +123,9 @@ def test_registry_and_public_key_sizes() -> None:
         privagg.get_backend("paillier", _insecure_key_bits=512)
 
 
-@pytest.mark.parametrize("mc, mw", [(0, 1.0), (True, 1.0), (2, 0.0), (2, float("nan")), (2, -1.0)])
+@pytest.mark.parametrize(
+    "mc, mw", [(0, 1.0), (True, 1.0), (2, 0.0), (2, float("nan")), (2, -1.0)]
+)
 def test_bad_setup_arguments(mc: int, mw: float) -> None:
     layout = Layout.from_arrays({"a": np.zeros(3)})
     with pytest.raises(ConfigurationError):
@@ -134,8 +153,12 @@ def test_decryption_matches_phe() -> None:
     pk, sk = _backend().keygen(DeterministicRng(1))
     m: _PrivateMaterial = sk.unsafe_material()
     rng = np.random.default_rng(0)
-    msgs = [0, 1, pk.n - 1] + [int.from_bytes(rng.bytes(60), "big") % pk.n for _ in range(20)]
-    cts = [_encrypt_djn(pk.n, pk.hs, x, int.from_bytes(rng.bytes(32), "big")) for x in msgs]
+    msgs = [0, 1, pk.n - 1] + [
+        int.from_bytes(rng.bytes(60), "big") % pk.n for _ in range(20)
+    ]
+    cts = [
+        _encrypt_djn(pk.n, pk.hs, x, int.from_bytes(rng.bytes(32), "big")) for x in msgs
+    ]
     ours = [int(v) for v in m.decrypt_many([gmpy2.mpz(c) for c in cts])]
     assert ours == msgs == [m.phe.raw_decrypt(c) for c in cts]
     phe_ct = pk.phe.raw_encrypt(12345)
@@ -152,20 +175,27 @@ def test_secret_key_export_import_and_hygiene() -> None:
         sk2 = load_secret_key(data, prot)
         assert sk2 == sk
     with pytest.raises(DeserializationError):
-        load_secret_key(sk.to_bytes(protection=PasswordProtection("pw-1234567")), PasswordProtection("other-pw-99"))
+        load_secret_key(
+            sk.to_bytes(protection=PasswordProtection("pw-1234567")),
+            PasswordProtection("other-pw-99"),
+        )
     with pytest.raises(TypeError):
         pickle.dumps(sk.unsafe_material())
     assert str(sk.unsafe_material().phe.p) not in repr(sk.unsafe_material()) + repr(sk)
     # cross-machine: clients/aggregator build sessions from the public key alone
     holder_s = be.session(layout, pk, sk2, max_clients=3)
-    public_s = be.session(layout, PaillierPublicKey.from_bytes(pk.to_bytes()), max_clients=3)
+    public_s = be.session(
+        layout, PaillierPublicKey.from_bytes(pk.to_bytes()), max_clients=3
+    )
     assert holder_s.params_id == public_s.params_id
     with pytest.raises(MissingKeyError):
         public_s.holder()
     vecs = {"a": np.full(5, 0.5), "b": np.full(5, -0.25)}
     result, _ = _round(public_s, vecs, recover=False)
     rec = holder_s.holder().recover(result)
-    np.testing.assert_allclose(rec.vector, np.full(5, 0.25), atol=be.tolerance(n_clients=2, max_abs=1.0))
+    np.testing.assert_allclose(
+        rec.vector, np.full(5, 0.25), atol=be.tolerance(n_clients=2, max_abs=1.0)
+    )
     # no key material reaches the client/aggregator objects: they pickle fine
     pickle.dumps(public_s.aggregator(0, ["a"]))
     _, other_sk = be.keygen()
@@ -184,7 +214,10 @@ def test_public_key_carries_h_and_derives_hs_itself() -> None:
     # the wire form is (key_bits, n, h) only: h_s is derived, never read
     assert 1 < pk.h < n - 1 and math.gcd(pk.h, n) == 1
     assert pk.hs == pow(pk.h, n, nn)
-    assert str(pk.hs) not in repr(pk) and pk.hs.to_bytes(2 * TEST_BITS // 8, "big") not in pk.to_bytes()
+    assert (
+        str(pk.hs) not in repr(pk)
+        and pk.hs.to_bytes(2 * TEST_BITS // 8, "big") not in pk.to_bytes()
+    )
     loaded = PaillierPublicKey.from_bytes(pk.to_bytes())
     assert loaded == pk and loaded.hs == pk.hs and loaded.fingerprint == pk.fingerprint
     # whatever h is supplied, h_s = h**n is an n-th residue (h_s**lambda == 1 mod n**2),
@@ -203,9 +236,15 @@ def test_public_key_carries_h_and_derives_hs_itself() -> None:
     # or the pre-v2 encoding that carried h_s itself
     from privagg.envelope import PayloadWriter
 
-    for tag, h in (("paillier-pk/v2", 1 + n), ("paillier-pk/v2", 1), ("paillier-pk/v1", 1 + n),
-                   ("paillier-pk/v1", pk.hs)):
-        forged = PayloadWriter().text(tag).u32(TEST_BITS).int_big(n).int_big(h).getvalue()
+    for tag, h in (
+        ("paillier-pk/v2", 1 + n),
+        ("paillier-pk/v2", 1),
+        ("paillier-pk/v1", 1 + n),
+        ("paillier-pk/v1", pk.hs),
+    ):
+        forged = (
+            PayloadWriter().text(tag).u32(TEST_BITS).int_big(n).int_big(h).getvalue()
+        )
         with pytest.raises(DeserializationError):
             PaillierPublicKey.from_bytes(forged)
 
@@ -230,14 +269,22 @@ def test_reviewer_hs_attack_no_longer_reads_ciphertexts() -> None:
 def test_public_key_fingerprint_from_trusted_source() -> None:
     be = _backend()
     pk, _ = be.keygen(DeterministicRng(7))
-    attacker, _ = be.keygen(DeterministicRng(8))  # a fully substituted key is well formed
-    assert PaillierPublicKey.from_bytes(pk.to_bytes(), expected_fingerprint=pk.fingerprint) == pk
+    attacker, _ = be.keygen(
+        DeterministicRng(8)
+    )  # a fully substituted key is well formed
+    assert (
+        PaillierPublicKey.from_bytes(pk.to_bytes(), expected_fingerprint=pk.fingerprint)
+        == pk
+    )
     with pytest.raises(ParameterMismatchError):
-        PaillierPublicKey.from_bytes(attacker.to_bytes(), expected_fingerprint=pk.fingerprint)
+        PaillierPublicKey.from_bytes(
+            attacker.to_bytes(), expected_fingerprint=pk.fingerprint
+        )
     layout = Layout.from_arrays({"w": np.zeros(4)})
-    assert be.session(layout, pk, max_clients=2).params_id != be.session(
-        layout, attacker, max_clients=2
-    ).params_id
+    assert (
+        be.session(layout, pk, max_clients=2).params_id
+        != be.session(layout, attacker, max_clients=2).params_id
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,25 +317,34 @@ def test_params_id_binds_session_options_and_noise() -> None:
         return be.session(layout, pk, **kw).params_id  # type: ignore[arg-type]
 
     ids = [
-        pid(), pid(max_clients=4), pid(max_weight=2.0),
-        pid(noise=_GaussLike(0.5)), pid(noise=_GaussLike(0.25)),
+        pid(),
+        pid(max_clients=4),
+        pid(max_weight=2.0),
+        pid(noise=_GaussLike(0.5)),
+        pid(noise=_GaussLike(0.25)),
         pid(noise=_SkellamLike(0.5)),
     ]
     assert len(set(ids)) == len(ids)
-    assert pid() == pid() and pid(noise=_SkellamLike(0.5)) == pid(noise=_SkellamLike(0.5))
+    assert pid() == pid() and pid(noise=_SkellamLike(0.5)) == pid(
+        noise=_SkellamLike(0.5)
+    )
 
 
 # -- packing and headroom -------------------------------------------------------------------
 def test_slot_width_is_encoder_sum_bits_and_slots_fill_the_key() -> None:
     for mc, mw in [(1, 1.0), (5, 1.0), (100, 3.5), (3, 0.25)]:
         be = _backend(scale_bits=16, bound=1.0)
-        slots = be.session_check(Layout.from_arrays({"a": np.zeros(1000)}), max_clients=mc, max_weight=mw)
+        slots = be.session_check(
+            Layout.from_arrays({"a": np.zeros(1000)}), max_clients=mc, max_weight=mw
+        )
         w = FixedPointEncoder(1.0, 16).sum_bits(mc, max_weight=mw)
         assert slots.slot_bits == w
         assert slots.slots == (TEST_BITS - 1 - MARGIN_BITS) // w
         assert slots.total_bits <= TEST_BITS - 1 - MARGIN_BITS < slots.total_bits + w
     # 2048-bit default, 5 clients, bound 1, 16 bits: 20-bit slots, 99 per ciphertext
-    s = PaillierBackend().session_check(Layout.from_arrays({"a": np.zeros(100_000)}), max_clients=5)
+    s = PaillierBackend().session_check(
+        Layout.from_arrays({"a": np.zeros(100_000)}), max_clients=5
+    )
     assert (s.slot_bits, s.slots, s.n_plaintexts) == (20, 99, 1011)
 
 
@@ -303,7 +359,9 @@ def test_slot_boundary_is_tight() -> None:
 
     def total(vals: list[np.ndarray]) -> list[int]:
         packed = [lay.pack(v) for v in vals]
-        return [(sum(col) % n + lay.offset_pattern) % n for col in zip(*packed, strict=True)]
+        return [
+            (sum(col) % n + lay.offset_pattern) % n for col in zip(*packed, strict=True)
+        ]
 
     hi = np.full(nv, half - 1, dtype=np.int64)
     lo = np.full(nv, -half, dtype=np.int64)
@@ -338,7 +396,9 @@ def no_encrypt(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     orig = _ClientCodec.encrypt
 
-    def spy(self: _ClientCodec, plaintexts: list[int], rng: privagg.Rng) -> list[object]:
+    def spy(
+        self: _ClientCodec, plaintexts: list[int], rng: privagg.Rng
+    ) -> list[object]:
         calls.append(len(plaintexts))
         return orig(self, plaintexts, rng)
 
@@ -346,7 +406,9 @@ def no_encrypt(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_headroom_exactly_at_maximum_passes_one_beyond_fails_before_encryption(no_encrypt: list[int]) -> None:
+def test_headroom_exactly_at_maximum_passes_one_beyond_fails_before_encryption(
+    no_encrypt: list[int],
+) -> None:
     bound, mw, mc = 1.0, 2.0, 3
     be = _backend(bound=bound, scale_bits=16)
     layout = Layout.from_arrays({"a": np.zeros(50)})
@@ -359,9 +421,13 @@ def test_headroom_exactly_at_maximum_passes_one_beyond_fails_before_encryption(n
         vecs = {f"c{i}": np.full(50, sign * bound) for i in range(mc)}
         _, rec = _round(session, vecs, dict.fromkeys(vecs, mw))
         assert np.array_equal(rec.vector, np.full(50, sign * mc * mw * bound))  # exact
-    mixed = {f"c{i}": np.where(np.arange(50) % 2 == 0, bound, -bound) for i in range(mc)}
+    mixed = {
+        f"c{i}": np.where(np.arange(50) % 2 == 0, bound, -bound) for i in range(mc)
+    }
     _, rec = _round(session, mixed, dict.fromkeys(mixed, mw))
-    assert np.array_equal(rec.vector, np.where(np.arange(50) % 2 == 0, 1.0, -1.0) * mc * mw * bound)
+    assert np.array_equal(
+        rec.vector, np.where(np.arange(50) % 2 == 0, 1.0, -1.0) * mc * mw * bound
+    )
     assert no_encrypt
     no_encrypt.clear()
     # one beyond: a value above the bound, a weight above max_weight
@@ -371,18 +437,26 @@ def test_headroom_exactly_at_maximum_passes_one_beyond_fails_before_encryption(n
     with pytest.raises(EncodingOverflowError):
         session.client("c0", 1, beyond, weight=mw).handle(req)
     with pytest.raises(EncodingOverflowError):
-        session.client("c0", 1, np.full(50, bound), weight=float(np.nextafter(mw, np.inf))).handle(req)
+        session.client(
+            "c0", 1, np.full(50, bound), weight=float(np.nextafter(mw, np.inf))
+        ).handle(req)
     assert no_encrypt == []  # nothing was encrypted
     # one contribution too many: refused by the aggregator and by the holder
     vecs = {f"c{i}": np.zeros(50) for i in range(mc + 1)}
     agg = session.aggregator(2, list(vecs))
     reqs = agg.start()
     with pytest.raises(EncodingOverflowError):
-        agg.receive({c: session.client(c, 2, vecs[c]).handle(r) for c, r in reqs.items()})
+        agg.receive(
+            {c: session.client(c, 2, vecs[c]).handle(r) for c, r in reqs.items()}
+        )
     # (not recovered first: the holder would refuse the forged copy as a replayed round)
-    result, _ = _round(session, {f"c{i}": np.zeros(50) for i in range(mc)}, recover=False)
+    result, _ = _round(
+        session, {f"c{i}": np.zeros(50) for i in range(mc)}, recover=False
+    )
     msg = AggregateMessage.from_bytes(result)
-    forged = AggregateMessage(msg.scheme, msg.params_id, msg.round_id, (*msg.contributors, "x"), msg.body)
+    forged = AggregateMessage(
+        msg.scheme, msg.params_id, msg.round_id, (*msg.contributors, "x"), msg.body
+    )
     with pytest.raises(EncodingOverflowError):
         session.holder().recover(forged.to_bytes())
 
@@ -418,7 +492,10 @@ def test_large_slots_beyond_int64_path() -> None:
     layout = Layout.from_arrays({"a": np.zeros(6)})
     s = be.setup(layout, max_clients=8, max_weight=4.0)
     assert s.client_codec.params.slots.slot_bits > 62  # type: ignore[attr-defined]
-    vals = {"a": np.array([1000.0, -1000.0, 0.0, 1.5, -2.25, 999.0]), "b": np.full(6, -1000.0)}
+    vals = {
+        "a": np.array([1000.0, -1000.0, 0.0, 1.5, -2.25, 999.0]),
+        "b": np.full(6, -1000.0),
+    }
     _, rec = _round(s, vals, {"a": 4.0, "b": 4.0})
     np.testing.assert_array_equal(rec.vector, 4.0 * (vals["a"] + vals["b"]))
 
@@ -432,7 +509,9 @@ def test_integer_and_fixed_point_weights() -> None:
     for weights in ({"a": 7.0, "b": 3.0, "c": 0.0}, {"a": 0.125, "b": 2.5, "c": 6.75}):
         _, rec = _round(s, vecs, weights)
         ref = sum(weights[c] * vecs[c] for c in vecs)
-        assert np.max(np.abs(rec.vector - ref)) <= _backend().tolerance(n_clients=3, max_abs=7.0)
+        assert np.max(np.abs(rec.vector - ref)) <= _backend().tolerance(
+            n_clients=3, max_abs=7.0
+        )
 
 
 class _FixedNoise:
@@ -480,7 +559,13 @@ def test_tampered_ciphertexts_rejected() -> None:
     for bad in ([0] * k, [n * n] * k, [n * n + 5] * k, [p] * k, [n] * k):
         with pytest.raises(DeserializationError):
             s.combine_codec.combine([good, _body(s, bad)])
-    for junk in (b"", good[:-1], good + b"\x00", b"\x02" + good[1:], good[:1] + b"\xff" + good[2:]):
+    for junk in (
+        b"",
+        good[:-1],
+        good + b"\x00",
+        b"\x02" + good[1:],
+        good[:1] + b"\xff" + good[2:],
+    ):
         with pytest.raises(DeserializationError):
             s.combine_codec.combine([junk])
     with pytest.raises(DeserializationError):  # the holder checks units too
@@ -499,7 +584,9 @@ def test_wrong_key_rejected() -> None:
     with pytest.raises(ParameterMismatchError):
         s_b.holder().recover(result)
     body = AggregateMessage.from_bytes(result).body
-    with pytest.raises(DeserializationError):  # out of range, or garbage after decryption
+    with pytest.raises(
+        DeserializationError
+    ):  # out of range, or garbage after decryption
         s_b.holder().codec.recover(body, 2)  # type: ignore[attr-defined]
 
 
@@ -511,7 +598,12 @@ def test_nothing_about_magnitude_leaks_in_the_wire_format() -> None:
     k = s.client_codec.params.n_ciphertexts  # type: ignore[attr-defined]
     bodies = [
         codec.protect(v, 1.0, privagg.SystemRng())
-        for v in (np.zeros(100), np.full(100, 1000.0), np.full(100, -1e-9), np.linspace(-1000, 1000, 100))
+        for v in (
+            np.zeros(100),
+            np.full(100, 1000.0),
+            np.full(100, -1e-9),
+            np.linspace(-1000, 1000, 100),
+        )
     ]
     # fixed-size body: version, count, blob length, k fixed-width ciphertexts; no exponents
     assert {len(b) for b in bodies} == {1 + 4 + 8 + k * width}
@@ -553,7 +645,9 @@ def test_3072_bit_round() -> None:
     vecs = {"a": np.linspace(-1, 1, 200), "b": np.full(200, 0.5)}
     _, rec = _round(s, vecs)
     assert rec is not None
-    assert np.max(np.abs(rec.vector - (vecs["a"] + 0.5))) <= be.tolerance(n_clients=2, max_abs=1.0)
+    assert np.max(np.abs(rec.vector - (vecs["a"] + 0.5))) <= be.tolerance(
+        n_clients=2, max_abs=1.0
+    )
 
 
 def test_default_2048_bit_round() -> None:
@@ -566,7 +660,13 @@ def test_default_2048_bit_round() -> None:
 
 def _reachable(root: object) -> list[object]:
     """Instances reachable from ``root`` (not through modules, classes or functions)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    skip = (
+        type,
+        types.ModuleType,
+        types.FunctionType,
+        types.BuiltinFunctionType,
+        types.MethodType,
+    )
     seen: set[int] = set()
     out: list[object] = []
     stack = [root]
@@ -583,9 +683,16 @@ def _reachable(root: object) -> list[object]:
 def test_secret_key_reachable_only_from_the_holder() -> None:
     layout = Layout.from_arrays({"a": np.zeros(8)})
     s = _backend().setup(layout, max_clients=2)
-    roles = [s.client("a", 0, np.zeros(8)), s.aggregator(0, ["a"]), s.client_codec, s.combine_codec]
+    roles = [
+        s.client("a", 0, np.zeros(8)),
+        s.aggregator(0, ["a"]),
+        s.client_codec,
+        s.combine_codec,
+    ]
     for role in roles:
-        assert not any(isinstance(o, (SecretKey, _PrivateMaterial)) for o in _reachable(role)), role
+        assert not any(
+            isinstance(o, (SecretKey, _PrivateMaterial)) for o in _reachable(role)
+        ), role
     assert any(isinstance(o, SecretKey) for o in _reachable(s.holder()))
 
 
@@ -594,16 +701,25 @@ def test_secret_key_reachable_only_from_the_holder() -> None:
     n_parts=st.integers(1, 6),
     data=st.data(),
 )
-def test_packing_sums_within_headroom_are_exact(w: int, n_parts: int, data: st.DataObject) -> None:
+def test_packing_sums_within_headroom_are_exact(
+    w: int, n_parts: int, data: st.DataObject
+) -> None:
     half = 1 << (w - 1)
     lo, hi = -min(half // n_parts, 1 << 62), min((half - 1) // n_parts, 1 << 62)
     nv = data.draw(st.integers(1, 60), label="nv")
     lay = SlotLayout.for_key(key_bits=TEST_BITS, slot_bits=w, n_values=nv)
     n = (1 << (TEST_BITS - 1)) + 3
     parts = [
-        np.asarray(data.draw(st.lists(st.integers(lo, hi), min_size=nv, max_size=nv)), dtype=np.int64)
+        np.asarray(
+            data.draw(st.lists(st.integers(lo, hi), min_size=nv, max_size=nv)),
+            dtype=np.int64,
+        )
         for _ in range(n_parts)
     ]
     packed = [lay.pack(p) for p in parts]
-    totals = [(sum(col) % n + lay.offset_pattern) % n for col in zip(*packed, strict=True)]
-    assert [int(x) for x in lay.unpack(totals)] == [int(sum(int(p[i]) for p in parts)) for i in range(nv)]
+    totals = [
+        (sum(col) % n + lay.offset_pattern) % n for col in zip(*packed, strict=True)
+    ]
+    assert [int(x) for x in lay.unpack(totals)] == [
+        int(sum(int(p[i]) for p in parts)) for i in range(nv)
+    ]

@@ -27,7 +27,9 @@ from privagg.backends.paillier import (
     _PrivateMaterial,
 )
 
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "paillier" / "known_answers.json"
+VECTORS = (
+    Path(__file__).resolve().parents[1] / "vectors" / "paillier" / "known_answers.json"
+)
 
 SOURCE = (
     "Paillier, 'Public-Key Cryptosystems Based on Composite Degree Residuosity Classes', "
@@ -91,14 +93,27 @@ def _next_prime(x: int) -> int:
 
 def generate() -> dict[str, Any]:
     """The known-answer vectors, from built-ins only."""
-    out: dict[str, Any] = {"source": SOURCE, "generated_by": GENERATED_BY, "vectors": []}
+    out: dict[str, Any] = {
+        "source": SOURCE,
+        "generated_by": GENERATED_BY,
+        "vectors": [],
+    }
     # 1. textbook Paillier, tiny
     p, q, m, r = 17, 19, 42, 23
     n = p * q
     c = _ref_encrypt(n, m, r)
     assert _ref_decrypt(p, q, c) == m
     out["vectors"].append(
-        {"name": "textbook-tiny", "kind": "textbook", "p": p, "q": q, "n": n, "m": m, "r": r, "c": c}
+        {
+            "name": "textbook-tiny",
+            "kind": "textbook",
+            "p": p,
+            "q": q,
+            "n": n,
+            "m": m,
+            "r": r,
+            "c": c,
+        }
     )
     # 2. DJN randomness, 256-bit modulus
     p = _next_prime((3 << 126) + 0x1234567890ABCDEF1234567890ABCDEF)
@@ -116,8 +131,19 @@ def generate() -> dict[str, Any]:
     assert _ref_decrypt(p, q, c) == m
     out["vectors"].append(
         {
-            "name": "djn-256", "kind": "djn", "key_bits": 256, "p": p, "q": q, "n": n,
-            "x": x, "h": h, "hs": hs, "a": a, "m": m, "c": c, "r_equiv": pow(h, a, n),
+            "name": "djn-256",
+            "kind": "djn",
+            "key_bits": 256,
+            "p": p,
+            "q": q,
+            "n": n,
+            "x": x,
+            "h": h,
+            "hs": hs,
+            "a": a,
+            "m": m,
+            "c": c,
+            "r_equiv": pow(h, a, n),
         }
     )
     # 3. slot packing for that modulus: w = 20, k = floor((256 - 1 - 64) / 20) = 9
@@ -125,14 +151,22 @@ def generate() -> dict[str, Any]:
     k = (256 - 1 - 64) // w
     vals = [-(1 << 19), (1 << 19) - 1, 0, -1, 1, 12345, -54321, 7, -7, 99, -99]
     packed = [
-        sum(v << (w * j) for j, v in enumerate(vals[i : i + k])) for i in range(0, len(vals), k)
+        sum(v << (w * j) for j, v in enumerate(vals[i : i + k]))
+        for i in range(0, len(vals), k)
     ]
     offset = sum((1 << (w - 1)) << (w * j) for j in range(k))
     out["vectors"].append(
         {
-            "name": "packing-w20", "kind": "packing", "key_bits": 256, "n": n, "slot_bits": w,
-            "slots": k, "values": vals, "packed_signed": packed,
-            "packed_mod_n": [v % n for v in packed], "offset_pattern": offset,
+            "name": "packing-w20",
+            "kind": "packing",
+            "key_bits": 256,
+            "n": n,
+            "slot_bits": w,
+            "slots": k,
+            "values": vals,
+            "packed_signed": packed,
+            "packed_mod_n": [v % n for v in packed],
+            "offset_pattern": offset,
             "restored": [(v % n + offset) % n for v in packed],
         }
     )
@@ -169,7 +203,9 @@ def test_djn_vector_encrypt_and_crt_decrypt(vectors: dict[str, Any]) -> None:
     n, hs, a, m = v["n"], v["hs"], v["a"], v["m"]
     assert _encrypt_djn(n, hs, m, a) == v["c"]
     # DJN == textbook Paillier with r = h**a mod n (phe's raw_encrypt)
-    assert phe_paillier.PaillierPublicKey(n).raw_encrypt(m, r_value=v["r_equiv"]) == v["c"]
+    assert (
+        phe_paillier.PaillierPublicKey(n).raw_encrypt(m, r_value=v["r_equiv"]) == v["c"]
+    )
     # the fixed-base table path gives the same h_s**a
     table = _FixedBase(hs, n * n, (v["key_bits"] + 1) // 2, workers=1)
     assert int(table.pow(a)) == pow(hs, a, n * n)
@@ -184,8 +220,14 @@ def test_djn_vector_encrypt_and_crt_decrypt(vectors: dict[str, Any]) -> None:
 
 def test_packing_vector(vectors: dict[str, Any]) -> None:
     v = _by_kind(vectors, "packing")
-    layout = SlotLayout.for_key(key_bits=v["key_bits"], slot_bits=v["slot_bits"], n_values=len(v["values"]))
-    assert layout.slots == v["slots"] == (v["key_bits"] - 1 - MARGIN_BITS) // v["slot_bits"]
+    layout = SlotLayout.for_key(
+        key_bits=v["key_bits"], slot_bits=v["slot_bits"], n_values=len(v["values"])
+    )
+    assert (
+        layout.slots
+        == v["slots"]
+        == (v["key_bits"] - 1 - MARGIN_BITS) // v["slot_bits"]
+    )
     assert layout.offset_pattern == v["offset_pattern"]
     packed = layout.pack(np.asarray(v["values"], dtype=np.int64))
     assert packed == v["packed_signed"]

@@ -27,7 +27,8 @@ class TestPlainContract(BackendContract):
 @given(
     arrays=st.lists(
         hnp.arrays(np.float64, (4, 3), elements=st.floats(-1e9, 1e9, allow_nan=False)),
-        min_size=1, max_size=8,
+        min_size=1,
+        max_size=8,
     )
 )
 def test_plain_equals_numpy_sum_to_1e_12(arrays: list[np.ndarray]) -> None:
@@ -66,7 +67,11 @@ def test_isolate_failures_keeps_round_alive() -> None:
     be = privagg.get_backend("plain")
     layout = privagg.Layout.from_arrays({"a": np.zeros(3)})
     session = be.setup(layout, max_clients=3)
-    ups = {"ok": {"a": np.ones(3)}, "bad": {"a": np.array([1.0, np.nan, 0.0])}, "ok2": {"a": np.ones(3)}}
+    ups = {
+        "ok": {"a": np.ones(3)},
+        "bad": {"a": np.array([1.0, np.nan, 0.0])},
+        "ok2": {"a": np.ones(3)},
+    }
     res = privagg.run_round(session, ups, isolate_failures=True)
     assert res.contributors == ("ok", "ok2")
     assert "bad" in res.failed and "ConfigurationError" in res.failed["bad"]

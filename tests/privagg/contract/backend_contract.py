@@ -38,14 +38,20 @@ from privagg.protocols import Backend, Session
 Update = dict[str, np.ndarray]
 
 
-def layout_updates(rng: np.random.Generator, n: int, bound: float, size: int = 7) -> list[Update]:
+def layout_updates(
+    rng: np.random.Generator, n: int, bound: float, size: int = 7
+) -> list[Update]:
     """``n`` updates of a fixed mixed layout with values in [-bound, bound] (test data only)."""
     out = []
     for _ in range(n):
         out.append(
             {
-                "layer.weight": rng.uniform(-bound, bound, size=(size, 2)).astype(np.float64),
-                "layer.bias": rng.uniform(-bound, bound, size=(size,)).astype(np.float32),
+                "layer.weight": rng.uniform(-bound, bound, size=(size, 2)).astype(
+                    np.float64
+                ),
+                "layer.bias": rng.uniform(-bound, bound, size=(size,)).astype(
+                    np.float32
+                ),
                 "scalar": np.asarray(rng.uniform(-bound, bound), dtype=np.float64),
             }
         )
@@ -123,7 +129,9 @@ class BackendContract:
         b = self._backend().value_bound
         return 1.0 if b is None else min(float(b), 1e3)
 
-    def _session(self, layout: Layout, n: int | None = None, max_weight: float = 1.0) -> Session:
+    def _session(
+        self, layout: Layout, n: int | None = None, max_weight: float = 1.0
+    ) -> Session:
         return self._backend().setup(
             layout, max_clients=n or self.max_clients, max_weight=max_weight
         )
@@ -142,19 +150,26 @@ class BackendContract:
         bound = self.bound()
         vals = data.draw(
             st.lists(
-                st.lists(st.floats(-bound, bound, allow_nan=False), min_size=size, max_size=size),
-                min_size=n, max_size=n,
+                st.lists(
+                    st.floats(-bound, bound, allow_nan=False),
+                    min_size=size,
+                    max_size=size,
+                ),
+                min_size=n,
+                max_size=n,
             ),
             label="values",
         )
         weights = data.draw(
-            st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n), label="w"
+            st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n),
+            label="w",
         )
         ups = [{"w": np.asarray(v, dtype=np.float64)} for v in vals]
         layout = Layout.from_arrays(ups[0])
         session = self._session(layout, self.max_clients)
         res = privagg.run_round(
-            session, {f"c{i}": u for i, u in enumerate(ups)},
+            session,
+            {f"c{i}": u for i, u in enumerate(ups)},
             weights={f"c{i}": w for i, w in enumerate(weights)},
         )
         ref = sum(w * np.asarray(v) for w, v in zip(weights, vals, strict=True))
@@ -169,7 +184,11 @@ class BackendContract:
         assert set(out) == set(ups[0])
         for k, v in ups[0].items():
             assert out[k].shape == v.shape and out[k].dtype == v.dtype
-        ref = 0.5 * ups[0]["layer.weight"] + 0.25 * ups[1]["layer.weight"] + ups[2]["layer.weight"]
+        ref = (
+            0.5 * ups[0]["layer.weight"]
+            + 0.25 * ups[1]["layer.weight"]
+            + ups[2]["layer.weight"]
+        )
         tol = self._backend().tolerance(n_clients=3, max_abs=self.bound())
         assert np.max(np.abs(out["layer.weight"] - ref)) <= tol
 
@@ -296,7 +315,9 @@ class BackendContract:
         stale = session.client("c0", 1, vecs["c0"]).handle(old["c0"])
         agg = session.aggregator(2, list(vecs))
         reqs = agg.start()
-        replies = {cid: session.client(cid, 2, vecs[cid]).handle(r) for cid, r in reqs.items()}
+        replies = {
+            cid: session.client(cid, 2, vecs[cid]).handle(r) for cid, r in reqs.items()
+        }
         replies["c0"] = stale
         with pytest.raises(PrivaggError):
             agg.receive(replies)
@@ -305,7 +326,9 @@ class BackendContract:
             session.client("c1", 1, vecs["c1"]).handle(reqs["c1"])
 
     # -- secrets ------------------------------------------------------------------------
-    def test_secrets_never_pickle_print_or_log(self, caplog: pytest.LogCaptureFixture) -> None:
+    def test_secrets_never_pickle_print_or_log(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
         rng = np.random.default_rng(8)
         ups = layout_updates(rng, 3, self.bound())
         layout = Layout.from_arrays(ups[0])
