@@ -40,7 +40,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=None)
     p.add_argument("--local-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="LoRA learning rate")
+    p.add_argument(
+        "--head-lr", type=float, default=None, help="task-head learning rate"
+    )
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
     p.add_argument("--max-len", type=int, default=None)
     p.add_argument(
         "--max-train", type=int, default=None, help="training examples in total"
@@ -50,6 +54,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--privacy", choices=["none", "record", "client"], default=None)
     p.add_argument("--noise-multiplier", type=float, default=None)
     p.add_argument("--clip", type=float, default=None)
+    p.add_argument(
+        "--head-clip",
+        type=float,
+        default=None,
+        help="record-level DP: clip the head's per-example gradient separately",
+    )
     p.add_argument("--delta", type=float, default=None)
     p.add_argument("--target-epsilon", type=float, default=None)
     p.add_argument(
@@ -147,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     local_steps=_pick(args.local_steps, 3 if q else 12),
                     batch_size=_pick(args.batch_size, 8 if q else 64),
                     lr=_pick(args.lr, 2e-3),
+                    head_lr=args.head_lr,
                 ),
                 privacy=PrivacyConfig(
                     level=cast(Any, _pick(args.privacy, "record")),
@@ -196,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     local_epochs=args.local_epochs,
                     batch_size=_pick(args.batch_size, 16),
                     lr=_pick(args.lr, 2e-3),
+                    head_lr=args.head_lr,
+                    optimizer=_pick(args.optimizer, "adamw"),
                     server_opt=args.server_opt,
                     server_lr=_pick(
                         args.server_lr, 1.0 if args.server_opt == "fedavg" else 1e-2
@@ -205,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     level=cast(Any, _pick(args.privacy, "none")),
                     noise_multiplier=_pick(args.noise_multiplier, 1.0),
                     clip=_pick(args.clip, 1.0),
+                    head_clip=args.head_clip,
                     delta=_pick(args.delta, 1e-5),
                     target_epsilon=args.target_epsilon,
                 ),

@@ -102,7 +102,10 @@ class RoundConfig:
         local_steps: local optimizer steps per round (takes precedence over epochs).
         local_epochs: local epochs per round when ``local_steps`` is None.
         batch_size: local (expected) batch size.
-        lr: local learning rate (AdamW).
+        lr: local learning rate (AdamW) of the LoRA factors.
+        head_lr: local learning rate of the task head (classification tasks);
+            None uses ``lr``.
+        optimizer: local optimizer, ``adamw`` or ``sgd`` (momentum 0.9).
         weight_decay: local weight decay.
         server_opt: ``fedavg``, ``fedadam`` or ``fedyogi`` on the aggregated delta.
         server_lr: server learning rate.
@@ -118,6 +121,8 @@ class RoundConfig:
     local_epochs: float | None = None
     batch_size: int = 16
     lr: float = 2e-3
+    head_lr: float | None = None
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = 0.0
     server_opt: Literal["fedavg", "fedadam", "fedyogi"] = "fedavg"
     server_lr: float = 1.0
@@ -146,6 +151,12 @@ class RoundConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
         if not (self.lr > 0 and self.server_lr > 0):
             raise ConfigError("lr and server_lr must be > 0")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(
+                f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}"
+            )
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ConfigError(f"head_lr must be > 0, got {self.head_lr!r}")
         if self.server_opt not in _SERVER_OPTS:
             raise ConfigError(
                 f"server_opt must be one of {_SERVER_OPTS}, got {self.server_opt!r}"
@@ -168,6 +179,10 @@ class PrivacyConfig:
             protection: a client's participation is protected).
         noise_multiplier: Gaussian noise multiplier z (std = z * clip).
         clip: per-example gradient clip (record) or per-update L2 clip (client).
+            With ``head_clip`` set (record level only), the clip of the LoRA group.
+        head_clip: record level: clip the task head's per-example gradient
+            separately to this norm (group-wise clipping, same noise multiplier;
+            see :class:`fedtrain.train.DPSGD`). None: one flat clip.
         delta: the delta of (epsilon, delta)-DP.
         target_epsilon: optional budget; a round that would exceed it is refused.
         accountant: ``pld`` or ``rdp`` (privagg.dp accountants).
@@ -178,6 +193,7 @@ class PrivacyConfig:
     level: Literal["none", "record", "client"] = "none"
     noise_multiplier: float = 1.0
     clip: float = 1.0
+    head_clip: float | None = None
     delta: float = 1e-5
     target_epsilon: float | None = None
     accountant: Literal["pld", "rdp"] = "pld"
@@ -190,6 +206,13 @@ class PrivacyConfig:
             )
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ConfigError(f"clip must be finite and > 0, got {self.clip!r}")
+        if self.head_clip is not None:
+            if not (math.isfinite(self.head_clip) and self.head_clip > 0):
+                raise ConfigError(
+                    f"head_clip must be finite and > 0, got {self.head_clip!r}"
+                )
+            if self.level != "record":
+                raise ConfigError("head_clip applies to record-level DP only")
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
             raise ConfigError(
                 f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}"

@@ -38,7 +38,8 @@ def evaluate(
         bf16: bf16 autocast on CUDA.
 
     Returns:
-        ``seq_cls``: ``accuracy``, ``macro_f1``, ``loss``. ``token_cls``:
+        ``seq_cls``: ``accuracy``, ``macro_f1``, ``majority_accuracy`` (the
+        baseline that always predicts the most frequent label), ``loss``. ``token_cls``:
         ``entity_f1`` (seqeval micro, entity level), ``token_accuracy`` (all
         first-sub-word tokens, 'O' included), ``all_o_token_accuracy`` (the
         baseline that predicts 'O' everywhere), ``loss``. ``causal_lm``: ``loss``
@@ -81,6 +82,9 @@ def evaluate(
         return {
             "accuracy": float((p == g).mean()),
             "macro_f1": float(np.mean(f1s)),
+            "majority_accuracy": float(np.bincount(g).max() / len(g))
+            if len(g)
+            else math.nan,
             "loss": loss,
         }
     if enc.task == "token_cls":

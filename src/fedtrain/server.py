@@ -416,11 +416,13 @@ class Federation:
                     steps=self._local_steps(cid),
                     batch_size=c.rounds.batch_size,
                     lr=c.rounds.lr,
+                    head_lr=c.rounds.head_lr,
+                    optimizer=c.rounds.optimizer,
                     weight_decay=c.rounds.weight_decay,
                     device=self.device,
                     bf16=c.bf16,
                     rng=self._secret_rng if p.level == "record" else self._data_rng,
-                    dp=DPSGD(p.noise_multiplier, p.clip)
+                    dp=DPSGD(p.noise_multiplier, p.clip, p.head_clip)
                     if p.level == "record"
                     else None,
                     dp_module=self.dp_module,

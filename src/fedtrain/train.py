@@ -40,12 +40,29 @@ class DPSGD:
     """Record-level DP-SGD settings for one client.
 
     Attributes:
-        noise_multiplier: z.
-        clip: per-example L2 clip C.
+        noise_multiplier: z, the multiplier the accountant sees.
+        clip: per-example L2 clip C of the whole trainable gradient or, when
+            ``head_clip`` is set, of the LoRA group alone.
+        head_clip: if set, group-wise clipping: the LoRA factors and the task head
+            are clipped separately (to ``clip`` and ``head_clip``) and each group
+            gets Gaussian noise of std ``z * sqrt(2) * C_g``. Scaling each group by
+            its own noise makes this one Gaussian mechanism with unit noise and
+            sensitivity ``sqrt(sum_g C_g**2 / (2 z**2 C_g**2)) = 1/z``: the
+            noise multiplier is still exactly z, so accounting is unchanged. It
+            pays off when the groups' gradient norms differ by orders of magnitude
+            (a fresh head ~1, LoRA factors ~0.1): flat clipping would give the small
+            group noise sized for the large one.
     """
 
     noise_multiplier: float
     clip: float
+    head_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier > 0 and self.clip > 0):
+            raise ValueError("DP-SGD needs noise_multiplier > 0 and clip > 0")
+        if self.head_clip is not None and not self.head_clip > 0:
+            raise ValueError(f"head_clip must be > 0, got {self.head_clip!r}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,19 @@ def make_dp_module(handle: LoraHandle) -> Any:
     return GradSampleModule(handle.model, batch_first=True, loss_reduction="sum")
 
 
+def _clip_groups(
+    names: list[str], heads: set[str], dp: DPSGD
+) -> list[tuple[list[int], float, float]]:
+    """Clip groups as (parameter indices, clip norm, noise std)."""
+    z = dp.noise_multiplier
+    if dp.head_clip is None:
+        return [(list(range(len(names))), dp.clip, z * dp.clip)]
+    lora = [i for i, k in enumerate(names) if k not in heads]
+    head = [i for i, k in enumerate(names) if k in heads]
+    k = math.sqrt(2.0)
+    return [(g, c, z * k * c) for g, c in ((lora, dp.clip), (head, dp.head_clip)) if g]
+
+
 def _batches(
     n: int, batch_size: int, steps: int, rng: np.random.Generator
 ) -> Iterator[np.ndarray]:
@@ -148,6 +178,8 @@ def train_local(
     dp_module: Any = None,
     noise_seed: int | None = None,
     rank: int | None = None,
+    head_lr: float | None = None,
+    optimizer: str = "adamw",
 ) -> LocalResult:
     """Train the adapter currently loaded in ``handle`` on one client's data.
 
@@ -165,6 +197,13 @@ def train_local(
         dp_module: the GradSampleModule from :func:`make_dp_module` (DP only).
         noise_seed: TESTS ONLY: fixed seed for DP noise (default: os.urandom).
         rank: ``flora``: gradients/values beyond this rank are kept at zero.
+        head_lr: learning rate of the task head (default: ``lr``). A freshly
+            initialised head on small pooled features needs a larger step than the
+            LoRA factors, most of all under DP-SGD (see docs/fedtrain.md).
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9). Under DP-SGD the noise is
+            isotropic and large: Adam rescales every coordinate to a step of about
+            ``lr`` whatever its signal, so noise-only coordinates random-walk; SGD
+            keeps their steps proportional to the (small) noise.
 
     Returns:
         A summary of the local training.
@@ -173,7 +212,22 @@ def train_local(
     n = len(enc)
     names = handle.trainable_names()
     params = [handle.params[k] for k in names]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    heads = set(handle.head_names)
+    param_groups: list[dict[str, Any]] = [
+        {"params": [handle.params[k] for k in names if k not in heads], "lr": lr},
+        {
+            "params": [handle.params[k] for k in names if k in heads],
+            "lr": lr if head_lr is None else head_lr,
+        },
+    ]
+    active = [g for g in param_groups if g["params"]]
+    opt: torch.optim.Optimizer
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(active, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(active, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r} (adamw, sgd)")
     handle.model.train()
     losses: list[float] = []
     seen = 0
@@ -201,7 +255,7 @@ def train_local(
             else int.from_bytes(os.urandom(8), "little")
         )
         gen = torch.Generator(device=device).manual_seed(seed)
-        std = dp.noise_multiplier * dp.clip
+        groups = _clip_groups(names, set(handle.head_names), dp)
         for _ in range(steps):
             idx = np.flatnonzero(rng.random(n) < q)
             opt.zero_grad(set_to_none=True)
@@ -214,20 +268,25 @@ def train_local(
                 per_ex = example_losses(enc.task, logits, labels)
                 per_ex.sum().backward()  # type: ignore[no-untyped-call]
                 gs = [p.grad_sample.float() for p in params]  # type: ignore[attr-defined]
-                norms = torch.sqrt(
-                    sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in gs)
-                )
-                factor = (dp.clip / (norms + 1e-6)).clamp(max=1.0)
-                summed = [torch.einsum("b,b...->...", factor, g) for g in gs]
+                for members, c_g, _ in groups:
+                    sq = [
+                        gs[i].reshape(gs[i].shape[0], -1).pow(2).sum(1) for i in members
+                    ]
+                    norms = torch.sqrt(torch.stack(sq).sum(0))
+                    factor = (c_g / (norms + 1e-6)).clamp(max=1.0)
+                    for i in members:
+                        summed[i] = torch.einsum("b,b...->...", factor, gs[i])
                 losses.append(float(per_ex.detach().mean()))
                 seen += len(idx)
                 for p in params:
                     p.grad_sample = None  # type: ignore[attr-defined]
-            for p, s in zip(params, summed, strict=True):
-                noise = torch.normal(
-                    0.0, std, size=tuple(p.shape), generator=gen, device=device
-                )
-                p.grad = ((s + noise) / (q * n)).to(p.dtype)
+            for members, _, std in groups:
+                for i in members:
+                    p = params[i]
+                    noise = torch.normal(
+                        0.0, std, size=tuple(p.shape), generator=gen, device=device
+                    )
+                    p.grad = ((summed[i] + noise) / (q * n)).to(p.dtype)
             if rank is not None:
                 handle.apply_rank_mask(rank, grads=True)
             opt.step()

@@ -17,6 +17,10 @@ from fedtrain.errors import ConfigError
         lambda: RoundConfig(sample_rate=0.0),
         lambda: RoundConfig(local_steps=None, local_epochs=None),
         lambda: RoundConfig(server_opt="sgd"),  # type: ignore[arg-type]
+        lambda: RoundConfig(optimizer="lion"),  # type: ignore[arg-type]
+        lambda: RoundConfig(head_lr=0.0),
+        lambda: PrivacyConfig(level="record", head_clip=0.0),
+        lambda: PrivacyConfig(level="client", head_clip=1.0),  # record level only
         lambda: PrivacyConfig(level="record", noise_multiplier=0.0),
         lambda: PrivacyConfig(clip=-1.0),
         lambda: PrivacyConfig(delta=1.0),
@@ -35,7 +39,13 @@ def test_roundtrip_dict() -> None:
         lora=LoraSettings(
             r=4, mode="flora", client_ranks={"a": 2}, target_modules=("query",)
         ),
-        rounds=RoundConfig(server_opt="fedyogi", sampling="poisson", sample_rate=0.5),
+        rounds=RoundConfig(
+            server_opt="fedyogi",
+            sampling="poisson",
+            sample_rate=0.5,
+            head_lr=0.02,
+            optimizer="sgd",
+        ),
         privacy=PrivacyConfig(level="client", noise_multiplier=1.3),
         backend="ckks",
         backend_options={"poly_degree": 8192},

@@ -53,7 +53,7 @@ def test_one_round_plain_updates_global(
     g0 = {k: v.copy() for k, v in fed.global_state.items()}
     rec = fed.run_one_round(1)
     assert rec.contributors == ["alice", "bob"] and rec.failed == {}
-    assert set(rec.metrics) == {"accuracy", "macro_f1", "loss"}
+    assert set(rec.metrics) == {"accuracy", "macro_f1", "majority_accuracy", "loss"}
     assert math.isinf(rec.epsilon)  # no DP guarantee
     assert any(not np.array_equal(g0[k], fed.global_state[k]) for k in g0)
     assert all(".lora_A." not in k for k in fed.global_state)  # ffa: A is never sent

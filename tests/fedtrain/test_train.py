@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,91 @@ def test_train_local_plain_and_dp(rt_small: tuple[RawDataset, RawDataset]) -> No
     assert all(np.array_equal(s1[n], s2[n]) for n in s1)  # injected seed: reproducible
     assert any(not np.array_equal(s1[n], s3[n]) for n in s1)  # the noise matters
     assert all(np.array_equal(s1[n], a_before[n]) for n in a_before)
+
+
+def test_group_clipping_noise_and_clip_per_group(
+    rt_small: tuple[RawDataset, RawDataset],
+) -> None:
+    """Group-wise DP-SGD: each group is clipped to its own norm and noised with
+    std z*sqrt(2)*C_g, so the accountant's multiplier stays z."""
+    from fedtrain.train import _clip_groups
+
+    train, _ = rt_small
+    h = build_lora(
+        load_model("minilm", "seq_cls", label_names=train.label_names),
+        "seq_cls",
+        LoraSettings(r=2),
+    )
+    names = h.trainable_names()
+    flat = _clip_groups(names, set(h.head_names), DPSGD(0.8, 0.5))
+    assert flat == [(list(range(len(names))), 0.5, pytest.approx(0.4))]
+    groups = _clip_groups(names, set(h.head_names), DPSGD(0.8, 0.1, head_clip=2.0))
+    (lora, c_l, s_l), (head, c_h, s_h) = groups
+    assert {names[i] for i in head} == set(h.head_names)
+    assert {names[i] for i in lora} == set(names) - set(h.head_names)
+    assert (c_l, c_h) == (0.1, 2.0)
+    assert s_l == pytest.approx(0.8 * math.sqrt(2) * 0.1)
+    assert s_h == pytest.approx(0.8 * math.sqrt(2) * 2.0)
+    # the combined mechanism has unit-noise sensitivity 1/z: multiplier exactly z
+    sens = math.sqrt(sum((c / s) ** 2 for _, c, s in groups))
+    assert sens == pytest.approx(1 / 0.8)
+    with pytest.raises(ValueError, match="head_clip"):
+        DPSGD(1.0, 1.0, head_clip=0.0)
+    with pytest.raises(ValueError):
+        DPSGD(0.0, 1.0)
+
+
+def test_group_clipped_step_bounds_each_group(
+    rt_small: tuple[RawDataset, RawDataset],
+) -> None:
+    """With negligible noise, one DP step moves each group by at most lr-scaled
+    clipped gradients; SGD and per-group learning rates are honoured."""
+    train, _ = rt_small
+    enc = encode(train, load_tokenizer("minilm"), 32)
+    h = build_lora(
+        load_model("minilm", "seq_cls", label_names=train.label_names),
+        "seq_cls",
+        LoraSettings(r=2),
+    )
+    gsm = make_dp_module(h)
+    before = h.get()
+    lr, head_lr, c_l, c_h = 0.5, 0.05, 1e-3, 1e-2
+    res = train_local(
+        h,
+        enc,
+        steps=1,
+        batch_size=len(enc),  # q = 1: every example, divisor = n
+        lr=lr,
+        head_lr=head_lr,
+        optimizer="sgd",
+        weight_decay=0.0,
+        device=CPU,
+        bf16=False,
+        rng=np.random.default_rng(0),
+        dp=DPSGD(1e-9, c_l, head_clip=c_h),
+        dp_module=gsm,
+        noise_seed=0,
+    )
+    assert res.examples == len(enc)
+    after = h.get()
+
+    def moved(keys: list[str]) -> float:
+        return math.sqrt(sum(float(np.sum((after[k] - before[k]) ** 2)) for k in keys))
+
+    lora_keys = [k for k in h.trainable_names() if k not in h.head_names]
+    # mean of per-example gradients clipped to C_g has norm <= C_g
+    assert 0 < moved(lora_keys) <= lr * c_l * (1 + 1e-4)
+    assert 0 < moved(h.head_names) <= head_lr * c_h * (1 + 1e-4)
+    with pytest.raises(ValueError, match="optimizer"):
+        train_local(
+            h,
+            enc,
+            steps=1,
+            batch_size=4,
+            lr=1e-3,
+            optimizer="lion",
+            weight_decay=0.0,
+            device=CPU,
+            bf16=False,
+            rng=np.random.default_rng(0),
+        )
