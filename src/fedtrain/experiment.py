@@ -180,9 +180,17 @@ def run_experiment(
     def cb(rec: RoundRecord) -> None:
         key = fed.main_metric
         eps = "n/a (no DP)" if config.privacy.level == "none" else f"{rec.epsilon:.3f}"
+        base = next(
+            (
+                f" ({b}={rec.metrics[b]:.4f})"
+                for b in ("majority_accuracy", "all_o_token_accuracy")
+                if b in rec.metrics
+            ),
+            "",
+        )
         line = (
-            f"round {rec.round}: {key}={rec.metrics.get(key, float('nan')):.4f} epsilon={eps} "
-            f"contributors={len(rec.contributors)} failed={list(rec.failed)}"
+            f"round {rec.round}: {key}={rec.metrics.get(key, float('nan')):.4f}{base} "
+            f"epsilon={eps} contributors={len(rec.contributors)} failed={list(rec.failed)}"
         )
         if bar is not None:
             bar.update(1)
