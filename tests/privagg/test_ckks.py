@@ -995,3 +995,78 @@ def test_zstd_and_word_by_word_readers_agree(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(ckks_mod, "_ZSTD", None)
         slow = st_._ct_words(ct, path)
     assert np.array_equal(fast, slow)
+
+
+# -- malformed ciphertexts and sampling limits (crypto review) ----------------------------------
+def _key_extraction_update(
+    keys: CkksSecretContext, x: np.ndarray, t_bits: int
+) -> EncryptedUpdate:
+    """An honest encryption whose c1 gets the constant T = 2**t_bits added: it
+    decrypts to m + e + T*s (NTT of a constant is that constant in every slot)."""
+    honest = keys.public.encrypt(x)
+    st = keys.seal_state()
+    words = honest.words.copy()
+    for j, q in enumerate(st.moduli):
+        t = np.uint64(pow(2, t_bits, q))
+        c1 = words[:, 1, j, :]
+        words[:, 1, j, :] = ((c1.astype(object) + int(t)) % q).astype(np.uint64)
+    return EncryptedUpdate(honest.key_fingerprint, st, honest.count, honest.size, words)
+
+
+def test_key_extraction_ciphertext_is_refused_not_released(
+    secure_keys: CkksSecretContext,
+) -> None:
+    """A client submitting c1 + T (T = 2**85) would publish T*s; the holder refuses."""
+    x = np.linspace(-1, 1, 300)
+    bad = _key_extraction_update(secure_keys, x, 85)
+    with pytest.raises(privagg.EncodingOverflowError, match="malformed"):
+        secure_keys.release(bad)
+    # the honest ciphertext still releases
+    ok = secure_keys.release(secure_keys.public.encrypt(x))
+    assert np.max(np.abs(ok - x)) <= secure_keys.params.tolerance(1, 1.0)
+
+
+def test_key_extraction_refused_through_the_session(
+    secure_keys: CkksSecretContext,
+) -> None:
+    """The crafted body passes the aggregator (it is well formed: count 1, words
+    below q) but the holder's recovery refuses it instead of publishing T*s."""
+    be = CkksBackend(preset="secure", threads=1)
+    layout = Layout.from_arrays({"x": np.zeros(50)})
+    session = be.setup(layout, max_clients=2, keys=secure_keys)
+    good = _body(secure_keys, np.full(50, 0.25))
+    evil = _key_extraction_update(secure_keys, np.full(50, 0.25), 85).to_bytes()
+    total = session.combine_codec.combine([good, evil])
+    with pytest.raises(privagg.EncodingOverflowError, match="malformed"):
+        session.recover_codec().recover(total, 2)
+    ok = session.combine_codec.combine([good, _body(secure_keys, np.full(50, 0.25))])
+    out = session.recover_codec().recover(ok, 2)
+    assert np.max(np.abs(out - 0.5)) <= secure_keys.params.tolerance(2, 1.0)
+
+
+def test_flood_sampling_limit_is_enforced() -> None:
+    """8.57 sigma must stay below 2**52: beyond that float64 draws would be even."""
+    from privagg.backends._ckks_params import GAUSSIAN_TAIL, PRESETS
+
+    p = PRESETS["secure-large"]
+    n_ok = 100
+    assert p.flood_exact(n_ok)
+    # contributions at which exact sampling ends for secure-large
+    n_bad = int((2.0**52 / GAUSSIAN_TAIL / p.flood_coeff_std(1)) ** 2) + 1
+    assert not p.flood_exact(n_bad)
+    assert not p.max_sum(1.0, n_bad)
+    with pytest.raises(privagg.ConfigurationError, match="exact"):
+        p.check_headroom(1.0, n_bad)
+    with pytest.raises(privagg.ConfigurationError):
+        CkksBackend(preset="secure", flood_bits=60, threads=1).setup(
+            privagg.Layout.from_arrays({"w": np.zeros(4)}), max_clients=2
+        )
+
+
+def test_release_checks_the_count(secure_keys: CkksSecretContext) -> None:
+    upd = secure_keys.public.encrypt(np.zeros(10))
+    forged = EncryptedUpdate(
+        upd.key_fingerprint, secure_keys.seal_state(), 2**40, upd.size, upd.words
+    )
+    with pytest.raises(privagg.EncodingOverflowError):
+        secure_keys.release(forged)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from privagg.errors import ConfigurationError
 
 __all__ = [
+    "GAUSSIAN_TAIL",
     "HE_STANDARD_MAX_BITS",
     "PRESETS",
     "TAIL_SIGMAS",
@@ -47,6 +48,10 @@ HE_STANDARD_MAX_BITS: dict[int, int] = {
 #: deviations with probability <= 2 exp(-50) < 2**-71 per value; a union bound over
 #: 2**27 values (more than 1e8) leaves a failure probability below 2**-44 per sum.
 TAIL_SIGMAS = 10.0
+
+#: Largest |z| the flooding sampler can output: Box-Muller on 53-bit uniforms gives
+#: ``sqrt(-2 ln 2**-53) = sqrt(106 ln 2)`` ~ 8.57.
+GAUSSIAN_TAIL = math.sqrt(106.0 * math.log(2.0))
 
 # SEAL 4.x samples errors from a centred binomial distribution of variance 21/2 and
 # secrets (and the encryption mask u) uniformly from {-1, 0, 1} (variance 2/3).
@@ -189,6 +194,8 @@ class CkksParams:
         sqrt(2) M Delta; they plus ``TAIL_SIGMAS`` deviations of noise and flooding
         (``n_contributions`` contributions) must stay below Q/2 with two spare bits.
         """
+        if not self.flood_exact(n_contributions):
+            return False
         coeff = math.sqrt(2.0) * max(magnitude, 0.0) * self.scale
         coeff += TAIL_SIGMAS * math.hypot(
             self.coeff_noise_std(n_contributions),
@@ -196,8 +203,25 @@ class CkksParams:
         )
         return math.log2(max(coeff, 1.0)) <= self.data_total_bits - 3
 
+    def flood_exact(self, n_contributions: int) -> bool:
+        """True when the flooding noise can be sampled exactly in float64/int64.
+
+        The sampler's normals are bounded by ``GAUSSIAN_TAIL`` (Box-Muller on 53-bit
+        uniforms); ``GAUSSIAN_TAIL * sigma`` must stay below 2**52 so every integer
+        draw is exact. Beyond 2**53 a float64 is a multiple of 2 and the flooding
+        would be even, revealing the low bit of the decryption noise.
+        """
+        return GAUSSIAN_TAIL * self.flood_coeff_std(n_contributions) < 2.0**52
+
     def check_headroom(self, magnitude: float, n_contributions: int = 1) -> None:
         """Raise ConfigurationError unless sums up to ``magnitude`` fit the modulus."""
+        if not self.flood_exact(n_contributions):
+            raise ConfigurationError(
+                f"CKKS flooding for {n_contributions} contributions would need noise "
+                f"of std {self.flood_coeff_std(n_contributions):.3g} per coefficient, "
+                "beyond exact float64 sampling (2**52 / GAUSSIAN_TAIL); lower "
+                "max_clients or flood_bits"
+            )
         if not self.max_sum(magnitude, n_contributions):
             room = self.data_total_bits - 3.5 - self.scale_bits
             raise ConfigurationError(

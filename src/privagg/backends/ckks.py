@@ -780,20 +780,40 @@ class CkksSecretContext:
             )
         return self.seal_state().decrypt_words(update.words, update.size)
 
-    def release(self, update: EncryptedUpdate, rng: Rng | None = None) -> FloatVector:
+    def release(
+        self,
+        update: EncryptedUpdate,
+        rng: Rng | None = None,
+        *,
+        max_weight: float | None = None,
+    ) -> FloatVector:
         """Flood (coefficient domain), decrypt and round: the only safe way to publish.
 
         The integer flooding noise comes from ``rng`` (default: the OS CSPRNG).
+        The count must fit the parameters, and a decryption outside the honest range
+        ``count * value_bound * max_weight`` (+ tolerance) is refused, not released
+        (see :func:`_check_release_range`).
+
+        Raises:
+            EncodingOverflowError: the count does not fit, or the decryption is out
+                of the honest range (a malformed ciphertext).
         """
         if update.key_fingerprint != self.public.fingerprint:
             raise ParameterMismatchError(
                 "the ciphertext was made under another CKKS key"
             )
+        per = (
+            self.params.value_bound
+            if max_weight is None
+            else (self.params.value_bound * max_weight)
+        )
+        _check_count(self.params, update.count, per)
         st = self.seal_state()
         flood = _flood_noise(
             self.params, update.count, update.n_ciphertexts, rng or SystemRng()
         )
         raw = st.decrypt_words(update.words, update.size, flood)
+        _check_release_range(self.params, raw, update.count, per)
         return _round_release(self.params, raw, update.count)
 
     def to_bytes(self, *, protection: Protection) -> bytes:
@@ -1035,9 +1055,39 @@ def _flood_noise(
     sigma = params.flood_coeff_std(count)
     if sigma <= 0 or n_ct == 0:
         return None
+    if not params.flood_exact(count):
+        raise ConfigurationError(
+            f"CKKS flooding std {sigma:.3g} for {count} contributions is beyond exact "
+            "float64 sampling; refuse rather than release with biased noise"
+        )
     n = params.poly_modulus_degree
     z = np.rint(sigma * _gaussian(rng, n_ct * n))
     return z.astype(np.int64).reshape(n_ct, n)
+
+
+def _check_release_range(
+    params: CkksParams, v: FloatVector, count: int, per_contribution: float
+) -> None:
+    """Refuse a decryption that no honest set of contributions can produce.
+
+    A ciphertext is not proven well formed: a malicious client (or an aggregator
+    that injects ciphertexts) can submit ``(0, T)``, which decrypts to ``T * s``; a
+    large ``T`` would put the secret key in the published sum. Honest sums are at
+    most ``count * per_contribution`` plus the declared tolerance, so anything
+    larger is refused before release. This stops the one-shot attack only; a
+    patient attacker with ``T * s`` below the honest range is NOT stopped (see the
+    threat model in docs/backends/ckks.md).
+    """
+    if not v.size:
+        return
+    limit = count * per_contribution + params.tolerance(count, per_contribution)
+    peak = float(np.max(np.abs(v)))
+    if not peak <= limit:
+        raise EncodingOverflowError(
+            f"the CKKS decryption has a value of magnitude {peak:.3g}, beyond any "
+            f"honest sum of {count} contributions (<= {limit:.3g}): a malformed "
+            "ciphertext was aggregated; nothing is released"
+        )
 
 
 def _round_release(params: CkksParams, v: FloatVector, count: int) -> FloatVector:
@@ -1301,6 +1351,7 @@ class _RecoverCodec:
         params = self._ctx.params
         flood = _flood_noise(params, count, n_ct, self._rng)
         raw = _decrypt_packed(self._ctx, packed, n_ct, self._size, self._threads, flood)
+        _check_release_range(params, raw, count, self._per)
         return _round_release(params, raw, count)
 
     def __repr__(self) -> str:
