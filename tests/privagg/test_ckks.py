@@ -1070,3 +1070,11 @@ def test_release_checks_the_count(secure_keys: CkksSecretContext) -> None:
     )
     with pytest.raises(privagg.EncodingOverflowError):
         secure_keys.release(forged)
+
+
+def test_unflooded_release_is_refused() -> None:
+    keys = keygen(PRESETS["compact"].with_options(flood_bits=None))
+    upd = keys.public.encrypt(np.zeros(8))
+    with pytest.raises(ConfigurationError, match="unflooded"):
+        keys.release(upd)
+    assert np.max(np.abs(keys.decrypt(upd))) < 1e-6  # hazmat path, holders only

@@ -1052,6 +1052,11 @@ def _flood_noise(
     A rounded Gaussian of std ``params.flood_coeff_std(count)`` per coefficient,
     drawn from the injected ``rng`` (never numpy's or Python's generators).
     """
+    if params.flood_bits is None:
+        raise ConfigurationError(
+            "flood_bits=None: releasing an unflooded CKKS decryption is refused "
+            "(IND-CPA-D); use CkksSecretContext.decrypt (hazmat) for key-holder-only use"
+        )
     sigma = params.flood_coeff_std(count)
     if sigma <= 0 or n_ct == 0:
         return None
