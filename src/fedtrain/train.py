@@ -147,8 +147,9 @@ def _clip_groups(
         return [(list(range(len(names))), dp.clip, z * dp.clip)]
     lora = [i for i, k in enumerate(names) if k not in heads]
     head = [i for i, k in enumerate(names) if k in heads]
-    k = math.sqrt(2.0)
-    return [(g, c, z * k * c) for g, c in ((lora, dp.clip), (head, dp.head_clip)) if g]
+    parts = [(g, c) for g, c in ((lora, dp.clip), (head, dp.head_clip)) if g]
+    k = math.sqrt(len(parts))  # K groups: std z*sqrt(K)*C_g keeps the multiplier z
+    return [(g, c, z * k * c) for g, c in parts]
 
 
 def _batches(

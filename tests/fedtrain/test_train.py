@@ -178,6 +178,11 @@ def test_group_clipping_noise_and_clip_per_group(
     # the combined mechanism has unit-noise sensitivity 1/z: multiplier exactly z
     sens = math.sqrt(sum((c / s) ** 2 for _, c, s in groups))
     assert sens == pytest.approx(1 / 0.8)
+    # no head (causal LM): one group, no sqrt(2) inflation
+    lora_only = [n for n in names if n not in h.head_names]
+    assert _clip_groups(lora_only, set(), DPSGD(0.8, 0.1, head_clip=2.0)) == [
+        (list(range(len(lora_only))), 0.1, pytest.approx(0.08))
+    ]
     with pytest.raises(ValueError, match="head_clip"):
         DPSGD(1.0, 1.0, head_clip=0.0)
     with pytest.raises(ValueError):
