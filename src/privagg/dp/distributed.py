@@ -116,6 +116,24 @@ def survivors(n_clients: int, dropout_fraction: float) -> int:
     return max(1, n_clients - math.floor(f * n_clients))
 
 
+def share_stddev(
+    noise_multiplier: float, clip_norm: float, n_clients: int, dropout_fraction: float
+) -> float:
+    """Per-client std ``z C / sqrt(m)`` so that the survivors' sum has std ``z C``.
+
+    ``m`` = :func:`survivors`: sized for the worst-case dropout.
+
+    Raises:
+        ConfigurationError: non-positive ``z``/``C`` or out-of-range counts.
+    """
+    m = survivors(n_clients, dropout_fraction)
+    return (
+        _pos("noise_multiplier", noise_multiplier)
+        * _pos("clip_norm", clip_norm)
+        / math.sqrt(m)
+    )
+
+
 def encoded_l2_sensitivity(clip_norm: float, scale: float, dimension: int) -> float:
     """L2 sensitivity, in integer units, of a clipped, stochastically rounded update.
 
@@ -208,11 +226,8 @@ class DiscreteGaussianShare:
         Returns:
             The share, ``stddev = z C / sqrt(m)`` with ``m`` = :func:`survivors`.
         """
-        m = survivors(n_clients, dropout_fraction)
         return cls(
-            _pos("noise_multiplier", noise_multiplier)
-            * _pos("clip_norm", clip_norm)
-            / math.sqrt(m)
+            share_stddev(noise_multiplier, clip_norm, n_clients, dropout_fraction)
         )
 
     @classmethod
@@ -343,11 +358,8 @@ class SkellamShare:
         dropout_fraction: float = 0.0,
     ) -> SkellamShare:
         """Shares whose survivors' sum has std ``noise_multiplier * clip_norm``."""
-        m = survivors(n_clients, dropout_fraction)
         return cls(
-            _pos("noise_multiplier", noise_multiplier)
-            * _pos("clip_norm", clip_norm)
-            / math.sqrt(m)
+            share_stddev(noise_multiplier, clip_norm, n_clients, dropout_fraction)
         )
 
     @classmethod
