@@ -113,7 +113,7 @@ __all__ = [
     "UnmaskShares",
 ]
 
-_DOMAIN = b"privagg/secagg/v1/"
+_DOMAIN = b"privagg/secagg/v2/"  # v2: signed partner attestations (stage 2)
 _B, _S = 0, 1  # which secret a share is of
 
 
@@ -261,13 +261,19 @@ class MaskedInput(_Message):
     masked: npt.NDArray[np.unsignedinteger] = field(
         default_factory=lambda: np.zeros(0, np.uint32)
     )
-    rejected: tuple[
-        str, ...
-    ] = ()  # senders whose share ciphertext failed (not masked with)
+    # senders whose share ciphertext failed (not masked with)
+    rejected: tuple[str, ...] = ()
+    # graph neighbours the client did NOT mask with (sorted), and (active variant) its
+    # Ed25519 signature over them, bound to the round's view: the partner attestation
+    # that holders check before they reveal the client's self-mask shares.
+    missing: tuple[str, ...] = ()
+    signature: bytes = b""
 
     def _write(self, w: PayloadWriter) -> None:
         w.array(self.masked)
         _write_ids(w, self.rejected)
+        _write_ids(w, self.missing)
+        w.blob(self.signature)
 
     @classmethod
     def _read(
@@ -276,7 +282,10 @@ class MaskedInput(_Message):
         a = r.array()
         if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
             raise DeserializationError()
-        return cls(params_id, round_id, party, a, _read_ids(r))
+        rejected, missing, sig = _read_ids(r), _read_ids(r), r.blob()
+        if len(sig) not in (0, 64) or len(set(missing)) != len(missing):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, a, rejected, missing, sig)
 
     def __repr__(self) -> str:
         return f"MaskedInput(round={self.round_id}, client={self.party!r}, size={self.masked.size})"
@@ -326,16 +335,31 @@ class UnmaskRequest(_Message):
     KIND: ClassVar[int] = SecAggKind.UNMASK
     survivors: tuple[str, ...] = ()
     signatures: tuple[tuple[str, bytes], ...] = ()
+    # (owner, neighbours it did not mask with, owner's signature) for the survivors whose
+    # self-mask shares the recipient may hold (active variant).
+    attestations: tuple[tuple[str, tuple[str, ...], bytes], ...] = ()
 
     def _write(self, w: PayloadWriter) -> None:
         _write_ids(w, self.survivors)
         _write_cts(w, self.signatures)
+        w.u32(len(self.attestations))
+        for owner, missing, sig in self.attestations:
+            w.text(owner)
+            _write_ids(w, missing)
+            w.blob(sig)
 
     @classmethod
     def _read(
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
-        return cls(params_id, round_id, party, _read_ids(r), _read_cts(r))
+        survivors, sigs = _read_ids(r), _read_cts(r)
+        att = []
+        for _ in range(_count(r)):
+            owner, missing, sig = r.text(), _read_ids(r), _fixed(r, 64)
+            att.append((owner, missing, sig))
+        if len({o for o, _, _ in att}) != len(att):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, survivors, sigs, tuple(att))
 
 
 @register_message((Scheme.SECAGG, SecAggKind.UNMASK_SHARES))
@@ -504,6 +528,17 @@ class _Config:
             )
 
 
+def _check_round_id(round_id: int) -> None:
+    if (
+        isinstance(round_id, bool)
+        or not isinstance(round_id, int)
+        or not 0 <= round_id < 1 << 64
+    ):
+        raise ConfigurationError(
+            f"round_id must be an int in [0, 2**64), got {round_id!r}"
+        )
+
+
 def u0_digest(participants: Sequence[str]) -> bytes:
     """H(U0): SHA-256 of the sorted, length-prefixed participant ids."""
     h = hashlib.sha256(_DOMAIN + b"U0")
@@ -551,6 +586,32 @@ def _survivor_message(
         + cfg.params_id
         + round_id.to_bytes(8, "big")
         + view
+        + h.digest()
+    )
+
+
+def _partner_message(
+    cfg: _Config, round_id: int, view: bytes, cid: str, missing: Sequence[str]
+) -> bytes:
+    """What a client signs at stage 2 (active variant): the graph neighbours it did *not*
+    mask with, bound to its view ``H(U0) || graph seed`` of the round.
+
+    Holders check this attestation before they reveal the client's self-mask shares: if
+    a survivor is among the neighbours it did not mask with, the server could have
+    steered its masking partners (selective delivery, then selective drop) and the
+    holders refuse (see :meth:`SecAggClient._check_attestations`).
+    """
+    h = hashlib.sha256()
+    for m in sorted(missing):
+        h.update(struct.pack(">I", len(m)) + m.encode())
+    return (
+        _DOMAIN
+        + b"partners"
+        + cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + view
+        + struct.pack(">I", len(cid))
+        + cid.encode()
         + h.digest()
     )
 
@@ -649,6 +710,8 @@ class SecAggClient:
         self._c_shared: dict[str, bytes] = {}  # X25519(c_i, c_j), stage 1 -> stage 2
         self._held: dict[str, tuple[int, int]] = {}  # owner -> (s share, b share)
         self._masked_with: frozenset[str] = frozenset()
+        self._missing: frozenset[str] = frozenset()  # neighbours not masked with
+        self._all_nbrs: dict[str, frozenset[str]] = {}
         self._signed: tuple[str, ...] | None = None
 
     @property
@@ -758,9 +821,10 @@ class SecAggClient:
         ) != 2 * len(keys):
             raise ProtocolError("two clients advertised the same key")
         self._seed = self._cfg.graph_seed(self._round, self._participants, keys)
-        self._nbrs = self._cfg.neighbours(
+        self._all_nbrs = self._cfg.neighbours(
             self._round, self._participants, keys, self._seed
-        )[self._id]
+        )
+        self._nbrs = self._all_nbrs[self._id]
         if self._cfg.active:
             for cid in sorted(self._nbrs & keys.keys()):
                 k = keys[cid]
@@ -841,6 +905,19 @@ class SecAggClient:
             )
         if not solo:
             self._masked_with = frozenset(peers)
+        # The partner attestation: the graph neighbours this client did not mask with,
+        # signed with its identity key over its view of the round (active variant).
+        self._missing = self._nbrs - peers
+        missing = tuple(sorted(self._missing))
+        att_sig = b""
+        if self._cfg.active:
+            assert self._identity is not None
+            att_sig = ed25519_sign(
+                self._identity.reveal(),
+                _partner_message(
+                    self._cfg, self._round, self._u0 + self._seed, self._id, missing
+                ),
+            )
         self._c_shared = {}
         s_sk = x25519_key(self._s_sk.reveal())
         seeds = [(self._b.reveal(), 1)]
@@ -854,7 +931,13 @@ class SecAggClient:
         self._update = np.zeros(0)
         self._expect = SecAggKind.CONSISTENCY if self._cfg.active else SecAggKind.UNMASK
         return MaskedInput(
-            self._cfg.params_id, self._round, self._id, y, tuple(sorted(rejected))
+            self._cfg.params_id,
+            self._round,
+            self._id,
+            y,
+            tuple(sorted(rejected)),
+            missing,
+            att_sig,
         ).to_bytes()
 
     def _encode(
@@ -878,6 +961,13 @@ class SecAggClient:
         self._check_party(req)
         assert self._graph is not None and self._identity is not None
         self._check_survivors(req.survivors)
+        if self._missing & set(req.survivors):
+            # A neighbour this client did not mask with cannot have survived an honest
+            # round (it was not in U2, or its share ciphertext was rejected).
+            raise ProtocolError(
+                f"client {self._id!r}: the survivor set includes a neighbour it did not "
+                "mask with (selective delivery?)"
+            )
         self._signed = tuple(sorted(req.survivors))
         sig = ed25519_sign(
             self._identity.reveal(),
@@ -926,6 +1016,8 @@ class SecAggClient:
                     f"client {self._id!r}: {len(valid)} valid survivor-set signatures, need {self._quorum}"
                 )
         alive = set(survivors)
+        if self._cfg.active and len(self._participants) > 1:
+            self._check_attestations(req.attestations, alive)
         out = []
         for owner in sorted(self._masked_with):  # never its own secrets
             s_share, b_share = self._held[owner]
@@ -938,6 +1030,49 @@ class SecAggClient:
         return UnmaskShares(
             self._cfg.params_id, self._round, self._id, tuple(out)
         ).to_bytes()
+
+    def _check_attestations(
+        self,
+        attestations: Sequence[tuple[str, tuple[str, ...], bytes]],
+        alive: set[str],
+    ) -> None:
+        """Refuse to reveal anything unless every survivor whose self-mask share this
+        client would reveal masked with *all* of its graph neighbours that survived.
+
+        This is what stops a malicious server from isolating a victim ``v`` (security
+        review, finding 1): deliver to ``v`` only the share ciphertexts of a set ``A`` of
+        neighbours, so that ``v`` masks with ``A`` only, then declare ``A`` dropped. The
+        holders would reveal ``A``'s mask keys (dropped) and ``v``'s self-mask seed
+        (survivor), unmasking ``x_v`` alone. ``v`` signs the neighbours it did not mask
+        with (over its view of the round), so the server cannot hide ``A``'s absence:
+        a holder that reveals ``b_v`` is itself a surviving neighbour of ``v``, so it is
+        a masking partner of ``v`` whose pairwise mask is never revealed. The whole check
+        runs before any share is released: on failure nothing is revealed.
+        """
+        att = {owner: (missing, sig) for owner, missing, sig in attestations}
+        view = self._u0 + self._seed
+        for owner in sorted(self._masked_with & alive):
+            entry = att.get(owner)
+            if entry is None:
+                raise ProtocolError(
+                    f"client {self._id!r}: no partner attestation for survivor {owner!r}"
+                )
+            missing, sig = entry
+            msg = _partner_message(self._cfg, self._round, view, owner, missing)
+            if not ed25519_verify(self._directory(owner), sig, msg):
+                raise ProtocolError(
+                    f"client {self._id!r}: bad partner attestation of {owner!r}"
+                )
+            if not set(missing) <= self._all_nbrs.get(owner, frozenset()):
+                raise ProtocolError(
+                    f"client {self._id!r}: the attestation of {owner!r} names non-neighbours"
+                )
+            if set(missing) & alive:
+                raise ProtocolError(
+                    f"client {self._id!r}: survivor {owner!r} did not mask with some of "
+                    "its surviving neighbours; refusing to reveal its self-mask share "
+                    "(selective delivery?)"
+                )
 
     def __repr__(self) -> str:
         return f"SecAggClient(client={self._id!r}, round={self._round})"
@@ -977,6 +1112,7 @@ class SecAggAggregator:
         self._nbrs: dict[str, frozenset[str]] = {}  # known once the keys are advertised
         self._rejected_by: dict[str, frozenset[str]] = {}
         self._peers: dict[str, frozenset[str]] = {}
+        self._attest: dict[str, tuple[tuple[str, ...], bytes]] = {}
         self.rejected: set[str] = set()  # clients dropped for invalid keys or shares
         self._directory = directory
         self._expect: int | None = None
@@ -1161,10 +1297,13 @@ class SecAggAggregator:
                 sender
             ]
             routed_from = {s for s, _ in self._routed[sender]}
+            partners = routed_from - set(msg.rejected)
             if (
                 msg.masked.dtype != np.dtype(dtype)
                 or msg.masked.shape != (self._cfg.size,)
                 or not set(msg.rejected) <= routed_from
+                or set(msg.missing) != self._nbrs[sender] - partners
+                or not self._attestation_ok(sender, msg)
             ):
                 # An unusable upload: ignore it (as if the client dropped before uploading).
                 self.rejected.add(sender)
@@ -1193,6 +1332,7 @@ class SecAggAggregator:
             c: frozenset(s for s, _ in self._routed[c]) - self._rejected_by[c]
             for c in self._u3
         }
+        self._attest = {c: (msgs[c].missing, msgs[c].signature) for c in self._u3}
         self._acc = acc
         self._precheck(set(self._u3))
         self._expect = (
@@ -1200,9 +1340,48 @@ class SecAggAggregator:
         )
         if self._cfg.active:
             mk = self._msg(ConsistencyRequest, survivors=self._u3)
-        else:
-            mk = self._msg(UnmaskRequest, survivors=self._u3, signatures=())
-        return {cid: mk(cid) for cid in self._u3}
+            return {cid: mk(cid) for cid in self._u3}
+        return self._unmask_requests(self._u3, ())
+
+    def _attestation_ok(self, sender: str, msg: MaskedInput) -> bool:
+        """The sender's signed partner attestation (active variant; see
+        :meth:`SecAggClient._check_attestations`)."""
+        if not self._cfg.active or len(self._u0) == 1:
+            return True
+        return ed25519_verify(
+            self._directory(sender),
+            msg.signature,
+            _partner_message(
+                self._cfg,
+                self._round,
+                self._u0_digest + self._seed,
+                sender,
+                msg.missing,
+            ),
+        )
+
+    def _unmask_requests(
+        self, recipients: Sequence[str], sigs: tuple[tuple[str, bytes], ...]
+    ) -> dict[str, bytes]:
+        """The last stage's requests: each recipient gets the survivor set, the survivor-set
+        signatures and the partner attestations of its surviving neighbours."""
+        alive = set(self._u3)
+        out = {}
+        for cid in sorted(recipients):
+            att: tuple[tuple[str, tuple[str, ...], bytes], ...] = ()
+            if self._cfg.active:
+                att = tuple(
+                    (o, *self._attest[o]) for o in sorted(self._nbrs[cid] & alive)
+                )
+            out[cid] = UnmaskRequest(
+                self._cfg.params_id,
+                self._round,
+                cid,
+                self._u3,
+                sigs,
+                att,
+            ).to_bytes()
+        return out
 
     def _needed(self) -> list[str]:
         """Owners whose secret must be reconstructed: every survivor, and each client of
@@ -1243,8 +1422,7 @@ class SecAggAggregator:
             )
         self._precheck(set(msgs))
         self._expect = SecAggKind.UNMASK_SHARES
-        mk = self._msg(UnmaskRequest, survivors=self._u3, signatures=tuple(sigs))
-        return {cid: mk(cid) for cid in sorted(msgs)}
+        return self._unmask_requests(sorted(msgs), tuple(sigs))
 
     def _on_unmask(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, UnmaskShares] = self._decode(
@@ -1308,9 +1486,14 @@ class SecAggHolder:
 
     def __init__(self, cfg: _Config) -> None:
         self._cfg = cfg
+        self._recovered_rounds: set[int] = set()
 
     def recover(self, result: bytes) -> Recovered:
-        """Check the result's parameters and decode the fixed-point sum."""
+        """Check the result's parameters and round, and decode the fixed-point sum.
+
+        Raises:
+            ProtocolError: a result of a round this holder already recovered (replay).
+        """
         # The header is read unverified first, so that the digest over the (P-word)
         # result is computed once, by ``from_bytes``; a mismatch is reported only after
         # ``open_envelope`` has checked the digest (corrupted bytes stay a
@@ -1330,7 +1513,11 @@ class SecAggHolder:
             self._cfg.size,
         ):
             raise ProtocolError("result has the wrong type or size")
-        return Recovered(self._cfg.encoder.decode(centred(msg.total)), msg.contributors)
+        if msg.round_id in self._recovered_rounds:
+            raise ProtocolError(f"round {msg.round_id} was already recovered (replay?)")
+        out = Recovered(self._cfg.encoder.decode(centred(msg.total)), msg.contributors)
+        self._recovered_rounds.add(msg.round_id)
+        return out
 
     def __repr__(self) -> str:
         return "SecAggHolder()"
@@ -1344,17 +1531,27 @@ class SecAggSession:
     long-term Ed25519 identity key on first use and publishes the public half."""
 
     def __init__(
-        self, cfg: _Config, layout: Layout, noise: NoiseShare | None, rng: Rng
+        self,
+        cfg: _Config,
+        layout: Layout,
+        noise: NoiseShare | None,
+        secret_rng: Rng,
     ) -> None:
         self.backend_name = "secagg"
         self.layout = layout
         self.max_weight = cfg.max_weight
         self._cfg = cfg
         self._noise = noise
-        self._rng = rng
+        # Long-term secrets (identity keys) only: never the stream the public session
+        # nonce came from, so a shared public seed cannot reach them (review finding 6).
+        self._secret_rng = secret_rng
         self._identities: dict[str, SecretBytes] = {}
         self._public: dict[str, bytes] = {}
         self._dealt = False  # True for a session loaded from dealt material
+        self._holder: SecAggHolder | None = None
+        self._aggregated_rounds: set[int] = set()
+        self._client_rounds: set[tuple[str, int]] = set()
+        self._round_counter = 0
 
     @property
     def params_id(self) -> bytes:
@@ -1382,7 +1579,7 @@ class SecAggSession:
                 raise MissingKeyError(
                     f"this process holds no identity key for client {cid!r}"
                 )
-            sk = SecretBytes(new_ed25519(self._rng), label="secagg identity key")
+            sk = SecretBytes(new_ed25519(self._secret_rng), label="secagg identity key")
             self._identities[cid] = sk
             self._public[cid] = ed25519_public(sk.reveal())
         return self._identities[cid]
@@ -1394,11 +1591,32 @@ class SecAggSession:
             raise ProtocolError(f"no identity key is registered for client {cid!r}")
         return pk
 
+    def next_round_id(self) -> int:
+        """A round id this session has not served before (for ``run_round``)."""
+        used = self._aggregated_rounds | {r for _, r in self._client_rounds}
+        if self._holder is not None:
+            used |= self._holder._recovered_rounds
+        while self._round_counter in used:
+            self._round_counter += 1
+        rid = self._round_counter
+        self._round_counter += 1
+        return rid
+
     def aggregator(self, round_id: int, client_ids: Sequence[str]) -> SecAggAggregator:
-        """The aggregator for one round."""
-        return SecAggAggregator(
+        """The aggregator for one round.
+
+        Raises:
+            ProtocolError: this session already ran an aggregator for ``round_id`` (round
+                ids are fresh per round: messages of an earlier run would otherwise fit).
+        """
+        _check_round_id(round_id)
+        if round_id in self._aggregated_rounds:
+            raise ProtocolError(f"round {round_id} was already aggregated (reuse?)")
+        agg = SecAggAggregator(
             self._cfg, round_id, list(client_ids), self.identity_public
         )
+        self._aggregated_rounds.add(round_id)
+        return agg
 
     def client(
         self,
@@ -1409,7 +1627,20 @@ class SecAggSession:
         weight: float = 1.0,
         rng: Rng | None = None,
     ) -> SecAggClient:
-        """A client for one round, holding ``weight * update``."""
+        """A client for one round, holding ``weight * update``.
+
+        ``rng`` is the stream of this client's per-round secrets (ephemeral keys, self-mask
+        seed, Shamir coefficients, rounding); the system CSPRNG by default.
+
+        Raises:
+            ProtocolError: this session already made a client ``client_id`` for
+                ``round_id`` (a client answers one run of a round only).
+        """
+        _check_round_id(round_id)
+        if (client_id, round_id) in self._client_rounds:
+            raise ProtocolError(
+                f"client {client_id!r} already took part in round {round_id} (reuse?)"
+            )
         if update.shape != (self.layout.size,):
             raise ParameterMismatchError(
                 f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
@@ -1420,6 +1651,7 @@ class SecAggSession:
                 f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}"
             )
         identity = self._identity(client_id) if self._cfg.active else None
+        self._client_rounds.add((client_id, round_id))
         return SecAggClient(
             self._cfg,
             client_id,
@@ -1437,8 +1669,11 @@ class SecAggSession:
         return {}
 
     def holder(self) -> SecAggHolder:
-        """The result holder."""
-        return SecAggHolder(self._cfg)
+        """The result holder: the same object for the whole session, so that it
+        remembers which rounds it recovered."""
+        if self._holder is None:
+            self._holder = SecAggHolder(self._cfg)
+        return self._holder
 
     def identity_keys(self) -> list[SecretBytes]:
         """The long-term identity keys this (simulation) session holds."""
@@ -1466,6 +1701,18 @@ class SecAggMaterial:
 
     def __repr__(self) -> str:
         return f"SecAggMaterial(clients={len(self.clients)})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "SecAggMaterial holds the clients' identity secret keys and cannot be "
+            "pickled; write each role's blob to its own secret file instead"
+        )
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("SecAggMaterial holds secret keys and cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError("SecAggMaterial holds secret keys and cannot be copied")
 
 
 def _read_material(material: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
@@ -1574,15 +1821,24 @@ class SecAggBackend:
         max_weight: float = 1.0,
         noise: NoiseShare | None = None,
         rng: Rng | None = None,
+        secret_rng: Rng | None = None,
     ) -> SecAggSession:
-        """A session for ``layout``; checks that sums of ``max_clients`` fit the ring."""
+        """A session for ``layout``; checks that sums of ``max_clients`` fit the ring.
+
+        Args:
+            rng: stream of the *public* session nonce (a shared public seed is fine here).
+            secret_rng: stream of the long-term identity keys this (simulation) session
+                makes; the system CSPRNG by default and never derived from ``rng``, so a
+                public seed cannot reach a secret. Tests may pass a hazmat
+                ``DeterministicRng``.
+        """
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         rng = rng or SystemRng()
         return SecAggSession(
             self._config(layout, max_clients, max_weight, noise, rng.random_bytes(32)),
             layout,
             noise,
-            rng,
+            secret_rng or SystemRng(),
         )
 
     def _config(
@@ -1620,7 +1876,7 @@ class SecAggBackend:
             + struct.pack(">Q", max_clients)
             + nonce
         )
-        params_id = fingerprint(b"secagg/v1", public, layout.fingerprint)
+        params_id = fingerprint(b"secagg/v2", public, layout.fingerprint)
         return _Config(
             params_id,
             layout.size,
@@ -1647,19 +1903,23 @@ class SecAggBackend:
         max_clients: int,
         max_weight: float = 1.0,
         rng: Rng | None = None,
+        secret_rng: Rng | None = None,
     ) -> SecAggMaterial:
         """Make every role's material for a deployment (the operator's one-time step).
 
         The public part (session nonce, every client's Ed25519 identity public key) goes
         to everyone; each client's material adds its own identity secret key. Nothing
         secret goes to the aggregator or the holder (SecAgg+'s holder has no secret).
+        ``rng`` draws the public nonce only; the identity keys come from ``secret_rng``
+        (the system CSPRNG by default), never from ``rng``.
         """
         if len(set(party_ids)) != len(party_ids) or not party_ids:
             raise ConfigurationError("party_ids must be non-empty and unique")
         rng = rng or SystemRng()
         nonce = rng.random_bytes(32)
         cfg = self._config(layout, max_clients, max_weight, None, nonce)
-        secrets = {pid: new_ed25519(rng) for pid in party_ids}
+        srng = secret_rng or SystemRng()
+        secrets = {pid: new_ed25519(srng) for pid in party_ids}
         w = PayloadWriter().blob(nonce).u32(len(party_ids))
         for pid in sorted(party_ids):
             w.text(pid).blob(ed25519_public(secrets[pid]))

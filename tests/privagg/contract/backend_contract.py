@@ -290,17 +290,17 @@ class BackendContract:
         if self.keyed:
             sessions.append(self._session(layout, 3))
         vecs = self._vectors(layout, ups)
-        for s_b in sessions:
-            agg = s_a.aggregator(0, list(vecs))
+        for rid, s_b in enumerate(sessions):  # a fresh round id per round
+            agg = s_a.aggregator(rid, list(vecs))
             reqs = agg.start()
             replies = {}
             for cid, req in reqs.items():
                 if cid == "c0":
-                    foreign = s_b.client(cid, 0, np.zeros(s_b.layout.size))
-                    foreign_reqs = s_b.aggregator(0, list(vecs)).start()
+                    foreign = s_b.client(cid, rid, np.zeros(s_b.layout.size))
+                    foreign_reqs = s_b.aggregator(rid, list(vecs)).start()
                     replies[cid] = foreign.handle(foreign_reqs[cid])
                 else:
-                    replies[cid] = s_a.client(cid, 0, vecs[cid]).handle(req)
+                    replies[cid] = s_a.client(cid, rid, vecs[cid]).handle(req)
             # every message carries params_id, so the first stage already rejects it
             with pytest.raises(PrivaggError):
                 agg.receive(replies)
