@@ -26,7 +26,9 @@ class TestAdditiveContract(BackendContract):
     n_clients = 4
 
     def make_backend(self) -> AdditiveBackend:
-        return AdditiveBackend(bound=2.0, n_servers=3)
+        # The contract draws rounds of a single client; accepting them needs an explicit
+        # min_contributions=1 (the default, 2, refuses them: tested below).
+        return AdditiveBackend(bound=2.0, n_servers=3, min_contributions=1)
 
     def secrets(self, session: object) -> list[object]:
         return list(session.secret_keys())  # type: ignore[attr-defined]
@@ -45,7 +47,7 @@ def _session(n: int, size: int = 30, **kw: object) -> ad.AdditiveSession:
 
 @settings(max_examples=8, deadline=None)
 @given(
-    n=st.integers(1, 6),
+    n=st.integers(2, 6),
     servers=st.integers(2, 4),
     size=st.integers(1, 20),
     data=st.data(),
@@ -218,7 +220,7 @@ def test_holder_rejects_missing_partial_and_foreign_result() -> None:
         s.holder().recover(stripped.to_bytes())
     # a partial sum bound to another contributor list fails the AAD check
     relabeled = ad.ResultMessage(
-        res.params_id, res.round_id, res.party, ("c0",), res.partial0, res.partials
+        res.params_id, res.round_id, res.party, ("c0", "c2"), res.partial0, res.partials
     )
     with pytest.raises(DeserializationError):
         s.holder().recover(relabeled.to_bytes())
@@ -242,7 +244,17 @@ def test_servers_must_sum_the_same_clients() -> None:
 
 
 @pytest.mark.parametrize(
-    "opts", [{"n_servers": 1}, {"n_servers": 2.0}, {"bound": -1.0}, {"clip": "yes"}]
+    "opts",
+    [
+        {"n_servers": 1},
+        {"n_servers": 2.0},
+        {"bound": -1.0},
+        {"clip": "yes"},
+        {"min_contributions": 0},
+        {"min_contributions": True},
+        {"min_contributions": 2.0},
+        {"min_contributions": 1 << 32},
+    ],
 )
 def test_bad_options_rejected(opts: dict[str, object]) -> None:
     with pytest.raises(privagg.ConfigurationError):
@@ -274,3 +286,36 @@ def test_noise_and_clipping() -> None:
     )
     with pytest.raises(privagg.EncodingOverflowError):
         privagg.run_round(_session(2, 3), ups)
+
+
+def test_min_contributions_defaults_to_two_and_is_bound_into_params() -> None:
+    layout = Layout.from_arrays({"w": np.zeros(3)})
+    s = AdditiveBackend().setup(layout, max_clients=4)
+    assert s.min_contributions == 2
+    s1 = AdditiveBackend(min_contributions=1).setup(layout, max_clients=4)
+    assert s1.min_contributions == 1
+    # same keys (same dealer randomness), different policy: different params_id, so a
+    # server and a holder configured with different policies do not interoperate
+    from privagg.hazmat import DeterministicRng
+
+    ids = {
+        AdditiveBackend(min_contributions=m)
+        .setup(layout, max_clients=4, rng=DeterministicRng(1))
+        .params_id
+        for m in (1, 2, 2)
+    }
+    assert len(ids) == 2
+    # setup of one client cannot release anything under the default: refused up front
+    with pytest.raises(privagg.ConfigurationError, match="min_contributions"):
+        AdditiveBackend().setup(layout, max_clients=1)
+    assert "min_contributions=3" in repr(AdditiveBackend(min_contributions=3))
+
+
+def test_round_with_too_few_answers_is_refused() -> None:
+    """The honest coordinator already stops when fewer than min_contributions answer."""
+    with pytest.raises(InsufficientParticipantsError, match="min_contributions=2"):
+        privagg.run_round(_session(2), _ups(2), dropouts={0: {"c1"}})
+    res = privagg.run_round(
+        _session(2, min_contributions=1), _ups(2), dropouts={0: {"c1"}}
+    )
+    assert res.contributors == ("c0",)

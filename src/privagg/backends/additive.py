@@ -13,10 +13,32 @@ ring and splits it into ``n_servers`` additive shares:
 Every share alone is uniformly distributed (computationally, for the PRG ones), so any
 coalition that misses at least one server learns nothing about ``x``. Each server sums
 its shares over the clients that answered; servers ``k >= 1`` encrypt their partial sums
-to the result holder (ephemeral X25519 + HKDF + AES-256-GCM, the contributor list bound
-as associated data), and server 0 forwards them with its own partial sum. The holder adds
-the partial sums and decodes. Server 0 sees its partial sum, which is masked by the
+to the result holder, and server 0 forwards them with its own partial sum. The holder
+adds the partial sums and decodes. Server 0 sees its partial sum, which is masked by the
 others; only the holder (or all servers together) learns the total.
+
+Contributor-set agreement (against a malicious coordinator). Server 0 chooses which
+clients every other server sums, so on its own it could ask an honest server for the
+sum over one victim and have the holder release that client's update. Therefore:
+
+* each server ``k >= 1`` encrypts its partial sum in the authenticated mode of HPKE
+  (RFC 9180 ``AuthEncap``): the AES-256-GCM key is
+  ``HKDF(X25519(eph, holder) || X25519(server k, holder))`` over a context that holds
+  params_id, the round id, the server id, the SHA-256 of the sorted contributor list it
+  summed, the ephemeral key and both static public keys; the contributor digest is also
+  the associated data. Only server ``k`` and the holder can compute the static term, so
+  a partial sum that opens is server ``k``'s statement "I summed exactly this list in
+  this round"; the coordinator can neither forge one nor re-label one;
+* the holder opens every partial sum against the one contributor list of the result, so
+  it releases only if *all* servers summed the same set, and refuses lists shorter than
+  ``min_contributions`` (an honest server refuses to sum such a list in the first place);
+* every server and the holder serve a round id at most once (per session object), so
+  the coordinator cannot obtain two partial sums of one round over different subsets.
+
+No new trust is needed: the keys are the servers' and the holder's existing X25519 keys,
+already fingerprinted in params_id. Clients are not authenticated in this backend, so a
+coordinator that can inject clients of its own (Sybils) still meets any
+``min_contributions`` with them; see ``docs/backends/additive.md``.
 
 A client that does not answer is simply not in the sum (exact for the others); a server
 that does not answer aborts the round.
@@ -83,7 +105,9 @@ __all__ = [
     "ShareRequest",
 ]
 
-_DOMAIN = b"privagg/additive/v1/"
+# v2: partial sums are sender-authenticated (AuthEncap) and the parameters carry
+# min_contributions; v1 messages do not verify under v2 keys.
+_DOMAIN = b"privagg/additive/v2/"
 
 
 class AdditiveKind(enum.IntEnum):
@@ -250,6 +274,7 @@ class _Config:
     server_ids: tuple[str, ...]  # servers 1..n-1 (server 0 is the aggregator)
     server_pks: tuple[bytes, ...]
     holder_pk: bytes
+    min_contributions: int
 
     @property
     def dtype(self) -> type[np.unsignedinteger]:
@@ -300,6 +325,88 @@ def _ids_digest(ids: Sequence[str]) -> bytes:
         b = i.encode("utf-8")
         h.update(struct.pack(">I", len(b)) + b)
     return h.digest()
+
+
+def _partial_key(
+    cfg: _Config,
+    round_id: int,
+    server_id: str,
+    contributors: Sequence[str],
+    epk: bytes,
+    dh_ephemeral: bytes,
+    dh_static: bytes,
+) -> tuple[bytes, bytes]:
+    """AES-256-GCM key and associated data of server ``server_id``'s partial sum.
+
+    HPKE ``AuthEncap`` (RFC 9180, section 4.1) in this module's HKDF framing: the key
+    material is ``X25519(eph, holder) || X25519(server, holder)``, and the context binds
+    params_id, the round, the server id, the digest of the (sorted) contributor list, the
+    ephemeral key and both static public keys. Only the server and the holder know the
+    static term, so a partial sum that decrypts was made by that server for exactly this
+    round and contributor list (the coordinator can neither forge nor re-label one).
+    """
+    server_pk = cfg.server_pks[cfg.server_ids.index(server_id)]
+    ctx = (
+        _ctx(cfg, round_id, server_id)
+        + _ids_digest(contributors)
+        + epk
+        + cfg.holder_pk
+        + server_pk
+    )
+    key = hkdf(
+        dh_ephemeral + dh_static,
+        salt=cfg.params_id,
+        info=_DOMAIN + b"partial-key" + ctx,
+    )
+    return key, _DOMAIN + b"partial" + ctx
+
+
+def _check_round_id(round_id: int) -> None:
+    if (
+        isinstance(round_id, bool)
+        or not isinstance(round_id, int)
+        or not 0 <= round_id < 1 << 64
+    ):
+        raise ConfigurationError(
+            f"round_id must be an int in [0, 2**64), got {round_id!r}"
+        )
+
+
+class _RoundRegister:
+    """The round ids one party (a server, the holder) has served, each at most once.
+
+    One register per party and session object, shared by the role objects the session
+    makes for it: a fresh role object for an old round id is refused too.
+    """
+
+    __slots__ = ("_rounds", "_who")
+
+    def __init__(self, who: str) -> None:
+        self._who = who
+        self._rounds: set[int] = set()
+
+    def __contains__(self, round_id: object) -> bool:
+        return round_id in self._rounds
+
+    @property
+    def rounds(self) -> frozenset[int]:
+        """The round ids served so far."""
+        return frozenset(self._rounds)
+
+    def check(self, round_id: int) -> None:
+        """Raise unless ``round_id`` is still unserved."""
+        if round_id in self._rounds:
+            raise ProtocolError(
+                f"{self._who} already served round {round_id} (replay or reused round id?)"
+            )
+
+    def claim(self, round_id: int) -> None:
+        """Mark ``round_id`` served (after :meth:`check`), just before releasing."""
+        self.check(round_id)
+        self._rounds.add(round_id)
+
+    def __repr__(self) -> str:
+        return f"_RoundRegister({self._who}, served={len(self._rounds)})"
 
 
 # -- roles -------------------------------------------------------------------------------------
@@ -388,12 +495,14 @@ class AdditiveServer:
         round_id: int,
         key: SecretKey[bytes],
         rng: Rng,
+        served: _RoundRegister | None = None,
     ) -> None:
         self._cfg = cfg
         self._id = server_id
         self._round = round_id
         self._key = key
         self._rng = rng
+        self._served = served if served is not None else _RoundRegister(server_id)
         self._answered = False
 
     @property
@@ -402,7 +511,16 @@ class AdditiveServer:
         return self._id
 
     def handle(self, request: bytes) -> bytes:
-        """Sum this server's shares of the listed contributors."""
+        """Sum this server's shares of the listed contributors.
+
+        Raises:
+            ProtocolError: a request for another round or server, a second request, or
+                a round this server (this session's register) already served.
+            InsufficientParticipantsError: fewer than ``min_contributions`` entries (an
+                honest server never sums so few: with server 0's share that would reveal
+                their updates).
+            DeserializationError: a listed entry this server cannot decrypt.
+        """
         cfg = self._cfg
         cfg.check(
             request, self._round, AdditiveKind.SERVER_REQUEST, f"server {self._id!r}"
@@ -414,6 +532,12 @@ class AdditiveServer:
             )
         if self._answered:
             raise ProtocolError("this server already answered this round")
+        self._served.check(self._round)
+        if len(req.entries) < cfg.min_contributions:
+            raise InsufficientParticipantsError(
+                f"server {self._id!r}: asked to sum {len(req.entries)} client(s), "
+                f"at least min_contributions={cfg.min_contributions} required"
+            )
         sk = x25519_key(self._key.unsafe_material())
         acc = np.zeros(cfg.size, dtype=cfg.dtype)
         masks = []
@@ -435,17 +559,19 @@ class AdditiveServer:
         add_masks(acc, masks)
         eph = x25519_key(new_x25519(self._rng))
         epk = x25519_public(eph.private_bytes_raw())
-        ctx = _ctx(cfg, self._round, self._id) + _ids_digest(contributors) + epk
-        key = hkdf(
+        key, aad = _partial_key(
+            cfg,
+            self._round,
+            self._id,
+            contributors,
+            epk,
             ecdh(eph, cfg.holder_pk),
-            salt=cfg.params_id,
-            info=_DOMAIN + b"partial-key" + ctx,
+            ecdh(sk, cfg.holder_pk),
         )
         ct = aead_encrypt(
-            key,
-            acc.astype(acc.dtype.newbyteorder("<"), copy=False).tobytes(),
-            _DOMAIN + b"partial" + ctx,
+            key, acc.astype(acc.dtype.newbyteorder("<"), copy=False).tobytes(), aad
         )
+        self._served.claim(self._round)
         self._answered = True
         return PartialSum(
             cfg.params_id, self._round, self._id, contributors, epk, ct
@@ -532,8 +658,11 @@ class AdditiveAggregator:
             accepted.append(sender)
             for sid in cfg.server_ids:
                 per_server[sid].append((sender, msg.ephemeral_pk, seeds[sid]))
-        if not accepted:
-            raise InsufficientParticipantsError("no client contributed")
+        if len(accepted) < cfg.min_contributions:
+            raise InsufficientParticipantsError(
+                f"{len(accepted)} client(s) contributed, at least "
+                f"min_contributions={cfg.min_contributions} required"
+            )
         self._contributors = tuple(sorted(accepted))
         self._partial0 = acc
         if not cfg.server_ids:
@@ -602,14 +731,38 @@ class AdditiveAggregator:
 
 
 class AdditiveHolder:
-    """Decrypts the servers' partial sums and adds them."""
+    """Authenticates and decrypts the servers' partial sums and adds them.
 
-    def __init__(self, cfg: _Config, key: SecretKey[bytes]) -> None:
+    It releases a sum only if every server ``k >= 1`` proved (by the authenticated
+    encryption of its partial sum) that it summed exactly the result's contributor list,
+    that list has at least ``min_contributions`` clients, and the round id was not
+    recovered before by this session's holder.
+    """
+
+    def __init__(
+        self,
+        cfg: _Config,
+        key: SecretKey[bytes],
+        recovered: _RoundRegister | None = None,
+    ) -> None:
         self._cfg = cfg
         self._key = key
+        self._recovered = (
+            recovered if recovered is not None else _RoundRegister("the holder")
+        )
 
     def recover(self, result: bytes) -> Recovered:
-        """Combine the partial sums into the float sum."""
+        """Combine the partial sums into the float sum.
+
+        Raises:
+            ParameterMismatchError: a result of another session.
+            ProtocolError: a result that lacks a server's partial sum, or a round id this
+                holder already recovered.
+            InsufficientParticipantsError: fewer than ``min_contributions`` contributors.
+            DeserializationError: a partial sum that does not authenticate as its
+                server's sum over exactly the result's contributor list (forged,
+                re-labelled, or the servers summed different sets), or is malformed.
+        """
         cfg = self._cfg
         # The header is read unverified first, so that the digest over the (P-word)
         # result is computed once, by ``from_bytes``; a mismatch is reported only after
@@ -632,15 +785,32 @@ class AdditiveHolder:
             raise ProtocolError("result has the wrong type or size")
         if {p[0] for p in msg.partials} != set(cfg.server_ids):
             raise ProtocolError("the result does not carry every server's partial sum")
+        self._recovered.check(msg.round_id)
+        if len(msg.contributors) < cfg.min_contributions:
+            raise InsufficientParticipantsError(
+                f"the result has {len(msg.contributors)} contributor(s), at least "
+                f"min_contributions={cfg.min_contributions} required"
+            )
+        if list(msg.contributors) != sorted(msg.contributors):
+            raise ProtocolError(
+                "the result's contributor list is not in canonical order"
+            )
         acc = msg.partial0  # decoded into a fresh array: add in place
         sk = x25519_key(self._key.unsafe_material())
-        digest = _ids_digest(msg.contributors)
+        # Every partial sum is opened against the result's one contributor list: all of
+        # them open only if every server summed exactly that set (and made the sum).
         for sid, epk, ct in msg.partials:
-            ctx = _ctx(cfg, msg.round_id, sid) + digest + epk
-            key = hkdf(
-                ecdh(sk, epk), salt=cfg.params_id, info=_DOMAIN + b"partial-key" + ctx
+            spk = cfg.server_pks[cfg.server_ids.index(sid)]
+            key, aad = _partial_key(
+                cfg,
+                msg.round_id,
+                sid,
+                msg.contributors,
+                epk,
+                ecdh(sk, epk),
+                ecdh(sk, spk),
             )
-            raw = aead_decrypt(key, ct, _DOMAIN + b"partial" + ctx)
+            raw = aead_decrypt(key, ct, aad)
             dt = np.dtype(cfg.dtype).newbyteorder("<")
             if (
                 len(raw) != cfg.size * dt.itemsize
@@ -648,6 +818,7 @@ class AdditiveHolder:
                 raise DeserializationError()
             part = np.frombuffer(raw, dtype=dt)
             np.add(acc, part, out=acc)
+        self._recovered.claim(msg.round_id)
         return Recovered(cfg.encoder.decode(centred(acc)), msg.contributors)
 
     def __repr__(self) -> str:
@@ -675,6 +846,13 @@ class AdditiveSession:
         self._holder_key = holder_key
         self._noise = noise
         self._rng = rng
+        # Round ids each party served, per session object (see _RoundRegister).
+        self._served = {
+            sid: _RoundRegister(f"server {sid!r}") for sid in cfg.server_ids
+        }
+        self._recovered = _RoundRegister("the holder")
+        self._aggregated: set[int] = set()
+        self._round_counter = 0
 
     @property
     def params_id(self) -> bytes:
@@ -686,11 +864,41 @@ class AdditiveSession:
         """Bits of the ring (32 or 64)."""
         return self._cfg.ring_bits
 
+    @property
+    def min_contributions(self) -> int:
+        """Fewest clients a server sums and the holder releases."""
+        return self._cfg.min_contributions
+
+    def next_round_id(self) -> int:
+        """A round id this session has not used before (for ``run_round``).
+
+        A counter, skipping every id this session's coordinator, servers or holder has
+        already used. Ids of other sessions do not matter: their messages carry another
+        params_id (fresh keys per setup) and are refused.
+        """
+        used = set(self._aggregated) | self._recovered.rounds
+        for reg in self._served.values():
+            used |= reg.rounds
+        while self._round_counter in used:
+            self._round_counter += 1
+        rid = self._round_counter
+        self._round_counter += 1
+        return rid
+
     def aggregator(
         self, round_id: int, client_ids: Sequence[str]
     ) -> AdditiveAggregator:
-        """The coordinator (server 0) for one round."""
-        return AdditiveAggregator(self._cfg, round_id, list(client_ids))
+        """The coordinator (server 0) for one round.
+
+        Raises:
+            ProtocolError: this session already ran a coordinator for ``round_id``.
+        """
+        _check_round_id(round_id)
+        if round_id in self._aggregated:
+            raise ProtocolError(f"round {round_id} was already aggregated (reuse?)")
+        agg = AdditiveAggregator(self._cfg, round_id, list(client_ids))
+        self._aggregated.add(round_id)
+        return agg
 
     def client(
         self,
@@ -702,6 +910,7 @@ class AdditiveSession:
         rng: Rng | None = None,
     ) -> AdditiveClient:
         """A client for one round, holding ``weight * update``."""
+        _check_round_id(round_id)
         if update.shape != (self.layout.size,):
             raise ParameterMismatchError(
                 f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
@@ -716,17 +925,23 @@ class AdditiveSession:
         )
 
     def servers(self, round_id: int) -> dict[str, Responder]:
-        """Servers 1 .. n_servers - 1."""
+        """Servers 1 .. n_servers - 1 (each refuses a round id it already served)."""
+        _check_round_id(round_id)
         return {
             sid: AdditiveServer(
-                self._cfg, sid, round_id, self._server_keys[sid], self._rng
+                self._cfg,
+                sid,
+                round_id,
+                self._server_keys[sid],
+                self._rng,
+                self._served[sid],
             )
             for sid in self._cfg.server_ids
         }
 
     def holder(self) -> AdditiveHolder:
-        """The result holder."""
-        return AdditiveHolder(self._cfg, self._holder_key)
+        """The result holder (refuses a round id this session's holder recovered)."""
+        return AdditiveHolder(self._cfg, self._holder_key, self._recovered)
 
     def secret_keys(self) -> list[SecretKey[bytes]]:
         """Every secret key this (simulation) session holds."""
@@ -747,6 +962,9 @@ class AdditiveBackend:
         scale_bits: fixed-point fractional bits.
         clip: clip out-of-range values instead of raising.
         n_servers: number of servers (>= 2), the aggregator being server 0.
+        min_contributions: fewest clients a server sums and the holder releases (>= 1,
+            default 2). With 1, a malicious coordinator can have one client's update
+            released as "the aggregate"; set it explicitly only if that is acceptable.
     """
 
     name: ClassVar[str] = "additive"
@@ -758,6 +976,7 @@ class AdditiveBackend:
         scale_bits: int = 16,
         clip: bool = False,
         n_servers: int = 2,
+        min_contributions: int = 2,
     ) -> None:
         FixedPointEncoder(bound, scale_bits)
         if (
@@ -770,10 +989,19 @@ class AdditiveBackend:
             )
         if not isinstance(clip, bool):
             raise ConfigurationError(f"clip must be a bool, got {clip!r}")
+        if (
+            isinstance(min_contributions, bool)
+            or not isinstance(min_contributions, int)
+            or not 1 <= min_contributions <= (1 << 32) - 1
+        ):
+            raise ConfigurationError(
+                f"min_contributions must be an int >= 1, got {min_contributions!r}"
+            )
         self._bound = float(bound)
         self._scale_bits = scale_bits
         self._clip = clip
         self._n_servers = n_servers
+        self._min_contributions = min_contributions
 
     @property
     def value_bound(self) -> float | None:
@@ -795,8 +1023,20 @@ class AdditiveBackend:
         noise: NoiseShare | None = None,
         rng: Rng | None = None,
     ) -> AdditiveSession:
-        """Make the servers' and the holder's keys; check that sums fit the ring."""
+        """Make the servers' and the holder's keys; check that sums fit the ring.
+
+        Raises:
+            ConfigurationError: ``max_clients`` below ``min_contributions`` (no round
+                could ever be released), or bad arguments.
+            EncodingOverflowError: the sums would not fit the 64-bit ring.
+        """
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
+        if max_clients < self._min_contributions:
+            raise ConfigurationError(
+                f"max_clients={max_clients} is below min_contributions="
+                f"{self._min_contributions}: no round could be released (set "
+                f"min_contributions explicitly to accept fewer contributors)"
+            )
         rng = rng or SystemRng()
         encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
         extra = noise.headroom(max_clients) if noise is not None else 0.0
@@ -813,18 +1053,19 @@ class AdditiveBackend:
         holder_pk = x25519_public(holder_sk)
         public = (
             struct.pack(
-                ">dIBdIQ",
+                ">dIBdIQI",
                 self._bound,
                 self._scale_bits,
                 self._clip,
                 max_weight,
                 ring_bits,
                 max_clients,
+                self._min_contributions,
             )
             + b"".join(server_pks)
             + holder_pk
         )
-        params_id = fingerprint(b"additive/v1", public, layout.fingerprint)
+        params_id = fingerprint(b"additive/v2", public, layout.fingerprint)
         cfg = _Config(
             params_id,
             layout.size,
@@ -837,6 +1078,7 @@ class AdditiveBackend:
             server_ids,
             server_pks,
             holder_pk,
+            self._min_contributions,
         )
         keys = {
             sid: SecretKey(
@@ -852,4 +1094,7 @@ class AdditiveBackend:
         return AdditiveSession(cfg, layout, keys, hkey, noise, rng)
 
     def __repr__(self) -> str:
-        return f"AdditiveBackend(bound={self._bound}, scale_bits={self._scale_bits}, n_servers={self._n_servers})"
+        return (
+            f"AdditiveBackend(bound={self._bound}, scale_bits={self._scale_bits}, "
+            f"n_servers={self._n_servers}, min_contributions={self._min_contributions})"
+        )
