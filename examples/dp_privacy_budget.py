@@ -1,21 +1,50 @@
 """Differential-privacy accounting with privagg, end to end (runs in a few seconds).
 
 Run: python examples/dp_privacy_budget.py
+
+The DP noise is drawn from the operating system's CSPRNG (``privagg.SystemRng``).
+``--deterministic-seed N`` replays it from ``DeterministicRng(N)`` instead, for tests
+that compare outputs only: anyone who knows the seed can subtract the noise, so the
+result then has no privacy at all.
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 import privagg.dp as dp
+from privagg import Rng, SystemRng
 from privagg.errors import BudgetExceededError
 from privagg.hazmat import DeterministicRng
 
 
-def main() -> None:
+def noise_rng(deterministic_seed: int | None) -> Rng:
+    """The RNG of the DP noise: the OS CSPRNG unless a test explicitly asks for a seed."""
+    if deterministic_seed is None:
+        return SystemRng()
+    print(
+        f"WARNING: DP noise from DeterministicRng({deterministic_seed}): reproducible "
+        "and NOT private (tests only)"
+    )
+    return DeterministicRng(deterministic_seed)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--deterministic-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tests only: draw the DP noise from DeterministicRng(N) (not private)",
+    )
+    args = ap.parse_args(argv)
+
     # 1. DP-SGD in one call: the Abadi et al. (2016) setting.
     kw = dict(noise_multiplier=4.0, sample_rate=0.01, steps=10_000, delta=1e-5)
     print("Abadi et al. 2016 (paper: 1.26)")
@@ -64,8 +93,9 @@ def main() -> None:
         rounds=20,
         dropout_fraction=dropout,
     )
-    rng = DeterministicRng(7)
-    updates = [rng_update(rng, dim) for _ in range(n_clients)]
+    rng = noise_rng(args.deterministic_seed)
+    data = np.random.default_rng(7)  # synthetic client updates (test data only)
+    updates = [data.normal(0.0, 0.05, dim) for _ in range(n_clients)]
     encoded = []
     for u in updates:
         clipped, _ = dp.clip_l2(u, clip)
@@ -81,10 +111,6 @@ def main() -> None:
         f"DDG: per-client std {share.stddev:.4f}, headroom {share.headroom(survivors, dim=dim):.3f}, "
         f"epsilon after 20 rounds {eps20:.3f}; noisy sum norm {np.linalg.norm(total / scale):.2f}"
     )
-
-
-def rng_update(rng: DeterministicRng, dim: int) -> np.ndarray:
-    return dp.sample_gaussian(0.05, dim, rng=rng)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +33,33 @@ __all__ = ["ExperimentSpec", "choose_backend", "load_task_data", "run_experiment
 
 
 def choose_backend(preferred: str) -> str:
-    """Return ``preferred`` if privagg offers it, else ``plain`` with a LOUD warning."""
-    avail = privagg.available_backends()
-    if preferred in avail:
+    """Return ``preferred`` if privagg offers it; refuse otherwise.
+
+    There is no fallback: a run that asked for protection never silently proceeds with
+    another backend (least of all the insecure ``plain`` one).
+
+    Raises:
+        privagg.UnsupportedError: the backend's optional dependency is not installed
+            (``reason`` is ``BACKEND_UNAVAILABLE``; the message names the extra to
+            install, e.g. ``pip install 'privagg[ckks]'``).
+        privagg.ConfigurationError: no backend of that name is known.
+    """
+    if preferred in privagg.available_backends():
         return preferred
-    msg = (
-        f"!!! privagg backend {preferred!r} is not available (have {avail}); falling back to "
-        f"the INSECURE 'plain' backend: updates are NOT protected in this run !!!"
+    # The registry knows why: its typed error names the missing extra (an unknown name
+    # is a ConfigurationError). The import fails before any backend object is built.
+    refusal = (
+        f"privagg backend {preferred!r} is unavailable; refusing to run without it"
     )
-    warnings.warn(msg, stacklevel=2)
-    print(msg, flush=True)
-    return "plain"
+    try:
+        privagg.get_backend(preferred)
+    except (ImportError, AttributeError) as exc:
+        raise privagg.UnsupportedError(
+            refusal, privagg.UnsupportedReason.BACKEND_UNAVAILABLE
+        ) from exc
+    raise privagg.UnsupportedError(  # it imports now, but did not a moment ago
+        refusal, privagg.UnsupportedReason.BACKEND_UNAVAILABLE
+    )
 
 
 def _split_by_key(

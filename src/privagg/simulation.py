@@ -97,7 +97,8 @@ def run_round(
         updates: client id -> update (mapping of tensor name -> float array).
         weights: client id -> weight applied by that client before protection.
         round_id: the round number bound into every message (replays are rejected);
-            by default the session's next unused round id.
+            by default ``session.next_round_id()``, a round id the session has not used.
+            A session without ``next_round_id`` needs an explicit, fresh ``round_id``.
         dropouts: stage index -> client ids that stop answering from that stage on
             (stage 0 is the first request); to simulate failures.
         isolate_failures: if True, a client whose own step raises is treated as a
@@ -108,7 +109,8 @@ def run_round(
         The :class:`RoundResult`.
 
     Raises:
-        ConfigurationError: empty ``updates``, bad weights, NaN/Inf values.
+        ConfigurationError: empty ``updates``, bad weights, NaN/Inf values, no
+            ``round_id`` for a session without ``next_round_id``.
         ParameterMismatchError: an update whose layout differs from the session's.
         ProtocolError, InsufficientParticipantsError: the protocol could not complete.
     """
@@ -124,9 +126,20 @@ def run_round(
             )
     w = _check_weights(ids, weights, getattr(session, "max_weight", None))
     if round_id is None:
+        # Never a constant default: a fixed id would let messages of an earlier round
+        # fit this one. The session hands out ids it has not used.
         next_id = getattr(session, "next_round_id", None)
-        round_id = next_id() if callable(next_id) else 0
-    elif not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
+        if not callable(next_id):
+            raise ConfigurationError(
+                f"{type(session).__name__} has no next_round_id(): pass a round_id "
+                "that this session has not used before"
+            )
+        round_id = next_id()
+    if (
+        isinstance(round_id, bool)
+        or not isinstance(round_id, int)
+        or not 0 <= round_id < 1 << 64
+    ):
         raise ConfigurationError(
             f"round_id must be an int in [0, 2**64), got {round_id!r}"
         )
@@ -201,7 +214,7 @@ def run_round(
 def secure_sum(
     updates: Sequence[Mapping[str, npt.ArrayLike]],
     *,
-    backend: str | Backend = "plain",
+    backend: str | Backend,
     weights: Sequence[float] | None = None,
     rng: Rng | None = None,
     **options: Any,
@@ -211,8 +224,9 @@ def secure_sum(
     Args:
         updates: one mapping of tensor name -> float array per client; all must have the
             same names, shapes and dtypes.
-        backend: "plain" (insecure reference), "ckks", "paillier", "secagg", "additive",
-            another registered name, or a configured backend object.
+        backend: required, no default: "ckks", "paillier", "secagg", "additive",
+            "plain" (the insecure reference: protects nothing), another registered
+            name, or a configured backend object.
         weights: one non-negative weight per update (default: all 1).
         rng: randomness (the OS CSPRNG by default).
         **options: the backend's options (for example ``bound=`` for integer backends).

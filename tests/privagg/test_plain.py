@@ -56,11 +56,11 @@ def test_unknown_backend_is_configuration_error() -> None:
 
 def test_non_float_and_empty_updates_rejected() -> None:
     with pytest.raises(privagg.ConfigurationError):
-        privagg.secure_sum([{"a": np.zeros(2, dtype=np.int64)}])
+        privagg.secure_sum([{"a": np.zeros(2, dtype=np.int64)}], backend="plain")
     with pytest.raises(privagg.ConfigurationError):
-        privagg.secure_sum([{}])
+        privagg.secure_sum([{}], backend="plain")
     with pytest.raises(privagg.ConfigurationError):
-        privagg.secure_sum({"a": np.zeros(2)})  # type: ignore[arg-type]
+        privagg.secure_sum({"a": np.zeros(2)}, backend="plain")  # type: ignore[arg-type]
 
 
 def test_isolate_failures_keeps_round_alive() -> None:
