@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
+import privagg
+
 __all__ = ["build_parser", "main"]
 
 
@@ -34,7 +36,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default=None,
-        help="privagg backend (default: ckks for demo, plain for train)",
+        help="privagg backend (default: ckks; 'plain' only when named explicitly)",
     )
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--clients", type=int, default=None)
@@ -222,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     delta=_pick(args.delta, 1e-5),
                     target_epsilon=args.target_epsilon,
                 ),
-                backend=choose_backend(args.backend) if args.backend else "plain",
+                backend=choose_backend(args.backend or "ckks"),
                 device=args.device,
                 seed=args.seed,
             )
@@ -251,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except FedtrainError as exc:
         print(f"fedtrain: error: {exc}", file=sys.stderr)
+        return 2
+    except privagg.PrivaggError as exc:
+        print(f"fedtrain: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     summary = {
         "main_metric": report["main_metric"],
