@@ -147,10 +147,12 @@ def test_server_loop_over_fake_grid_equals_weighted_sum() -> None:
     layout = parse_shapes(SHAPES)
     wmap = {f"client-{i}": w for i, w in enumerate(weights)}
     assert summary["parties"] == sorted(wmap)
-    for r, rec in enumerate(summary["rounds"]):
+    rounds = [rec["round"] for rec in summary["rounds"]]
+    assert rounds[1] == rounds[0] + 1  # consecutive ids from a random per-run base
+    for rec in summary["rounds"]:
         assert rec["contributors"] == sorted(wmap) and rec["dropped"] == []
         assert_same_arrays(
-            rec["aggregate"], layout.unflatten(_expected(layout, wmap, r))
+            rec["aggregate"], layout.unflatten(_expected(layout, wmap, rec["round"]))
         )
     # the layout and spec travel as public metadata; no message carries pickle
     assert all(MESSAGE_TYPE == m.metadata.message_type for m in grid.sent)
@@ -204,7 +206,7 @@ def test_secagg_passive_over_fake_grid(drop_stage: int | None) -> None:
     assert rec["contributors"] == sorted(wmap) and rec["stages"] >= 4
     layout = parse_shapes(SHAPES)
     tol = privagg.get_backend("secagg").tolerance(n_clients=5, max_abs=1.0)
-    want = layout.unflatten(_expected(layout, wmap, 0))
+    want = layout.unflatten(_expected(layout, wmap, rec["round"]))
     for name, w in want.items():
         got = np.asarray(rec["aggregate"][name], dtype=np.float64)
         np.testing.assert_allclose(
@@ -249,7 +251,7 @@ def test_paillier_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
     wmap = {f"client-{i}": w for i, w in enumerate(weights)}
     assert rec["contributors"] == sorted(wmap)
     tol = privagg.get_backend("paillier").tolerance(n_clients=3, max_abs=1.0)
-    for name, w in layout.unflatten(_expected(layout, wmap, 0)).items():
+    for name, w in layout.unflatten(_expected(layout, wmap, rec["round"])).items():
         got = np.asarray(rec["aggregate"][name], dtype=np.float64)
         np.testing.assert_allclose(
             got, w, rtol=0, atol=tol + 4 * float(np.finfo(w.dtype).eps)
@@ -287,6 +289,9 @@ def test_ckks_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
     for i, cfg in enumerate(nodes.values()):
         cfg["privagg-backends"] = "ckks"
         cfg["privagg-material"] = str(paths[f"client-{i}"])
+        # test-fast has heuristic flooding only: the nodes' policy must allow it
+        cfg["privagg-ckks-presets"] = "test-fast"
+        cfg["privagg-min-ckks-flood-bits"] = 0
     nodes[200] = {
         "privagg-holder": True,
         "privagg-holder-material": str(paths["holder"]),
@@ -309,7 +314,7 @@ def test_ckks_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
     wmap = {f"client-{i}": w for i, w in enumerate(weights)}
     assert rec["contributors"] == sorted(wmap) and rec["dropped"] == []
     tol = spec.backend_object().tolerance(n_clients=3, max_abs=1.0)
-    for name, w in layout.unflatten(_expected(layout, wmap, 0)).items():
+    for name, w in layout.unflatten(_expected(layout, wmap, rec["round"])).items():
         got = np.asarray(rec["aggregate"][name], dtype=np.float64)
         np.testing.assert_allclose(
             got, w, rtol=0, atol=tol + 4 * float(np.finfo(w.dtype).eps)
@@ -414,7 +419,10 @@ def test_multi_stage_roles_survive_one_process_per_message(
         "load_session",
         lambda *a, **k: _TwoStageSession(layout, nondeterministic=nondeterministic),
     )
-    grid = FakeGrid(_nodes([1.0, 0.5]))
+    nodes = _nodes([1.0, 0.5])
+    for cfg in nodes.values():  # a backend the policy cannot judge: options pinned
+        cfg["privagg-backend-options"] = "{}"
+    grid = FakeGrid(nodes)
     parties = {"client-0": 100, "client-1": 101}
     meta = {"spec": SessionSpec("toy").to_json(), "layout": layout.to_bytes().hex()}
     ex = GridExchange(grid, parties, round_id=3, timeout=1.0, meta=meta)  # type: ignore[arg-type]

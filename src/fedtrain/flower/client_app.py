@@ -1,31 +1,69 @@
 """The ClientApp: answers privagg requests with ``ClientRole.handle`` on a SuperNode.
 
+**The ServerApp is untrusted.** It names the backend, its options, ``max_clients``,
+``max_weight`` and the layout of every round. Before this node computes its update,
+builds a role or sends a byte for a round, it checks that session against its own local
+minimum policy (:class:`fedtrain.flower.policy.ClientPolicy`), read **only from the node
+config** (the SuperNode operator's file; never from the run config or a message, which
+come from the ServerApp), and refuses anything weaker with
+:class:`fedtrain.flower.errors.PolicyError` (a ``privagg.ConfigurationError``): the
+ServerApp sees an error reply and the node drops out of the round. The defaults are
+safe whether or not ``privagg-backend-options`` is pinned: SecAgg+ ``corruption_rate``
+>= 0.1, ``sigma`` >= 40, ``dropout_rate`` <= 1/3 (privagg's defaults), a stage-0
+threshold ``t`` >= 2 and graph degree ``k`` >= 2 (both capped at ``n - 1``),
+``max_clients`` <= 1000, ``max_weight`` <= 1.0, CKKS presets ``secure`` /
+``secure-large`` with ``flood_bits`` >= 40, Paillier keys >= 2048 bits, and backends
+the policy cannot judge only with pinned options.
+
 Flower's deployment engine starts a fresh ClientApp process for every Message, so a
 privagg client role (an in-memory state machine) cannot live across the stages of a
 multi-stage protocol (SecAgg+). The ClientApp keeps, in the node's ``context.state``
 (which stays inside the SuperNode process, on the client's machine):
 
-* the round id, the client's flattened update and weight, computed once per round;
-* a fresh 32-byte seed for an AES-256-CTR keystream, the only randomness given to the
-  role (``rng=``);
+* the round id, a digest of the round's session (spec and layout, fixed at stage 0),
+  the client's flattened update and weight, computed once per round;
+* a fresh 32-byte seed for an AES-256-CTR keystream, drawn from the system CSPRNG, the
+  only randomness given to the role (``rng=``);
 * the requests answered so far this round, and a BLAKE2b digest of each reply.
 
 At stage ``k`` it rebuilds the role with the same seed, replays requests ``0..k-1``
 (checking that each replay reproduces the digest of what was actually sent), then
 handles request ``k``. One-shot backends only ever run stage 0. A backend whose client
 draws randomness outside the injected ``Rng`` is detected (digest mismatch) and refused.
+A round id is joined once: a stage-0 request for a round that is not newer than the
+last one this node joined in the run is refused, and a later stage must carry the same
+session as stage 0.
+
+**Result holder.** A node with ``privagg-holder=true`` recovers aggregates. Its holder
+object is cached per session in the process, and every release goes through a
+:class:`fedtrain.flower.release.ReleaseRegister`: a 0600 file beside the holder's key
+(``<privagg-holder-material>.released``, or ``privagg-holder-register``), rewritten
+atomically (temporary file, fsync, ``os.replace``) under a file lock. A
+``(params_id, round id)`` released once is refused the second time with
+:class:`fedtrain.flower.errors.AlreadyReleasedError`, by any process and after
+restarts. A keyless holder (plain, passive SecAgg+) with neither key nor register path
+keeps only the in-process rule: its aggregate is no secret from the ServerApp anyway.
+The recovered sum goes back to the ServerApp (it applies it): ``holder = "node"`` keeps
+the *secret key* off the ServerApp, not the aggregate.
 
 Node config keys (``flower-supernode --node-config``):
 
 * ``party-id`` (str): this node's privagg party id (required for clients).
 * ``privagg-backends`` (str, required): comma-separated backends this client accepts,
-  e.g. ``"secagg"``. The ServerApp is untrusted and names the backend of each round;
-  a client refuses any other (a server cannot downgrade it to ``plain``).
+  e.g. ``"secagg"``; a server cannot downgrade a client to ``plain``.
 * ``privagg-backend-options`` (str, optional): JSON object; if set, the round's backend
-  options must equal it (a server cannot weaken thresholds or bounds).
+  options must equal it exactly (the bounds below apply as well).
+* policy bounds (optional; defaults above): ``privagg-max-clients``,
+  ``privagg-max-weight``, ``privagg-layout-fingerprint`` (hex of
+  ``Layout.fingerprint``), ``privagg-min-corruption-rate``, ``privagg-min-sigma``,
+  ``privagg-max-dropout-rate``, ``privagg-min-threshold``, ``privagg-min-degree``,
+  ``privagg-ckks-presets``, ``privagg-min-ckks-flood-bits``,
+  ``privagg-min-paillier-key-bits``.
 * ``privagg-material`` (str): path of this client's material file (keyed backends).
 * ``privagg-holder`` (bool): this node is the result holder.
 * ``privagg-holder-material`` (str): path of the holder's material file.
+* ``privagg-holder-register`` (str, optional): path of the holder's release register
+  (default ``<privagg-holder-material>.released``).
 * ``privagg-weight`` (float): the client's weight (``synthetic`` task).
 * ``fault-stall-stage`` / ``fault-stall-seconds`` (int / float): fault injection for
   tests: sleep before answering that stage, to play a node that does not reply in time.
@@ -35,24 +73,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedtrain.flower.material import Role, SessionSpec, load_session
+from fedtrain.flower.policy import ClientPolicy
+from fedtrain.flower.release import ReleaseRegister, register_path_for
 from fedtrain.flower.tasks import get_task
 from fedtrain.flower.transport import Envelope, Op, pack, unpack
-from privagg import ConfigurationError, Layout, ProtocolError
+from privagg import ConfigurationError, HolderRole, Layout, ProtocolError, SystemRng
+from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
 
 __all__ = ["app", "handle_envelope"]
 
 _STATE = "privagg.client"
+_LAST_ROUND = "privagg.client.last-round"
+_HOLDER_CACHE_SIZE = 8
 
 app = ClientApp()
+
+# Result holders of this process, one per session (see ``_holder_for``).
+_HOLDERS: OrderedDict[tuple[str, ...], HolderRole] = OrderedDict()
 
 
 def _digest(data: bytes) -> bytes:
@@ -73,26 +120,17 @@ def _material(context: Context, key: str) -> str | None:
     return str(value) if value else None
 
 
-def _check_accepted(spec: SessionSpec, context: Context) -> None:
-    """Refuse a session the node's own configuration does not allow."""
-    accepted = str(context.node_config.get("privagg-backends", ""))
-    allowed = {b.strip() for b in accepted.split(",") if b.strip()}
-    if spec.backend not in allowed:
-        raise ConfigurationError(
-            f"this client accepts backends {sorted(allowed)} (node config "
-            f"'privagg-backends'), the server asked for {spec.backend!r}"
-        )
-    pinned = context.node_config.get("privagg-backend-options")
-    if pinned and json.loads(str(pinned)) != dict(spec.options):
-        raise ConfigurationError(
-            "the server's backend options differ from 'privagg-backend-options'"
-        )
-
-
 def _maybe_stall(context: Context, stage: int) -> None:
     at = int(context.node_config.get("fault-stall-stage", -1))
     if at == stage:
         time.sleep(float(context.node_config.get("fault-stall-seconds", 60.0)))
+
+
+def _session_digest(env: Envelope) -> bytes:
+    """Digest of the round's public session (spec and layout), fixed at stage 0."""
+    return _digest(
+        env.meta["spec"].encode("utf-8") + b"\x00" + env.meta["layout"].encode("ascii")
+    )
 
 
 def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
@@ -101,26 +139,46 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
     if env.party != party:
         raise ProtocolError("request addressed to another party")
     stage = int(env.meta.get("stage", "0"))
-    _maybe_stall(context, stage)
     spec = SessionSpec.from_json(env.meta["spec"])
-    _check_accepted(spec, context)
     layout = Layout.from_bytes(bytes.fromhex(env.meta["layout"]))
+    # The local policy comes first: nothing is computed, built or sent for a session
+    # weaker than what this node's operator allows (review #11, finding 3).
+    policy = ClientPolicy.from_node_config(context.node_config)
+    policy.check_session(spec, layout)
+    if stage == 0 and spec.backend == "secagg":
+        policy.check_secagg_setup(env.payload)
+    _maybe_stall(context, stage)
     state = context.state.config_records.get(_STATE)
+    session_digest = _session_digest(env)
 
     if state is None or int(state["round"]) != env.round_id:  # type: ignore[arg-type]
         if stage != 0:
             raise ProtocolError(f"round {env.round_id} joined at stage {stage}")
+        last = context.state.config_records.get(_LAST_ROUND)
+        last_round = -1 if last is None else int(last["round"])  # type: ignore[arg-type]
+        if env.round_id <= last_round:
+            raise ProtocolError(
+                f"round {env.round_id} is not newer than round {last_round}, which "
+                "this node already joined (a round id is joined once)"
+            )
+        context.state[_LAST_ROUND] = ConfigRecord({"round": env.round_id})
         task = get_task(env.meta.get("task", "synthetic"))
         update = task(party, env.round_id, layout, msg.content, context)
         vector = layout.flatten(update.arrays, who=f"client {party!r}")
         state = ConfigRecord(
             {
                 "round": env.round_id,
-                "seed": os.urandom(32),
+                "session": session_digest,
+                # secret: the seed of this round's role stream; it never leaves the node
+                "seed": SystemRng().random_bytes(32),
                 "vector": np.ascontiguousarray(vector, dtype="<f8").tobytes(),
                 "weight": float(update.weight),
                 "n": 0,
             }
+        )
+    elif state["session"] != session_digest:
+        raise ProtocolError(
+            f"round {env.round_id}: the session (spec or layout) changed after stage 0"
         )
     n = int(state["n"])  # type: ignore[arg-type]
     if stage != n:
@@ -140,7 +198,8 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
         vector,
         weight=float(state["weight"]),  # type: ignore[arg-type]
         # The project's AES-256-CTR keystream, here under a *secret* seed drawn from
-        # os.urandom that never leaves this node: a CSPRNG whose output can be replayed.
+        # the system CSPRNG that never leaves this node: a CSPRNG whose output can be
+        # replayed.
         rng=DeterministicRng(state["seed"]),  # type: ignore[arg-type]
     )
     for i in range(n):
@@ -158,19 +217,61 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
     return reply
 
 
+def _holder_for(spec: SessionSpec, layout: Layout, material: str | None) -> HolderRole:
+    """This process's holder for a session, built once and cached.
+
+    The key covers the spec, the layout and the material file's identity (path, inode,
+    size, mtime), so a re-dealt key file gets a new holder.
+    """
+    ident: tuple[str, ...] = ("",)
+    if material is not None:
+        st = Path(material).stat()
+        ident = (material, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
+    key = (spec.to_json(), layout.to_bytes().hex(), *ident)
+    holder = _HOLDERS.get(key)
+    if holder is None:
+        session = load_session(spec, layout, Role.HOLDER, material=material)
+        holder = session.holder()
+        _HOLDERS[key] = holder
+        while len(_HOLDERS) > _HOLDER_CACHE_SIZE:
+            _HOLDERS.popitem(last=False)
+    _HOLDERS.move_to_end(key)
+    return holder
+
+
+def _register(context: Context, material: str | None) -> ReleaseRegister | None:
+    """The holder's release register: configured, or beside its key; None if neither."""
+    path = _material(context, "privagg-holder-register")
+    if path is not None:
+        return ReleaseRegister(path)
+    if material is not None:
+        return ReleaseRegister(register_path_for(material))
+    return None
+
+
 def _recover(env: Envelope, context: Context) -> Envelope:
-    """Recover the aggregate as the result holder."""
+    """Recover the aggregate as the result holder (once per round: see the module doc)."""
     if not bool(context.node_config.get("privagg-holder", False)):
         raise ProtocolError("this node is not the result holder")
     spec = SessionSpec.from_json(env.meta["spec"])
     layout = Layout.from_bytes(bytes.fromhex(env.meta["layout"]))
-    session = load_session(
-        spec,
-        layout,
-        Role.HOLDER,
-        material=_material(context, "privagg-holder-material"),
-    )
-    rec = session.holder().recover(env.payload)
+    material = _material(context, "privagg-holder-material")
+    header, _ = open_envelope(env.payload)  # DeserializationError on junk
+    if header.round_id != env.round_id:
+        raise ProtocolError(
+            f"the aggregate is for round {header.round_id}, the request for round "
+            f"{env.round_id}"
+        )
+    holder = _holder_for(spec, layout, material)
+    register = _register(context, material)
+    if register is None:
+        rec = holder.recover(env.payload)  # keyless: the holder's in-process rule only
+    else:
+        rec = register.release(
+            bytes(header.params_id),
+            header.round_id,
+            lambda: holder.recover(env.payload),
+        )
     return Envelope(
         Op.RECOVER,
         env.round_id,

@@ -19,9 +19,12 @@ This module is the only place that looks at a backend's *name*:
   long-term secrets: ``setup`` draws only a *public* 32-byte session nonce, and every
   per-round secret is made by the client itself during the round. Every process runs
   ``setup`` with the same public ``setup_seed`` (chosen by the ServerApp, sent in the
-  :class:`SessionSpec`), so all agree on ``params_id`` and nothing secret is distributed.
-  The active variant needs each client's Ed25519 identity key and a public-key
-  directory, which has no distribution hook yet: refused.
+  :class:`SessionSpec`) as its *public* stream (``rng=``), so all agree on
+  ``params_id``; any secret the session could make (identity keys) comes from
+  ``secret_rng=SystemRng()``, passed explicitly, never from the public seed. The active
+  variant needs each client's Ed25519 identity key and a public-key directory
+  distributed; privagg's ``SecAggBackend.deal``/``load_role`` can make them, but this
+  module does not wire them into a deployment yet: refused.
 * ``"paillier"``: its public API already separates the keys (``keygen``,
   ``session(layout, public_key, secret_key=None)``, key export/import), wrapped here as
   the hook: clients and aggregator get the public key, the holder the secret key too.
@@ -47,14 +50,15 @@ role with mode 0600. Material files are opaque bytes produced by the backend; no
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import privagg
-from privagg import Layout, Session, UnsupportedError, UnsupportedReason
+from privagg import Layout, Session, SystemRng, UnsupportedError, UnsupportedReason
 from privagg.hazmat import DeterministicRng
 
 __all__ = [
@@ -144,9 +148,14 @@ class SessionSpec:
         return privagg.get_backend(self.backend, **dict(self.options))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DealtMaterial:
     """What a dealer produces: one opaque blob per role.
+
+    It holds secrets (the holder's secret key, clients' keys), so it cannot be pickled
+    or copied (``__reduce__`` raises ``TypeError``: write each blob to its own 0600 file
+    with :func:`deal` instead), and its repr shows only a fingerprint of the public
+    aggregator material, blob sizes and the number of clients.
 
     Attributes:
         aggregator: public parameters for the aggregator.
@@ -155,8 +164,18 @@ class DealtMaterial:
     """
 
     aggregator: bytes
-    holder: bytes = field(repr=False)  # may hold a secret key: never printed
-    clients: Mapping[str, bytes] = field(repr=False)
+    holder: bytes
+    clients: Mapping[str, bytes]
+
+    def __repr__(self) -> str:
+        fp = hashlib.blake2b(self.aggregator, digest_size=8).hexdigest()
+        return (
+            f"DealtMaterial(aggregator_fp={fp}, holder=<{len(self.holder)} bytes>, "
+            f"clients={len(self.clients)})"
+        )
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("DealtMaterial holds secret key material and cannot be pickled")
 
 
 @runtime_checkable
@@ -278,12 +297,25 @@ def _seeded_setup(spec: SessionSpec, layout: Layout) -> Session:
         raise privagg.ConfigurationError(
             f"backend {spec.backend!r} needs a public 32-byte setup_seed in the spec"
         )
-    # The seed is public on purpose: setup draws only the public session nonce from it.
-    return spec.backend_object().setup(
+    # The seed is public on purpose: ``rng`` draws only the public session nonce from
+    # it. Every secret the session may make (SecAgg+ identity keys) comes from
+    # ``secret_rng``, the system CSPRNG, passed explicitly so that no default and no
+    # public seed can ever reach one (review #11, finding 6). Each process therefore gets
+    # the same params_id and its own, unreproducible secrets.
+    from privagg.backends.secagg import SecAggBackend
+
+    backend = spec.backend_object()
+    if not isinstance(backend, SecAggBackend):  # _PUBLIC_SEEDED names secagg only
+        raise UnsupportedError(
+            f"backend {spec.backend!r} has no public-seeded setup",
+            UnsupportedReason.OPERATION,
+        )
+    return backend.setup(
         layout,
         max_clients=spec.max_clients,
         max_weight=spec.max_weight,
         rng=DeterministicRng(seed),
+        secret_rng=SystemRng(),
     )
 
 

@@ -11,14 +11,15 @@ One run = ``rounds`` privagg rounds:
    ``stage-timeout``);
 4. the protected aggregate goes to the result holder: a SuperNode with
    ``privagg-holder=true`` (``holder = "node"``), or this process for backends whose
-   holder has no secret (``holder = "server"``, plain only);
+   holder has no secret (``holder = "server"``: plain and passive SecAgg+);
 5. the task applies the recovered sum (synthetic: record it; lora: update the global
    adapter) and the run summary is written as JSON to ``result-path`` if set.
 
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``backend``,
 ``backend-options`` (JSON object), ``task``, ``shapes`` (synthetic), ``rounds``,
 ``min-nodes``, ``node-wait``, ``stage-timeout``, ``holder``, ``aggregator-material``,
-``max-weight``, ``result-path``.
+``max-weight``, ``result-path``, ``first-round-id`` (default -1: a random 62-bit base,
+so that runs never reuse round ids; see :meth:`RunSettings.round_ids`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,11 +62,15 @@ from privagg import (
     InsufficientParticipantsError,
     Layout,
     ProtocolError,
+    SystemRng,
 )
 
 __all__ = ["RunSettings", "ServerTask", "app", "run"]
 
 log = logging.getLogger(__name__)
+
+# Round ids travel as signed 64-bit ints in Flower records and as u64 in privagg headers.
+_MAX_ROUND_ID = 1 << 62
 
 app = ServerApp()
 
@@ -87,6 +91,7 @@ class RunSettings:
     aggregator_material: str = ""
     max_weight: float = 1.0
     result_path: str = ""
+    first_round_id: int = -1
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -113,7 +118,27 @@ class RunSettings:
             )
         if out.rounds < 1 or out.min_nodes < 1:
             raise ConfigurationError("rounds and min-nodes must be >= 1")
+        if out.first_round_id < -1 or out.first_round_id + out.rounds > _MAX_ROUND_ID:
+            raise ConfigurationError(
+                f"first-round-id must be -1 (random) or in [0, 2**62 - rounds], "
+                f"got {out.first_round_id}"
+            )
         return out
+
+    def round_ids(self) -> range:
+        """This run's round ids: ``rounds`` consecutive ids from ``first_round_id``,
+        or, by default (-1), from a fresh random 62-bit base.
+
+        Round ids are public. A random base keeps runs from reusing round ids: a result
+        holder releases each ``(params_id, round id)`` once, for good (its release
+        register survives restarts), so a second run with the same dealt keys that
+        started again at round 0 would be refused.
+        """
+        base = self.first_round_id
+        if base < 0:
+            base = int.from_bytes(SystemRng().random_bytes(8), "big") >> 2
+            base = min(base, _MAX_ROUND_ID - self.rounds)
+        return range(base, base + self.rounds)
 
 
 class ServerTask(Protocol):
@@ -272,7 +297,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         max_weight=settings.max_weight,
     )
     if needs_setup_seed(spec):
-        spec = dataclasses.replace(spec, setup_seed=os.urandom(32).hex())
+        spec = dataclasses.replace(spec, setup_seed=SystemRng().random_bytes(32).hex())
     if settings.holder == "server" and not holder_needs_no_secret(spec):
         raise ConfigurationError(
             f"backend {spec.backend!r}: the result holder holds a secret key, so it "
@@ -289,7 +314,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         "task": settings.task,
     }
     rounds: list[dict[str, Any]] = []
-    for round_id in range(settings.rounds):
+    for round_id in settings.round_ids():
         t_round = time.monotonic()
         client_ids = sorted(parties)
         aggregator = session.aggregator(round_id, client_ids)
