@@ -131,6 +131,8 @@ def open_envelope(data: bytes | bytearray | memoryview) -> tuple[Header, memoryv
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DeserializationError()
+    if isinstance(data, memoryview) and not data.c_contiguous:
+        data = data.tobytes()  # a strided view cannot be cast to bytes in place
     view = memoryview(data).cast("B")
     if len(view) < _HEADER.size + _DIGEST_SIZE:
         raise DeserializationError()

@@ -31,8 +31,10 @@ from privagg import (
     DeserializationError,
     InsufficientParticipantsError,
     Layout,
+    PrivaggError,
     ProtocolError,
 )
+from privagg._rng import SystemRng
 from privagg.backends import additive as ad
 from privagg.backends._secagg_crypto import (
     aead_encrypt,
@@ -368,3 +370,41 @@ def test_refused_round_is_not_marked_served() -> None:
         tuple(_entry(reps[c], "server-1") for c in ("c0", "c1", "c2")),
     )
     assert p.contributors == ("c0", "c1", "c2")
+
+
+# -- second review (independent) ------------------------------------------------------------
+def test_directly_built_roles_share_the_round_register() -> None:
+    """Second review, finding 1: a server or holder object built directly (one process
+    per role, a fresh object per request) used to start with an empty register, so the
+    same round could be summed twice over different client sets and the difference of
+    the two releases was one client's update. Role objects of one (params, party) now
+    share a process-wide register."""
+    sess = ad.AdditiveBackend(bound=1.0, n_servers=2).setup(
+        Layout.from_arrays({"w": np.zeros(4)}), max_clients=4
+    )
+    cfg = sess._cfg
+    sid = cfg.server_ids[-1]
+    key = sess.servers(sess.next_round_id())[sid]._key  # type: ignore[attr-defined]
+    rid = sess.next_round_id()
+    a = ad.AdditiveServer(cfg, sid, rid, key, SystemRng())
+    b = ad.AdditiveServer(cfg, sid, rid, key, SystemRng())
+    assert a._served is b._served
+    a._served.claim(rid)
+    with pytest.raises(ProtocolError):
+        b._served.check(rid)
+    h1 = ad.AdditiveHolder(cfg, sess.holder()._key)
+    h2 = ad.AdditiveHolder(cfg, sess.holder()._key)
+    assert h1._recovered is h2._recovered
+
+
+def test_strided_memoryview_is_a_typed_error() -> None:
+    """Second review, finding 6: a non-contiguous memoryview raised BufferError."""
+    from privagg.backends import _wire
+
+    data = memoryview(bytes(200))[::2]
+    try:
+        _wire.peek_header(data)  # type: ignore[arg-type]  # unverified: may parse
+    except PrivaggError:
+        pass
+    with pytest.raises(PrivaggError):
+        privagg.from_bytes(data)  # type: ignore[arg-type]

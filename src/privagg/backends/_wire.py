@@ -36,7 +36,11 @@ _HEADER = struct.Struct(">4sHBB32sQQ")
 def peek_header(data: bytes) -> Header:
     """The envelope header, *unverified* (no digest check): only to choose which error to
     raise before the full, verifying decode. Malformed input raises DeserializationError."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < _HEADER.size:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DeserializationError()
+    if isinstance(data, memoryview) and not data.c_contiguous:
+        data = data.tobytes()  # struct cannot read a strided view
+    if len(data) < _HEADER.size:
         raise DeserializationError()
     _magic, version, scheme, kind, params_id, round_id, _ = _HEADER.unpack_from(data, 0)
     try:

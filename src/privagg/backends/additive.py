@@ -51,6 +51,7 @@ import hashlib
 import hmac
 import math
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NoReturn, Self
@@ -70,7 +71,7 @@ from privagg.backends._secagg_crypto import (
     x25519_key,
     x25519_public,
 )
-from privagg.encoding import FixedPointEncoder
+from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.envelope import (
     PayloadReader,
     PayloadWriter,
@@ -379,11 +380,12 @@ class _RoundRegister:
     makes for it: a fresh role object for an old round id is refused too.
     """
 
-    __slots__ = ("_rounds", "_who")
+    __slots__ = ("_lock", "_rounds", "_who")
 
     def __init__(self, who: str) -> None:
         self._who = who
         self._rounds: set[int] = set()
+        self._lock = threading.Lock()
 
     def __contains__(self, round_id: object) -> bool:
         return round_id in self._rounds
@@ -401,12 +403,30 @@ class _RoundRegister:
             )
 
     def claim(self, round_id: int) -> None:
-        """Mark ``round_id`` served (after :meth:`check`), just before releasing."""
-        self.check(round_id)
-        self._rounds.add(round_id)
+        """Mark ``round_id`` served (after :meth:`check`), just before releasing; the
+        check and the mark are one atomic step (concurrent handlers of one round)."""
+        with self._lock:
+            self.check(round_id)
+            self._rounds.add(round_id)
 
     def __repr__(self) -> str:
         return f"_RoundRegister({self._who}, served={len(self._rounds)})"
+
+
+# Role objects built directly (one process per role, no session object shared between
+# requests) share one register per (params_id, party) in this process, so a fresh role
+# object for an already served round is refused too (second review, finding 1). The
+# register lives in memory: a restarted process must rotate keys (docs/backends/additive.md).
+_REGISTERS: dict[tuple[bytes, str], _RoundRegister] = {}
+_REGISTERS_LOCK = threading.Lock()
+
+
+def _process_register(params_id: bytes, who: str) -> _RoundRegister:
+    with _REGISTERS_LOCK:
+        reg = _REGISTERS.get((params_id, who))
+        if reg is None:
+            reg = _REGISTERS[(params_id, who)] = _RoundRegister(who)
+        return reg
 
 
 # -- roles -------------------------------------------------------------------------------------
@@ -502,7 +522,11 @@ class AdditiveServer:
         self._round = round_id
         self._key = key
         self._rng = rng
-        self._served = served if served is not None else _RoundRegister(server_id)
+        self._served = (
+            served
+            if served is not None
+            else _process_register(cfg.params_id, server_id)
+        )
         self._answered = False
 
     @property
@@ -748,7 +772,9 @@ class AdditiveHolder:
         self._cfg = cfg
         self._key = key
         self._recovered = (
-            recovered if recovered is not None else _RoundRegister("the holder")
+            recovered
+            if recovered is not None
+            else _process_register(cfg.params_id, "the holder")
         )
 
     def recover(self, result: bytes) -> Recovered:
@@ -819,7 +845,8 @@ class AdditiveHolder:
             part = np.frombuffer(raw, dtype=dt)
             np.add(acc, part, out=acc)
         self._recovered.claim(msg.round_id)
-        return Recovered(cfg.encoder.decode(centred(acc)), msg.contributors)
+        vec = cfg.encoder.decode_sum(centred(acc), len(msg.contributors))
+        return Recovered(vec, msg.contributors)
 
     def __repr__(self) -> str:
         return "AdditiveHolder(<key hidden>)"
@@ -1038,8 +1065,10 @@ class AdditiveBackend:
                 f"min_contributions explicitly to accept fewer contributors)"
             )
         rng = rng or SystemRng()
-        encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
-        extra = noise.headroom(max_clients) if noise is not None else 0.0
+        extra = noise_headroom(noise, max_clients, dim=layout.size)
+        encoder = FixedPointEncoder(
+            self._bound * max_weight, self._scale_bits, noise_allowance=extra
+        )
         need = encoder.sum_bits(max_clients, extra=extra)
         if need > 64:
             raise EncodingOverflowError(
