@@ -596,3 +596,17 @@ def test_dealt_material_is_unpicklable_and_its_repr_shows_no_secret() -> None:
         for form in (s.hex(), repr(s), s[1:20].decode(), "PLANTED"):
             assert form not in text
     assert "aggregator_fp=" in text and "clients=1" in text
+
+
+def test_keyless_holder_reads_no_material_and_keeps_the_in_process_rule(
+    tmp_path: Path,
+) -> None:
+    """A holder without a secret key ignores a (missing) material path, as
+    ``load_session`` does, and writes no register unless one is configured."""
+    missing = tmp_path / "nothing" / "holder.key"
+    ctx = _context({"privagg-holder": True, "privagg-holder-material": str(missing)})
+    spec, result = _plain_aggregate(2)
+    client_app.handle_envelope(_holder_request(spec, 2, result), None, ctx)  # type: ignore[arg-type]
+    assert not missing.parent.exists()
+    with pytest.raises(privagg.ProtocolError, match="already recovered"):
+        client_app.handle_envelope(_holder_request(spec, 2, result), None, ctx)  # type: ignore[arg-type]

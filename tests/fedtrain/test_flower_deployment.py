@@ -38,6 +38,9 @@ def _client_nodes(material_dir: Path | None = None) -> list[dict[str, Any]]:
             "party-id": pid,
             "privagg-weight": w,
             "privagg-backends": "plain,secagg,paillier,ckks",
+            # the CKKS test uses test-fast (heuristic flooding): relax the node policy
+            "privagg-ckks-presets": "secure,secure-large,test-fast",
+            "privagg-min-ckks-flood-bits": 0,
         }
         if material_dir is not None:
             cfg["privagg-material"] = str(material_dir / f"client-{pid}.key")
@@ -117,7 +120,8 @@ def test_components_are_separate_processes(deployment: LocalDeployment) -> None:
 def test_plain_two_rounds(deployment: LocalDeployment) -> None:
     out = _run(deployment, "plain", backend="plain", rounds=2, holder="server")
     assert out["parties"] == sorted(WEIGHTS)
-    assert [r["round"] for r in out["rounds"]] == [0, 1]
+    first, second = (r["round"] for r in out["rounds"])  # random per-run base
+    assert second == first + 1
     for rec in out["rounds"]:
         assert rec["dropped"] == [] and rec["stages"] == 1
         _check_round(rec, WEIGHTS)
@@ -242,7 +246,7 @@ def test_supernode_killed_mid_round_is_a_dropout(tmp_path: Path) -> None:
         run = threading.Thread(target=run_round)
         run.start()
         got_request = _wait_for_log(
-            tmp_path / "supernode-2.log", "ROUND privagg-0", timeout=60.0
+            tmp_path / "supernode-2.log", "ROUND privagg-", timeout=60.0
         )
         d.kill_node(2)
         run.join(timeout=100.0)

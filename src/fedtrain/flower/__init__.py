@@ -4,6 +4,9 @@
 * :mod:`fedtrain.flower.server_app` / :mod:`fedtrain.flower.client_app`: the apps
   (``fedtrain.flower.server_app:app``, ``fedtrain.flower.client_app:app``).
 * :mod:`fedtrain.flower.material`: which process holds which key material.
+* :mod:`fedtrain.flower.policy`: the client's local minimum policy (node config only)
+  against the untrusted ServerApp; :mod:`fedtrain.flower.release`: the result holder's
+  one-release-per-round register; :mod:`fedtrain.flower.errors`: their typed errors.
 * :mod:`fedtrain.flower.tasks` / :mod:`fedtrain.flower.lora_task`: where a client's
   update comes from (synthetic test data, or local LoRA training).
 * :mod:`fedtrain.flower.launch`: a local SuperLink + SuperNodes deployment (tests,
@@ -12,7 +15,10 @@
 See ``docs/flower.md``.
 """
 
+from fedtrain.flower.errors import AlreadyReleasedError, PolicyError
 from fedtrain.flower.material import Role, SessionSpec, deal, load_session
+from fedtrain.flower.policy import ClientPolicy
+from fedtrain.flower.release import ReleaseRegister
 from fedtrain.flower.transport import (
     DriveResult,
     Envelope,
@@ -24,10 +30,14 @@ from fedtrain.flower.transport import (
 )
 
 __all__ = [
+    "AlreadyReleasedError",
+    "ClientPolicy",
     "DriveResult",
     "Envelope",
     "Exchange",
     "GridExchange",
+    "PolicyError",
+    "ReleaseRegister",
     "Role",
     "SessionSpec",
     "deal",

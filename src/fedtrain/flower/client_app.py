@@ -41,8 +41,9 @@ object is cached per session in the process, and every release goes through a
 atomically (temporary file, fsync, ``os.replace``) under a file lock. A
 ``(params_id, round id)`` released once is refused the second time with
 :class:`fedtrain.flower.errors.AlreadyReleasedError`, by any process and after
-restarts. A keyless holder (plain, passive SecAgg+) with neither key nor register path
-keeps only the in-process rule: its aggregate is no secret from the ServerApp anyway.
+restarts. A holder without a secret key (plain, passive SecAgg+) uses a register only
+if ``privagg-holder-register`` is set, and otherwise keeps only the in-process rule: its
+aggregate is no secret from the ServerApp anyway.
 The recovered sum goes back to the ServerApp (it applies it): ``holder = "node"`` keeps
 the *secret key* off the ServerApp, not the aggregate.
 
@@ -81,7 +82,12 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedtrain.flower.material import Role, SessionSpec, load_session
+from fedtrain.flower.material import (
+    Role,
+    SessionSpec,
+    holder_needs_no_secret,
+    load_session,
+)
 from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
 from fedtrain.flower.tasks import get_task
@@ -221,11 +227,19 @@ def _holder_for(spec: SessionSpec, layout: Layout, material: str | None) -> Hold
     """This process's holder for a session, built once and cached.
 
     The key covers the spec, the layout and the material file's identity (path, inode,
-    size, mtime), so a re-dealt key file gets a new holder.
+    size, mtime), so a re-dealt key file gets a new holder. A holder without a secret
+    (plain, passive SecAgg+) reads no material, as in :func:`load_session`.
     """
+    if holder_needs_no_secret(spec):
+        material = None
     ident: tuple[str, ...] = ("",)
     if material is not None:
-        st = Path(material).stat()
+        try:
+            st = Path(material).stat()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the holder's material file {material!r} cannot be read"
+            ) from exc
         ident = (material, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
     key = (spec.to_json(), layout.to_bytes().hex(), *ident)
     holder = _HOLDERS.get(key)
@@ -239,12 +253,18 @@ def _holder_for(spec: SessionSpec, layout: Layout, material: str | None) -> Hold
     return holder
 
 
-def _register(context: Context, material: str | None) -> ReleaseRegister | None:
-    """The holder's release register: configured, or beside its key; None if neither."""
+def _register(
+    context: Context, spec: SessionSpec, material: str | None
+) -> ReleaseRegister | None:
+    """The holder's release register: the configured path, else beside its secret key.
+
+    None for a holder without a secret key and no configured path: it keeps only the
+    in-process rule (its aggregate is no secret from the ServerApp).
+    """
     path = _material(context, "privagg-holder-register")
     if path is not None:
         return ReleaseRegister(path)
-    if material is not None:
+    if material is not None and not holder_needs_no_secret(spec):
         return ReleaseRegister(register_path_for(material))
     return None
 
@@ -263,7 +283,7 @@ def _recover(env: Envelope, context: Context) -> Envelope:
             f"{env.round_id}"
         )
     holder = _holder_for(spec, layout, material)
-    register = _register(context, material)
+    register = _register(context, spec, material)
     if register is None:
         rec = holder.recover(env.payload)  # keyless: the holder's in-process rule only
     else:
