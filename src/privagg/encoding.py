@@ -7,15 +7,31 @@ many clients average out instead of adding a systematic bias.
 
 Headroom: a sum of ``n`` encoded values each at most ``max_abs_int`` in magnitude, plus
 an optional noise allowance, must fit a signed two's-complement ring of ``bits`` bits.
-:meth:`FixedPointEncoder.sum_bits` computes the bits needed and
+:meth:`FixedPointEncoder.sum_limit` is the largest magnitude such a sum can have,
+:meth:`FixedPointEncoder.sum_bits` the bits needed and
 :meth:`FixedPointEncoder.check_capacity` refuses a configuration that could wrap, before
 any value is encoded.
+
+DP noise (security review #11, finding 7): the allowance for distributed-DP noise is
+:func:`noise_headroom`, a bound that holds for *every* coordinate of every round at once
+(union bound over ``dim * rounds`` coordinates, failure ``<= 2^-40``), not per value.
+Since it is still a probabilistic bound, a holder decodes with
+:meth:`FixedPointEncoder.decode_sum`, which refuses (``EncodingOverflowError``) a sum
+outside ``[-sum_limit, sum_limit]``: the ring has ``2^(bits-1) > sum_limit``, so a sum
+that wrapped lands outside that range unless it overshot by nearly a whole ring, and a
+wrong aggregate is returned only with probability
+``P[max_j |noise_j| >= 2^bits - sum_limit - n * per_value]``, at most the headroom's
+failure probability and in practice far below it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -23,10 +39,97 @@ import numpy.typing as npt
 from privagg._rng import Rng, SystemRng, uniform01
 from privagg.errors import ConfigurationError, EncodingOverflowError
 
-__all__ = ["EncodedVector", "FixedPointEncoder", "from_ring", "to_ring"]
+if TYPE_CHECKING:
+    from privagg.protocols import NoiseShare
+
+__all__ = [
+    "HEADROOM_ROUNDS",
+    "EncodedVector",
+    "FixedPointEncoder",
+    "from_ring",
+    "noise_headroom",
+    "to_ring",
+]
 
 IntVector = npt.NDArray[np.int64]
 _MAX_SCALE_BITS = 52
+
+HEADROOM_ROUNDS: Final = 1 << 20
+"""Rounds a session's noise headroom covers by default: the union bound runs over
+``dim * HEADROOM_ROUNDS`` coordinates (``2^20`` rounds cost ``< 0.2`` extra bits)."""
+
+
+def _accepts(fn: Callable[..., object], name: str) -> bool:
+    """Whether ``fn`` takes keyword argument ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (
+            p.name == name
+            and p.kind
+            in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        for p in params
+    )
+
+
+def noise_headroom(
+    noise: NoiseShare | None,
+    n_clients: int,
+    *,
+    dim: int,
+    rounds: int = HEADROOM_ROUNDS,
+) -> float:
+    """The allowance (float units) to reserve for the DP noise of ``n_clients`` shares.
+
+    Asks ``noise.headroom(n_clients, dim=dim, rounds=rounds)``: a ``B`` with
+    ``P[max |sum of n_clients shares| > B] <= 2^-40``, the max over all ``dim * rounds``
+    coordinates (:mod:`privagg.dp.distributed` states the bound of each share type). A
+    share whose ``headroom`` takes ``dim`` but not ``rounds`` is asked for ``dim=dim *
+    rounds`` (the union bound depends only on the product). A legacy share whose
+    ``headroom`` takes neither is asked for ``headroom(n_clients)``, whose bound may hold
+    only per coordinate: that emits a ``DeprecationWarning`` (holders still detect a
+    wrap with :meth:`FixedPointEncoder.decode_sum`).
+
+    Args:
+        noise: the session's noise share, or None (no noise: 0.0).
+        n_clients: the most shares a sum can contain (``max_clients``).
+        dim: values per aggregation (``layout.size``).
+        rounds: aggregations the bound must cover.
+
+    Returns:
+        The allowance, finite and ``>= 0``.
+
+    Raises:
+        ConfigurationError: bad ``dim``/``rounds``, or a share returned a negative or
+            non-finite headroom.
+    """
+    for name, v in (("dim", dim), ("rounds", rounds)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigurationError(f"{name} must be an integer >= 1, got {v!r}")
+    if noise is None:
+        return 0.0
+    fn: Callable[..., float] = noise.headroom
+    if _accepts(fn, "dim") and _accepts(fn, "rounds"):
+        h = fn(n_clients, dim=dim, rounds=rounds)
+    elif _accepts(fn, "dim"):
+        h = fn(n_clients, dim=dim * rounds)
+    else:
+        warnings.warn(
+            f"{type(noise).__name__}.headroom() takes no dim=/rounds=: its bound may "
+            "hold only per coordinate, not for all of them at once; accept dim= and "
+            "rounds= keywords (legacy headroom(n_clients) is deprecated)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        h = fn(n_clients)
+    out = float(h)
+    if not (math.isfinite(out) and out >= 0):
+        raise ConfigurationError(f"noise headroom must be finite and >= 0, got {out!r}")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +153,15 @@ class FixedPointEncoder:
         bound: the largest magnitude accepted, ``|x| <= bound``.
         scale_bits: fractional bits; resolution is ``2**-scale_bits``.
         clip: if True, out-of-range values are clipped (and counted) instead of raising.
+        noise_allowance: float-unit allowance for the DP noise in a sum (see
+            :func:`noise_headroom`), used by :meth:`sum_limit`, :meth:`sum_bits`,
+            :meth:`check_capacity` and :meth:`decode_sum` when ``extra`` is not given.
     """
 
     bound: float
     scale_bits: int = 16
     clip: bool = False
+    noise_allowance: float = 0.0
 
     def __post_init__(self) -> None:
         if not (
@@ -71,6 +178,16 @@ class FixedPointEncoder:
         ):
             raise ConfigurationError(
                 f"scale_bits must be an int in [0, {_MAX_SCALE_BITS}], got {self.scale_bits!r}"
+            )
+        a = self.noise_allowance
+        if (
+            isinstance(a, bool)
+            or not isinstance(a, (int, float))
+            or not math.isfinite(a)
+            or a < 0
+        ):
+            raise ConfigurationError(
+                f"noise_allowance must be finite and >= 0, got {a!r}"
             )
         if self.max_abs_int >= 1 << 62:
             raise ConfigurationError(
@@ -131,20 +248,31 @@ class FixedPointEncoder:
             + 8 * n_summands * max(max_abs, 1.0) * 2.0**-52
         )
 
-    def sum_bits(
-        self, n_summands: int, *, max_weight: float = 1.0, extra: float = 0.0
+    def sum_limit(
+        self, n_summands: int, *, max_weight: float = 1.0, extra: float | None = None
     ) -> int:
-        """Bits of a signed ring that hold any sum without wrap-around.
+        """The largest magnitude (integer units) a sum can have without wrapping.
+
+        ``n * (ceil(max_weight * bound * scale) + 1) + ceil(extra * scale)``: each of the
+        ``n`` stochastically rounded, weighted values has ``|v| <= ceil(max_weight *
+        bound * scale)`` (the ``+ 1`` absorbs float rounding of the product), and the
+        noise of the sum is ``<= extra`` (float units) except with the probability its
+        headroom states.
 
         Args:
             n_summands: the most contributions a sum can have.
             max_weight: the largest weight a contribution is multiplied by (>= 0).
-            extra: an additional magnitude allowance in float units (for DP noise).
+            extra: allowance in float units for DP noise (default
+                :attr:`noise_allowance`).
 
-        Returns:
-            ``b`` such that every sum lies in ``[-2**(b-1), 2**(b-1))``.
+        Raises:
+            ConfigurationError: bad arguments.
         """
-        if not isinstance(n_summands, int) or n_summands < 1:
+        if (
+            isinstance(n_summands, bool)
+            or not isinstance(n_summands, int)
+            or n_summands < 1
+        ):
             raise ConfigurationError(
                 f"n_summands must be an int >= 1, got {n_summands!r}"
             )
@@ -152,14 +280,38 @@ class FixedPointEncoder:
             raise ConfigurationError(
                 f"max_weight must be finite and >= 0, got {max_weight!r}"
             )
+        if extra is None:
+            extra = self.noise_allowance
         if not (math.isfinite(extra) and extra >= 0):
             raise ConfigurationError(f"extra must be finite and >= 0, got {extra!r}")
         per = math.ceil(max_weight * self.bound * self.scale) + 1
-        total = n_summands * per + math.ceil(extra * self.scale)
+        return n_summands * per + math.ceil(extra * self.scale)
+
+    def sum_bits(
+        self, n_summands: int, *, max_weight: float = 1.0, extra: float | None = None
+    ) -> int:
+        """Bits of a signed ring that hold any sum without wrap-around.
+
+        Args:
+            n_summands: the most contributions a sum can have.
+            max_weight: the largest weight a contribution is multiplied by (>= 0).
+            extra: an additional magnitude allowance in float units for DP noise
+                (default :attr:`noise_allowance`).
+
+        Returns:
+            ``b`` such that every sum ``|s| <= sum_limit`` lies in
+            ``[-2**(b-1), 2**(b-1))`` (indeed ``2**(b-1) > sum_limit``).
+        """
+        total = self.sum_limit(n_summands, max_weight=max_weight, extra=extra)
         return total.bit_length() + 1
 
     def check_capacity(
-        self, bits: int, n_summands: int, *, max_weight: float = 1.0, extra: float = 0.0
+        self,
+        bits: int,
+        n_summands: int,
+        *,
+        max_weight: float = 1.0,
+        extra: float | None = None,
     ) -> None:
         """Raise :class:`EncodingOverflowError` if a ``bits``-bit ring could wrap."""
         need = self.sum_bits(n_summands, max_weight=max_weight, extra=extra)
@@ -168,6 +320,69 @@ class FixedPointEncoder:
                 f"sums of {n_summands} values (bound {self.bound}, weight <= {max_weight}, "
                 f"scale_bits {self.scale_bits}) need {need} bits but the ring has {bits}"
             )
+
+    def decode_sum(
+        self,
+        values: npt.NDArray[np.signedinteger] | Sequence[int],
+        n_summands: int,
+        *,
+        max_weight: float = 1.0,
+    ) -> npt.NDArray[np.float64]:
+        """Decode a (centred) sum of ``n_summands`` contributions, refusing a wrapped one.
+
+        Every honest sum has ``|s| <= L = sum_limit(n_summands, max_weight=max_weight)``
+        unless the DP noise exceeded :attr:`noise_allowance` (probability ``<= 2^-40``
+        with :func:`noise_headroom`), and the ring was sized with ``2^(b-1) >`` the limit
+        for ``max_clients >= n_summands``. A centred value ``v = s mod 2^b`` with ``|v| >
+        L`` therefore means the sum overflowed its headroom (and usually wrapped): it is
+        refused rather than returned as a wrong aggregate. A wrap goes undetected only
+        if ``|s| >= 2^b - L``.
+
+        Args:
+            values: signed centred sums (an integer array, or Python ints for sums wider
+                than 64 bits).
+            n_summands: contributions in this sum (``len(contributors)``).
+            max_weight: as in :meth:`sum_limit` (1.0 when ``bound`` already includes
+                the weight).
+
+        Returns:
+            The float sums.
+
+        Raises:
+            EncodingOverflowError: a value outside ``[-L, L]``.
+            ConfigurationError: bad arguments or non-integer values.
+        """
+        limit = self.sum_limit(n_summands, max_weight=max_weight)
+        if isinstance(values, np.ndarray):
+            if values.dtype.kind not in "iu":
+                raise ConfigurationError(
+                    f"decode_sum needs integer sums, got dtype {values.dtype}"
+                )
+            info = np.iinfo(values.dtype)
+            over = False
+            if limit < info.max:
+                over = bool((values > values.dtype.type(limit)).any())
+            if -limit > info.min:
+                over = over or bool((values < values.dtype.type(-limit)).any())
+            ok = not over
+            out = values.astype(np.float64) / self.scale
+        else:
+            if not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                for v in values
+            ):
+                raise ConfigurationError("decode_sum needs integer sums")
+            ints = [int(v) for v in values]
+            ok = all(-limit <= v <= limit for v in ints)
+            out = np.asarray([v / self.scale for v in ints], dtype=np.float64)
+        if not ok:
+            raise EncodingOverflowError(
+                f"a decoded sum of {n_summands} contribution(s) lies outside the range "
+                f"the ring was sized for (|sum| <= {limit} units): it overflowed "
+                "(DP noise beyond its headroom, or a malformed contribution) and is "
+                "refused rather than returned wrapped"
+            )
+        return out
 
 
 def to_ring(values: IntVector, bits: int) -> npt.NDArray[np.uint64]:

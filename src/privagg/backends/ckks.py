@@ -64,6 +64,7 @@ import numpy.typing as npt
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng, SystemRng, uniform01
 from privagg.backends._ckks_params import PRESETS, CkksParams
+from privagg.encoding import noise_headroom
 from privagg.envelope import (
     Header,
     PayloadReader,
@@ -1513,7 +1514,7 @@ class CkksBackend:
             raise ConfigurationError("layout must be a privagg.Layout")
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         p = self.params
-        extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
+        extra = noise_headroom(noise, max_clients, dim=layout.size)
         p.check_headroom(
             max_clients * float(max_weight) * p.value_bound + extra, max_clients
         )

@@ -57,7 +57,7 @@ from phe import paillier as phe_paillier
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng, SystemRng
 from privagg.backends._packing import MARGIN_BITS, SlotLayout
-from privagg.encoding import FixedPointEncoder
+from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.envelope import PayloadReader, PayloadWriter, Scheme
 from privagg.errors import (
     ConfigurationError,
@@ -644,9 +644,7 @@ class _RecoverCodec:
             sums = p.slots.unpack([(int(t) + c) % n for t in plain])
         except ValueError:
             raise DeserializationError() from None
-        if isinstance(sums, list):
-            return np.asarray([s / p.encoder.scale for s in sums], dtype=np.float64)
-        return p.encoder.decode(sums)
+        return p.encoder.decode_sum(sums, n_contributions)  # refuses a wrapped slot
 
     def __repr__(self) -> str:
         return f"<Paillier recover codec {self.params.public!r}>"
@@ -813,11 +811,13 @@ class PaillierBackend:
         )
         slot_bits = slots.slot_bits
         max_weight = float(max_weight)
-        extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
+        extra = noise_headroom(noise, max_clients, dim=layout.size)
         params = _Params(
             public=public_key,
             slots=slots,
-            encoder=FixedPointEncoder(self.bound * max_weight, self.scale_bits),
+            encoder=FixedPointEncoder(
+                self.bound * max_weight, self.scale_bits, noise_allowance=extra
+            ),
             bound=self.bound,
             clip=self.clip,
             max_weight=max_weight,
@@ -910,7 +910,7 @@ class PaillierBackend:
             ConfigurationError, EncodingOverflowError: as :meth:`session`.
         """
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
-        extra = float(noise.headroom(max_clients)) if noise is not None else 0.0
+        extra = noise_headroom(noise, max_clients, dim=layout.size)
         base = FixedPointEncoder(self.bound, self.scale_bits)
         slot_bits = base.sum_bits(
             max_clients, max_weight=float(max_weight), extra=extra

@@ -22,8 +22,36 @@ unit, so a client's encoded vector has L2 norm ``< C * scale + sqrt(d)``; this
 inflated sensitivity (and ``L1 <= min(sqrt(d) L2, L2^2)``) is what :meth:`event`
 accounts. Modular wrap-around of the ring is post-processing of the noisy sum and
 costs no privacy, but it destroys utility: :meth:`headroom` bounds ``|sum of noise|``
-per coordinate (except with probability ``2^-40``) so the encoder can reserve ring
-bits for it.
+so the encoder can reserve ring bits for it.
+
+Headroom (security review #11, finding 7): ``share.headroom(n, dim=d, rounds=R)``
+returns ``B`` (float units) with
+
+    P[ max over the d * R coordinates of |sum of n shares| > B ] <= p = 2^-failure_log2,
+
+a union bound over ``D = d * R`` coordinates, i.e. a two-sided tail of ``p / D`` per
+coordinate. (Until this release ``dim`` defaulted to 1, so the ``2^-40`` held per
+*value*: about ``2^-13`` per round at ``10^8`` values.) Per share type, with
+``L = ln(2 D / p)``:
+
+* discrete Gaussian: ``N_Z(0, sigma^2)`` is ``sigma``-subgaussian (Canonne, Kamath &
+  Steinke 2020, Cor. 9), so the sum of ``n`` shares is ``sqrt(n) sigma``-subgaussian
+  and ``B = sqrt(2 n sigma^2 L)``. The float path's ``N(0, sigma^2)`` shares sum to
+  ``N(0, n sigma^2)``, whose exact tail ``erfc(B / sqrt(2 n sigma^2))`` is below the same
+  sub-Gaussian bound.
+* Skellam: the sum is ``Sk`` with variance ``V = n (stddev * scale)^2``, log-MGF
+  ``V (cosh t - 1)``; the exact Chernoff bound ``P[|S| >= x] <= 2 exp(-V h(x / V))``,
+  ``h(r) = r asinh(r) - sqrt(1 + r^2) + 1``, is solved for ``V h(x / V) = L``. It is
+  never larger than Bernstein's ``L/3 + sqrt(L^2/9 + 2 V L)`` and never smaller than the
+  Gaussian bound (``cosh t - 1 >= t^2 / 2``), so it covers the float path too.
+
+API change (backward compatible): ``headroom`` takes ``dim`` and ``rounds`` keywords;
+omitting ``dim`` still returns the per-coordinate bound (``dim=1``) but emits a
+``DeprecationWarning`` (``dim`` becomes required after the deprecation period). The
+secure-aggregation backends call it through :func:`privagg.encoding.noise_headroom`
+with ``dim=layout.size`` and ``rounds=privagg.encoding.HEADROOM_ROUNDS``, and the
+integer backends refuse (``EncodingOverflowError``) a decoded sum outside the range the
+ring was sized for instead of returning a wrapped value.
 
 Dropouts: shares are sized for the survivors. With ``n`` clients of which at most a
 fraction ``f`` drop, ``m = n - floor(f n)`` survive, and each client adds
@@ -43,6 +71,7 @@ account per round.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -153,9 +182,60 @@ def encoded_l2_sensitivity(clip_norm: float, scale: float, dimension: int) -> fl
     )
 
 
-def _log_tail(dim: int, failure_log2: float) -> float:
-    # ln(2 * dim / p) with p = 2^-failure_log2: two-sided bound, union over coordinates
-    return math.log(2.0 * dim) + failure_log2 * math.log(2.0)
+# Computed bounds are multiplied by this, so that float rounding (relative error of a
+# few ulps, ~1e-15) can only make a bound larger than the exact one, never smaller.
+_ROUND_UP = 1.0 + 2.0**-40
+
+
+def _coordinates(dim: int | None, rounds: int) -> int:
+    """``D = dim * rounds``, the coordinates the union bound runs over."""
+    if dim is None:
+        warnings.warn(
+            "headroom() without dim= bounds each coordinate separately (dim=1); pass "
+            "dim=<values per round> (and rounds=) so that the bound holds for every "
+            "coordinate at once. Omitting dim is deprecated.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        dim = 1
+    return _int("dim", dim) * _int("rounds", rounds)
+
+
+def _log_tail(coordinates: int, failure_log2: float) -> float:
+    """``L = ln(2 D / p)``, ``p = 2^-failure_log2``: two-sided, union over ``D``."""
+    _pos("failure_log2", failure_log2)
+    return math.log(2) + math.log(coordinates) + failure_log2 * math.log(2.0)
+
+
+def _skellam_tail_root(variance: float, big_l: float) -> float:
+    """Smallest ``x`` (rounded up) with ``variance * h(x / variance) >= big_l``.
+
+    ``h(r) = r asinh(r) - sqrt(1 + r^2) + 1`` is the Chernoff rate of the Skellam
+    distribution: ``P[S >= x] <= exp(-V h(x / V))`` for ``S ~ Sk`` with variance ``V``
+    (log-MGF ``V (cosh t - 1)``, optimal ``t = asinh(x / V)``). ``h`` is increasing and
+    convex on ``r >= 0``; Bernstein's ``r_B = (L/3 + sqrt(L^2/9 + 2 V L)) / V`` satisfies
+    ``V h(r_B) >= L`` (``cosh t - 1 <= e^t - 1 - t <= t^2 / (2 (1 - t/3))``), so the root
+    is bracketed by ``[0, r_B]`` and found by bisection, keeping the upper end.
+    """
+    v = variance
+
+    def rate(r: float) -> float:
+        # sqrt(1 + r^2) - 1 written without cancellation
+        return v * (r * math.asinh(r) - r * r / (math.sqrt(1.0 + r * r) + 1.0))
+
+    hi = (big_l / 3.0 + math.sqrt(big_l * big_l / 9.0 + 2.0 * v * big_l)) / v
+    while rate(hi) < big_l:  # guard float rounding of the Bernstein bracket
+        hi *= _ROUND_UP
+    lo = 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if rate(mid) >= big_l:
+            hi = mid
+        else:
+            lo = mid
+    return hi * v
 
 
 @runtime_checkable
@@ -179,10 +259,12 @@ class NoiseShare(Protocol):
         n_clients: int,
         *,
         scale: float = 1.0,
-        dim: int = 1,
+        dim: int | None = None,
+        rounds: int = 1,
         failure_log2: float = 40.0,
     ) -> float:
-        """Bound (float units) on ``|sum of n_clients shares|`` per coordinate."""
+        """``B`` (float units) with ``P[max |sum of n_clients shares| > B] <= 2^-failure_log2``,
+        the max over all ``dim * rounds`` coordinates."""
         ...
 
     def event(
@@ -309,20 +391,40 @@ class DiscreteGaussianShare:
         n_clients: int,
         *,
         scale: float = 1.0,
-        dim: int = 1,
+        dim: int | None = None,
+        rounds: int = 1,
         failure_log2: float = 40.0,
     ) -> float:
-        """``B`` with ``P[max_j |sum_i noise_ij| > B] <= 2^-failure_log2``, float units.
+        """``B`` (float units) bounding the noise of every coordinate of every round.
 
-        The discrete Gaussian is ``sigma``-subgaussian (CKS 2020), so a sum of ``n``
-        shares is ``sqrt(n) sigma``-subgaussian: ``B = sqrt(2 n sigma^2 ln(2 d / p))``.
+        Let ``S_j`` be the sum of ``n_clients`` independent shares in coordinate ``j``,
+        over the ``D = dim * rounds`` coordinates of ``rounds`` aggregations of
+        ``dim`` values, and ``p = 2^-failure_log2``. Then
+
+            P[ max_j |S_j| > B ] <= p,   B = sqrt(2 n sigma^2 ln(2 D / p)),
+
+        ``sigma = stddev`` (float units; the same in integer units after ``* scale``):
+        ``N_Z(0, s^2)`` is ``s``-subgaussian (Canonne, Kamath & Steinke 2020, Cor. 9),
+        so ``S_j`` is ``sqrt(n) sigma``-subgaussian and ``P[|S_j| > B] <= 2 exp(-B^2 /
+        (2 n sigma^2)) = p / D``; a union bound over the ``D`` coordinates gives ``p``.
+        The float path (``sample_real``, ``N(0, sigma^2)``) satisfies the same bound.
+        ``B`` is rounded up by a relative ``2^-40`` to absorb float rounding.
+
+        Args:
+            n_clients: the most shares a sum can contain (``max_clients``).
+            scale: encoder scale (the bound does not depend on it).
+            dim: values per aggregation (``layout.size``). Omitting it is deprecated:
+                it warns and bounds a single coordinate (``dim=1``).
+            rounds: aggregations the bound must cover at once.
+            failure_log2: ``-log2 p``.
+
+        Raises:
+            ConfigurationError: non-positive or non-integer arguments.
         """
         _int("n_clients", n_clients)
         _pos("scale", scale)
-        _int("dim", dim)
-        return math.sqrt(
-            2.0 * n_clients * self.stddev**2 * _log_tail(dim, failure_log2)
-        )
+        big_l = _log_tail(_coordinates(dim, rounds), failure_log2)
+        return _ROUND_UP * math.sqrt(2.0 * n_clients * self.stddev**2 * big_l)
 
     def event(
         self, *, n_survivors: int, clip_norm: float, scale: float, dimension: int
@@ -413,24 +515,44 @@ class SkellamShare:
         n_clients: int,
         *,
         scale: float = 1.0,
-        dim: int = 1,
+        dim: int | None = None,
+        rounds: int = 1,
         failure_log2: float = 40.0,
     ) -> float:
-        """``B`` with ``P[max_j |sum_i noise_ij| > B] <= 2^-failure_log2``, float units.
+        """``B`` (float units) bounding the noise of every coordinate of every round.
 
-        The sum is Skellam with variance ``V = n (stddev * scale)^2``; Bernstein's
-        inequality for Poisson differences gives ``P[|S| >= x] <= 2 exp(-x^2 / (2 (V +
-        x/3)))``, so ``x = L/3 + sqrt(L^2/9 + 2 V L)``, ``L = ln(2 d / p)``. The bound
-        decreases with ``scale``, so the default ``scale = 1`` is safe for any
-        ``scale >= 1``.
+        With ``D = dim * rounds`` coordinates, ``p = 2^-failure_log2`` and ``L = ln(2 D /
+        p)``: the sum ``S_j`` of ``n`` shares is exactly Skellam with variance ``V = n
+        (stddev * scale)^2`` (integer units), log-MGF ``V (cosh t - 1)``, so Chernoff
+        gives ``P[|S_j| >= x] <= 2 exp(-V h(x / V))``, ``h(r) = r asinh(r) - sqrt(1 +
+        r^2) + 1``. ``B = x / scale`` for the root ``x`` of ``V h(x / V) = L``, so
+
+            P[ max_j |S_j| > B * scale ] <= D * (p / D) = p.
+
+        ``x`` lies below Bernstein's ``L/3 + sqrt(L^2/9 + 2 V L)`` and above the
+        Gaussian ``sqrt(2 V L)`` (``cosh t - 1 >= t^2/2``), so ``B`` also bounds the
+        float path (``sample_real``, ``N(0, stddev^2)`` shares). ``B`` decreases with
+        ``scale`` (``h(r) / r^2`` is decreasing), so the default ``scale = 1`` is safe
+        for any ``scale >= 1``. Rounded up by a relative ``2^-40``.
+
+        Args:
+            n_clients: the most shares a sum can contain (``max_clients``).
+            scale: encoder scale (``>= 1`` for the default to be conservative).
+            dim: values per aggregation (``layout.size``). Omitting it is deprecated:
+                it warns and bounds a single coordinate (``dim=1``).
+            rounds: aggregations the bound must cover at once.
+            failure_log2: ``-log2 p``.
+
+        Raises:
+            ConfigurationError: non-positive or non-integer arguments.
         """
         _int("n_clients", n_clients)
         s = _pos("scale", scale)
-        _int("dim", dim)
-        big_l = _log_tail(dim, failure_log2)
+        big_l = _log_tail(_coordinates(dim, rounds), failure_log2)
         v = n_clients * (self.stddev * s) ** 2
-        x = big_l / 3.0 + math.sqrt(big_l * big_l / 9.0 + 2.0 * v * big_l)
-        return x / s
+        if not math.isfinite(v):
+            raise ConfigurationError("n_clients * (stddev * scale)^2 is not finite")
+        return _ROUND_UP * _skellam_tail_root(v, big_l) / s
 
     def event(
         self, *, n_survivors: int, clip_norm: float, scale: float, dimension: int
