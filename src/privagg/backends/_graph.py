@@ -92,6 +92,7 @@ def choose_parameters(
     sigma: int = 40,
     eta: int = 20,
     full_graph: bool = False,
+    population: int | None = None,
 ) -> GraphParams:
     """Degree ``k`` and threshold ``t`` for ``n`` clients (see the module docstring).
 
@@ -103,6 +104,10 @@ def choose_parameters(
         eta: correctness parameter (probability ``2**-eta`` that recovery fails when at
             most ``delta * n`` clients drop).
         full_graph: force the complete graph.
+        population: the number of clients the corruption rate is a fraction of (the
+            session's ``max_clients``): ``C = ceil(gamma * max(n, population))`` is an
+            absolute colluder budget, so a server that assembles a small round around
+            its colluders cannot lower it (second review, finding 1). ``None``: ``n``.
 
     Raises:
         ConfigurationError: no threshold satisfies both bounds (``gamma + delta`` too large
@@ -110,7 +115,7 @@ def choose_parameters(
     """
     if n < 1:
         raise ConfigurationError(f"a round needs at least one client, got {n}")
-    corrupt = min(math.ceil(corruption_rate * n - 1e-9), n - 1)
+    corrupt = corrupt_budget(n, corruption_rate, population)
     dropped = math.floor(dropout_rate * n)
     if not full_graph:
         sec_bound = 2.0**-sigma / n
@@ -173,7 +178,16 @@ def min_live_neighbours(
     return max(threshold, degree - d)
 
 
-def consistency_quorum(n: int, *, corruption_rate: float, threshold: int) -> int:
+def corrupt_budget(n: int, corruption_rate: float, population: int | None = None) -> int:
+    """``C``: colluding clients a round of ``n`` must tolerate, ``ceil(gamma * N)`` with
+    ``N = max(n, population)``, capped at ``n - 1`` (at least one honest client)."""
+    base = max(n, population or n)
+    return min(math.ceil(corruption_rate * base - 1e-9), n - 1)
+
+
+def consistency_quorum(
+    n: int, *, corruption_rate: float, threshold: int, population: int | None = None
+) -> int:
     """Survivor-set signatures a client requires before it reveals any share (active variant).
 
     Honest clients sign exactly one survivor set. With ``C = ceil(gamma * n)`` corrupt
@@ -183,7 +197,7 @@ def consistency_quorum(n: int, *, corruption_rate: float, threshold: int) -> int
     server obtains honest shares of its self-mask seed *or* of its mask key, never both
     (Bonawitz et al.'s consistency check, with a quorum that also holds for sparse graphs).
     """
-    corrupt = min(math.ceil(corruption_rate * n - 1e-9), n - 1)
+    corrupt = corrupt_budget(n, corruption_rate, population)
     return max(threshold, (n + corrupt) // 2 + 1)
 
 

@@ -454,6 +454,7 @@ class _Config:
             sigma=self.sigma,
             eta=self.eta,
             full_graph=self.full_graph,
+            population=self.max_clients,
         )
 
     def quorum(self, n: int) -> int:
@@ -462,7 +463,12 @@ class _Config:
         t1 = min(self.graph(n).threshold + 1, n)
         if not self.active:
             return t1
-        return consistency_quorum(n, corruption_rate=self.corruption_rate, threshold=t1)
+        return consistency_quorum(
+            n,
+            corruption_rate=self.corruption_rate,
+            threshold=t1,
+            population=self.max_clients,
+        )
 
     def min_live(self, n: int) -> int:
         """Fewest advertised neighbours a client accepts at stage 1 (>= t)."""
@@ -1414,15 +1420,19 @@ class SecAggAggregator:
         sigs = []
         for cid in sorted(msgs):
             if not ed25519_verify(self._directory(cid), msgs[cid].signature, smsg):
-                raise ProtocolError(f"bad survivor-set signature from client {cid!r}")
+                # Not counted (as if it had not answered): one client cannot abort the
+                # round this late (second review, finding 4).
+                self.rejected.add(cid)
+                continue
             sigs.append((cid, msgs[cid].signature))
         if len(sigs) < self._quorum:
             raise InsufficientParticipantsError(
                 f"{len(sigs)} survivor-set signatures, {self._quorum} needed; round aborted"
             )
-        self._precheck(set(msgs))
+        signers = {cid for cid, _ in sigs}
+        self._precheck(signers)
         self._expect = SecAggKind.UNMASK_SHARES
-        return self._unmask_requests(sorted(msgs), tuple(sigs))
+        return self._unmask_requests(sorted(signers), tuple(sigs))
 
     def _on_unmask(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, UnmaskShares] = self._decode(
@@ -1431,16 +1441,20 @@ class SecAggAggregator:
         alive = set(self._u3)
         index = {c: i for i, c in enumerate(self._u0)}
         got: dict[str, dict[int, int]] = {}
-        for sender, m in msgs.items():
-            for owner, which, sh in m.shares:
-                if owner not in self._u2 or sender not in self._holders(owner):
-                    raise ProtocolError(
-                        f"client {sender!r} sent a share of {owner!r} it cannot hold"
-                    )
-                if which != (_B if owner in alive else _S):
-                    raise ProtocolError(
-                        f"client {sender!r} sent the wrong kind of share of {owner!r}"
-                    )
+        for sender in sorted(msgs):
+            m = msgs[sender]
+            # A reply with a share its sender cannot hold, or of the wrong kind, is
+            # ignored whole (the sender is treated as dropped): one client cannot abort
+            # the round after the others revealed (second review, finding 4).
+            if any(
+                owner not in self._u2
+                or sender not in self._holders(owner)
+                or which != (_B if owner in alive else _S)
+                for owner, which, _ in m.shares
+            ):
+                self.rejected.add(sender)
+                continue
+            for owner, _, sh in m.shares:
                 got.setdefault(owner, {})[_x_coord(index, sender)] = (
                     _shamir.decode_share(sh)
                 )
