@@ -121,3 +121,18 @@ def test_dealt_material_refuses_pickling_and_copying() -> None:
     assert (
         m.clients["a"].hex() not in repr(m) and repr(m) == "SecAggMaterial(clients=2)"
     )
+
+
+# -- finding 7: a wrapped sum is refused, never returned -------------------------------------
+def test_holder_refuses_a_sum_beyond_the_sized_range() -> None:
+    from privagg.errors import EncodingOverflowError
+
+    sess = _session()
+    cfg = sess._cfg
+    words = np.zeros(SIZE, dtype=cfg.dtype)
+    words[0] = (
+        np.iinfo(cfg.dtype).max // 2
+    )  # a centred value far beyond 5 clients' range
+    res = sa.ResultMessage(cfg.params_id, 9, "holder", ("c0", "c1"), words)
+    with pytest.raises(EncodingOverflowError):
+        sess.holder().recover(res.to_bytes())

@@ -69,7 +69,7 @@ from privagg.backends._secagg_crypto import (
     x25519_key,
     x25519_public,
 )
-from privagg.encoding import FixedPointEncoder
+from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.envelope import (
     Header,
     PayloadReader,
@@ -1529,7 +1529,10 @@ class SecAggHolder:
             raise ProtocolError("result has the wrong type or size")
         if msg.round_id in self._recovered_rounds:
             raise ProtocolError(f"round {msg.round_id} was already recovered (replay?)")
-        out = Recovered(self._cfg.encoder.decode(centred(msg.total)), msg.contributors)
+        # A sum beyond the range the ring was sized for wrapped: refused, never returned
+        # as a wrong aggregate (review #11, finding 7).
+        vec = self._cfg.encoder.decode_sum(centred(msg.total), len(msg.contributors))
+        out = Recovered(vec, msg.contributors)
         self._recovered_rounds.add(msg.round_id)
         return out
 
@@ -1864,8 +1867,11 @@ class SecAggBackend:
         nonce: bytes,
     ) -> _Config:
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
-        encoder = FixedPointEncoder(self._bound * max_weight, self._scale_bits)
-        extra = noise.headroom(max_clients) if noise is not None else 0.0
+        # DP noise headroom over every coordinate of every round (review #11, finding 7).
+        extra = noise_headroom(noise, max_clients, dim=layout.size)
+        encoder = FixedPointEncoder(
+            self._bound * max_weight, self._scale_bits, noise_allowance=extra
+        )
         need = encoder.sum_bits(max_clients, extra=extra)
         if need > 64:
             raise EncodingOverflowError(
