@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from privagg.backends.paillier import PaillierPublicKey, _PK_TAG
+from privagg.backends.paillier import _PK_TAG, PaillierPublicKey
 from privagg.envelope import PayloadWriter
 from privagg.errors import DeserializationError, ParameterMismatchError
 
