@@ -151,8 +151,14 @@ class NoiseShare(Protocol):
         """Real-valued noise, for float backends (CKKS, plain)."""
         ...
 
-    def headroom(self, n_clients: int) -> float:
-        """A bound on |sum of n_clients shares| (float units) holding w.p. >= 1 - 2**-40."""
+    def headroom(self, n_clients: int, *, dim: int, rounds: int) -> float:
+        """``B`` (float units) with ``P[max |sum of n_clients shares| > B] <= 2**-40``,
+        the max over all ``dim * rounds`` coordinates (union bound), not per value.
+
+        Backends call it through :func:`privagg.encoding.noise_headroom` with
+        ``dim=layout.size``; a legacy ``headroom(n_clients)`` still works there but
+        warns (``DeprecationWarning``): its bound may hold only per coordinate.
+        """
         ...
 
 
