@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,7 +295,13 @@ class PasswordProtection(Protection):
 
 
 def write_secret_file(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only)."""
+    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only).
+
+    The bytes go to a fresh 0600 temporary file in the same directory (created with
+    ``O_EXCL``, so never through a planted file or link), are fsynced, and replace
+    ``path`` in one ``os.replace``; the directory is fsynced too, so a crash leaves the
+    old file or the new one, never a partial key.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
@@ -308,15 +315,78 @@ def write_secret_file(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
     return target
 
 
-def read_secret_file(path: str | os.PathLike[str]) -> bytes:
-    """Read a key file, refusing one that group or others can read."""
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not supported on this platform: the file itself was fsynced
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+#: Largest key file read (a CKKS secret context is a few MB; 64 MiB is generous).
+MAX_SECRET_FILE_BYTES = 64 << 20
+
+
+def read_secret_file(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_SECRET_FILE_BYTES
+) -> bytes:
+    """Read a key file safely.
+
+    The file is opened once, without following a symbolic link (``O_NOFOLLOW``), and
+    every check runs on the open descriptor (``fstat``), so nothing can be swapped
+    between the check and the read (security review #11, finding 9). Refused, with
+    :class:`ConfigurationError`: a symbolic link, anything but a regular file, a file
+    that group or others can read or write, a file owned by another user (on POSIX),
+    or one larger than ``max_bytes``.
+    """
     p = Path(path)
-    mode = p.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigurationError(
-            f"{p} is readable by group/others (mode {oct(mode)}); chmod 600 it"
-        )
-    return p.read_bytes()
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError as exc:
+        if p.is_symlink():
+            raise ConfigurationError(
+                f"{p} is a symbolic link; key files must be regular files"
+            ) from None
+        raise ConfigurationError(f"cannot open key file {p}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigurationError(f"{p} is not a regular file")
+        mode = st.st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigurationError(
+                f"{p} is accessible by group/others (mode {oct(mode)}); chmod 600 it"
+            )
+        geteuid = getattr(os, "geteuid", None)
+        if geteuid is not None and st.st_uid != geteuid():
+            raise ConfigurationError(
+                f"{p} is owned by uid {st.st_uid}, not by this user; refusing to read it"
+            )
+        if st.st_size > max_bytes:
+            raise ConfigurationError(
+                f"{p} is {st.st_size} bytes, more than max_bytes={max_bytes}"
+            )
+        chunks = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise ConfigurationError(f"{p} grew beyond max_bytes={max_bytes}")
+        return data
+    finally:
+        os.close(fd)
