@@ -130,10 +130,32 @@ def _scratch_path() -> Iterator[str]:
         finally:
             os.close(fd)
         return
-    with tempfile.TemporaryDirectory(prefix="privagg-ckks-") as d:  # pragma: no cover
+    # Without memfd (non-Linux) SEAL objects, the secret key included, pass through a
+    # file: a 0600 file in a private 0700 directory, overwritten with zeros and removed
+    # on exit (security review #11, finding 9). Best effort: the file system may keep
+    # old blocks (use an encrypted or RAM-backed TMPDIR where that matters).
+    with tempfile.TemporaryDirectory(prefix="privagg-ckks-") as d:
+        os.chmod(d, 0o700)
         path = os.path.join(d, "obj")
-        Path(path).touch(mode=0o600)
-        yield path
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.close(fd)
+        try:
+            yield path
+        finally:
+            _wipe(path)
+
+
+def _wipe(path: str) -> None:
+    """Overwrite a scratch file with zeros and fsync it before it is removed."""
+    try:
+        with open(path, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(0)
+            fh.write(bytes(size))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        pass
 
 
 _FD_PREFIX = "/proc/self/fd/"
@@ -1401,6 +1423,18 @@ class CkksMaterial:
     aggregator: bytes
     holder: bytes = field(repr=False)  # holds the secret key: never printed
     clients: Mapping[str, bytes] = field(repr=False)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "CkksMaterial holds the holder's secret key and cannot be pickled; write "
+            "each role's blob to its own file (write_secret_file for the holder's)"
+        )
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("CkksMaterial holds a secret key and cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError("CkksMaterial holds a secret key and cannot be copied")
 
 
 # -- backend ---------------------------------------------------------------------------------
