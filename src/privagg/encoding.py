@@ -108,10 +108,10 @@ def noise_headroom(
             non-finite headroom.
     """
     for name, v in (("dim", dim), ("rounds", rounds)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigurationError(f"{name} must be an integer >= 1, got {v!r}")
-    if noise is None:
-        return 0.0
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigurationError(f"{name} must be an integer >= 0, got {v!r}")
+    if noise is None or dim == 0 or rounds == 0:
+        return 0.0  # nothing to bound (an empty layout has no coordinate to overflow)
     fn: Callable[..., float] = noise.headroom
     if _accepts(fn, "dim") and _accepts(fn, "rounds"):
         h = fn(n_clients, dim=dim, rounds=rounds)

@@ -172,7 +172,8 @@ def test_noise_headroom_passes_dim_and_rounds() -> None:
         with pytest.raises(ConfigurationError, match="finite"):
             noise_headroom(_Recorder(bad), 5, dim=10)
     with pytest.raises(ConfigurationError, match="dim"):
-        noise_headroom(share, 5, dim=0)
+        noise_headroom(share, 5, dim=-1)
+    assert noise_headroom(share, 5, dim=0) == 0.0  # an empty layout: nothing to bound
 
 
 _SETUPS: dict[str, Any] = {
