@@ -4,7 +4,9 @@ Layout of a run folder::
 
     DIR/checkpoint/meta.json            round, config, history, state file name
     DIR/checkpoint/state-rNNNN.safetensors   global state + server optimizer moments
-    DIR/privacy_ledger.json             see fedtrain.privacy
+    DIR/privacy/*.json                  the privacy ledgers (see fedtrain.privacy);
+                                        kept by a fresh start (--no-resume)
+    DIR/archive/checkpoint-<UTC time>/  a checkpoint set aside by a fresh start
     DIR/adapter/                        peft folder (adapter_config.json + safetensors)
 
 Every file is written to a temp file, fsynced and ``os.replace``d. ``meta.json`` is
@@ -29,7 +31,7 @@ from fedtrain.errors import FedtrainError
 from fedtrain.lora import LoraHandle, module_names
 from fedtrain.privacy import atomic_write_bytes
 
-__all__ = ["export_adapter", "load_checkpoint", "save_checkpoint"]
+__all__ = ["config_changes", "export_adapter", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "fedtrain-checkpoint-1"
 
@@ -185,3 +187,24 @@ def export_adapter(
             os.fsync(fh.fileno())
     _replace_dir(tmp, dest)
     return dest
+
+
+def config_changes(
+    saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
+    """Dotted keys whose values differ between two :meth:`RunConfig.to_dict` dicts.
+
+    ``rounds.rounds`` is not a change when it grows (a resumed run may be extended).
+    """
+    out: list[str] = []
+    for k in sorted(set(saved) | set(now)):
+        key = f"{prefix}{k}"
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_changes(a, b, key + ".")
+        elif key == "rounds.rounds" and isinstance(a, int) and isinstance(b, int):
+            if b < a:
+                out.append(key)
+        elif a != b:
+            out.append(key)
+    return out

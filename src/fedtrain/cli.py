@@ -53,6 +53,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-eval", type=int, default=None)
     p.add_argument("--mode", choices=["ffa", "fedit", "flora"], default=None)
+    p.add_argument(
+        "--pooling",
+        choices=["auto", "cls", "pooler", "mean"],
+        default=None,
+        help="seq_cls: how the head reads the encoder (auto: the model's "
+        "sentence-transformers pooling, else its native head)",
+    )
+    p.add_argument(
+        "--head-steps",
+        type=int,
+        default=None,
+        help="seq_cls: per round, the first N local steps train the head alone on "
+        "cached pooled features (LP-FT)",
+    )
     p.add_argument("--privacy", choices=["none", "record", "client"], default=None)
     p.add_argument("--noise-multiplier", type=float, default=None)
     p.add_argument("--clip", type=float, default=None)
@@ -63,9 +77,43 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="record-level DP: clip the head's per-example gradient separately",
     )
     p.add_argument("--delta", type=float, default=None)
-    p.add_argument("--target-epsilon", type=float, default=None)
     p.add_argument(
-        "--no-resume", action="store_true", help="ignore an existing checkpoint"
+        "--target-epsilon",
+        type=float,
+        default=None,
+        help="privacy budget; the run stops before exceeding it. Without "
+        "--noise-multiplier the multiplier is calibrated to it for the planned "
+        "rounds, steps and sampling",
+    )
+    p.add_argument(
+        "--min-clients",
+        type=int,
+        default=None,
+        help="client-level DP: guaranteed minimum of contributors the noise is sized "
+        "for (fewer: the round is refused)",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="base-model dropout (default: 0 under DP, the model's own otherwise)",
+    )
+    p.add_argument(
+        "--privacy-unit",
+        default=None,
+        help="name a NEW privacy unit (new data): its own ledgers. By default runs "
+        "in the same folder keep counting into the same ledgers, also with --no-resume",
+    )
+    p.add_argument(
+        "--report-per-client",
+        action="store_true",
+        help="DEBUG: add per-client losses, label counts and identities to "
+        "report.json (not covered by the DP guarantee)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over (the checkpoint is archived; privacy ledgers are kept)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -119,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
 T = TypeVar("T")
 
 
+def _privacy_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """Budget, calibration, minimum contributors and privacy unit from the flags."""
+    out: dict[str, Any] = {
+        "target_epsilon": args.target_epsilon,
+        # a target without an explicit multiplier: calibrate z to it
+        "calibrate": args.target_epsilon is not None and args.noise_multiplier is None,
+        "min_clients": args.min_clients,
+    }
+    if args.privacy_unit is not None:
+        out["unit"] = args.privacy_unit
+    return out
+
+
 def _pick(v: T | None, default: T) -> T:
     return default if v is None else v
 
@@ -145,45 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if args.cmd == "demo":
-            q = args.quick
-            backend = choose_backend(args.backend or "ckks")
-            cfg = RunConfig(
-                task="seq_cls",
-                model="minilm",
-                max_len=_pick(args.max_len, 32 if q else 48),
-                lora=LoraSettings(
-                    r=8, alpha=16.0, mode=cast(Any, _pick(args.mode, "ffa"))
-                ),
-                rounds=RoundConfig(
-                    rounds=_pick(args.rounds, 1 if q else 4),
-                    local_steps=_pick(args.local_steps, 3 if q else 12),
-                    batch_size=_pick(args.batch_size, 8 if q else 64),
-                    lr=_pick(args.lr, 2e-3),
-                    head_lr=args.head_lr,
-                ),
-                privacy=PrivacyConfig(
-                    level=cast(Any, _pick(args.privacy, "record")),
-                    noise_multiplier=_pick(args.noise_multiplier, 0.6),
-                    clip=_pick(args.clip, 1.0),
-                    delta=_pick(args.delta, 1e-5),
-                    target_epsilon=args.target_epsilon,
-                ),
-                backend=backend,
-                device=args.device,
-                seed=args.seed,
-            )
-            train, ev = load_task_data(
-                "seq_cls",
-                "rt",
-                max_train=_pick(args.max_train, 64 if q else 10800),
-                max_eval=_pick(args.max_eval, 64 if q else 500),
-                seed=args.seed,
-            )
-            # non-IID: clients split by movie (the natural key), balanced in size
-            spec = ExperimentSpec(
-                num_clients=_pick(args.clients, 2 if q else 4),
-                partition="key",
-                seed=args.seed,
+            from fedtrain.recipes import sentiment_setup
+
+            cfg, train, ev, spec = sentiment_setup(
+                args,
+                backend=choose_backend(args.backend or "ckks"),
+                privacy_extra=_privacy_extra(args),
             )
         else:
             tm = tuple(args.target_modules.split(",")) if args.target_modules else None
@@ -198,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     alpha=2.0 * args.rank,
                     mode=cast(Any, _pick(args.mode, "ffa")),
                     target_modules=tm,
+                    pooling=cast(Any, _pick(args.pooling, "auto")),
+                    head_steps=_pick(args.head_steps, 0),
                 ),
                 rounds=RoundConfig(
                     rounds=_pick(args.rounds, 3),
@@ -222,11 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     clip=_pick(args.clip, 1.0),
                     head_clip=args.head_clip,
                     delta=_pick(args.delta, 1e-5),
-                    target_epsilon=args.target_epsilon,
+                    **_privacy_extra(args),
                 ),
                 backend=choose_backend(args.backend or "ckks"),
                 device=args.device,
                 seed=args.seed,
+                model_dropout=args.dropout,
             )
             train, ev = load_task_data(
                 args.task,
@@ -250,10 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             progress=not args.no_progress,
             resume=not args.no_resume,
+            report_per_client=args.report_per_client,
         )
     except FedtrainError as exc:
         print(f"fedtrain: error: {exc}", file=sys.stderr)
         return 2
+    except privagg.BudgetExceededError as exc:
+        print(f"fedtrain: privacy budget exhausted: {exc}", file=sys.stderr)
+        return 3
     except privagg.PrivaggError as exc:
         print(f"fedtrain: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -267,6 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "out": str(args.out),
     }
     print(json.dumps(summary))
+    from fedtrain.report import summary_line
+
+    print(summary_line(report), flush=True)
+    if report["privacy"].get("stopped"):
+        pv = report["privacy"]
+        print(
+            f"fedtrain: privacy budget exhausted, the run stopped early: "
+            f"{pv['stopped']}; epsilon spent {pv['final_epsilon']:.6g} of "
+            f"{pv['target_epsilon']:g}, remaining {pv['remaining_epsilon']:.6g}",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

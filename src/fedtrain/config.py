@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,9 +22,10 @@ __all__ = [
 ]
 
 Task = Literal["seq_cls", "token_cls", "causal_lm"]
-AggregationMode = Literal["ffa", "fedit", "flora"]
+AggregationMode = Literal["ffa", "fedit", "flora", "alternating"]
 _TASKS = ("seq_cls", "token_cls", "causal_lm")
-_MODES = ("ffa", "fedit", "flora")
+_MODES = ("ffa", "fedit", "flora", "alternating")
+_POOLINGS = ("auto", "cls", "pooler", "mean")
 _SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 _SAMPLING = ("poisson", "fraction")
 _PRIVACY = ("none", "record", "client")
@@ -39,10 +41,21 @@ class LoraSettings:
         alpha: LoRA scaling numerator (scaling = alpha / r).
         dropout: LoRA dropout.
         target_modules: module names to adapt; ``None`` lets the model family pick.
-        mode: aggregation mode: ``ffa`` (default, exact), ``fedit`` (inexact), ``flora``.
+        mode: aggregation mode: ``ffa`` (default, exact), ``fedit`` (inexact),
+            ``flora``, ``alternating`` (RoLoRA: B in odd rounds, A in even rounds,
+            the other factor shared and frozen; exact, trains both factors).
         client_ranks: ``flora`` only: rank per client id (heterogeneous ranks).
         a_seed: shared seed from which the LoRA A matrices are initialised
             (public, identical for all clients; not a secret).
+        pooling: ``seq_cls``: how the head reads the encoder: ``auto`` (the model's
+            sentence-transformers pooling when it has one, else the native head),
+            ``mean``, ``cls`` or ``pooler`` (see :mod:`fedtrain.models`).
+        head_steps: LP-FT: in every round the first ``head_steps`` local steps
+            train the task head alone, on pooled features computed once with the
+            adapter frozen (cheap: no encoder pass per step); the remaining steps
+            train adapter and head. ``seq_cls`` with a pooled head only. Under
+            DP-SGD every step is the same Poisson-sampled Gaussian release, so the
+            accounting does not change.
     """
 
     r: int = 8
@@ -52,8 +65,18 @@ class LoraSettings:
     mode: AggregationMode = "ffa"
     client_ranks: Mapping[str, int] | None = None
     a_seed: int = 0
+    pooling: Literal["auto", "cls", "pooler", "mean"] = "auto"
+    head_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.pooling not in _POOLINGS:
+            raise ConfigError(
+                f"pooling must be one of {_POOLINGS}, got {self.pooling!r}"
+            )
+        if not isinstance(self.head_steps, int) or self.head_steps < 0:
+            raise ConfigError(
+                f"head_steps must be an int >= 0, got {self.head_steps!r}"
+            )
         if not isinstance(self.r, int) or self.r < 1:
             raise ConfigError(f"lora r must be a positive int, got {self.r!r}")
         if not self.alpha > 0:
@@ -188,6 +211,19 @@ class PrivacyConfig:
         accountant: ``pld`` or ``rdp`` (privagg.dp accountants).
         update_clip: optional L2 clip of the whole update for ``record``/``none``
             (bounds the values handed to integer backends).
+        calibrate: compute ``noise_multiplier`` from ``target_epsilon`` with
+            privagg's calibration for the planned rounds, steps and sampling
+            (``noise_multiplier`` is then ignored).
+        min_clients: ``client`` level: the guaranteed minimum number of contributors
+            the noise shares are sized for (each adds std ``z C / sqrt(min_clients)``);
+            a round with fewer is refused. None: the clients a round samples
+            (``round(q N)`` under fixed-fraction sampling, ``floor(q N)`` under
+            Poisson) less ``dropout_tolerance``.
+        dropout_tolerance: ``client`` level: fraction of the sampled clients that may
+            drop while the round still releases (used when ``min_clients`` is None).
+        unit: the privacy unit: runs in the same folder with the same unit compose
+            into the same ledgers, also after ``--no-resume``; name a new unit only
+            for data that is really new.
     """
 
     level: Literal["none", "record", "client"] = "none"
@@ -198,8 +234,31 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     accountant: Literal["pld", "rdp"] = "pld"
     update_clip: float | None = None
+    calibrate: bool = False
+    min_clients: int | None = None
+    dropout_tolerance: float = 0.0
+    unit: str = "default"
 
     def __post_init__(self) -> None:
+        if self.calibrate and self.target_epsilon is None:
+            raise ConfigError("calibrate needs target_epsilon")
+        if self.min_clients is not None and (
+            not isinstance(self.min_clients, int) or self.min_clients < 1
+        ):
+            raise ConfigError(
+                f"min_clients must be an int >= 1, got {self.min_clients!r}"
+            )
+        if not 0.0 <= self.dropout_tolerance < 1.0:
+            raise ConfigError(
+                f"dropout_tolerance must be in [0, 1), got {self.dropout_tolerance!r}"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(self.unit)) or self.unit in (
+            ".",
+            "..",
+        ):
+            raise ConfigError(
+                f"privacy unit must be 1-64 characters [A-Za-z0-9_.-], got {self.unit!r}"
+            )
         if self.level not in _PRIVACY:
             raise ConfigError(
                 f"privacy level must be one of {_PRIVACY}, got {self.level!r}"
@@ -251,9 +310,14 @@ class RunConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         bf16: use bf16 autocast on CUDA.
         eval_batch_size: evaluation batch size.
-        seed: seed for non-secret randomness (model head init, shuffling); DP noise
-            and client sampling use OS entropy unless ``test_seed`` is set.
-        test_seed: TESTS ONLY: makes DP noise and client sampling reproducible.
+        seed: seed for non-secret randomness (torch: model head init, dropout;
+            numpy: data order without DP); DP noise, Poisson batches and client
+            sampling use privagg's CSPRNG unless ``test_seed`` is set.
+        test_seed: TESTS ONLY: makes DP noise and client sampling reproducible
+            (fixed AES-CTR streams derived from it).
+        model_dropout: dropout probability of the base model's dropout layers (not
+            LoRA's, see ``LoraSettings.dropout``); None: 0 under DP, the model's own
+            otherwise.
     """
 
     task: Task = "seq_cls"
@@ -269,8 +333,23 @@ class RunConfig:
     eval_batch_size: int = 64
     seed: int = 0
     test_seed: int | None = None
+    model_dropout: float | None = None
 
     def __post_init__(self) -> None:
+        if self.model_dropout is not None and not 0.0 <= self.model_dropout < 1.0:
+            raise ConfigError(
+                f"model_dropout must be in [0, 1), got {self.model_dropout!r}"
+            )
+        if self.lora.mode == "flora" and self.privacy.level == "client":
+            raise ConfigError(
+                "flora with client-level DP is refused: every client's factors occupy "
+                "their own slot, so the sum reveals each client's update"
+            )
+        if self.lora.mode == "flora" and self.rounds.server_opt != "fedavg":
+            raise ConfigError(
+                f"flora with server_opt={self.rounds.server_opt!r} is refused: flora "
+                "merges each round's exact update into the base weights (fedavg only)"
+            )
         if self.task not in _TASKS:
             raise ConfigError(f"task must be one of {_TASKS}, got {self.task!r}")
         if not isinstance(self.max_len, int) or self.max_len < 8:

@@ -15,6 +15,7 @@ __all__ = [
     "FedtrainError",
     "LabelMismatchError",
     "LayoutMismatchError",
+    "PrivacyRecordError",
     "RankMismatchError",
     "UnknownModelError",
 ]
@@ -62,3 +63,11 @@ class RankMismatchError(ClientError, ValueError):
 
 class LayoutMismatchError(ClientError, ValueError):
     """A client's update has the wrong names, shapes or dtypes."""
+
+
+class PrivacyRecordError(FedtrainError):
+    """The privacy ledgers do not match the run they should account for.
+
+    Raised when a checkpoint names more recorded releases than the ledgers hold (a
+    ledger was deleted, replaced or truncated): resuming would under-report epsilon.
+    """

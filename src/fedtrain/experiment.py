@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+import fedtrain.server as server_module
 import privagg
 from fedtrain.config import RunConfig
 from fedtrain.data import (
@@ -24,10 +25,13 @@ from fedtrain.data import (
     partition,
     sentiment_instructions,
 )
-from fedtrain.errors import DataError
+from fedtrain.errors import ConfigError, DataError
+from fedtrain.models import model_pooling, write_model_sidecar
 from fedtrain.privacy import ACCOUNTANT_SOURCE
 from fedtrain.report import build_report, plot_rounds, write_report
 from fedtrain.server import Federation, RoundRecord
+
+_SERVER_MODES = ("ffa", "fedit", "flora")
 
 __all__ = ["ExperimentSpec", "choose_backend", "load_task_data", "run_experiment"]
 
@@ -93,6 +97,7 @@ def load_task_data(
     max_train: int | None = None,
     max_eval: int | None = None,
     seed: int = 0,
+    eval_fraction: float = 0.15,
 ) -> tuple[RawDataset, RawDataset]:
     """Load training and evaluation data.
 
@@ -106,6 +111,8 @@ def load_task_data(
         max_train: random subset size of the training data.
         max_eval: random subset size of the evaluation data.
         seed: subset/split seed.
+        eval_fraction: fraction of the keys (movies, ...) held out for evaluation
+            when ``eval_data`` is not given (not for CoNLL, which has a test split).
 
     Returns:
         ``(train, eval)``.
@@ -142,7 +149,7 @@ def load_task_data(
     elif data == "conll":
         ev = load_conll(conll_default_path("test"))
     else:
-        train, ev = _split_by_key(train, 0.15, seed)
+        train, ev = _split_by_key(train, eval_fraction, seed)
     return _take(train, max_train, seed), _take(ev, max_eval, seed + 1)
 
 
@@ -173,8 +180,14 @@ def run_experiment(
     progress: bool = True,
     resume: bool = True,
     on_round: Callable[[RoundRecord], None] | None = None,
+    report_per_client: bool = False,
 ) -> dict[str, Any]:
     """Partition, run the federation, export the adapter, write report and plots.
+
+    By default the report holds nothing per client that the DP guarantee does not
+    cover (no training losses, label counts, example counts, contributor or failure
+    identities: only counts per round). ``report_per_client=True`` adds them under
+    ``per_client_debug``, marked as not covered by DP (debugging only).
 
     Returns:
         The report dict (also written to ``out_dir/report.json``).
@@ -185,6 +198,11 @@ def run_experiment(
         train, spec.num_clients, spec.partition, spec.seed, alpha=spec.alpha
     )
     clients = {f"client{i}": p for i, p in enumerate(parts)}
+    if config.lora.mode not in getattr(server_module, "LORA_MODES", _SERVER_MODES):
+        raise ConfigError(
+            f"aggregation mode {config.lora.mode!r} is implemented in fedtrain.lora "
+            "but the round loop (fedtrain.server) does not drive it yet"
+        )
     fed = Federation(config, clients, eval_data, out_dir=out, progress=progress)
     bar: Any = None
     if progress:
@@ -205,7 +223,8 @@ def run_experiment(
         )
         line = (
             f"round {rec.round}: {key}={rec.metrics.get(key, float('nan')):.4f}{base} "
-            f"epsilon={eps} contributors={len(rec.contributors)} failed={list(rec.failed)}"
+            f"epsilon={eps} contributors={len(rec.contributors)} failed={len(rec.failed)}"
+            + ("" if rec.skipped is None else " (no release)")
         )
         if bar is not None:
             bar.update(1)
@@ -216,6 +235,15 @@ def run_experiment(
             on_round(rec)
 
     result = fed.run(resume=resume, on_round=cb)
+    pooling = model_pooling(fed.handle.model) if config.task == "seq_cls" else "native"
+    if result.adapter_dir is not None:  # what reloading the adapter + head needs
+        write_model_sidecar(
+            result.adapter_dir,
+            model=config.model,
+            task=config.task,
+            pooling=pooling,
+            label_names=fed.label_names,
+        )
     if bar is not None:
         bar.close()
     rm = fed.resolved
@@ -225,11 +253,11 @@ def run_experiment(
             "metrics": r.metrics,
             "epsilon": None if config.privacy.level == "none" else r.epsilon,
             "epsilon_per_client": r.epsilon_per_client,
-            "contributors": r.contributors,
-            "failed": r.failed,
+            "num_contributors": len(r.contributors),
+            "num_failed": len(r.failed),
+            "released": r.skipped is None,
             "timings": r.timings,
-            "bytes_sent": r.bytes_sent,
-            "train_loss": r.train_loss,
+            "bytes_sent_total": sum(r.bytes_sent.values()),
         }
         for r in result.rounds
     ]
@@ -240,6 +268,7 @@ def run_experiment(
         "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None,
         "backend": config.backend,
         "aggregation_mode": config.lora.mode,
+        "pooling": pooling,
         "privacy": {
             "level": config.privacy.level,
             "meaning": {
@@ -248,25 +277,30 @@ def run_experiment(
                 "client": "client-level DP (clipped updates + distributed Gaussian noise shares)",
             }[config.privacy.level],
             "delta": config.privacy.delta,
-            "noise_multiplier": config.privacy.noise_multiplier,
+            "noise_multiplier": fed.noise_multiplier,
+            "noise_multiplier_calibrated": config.privacy.calibrate,
             "clip": config.privacy.clip,
             "final_epsilon": None
-            if config.privacy.level == "none" or not result.rounds
-            else result.rounds[-1].epsilon,
-            "accountant": config.privacy.accountant,
+            if config.privacy.level == "none"
+            else float(fed.ledger.spent()["epsilon"]),
+            "target_epsilon": config.privacy.target_epsilon,
+            "remaining_epsilon": fed.ledger.remaining(),
+            "stopped": result.stopped,
+            "accountant": fed.accountant,
             "accountant_source": ACCOUNTANT_SOURCE,
+            "unit": config.privacy.unit,
+            "ledger_folder": str(fed.ledger.folder),
+            "prior_releases": result.prior_releases,
+            "noise": None
+            if fed.noise_share is None
+            else {
+                "share": "discrete_gaussian" if fed.integer_backend else "gaussian",
+                "share_stddev": fed.noise_share.stddev,
+                "min_clients": fed.min_clients,
+                "neighbouring": "zero-out (one client's update replaced by zero)",
+            },
         },
-        "clients": {
-            cid: {
-                "examples": len(p),
-                "label_counts": np.bincount(
-                    p.labels_for_skew(), minlength=max(1, len(fed.label_names))
-                ).tolist()
-                if config.task != "causal_lm"
-                else None,
-            }
-            for cid, p in clients.items()
-        },
+        "num_clients": len(clients),
         "eval_examples": len(eval_data),
         "partition": {
             "scheme": spec.partition,
@@ -274,9 +308,38 @@ def run_experiment(
             "num_clients": spec.num_clients,
         },
         "resumed_from_round": result.resumed_from,
+        "archived_checkpoint": str(result.archived_checkpoint)
+        if result.archived_checkpoint
+        else None,
         "config": config.to_dict(),
         "wall_seconds": time.perf_counter() - t0,
     }
+    if report_per_client:
+        extra["per_client_debug"] = {
+            "WARNING": "NOT covered by the differential-privacy guarantee; debugging only",
+            "clients": {
+                cid: {
+                    "examples": len(p),
+                    "label_counts": np.bincount(
+                        p.labels_for_skew(), minlength=max(1, len(fed.label_names))
+                    ).tolist()
+                    if config.task != "causal_lm"
+                    else None,
+                }
+                for cid, p in clients.items()
+            },
+            "rounds": [
+                {
+                    "round": r.round,
+                    "contributors": r.contributors,
+                    "failed": r.failed,
+                    "skipped": r.skipped,
+                    "train_loss": r.train_loss,
+                    "bytes_sent": r.bytes_sent,
+                }
+                for r in result.rounds
+            ],
+        }
     report = build_report(
         main_metric=fed.main_metric,
         initial_metrics=result.initial_metrics,

@@ -1,23 +1,24 @@
 """The federated round loop (server, simulated clients, privagg aggregation).
 
-A round: sample clients (Poisson rate q or a fixed fraction) -> each sampled client
-loads the global adapter into the shared model, trains LoRA locally (optionally
-DP-SGD), computes its delta (mode-specific message), optionally clips it and adds
-its client-level DP noise share -> privagg protects (each client applies its own
-weight), the aggregator combines, the result holder recovers the weighted sum ->
-the ledger records the release -> the server turns the sum into an average delta
-(renormalised by the contributors' weight) and applies it with FedAvg, FedAdam or
-FedYogi -> evaluation -> atomic checkpoint.
+A round: sample clients (Poisson rate q or a fixed fraction, decisions from privagg's
+CSPRNG) -> each sampled client loads the global adapter into the shared model, trains
+LoRA locally (optionally DP-SGD), computes its delta (mode-specific message),
+optionally clips it -> privagg protects (each client applies its own weight; under
+client-level DP it adds its distributed noise share after fixed-point encoding), the
+aggregator combines, the result holder recovers the weighted sum -> the ledger
+records the release (the mechanism for the noise actually summed) -> the server turns
+the sum into an average delta and applies it with FedAvg, FedAdam or FedYogi ->
+evaluation -> atomic checkpoint.
 
 All clients share ONE base model in memory; adapters are swapped by copying values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import secrets
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -26,9 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import privagg
-from fedtrain.checkpoint import export_adapter, load_checkpoint, save_checkpoint
+from fedtrain.checkpoint import (
+    config_changes,
+    export_adapter,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedtrain.config import RunConfig
 from fedtrain.data import RawDataset
 from fedtrain.errors import (
@@ -36,6 +43,7 @@ from fedtrain.errors import (
     EmptyClientDataError,
     LabelMismatchError,
     LayoutMismatchError,
+    PrivacyRecordError,
     RankMismatchError,
 )
 from fedtrain.evaluate import MAIN_METRIC, evaluate
@@ -48,15 +56,98 @@ from fedtrain.models import (
     pick_device,
     resolve_model,
 )
-from fedtrain.privacy import ACCOUNTANT_SOURCE, PrivacyBook
+from fedtrain.privacy import (
+    ACCOUNTANT_SOURCE,
+    PrivacyBook,
+    calibrate_noise_multiplier,
+)
 from fedtrain.train import DPSGD, make_dp_module, train_local
-from privagg import SystemRng
-from privagg.dp import sample_gaussian
+from privagg import Rng, SystemRng
+from privagg._rng import uniform01
+from privagg.dp import (
+    DiscreteGaussianShare,
+    GaussianEvent,
+    PoissonSampledEvent,
+    survivors,
+)
 from privagg.hazmat import DeterministicRng
 
 __all__ = ["Federation", "RoundRecord", "RunResult", "ServerOptimizer"]
 
 _INTEGER_BACKENDS = ("paillier", "secagg", "additive")
+_DEFAULT_SCALE_BITS = 16  # the integer backends' default fixed-point resolution
+
+
+@dataclass(frozen=True)
+class _LayoutShare:
+    """A noise share whose ring headroom covers the whole layout over the planned
+    rounds: the backends call ``headroom(max_clients)``; this passes ``dim`` (the
+    layout's size) and ``rounds`` so the bound holds for every coordinate at once."""
+
+    share: DiscreteGaussianShare
+    dim: int
+    rounds: int
+
+    @property
+    def stddev(self) -> float:
+        return self.share.stddev
+
+    def sample_encoded(self, n: int, *, scale: float, rng: Rng | None = None) -> Any:
+        return self.share.sample_encoded(n, scale=scale, rng=rng)
+
+    def sample_real(self, n: int, *, rng: Rng | None = None) -> Any:
+        return self.share.sample_real(n, rng=rng)
+
+    def headroom(
+        self,
+        n_clients: int,
+        *,
+        scale: float = 1.0,
+        dim: int | None = None,
+        rounds: int | None = None,
+        failure_log2: float = 40.0,
+    ) -> float:
+        return float(
+            self.share.headroom(
+                n_clients,
+                scale=scale,
+                dim=dim if dim is not None else self.dim,
+                rounds=rounds if rounds is not None else self.rounds,
+                failure_log2=failure_log2,
+            )
+        )
+
+    def event(self, **kw: Any) -> Any:
+        return self.share.event(**kw)
+
+
+class _MinHolder:
+    """The result holder, refusing to output a sum of too few contributions."""
+
+    def __init__(self, inner: Any, minimum: int) -> None:
+        self._inner, self._min = inner, minimum
+
+    def recover(self, result: bytes) -> Any:
+        rec = self._inner.recover(result)
+        if len(rec.contributors) < self._min:
+            raise privagg.InsufficientParticipantsError(
+                f"{len(rec.contributors)} contributions, fewer than the {self._min} "
+                "the DP noise shares are sized for: the sum is not released"
+            )
+        return rec
+
+
+class _MinSession:
+    """A privagg session whose holder refuses sums of fewer than ``minimum`` clients."""
+
+    def __init__(self, inner: Any, minimum: int) -> None:
+        self._inner, self._min = inner, minimum
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def holder(self) -> _MinHolder:
+        return _MinHolder(self._inner.holder(), self._min)
 
 
 class ServerOptimizer:
@@ -126,6 +217,7 @@ class RoundRecord:
     timings: dict[str, float]
     bytes_sent: dict[str, int]
     train_loss: dict[str, float]
+    skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -141,6 +233,9 @@ class RunResult:
     rounds: list[RoundRecord] = field(default_factory=list)
     adapter_dir: Path | None = None
     resumed_from: int | None = None
+    stopped: str | None = None
+    prior_releases: int = 0
+    archived_checkpoint: Path | None = None
 
 
 def _l2(msg: Mapping[str, np.ndarray]) -> float:
@@ -223,6 +318,7 @@ class Federation:
         }
         self.n_examples = {cid: len(self.clients[cid]) for cid in self.client_ids}
         self.eval_enc = encode(eval_data, self.tokenizer, c.max_len)
+        torch.manual_seed(c.seed)  # non-secret: head init, dropout masks
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             base = load_model(
@@ -230,6 +326,7 @@ class Federation:
             )
             self.handle: LoraHandle = build_lora(base, c.task, c.lora, seed=c.seed)
         self.handle.model.to(self.device)
+        self._set_model_dropout()
         self.dp_module = (
             make_dp_module(self.handle) if c.privacy.level == "record" else None
         )
@@ -239,27 +336,52 @@ class Federation:
             ro.server_opt, ro.server_lr, ro.server_betas, ro.server_tau
         )
         self.r_max = self.handle.modules[0].a.shape[0]
+        # local optimizer state is kept per client across rounds where the adapter a
+        # client trains persists (ffa/fedit); flora re-draws A every round
+        self.keep_opt_state = c.lora.mode != "flora"
+        self.client_opt: dict[str, dict[str, np.ndarray]] = {}
+        self._draws = 0
+        self.run_id = secrets.token_hex(8)
         self._setup_backend()
         self.ledger = self._new_book()
-        seed = c.test_seed if c.test_seed is not None else secrets.randbits(128)
-        self._secret_rng = np.random.default_rng(seed)
         self._data_rng = np.random.default_rng([c.seed, 1])
 
     # ------------------------------------------------------------------ setup
 
     def _new_book(self) -> PrivacyBook:
-        c = self.config
-        p = c.privacy
+        p = self.config.privacy
+        folder = None
+        if self.out_dir is not None:
+            folder = self.out_dir / (
+                "privacy" if p.unit == "default" else f"privacy-{p.unit}"
+            )
         return PrivacyBook(
-            self.out_dir / "privacy" if self.out_dir else None,
+            folder,
             level=p.level,
-            noise_multiplier=p.noise_multiplier,
+            noise_multiplier=self.noise_multiplier,
             delta=p.delta,
-            accountant=p.accountant,
+            accountant=self.accountant,
             target_epsilon=p.target_epsilon,
-            client_sample_rate=c.rounds.sample_rate,
-            poisson_clients=c.rounds.sampling == "poisson",
+            client_event=self.client_event if p.level == "client" else None,
         )
+
+    def _set_model_dropout(self) -> None:
+        c = self.config
+        rate = c.model_dropout
+        if rate is None and c.privacy.level != "none":
+            rate = 0.0
+        if rate is None:
+            return
+        for name, mod in self.handle.model.named_modules():
+            if isinstance(mod, torch.nn.Dropout) and "lora_dropout" not in name:
+                mod.p = rate
+
+    def _rng(self, *purpose: object) -> Rng:
+        """DP randomness: the OS CSPRNG, or (test mode) a fixed AES-CTR stream."""
+        ts = self.config.test_seed
+        if ts is None:
+            return SystemRng()
+        return DeterministicRng(hashlib.sha256(repr((ts, *purpose)).encode()).digest())
 
     def _check_label_ids(self, cid: str, ds: RawDataset) -> None:
         k = len(self.label_names)
@@ -295,14 +417,45 @@ class Federation:
         )
 
     def _setup_backend(self) -> None:
-        c = self.config
+        c, p = self.config, self.config.privacy
         opts = dict(c.backend_options)
-        if c.backend in _INTEGER_BACKENDS and "bound" not in opts:
+        self.layout = privagg.Layout.from_arrays(self._template_message())
+        self.integer_backend = c.backend in _INTEGER_BACKENDS
+        self.scale = float(2 ** int(opts.get("scale_bits", _DEFAULT_SCALE_BITS)))
+        # the distributed discrete Gaussian is analysed by privagg's RDP accountant only
+        self.accountant = (
+            "rdp" if p.level == "client" and self.integer_backend else p.accountant
+        )
+        self.min_clients = self._min_clients() if p.level == "client" else 0
+        self.noise_multiplier = self._resolve_noise_multiplier()
+        self.noise_share: DiscreteGaussianShare | None = None
+        if p.level == "client":
+            # each client adds std z C / sqrt(m_min) after encoding (discrete Gaussian
+            # on the integer backends, float Gaussian on ckks/plain): m_min
+            # contributors carry at least N(0, (z C)^2)
+            self.noise_share = DiscreteGaussianShare(
+                self.noise_multiplier * p.clip / math.sqrt(self.min_clients)
+            )
+            key = "value_bound" if c.backend == "ckks" else "bound"
+            if c.backend != "plain":
+                given = opts.get(key)
+                if given is None:
+                    opts[key] = p.clip  # clipped to L2 <= C: every |coordinate| <= C
+                elif not float(given) >= p.clip:
+                    raise ConfigError(
+                        f"backend option {key}={given!r} is below the client clip "
+                        f"{p.clip}: clipped updates would overflow"
+                    )
+        elif self.integer_backend and "bound" not in opts:
             opts["bound"] = 1.0
         self.backend = privagg.get_backend(c.backend, **opts)
-        self.layout = privagg.Layout.from_arrays(self._template_message())
         self.session = self.backend.setup(
-            self.layout, max_clients=len(self.client_ids), max_weight=1.0
+            self.layout,
+            max_clients=len(self.client_ids),
+            max_weight=1.0,
+            noise=None
+            if self.noise_share is None
+            else _LayoutShare(self.noise_share, self.layout.size, c.rounds.rounds),
         )
         if c.lora.mode == "flora" and c.backend != "plain":
             warnings.warn(
@@ -310,6 +463,105 @@ class Federation:
                 "each client's update, so secure aggregation hides nothing in this mode",
                 stacklevel=3,
             )
+
+    def _min_clients(self) -> int:
+        """Client level: the guaranteed minimum of contributors (noise sized for it)."""
+        c, p = self.config, self.config.privacy
+        if p.min_clients is not None:
+            if p.min_clients > len(self.client_ids):
+                raise ConfigError(
+                    f"min_clients={p.min_clients} exceeds the {len(self.client_ids)} clients"
+                )
+            return p.min_clients
+        qn = c.rounds.sample_rate * len(self.client_ids)
+        k = round(qn) if c.rounds.sampling == "fraction" else math.floor(qn)
+        return survivors(max(1, k), p.dropout_tolerance)
+
+    def client_event(self, n: int) -> tuple[Any, dict[str, Any]]:
+        """Client level: the event and ledger metadata of a sum of ``n`` contributions.
+
+        ``n`` shares of std ``s`` carry noise of std ``s sqrt(n)``: the float
+        backends release ``Gaussian(s sqrt(n) / C)``; the integer backends the
+        distributed discrete Gaussian with ``n`` shares of std ``s * scale``, L2
+        sensitivity ``C * scale + sqrt(d)`` (stochastic rounding) and dimension ``d``.
+        """
+        p = self.config.privacy
+        assert self.noise_share is not None
+        s = self.noise_share.stddev
+        meta: dict[str, Any] = {
+            "num_contributors": n,
+            "share_stddev": s,
+            "clip": p.clip,
+            "min_clients": self.min_clients,
+        }
+        if self.integer_backend:
+            d = self.layout.size
+            ev: Any = self.noise_share.event(
+                n_survivors=n, clip_norm=p.clip, scale=self.scale, dimension=d
+            )
+            meta.update(
+                mechanism="distributed_discrete_gaussian", scale=self.scale, dimension=d
+            )
+        else:
+            ev = GaussianEvent(s * math.sqrt(n) / p.clip)
+            meta.update(
+                mechanism="gaussian", noise_multiplier=s * math.sqrt(n) / p.clip
+            )
+        return ev, meta
+
+    def _resolve_noise_multiplier(self) -> float:
+        """z: the configured one, or calibrated from ``target_epsilon``."""
+        c, p = self.config, self.config.privacy
+        if p.level == "none" or not p.calibrate:
+            return p.noise_multiplier
+        assert p.target_epsilon is not None
+        rounds = c.rounds.rounds
+        if p.level == "record":
+            plans = {
+                (
+                    min(1.0, c.rounds.batch_size / self.n_examples[cid]),
+                    self._local_steps(cid),
+                )
+                for cid in self.client_ids
+            }
+
+            def dpsgd(q: float) -> Callable[[float], Any]:
+                def event(z: float) -> Any:
+                    g = GaussianEvent(z)
+                    return g if q >= 1.0 else PoissonSampledEvent(q, g)
+
+                return event
+
+            return max(
+                calibrate_noise_multiplier(
+                    dpsgd(q),
+                    target_epsilon=p.target_epsilon,
+                    delta=p.delta,
+                    accountant=self.accountant,
+                    count=steps * rounds,
+                )
+                for q, steps in sorted(plans)
+            )
+        m = self.min_clients
+
+        def event(z: float) -> Any:
+            share = DiscreteGaussianShare(z * p.clip / math.sqrt(m))
+            if self.integer_backend:
+                return share.event(
+                    n_survivors=m,
+                    clip_norm=p.clip,
+                    scale=self.scale,
+                    dimension=self.layout.size,
+                )
+            return GaussianEvent(z)
+
+        return calibrate_noise_multiplier(
+            event,
+            target_epsilon=p.target_epsilon,
+            delta=p.delta,
+            accountant=self.accountant,
+            count=rounds,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -341,17 +593,16 @@ class Federation:
         assert ro.local_epochs is not None
         return max(1, math.ceil(ro.local_epochs * self.n_examples[cid] / ro.batch_size))
 
-    def _sample(self) -> list[str]:
+    def _sample(self, round_: int = 0) -> list[str]:
+        """Sample the round's clients from privagg's CSPRNG (test mode: AES-CTR)."""
         ro, ids = self.config.rounds, self.client_ids
+        self._draws += 1
+        u = uniform01(self._rng("sampling", round_, self._draws), len(ids))
         if ro.sampling == "poisson":
-            mask = self._secret_rng.random(len(ids)) < ro.sample_rate
-            return [cid for cid, m in zip(ids, mask, strict=True) if m]
+            return [cid for cid, x in zip(ids, u, strict=True) if x < ro.sample_rate]
         k = max(1, round(ro.sample_rate * len(ids)))
-        pick = self._secret_rng.choice(len(ids), size=k, replace=False)
+        pick = np.argsort(u, kind="stable")[:k]  # a uniformly random k-subset
         return [ids[int(i)] for i in sorted(pick)]
-
-    def _expected_clients(self) -> float:
-        return max(1.0, self.config.rounds.sample_rate * len(self.client_ids))
 
     def _plan(self, ids: list[str]) -> dict[str, tuple[float, int]]:
         """Record-level DP plan: client -> (Poisson batch rate q_k, local steps)."""
@@ -387,23 +638,27 @@ class Federation:
         timings = dict.fromkeys(
             ("local_train", "protect", "aggregate", "recover", "apply", "eval"), 0.0
         )
-        sampled = self._sample()
-        if sampled:
+        sampled = self._sample(round_)
+        if p.level == "client" and len(sampled) < self.min_clients:
+            # fewer than the noise is sized for: nothing trains, nothing is released
+            return self._no_release(
+                round_,
+                sampled,
+                {},
+                timings,
+                f"{len(sampled)} clients sampled, fewer than min_clients="
+                f"{self.min_clients}",
+            )
+        if sampled:  # raises BudgetExceededError before training
             self.ledger.check(
-                self._plan(sampled)
-            )  # raises BudgetExceededError before training
+                self._plan(sampled),
+                (self.min_clients, len(sampled)) if p.level == "client" else (),
+            )
         failed: dict[str, str] = {}
         messages: dict[str, dict[str, np.ndarray]] = {}
         trained: dict[str, Any] = {}
         losses: dict[str, float] = {}
         mode = c.lora.mode
-        noise_rng: Any = None
-        if p.level == "client":  # CSPRNG noise; a fixed AES-CTR stream only in tests
-            noise_rng = (
-                SystemRng()
-                if c.test_seed is None
-                else DeterministicRng(c.test_seed * 1000 + round_)
-            )
         bar = _tqdm(sampled, f"round {round_}", self.progress)
         for cid in bar:
             t0 = time.perf_counter()
@@ -421,18 +676,21 @@ class Federation:
                     weight_decay=c.rounds.weight_decay,
                     device=self.device,
                     bf16=c.bf16,
-                    rng=self._secret_rng if p.level == "record" else self._data_rng,
-                    dp=DPSGD(p.noise_multiplier, p.clip, p.head_clip)
+                    rng=self._data_rng,
+                    dp=DPSGD(self.noise_multiplier, p.clip, p.head_clip)
                     if p.level == "record"
                     else None,
                     dp_module=self.dp_module,
-                    noise_seed=None
-                    if c.test_seed is None
-                    else c.test_seed + 1000 * round_ + len(messages),
+                    dp_rng=self._rng("dpsgd", round_, cid)
+                    if p.level == "record"
+                    else None,
                     rank=rank,
+                    opt_state=self.client_opt.get(cid) if self.keep_opt_state else None,
                 )
                 trained[cid] = res
                 losses[cid] = res.loss
+                if self.keep_opt_state:
+                    self.client_opt[cid] = res.opt_state
                 msg = client_message(
                     mode,
                     self.handle.get(),
@@ -442,7 +700,7 @@ class Federation:
                     rank=rank,
                     r_max=self.r_max,
                 )
-                msg = self._privatise(msg, noise_rng)
+                msg = self._privatise(msg)
                 if self.fail_hook is not None:
                     msg = self.fail_hook(round_, cid, msg)
                 self._check_layout(cid, msg)
@@ -452,46 +710,61 @@ class Federation:
             timings["local_train"] += time.perf_counter() - t0
         self._apply_global()  # the shared model goes back to the global adapter
         weights = self._weights(list(messages))
-        rec_contrib: list[str] = []
-        bytes_sent: dict[str, int] = {}
-        if messages:
+        if not messages:
+            return self._no_release(
+                round_, sampled, failed, timings, "no client update", losses
+            )
+        session: Any = self.session
+        if p.level == "client":
+            session = _MinSession(self.session, self.min_clients)
+        try:
             res_r = privagg.run_round(
-                self.session,
+                session,
                 messages,
                 weights=weights,
                 round_id=round_,
                 isolate_failures=True,
+                rng=self._rng("protect", round_),
             )
-            for k in ("protect", "aggregate", "recover"):
-                timings[k] = float(res_r.timings.get(k, 0.0))
-            failed.update(res_r.failed)
-            rec_contrib = list(res_r.contributors)
-            bytes_sent = dict(res_r.bytes_sent)
-            # the release happened: record it before applying anything
-            self.ledger.record(
-                round_,
-                self._plan([cid for cid in sampled if cid in trained]),
-                rec_contrib,
+        except privagg.InsufficientParticipantsError as exc:
+            # the protocol (or the holder) refused: no sum was released
+            return self._no_release(
+                round_, sampled, failed, timings, f"{type(exc).__name__}: {exc}", losses
             )
-            if rec_contrib:
-                t0 = time.perf_counter()
-                if p.level == "client":
-                    total = 1.0  # DP-FedAvg: fixed denominator, already in the weights
-                else:
-                    total = sum(weights[cid] for cid in rec_contrib)
-                delta = aggregate_delta(
-                    mode,
-                    res_r.aggregate,
-                    total,
-                    slot_weights={
-                        self.client_ids.index(cid): weights[cid] for cid in rec_contrib
-                    },
-                    r_max=self.r_max,
-                    scaling=c.lora.scaling,
-                )
-                self.global_state = self.opt.step(self.global_state, delta)
-                self._apply_global()
-                timings["apply"] = time.perf_counter() - t0
+        for k in ("protect", "aggregate", "recover"):
+            timings[k] = float(res_r.timings.get(k, 0.0))
+        failed.update(res_r.failed)
+        rec_contrib = list(res_r.contributors)
+        bytes_sent = dict(res_r.bytes_sent)
+        # the release happened: record it before applying anything
+        self.ledger.record(
+            round_,
+            self._plan([cid for cid in sampled if cid in trained]),
+            rec_contrib,
+            run_id=self.run_id,
+        )
+        if rec_contrib:
+            t0 = time.perf_counter()
+            if p.level == "client":
+                # unit weights; the contributor count does not depend on any
+                # client's data (zero-out relation), so dividing by it is
+                # post-processing
+                total = float(len(rec_contrib))
+            else:
+                total = sum(weights[cid] for cid in rec_contrib)
+            delta = aggregate_delta(
+                mode,
+                res_r.aggregate,
+                total,
+                slot_weights={
+                    self.client_ids.index(cid): weights[cid] for cid in rec_contrib
+                },
+                r_max=self.r_max,
+                scaling=c.lora.scaling,
+            )
+            self.global_state = self.opt.step(self.global_state, delta)
+            self._apply_global()
+            timings["apply"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = self.evaluate()
         timings["eval"] = time.perf_counter() - t0
@@ -509,30 +782,59 @@ class Federation:
             train_loss=losses,
         )
 
-    def _privatise(self, msg: dict[str, np.ndarray], rng: Any) -> dict[str, np.ndarray]:
+    def _no_release(
+        self,
+        round_: int,
+        sampled: list[str],
+        failed: dict[str, str],
+        timings: dict[str, float],
+        why: str,
+        losses: dict[str, float] | None = None,
+    ) -> RoundRecord:
+        """A round that released nothing: no ledger entry, the global state unchanged."""
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        timings["eval"] = time.perf_counter() - t0
+        eps = self.ledger.spent()
+        return RoundRecord(
+            round=round_,
+            sampled=sampled,
+            contributors=[],
+            failed=failed,
+            metrics=metrics,
+            epsilon=float(eps["epsilon"]),
+            epsilon_per_client=dict(eps.get("per_client", {})),
+            timings=timings,
+            bytes_sent={},
+            train_loss=dict(losses or {}),
+            skipped=why,
+        )
+
+    def _privatise(self, msg: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Clip the whole update to C (client level) or ``update_clip``.
+
+        Under client-level DP the noise is added by privagg after encoding (the
+        session's noise share), not here. The factor is shrunk by 1e-6 so that the
+        float32 result is certainly within C (the sensitivity the ledger records and
+        the backends' per-coordinate bound).
+        """
         p = self.config.privacy
         clip = p.clip if p.level == "client" else p.update_clip
         if clip is not None:
             norm = _l2(msg)
-            if norm > clip:
+            if norm > clip * (1 - 1e-6):
+                f = clip / norm * (1 - 1e-6)
                 msg = {
-                    k: (v * (clip / norm)).astype(np.float32) for k, v in msg.items()
+                    k: (v.astype(np.float64) * f).astype(np.float32)
+                    for k, v in msg.items()
                 }
-        if p.level == "client":
-            std = p.noise_multiplier * p.clip / math.sqrt(self._expected_clients())
-            msg = {
-                k: (v + sample_gaussian(std, v.size, rng=rng).reshape(v.shape)).astype(
-                    np.float32
-                )
-                for k, v in msg.items()
-            }
         return msg
 
     def _weights(self, ids: list[str]) -> dict[str, float]:
         if not ids:
             return {}
         if self.config.privacy.level == "client":
-            return dict.fromkeys(ids, 1.0 / self._expected_clients())
+            return dict.fromkeys(ids, 1.0)  # sensitivity C in the sum
         if self.config.rounds.weighting == "uniform":
             return dict.fromkeys(ids, 1.0 / len(ids))
         tot = sum(self.n_examples[cid] for cid in ids)
@@ -569,11 +871,37 @@ class Federation:
     # ------------------------------------------------------------------ run
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Global state plus server optimizer moments (checkpoint content)."""
+        """Global state, server optimizer moments and each client's local optimizer
+        state (checkpoint content)."""
+        copt = {
+            f"copt.{self.client_ids.index(cid)}.{k}": v
+            for cid, st in self.client_opt.items()
+            for k, v in st.items()
+        }
         return {
             **{f"global.{k}": v for k, v in self.global_state.items()},
             **self.opt.arrays(),
+            **copt,
         }
+
+    def _load_client_opt(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.client_opt = {}
+        for name, v in arrays.items():
+            if name.startswith("copt."):
+                slot, key = name[5:].split(".", 1)
+                cid = self.client_ids[int(slot)]
+                self.client_opt.setdefault(cid, {})[key] = v
+
+    def _archive_checkpoint(self, ck: Path) -> Path | None:
+        """Set an old checkpoint aside (a fresh start); the ledgers stay in place."""
+        if not ck.exists():
+            return None
+        assert self.out_dir is not None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.out_dir / "archive" / f"checkpoint-{stamp}-{self.run_id[:6]}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(ck, dest)
+        return dest
 
     def run(
         self,
@@ -595,37 +923,58 @@ class Federation:
         c = self.config
         start, history, initial = 1, [], None
         resumed = None
+        archived = None
+        stopped = None
         ck = self.out_dir / "checkpoint" if self.out_dir else None
         if ck is not None and not resume:
-            # a fresh run in an old folder: the old checkpoint and ledgers belong to
-            # the old run and are discarded
-            shutil.rmtree(ck, ignore_errors=True)
-            shutil.rmtree(self.ledger.folder, ignore_errors=True)
-            self.ledger = self._new_book()
-        if ck is not None and resume:
-            loaded = load_checkpoint(ck)
-            if loaded is not None:
-                meta, arrays = loaded
-                saved_cfg = RunConfig.from_dict(meta["config"])
-                if saved_cfg.to_dict() | {"rounds": None} != c.to_dict() | {
-                    "rounds": None
-                }:
-                    raise ConfigError(
-                        f"{ck}: checkpoint was written with a different configuration"
-                    )
-                self.global_state = {
-                    k[7:]: v for k, v in arrays.items() if k.startswith("global.")
-                }
-                self.opt.load(arrays)
-                self._apply_global()
-                start = int(meta["round"]) + 1
-                history = [RoundRecord(**r) for r in meta["history"]]
-                initial = meta["initial_metrics"]
-                resumed = int(meta["round"])
+            # a fresh start in an old folder: the old checkpoint is archived; the
+            # privacy ledgers are kept and keep counting (same privacy unit, same
+            # data) -- name a new PrivacyConfig.unit for really new data
+            archived = self._archive_checkpoint(ck)
+        loaded = load_checkpoint(ck) if ck is not None and resume else None
+        if loaded is not None:
+            assert ck is not None
+            meta, arrays = loaded
+            saved_cfg = RunConfig.from_dict(meta["config"]).to_dict()
+            changed = config_changes(saved_cfg, c.to_dict())
+            if changed:
+                raise ConfigError(
+                    f"{ck}: cannot resume, the configuration changed: "
+                    f"{', '.join(changed)} (only rounds.rounds may grow; use "
+                    "--no-resume to start over, the privacy ledgers are kept)"
+                )
+            have = self.ledger.counts()
+            short = {
+                name: n
+                for name, n in dict(meta.get("ledger_counts", {})).items()
+                if have.get(name, 0) < int(n)
+            }
+            if short:
+                raise PrivacyRecordError(
+                    f"{ck}: the checkpoint was written after {sum(short.values())} "
+                    f"releases recorded in {sorted(short)}, but the privacy ledgers "
+                    f"in {self.ledger.folder} hold fewer: they were deleted or "
+                    "replaced, and resuming would under-report epsilon"
+                )
+            self.global_state = {
+                k[7:]: v for k, v in arrays.items() if k.startswith("global.")
+            }
+            self.opt.load(arrays)
+            self._load_client_opt(arrays)
+            self._apply_global()
+            start = int(meta["round"]) + 1
+            history = [RoundRecord(**r) for r in meta["history"]]
+            initial = meta["initial_metrics"]
+            resumed = int(meta["round"])
+        prior = 0 if loaded is not None else sum(self.ledger.counts().values())
         if initial is None:
             initial = self.evaluate()
         for r in range(start, c.rounds.rounds + 1):
-            rec = self.run_one_round(r)
+            try:
+                rec = self.run_one_round(r)
+            except privagg.BudgetExceededError as exc:
+                stopped = f"round {r} refused before training: {exc}"
+                break
             history.append(rec)
             if ck is not None:
                 save_checkpoint(
@@ -637,6 +986,8 @@ class Federation:
                         "history": [h.to_dict() for h in history],
                         "initial_metrics": initial,
                         "accountant_source": ACCOUNTANT_SOURCE,
+                        "ledger_counts": self.ledger.counts(),
+                        "noise_multiplier": self.noise_multiplier,
                     },
                 )
             if on_round is not None:
@@ -650,7 +1001,9 @@ class Federation:
                 self.out_dir / "adapter",
                 mode=c.lora.mode,
             )
-        return RunResult(initial, final, history, adapter, resumed)
+        return RunResult(
+            initial, final, history, adapter, resumed, stopped, prior, archived
+        )
 
     @property
     def main_metric(self) -> str:

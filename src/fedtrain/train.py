@@ -2,20 +2,22 @@
 
 DP-SGD uses Opacus' ``GradSampleModule`` for per-example gradients of the trainable
 (LoRA + head) parameters only, then clips each example's gradient to ``clip``, sums,
-adds Gaussian noise ``N(0, (z * clip)^2)`` from a torch Generator seeded from
-``os.urandom`` (injectable for tests), and divides by the expected batch size.
+adds Gaussian noise ``N(0, (z * clip)^2)`` and divides by the expected batch size.
 Batches are Poisson-sampled with rate ``q = batch_size / n`` as the accountant
-assumes. Accounting is done by privagg's accountants (see :mod:`fedtrain.privacy`).
+assumes. Both the noise and the Poisson sampling decisions come from privagg's
+CSPRNG stream (:class:`privagg.SystemRng`: the OS CSPRNG, AES-256-CTR-expanded;
+Box-Muller Gaussians via :func:`privagg.dp.sample_gaussian`), never from torch's or
+numpy's PRNGs; a fixed AES-CTR stream (``DeterministicRng``) is used in test mode
+only. Accounting is done by privagg's accountants (see :mod:`fedtrain.privacy`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,13 +26,19 @@ from torch.nn import functional as nnf
 
 from fedtrain.lora import LoraHandle
 from fedtrain.models import Encoded, collate
+from privagg import Rng, SystemRng
+from privagg._rng import uniform01
+from privagg.dp import sample_gaussian
+from privagg.hazmat import DeterministicRng
 
 __all__ = [
     "DPSGD",
     "LocalResult",
     "autocast",
     "example_losses",
+    "load_optimizer_state",
     "make_dp_module",
+    "optimizer_state_arrays",
     "train_local",
 ]
 
@@ -75,6 +83,9 @@ class LocalResult:
         examples: examples processed.
         loss: mean training loss over the steps.
         seconds: wall time.
+        opt_state: the local optimizer's state after training (flat name -> array;
+            see :func:`optimizer_state_arrays`), to resume it in the client's next
+            round.
     """
 
     steps: int
@@ -82,6 +93,38 @@ class LocalResult:
     examples: int
     loss: float
     seconds: float
+    opt_state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def optimizer_state_arrays(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """Flatten an optimizer's per-parameter state to ``"{index}.{key}" -> array``."""
+    sd = opt.state_dict()["state"]
+    out: dict[str, np.ndarray] = {}
+    for idx, st in sd.items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                out[f"{idx}.{key}"] = val.detach().cpu().numpy().copy()
+            else:
+                out[f"{idx}.{key}"] = np.asarray(val, dtype=np.float64)
+    return out
+
+
+def load_optimizer_state(
+    opt: torch.optim.Optimizer, arrays: Mapping[str, np.ndarray]
+) -> None:
+    """Restore :func:`optimizer_state_arrays` output into a freshly built optimizer."""
+    if not arrays:
+        return
+    sd = opt.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for name, arr in arrays.items():
+        idx, key = name.split(".", 1)
+        val = np.array(arr)
+        if key == "step":  # a scalar (safetensors may hand it back as shape (1,))
+            val = val.reshape(())
+        state.setdefault(int(idx), {})[key] = torch.from_numpy(val)
+    sd["state"] = state
+    opt.load_state_dict(sd)
 
 
 def autocast(
@@ -164,6 +207,94 @@ def _batches(
         pos += batch_size
 
 
+def _head_steps(
+    handle: LoraHandle,
+    enc: Encoded,
+    opt: torch.optim.Optimizer,
+    *,
+    steps: int,
+    batch_size: int,
+    device: torch.device,
+    rng: np.random.Generator,
+    dp: DPSGD | None,
+    dp_rng: Rng | None,
+) -> tuple[list[float], int]:
+    """LP-FT head-only steps (``LoraSettings.head_steps``) on cached features.
+
+    The adapter is frozen during these steps, so the pooled features are a fixed
+    function of each record: they are computed once
+    (:meth:`fedtrain.lora.LoraHandle.pooled_features`) and the linear head's
+    per-example gradients are exact and closed-form (``e_i x_i^T`` and ``e_i``,
+    ``e_i = softmax - onehot``). Under DP-SGD each step is the same release as a
+    full step: a Poisson batch (rate ``q = batch_size / n``), each example's head
+    gradient clipped to ``head_clip`` (or ``clip``), Gaussian noise of std
+    ``z * C`` on every head coordinate, divided by ``q n``; only the head is
+    released (the adapter gets no gradient), so the multiplier is exactly z and
+    the accounting is unchanged.
+
+    Returns:
+        (per-step mean losses, examples seen).
+    """
+    if enc.task != "seq_cls":
+        raise ValueError("head_steps apply to seq_cls only")
+    feats = handle.pooled_features(enc, device)
+    n = len(enc)
+    y = torch.tensor(enc.labels, dtype=torch.long, device=device)
+    w_name = [k for k in handle.head_names if k.endswith("weight")]
+    b_name = [k for k in handle.head_names if k.endswith("bias")]
+    if len(w_name) != 1 or len(b_name) > 1:
+        raise ValueError(f"head_steps need one linear head, got {handle.head_names}")
+    w = handle.params[w_name[0]]
+    b = handle.params[b_name[0]] if b_name else None
+    q = min(1.0, batch_size / n)
+    losses: list[float] = []
+    seen = 0
+    order = _batches(n, batch_size, steps, rng) if dp is None else None
+    for _ in range(steps):
+        if order is not None:
+            idx = next(order)
+        else:
+            assert dp is not None and dp_rng is not None
+            idx = np.flatnonzero(uniform01(dp_rng, n) < q)
+        opt.zero_grad(set_to_none=True)
+        gw = torch.zeros_like(w, dtype=torch.float32)
+        gb = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device)
+        if len(idx):
+            it = torch.as_tensor(idx, device=device)
+            x = feats[it]
+            with torch.no_grad():
+                logits = x @ w.detach().float().T
+                if b is not None:
+                    logits = logits + b.detach().float()
+                loss = nnf.cross_entropy(logits, y[it], reduction="none")
+                e = torch.softmax(logits, -1)
+                e[torch.arange(len(idx), device=device), y[it]] -= 1.0
+                if dp is not None:
+                    c_h = dp.head_clip if dp.head_clip is not None else dp.clip
+                    sq = x.pow(2).sum(1) + (1.0 if b is not None else 0.0)
+                    norms = e.norm(dim=1) * torch.sqrt(sq)
+                    e = e * (c_h / (norms + 1e-6)).clamp(max=1.0)[:, None]
+                else:
+                    e = e / len(idx)
+                gw = e.T @ x
+                gb = e.sum(0)
+            losses.append(float(loss.mean()))
+            seen += len(idx)
+        if dp is not None:
+            assert dp_rng is not None
+            c_h = dp.head_clip if dp.head_clip is not None else dp.clip
+            k = w.numel() + (b.numel() if b is not None else 0)
+            flat = sample_gaussian(dp.noise_multiplier * c_h, k, rng=dp_rng)
+            noise = torch.from_numpy(flat).to(device=device, dtype=torch.float32)
+            gw = (gw + noise[: w.numel()].reshape(w.shape)) / (q * n)
+            gb = (gb + noise[w.numel() :]) / (q * n)
+        w.grad = gw.to(w.dtype)
+        if b is not None:
+            b.grad = gb.to(b.dtype)
+        opt.step()
+    return losses, seen
+
+
 def train_local(
     handle: LoraHandle,
     enc: Encoded,
@@ -181,6 +312,8 @@ def train_local(
     rank: int | None = None,
     head_lr: float | None = None,
     optimizer: str = "adamw",
+    dp_rng: Rng | None = None,
+    opt_state: Mapping[str, np.ndarray] | None = None,
 ) -> LocalResult:
     """Train the adapter currently loaded in ``handle`` on one client's data.
 
@@ -193,10 +326,11 @@ def train_local(
         weight_decay: AdamW weight decay.
         device: device.
         bf16: bf16 autocast on CUDA.
-        rng: generator for batch sampling (secret-seeded when DP is on).
+        rng: generator for the (non-secret) batch order without DP.
         dp: DP-SGD settings, or None.
         dp_module: the GradSampleModule from :func:`make_dp_module` (DP only).
-        noise_seed: TESTS ONLY: fixed seed for DP noise (default: os.urandom).
+        noise_seed: TESTS ONLY: a fixed AES-CTR stream (``DeterministicRng``) for the
+            DP noise and Poisson sampling, when ``dp_rng`` is not given.
         rank: ``flora``: gradients/values beyond this rank are kept at zero.
         head_lr: learning rate of the task head (default: ``lr``). A freshly
             initialised head on small pooled features needs a larger step than the
@@ -205,6 +339,10 @@ def train_local(
             isotropic and large: Adam rescales every coordinate to a step of about
             ``lr`` whatever its signal, so noise-only coordinates random-walk; SGD
             keeps their steps proportional to the (small) noise.
+        dp_rng: the DP randomness (Poisson batch decisions and Gaussian noise);
+            default :class:`privagg.SystemRng` (OS CSPRNG, AES-CTR-expanded).
+        opt_state: the optimizer state this client ended its previous round with
+            (:attr:`LocalResult.opt_state`), or None for a fresh optimizer.
 
     Returns:
         A summary of the local training.
@@ -229,12 +367,26 @@ def train_local(
         opt = torch.optim.SGD(active, lr=lr, momentum=0.9, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r} (adamw, sgd)")
+    if opt_state:
+        load_optimizer_state(opt, opt_state)
     handle.model.train()
     losses: list[float] = []
     seen = 0
     q = min(1.0, batch_size / n)
+    # LP-FT: the round's first head_steps train the head alone on cached features
+    n_head = min(steps, handle.settings.head_steps)
+    if n_head:
+        if dp is not None and dp_rng is None:
+            dp_rng = SystemRng() if noise_seed is None else DeterministicRng(noise_seed)
+        h_loss, h_seen = _head_steps(
+            handle, enc, opt, steps=n_head, batch_size=batch_size, device=device,
+            rng=rng, dp=dp, dp_rng=dp_rng,
+        )  # fmt: skip
+        losses.extend(h_loss)
+        seen += h_seen
+    rest = steps - n_head
     if dp is None:
-        for idx in _batches(n, batch_size, steps, rng):
+        for idx in _batches(n, batch_size, rest, rng):
             batch = collate(enc, idx.tolist(), device)
             labels = batch.pop("labels")
             with autocast(device, bf16):
@@ -250,15 +402,12 @@ def train_local(
     else:
         if dp_module is None:
             raise ValueError("DP-SGD needs dp_module (make_dp_module)")
-        seed = (
-            noise_seed
-            if noise_seed is not None
-            else int.from_bytes(os.urandom(8), "little")
-        )
-        gen = torch.Generator(device=device).manual_seed(seed)
+        if dp_rng is None:
+            dp_rng = SystemRng() if noise_seed is None else DeterministicRng(noise_seed)
         groups = _clip_groups(names, set(handle.head_names), dp)
-        for _ in range(steps):
-            idx = np.flatnonzero(rng.random(n) < q)
+        sizes = [int(p.numel()) for p in params]
+        for _ in range(rest):
+            idx = np.flatnonzero(uniform01(dp_rng, n) < q)
             opt.zero_grad(set_to_none=True)
             summed = [torch.zeros_like(p) for p in params]
             if len(idx):
@@ -282,11 +431,15 @@ def train_local(
                 for p in params:
                     p.grad_sample = None  # type: ignore[attr-defined]
             for members, _, std in groups:
+                # one CSPRNG draw per group: N(0, std^2) per coordinate, float64
+                flat = sample_gaussian(std, sum(sizes[i] for i in members), rng=dp_rng)
+                pos = 0
                 for i in members:
                     p = params[i]
-                    noise = torch.normal(
-                        0.0, std, size=tuple(p.shape), generator=gen, device=device
-                    )
+                    noise = torch.from_numpy(
+                        flat[pos : pos + sizes[i]].reshape(tuple(p.shape))
+                    ).to(device=device, dtype=torch.float32)
+                    pos += sizes[i]
                     p.grad = ((summed[i] + noise) / (q * n)).to(p.dtype)
             if rank is not None:
                 handle.apply_rank_mask(rank, grads=True)
@@ -294,4 +447,11 @@ def train_local(
     if rank is not None:
         handle.apply_rank_mask(rank)
     mean_loss = float(np.mean(losses)) if losses else math.nan
-    return LocalResult(steps, q, seen, mean_loss, time.perf_counter() - t0)
+    return LocalResult(
+        steps,
+        q,
+        seen,
+        mean_loss,
+        time.perf_counter() - t0,
+        optimizer_state_arrays(opt),
+    )

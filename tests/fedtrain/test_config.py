@@ -40,13 +40,21 @@ def test_roundtrip_dict() -> None:
             r=4, mode="flora", client_ranks={"a": 2}, target_modules=("query",)
         ),
         rounds=RoundConfig(
-            server_opt="fedyogi",
             sampling="poisson",
             sample_rate=0.5,
             head_lr=0.02,
             optimizer="sgd",
         ),
-        privacy=PrivacyConfig(level="client", noise_multiplier=1.3),
+        privacy=PrivacyConfig(
+            level="record",
+            noise_multiplier=1.3,
+            target_epsilon=4.0,
+            calibrate=True,
+            min_clients=2,
+            dropout_tolerance=0.25,
+            unit="cohort-2",
+        ),
+        model_dropout=0.05,
         backend="ckks",
         backend_options={"poly_degree": 8192},
     )

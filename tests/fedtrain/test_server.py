@@ -171,10 +171,15 @@ def test_client_level_dp_and_budget(rt_small: tuple[RawDataset, RawDataset]) -> 
         ),
     )
     fed = Federation(cfg, two_clients(train), ev)
+    assert fed.min_clients == 1  # floor(q N): shares of std z C / sqrt(1)
     rec = fed.run_one_round(1)
-    if rec.contributors:
+    n = len(rec.contributors)
+    if n:
+        # n shares of std z C: Gaussian(sqrt(n) z), no amplification claimed
         assert rec.epsilon == pytest.approx(
-            epsilon(noise_multiplier=1.0, sample_rate=0.9, steps=1, delta=1e-5),
+            epsilon(
+                noise_multiplier=math.sqrt(n), sample_rate=1.0, steps=1, delta=1e-5
+            ),
             rel=1e-3,
         )
     p2 = PrivacyConfig(
@@ -202,6 +207,7 @@ def test_sampling_poisson_and_fraction(rt_small: tuple[RawDataset, RawDataset]) 
         ev,
     )
     assert all(len(fed._sample()) == 4 for _ in range(5))
+    assert len({tuple(fed._sample()) for _ in range(20)}) > 1
     fedp = Federation(
         small_config(
             rounds=RoundConfig(
@@ -222,8 +228,6 @@ def test_ledger_persists_and_reloads(tmp_path: Path) -> None:
         delta=1e-5,
         accountant="pld",
         target_epsilon=None,
-        client_sample_rate=1.0,
-        poisson_clients=False,
     )
     book = PrivacyBook(tmp_path, **kw)  # type: ignore[arg-type]
     book.check({"a b/c": (0.1, 3)})
