@@ -1447,9 +1447,13 @@ class CkksBackend:
             (N=8192, 30 bytes/value, same flooding, sums up to 2**36.5), "compact"
             (N=4096, 15 bytes/value, heuristic flooding: not for releases beyond the
             key holder) or "test-fast".
-        poly_modulus_degree, data_bits, special_bits, scale_bits, value_bound,
-        flood_bits: override the preset (custom path; validated, see
-            :class:`CkksParams`).
+        poly_modulus_degree: overrides the preset (custom path; validated, see
+            :class:`CkksParams`), like the next five.
+        data_bits: overrides the preset.
+        special_bits: overrides the preset.
+        scale_bits: overrides the preset.
+        value_bound: overrides the preset.
+        flood_bits: overrides the preset.
         threads: worker processes for large updates (None: all cores; 1: inline).
     """
 
