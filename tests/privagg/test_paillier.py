@@ -117,7 +117,8 @@ def test_bad_options_rejected(opts: dict[str, object]) -> None:
 def test_registry_and_public_key_sizes() -> None:
     be = privagg.get_backend("paillier", key_bits=3072, bound=2.0)
     assert isinstance(be, PaillierBackend) and be.effective_key_bits == 3072
-    assert PaillierBackend().effective_key_bits == 2048
+    assert PaillierBackend().effective_key_bits == 3072  # ~128-bit (review #11)
+    assert PaillierBackend(key_bits=2048).effective_key_bits == 2048
     assert "INSECURE" in repr(_backend()) and "INSECURE" not in repr(be)
     with pytest.raises(ConfigurationError):
         privagg.get_backend("paillier", _insecure_key_bits=512)
@@ -341,8 +342,8 @@ def test_slot_width_is_encoder_sum_bits_and_slots_fill_the_key() -> None:
         assert slots.slot_bits == w
         assert slots.slots == (TEST_BITS - 1 - MARGIN_BITS) // w
         assert slots.total_bits <= TEST_BITS - 1 - MARGIN_BITS < slots.total_bits + w
-    # 2048-bit default, 5 clients, bound 1, 16 bits: 20-bit slots, 99 per ciphertext
-    s = PaillierBackend().session_check(
+    # 2048-bit, 5 clients, bound 1, 16 bits: 20-bit slots, 99 per ciphertext
+    s = PaillierBackend(key_bits=2048).session_check(
         Layout.from_arrays({"a": np.zeros(100_000)}), max_clients=5
     )
     assert (s.slot_bits, s.slots, s.n_plaintexts) == (20, 99, 1011)

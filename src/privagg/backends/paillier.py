@@ -15,9 +15,11 @@ decrypts whatever it is given as "the aggregate" (``docs/backends/paillier.md``)
 
 Scheme (g = n + 1, Damgard-Jurik-Nielsen randomness, s = 1)
 ----------------------------------------------------------
-* keygen: ``p, q`` random ``key_bits/2``-bit primes from the injected Rng (top two bits
-  set so ``n = pq`` has exactly ``key_bits`` bits); ``x`` uniform in ``Z_n^*``,
-  ``h = -x**2 mod n``. Public key ``(n, h)``; every party computes
+* keygen: ``p, q`` random ``key_bits/2``-bit primes ``= 3 (mod 4)`` from the injected
+  Rng (top two bits set so ``n = pq`` has exactly ``key_bits`` bits; ``n`` a Blum
+  integer, as ``h = -x**2`` assumes); ``x`` uniform in ``Z_n^*``, ``h = -x**2 mod n``.
+  3072 bits by default (~128-bit security, NIST SP 800-57 Part 1 Table 2); 2048
+  (~112-bit) by explicit choice. Public key ``(n, h)``; every party computes
   ``h_s = h**n mod n**2`` itself when it loads the key, so ``h_s`` is an n-th residue
   by construction (a supplied ``h_s`` such as ``1 + n`` would make ciphertexts
   readable: it cannot be expressed).
@@ -99,13 +101,19 @@ def _rand_int(rng: Rng, bits: int) -> int:
 
 
 def _gen_prime(bits: int, rng: Rng) -> int:
-    """A uniformly chosen ``bits``-bit probable prime with its two top bits set.
+    """A uniformly chosen ``bits``-bit probable prime ``= 3 (mod 4)`` with its two top
+    bits set.
 
-    Candidates are drawn independently (no ``next_prime`` walk, which favours primes
-    after long gaps); each is tested with GMP's BPSW + Miller-Rabin (``is_prime(c, 64)``).
+    ``p = q = 3 (mod 4)`` makes ``n`` a Blum integer, the condition DJN's
+    ``h = -x^2 mod n`` assumes (Damgard, Jurik, Nielsen, IJIS 2010, the short-exponent
+    variant; review #11, finding 11): ``-1`` is then a non-residue modulo both primes with Jacobi symbol
+    ``+1`` (see :func:`_check_blum`). Setting the two low bits draws uniformly among
+    such candidates. Candidates are drawn independently (no ``next_prime`` walk, which
+    favours primes after long gaps); each is tested with GMP's BPSW + Miller-Rabin
+    (``is_prime(c, 64)``).
     """
     while True:
-        cand = _rand_int(rng, bits) | (3 << (bits - 2)) | 1
+        cand = _rand_int(rng, bits) | (3 << (bits - 2)) | 3
         if gmpy2.is_prime(cand, 64):
             return cand
 
@@ -197,38 +205,53 @@ class PaillierPublicKey:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, *, expected_fingerprint: bytes | None = None
+        cls,
+        data: bytes,
+        *,
+        expected_fingerprint: bytes | None = None,
+        key_bits: int | None = None,
     ) -> PaillierPublicKey:
         """Decode :meth:`to_bytes`; any malformation raises DeserializationError.
+
+        Every check that costs nothing runs before the one expensive step, deriving
+        ``h_s = h**n mod n**2`` (security review #11, finding 8), in this order: the
+        length of ``data`` (at most a 3072-bit key's encoding), ``expected_fingerprint``
+        over the raw bytes, the declared size (``key_bits`` when given, else a
+        supported size), ``n``'s exact bit length, and the canonical encoding. So an
+        attacker-sized ``n`` (the reviewer's 4 KB key cost 11.7 s of CPU) or a key other
+        than the trusted one is refused in microseconds.
 
         Args:
             data: the public-key bytes (from an untrusted channel, typically).
             expected_fingerprint: :attr:`fingerprint` obtained from a trusted source
                 (the result holder). A fully substituted key (an attacker's own ``n``)
                 is well formed and cannot be detected any other way.
+            key_bits: the modulus size this party expects (the session's, e.g.
+                :attr:`PaillierBackend.effective_key_bits`); ``None`` accepts any
+                supported size.
 
         Raises:
-            DeserializationError: malformed bytes, an ``h`` that is not a unit in
-                ``[2, n - 2]``, or the pre-v2 encoding (which carried ``h_s`` itself).
-            ParameterMismatchError: the key does not match ``expected_fingerprint``.
+            DeserializationError: malformed bytes, a size outside the supported range,
+                a non-canonical encoding, an ``h`` that is not a unit in ``[2, n - 2]``,
+                or the pre-v2 encoding (which carried ``h_s`` itself).
+            ParameterMismatchError: the key does not match ``expected_fingerprint``,
+                or its declared size is not ``key_bits``.
         """
-        # Cheap checks first (security review #11, finding 8): the size bound and the
-        # trusted fingerprint come before any big-integer work, so an attacker-sized n
-        # costs nothing (h^n mod n^2 on a 4 KB blob took 11.7 s). The encoding is
-        # canonical, so the fingerprint of the raw bytes is the key's fingerprint.
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > (
             _MAX_PK_BYTES
         ):
             raise DeserializationError()
+        raw = bytes(data)
+        # The encoding is canonical (checked below), so the fingerprint of the raw
+        # bytes is the key's fingerprint: a mismatch needs no parsing at all.
         if expected_fingerprint is not None and not hmac.compare_digest(
-            fingerprint(b"paillier/public-key", bytes(data)),
-            bytes(expected_fingerprint),
+            fingerprint(b"paillier/public-key", raw), bytes(expected_fingerprint)
         ):
             raise ParameterMismatchError(
                 "the Paillier public key does not match the trusted fingerprint"
             )
         try:
-            r = PayloadReader(data)
+            r = PayloadReader(raw)
             if r.text() != _PK_TAG:
                 raise DeserializationError()
             bits = r.u32()
@@ -236,18 +259,24 @@ class PaillierPublicKey:
                 _MIN_TEST_KEY_BITS <= bits <= max(KEY_SIZES)
             ):
                 raise DeserializationError()
+            if key_bits is not None and bits != key_bits:
+                raise ParameterMismatchError(
+                    f"the Paillier public key has {bits} bits, expected {key_bits}"
+                )
             n, h = r.int_big(), r.int_big()
             r.done()
             if n.bit_length() != bits or h.bit_length() > bits:
                 raise DeserializationError()
-            key = cls(n, h, bits)
-        except DeserializationError:
+            canonical = (
+                PayloadWriter().text(_PK_TAG).u32(bits).int_big(n).int_big(h)
+            ).getvalue()
+            if canonical != raw:  # one encoding per key
+                raise DeserializationError()
+            return cls(n, h, bits)  # the only big-integer work: h**n mod n**2
+        except (DeserializationError, ParameterMismatchError):
             raise
         except Exception:
             raise DeserializationError() from None
-        if key.to_bytes() != bytes(data):  # canonical encoding only
-            raise DeserializationError()
-        return key
 
     @property
     def fingerprint(self) -> bytes:
@@ -309,6 +338,57 @@ class _PrivateMaterial:
         return f"<Paillier private key for {self.public!r}>"
 
 
+def _check_blum(p: int, q: int) -> None:
+    """Refuse primes that do not make a Blum integer (``p = q = 3 mod 4``).
+
+    DJN's ``h = -x**2 mod n`` assumes it (review #11, finding 11): then ``-1`` is a
+    non-residue modulo ``p`` and ``q`` with Jacobi symbol ``+1``, so ``h`` lies in the
+    Jacobi-symbol-1 subgroup ``J_n`` and outside the squares, the setting in which DJN
+    state their short-exponent variant.
+
+    Raises:
+        ConfigurationError: ``p`` or ``q`` is not ``3 mod 4``.
+    """
+    if p % 4 != 3 or q % 4 != 3:
+        raise ConfigurationError(
+            "not a Blum modulus (p = q = 3 mod 4 is required by DJN's h = -x^2); "
+            "generate a new key"
+        )
+
+
+def _check_key_structure(public: PaillierPublicKey, p: int, q: int) -> None:
+    """Every property of ``n = p*q`` and ``h`` that the secret key lets one verify.
+
+    The primes multiply to ``n`` and are distinct, balanced (``key_bits/2`` bits
+    each, as :func:`_keygen` makes them) and far apart (no Fermat factoring); both
+    are probable primes (GMP's BPSW plus Miller-Rabin); ``n`` is a Blum integer
+    (:func:`_check_blum`); ``gcd(n, phi(n)) = 1`` (``g = n + 1`` decryption); and ``h``
+    is a non-residue modulo both primes, i.e. ``-h`` is a square: the shape of
+    ``h = -x**2``. Costs a few milliseconds (four Legendre symbols, two primality
+    tests); run when a secret key is loaded.
+
+    Raises:
+        ConfigurationError: any property fails (the message names which, never a
+            value).
+    """
+    bits = public.key_bits
+    half = bits // 2
+    if sorted((p.bit_length(), q.bit_length())) != [half, bits - half]:
+        raise ConfigurationError(f"the primes are not {half}-bit primes")
+    if p == q or p * q != public.n:
+        raise ConfigurationError("the primes do not match the public key")
+    if abs(p - q) >> (half - 100 if half > 128 else half // 2) == 0:
+        raise ConfigurationError("the primes are too close (Fermat factoring)")
+    _check_blum(p, q)
+    if not (gmpy2.is_prime(p, 32) and gmpy2.is_prime(q, 32)):
+        raise ConfigurationError("a factor of n is not prime")
+    if math.gcd(public.n, (p - 1) * (q - 1)) != 1:
+        raise ConfigurationError("gcd(n, phi(n)) != 1")
+    h = public.h
+    if gmpy2.legendre(h % p, p) != -1 or gmpy2.legendre(h % q, q) != -1:
+        raise ConfigurationError("h is not of the form -x^2 mod n")
+
+
 def _secret_key(material: _PrivateMaterial) -> SecretKey[_PrivateMaterial]:
     return SecretKey(
         _SCHEME,
@@ -330,6 +410,11 @@ def load_secret_key(
 
     Raises:
         DeserializationError: malformed, tampered, or not a Paillier key.
+        ConfigurationError: a well-formed key whose structure is refused (review #11,
+            finding 11): primes that are not ``3 mod 4`` (earlier versions drew
+            odd primes, Blum one time in four: generate a new key), not prime,
+            unbalanced or too close, ``gcd(n, phi(n)) != 1``, or an ``h`` not of the
+            form ``-x**2``. See :func:`_check_key_structure`.
     """
     scheme, public_fp, secret = (protection or NoProtection()).unwrap(data)
     if scheme != _SCHEME:
@@ -341,14 +426,14 @@ def load_secret_key(
         public = PaillierPublicKey.from_bytes(r.blob())
         p, q = r.int_big(), r.int_big()
         r.done()
-        material = _PrivateMaterial(public, p, q)
     except DeserializationError:
         raise
     except Exception:
         raise DeserializationError() from None
-    if public.fingerprint != public_fp:
+    if not hmac.compare_digest(public.fingerprint, public_fp):
         raise DeserializationError()
-    return _secret_key(material)
+    _check_key_structure(public, p, q)  # review #11, finding 11
+    return _secret_key(_PrivateMaterial(public, p, q))
 
 
 def _keygen(key_bits: int, rng: Rng) -> tuple[PaillierPublicKey, SecretKey[Any]]:
@@ -369,6 +454,9 @@ def _keygen(key_bits: int, rng: Rng) -> tuple[PaillierPublicKey, SecretKey[Any]]
             break
     h = (-x * x) % n
     public = PaillierPublicKey(n, h, key_bits)  # derives h_s = h**n mod n**2
+    # true by construction (Blum primes from _gen_prime, h = -x^2): a guard, so every
+    # key made here passes the checks load_secret_key applies
+    _check_key_structure(public, p, q)
     return public, _secret_key(_PrivateMaterial(public, p, q))
 
 
@@ -693,7 +781,8 @@ class PaillierBackend:
     """Packed Paillier secure summation (exact on the fixed-point grid).
 
     Args:
-        key_bits: modulus size, 2048 (default) or 3072.
+        key_bits: modulus size: 3072 (default, ~128-bit security, NIST SP 800-57) or
+            2048 (~112-bit security, by explicit choice).
         bound: largest ``|x|`` a client may send before weighting (default 1.0).
         scale_bits: fixed-point fractional bits (resolution ``2**-scale_bits``, default 16).
         clip: clip values to ``[-bound, bound]`` instead of raising.
@@ -704,7 +793,7 @@ class PaillierBackend:
     """
 
     name: ClassVar[str] = "paillier"
-    key_bits: int = 2048
+    key_bits: int = 3072
     bound: float = 1.0
     scale_bits: int = 16
     clip: bool = False
@@ -792,6 +881,24 @@ class PaillierBackend:
     ) -> tuple[PaillierPublicKey, SecretKey[Any]]:
         """A fresh key pair for the result holder (primes drawn from ``rng``)."""
         return _keygen(self.effective_key_bits, rng or SystemRng())
+
+    def load_public_key(
+        self, data: bytes, *, expected_fingerprint: bytes | None = None
+    ) -> PaillierPublicKey:
+        """Decode a public key of this backend's size (:attr:`effective_key_bits`).
+
+        The size and ``expected_fingerprint`` are checked before any big-integer work
+        (see :meth:`PaillierPublicKey.from_bytes`).
+
+        Raises:
+            DeserializationError: malformed bytes.
+            ParameterMismatchError: another size, or not the trusted key.
+        """
+        return PaillierPublicKey.from_bytes(
+            data,
+            expected_fingerprint=expected_fingerprint,
+            key_bits=self.effective_key_bits,
+        )
 
     def session(
         self,
