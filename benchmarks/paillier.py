@@ -14,7 +14,10 @@ most compact binary form of one EncryptedNumber: a fixed-width ciphertext
 JSON serialisation is larger), so the ratio is conservative.
 
 Usage: python benchmarks/paillier.py [--quick] [--clients 5] [--values 100000]
-       [--key-bits 2048] [--workers N] [--naive-sample 200]
+       [--key-bits 3072] [--workers N] [--naive-sample 200]
+
+The default key size is the backend's: 3072 bits (~128-bit security, NIST SP 800-57);
+``--key-bits 2048`` (~112-bit) measures the smaller size.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--clients", type=int, default=5)
     p.add_argument("--values", type=int, default=100_000)
-    p.add_argument("--key-bits", type=int, default=2048, choices=(2048, 3072))
+    p.add_argument("--key-bits", type=int, default=3072, choices=(2048, 3072))
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--naive-sample", type=int, default=200)
     args = p.parse_args()

@@ -1,7 +1,7 @@
 """Paillier backend: contract suite plus packing, boundary, tamper, key and speed checks.
 
 Tests use :meth:`PaillierBackend._insecure_for_tests` (tiny, **insecure** moduli) for
-speed; one test runs the real 2048-bit default.
+speed; one test runs the real 3072-bit default and one the explicit 2048-bit size.
 """
 
 from __future__ import annotations
@@ -637,10 +637,12 @@ def test_deterministic_rng_threads_and_fixed_base_table_agree() -> None:
     assert np.max(np.abs(out - 2 * v)) <= 2 * 2**-16 + 1e-12
 
 
-def test_3072_bit_round() -> None:
-    be = PaillierBackend(key_bits=3072, workers=1)
+def test_default_3072_bit_round() -> None:
+    be = PaillierBackend(workers=1)  # the default: 3072 bits, ~128-bit security
+    assert be.effective_key_bits == 3072
     layout = Layout.from_arrays({"w": np.zeros(200)})
-    s = be.setup(layout, max_clients=2)
+    # keygen from a fixed seed: the same primes (and test time) on every run
+    s = be.setup(layout, max_clients=2, rng=DeterministicRng(3072))
     w = FixedPointEncoder(1.0, 16).sum_bits(2)
     assert s.client_codec.params.slots.slots == (3072 - 65) // w  # type: ignore[attr-defined]
     vecs = {"a": np.linspace(-1, 1, 200), "b": np.full(200, 0.5)}
@@ -651,8 +653,8 @@ def test_3072_bit_round() -> None:
     )
 
 
-def test_default_2048_bit_round() -> None:
-    be = privagg.get_backend("paillier", workers=2)
+def test_explicit_2048_bit_round() -> None:
+    be = privagg.get_backend("paillier", key_bits=2048, workers=2)  # ~112-bit, opt-in
     ups = [{"w": np.linspace(-1, 1, 300)}, {"w": np.linspace(1, -1, 300) * 0.5}]
     out = privagg.secure_sum(ups, backend=be, weights=[1.0, 0.5])
     ref = ups[0]["w"] + 0.5 * ups[1]["w"]
