@@ -758,7 +758,11 @@ def _kind_name(scheme: Scheme, kind: int) -> str:
 def _file_mode_fields(path: Path) -> tuple[dict[str, Any], int]:
     st = path.stat()
     mode = stat.S_IMODE(st.st_mode)
-    return {"file": str(path), "file_bytes": st.st_size, "file_mode": oct(mode)}, mode
+    return {
+        "file": str(path),
+        "file_bytes": st.st_size,
+        "file_mode": f"{mode:04o}",
+    }, mode
 
 
 def _read_limited(path: Path) -> bytes:
@@ -970,7 +974,7 @@ def describe_file(path: Path) -> dict[str, Any]:
     out = {**fields, **desc}
     if out.get("secret") and mode & 0o077:
         out["warning"] = (
-            f"holds a secret but is accessible by group/others (mode {oct(mode)}): "
+            f"holds a secret but is accessible by group/others (mode {mode:04o}): "
             "chmod 600 it"
         )
     return out
