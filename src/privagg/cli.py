@@ -46,6 +46,8 @@ from privagg.errors import (
     EncodingOverflowError,
     ParameterMismatchError,
     PrivaggError,
+    UnsupportedError,
+    UnsupportedReason,
 )
 from privagg.keys import (
     NoProtection,
@@ -757,6 +759,8 @@ def _kind_name(scheme: Scheme, kind: int) -> str:
 
 def _file_mode_fields(path: Path) -> tuple[dict[str, Any], int]:
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigurationError(f"{path} is not a regular file")
     mode = stat.S_IMODE(st.st_mode)
     return {
         "file": str(path),
@@ -918,10 +922,34 @@ def _describe_paillier_public(data: bytes) -> dict[str, Any] | None:
     }
 
 
+def _describe_paillier_holder(data: bytes) -> dict[str, Any] | None:
+    """fedtrain's Paillier holder material: u32 length, public key, exported secret."""
+    n = int.from_bytes(data[:4], "big")
+    public, wrapped = data[4 : 4 + n], data[4 + n :]
+    if len(data) < 4 or not wrapped.startswith(MAGIC):
+        return None
+    pub = _describe_paillier_public(public)
+    if pub is None:
+        return None
+    sec = _describe_envelope(wrapped)
+    if not sec.get("secret") or sec.get("secret_scheme") != "paillier":
+        return None
+    out = {
+        **pub,
+        "format": "Paillier holder material (fedtrain.flower.material: public key + "
+        "exported secret key)",
+        "secret": True,
+        "protection": sec["protection"],
+    }
+    if sec["public_fingerprint"] != pub["public_fingerprint"]:
+        out["warning"] = "the secret key's fingerprint does not match the public key"
+    return out
+
+
 def _describe_identity_public(data: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or record.get("format") != _IDENTITY_FORMAT:
         return None
@@ -945,38 +973,55 @@ def _describe_identity_public(data: bytes) -> dict[str, Any] | None:
     }
 
 
+def _describe_bytes(data: bytes) -> dict[str, Any] | None:
+    if data.startswith(MAGIC):
+        return _describe_envelope(data)
+    for probe in (
+        _describe_ckks_secret,
+        _describe_paillier_public,
+        _describe_paillier_holder,
+        _describe_identity_public,
+    ):
+        found = probe(data)
+        if found is not None:
+            return found
+    return None
+
+
 def describe_file(path: Path) -> dict[str, Any]:
     """Describe a privagg envelope or key file without decrypting or revealing secrets.
 
     Raises:
         DeserializationError: the file is not a privagg file, or is corrupted.
         ConfigurationError: the file is too large to be one.
+        UnsupportedError: describing it needs a backend that is not installed.
     """
     fields, mode = _file_mode_fields(path)
     data = _read_limited(path)
-    if data.startswith(MAGIC):
-        desc = _describe_envelope(data)
-    else:
-        found = None
-        for probe in (
-            _describe_ckks_secret,
-            _describe_paillier_public,
-            _describe_identity_public,
-        ):
-            found = probe(data)
-            if found is not None:
-                break
-        if found is None:
-            raise DeserializationError(
-                f"{path}: not a privagg envelope or key file (unknown format)"
-            )
-        desc = found
-    out = {**fields, **desc}
-    if out.get("secret") and mode & 0o077:
-        out["warning"] = (
+    try:
+        desc = _describe_bytes(data)
+    except PrivaggError:
+        raise
+    except ImportError as exc:
+        raise UnsupportedError(
+            f"{path}: describing this file needs an optional dependency: {exc}",
+            UnsupportedReason.BACKEND_UNAVAILABLE,
+        ) from None
+    except Exception:  # hostile bytes must give a one-line report, not a traceback
+        raise DeserializationError(f"{path}: malformed privagg file") from None
+    if desc is None:
+        raise DeserializationError(
+            f"{path}: not a privagg envelope or key file (unknown format)"
+        )
+    warnings = [desc.pop("warning")] if "warning" in desc else []
+    if desc.get("secret") and mode & 0o077:
+        warnings.append(
             f"holds a secret but is accessible by group/others (mode {mode:04o}): "
             "chmod 600 it"
         )
+    out = {**fields, **desc}
+    if warnings:
+        out["warnings"] = warnings
     return out
 
 
@@ -999,7 +1044,7 @@ def inspect(file: Path, as_json: bool) -> None:
     if "kind_name" in desc:
         title = f"{title}: {desc['kind_name']}"
     console.print(Text(_safe(title), "bold"))
-    skip = {"format", "kind_name", "warning", "directory"}
+    skip = {"format", "kind_name", "warnings", "directory"}
     _print_fields(console, [(k, v) for k, v in desc.items() if k not in skip])
     directory = desc.get("directory")
     if isinstance(directory, dict):
@@ -1007,8 +1052,8 @@ def inspect(file: Path, as_json: bool) -> None:
             _print_fields(console, [(f"  party {_safe(pid)}", fp)])
         if len(directory) > 20:
             console.print(f"  ... and {len(directory) - 20} more (--json lists all)")
-    if "warning" in desc:
-        console.print(Text(f"warning: {_safe(desc['warning'])}", "bold red"))
+    for warning in desc.get("warnings", []):
+        console.print(Text(f"warning: {_safe(warning)}", "bold red"))
 
 
 # -- bench ---------------------------------------------------------------------------------

@@ -326,9 +326,9 @@ def test_inspect_secagg_dealt_material(tmp_path: Path) -> None:
     client = run_json("inspect", str(tmp_path / "client.key"))
     assert client["secret"] is True and client["directory_parties"] == 3
     assert sorted(client["directory"]) == ["a", "b", "c"]
-    assert "chmod 600" in client["warning"]  # a group-readable secret is flagged
+    assert "chmod 600" in client["warnings"][0]  # a group-readable secret is flagged
     agg = run_json("inspect", str(tmp_path / "agg.key"))
-    assert agg["secret"] is False and "warning" not in agg
+    assert agg["secret"] is False and "warnings" not in agg
 
 
 def test_inspect_every_keygen_file_without_printing_secrets(tmp_path: Path) -> None:
@@ -344,13 +344,30 @@ def test_inspect_every_keygen_file_without_printing_secrets(tmp_path: Path) -> N
             desc = run_json("inspect", str(path))
             assert desc["secret"] is f["secret"], (path, desc)
             assert desc["public_fingerprint"] == record["public_fingerprint"]
-            assert "warning" not in desc
+            assert "warnings" not in desc
             human = run("inspect", str(path))
             assert human.exit_code == 0
             if f["secret"]:
                 raw = NoProtection().unwrap(_secret_envelope(path))[2]
                 assert raw.hex() not in human.output + json.dumps(desc)
                 assert raw[:16].hex() not in human.output
+
+
+def test_inspect_fedtrain_paillier_holder_material(tmp_path: Path) -> None:
+    pytest.importorskip("phe")
+    from privagg.backends.paillier import PaillierBackend
+
+    public, secret = PaillierBackend._insecure_for_tests(512).keygen()
+    pub = public.to_bytes()
+    sk = secret.to_bytes(protection=NoProtection())
+    path = tmp_path / "holder.key"
+    path.write_bytes(len(pub).to_bytes(4, "big") + pub + sk)  # fedtrain's layout
+    os.chmod(path, 0o600)
+    desc = run_json("inspect", str(path))
+    assert desc["format"].startswith("Paillier holder material")
+    assert desc["secret"] is True and desc["key_bits"] == 512
+    assert desc["public_fingerprint"] == public.fingerprint.hex()
+    assert "warnings" not in desc
 
 
 def test_inspect_garbage_corrupted_and_empty_files(tmp_path: Path) -> None:
@@ -377,6 +394,39 @@ def test_inspect_garbage_corrupted_and_empty_files(tmp_path: Path) -> None:
         assert "Traceback" not in result.output
 
 
+def test_inspect_mutated_files_never_traceback(tmp_path: Path) -> None:
+    """Truncations and byte flips of every key file: a description or one line, exit 2."""
+    import numpy as np
+
+    args = [("secagg", "--party-id", "m")]
+    if _has("phe"):
+        args.append(("paillier", "--key-bits", "2048"))
+    if _has("tenseal"):
+        args.append(("ckks", "--preset", "test-fast"))
+    originals = []
+    for backend, *extra in args:
+        record = keygen(tmp_path / "keys", "--backend", backend, *extra)
+        originals += [Path(f["path"]).read_bytes() for f in record["files"]]
+    gen = np.random.default_rng(7)
+    runner = CliRunner()
+    target = tmp_path / "mutant"
+    for original in originals:
+        for _ in range(12):
+            data = bytearray(original)
+            if gen.random() < 0.5:
+                data = data[: int(gen.integers(0, len(data)))]
+            else:
+                for pos in gen.integers(0, len(data), size=int(gen.integers(1, 4))):
+                    data[int(pos)] ^= 1 << int(gen.integers(0, 8))
+            target.write_bytes(bytes(data))
+            result = runner.invoke(cli, ["inspect", str(target)])
+            assert result.exit_code in (0, 2), (result.output, result.exception)
+            assert "Traceback" not in result.output
+            if result.exit_code == 2:
+                assert result.stderr.startswith("privagg: ")
+                assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_inspect_tampered_identity_public_file(tmp_path: Path) -> None:
     run("keygen", "--backend", "secagg", "--party-id", "p", str(tmp_path))
     pub = tmp_path / "secagg-identity-p.pub"
@@ -388,6 +438,13 @@ def test_inspect_tampered_identity_public_file(tmp_path: Path) -> None:
     pub.write_text(json.dumps(record))
     result = run("inspect", str(pub))
     assert result.exit_code == 2 and "malformed SecAgg+ identity" in result.stderr
+
+
+def test_inspect_refuses_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = run("inspect", str(fifo))
+    assert result.exit_code == 2 and "not a regular file" in result.stderr
 
 
 def test_inspect_missing_file_is_a_usage_error(tmp_path: Path) -> None:
