@@ -300,10 +300,14 @@ def write_secret_file(path: str | os.PathLike[str], data: bytes) -> Path:
     The bytes go to a fresh 0600 temporary file in the same directory (created with
     ``O_EXCL``, so never through a planted file or link), are fsynced, and replace
     ``path`` in one ``os.replace``; the directory is fsynced too, so a crash leaves the
-    old file or the new one, never a partial key.
+    old file or the new one, never a partial key. A symbolic link planted at ``path``
+    is replaced itself; its target is never written. A missing directory is created
+    with mode 0700.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkstemp opens O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW with mode 0600 under a random
+    # name (non-inheritable, PEP 446); fchmod makes the mode exact whatever the umask.
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     try:
         os.fchmod(fd, 0o600)
@@ -344,12 +348,24 @@ def read_secret_file(
     The file is opened once, without following a symbolic link (``O_NOFOLLOW``), and
     every check runs on the open descriptor (``fstat``), so nothing can be swapped
     between the check and the read (security review #11, finding 9). Refused, with
-    :class:`ConfigurationError`: a symbolic link, anything but a regular file, a file
-    that group or others can read or write, a file owned by another user (on POSIX),
-    or one larger than ``max_bytes``.
+    :class:`ConfigurationError`: a symbolic link, anything but a regular file (a FIFO
+    or device is opened non-blocking, then refused), a file that group or others can
+    read, write or execute, a file not owned by the effective uid (on POSIX), or one
+    larger than ``max_bytes`` (read through the descriptor, at most ``max_bytes + 1``
+    bytes, so a file that grows after ``fstat`` is refused too).
+
+    ``O_NOFOLLOW`` covers the last path component; the directories leading to it are
+    trusted as usual (keep key files in a directory only their owner can write).
     """
     p = Path(path)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: opening a FIFO (or a device) must not block before fstat refuses it;
+    # it changes nothing for a regular file.
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+    )
     try:
         fd = os.open(p, flags)
     except OSError as exc:

@@ -49,12 +49,13 @@ import ctypes.util
 import math
 import multiprocessing
 import os
+import shutil
 import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -122,27 +123,52 @@ _MAX_CONTRIBUTIONS = 1 << 40
 # -- SEAL object <-> bytes (in memory) ----------------------------------------------
 @contextlib.contextmanager
 def _scratch_path() -> Iterator[str]:
-    """A path SEAL can ``save``/``load`` through: an anonymous memory file on Linux."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("privagg-ckks", getattr(os, "MFD_CLOEXEC", 0))
+    """A path SEAL can ``save``/``load`` through: an anonymous memory file on Linux.
+
+    TenSEAL's ``sealapi`` binds SEAL's ``save``/``load`` on file paths only (SEAL's
+    stream overloads are not exposed, and ``tenseal.context_from`` reads TenSEAL's own
+    context format, not the bare SEAL objects this backend uses), so SEAL objects, the
+    secret key included, pass through a path. On Linux it is a ``memfd`` (anonymous
+    memory, never on a file system; ``/proc/self/fd/N`` is private to this process).
+    """
+    memfd = getattr(os, "memfd_create", None)
+    fd = -1
+    if memfd is not None:
+        try:
+            fd = memfd("privagg-ckks", getattr(os, "MFD_CLOEXEC", 0))
+        except OSError:  # e.g. refused by a seccomp filter: take the file path
+            fd = -1
+    if fd >= 0:
         try:
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
         return
-    # Without memfd (non-Linux) SEAL objects, the secret key included, pass through a
-    # file: a 0600 file in a private 0700 directory, overwritten with zeros and removed
-    # on exit (security review #11, finding 9). Best effort: the file system may keep
-    # old blocks (use an encrypted or RAM-backed TMPDIR where that matters).
-    with tempfile.TemporaryDirectory(prefix="privagg-ckks-") as d:
+    # Without memfd: a 0600 file in a fresh 0700 directory (mkdtemp), overwritten with
+    # zeros and removed in ``finally`` (security review #11, finding 9). Best effort:
+    # the file system may keep old blocks (use an encrypted or RAM-backed TMPDIR
+    # where that matters).
+    d = tempfile.mkdtemp(prefix="privagg-ckks-")
+    try:
         os.chmod(d, 0o700)
         path = os.path.join(d, "obj")
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        os.close(fd)
+        os.close(
+            os.open(
+                path,
+                os.O_CREAT
+                | os.O_EXCL
+                | os.O_RDWR
+                | getattr(os, "O_NOFOLLOW", 0)
+                | getattr(os, "O_CLOEXEC", 0),
+                0o600,
+            )
+        )
         try:
             yield path
         finally:
             _wipe(path)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _wipe(path: str) -> None:
@@ -1410,9 +1436,14 @@ def _no_holder() -> NoReturn:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CkksMaterial:
     """Dealt material, one opaque blob per role (see :meth:`CkksBackend.deal`).
+
+    ``holder`` contains the secret key, so the object cannot be pickled or copied
+    (write each blob to its own file: :func:`~privagg.keys.write_secret_file` for the
+    holder's) and its ``repr`` shows only the public key's fingerprint (security
+    review #11, finding 9).
 
     Attributes:
         aggregator: the public context (parameters + public key).
@@ -1421,8 +1452,20 @@ class CkksMaterial:
     """
 
     aggregator: bytes
-    holder: bytes = field(repr=False)  # holds the secret key: never printed
-    clients: Mapping[str, bytes] = field(repr=False)
+    holder: bytes  # holds the secret key: never printed
+    clients: Mapping[str, bytes]
+
+    def __repr__(self) -> str:
+        try:
+            fp = open_envelope(self.aggregator)[0].params_id[:4].hex()
+        except Exception:  # a malformed public blob: show nothing of it
+            fp = "?"
+        return (
+            f"<CkksMaterial public fp={fp}… clients={len(self.clients)}, "
+            "the holder's secret context hidden>"
+        )
+
+    __str__ = __repr__
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(
