@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 import privagg
-from privagg.backends.paillier import PaillierBackend, PaillierPublicKey
+from privagg.backends.paillier import PaillierBackend
 
 
 def main() -> None:
@@ -25,7 +25,8 @@ def main() -> None:
     }
     weights = {"client-0": 0.5, "client-1": 0.3, "client-2": 0.2}
     layout = privagg.Layout.from_arrays(updates["client-0"])
-    backend = privagg.get_backend("paillier", key_bits=2048, bound=1.0, scale_bits=20)
+    # 3072-bit modulus (~128-bit security, the default); key_bits=2048 is ~112-bit
+    backend = privagg.get_backend("paillier", key_bits=3072, bound=1.0, scale_bits=20)
     assert isinstance(backend, PaillierBackend)
 
     # result holder: key pair; only the public key is published
@@ -33,8 +34,14 @@ def main() -> None:
     published = public_key.to_bytes()
 
     # clients and aggregator: a session without the secret key
+    # (the fingerprint reaches clients over an authenticated channel; size and
+    # fingerprint are checked before any big-integer work)
+    trusted_fp = public_key.fingerprint
     public_session = backend.session(
-        layout, PaillierPublicKey.from_bytes(published), max_clients=3, max_weight=1.0
+        layout,
+        backend.load_public_key(published, expected_fingerprint=trusted_fp),
+        max_clients=3,
+        max_weight=1.0,
     )
     aggregator = public_session.aggregator(round_id=0, client_ids=list(updates))
     requests = aggregator.start()
