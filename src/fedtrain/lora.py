@@ -1,4 +1,4 @@
-"""LoRA adapters on a shared base model, and the three federated aggregation modes.
+"""LoRA adapters on a shared base model, and the four federated aggregation modes.
 
 One base model is loaded once and wrapped by peft with a single adapter; simulated
 clients are served by copying adapter values in and out (no reloading per client).
@@ -21,6 +21,11 @@ Aggregation modes (``w_k`` normalised client weights, ``s`` = alpha / r):
   ``sum_k s (w_k B_k)(w_k A_k) / w_k = sum_k w_k s B_k A_k`` exactly, merged into the
   base weights. NOTE: slots do not overlap, so the aggregate reveals every client's
   individual product; secure aggregation hides nothing in this mode (see docs).
+* ``alternating`` (RoLoRA, Chen et al. 2024): both factors are trained, one at a
+  time: in odd rounds only B (A shared and frozen), in even rounds only A (B shared
+  and frozen). ``s avg(B_k) A = avg(s B_k A)`` and ``s B avg(A_k) = avg(s B A_k)``:
+  exact for a linear secure sum in every round. The upload has fedit's layout (the
+  frozen factor's delta is exactly zero), so the session layout never changes.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from fedtrain.errors import ConfigError, LayoutMismatchError, RankMismatchError
 __all__ = [
     "LoraHandle",
     "aggregate_delta",
+    "alternating_phase",
     "build_lora",
     "client_message",
     "effective_delta",
@@ -48,6 +54,14 @@ __all__ = [
 ]
 
 _TASK_TYPES = {"seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+def alternating_phase(round_: int) -> str:
+    """``alternating`` mode: the factor trained in round ``round_`` (1-based).
+
+    Odd rounds train B (as FFA-LoRA does first: B starts at zero), even rounds A.
+    """
+    return "B" if round_ % 2 == 1 else "A"
 
 
 def _stable(name: str) -> str:
@@ -111,6 +125,37 @@ class LoraHandle:
         if not self.modules:
             raise ConfigError("no LoRA modules were created: check target_modules")
         self._w0: dict[str, torch.Tensor] | None = None
+        self.phase = "B"  # alternating mode: the factor trained this round
+
+    def begin_round(self, round_: int) -> None:
+        """Start round ``round_`` (1-based): ``alternating`` picks its factor.
+
+        Other modes ignore it. Sets ``requires_grad`` accordingly.
+        """
+        if self.settings.mode == "alternating":
+            self.phase = alternating_phase(round_)
+            self.set_trainable()
+
+    def pooled_features(
+        self, enc: Any, device: torch.device, batch_size: int = 128
+    ) -> torch.Tensor:
+        """The (n, hidden) pooled features of an encoded ``seq_cls`` dataset.
+
+        Cached per dataset until the adapter changes
+        (:meth:`fedtrain.models.PooledClassifier.cached_features`).
+
+        Raises:
+            ConfigError: the model has no pooled head (see ``LoraSettings.pooling``).
+        """
+        from fedtrain.models import PooledClassifier
+
+        base = self.model.get_base_model()
+        if not isinstance(base, PooledClassifier):
+            raise ConfigError(
+                "head_steps need a pooled sequence classifier "
+                "(seq_cls with pooling mean, cls or pooler)"
+            )
+        return base.cached_features(enc, device, batch_size)
 
     @property
     def a_names(self) -> list[str]:
@@ -123,9 +168,13 @@ class LoraHandle:
         return [m.name + ".lora_B.weight" for m in self.modules]
 
     def trainable_names(self) -> list[str]:
-        """Names trained locally in this mode (FFA freezes A)."""
+        """Names trained locally in this mode (FFA freezes A; ``alternating``
+        trains the factor of :attr:`phase`)."""
         if self.settings.mode == "ffa":
             return sorted(self.b_names + self.head_names)
+        if self.settings.mode == "alternating":
+            factor = self.b_names if self.phase == "B" else self.a_names
+            return sorted(factor + self.head_names)
         return sorted(self.b_names + self.a_names + self.head_names)
 
     def set_trainable(self) -> None:
@@ -211,12 +260,13 @@ class LoraHandle:
             )
 
     def init_head(self, seed: int, std: float = 0.02) -> None:
-        """Deterministically initialise the task head (normal(0, std), zero bias)."""
+        """Deterministically initialise the task head (normal(0, std), zero bias;
+        ``std=0``: all zero)."""
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for n in self.head_names:
                 p = self.params[n]
-                if n.endswith("bias"):
+                if n.endswith("bias") or std == 0:
                     p.zero_()
                 else:
                     p.copy_(torch.randn(tuple(p.shape), generator=g) * std)
@@ -242,15 +292,22 @@ def build_lora(
         seed: seed for the task-head initialisation (public).
 
     Returns:
-        The handle; A is initialised from ``settings.a_seed``, B is zero.
+        The handle; A is initialised from ``settings.a_seed``, B is zero; a pooled
+        ``seq_cls`` head (:class:`fedtrain.models.PooledClassifier`) starts at
+        zero, a native head at normal(0, 0.02).
 
     Raises:
         ConfigError: unknown task or no module matched.
     """
     from peft import LoraConfig, get_peft_model
 
+    from fedtrain.models import PooledClassifier, with_pooling
+
     if task not in _TASK_TYPES:
         raise ConfigError(f"unknown task {task!r}")
+    if task == "seq_cls":
+        base_model = with_pooling(base_model, settings.pooling)
+    pooled = isinstance(base_model, PooledClassifier)
     r = settings.r
     if settings.client_ranks:
         r = max(r, *settings.client_ranks.values())
@@ -271,7 +328,7 @@ def build_lora(
     h = LoraHandle(model, settings)
     h.init_a(settings.a_seed)
     if task != "causal_lm":
-        h.init_head(seed)
+        h.init_head(seed, std=0.0 if pooled else 0.02)
     h.set_trainable()
     return h
 
@@ -297,7 +354,7 @@ def client_message(
     """Build what a client uploads (before weighting and protection).
 
     Args:
-        mode: ``ffa``, ``fedit`` or ``flora``.
+        mode: ``ffa``, ``fedit``, ``flora`` or ``alternating``.
         local: the client's adapter after local training (stable names).
         global_: the global state the client started from (``ffa``/``fedit``: the
             adapter entries; ``flora``: head entries).
@@ -307,14 +364,15 @@ def client_message(
         r_max: ``flora``: the adapter's (maximum) rank.
 
     Returns:
-        ``ffa``: deltas of B and head; ``fedit``: deltas of A, B, head; ``flora``:
+        ``ffa``: deltas of B and head; ``fedit`` and ``alternating``: deltas of A,
+        B, head (``alternating``: the frozen factor's are zero); ``flora``:
         stacked ``<module>.lora_A.stack`` (n_slots*r_max, in) and
         ``<module>.lora_B.stack`` (out, n_slots*r_max) with the client's factors in
         its slot, plus head deltas.
     """
     heads = [n for n in global_ if ".lora_" not in n and not n.endswith(".delta_w")]
     out = {n: (local[n] - global_[n]).astype(np.float32) for n in heads}
-    if mode in ("ffa", "fedit"):
+    if mode in ("ffa", "fedit", "alternating"):
         keep = ("lora_B",) if mode == "ffa" else ("lora_A", "lora_B")
         for n in global_:
             if any(f".{k}." in n for k in keep):

@@ -4,17 +4,35 @@ Any Hugging Face model name or path works (``AutoModelFor...``); the aliases
 ``minilm`` and ``smollm2`` resolve to the offline packages; a path ending in
 ``.gguf`` is loaded with ``gguf_file=``. When the offline default is used,
 ``HF_HUB_OFFLINE=1`` is set so nothing tries the network.
+
+Sequence classification reads the encoder through a ``pooling`` choice:
+
+* ``mean``: the attention-masked mean of the last hidden states (what
+  sentence-transformers models such as all-MiniLM-L6-v2 were trained for);
+* ``cls``: the first token's last hidden state;
+* ``pooler``: the encoder's own pooler output (BERT's tanh layer, what
+  ``BertForSequenceClassification`` feeds its head);
+* ``auto`` (default): the model's sentence-transformers pooling config
+  (``modules.json`` -> ``1_Pooling/config.json``) when it has one, otherwise the
+  architecture's native ``AutoModelForSequenceClassification`` head (e.g. last-token
+  pooling for decoders).
+
+``mean``/``cls``/``pooler`` build a :class:`PooledClassifier` (the encoder under the
+architecture's own prefix, e.g. ``bert``, plus a zero-initialisable linear
+``classifier``), so adapter names match the native model's.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedtrain.data import RawDataset
@@ -22,17 +40,27 @@ from fedtrain.errors import DataError, UnknownModelError
 
 __all__ = [
     "ALIASES",
+    "POOLINGS",
     "Encoded",
+    "PooledClassifier",
     "ResolvedModel",
     "collate",
+    "detect_pooling",
     "encode",
+    "load_adapter_model",
     "load_model",
+    "model_pooling",
     "load_tokenizer",
     "pick_device",
     "resolve_model",
+    "with_pooling",
+    "write_model_sidecar",
 ]
 
 ALIASES = ("minilm", "smollm2")
+POOLINGS = ("auto", "cls", "pooler", "mean")
+SIDECAR = "fedtrain_model.json"
+"""File next to an exported adapter naming the task, pooling and labels."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,263 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def detect_pooling(path: str) -> str | None:
+    """Read a sentence-transformers model's pooling from its own files.
+
+    Looks for ``modules.json`` (the ``...Pooling`` module's folder) or a
+    ``1_Pooling/config.json`` in a local model directory (for a hub id: in the local
+    Hugging Face cache only, never the network).
+
+    Args:
+        path: the model directory (or hub id).
+
+    Returns:
+        ``mean`` or ``cls``, or None when the model has no (usable) pooling config.
+    """
+    d = Path(path)
+    if not d.is_dir():
+        d = _cached_snapshot(path) or d
+        if not d.is_dir():
+            return None
+    pool_dir: Path | None = None
+    mj = d / "modules.json"
+    if mj.is_file():
+        try:
+            mods = json.loads(mj.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            mods = []
+        for m in mods if isinstance(mods, list) else []:
+            if isinstance(m, dict) and str(m.get("type", "")).endswith("Pooling"):
+                pool_dir = d / str(m.get("path", ""))
+    if pool_dir is None and (d / "1_Pooling").is_dir():
+        pool_dir = d / "1_Pooling"
+    if pool_dir is None or not (pool_dir / "config.json").is_file():
+        return None
+    try:
+        cfg = json.loads((pool_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    mode = cfg.get("pooling_mode")
+    if mode in ("mean", "cls"):
+        return str(mode)
+    if cfg.get("pooling_mode_mean_tokens") or cfg.get(
+        "pooling_mode_mean_sqrt_len_tokens"
+    ):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local cache folder of a hub model (no network), or None."""
+    if repo_id.startswith((".", "/")) or repo_id.count("/") > 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # any cache problem means "unknown"
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+class PooledClassifier(torch.nn.Module):
+    """Sequence classification over any encoder with a pooling choice.
+
+    ``logits = classifier(dropout(pool(encoder(input_ids, attention_mask))))``.
+    The encoder sits under the architecture's own prefix (``bert`` for BERT), the
+    head is a linear ``classifier`` (zero-initialised), so peft's ``SEQ_CLS``
+    adapter names are those of ``BertForSequenceClassification``.
+
+    Args:
+        encoder: the base transformer (``AutoModel``; for ``pooler`` it must return
+            ``pooler_output``).
+        num_labels: number of labels.
+        pooling: ``mean``, ``cls`` or ``pooler``.
+        dropout: dropout before the head (0 by default; DP-SGD wants none).
+    """
+
+    def __init__(
+        self, encoder: Any, num_labels: int, pooling: str, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls", "pooler"):
+            raise DataError(f"pooling must be mean, cls or pooler, got {pooling!r}")
+        self.prefix = str(getattr(encoder, "base_model_prefix", "") or "encoder")
+        self.add_module(self.prefix, encoder)
+        self.config = encoder.config
+        self.name_or_path = str(getattr(encoder, "name_or_path", ""))
+        self.pooling = pooling
+        hidden = int(
+            getattr(self.config, "hidden_size", 0)
+            or getattr(self.config, "d_model", 0)
+            or getattr(self.config, "dim", 0)
+        )
+        if hidden <= 0:
+            raise DataError("cannot tell the encoder's hidden size from its config")
+        self.dropout = torch.nn.Dropout(dropout)
+        self.classifier = torch.nn.Linear(hidden, num_labels)
+        torch.nn.init.zeros_(self.classifier.weight)
+        torch.nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def encoder_model(self) -> Any:
+        """The wrapped encoder."""
+        return getattr(self, self.prefix)
+
+    def feature_digest(self) -> str:
+        """A digest of what the pooled features depend on that training can change.
+
+        The LoRA layers' factors and base weights (``flora`` merges its updates into
+        the latter); everything else in the encoder stays frozen in fedtrain. The
+        factors are hashed on a 2^-24 grid: an approximate secure sum (CKKS) turns
+        an exactly-zero aggregate delta into ~1e-9 noise, which must not count as
+        a new adapter (the features differ by far less than float32 noise).
+        """
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.pooling.encode())
+        with torch.no_grad():
+            for name, mod in self.encoder_model.named_modules():
+                if not hasattr(mod, "lora_A"):
+                    continue
+                h.update(name.encode())
+                for t in (*mod.lora_A.parameters(), *mod.lora_B.parameters()):
+                    q = (torch.round(t.detach().double() * 2.0**24) + 0.0).cpu().numpy()
+                    h.update(memoryview(q).cast("B"))
+                w = mod.base_layer.weight.detach().float().cpu().numpy()
+                h.update(memoryview(w).cast("B"))
+        return h.hexdigest()
+
+    def cached_features(
+        self, enc: Any, device: torch.device, batch_size: int = 128
+    ) -> torch.Tensor:
+        """The (n, hidden) pooled features of an encoded ``seq_cls`` dataset.
+
+        Computed in eval mode under ``torch.inference_mode`` in length-sorted
+        batches, and cached per dataset until the adapter changes
+        (:meth:`feature_digest`): LP-FT head steps and the evaluation of a round
+        that changed only the head reuse them.
+        """
+        cache: dict[int, tuple[str, Any, torch.Tensor]] = self.__dict__.setdefault(
+            "_feature_cache", {}
+        )
+        key = id(enc)
+        digest = f"{self.feature_digest()}:{len(enc)}"
+        hit = cache.get(key)
+        if hit is not None and hit[0] == digest and hit[1] is enc:
+            return hit[2]
+        order = np.argsort([len(x) for x in enc.input_ids], kind="stable")
+        was_training = self.training
+        self.eval()
+        hidden = int(self.classifier.in_features)
+        out = torch.zeros((len(enc), hidden), dtype=torch.float32, device=device)
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(enc), batch_size):
+                    idx = order[s : s + batch_size].tolist()
+                    batch = collate(enc, idx, device)
+                    batch.pop("labels")
+                    out[idx] = self.pool(**batch).float()
+        finally:
+            self.train(was_training)
+        feats = out.clone()  # a normal tensor, usable in autograd later
+        cache[key] = (digest, enc, feats)
+        return feats
+
+    def pool(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The pooled (batch, hidden) features the head reads."""
+        kwargs.pop("labels", None)
+        kwargs.pop("return_dict", None)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        out = self.encoder_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        h: torch.Tensor = out.last_hidden_state
+        if self.pooling == "cls":
+            return h[:, 0]
+        if self.pooling == "pooler":
+            po: torch.Tensor | None = getattr(out, "pooler_output", None)
+            if po is None:
+                raise DataError("pooling 'pooler': this encoder has no pooler output")
+            return po
+        if attention_mask is None:
+            return h.mean(1)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Return a ``SequenceClassifierOutput`` (loss when ``labels`` is given)."""
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        for k in ("output_attentions", "output_hidden_states"):
+            kwargs.pop(k, None)
+        feats = self.pool(input_ids, attention_mask, inputs_embeds, **kwargs)
+        logits = self.classifier(self.dropout(feats))
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def model_pooling(model: Any) -> str:
+    """The pooling a (peft-wrapped) classifier uses: mean/cls/pooler or ``native``."""
+    base = model
+    for _ in range(4):
+        if isinstance(base, PooledClassifier):
+            return base.pooling
+        nxt = getattr(base, "get_base_model", None)
+        base = nxt() if callable(nxt) else getattr(base, "model", None)
+        if base is None:
+            break
+    return "native"
+
+
+def with_pooling(model: Any, pooling: str) -> Any:
+    """Return a sequence classifier that reads its encoder with ``pooling``.
+
+    A :class:`PooledClassifier` is re-pointed in place; a native
+    ``...ForSequenceClassification`` model is re-wrapped around its encoder (its
+    native head is dropped: the new head is zero). ``auto`` changes nothing.
+
+    Raises:
+        DataError: unknown pooling.
+    """
+    if pooling not in POOLINGS:
+        raise DataError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling == "auto":
+        return model
+    if isinstance(model, PooledClassifier):
+        model.pooling = pooling
+        return model
+    prefix = getattr(model, "base_model_prefix", "")
+    encoder = getattr(model, prefix, None) if prefix else None
+    if encoder is None:
+        raise DataError(f"cannot find the encoder of {type(model).__name__}")
+    out = PooledClassifier(encoder, int(model.config.num_labels), pooling)
+    dev = next(model.parameters()).device
+    return out.to(dev).train(model.training)
+
+
 def load_tokenizer(name: str) -> Any:
     """Load the tokenizer of a model (alias, path, GGUF or hub id).
 
@@ -124,6 +409,7 @@ def load_model(
     *,
     label_names: Sequence[str] = (),
     device: torch.device | None = None,
+    pooling: str = "auto",
 ) -> Any:
     """Load a base model for a task.
 
@@ -132,13 +418,20 @@ def load_model(
         task: ``seq_cls``, ``token_cls`` or ``causal_lm``.
         label_names: label names (classification tasks).
         device: target device.
+        pooling: ``seq_cls`` only: ``auto`` (the model's sentence-transformers
+            pooling when it has one, else the native head), ``mean``, ``cls`` or
+            ``pooler`` (see the module docstring).
 
     Returns:
-        The ``transformers`` model (in train mode, float32).
+        The ``transformers`` model (a :class:`PooledClassifier` for pooled
+        ``seq_cls``), in train mode, float32.
 
     Raises:
         UnknownModelError: the model cannot be resolved or loaded.
+        DataError: too few labels or an unknown pooling.
     """
+    if pooling not in POOLINGS:
+        raise DataError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -162,6 +455,12 @@ def load_model(
         cls = transformers.AutoModelForCausalLM
     else:
         raise UnknownModelError(f"unknown task {task!r}")
+    pool = pooling
+    if task == "seq_cls" and pool == "auto" and rm.gguf_file is None:
+        pool = detect_pooling(rm.path) or "auto"
+    pooled = task == "seq_cls" and pool != "auto"
+    if pooled:
+        cls = transformers.AutoModel
     try:
         model = cls.from_pretrained(rm.path, dtype=torch.float32, **kw)
     except (OSError, ValueError, KeyError) as exc:
@@ -170,11 +469,83 @@ def load_model(
         ) from exc
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", 0)
+    if pooled:
+        model = PooledClassifier(model, len(label_names), pool)
     if device is not None:
         model.to(device)
     # from_pretrained leaves the model in eval mode; see docs/fedtrain.md (Opacus).
     model.train()
     return model
+
+
+def write_model_sidecar(
+    adapter_dir: str | os.PathLike[str],
+    *,
+    model: str,
+    task: str,
+    pooling: str,
+    label_names: Sequence[str],
+) -> Path:
+    """Write :data:`SIDECAR` next to an exported adapter (what reloading needs)."""
+    p = Path(adapter_dir) / SIDECAR
+    p.write_text(
+        json.dumps(
+            {
+                "base_model": model,
+                "task": task,
+                "pooling": pooling,
+                "label_names": list(label_names),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    return p
+
+
+def load_adapter_model(
+    adapter_dir: str | os.PathLike[str],
+    *,
+    base_model: str | None = None,
+    device: torch.device | None = None,
+) -> Any:
+    """Reload an exported adapter (peft folder + saved head) for inference.
+
+    Reads :data:`SIDECAR` (base model, task, pooling, labels), loads the base with
+    the same pooling, and applies the adapter with ``PeftModel.from_pretrained``.
+
+    Args:
+        adapter_dir: the exported folder (``DIR/adapter``).
+        base_model: override the recorded base model (alias, path or hub id).
+        device: target device.
+
+    Returns:
+        The peft model in eval mode.
+
+    Raises:
+        DataError: the folder has no sidecar.
+    """
+    from peft import PeftModel
+
+    d = Path(adapter_dir)
+    side = d / SIDECAR
+    if not side.is_file():
+        raise DataError(f"{d}: no {SIDECAR} (was it exported by fedtrain?)")
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    pooling = str(meta.get("pooling", "auto"))
+    base = load_model(
+        base_model or str(meta["base_model"]),
+        str(meta["task"]),
+        label_names=list(meta.get("label_names", [])),
+        device=device,
+        pooling="auto" if pooling == "native" else pooling,
+    )
+    if meta["task"] == "seq_cls" and pooling != "native":
+        base = with_pooling(base, pooling)
+    model = PeftModel.from_pretrained(base, str(d))
+    if device is not None:
+        model.to(device)
+    return model.eval()
 
 
 @dataclass

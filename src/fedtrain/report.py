@@ -11,7 +11,66 @@ from typing import Any
 
 from fedtrain.privacy import atomic_write_bytes
 
-__all__ = ["build_report", "plot_rounds", "write_report"]
+__all__ = [
+    "BASELINES",
+    "baseline_of",
+    "build_report",
+    "plot_rounds",
+    "summary_line",
+    "write_report",
+]
+
+BASELINES = {
+    "accuracy": ("majority_accuracy", "majority-class rate"),
+    "token_accuracy": ("all_o_token_accuracy", "all-'O' rate"),
+}
+"""metric -> (its trivial baseline's metric key, a label for it)."""
+
+
+def baseline_of(
+    metric: str, metrics: Mapping[str, Any]
+) -> tuple[str, str, float] | None:
+    """The trivial baseline of ``metric`` in ``metrics``: (key, label, value) or None.
+
+    Accuracy is compared with the majority-class rate, token accuracy with the
+    all-'O' rate; entity F1 and loss have no such baseline (None).
+    """
+    b = BASELINES.get(metric)
+    if b is None or metrics.get(b[0]) is None:
+        return None
+    return b[0], b[1], float(metrics[b[0]])
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """One line: where the main metric ended, against its trivial baseline.
+
+    For NER (main metric entity F1) the token accuracy is set against the all-'O'
+    rate as well.
+    """
+    final = report.get("final_metrics", {})
+    key = str(report["main_metric"])
+    parts = []
+    for m in dict.fromkeys([key, "token_accuracy"]):
+        v = final.get(m)
+        if v is None:
+            continue
+        b = baseline_of(m, final)
+        if b is None:
+            parts.append(f"{m} {v:.4f}")
+        else:
+            parts.append(
+                f"{m} {v:.4f} vs {b[1]} {b[2]:.4f}: {v - b[2]:+.4f} "
+                f"({'above' if v > b[2] else 'NOT above'} the baseline)"
+            )
+    pv = report.get("privacy") or {}
+    eps = pv.get("final_epsilon")
+    if pv.get("level", "none") == "none" or eps is None:
+        tail = "no DP"
+    else:
+        tail = (
+            f"epsilon {eps:.3g} at delta {pv.get('delta', 0):g} ({pv['level']} level)"
+        )
+    return "final: " + "; ".join(parts) + f"; {tail}"
 
 
 def _finite(x: Any) -> Any:
@@ -67,6 +126,10 @@ def plot_rounds(
 ) -> list[Path]:
     """Plot the main metric and epsilon per round (matplotlib Agg).
 
+    ``metric.png`` draws the metric's trivial baseline (majority-class rate for
+    accuracy, all-'O' rate for token accuracy) as a dashed line beside it; for NER
+    it also plots token accuracy against the all-'O' rate.
+
     Args:
         report: a report from :func:`build_report`.
         out_dir: where to write ``metric.png`` and ``epsilon.png``.
@@ -88,12 +151,23 @@ def plot_rounds(
         r["metrics"].get(key) for r in report["rounds"]
     ]
     files = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(xs, ys, marker="o")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(xs, ys, marker="o", label=key)
+    series = [key] if key != "entity_f1" else [key, "token_accuracy"]
+    if len(series) > 1 and report["initial_metrics"].get(series[1]) is not None:
+        ys2 = [report["initial_metrics"].get(series[1])] + [
+            r["metrics"].get(series[1]) for r in report["rounds"]
+        ]
+        ax.plot(xs, ys2, marker="s", color="tab:green", label=series[1])
+    for m, color in zip(series, ("tab:gray", "tab:olive"), strict=False):
+        b = baseline_of(m, report.get("final_metrics") or report["initial_metrics"])
+        if b is not None:
+            ax.axhline(b[2], color=color, linestyle="--", label=f"{b[1]} ({b[2]:.3f})")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(key)
+    ax.set_ylabel(key if len(series) == 1 else "metric")
     ax.set_title(f"{key} per round")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     files.append(out / "metric.png")

@@ -41,8 +41,16 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         rep["base_model"], num_labels=rep["num_labels"]
     )
     PeftModel.from_pretrained(base, str(out / "adapter"))
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-2])
     assert summary["main_metric"] == "accuracy"
+    # the last line says how far above the trivial baseline the model ended
+    assert lines[-1].startswith("final: accuracy ")
+    assert "vs majority-class rate" in lines[-1] and "epsilon" in lines[-1]
+    assert rep["pooling"] == "mean"  # all-MiniLM-L6-v2's own pooling
+    from fedtrain.models import load_adapter_model
+
+    load_adapter_model(out / "adapter")
 
 
 def test_train_reports_errors_cleanly(

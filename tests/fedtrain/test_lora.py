@@ -1,4 +1,4 @@
-"""Exactness of the three LoRA aggregation modes against avg(s B_k A_k)."""
+"""Exactness of the four LoRA aggregation modes against avg(s B_k A_k)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fedtrain.config import LoraSettings
 from fedtrain.lora import (
     LoraHandle,
     aggregate_delta,
+    alternating_phase,
     build_lora,
     client_message,
     effective_delta,
@@ -20,7 +21,7 @@ from fedtrain.models import load_model
 @pytest.fixture(scope="module")
 def handles() -> dict[str, LoraHandle]:
     out = {}
-    for mode in ("ffa", "fedit", "flora"):
+    for mode in ("ffa", "fedit", "flora", "alternating"):
         base = load_model("minilm", "seq_cls", label_names=["neg", "pos"])
         out[mode] = build_lora(base, "seq_cls", LoraSettings(r=4, alpha=8.0, mode=mode))
     return out
@@ -175,3 +176,62 @@ def test_shared_seed_a_is_identical_across_models() -> None:
         np.testing.assert_array_equal(a0[n], a1[n])
         assert np.abs(a0[n]).max() > 0
     assert all(np.all(v == 0) for v in hs[0].get(hs[0].b_names).values())
+
+
+def _moved(
+    h: LoraHandle, start: dict[str, np.ndarray], k: int, rng: np.random.Generator
+) -> list[dict[str, np.ndarray]]:
+    """Simulated local results: only what the handle trains this round moves."""
+    train = set(h.trainable_names())
+    out = []
+    for _ in range(k):
+        s = {n: v.copy() for n, v in start.items()}
+        for n in train:
+            s[n] = s[n] + rng.normal(0, 0.05, s[n].shape).astype(np.float32)
+        out.append(s)
+    return out
+
+
+def test_alternating_is_exact_and_trains_both_factors(
+    handles: dict[str, LoraHandle],
+) -> None:
+    h = handles["alternating"]
+    s = h.settings.scaling
+    rng = np.random.default_rng(3)
+    assert [alternating_phase(r) for r in (1, 2, 3, 4)] == ["B", "A", "B", "A"]
+    glob = h.get(sorted(h.a_names + h.b_names + h.head_names))
+    a0 = {n: glob[n].copy() for n in h.a_names}
+    for round_, factor, frozen in ((1, "B", "A"), (2, "A", "B"), (3, "B", "A")):
+        h.begin_round(round_)
+        assert all(
+            h.params[n].requires_grad for n in getattr(h, f"{factor.lower()}_names")
+        )
+        assert not any(
+            h.params[n].requires_grad for n in getattr(h, f"{frozen.lower()}_names")
+        )
+        assert all(h.params[n].requires_grad for n in h.head_names)
+        clients = _moved(h, glob, 3, rng)
+        msgs = [client_message("alternating", c, glob) for c in clients]
+        # the layout never changes (fedit's), the frozen factor's delta is exactly 0
+        assert set(msgs[0]) == set(glob)
+        for m in msgs:
+            assert all(not np.any(m[n]) for n in m if f".lora_{frozen}." in n)
+        delta = aggregate_delta("alternating", _weighted_sum(msgs, W), float(W.sum()))
+        new = {n: glob[n] + delta[n] for n in glob}
+        got = effective_delta(new, s)
+        want = _target(clients, W, s)
+        for m in want:
+            np.testing.assert_allclose(got[m], want[m], atol=1e-6)
+        # a dropped client: renormalised by the contributors' weight, still exact
+        d2 = aggregate_delta(
+            "alternating", _weighted_sum(msgs[:2], W[:2]), float(W[:2].sum())
+        )
+        got2 = effective_delta({n: glob[n] + d2[n] for n in glob}, s)
+        want2 = _target(clients[:2], W[:2] / W[:2].sum(), s)
+        for m in want2:
+            np.testing.assert_allclose(got2[m], want2[m], atol=1e-6)
+        glob = new
+    # both factors were trained: A moved (round 2) and B moved (rounds 1, 3)
+    assert any(np.abs(glob[n] - a0[n]).max() > 1e-3 for n in h.a_names)
+    assert all(np.abs(glob[n]).max() > 1e-3 for n in h.b_names)
+    h.begin_round(1)
