@@ -178,7 +178,9 @@ def min_live_neighbours(
     return max(threshold, degree - d)
 
 
-def corrupt_budget(n: int, corruption_rate: float, population: int | None = None) -> int:
+def corrupt_budget(
+    n: int, corruption_rate: float, population: int | None = None
+) -> int:
     """``C``: colluding clients a round of ``n`` must tolerate, ``ceil(gamma * N)`` with
     ``N = max(n, population)``, capped at ``n - 1`` (at least one honest client)."""
     base = max(n, population or n)
