@@ -250,9 +250,9 @@ class PooledClassifier(torch.nn.Module):
                 h.update(name.encode())
                 for t in (*mod.lora_A.parameters(), *mod.lora_B.parameters()):
                     q = (torch.round(t.detach().double() * 2.0**24) + 0.0).cpu().numpy()
-                    h.update(memoryview(q).cast("B"))
+                    h.update(q.tobytes())
                 w = mod.base_layer.weight.detach().float().cpu().numpy()
-                h.update(memoryview(w).cast("B"))
+                h.update(w.tobytes())
         return h.hexdigest()
 
     def cached_features(
