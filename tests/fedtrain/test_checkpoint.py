@@ -97,11 +97,14 @@ def test_exported_adapter_loads_with_peft(
     from transformers import AutoModelForSequenceClassification
 
     train, ev = rt_small
+    # The native HF head (pooler), so that a plain peft load reproduces the model; the
+    # mean-pooled head's reload is tested in test_models.py.
     lora = LoraSettings(
         r=4,
         alpha=8.0,
         mode=mode,
         client_ranks={"alice": 2} if mode == "flora" else None,
+        pooling="pooler",
     )  # type: ignore[arg-type]
     fed = Federation(small_config(lora=lora), two_clients(train), ev)
     fed.run_one_round(1)
