@@ -59,6 +59,8 @@ __all__ = [
 
 ALIASES = ("minilm", "smollm2")
 POOLINGS = ("auto", "cls", "pooler", "mean")
+FEATURE_TOLERANCE = 1e-5
+"""Max abs change of a LoRA factor under which cached pooled features are reused."""
 SIDECAR = "fedtrain_model.json"
 """File next to an exported adapter naming the task, pooling and labels."""
 
@@ -230,30 +232,30 @@ class PooledClassifier(torch.nn.Module):
         """The wrapped encoder."""
         return getattr(self, self.prefix)
 
-    def feature_digest(self) -> str:
-        """A digest of what the pooled features depend on that training can change.
+    def feature_state(self) -> tuple[str, np.ndarray]:
+        """What the pooled features depend on that training can change.
 
-        The LoRA layers' factors and base weights (``flora`` merges its updates into
-        the latter); everything else in the encoder stays frozen in fedtrain. The
-        factors are hashed on a 2^-24 grid: an approximate secure sum (CKKS) turns
-        an exactly-zero aggregate delta into ~1e-9 noise, which must not count as
-        a new adapter (the features differ by far less than float32 noise).
+        Returns ``(digest, factors)``: a digest of the pooling and of the base
+        weights of the LoRA layers (``flora`` merges its updates there), and the
+        LoRA factors as one float64 vector; everything else in the encoder stays
+        frozen in fedtrain.
         """
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
         h.update(self.pooling.encode())
+        parts: list[np.ndarray] = []
         with torch.no_grad():
             for name, mod in self.encoder_model.named_modules():
                 if not hasattr(mod, "lora_A"):
                     continue
                 h.update(name.encode())
                 for t in (*mod.lora_A.parameters(), *mod.lora_B.parameters()):
-                    q = (torch.round(t.detach().double() * 2.0**24) + 0.0).cpu().numpy()
-                    h.update(q.tobytes())
+                    parts.append(t.detach().double().cpu().reshape(-1).numpy())
                 w = mod.base_layer.weight.detach().float().cpu().numpy()
-                h.update(w.tobytes())
-        return h.hexdigest()
+                h.update(memoryview(np.ascontiguousarray(w)).cast("B"))
+        flat = np.concatenate(parts) if parts else np.zeros(0)
+        return h.hexdigest(), flat
 
     def cached_features(
         self, enc: Any, device: torch.device, batch_size: int = 128
@@ -262,17 +264,29 @@ class PooledClassifier(torch.nn.Module):
 
         Computed in eval mode under ``torch.inference_mode`` in length-sorted
         batches, and cached per dataset until the adapter changes
-        (:meth:`feature_digest`): LP-FT head steps and the evaluation of a round
-        that changed only the head reuse them.
+        (:meth:`feature_state`): LP-FT head steps and the evaluation of a round
+        that changed only the head reuse them. "Changed" means a LoRA factor moved
+        by more than :data:`FEATURE_TOLERANCE` (or a base weight changed at all): an
+        approximate secure sum (CKKS) turns an exactly-zero aggregate delta into
+        ~1e-7 noise, which must not count as a new adapter.
         """
-        cache: dict[int, tuple[str, Any, torch.Tensor]] = self.__dict__.setdefault(
-            "_feature_cache", {}
+        cache: dict[int, tuple[str, np.ndarray, Any, torch.Tensor]] = (
+            self.__dict__.setdefault("_feature_cache", {})
         )
         key = id(enc)
-        digest = f"{self.feature_digest()}:{len(enc)}"
+        digest, flat = self.feature_state()
         hit = cache.get(key)
-        if hit is not None and hit[0] == digest and hit[1] is enc:
-            return hit[2]
+        if (
+            hit is not None
+            and hit[2] is enc
+            and hit[0] == digest
+            and hit[1].shape == flat.shape
+            and (
+                flat.size == 0
+                or float(np.abs(hit[1] - flat).max()) <= FEATURE_TOLERANCE
+            )
+        ):
+            return hit[3]
         order = np.argsort([len(x) for x in enc.input_ids], kind="stable")
         was_training = self.training
         self.eval()
@@ -288,7 +302,7 @@ class PooledClassifier(torch.nn.Module):
         finally:
             self.train(was_training)
         feats = out.clone()  # a normal tensor, usable in autograd later
-        cache[key] = (digest, enc, feats)
+        cache[key] = (digest, flat, enc, feats)
         return feats
 
     def pool(
