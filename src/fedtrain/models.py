@@ -253,7 +253,7 @@ class PooledClassifier(torch.nn.Module):
                 for t in (*mod.lora_A.parameters(), *mod.lora_B.parameters()):
                     parts.append(t.detach().double().cpu().reshape(-1).numpy())
                 w = mod.base_layer.weight.detach().float().cpu().numpy()
-                h.update(memoryview(np.ascontiguousarray(w)).cast("B"))
+                h.update(np.ascontiguousarray(w).tobytes())
         flat = np.concatenate(parts) if parts else np.zeros(0)
         return h.hexdigest(), flat
 
