@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--decoder", default="smollm2", help="decoder for the round benchmark"
     )
-    ap.add_argument("--ner-rounds", type=int, default=6)
+    ap.add_argument("--ner-rounds", type=int, default=8)
     ap.add_argument(
         "--ner-epochs", type=float, default=1.0, help="local epochs per round"
     )
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.device,
                 "--no-progress",
             ],
-            240.0,
+            270.0,
         ),
         (
             "demo_dp",
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--no-progress",
                 "--no-resume",
             ],
-            90.0,
+            50.0,
         ),
         (
             "demo_nodp",
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--no-progress",
                 "--no-resume",
             ],
-            90.0,
+            50.0,
         ),
     ]
     for be in ("ckks", "secagg"):
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--device",
                     a.device,
                 ],
-                60.0,
+                40.0,
             )
         )
     t0 = time.perf_counter()
