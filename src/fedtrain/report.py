@@ -15,10 +15,17 @@ __all__ = [
     "BASELINES",
     "baseline_of",
     "build_report",
+    "compare_rows",
+    "format_table",
+    "load_report",
+    "plot_compare",
     "plot_rounds",
     "summary_line",
     "write_report",
 ]
+
+MAX_REPORT_BYTES = 64 << 20
+"""A ``report.json`` larger than this is refused by :func:`load_report`."""
 
 BASELINES = {
     "accuracy": ("majority_accuracy", "majority-class rate"),
@@ -192,3 +199,166 @@ def plot_rounds(
     fig.savefig(files[-1], dpi=100)
     plt.close(fig)
     return files
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``report.json`` written by a run.
+
+    Raises:
+        ConfigError: missing, too large, not JSON, or without the fields a report has.
+    """
+    from fedtrain.errors import ConfigError
+
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_REPORT_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(p)!r}: {exc.strerror}") from exc
+    if len(raw) > MAX_REPORT_BYTES:
+        raise ConfigError(f"{str(p)!r} is larger than {MAX_REPORT_BYTES} bytes")
+    try:
+        rep = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{str(p)!r} is not JSON: {exc}") from exc
+    need = ("main_metric", "initial_metrics", "final_metrics", "rounds")
+    if not isinstance(rep, dict) or not all(k in rep for k in need):
+        raise ConfigError(f"{str(p)!r} is not a fedtrain report (needs {need})")
+    if not isinstance(rep["rounds"], list) or not all(
+        isinstance(r, dict) and "round" in r and isinstance(r.get("metrics"), dict)
+        for r in rep["rounds"]
+    ):
+        raise ConfigError(f"{str(p)!r}: malformed 'rounds'")
+    out: dict[str, Any] = rep
+    return out
+
+
+def compare_rows(
+    reports: Sequence[Mapping[str, Any]], names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per run: configuration, final metric against its baseline, privacy.
+
+    Args:
+        reports: reports from :func:`load_report`.
+        names: a name per run (e.g. its folder name).
+
+    Returns:
+        JSON-friendly rows.
+    """
+    rows = []
+    for name, rep in zip(names, reports, strict=True):
+        key = str(rep["main_metric"])
+        final = rep.get("final_metrics") or {}
+        b = baseline_of(key, final)
+        pv = rep.get("privacy") or {}
+        v = final.get(key)
+        rows.append(
+            {
+                "run": name,
+                "task": rep.get("task"),
+                "backend": rep.get("backend"),
+                "mode": rep.get("aggregation_mode"),
+                "privacy": pv.get("level", "none"),
+                "epsilon": pv.get("final_epsilon"),
+                "delta": pv.get("delta") if pv.get("level", "none") != "none" else None,
+                "metric": key,
+                "initial": (rep.get("initial_metrics") or {}).get(key),
+                "final": v,
+                "baseline": None if b is None else b[2],
+                "above_baseline": None if b is None or v is None else v - b[2],
+                "rounds": len(rep["rounds"]),
+                "wall_seconds": rep.get("wall_seconds"),
+                "bytes_sent": sum(
+                    int(r.get("bytes_sent_total") or 0) for r in rep["rounds"]
+                ),
+            }
+        )
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows of :func:`compare_rows` as an aligned text table."""
+    cols = [
+        ("run", "run"),
+        ("backend", "backend"),
+        ("mode", "mode"),
+        ("privacy", "privacy"),
+        ("epsilon", "epsilon"),
+        ("metric", "metric"),
+        ("initial", "initial"),
+        ("final", "final"),
+        ("baseline", "baseline"),
+        ("above_baseline", "+/- baseline"),
+        ("rounds", "rounds"),
+        ("wall_seconds", "wall s"),
+        ("bytes_sent", "MB sent"),
+    ]
+
+    def cell(k: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        if k == "bytes_sent":
+            return f"{v / 1e6:.1f}"
+        if k == "above_baseline":
+            return f"{v:+.4f}"
+        if k == "wall_seconds":
+            return f"{v:.0f}"
+        if isinstance(v, float):
+            return f"{v:.4g}" if k == "epsilon" else f"{v:.4f}"
+        return str(v)
+
+    table = [[h for _, h in cols]] + [
+        [cell(k, r.get(k)) for k, _ in cols] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def plot_compare(
+    reports: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    out_dir: str | os.PathLike[str],
+) -> Path:
+    """``compare.png``: each run's main metric per round (baselines dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    keys = sorted({str(r["main_metric"]) for r in reports})
+    seen: set[tuple[str, float]] = set()
+    for name, rep in zip(names, reports, strict=True):
+        key = str(rep["main_metric"])
+        xs = [0] + [r["round"] for r in rep["rounds"]]
+        ys = [rep["initial_metrics"].get(key)] + [
+            r["metrics"].get(key) for r in rep["rounds"]
+        ]
+        label = name if len(keys) == 1 else f"{name} ({key})"
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
+        b = baseline_of(key, rep.get("final_metrics") or rep["initial_metrics"])
+        if b is not None and (b[1], round(b[2], 4)) not in seen:
+            seen.add((b[1], round(b[2], 4)))
+            ax.axhline(
+                b[2],
+                color=line.get_color(),
+                linestyle="--",
+                alpha=0.6,
+                label=f"{b[1]} ({b[2]:.3f})",
+            )
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(keys[0] if len(keys) == 1 else "metric")
+    ax.set_title("runs compared")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out_dir) / "compare.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
