@@ -1,7 +1,7 @@
 """Real deployments: a SuperLink and SuperNodes as separate processes on 127.0.0.1.
 
-Each test starts ``flower-superlink --insecure`` and ``flower-supernode --insecure``
-processes on free loopback ports, submits the app folder ``examples/flower_deployment``
+Each test starts ``flower-superlink`` and ``flower-supernode`` processes with TLS and
+SuperNode authentication (see ``test_flower_tls.py``) on free loopback ports, submits the app folder ``examples/flower_deployment``
 with ``flwr run``, and checks the ServerApp's recovered sums against the exact weighted
 sum of the clients' deterministic updates. Every process group is stopped in teardown
 and checked gone.
@@ -48,7 +48,9 @@ def _client_nodes(material_dir: Path | None = None) -> list[dict[str, Any]]:
     return nodes
 
 
-def _run(d: LocalDeployment, name: str, **config: Any) -> dict[str, Any]:
+def _run(
+    d: LocalDeployment, name: str, *, timeout: float = 90.0, **config: Any
+) -> dict[str, Any]:
     result = d.workdir / f"{name}.json"
     run_config = {
         "shapes": SHAPES,
@@ -59,7 +61,7 @@ def _run(d: LocalDeployment, name: str, **config: Any) -> dict[str, Any]:
         **config,
     }
     try:
-        d.run_app(APP, run_config, timeout=90.0, name=name)
+        d.run_app(APP, run_config, timeout=timeout, name=name)
     except Exception:
         print(d.logs())
         raise
@@ -286,6 +288,8 @@ def test_fedtrain_lora_round_over_deployment(tmp_path: Path) -> None:
         out = _run(
             d,
             "lora",
+            # each stage starts ClientApp processes that load MiniLM: slow on 2 busy cores
+            timeout=300.0,
             task="lora",
             backend=backend,
             **{

@@ -11,6 +11,12 @@ tests and for local demos::
 Each process is started in its own session (process group), so stopping it also stops
 the ``flower-superexec``/``flwr-serverapp``/``flwr-clientapp`` processes it spawned.
 
+By default the deployment is secured as Flower documents for production: TLS on the
+SuperLink (a CA and a server certificate made in ``workdir/certificates``; SuperNodes
+and the ``flwr`` CLI verify it), and SuperNode authentication (``--enable-supernode-auth``;
+each SuperNode's EC key is registered with ``flwr supernode register`` before it starts;
+an unregistered SuperNode is refused). ``secure=False`` runs with ``--insecure``.
+
 A demo from the command line (synthetic updates, prints the ServerApp's summary)::
 
     python -m fedtrain.flower.launch --nodes 3 --backend secagg \\
@@ -37,6 +43,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import tomli_w
+
+from fedtrain.flower.credentials import TlsFiles, make_node_key, make_tls
 
 __all__ = ["DeploymentError", "LocalDeployment", "free_port", "main"]
 
@@ -78,6 +86,7 @@ class LocalDeployment:
             ``{"party-id": "client-0", "privagg-weight": 0.5}``.
         bin_dir: folder with the Flower CLIs (default: next to this interpreter).
         start_timeout: seconds to wait for the SuperLink to listen.
+        secure: TLS and SuperNode authentication (default); False: ``--insecure``.
     """
 
     def __init__(
@@ -87,8 +96,12 @@ class LocalDeployment:
         *,
         bin_dir: str | Path | None = None,
         start_timeout: float = 30.0,
+        secure: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
+        self.secure = secure
+        self.tls: TlsFiles | None = None
+        self.node_keys: list[tuple[Path, Path]] = []
         self.node_configs = [dict(n) for n in nodes]
         self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
         self.start_timeout = start_timeout
@@ -128,10 +141,22 @@ class LocalDeployment:
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        transport = ["--insecure"]
+        if self.secure:
+            self.tls = make_tls(self.workdir / "certificates")
+            transport = [
+                "--ssl-ca-certfile",
+                str(self.tls.ca_cert),
+                "--ssl-certfile",
+                str(self.tls.server_cert),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
+                "--enable-supernode-auth",
+            ]
         self.superlink = self._spawn(
             [
                 str(self.bin_dir / "flower-superlink"),
-                "--insecure",
+                *transport,
                 "--host",
                 _HOST,
                 "--port",
@@ -141,27 +166,76 @@ class LocalDeployment:
             "superlink.log",
         )
         _wait_port(self.port, self.start_timeout, self.superlink)
+        link: dict[str, Any] = {"address": f"{_HOST}:{self.port}"}
+        if self.tls is not None:
+            link["root-certificates"] = str(self.tls.ca_cert)
+        else:
+            link["insecure"] = True
         (home / "config.toml").write_text(
-            tomli_w.dumps(
-                {
-                    "superlink": {
-                        "default": "local",
-                        "local": {"address": f"{_HOST}:{self.port}", "insecure": True},
-                    }
-                }
-            ),
+            tomli_w.dumps({"superlink": {"default": "local", "local": link}}),
             encoding="utf-8",
         )
         for i in range(len(self.node_configs)):
+            if self.secure:
+                self.node_keys.append(make_node_key(self.workdir / "keys", f"node-{i}"))
+                self.register_node_key(self.node_keys[i][1])
             self.supernodes.append(self._start_node(i))
+
+    def register_node_key(self, public_key: Path) -> None:
+        """``flwr supernode register``: admit the SuperNode holding this key.
+
+        Raises:
+            DeploymentError: the CLI failed.
+        """
+        res = subprocess.run(
+            [
+                str(self.bin_dir / "flwr"),
+                "supernode",
+                "register",
+                str(public_key),
+                "local",
+            ],
+            capture_output=True,
+            env=self.env,
+            cwd=self.workdir,
+            timeout=60,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise DeploymentError(
+                f"flwr supernode register failed ({res.returncode}): "
+                f"{res.stdout.decode(errors='replace')[-2000:]}"
+                f"{res.stderr.decode(errors='replace')[-2000:]}"
+            )
+
+    def start_extra_node(
+        self, config: Mapping[str, Any], *, register: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start one more SuperNode (``register=False``: with a key never registered)."""
+        i = len(self.node_configs)
+        self.node_configs.append(dict(config))
+        if self.secure:
+            self.node_keys.append(make_node_key(self.workdir / "keys", f"node-{i}"))
+            if register:
+                self.register_node_key(self.node_keys[i][1])
+        self.supernodes.append(self._start_node(i))
+        return self.supernodes[-1]
 
     def _start_node(self, i: int) -> subprocess.Popen[bytes]:
         cfg_path = self.workdir / f"node-{i}.toml"
         cfg_path.write_text(tomli_w.dumps(self.node_configs[i]), encoding="utf-8")
+        transport = ["--insecure"]
+        if self.tls is not None:
+            transport = [
+                "--root-certificates",
+                str(self.tls.ca_cert),
+                "--auth-supernode-private-key",
+                str(self.node_keys[i][0]),
+            ]
         return self._spawn(
             [
                 str(self.bin_dir / "flower-supernode"),
-                "--insecure",
+                *transport,
                 "--superlink",
                 f"{_HOST}:{self.port}",
                 "--host",
