@@ -329,7 +329,7 @@ def test_resume_continues_a_crashed_run(
 
         return real(*a, **{**kw, "on_round": on_round})
 
-    cfg = _tiny(tmp_path, rounds=2)
+    _tiny(tmp_path, rounds=2)
     monkeypatch.setattr(fedtrain.experiment, "run_experiment", crash_after_round_1)
     # relative --out, run from the config's folder
     monkeypatch.chdir(tmp_path)
