@@ -18,6 +18,7 @@ from privagg import (
 )
 from privagg.backends import additive as ad
 from privagg.backends.additive import AdditiveBackend
+from privagg.backends.additive import _context as ad_ctx
 from tests.privagg.contract.backend_contract import BackendContract
 
 
@@ -117,10 +118,12 @@ def _open_seeds(s: ad.AdditiveSession, m: ad.ClientShares) -> dict[str, bytes]:
     out = {}
     for sid, ct in m.seeds:
         sk = x25519_key(s._server_keys[sid].unsafe_material())
-        ctx = ad._ctx(cfg, m.round_id, m.party, sid)
-        info = ad._DOMAIN + b"seed-key" + ctx + m.ephemeral_pk
+        ctx = ad_ctx._ctx(cfg, m.round_id, m.party, sid)
+        info = ad_ctx._DOMAIN + b"seed-key" + ctx + m.ephemeral_pk
         key = hkdf(ecdh(sk, m.ephemeral_pk), salt=cfg.params_id, info=info)
-        out[sid] = aead_decrypt(key, ct, ad._DOMAIN + b"seed" + ctx + m.ephemeral_pk)
+        out[sid] = aead_decrypt(
+            key, ct, ad_ctx._DOMAIN + b"seed" + ctx + m.ephemeral_pk
+        )
     return out
 
 

@@ -44,6 +44,7 @@ from privagg.backends._secagg_crypto import (
     x25519_key,
     x25519_public,
 )
+from privagg.backends.additive import _context as ad_ctx
 from privagg.hazmat import DeterministicRng
 from privagg.protocols import Responder
 
@@ -196,7 +197,7 @@ def _forged_partial(
     cfg = s._cfg
     eph = x25519_key(new_x25519(DeterministicRng(5)))
     epk = x25519_public(eph.private_bytes_raw())
-    key, aad = ad._partial_key(
+    key, aad = ad_ctx._partial_key(
         cfg, rid, sid, ids, epk, ecdh(eph, cfg.holder_pk), static
     )
     return sid, epk, aead_encrypt(key, bytes(4 * SIZE), aad)
@@ -212,16 +213,16 @@ def test_coordinator_cannot_forge_a_server_partial() -> None:
     # v1-style: the key from the ephemeral Diffie-Hellman alone, which anyone can make
     eph = x25519_key(new_x25519(DeterministicRng(6)))
     epk = x25519_public(eph.private_bytes_raw())
-    ctx = ad._ctx(cfg, rid, "server-1") + ad._ids_digest(ids) + epk
+    ctx = ad_ctx._ctx(cfg, rid, "server-1") + ad_ctx._ids_digest(ids) + epk
     key = hkdf(
         ecdh(eph, cfg.holder_pk),
         salt=cfg.params_id,
-        info=ad._DOMAIN + b"partial-key" + ctx,
+        info=ad_ctx._DOMAIN + b"partial-key" + ctx,
     )
     v1 = (
         "server-1",
         epk,
-        aead_encrypt(key, bytes(4 * SIZE), ad._DOMAIN + b"partial" + ctx),
+        aead_encrypt(key, bytes(4 * SIZE), ad_ctx._DOMAIN + b"partial" + ctx),
     )
     # AuthEncap shape with a static term of server 0's own making
     own = _forged_partial(s, rid, "server-1", ids, ecdh(eph, cfg.server_pks[0]))
@@ -260,7 +261,7 @@ def test_odd_length_authenticated_partial_is_a_deserialization_error() -> None:
     sk = x25519_key(s._server_keys["server-1"].unsafe_material())
     eph = x25519_key(new_x25519(DeterministicRng(9)))
     epk = x25519_public(eph.private_bytes_raw())
-    key, aad = ad._partial_key(
+    key, aad = ad_ctx._partial_key(
         cfg,
         rid,
         "server-1",

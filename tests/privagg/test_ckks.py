@@ -28,13 +28,13 @@ from privagg.backends.ckks import (
     CkksPublicContext,
     CkksSecretContext,
     EncryptedUpdate,
-    _pack,
-    _RecoverCodec,
-    _unpack,
     keygen,
 )
+from privagg.backends.ckks._bits import _pack, _unpack
+from privagg.backends.ckks.backend import _RecoverCodec
 from privagg.envelope import PayloadReader, PayloadWriter
 from privagg.hazmat import DeterministicRng
+from privagg.hazmat.ckks import raw_decrypt
 from privagg.messages import Contribution
 from privagg.protocols import Session
 from tests.privagg.contract.backend_contract import BackendContract
@@ -152,6 +152,17 @@ def test_params_bytes_round_trip() -> None:
 
 
 # -- keys ---------------------------------------------------------------------------------
+def test_secret_context_decrypt_is_a_deprecated_raw_decrypt(
+    keys: CkksSecretContext,
+) -> None:
+    """``CkksSecretContext.decrypt`` (unflooded) is deprecated for hazmat's raw_decrypt."""
+    upd = keys.public.encrypt(np.full(10, 0.5))
+    with pytest.warns(DeprecationWarning, match="raw_decrypt"):
+        old = keys.decrypt(upd)
+    assert np.array_equal(old, raw_decrypt(keys, upd))
+    assert not hasattr(keys, "raw_decrypt")  # only behind privagg.hazmat
+
+
 def test_public_context_cannot_decrypt(keys: CkksSecretContext) -> None:
     pub = CkksPublicContext.from_bytes(keys.public.to_bytes())
     upd = pub.encrypt(np.ones(10))
@@ -165,7 +176,7 @@ def test_public_context_cannot_decrypt(keys: CkksSecretContext) -> None:
     with pytest.raises(MissingKeyError):
         CkksSecretContext.from_bytes(pub.to_bytes(), protection=NoProtection())
     # The key holders' context decrypts the same ciphertext.
-    assert np.allclose(keys.decrypt(upd), 1.0, atol=1e-6)
+    assert np.allclose(raw_decrypt(keys, upd), 1.0, atol=1e-6)
 
 
 def test_public_context_holds_only_parameters_and_public_key(
@@ -178,7 +189,7 @@ def test_public_context_holds_only_parameters_and_public_key(
     pk_blob = r.blob()
     r.done()
     state = keys.public.seal_state()
-    from privagg.backends.ckks import _seal_load
+    from privagg.backends.ckks._sealio import _seal_load
 
     pk = seal.PublicKey()
     _seal_load(pk, state.context, pk_blob)  # the one key inside is a public key
@@ -210,7 +221,7 @@ def test_secret_context_saved_0600_and_reloads(
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     loaded = CkksSecretContext.load(path, protection=NoProtection())
     upd = keys.public.encrypt(np.full(7, 0.25))
-    assert np.allclose(loaded.decrypt(upd), 0.25, atol=1e-6)
+    assert np.allclose(raw_decrypt(loaded, upd), 0.25, atol=1e-6)
     os.chmod(path, 0o644)
     with pytest.raises(ConfigurationError):
         CkksSecretContext.load(path, protection=NoProtection())
@@ -266,7 +277,7 @@ def test_packing_uses_every_slot(keys: CkksSecretContext, extra: int) -> None:
     body = upd.to_bytes()
     assert len(body) <= 15 * upd.n_ciphertexts * 4096 + 64
     back = EncryptedUpdate.from_bytes(body, keys.public)
-    assert np.max(np.abs(keys.decrypt(back) - x)) < 1e-6
+    assert np.max(np.abs(raw_decrypt(keys, back) - x)) < 1e-6
 
 
 def test_bytes_per_value_targets() -> None:
@@ -293,7 +304,7 @@ def test_noise_model_matches_measurement(keys: CkksSecretContext) -> None:
     acc = keys.public.encrypt(xs[0])
     for x in xs[1:]:
         acc = acc + keys.public.encrypt(x)
-    err = keys.decrypt(acc) - np.sum(xs, axis=0)
+    err = raw_decrypt(keys, acc) - np.sum(xs, axis=0)
     ratio = float(np.std(err)) / keys.params.noise_std(4)
     assert 0.7 < ratio < 1.3, ratio
 
@@ -368,7 +379,7 @@ def test_other_key_ciphertexts_refused(
     with pytest.raises(ParameterMismatchError):
         _ = a + b
     with pytest.raises(ParameterMismatchError):
-        keys.decrypt(b)
+        raw_decrypt(keys, b)
     with pytest.raises(ParameterMismatchError):
         _ = a + keys.public.encrypt(np.ones(6))
 
@@ -381,7 +392,7 @@ def test_aggregate_counts_and_refuses_mixed_sets(keys: CkksSecretContext) -> Non
     bodies = [_body(keys, np.full(10, 0.5)) for _ in range(3)]
     agg = EncryptedUpdate.from_bytes(combine.combine(bodies), keys)
     assert agg.count == 3
-    assert np.allclose(keys.decrypt(agg), 1.5, atol=1e-6)
+    assert np.allclose(raw_decrypt(keys, agg), 1.5, atol=1e-6)
     # an aggregate of aggregates keeps counting (EncryptedUpdate arithmetic) ...
     agg2 = agg + EncryptedUpdate.from_bytes(bodies[0], keys)
     assert agg2.count == 4
@@ -490,7 +501,7 @@ def test_secure_preset_error_is_float64_dominated(keys: CkksSecretContext) -> No
     secure = keygen("secure")
     p = secure.params
     x = np.random.default_rng(0).uniform(-1, 1, 2 * p.poly_modulus_degree)
-    e = secure.decrypt(secure.public.encrypt(x)) - x
+    e = raw_decrypt(secure, secure.public.encrypt(x)) - x
     assert np.max(np.abs(e)) > 100 * p.noise_std(1)  # the RLWE model alone misses it
     float_term = 2.0**-45 * 1 * 1.0
     assert np.max(np.abs(e)) < float_term / 10  # the float64 term covers it with room
@@ -522,7 +533,7 @@ def test_tampered_bodies_rejected_or_typed(keys: CkksSecretContext) -> None:
 def test_process_pool_matches_inline(
     keys: CkksSecretContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import privagg.backends.ckks as ckks_mod
+    import privagg.backends.ckks._pool as ckks_mod
 
     monkeypatch.setattr(ckks_mod, "_POOL_MIN_PER_WORKER", 4)
     assert ckks_mod._n_workers(2, 40) == 2 and ckks_mod._n_workers(1, 40) == 1
@@ -782,7 +793,7 @@ def test_coefficient_noise_model_matches_zero_message(
     rounding of a large message): its std matches coeff_noise_std * sqrt(N/2) / scale."""
     k = secure_keys if preset == "secure" else large_keys
     p = k.params
-    z = k.decrypt(k.public.encrypt(np.zeros(8 * p.poly_modulus_degree)))
+    z = raw_decrypt(k, k.public.encrypt(np.zeros(8 * p.poly_modulus_degree)))
     ratio = float(np.std(z)) / p.noise_std(1)
     assert 0.95 < ratio < 1.05, ratio
     assert p.noise_std(1) == pytest.approx(p.coeff_noise_std(1) * p.slot_factor)
@@ -831,7 +842,7 @@ def test_flooding_dominates_float64_error_at_every_magnitude(
     for magnitude in (1e-3, 1.0, p.value_bound):
         x = np.random.default_rng(1).uniform(-magnitude, magnitude, 4 * n)
         upd = k.public.encrypt(x)
-        raw = float(np.std(k.decrypt(upd) - x))
+        raw = float(np.std(raw_decrypt(k, upd) - x))
         assert raw < predicted / 1000  # the unflooded (float64) error is far below
         ratio = float(np.std(k.release(upd, DeterministicRng(2)) - x)) / predicted
         assert 0.95 < ratio < 1.05, (magnitude, ratio)
@@ -897,7 +908,7 @@ def test_pool_decryption_floods_like_inline(
 ) -> None:
     """The flooding noise is drawn in the holder's process and handed to the workers:
     the same ciphertext and seed give the same release with or without workers."""
-    import privagg.backends.ckks as ckks_mod
+    import privagg.backends.ckks._pool as ckks_mod
 
     monkeypatch.setattr(ckks_mod, "_POOL_MIN_PER_WORKER", 4)
     x = np.random.default_rng(4).uniform(-1, 1, 12 * 4096 + 5)
@@ -981,7 +992,8 @@ def test_custom_parameters_rejected_before_seal(options: dict) -> None:
 def test_zstd_and_word_by_word_readers_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """29-bit primes compress: SEAL's own zstd decompresses them (fast path); the
     word-by-word fallback must read the same words."""
-    import privagg.backends.ckks as ckks_mod
+    import privagg.backends.ckks._sealio as ckks_io
+    import privagg.backends.ckks._sealwrap as ckks_wrap
 
     k = keygen("secure")
     x = np.random.default_rng(0).uniform(-1, 1, 100)
@@ -990,9 +1002,9 @@ def test_zstd_and_word_by_word_readers_agree(monkeypatch: pytest.MonkeyPatch) ->
     st_.encoder.encode((x[0::2] + 1j * x[1::2]).tolist(), k.params.scale, pt)
     ct = seal.Ciphertext(st_.context)
     st_.encryptor.encrypt(pt, ct)
-    with ckks_mod._scratch_path() as path:
+    with ckks_io._scratch_path() as path:
         fast = np.array(st_._ct_words(ct, path))
-        monkeypatch.setattr(ckks_mod, "_ZSTD", None)
+        monkeypatch.setattr(ckks_wrap, "_ZSTD", None)
         slow = st_._ct_words(ct, path)
     assert np.array_equal(fast, slow)
 
@@ -1077,4 +1089,4 @@ def test_unflooded_release_is_refused() -> None:
     upd = keys.public.encrypt(np.zeros(8))
     with pytest.raises(ConfigurationError, match="unflooded"):
         keys.release(upd)
-    assert np.max(np.abs(keys.decrypt(upd))) < 1e-6  # hazmat path, holders only
+    assert np.max(np.abs(raw_decrypt(keys, upd))) < 1e-6  # hazmat path, holders only

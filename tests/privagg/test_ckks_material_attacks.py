@@ -15,6 +15,7 @@ import pytest
 from privagg.layout import Layout
 
 ckks = pytest.importorskip("privagg.backends.ckks")
+sealio = pytest.importorskip("privagg.backends.ckks._sealio")
 
 
 def test_dealt_material_refuses_pickling_and_copying() -> None:
@@ -32,19 +33,19 @@ def test_fallback_scratch_file_is_private_and_wiped(
     """Force the non-Linux path: a 0600 file in a 0700 directory, zeroed and removed."""
     monkeypatch.delattr(os, "memfd_create", raising=False)
     seen: dict[str, object] = {}
-    with ckks._scratch_path() as path:
+    with sealio._scratch_path() as path:
         p = Path(path)
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
         assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700
         p.write_bytes(b"secret key bytes" * 8)
         seen["path"] = p
-        real_wipe = ckks._wipe
+        real_wipe = sealio._wipe
 
         def spy(q: str) -> None:
             real_wipe(q)
             seen["after_wipe"] = Path(q).read_bytes()
 
-        monkeypatch.setattr(ckks, "_wipe", spy)
+        monkeypatch.setattr(sealio, "_wipe", spy)
     assert seen["after_wipe"] == bytes(128)
     assert not Path(str(seen["path"])).exists()
 

@@ -32,15 +32,15 @@ from privagg import (
     SecretKey,
 )
 from privagg._oneshot import OneShotSession
-from privagg.backends._packing import MARGIN_BITS, SlotLayout
 from privagg.backends.paillier import (
     PaillierBackend,
     PaillierPublicKey,
-    _ClientCodec,
-    _encrypt_djn,
-    _PrivateMaterial,
     load_secret_key,
 )
+from privagg.backends.paillier._fastexp import _encrypt_djn
+from privagg.backends.paillier._slots import MARGIN_BITS, SlotLayout
+from privagg.backends.paillier.backend import _ClientCodec
+from privagg.backends.paillier.keys import _PrivateMaterial
 from privagg.encoding import FixedPointEncoder
 from privagg.hazmat import DeterministicRng
 from privagg.messages import AggregateMessage
@@ -544,7 +544,7 @@ def test_noise_is_added_in_encoded_units_with_reserved_headroom() -> None:
 
 # -- tampering, wrong key, leaks --------------------------------------------------------------
 def _body(session: OneShotSession, cts: list[int]) -> bytes:
-    from privagg.backends.paillier import _write_body
+    from privagg.backends.paillier.backend import _write_body
 
     return _write_body(session.client_codec.params, cts)  # type: ignore[attr-defined]
 

@@ -28,13 +28,15 @@ from privagg import (
     SecretKey,
 )
 from privagg.backends.paillier import (
-    _PK_TAG,
-    _SK_TAG,
     PaillierBackend,
     PaillierPublicKey,
+    load_secret_key,
+)
+from privagg.backends.paillier.keys import (
+    _PK_TAG,
+    _SK_TAG,
     _check_blum,
     _check_key_structure,
-    load_secret_key,
 )
 from privagg.envelope import PayloadWriter
 from privagg.hazmat import DeterministicRng

@@ -18,14 +18,10 @@ import numpy as np
 import pytest
 from phe import paillier as phe_paillier
 
-from privagg.backends._packing import MARGIN_BITS, SlotLayout
-from privagg.backends.paillier import (
-    PaillierPublicKey,
-    _encrypt_djn,
-    _encrypt_with,
-    _FixedBase,
-    _PrivateMaterial,
-)
+from privagg.backends.paillier import PaillierPublicKey
+from privagg.backends.paillier._fastexp import _encrypt_djn, _encrypt_with, _FixedBase
+from privagg.backends.paillier._slots import MARGIN_BITS, SlotLayout
+from privagg.backends.paillier.keys import _PrivateMaterial
 
 VECTORS = (
     Path(__file__).resolve().parents[1] / "vectors" / "paillier" / "known_answers.json"

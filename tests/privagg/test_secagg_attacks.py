@@ -14,6 +14,8 @@ from privagg.backends import additive as ad
 from privagg.backends import secagg as sa
 from privagg.backends._ringcode import encode_to_ring
 from privagg.backends._secagg_crypto import ed25519_sign
+from privagg.backends.additive import _context as ad_ctx
+from privagg.backends.secagg import _context as sa_ctx
 from privagg.encoding import FixedPointEncoder, from_ring
 from privagg.errors import (
     DeserializationError,
@@ -145,13 +147,13 @@ def test_forged_view_leaves_no_share_of_the_victim_with_the_other_group() -> Non
 def test_survivor_signature_and_share_key_bind_u0() -> None:
     cfg = _setup(n=5)[0]._cfg
     a, b = sa.u0_digest(["c0", "c1"]), sa.u0_digest(["c0", "c1", "c2"])
-    assert sa._survivor_message(cfg, 0, ["c0"], a + bytes(32)) != sa._survivor_message(
-        cfg, 0, ["c0"], a + b
-    )
-    assert sa._survivor_message(cfg, 0, ["c0"], a) != sa._survivor_message(
+    assert sa_ctx._survivor_message(
+        cfg, 0, ["c0"], a + bytes(32)
+    ) != sa_ctx._survivor_message(cfg, 0, ["c0"], a + b)
+    assert sa_ctx._survivor_message(cfg, 0, ["c0"], a) != sa_ctx._survivor_message(
         cfg, 0, ["c0"], b
     )
-    assert sa._share_key(cfg, 0, bytes(32), "c0", "c1", a) != sa._share_key(
+    assert sa_ctx._share_key(cfg, 0, bytes(32), "c0", "c1", a) != sa_ctx._share_key(
         cfg, 0, bytes(32), "c0", "c1", b
     )
 
@@ -283,7 +285,7 @@ def test_low_order_x25519_key_drops_only_that_client() -> None:
     replies = {c: cl[c].handle(r) for c, r in out.items()}
     bad = "c03"
     m = sa.AdvertiseMessage.from_bytes(replies[bad])
-    msg = sa._key_message(
+    msg = sa_ctx._key_message(
         cfg, R, bad, _LOW_ORDER, m.s_pk, sa.u0_digest(ids), cfg.round_params(len(ids))
     )
     sig = ed25519_sign(
@@ -379,16 +381,18 @@ def test_additive_odd_length_partial_is_a_deserialization_error() -> None:
 
     eph = x25519_key(new_x25519(DeterministicRng(9)))
     epk = x25519_public(eph.private_bytes_raw())
-    ctx = ad._ctx(cfg, msg.round_id, sid) + ad._ids_digest(msg.contributors) + epk
+    ctx = (
+        ad_ctx._ctx(cfg, msg.round_id, sid) + ad_ctx._ids_digest(msg.contributors) + epk
+    )
     key = hkdf(
         ecdh(eph, cfg.holder_pk),
         salt=cfg.params_id,
-        info=ad._DOMAIN + b"partial-key" + ctx,
+        info=ad_ctx._DOMAIN + b"partial-key" + ctx,
     )
     ct = aead_encrypt(
         key,
         b"\x01" * (cfg.size * np.dtype(cfg.dtype).itemsize - 1),
-        ad._DOMAIN + b"partial" + ctx,
+        ad_ctx._DOMAIN + b"partial" + ctx,
     )
     bad = ad.ResultMessage(
         msg.params_id,

@@ -18,6 +18,7 @@ from privagg.backends import _shamir
 from privagg.backends import secagg as sa
 from privagg.backends._secagg_crypto import MaskExpander, ecdh, hkdf, x25519_public
 from privagg.backends.secagg import SecAggBackend
+from privagg.backends.secagg import messages as sa_msg
 from privagg.errors import ConfigurationError
 from privagg.hazmat import DeterministicRng
 
@@ -216,7 +217,7 @@ def _masked_upload(x: np.ndarray, active: bool) -> np.ndarray:
     reqs = agg.start()
     while True:
         reps = {c: clients[c].handle(r) for c, r in reqs.items()}
-        kind = sa._wire.peek_header(reps["c0"]).kind
+        kind = sa_msg._wire.peek_header(reps["c0"]).kind
         if kind == sa.SecAggKind.MASKED:
             return sa.MaskedInput.from_bytes(reps["c0"]).masked
         reqs = agg.receive(reps)

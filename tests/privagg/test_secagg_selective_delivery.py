@@ -30,6 +30,8 @@ from privagg.backends import _shamir
 from privagg.backends import secagg as sa
 from privagg.backends._ringcode import add_masks, centred
 from privagg.backends._secagg_crypto import ecdh, x25519_key, x25519_public
+from privagg.backends.secagg import _context as sa_ctx
+from privagg.backends.secagg import messages as sa_msg
 from privagg.errors import InsufficientParticipantsError, PrivaggError, ProtocolError
 from privagg.hazmat import DeterministicRng
 from privagg.layout import Layout
@@ -96,6 +98,8 @@ def _attack(
     keys = {c: sa.AdvertiseMessage.from_bytes(a) for c, a in adv.items()}
     reqs = agg.receive(adv)
     shares = {c: sa.SharesMessage.from_bytes(cl[c].handle(r)) for c, r in reqs.items()}
+    # Each client's own round secrets (a corrupt client hands them to the server).
+    own = {c: cl[c]._state.adv for c in shares}  # type: ignore[union-attr]
 
     # Stage 2: selective delivery to the victim.
     routed: dict[str, list[tuple[str, bytes]]] = {c: [] for c in ids}
@@ -126,10 +130,11 @@ def _attack(
     def add_share(owner: str, which: int, holder: str, value: int) -> None:
         leaked.setdefault((owner, which), {})[index[holder]] = value
 
+    after_mask = {c: cl[c]._state for c in masked}
     for c in bad:
-        for owner, (s_share, b_share) in cl[c]._held.items():
-            add_share(owner, sa._S, c, s_share)
-            add_share(owner, sa._B, c, b_share)
+        for owner, (s_share, b_share) in after_mask[c].held.items():  # type: ignore[union-attr]
+            add_share(owner, sa_msg._S, c, s_share)
+            add_share(owner, sa_msg._B, c, b_share)
 
     # Selective drop: U3 leaves out the chosen clients.
     drop_pick = choose_dropped or (lambda ii, dd, mx: sorted(dd))
@@ -174,14 +179,14 @@ def _attack(
         if len(got) < t:
             continue
         secret = _shamir.reconstruct(got, t)
-        if which == sa._B:
+        if which == sa_msg._B:
             b_known[owner] = secret
         elif x25519_public(secret) == keys[owner].s_pk:
             s_known[owner] = secret
     for c in bad:  # a corrupt client's own secrets
-        b_known[c] = cl[c]._b.reveal()
-        s_known[c] = cl[c]._s_sk.reveal()
-    partners = {c: set(cl[c]._masked_with) for c in masked}
+        b_known[c] = own[c].b.reveal()
+        s_known[c] = own[c].s_sk.reveal()
+    partners = {c: set(after_mask[c].masked_with) for c in masked}  # type: ignore[union-attr]
     out.closure = _closure(victim, partners, masked, b_known, s_known)
     # The direct attack: unmask the victim's upload alone.
     if victim in b_known and all(
@@ -194,8 +199,8 @@ def _attack(
                 if a in s_known
                 else (s_known[victim], keys[a].s_pk)
             )
-            seed = sa._pair_seed(cfg, R, ecdh(x25519_key(sk), pk), victim, a)
-            seeds.append((seed, -sa._pair_sign(victim, a)))
+            seed = sa_ctx._pair_seed(cfg, R, ecdh(x25519_key(sk), pk), victim, a)
+            seeds.append((seed, -sa_ctx._pair_sign(victim, a)))
         acc = masked[victim].masked.copy()
         add_masks(acc, seeds)
         out.victim_estimate = cfg.encoder.decode(centred(acc))
@@ -335,11 +340,11 @@ def test_attestation_is_bound_to_the_round_view() -> None:
     layout = Layout.from_arrays({"w": np.zeros(SIZE)})
     cfg = sa.SecAggBackend(bound=1.0).setup(layout, max_clients=4)._cfg
     view = bytes(64)
-    m = sa._partner_message(cfg, R, view, "c0", ("c1",))
-    assert m != sa._partner_message(cfg, R + 1, view, "c0", ("c1",))
-    assert m != sa._partner_message(cfg, R, bytes(63) + b"\x01", "c0", ("c1",))
-    assert m != sa._partner_message(cfg, R, view, "c0", ())
-    assert m != sa._partner_message(cfg, R, view, "c1", ("c1",))
+    m = sa_ctx._partner_message(cfg, R, view, "c0", ("c1",))
+    assert m != sa_ctx._partner_message(cfg, R + 1, view, "c0", ("c1",))
+    assert m != sa_ctx._partner_message(cfg, R, bytes(63) + b"\x01", "c0", ("c1",))
+    assert m != sa_ctx._partner_message(cfg, R, view, "c0", ())
+    assert m != sa_ctx._partner_message(cfg, R, view, "c1", ("c1",))
 
 
 def test_full_delivery_then_dropping_the_same_set_reveals_only_sums() -> None:

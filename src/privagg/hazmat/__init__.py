@@ -6,6 +6,8 @@ Use them only if you know why the recipes in :mod:`privagg` do not fit.
   knows the seed can reproduce every "random" value, so never protect real data with it.
 * :func:`aes_ctr_keystream`: the project's only PRG.
 * :mod:`privagg._oneshot`: the generic one-shot roles, to build a new backend.
+* :mod:`privagg.hazmat.ckks`: ``raw_decrypt``, a CKKS decryption without flooding
+  (imported on its own: it needs TenSEAL).
 """
 
 from privagg._rng import (

@@ -1,0 +1,291 @@
+"""What every SecAgg+ role shares: the session's public configuration, the transcript
+messages clients sign and the key derivations."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from privagg.backends import _wire
+from privagg.backends._graph import (
+    GraphParams,
+    choose_parameters,
+    consistency_quorum,
+    harary_neighbours,
+    min_live_neighbours,
+)
+from privagg.backends._secagg_crypto import (
+    ecdh,
+    hkdf,
+    x25519_key,
+)
+from privagg.backends.secagg.messages import (
+    AdvertiseMessage,
+)
+from privagg.encoding import FixedPointEncoder
+from privagg.envelope import (
+    Scheme,
+)
+from privagg.errors import (
+    ConfigurationError,
+    ParameterMismatchError,
+    ProtocolError,
+)
+
+_DOMAIN = b"privagg/secagg/v2/"  # v2: signed partner attestations (stage 2)
+
+
+# -- shared configuration ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Config:
+    """Public parameters of a session (identical for every role)."""
+
+    params_id: bytes
+    size: int
+    encoder: FixedPointEncoder
+    value_bound: float
+    clip: bool
+    max_weight: float
+    ring_bits: int
+    max_clients: int
+    dropout_rate: float
+    corruption_rate: float
+    sigma: int
+    eta: int
+    full_graph: bool
+    active: bool
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        return np.uint32 if self.ring_bits == 32 else np.uint64
+
+    def graph(self, n: int) -> GraphParams:
+        return choose_parameters(
+            n,
+            dropout_rate=self.dropout_rate,
+            corruption_rate=self.corruption_rate,
+            sigma=self.sigma,
+            eta=self.eta,
+            full_graph=self.full_graph,
+            population=self.max_clients,
+        )
+
+    def quorum(self, n: int) -> int:
+        """Survivors (and, if active, survivor-set signatures) needed before unmasking."""
+        # A survivor's self-mask seed needs t live *other* holders: t + 1 survivors at least.
+        t1 = min(self.graph(n).threshold + 1, n)
+        if not self.active:
+            return t1
+        return consistency_quorum(
+            n,
+            corruption_rate=self.corruption_rate,
+            threshold=t1,
+            population=self.max_clients,
+        )
+
+    def min_live(self, n: int) -> int:
+        """Fewest advertised neighbours a client accepts at stage 1 (>= t)."""
+        g = self.graph(n)
+        return min_live_neighbours(
+            n, g.degree, g.threshold, dropout_rate=self.dropout_rate, eta=self.eta
+        )
+
+    def round_params(self, n: int) -> bytes:
+        """(k, t, q, min_live) for a round of ``n`` clients, as bound into key signatures."""
+        g = self.graph(n)
+        return struct.pack(
+            ">IIIII", n, g.degree, g.threshold, self.quorum(n), self.min_live(n)
+        )
+
+    def graph_seed(
+        self,
+        round_id: int,
+        participants: Sequence[str],
+        keys: Mapping[str, AdvertiseMessage],
+    ) -> bytes:
+        """SHA-256 over (params, round, H(U0)) and every advertised key set of U1."""
+        h = hashlib.sha256(
+            _DOMAIN
+            + b"graph"
+            + self.params_id
+            + round_id.to_bytes(8, "big")
+            + u0_digest(participants)
+        )
+        for cid in sorted(keys):
+            k = keys[cid]
+            h.update(struct.pack(">I", len(cid)) + cid.encode() + k.c_pk + k.s_pk)
+        return h.digest()
+
+    def neighbours(
+        self,
+        round_id: int,
+        participants: Sequence[str],
+        keys: Mapping[str, AdvertiseMessage],
+        seed: bytes | None = None,
+    ) -> dict[str, frozenset[str]]:
+        """The graph over U0, ordered by :meth:`graph_seed` (all advertised keys, U1)."""
+        ids = sorted(participants)
+        seed = seed if seed is not None else self.graph_seed(round_id, ids, keys)
+        return harary_neighbours(ids, self.graph(len(ids)).degree, seed)
+
+    def check_header(self, data: bytes, round_id: int, kind: int, who: str) -> None:
+        """Cheap checks before decoding: scheme, parameters, round, kind."""
+        h = _wire.peek_header(data)
+        if h.scheme != Scheme.SECAGG:
+            raise ProtocolError(f"{who}: message of another scheme")
+        if not hmac.compare_digest(h.params_id, self.params_id):
+            raise ParameterMismatchError(
+                f"{who}: message made under different parameters or keys"
+            )
+        if h.round_id != round_id:
+            raise ProtocolError(
+                f"{who}: message for round {h.round_id}, expected {round_id} (replay?)"
+            )
+        if h.kind != kind:
+            raise ProtocolError(
+                f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})"
+            )
+
+
+def _check_round_id(round_id: int) -> None:
+    if (
+        isinstance(round_id, bool)
+        or not isinstance(round_id, int)
+        or not 0 <= round_id < 1 << 64
+    ):
+        raise ConfigurationError(
+            f"round_id must be an int in [0, 2**64), got {round_id!r}"
+        )
+
+
+def u0_digest(participants: Sequence[str]) -> bytes:
+    """H(U0): SHA-256 of the sorted, length-prefixed participant ids."""
+    h = hashlib.sha256(_DOMAIN + b"U0")
+    for p in sorted(participants):
+        h.update(struct.pack(">I", len(p)) + p.encode())
+    return h.digest()
+
+
+def _key_message(
+    cfg: _Config,
+    round_id: int,
+    cid: str,
+    c_pk: bytes,
+    s_pk: bytes,
+    u0: bytes,
+    rparams: bytes,
+) -> bytes:
+    """What a client signs at stage 0: its keys, H(U0) and the round's (n, k, t, q, min_live)."""
+    return (
+        _DOMAIN
+        + b"keys"
+        + cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + struct.pack(">I", len(cid))
+        + cid.encode()
+        + c_pk
+        + s_pk
+        + u0
+        + rparams
+    )
+
+
+def _survivor_message(
+    cfg: _Config, round_id: int, survivors: Sequence[str], view: bytes
+) -> bytes:
+    """What a client signs at stage 3: the survivor set U3 and its view of the round,
+    ``view = H(U0) || graph seed`` (so all clients that reveal shares agree on U0 and on
+    the graph, not only on U3)."""
+    h = hashlib.sha256()
+    for s in sorted(survivors):
+        h.update(struct.pack(">I", len(s)) + s.encode())
+    return (
+        _DOMAIN
+        + b"survivors"
+        + cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + view
+        + h.digest()
+    )
+
+
+def _partner_message(
+    cfg: _Config, round_id: int, view: bytes, cid: str, missing: Sequence[str]
+) -> bytes:
+    """What a client signs at stage 2 (active variant): the graph neighbours it did *not*
+    mask with, bound to its view ``H(U0) || graph seed`` of the round.
+
+    Holders check this attestation before they reveal the client's self-mask shares: if
+    a survivor is among the neighbours it did not mask with, the server could have
+    steered its masking partners (selective delivery, then selective drop) and the
+    holders refuse (see :meth:`SecAggClient._check_attestations`).
+    """
+    h = hashlib.sha256()
+    for m in sorted(missing):
+        h.update(struct.pack(">I", len(m)) + m.encode())
+    return (
+        _DOMAIN
+        + b"partners"
+        + cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + view
+        + struct.pack(">I", len(cid))
+        + cid.encode()
+        + h.digest()
+    )
+
+
+def _valid_x25519(pk: bytes) -> bool:
+    """False for a low-order (or otherwise unusable) X25519 public key."""
+    try:
+        ecdh(_PROBE_KEY, pk)
+    except ProtocolError:
+        return False
+    return True
+
+
+def _share_key(
+    cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str, u0: bytes
+) -> tuple[bytes, bytes]:
+    ctx = (
+        cfg.params_id
+        + round_id.to_bytes(8, "big")
+        + u0
+        + struct.pack(">I", len(sender))
+        + sender.encode()
+        + struct.pack(">I", len(recipient))
+        + recipient.encode()
+    )
+    key = hkdf(shared, salt=cfg.params_id, info=_DOMAIN + b"share-key" + ctx)
+    return key, _DOMAIN + b"share-aad" + ctx
+
+
+def _pair_seed(cfg: _Config, round_id: int, shared: bytes, a: str, b: str) -> bytes:
+    lo, hi = sorted((a, b))
+    ctx = (
+        struct.pack(">I", len(lo))
+        + lo.encode()
+        + struct.pack(">I", len(hi))
+        + hi.encode()
+    )
+    return hkdf(
+        shared,
+        salt=cfg.params_id,
+        info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + ctx,
+    )
+
+
+_PROBE_KEY = x25519_key(hashlib.sha256(_DOMAIN + b"probe").digest())
+
+
+def _pair_sign(me: str, other: str) -> int:
+    return 1 if me < other else -1
+
+
+def _x_coord(index: Mapping[str, int], cid: str) -> int:
+    return index[cid] + 1

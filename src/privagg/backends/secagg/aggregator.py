@@ -1,0 +1,460 @@
+"""The untrusted SecAgg+ aggregator: one state machine per round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg.backends import _shamir
+from privagg.backends._graph import (
+    GraphParams,
+)
+from privagg.backends._ringcode import add_masks
+from privagg.backends._secagg_crypto import (
+    ecdh,
+    ed25519_verify,
+    x25519_key,
+    x25519_public,
+)
+from privagg.backends.secagg._context import (
+    _Config,
+    _key_message,
+    _pair_seed,
+    _pair_sign,
+    _partner_message,
+    _survivor_message,
+    _valid_x25519,
+    _x_coord,
+    u0_digest,
+)
+from privagg.backends.secagg.messages import (
+    _B,
+    _S,
+    AdvertiseMessage,
+    ConsistencyRequest,
+    MaskedInput,
+    MaskRequest,
+    ResultMessage,
+    SecAggKind,
+    SetupRequest,
+    ShareKeysRequest,
+    SharesMessage,
+    SignatureMessage,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from privagg.errors import (
+    ConfigurationError,
+    InsufficientParticipantsError,
+    ProtocolError,
+)
+
+
+# -- aggregator ----------------------------------------------------------------------------
+class SecAggAggregator:
+    """The untrusted SecAgg+ server's state machine for one round."""
+
+    def __init__(
+        self,
+        cfg: _Config,
+        round_id: int,
+        client_ids: Sequence[str],
+        directory: Callable[[str], bytes],
+    ) -> None:
+        if len(set(client_ids)) != len(client_ids):
+            raise ConfigurationError("client ids must be unique")
+        if not client_ids:
+            raise ConfigurationError("a round needs at least one client")
+        if len(client_ids) > cfg.max_clients:
+            raise ConfigurationError(
+                f"{len(client_ids)} clients, but the session was set up for max_clients={cfg.max_clients}"
+            )
+        self._cfg = cfg
+        self._round = round_id
+        self._u0 = tuple(sorted(client_ids))
+        self._graph = cfg.graph(len(self._u0))
+        self._quorum = cfg.quorum(len(self._u0))
+        self._min_live = cfg.min_live(len(self._u0))
+        self._u0_digest = u0_digest(self._u0)
+        self._rparams = cfg.round_params(len(self._u0))
+        self._seed = b""
+        self._nbrs: dict[str, frozenset[str]] = {}  # known once the keys are advertised
+        self._rejected_by: dict[str, frozenset[str]] = {}
+        self._peers: dict[str, frozenset[str]] = {}
+        self._attest: dict[str, tuple[tuple[str, ...], bytes]] = {}
+        self.rejected: set[str] = set()  # clients dropped for invalid keys or shares
+        self._directory = directory
+        self._expect: int | None = None
+        self._keys: dict[str, AdvertiseMessage] = {}
+        self._routed: dict[str, list[tuple[str, bytes]]] = {}
+        self._u2: frozenset[str] = frozenset()
+        self._u3: tuple[str, ...] = ()
+        self._acc: npt.NDArray[np.unsignedinteger] | None = None
+        self._result: bytes | None = None
+
+    @property
+    def graph(self) -> GraphParams:
+        """The round's degree and threshold."""
+        return self._graph
+
+    @property
+    def done(self) -> bool:
+        """True once the sum is unmasked."""
+        return self._result is not None
+
+    def result(self) -> bytes:
+        """The unmasked sum for the result holder."""
+        if self._result is None:
+            raise ProtocolError("the round has not finished")
+        return self._result
+
+    def _msg(self, cls: type[Any], **kw: Any) -> Callable[[str], bytes]:
+        return lambda party: cls(
+            self._cfg.params_id, self._round, party, **kw
+        ).to_bytes()
+
+    def start(self) -> dict[str, bytes]:
+        """Stage 0: send the participant list and (k, t) to every client."""
+        if self._expect is not None:
+            raise ProtocolError("round already started")
+        self._expect = SecAggKind.ADVERTISE
+        mk = self._msg(
+            SetupRequest,
+            participants=self._u0,
+            degree=self._graph.degree,
+            threshold=self._graph.threshold,
+        )
+        return {cid: mk(cid) for cid in self._u0}
+
+    def _decode(
+        self,
+        replies: Mapping[str, bytes],
+        cls: type[Any],
+        allowed: frozenset[str] | set[str],
+    ) -> dict[str, Any]:
+        out = {}
+        for sender, data in replies.items():
+            if sender not in allowed:
+                raise ProtocolError(f"reply from unexpected party {sender!r}")
+            self._cfg.check_header(data, self._round, cls.KIND, f"reply of {sender!r}")
+            msg = cls.from_bytes(data)
+            if msg.party != sender:
+                raise ProtocolError(
+                    f"party {sender!r} sent a reply labelled {msg.party!r}"
+                )
+            out[sender] = msg
+        return out
+
+    def _need(self, n: int, what: str) -> None:
+        if n < self._graph.threshold:
+            raise InsufficientParticipantsError(
+                f"{n} {what}, fewer than the threshold {self._graph.threshold}; round aborted"
+            )
+
+    def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Process one stage's replies; return the next stage's requests ({} when done)."""
+        stage = self._expect
+        if stage is None or self._result is not None:
+            raise ProtocolError("receive() called out of order")
+        if stage == SecAggKind.ADVERTISE:
+            return self._on_advertise(replies)
+        if stage == SecAggKind.SHARES:
+            return self._on_shares(replies)
+        if stage == SecAggKind.MASKED:
+            return self._on_masked(replies)
+        if stage == SecAggKind.SIGNATURE:
+            return self._on_signatures(replies)
+        return self._on_unmask(replies)
+
+    def _on_advertise(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, AdvertiseMessage] = self._decode(
+            replies, AdvertiseMessage, set(self._u0)
+        )
+        rejected: set[str] = set()
+        for cid, m in msgs.items():
+            # A bad signature, or a low-order / equal / duplicated X25519 key, would make the
+            # client's neighbours abort: drop that client here instead (a stage-0 dropout).
+            if self._cfg.active and not ed25519_verify(
+                self._directory(cid),
+                m.signature,
+                _key_message(
+                    self._cfg,
+                    self._round,
+                    cid,
+                    m.c_pk,
+                    m.s_pk,
+                    self._u0_digest,
+                    self._rparams,
+                ),
+            ):
+                rejected.add(cid)
+            elif m.c_pk == m.s_pk or not (
+                _valid_x25519(m.c_pk) and _valid_x25519(m.s_pk)
+            ):
+                rejected.add(cid)
+        seen: dict[bytes, str] = {}
+        for cid in sorted(msgs):
+            for pk in (msgs[cid].c_pk, msgs[cid].s_pk):
+                if pk in seen:
+                    rejected |= {cid, seen[pk]}
+                seen[pk] = cid
+        self.rejected |= rejected
+        msgs = {c: m for c, m in msgs.items() if c not in rejected}
+        self._need(len(msgs), "clients advertised valid keys")
+        self._keys = msgs
+        # The graph seed hashes every (signed) advertised key set, after stage 0.
+        self._seed = self._cfg.graph_seed(self._round, self._u0, msgs)
+        self._nbrs = self._cfg.neighbours(self._round, self._u0, msgs, self._seed)
+        # Clients with too few live neighbours would refuse to share: treat them as dropped.
+        live = [
+            c
+            for c in sorted(msgs)
+            if len(self._nbrs[c] & msgs.keys()) >= self._min_live
+        ]
+        self._need(len(live), "clients have enough live neighbours")
+        self._expect = SecAggKind.SHARES
+        rel = tuple(msgs[j] for j in sorted(msgs))
+        return {
+            cid: ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes()
+            for cid in live
+        }
+
+    def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, SharesMessage] = self._decode(
+            replies, SharesMessage, set(self._keys)
+        )
+        for sender in sorted(msgs):
+            want = self._nbrs[sender] & self._keys.keys()
+            if {r for r, _ in msgs[sender].ciphertexts} != want:
+                self.rejected.add(
+                    sender
+                )  # shares for the wrong parties: a stage-1 dropout
+                del msgs[sender]
+        self._need(len(msgs), "clients shared keys")
+        u2 = frozenset(msgs)
+        routed: dict[str, list[tuple[str, bytes]]] = {cid: [] for cid in u2}
+        for sender in sorted(msgs):
+            for recipient, ct in msgs[sender].ciphertexts:
+                if recipient in u2:
+                    routed[recipient].append((sender, ct))
+        self._u2 = u2
+        self._routed = routed
+        self._expect = SecAggKind.MASKED
+        return {
+            cid: MaskRequest(
+                self._cfg.params_id, self._round, cid, tuple(routed[cid])
+            ).to_bytes()
+            for cid in sorted(u2)
+        }
+
+    def _holders(self, owner: str) -> set[str]:
+        """Clients holding shares of ``owner``'s secrets: its neighbours in U2 that accepted
+        its share ciphertext (never ``owner`` itself)."""
+        if len(self._u0) == 1:
+            return {owner}  # a one-client round (the sum is the input)
+        return {
+            i
+            for i in self._nbrs[owner] & self._u2
+            if owner not in self._rejected_by.get(i, ())
+        }
+
+    def _on_masked(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        dtype = self._cfg.dtype
+        msgs: dict[str, MaskedInput] = {}
+        for sender, data in replies.items():
+            msg: MaskedInput = self._decode({sender: data}, MaskedInput, self._u2)[
+                sender
+            ]
+            routed_from = {s for s, _ in self._routed[sender]}
+            partners = routed_from - set(msg.rejected)
+            if (
+                msg.masked.dtype != np.dtype(dtype)
+                or msg.masked.shape != (self._cfg.size,)
+                or not set(msg.rejected) <= routed_from
+                or set(msg.missing) != self._nbrs[sender] - partners
+                or not self._attestation_ok(sender, msg)
+            ):
+                # An unusable upload: ignore it (as if the client dropped before uploading).
+                self.rejected.add(sender)
+                continue
+            msgs[sender] = msg
+        # A client whose share ciphertext some uploader rejected is treated as dropped at
+        # stage 2 (its upload is ignored, its mask key is recovered): the rejecting client
+        # did not mask with it, so its pairwise masks would not cancel.
+        accused = {j for m in msgs.values() for j in m.rejected}
+        self.rejected |= accused & set(msgs)
+        self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
+        acc = np.zeros(self._cfg.size, dtype=dtype)
+        u3 = []
+        for sender in sorted(msgs):
+            if sender in accused:
+                continue
+            np.add(acc, msgs[sender].masked, out=acc)
+            u3.append(sender)
+        self._need(len(u3), "masked inputs arrived")
+        if len(u3) < self._quorum:
+            raise InsufficientParticipantsError(
+                f"{len(u3)} masked inputs arrived; unmasking needs {self._quorum}; round aborted"
+            )
+        self._u3 = tuple(u3)
+        self._peers = {
+            c: frozenset(s for s, _ in self._routed[c]) - self._rejected_by[c]
+            for c in self._u3
+        }
+        self._attest = {c: (msgs[c].missing, msgs[c].signature) for c in self._u3}
+        self._acc = acc
+        self._precheck(set(self._u3))
+        self._expect = (
+            SecAggKind.SIGNATURE if self._cfg.active else SecAggKind.UNMASK_SHARES
+        )
+        if self._cfg.active:
+            mk = self._msg(ConsistencyRequest, survivors=self._u3)
+            return {cid: mk(cid) for cid in self._u3}
+        return self._unmask_requests(self._u3, ())
+
+    def _attestation_ok(self, sender: str, msg: MaskedInput) -> bool:
+        """The sender's signed partner attestation (active variant; see
+        :meth:`SecAggClient._check_attestations`)."""
+        if not self._cfg.active or len(self._u0) == 1:
+            return True
+        return ed25519_verify(
+            self._directory(sender),
+            msg.signature,
+            _partner_message(
+                self._cfg,
+                self._round,
+                self._u0_digest + self._seed,
+                sender,
+                msg.missing,
+            ),
+        )
+
+    def _unmask_requests(
+        self, recipients: Sequence[str], sigs: tuple[tuple[str, bytes], ...]
+    ) -> dict[str, bytes]:
+        """The last stage's requests: each recipient gets the survivor set, the survivor-set
+        signatures and the partner attestations of its surviving neighbours."""
+        alive = set(self._u3)
+        out = {}
+        for cid in sorted(recipients):
+            att: tuple[tuple[str, tuple[str, ...], bytes], ...] = ()
+            if self._cfg.active:
+                att = tuple(
+                    (o, *self._attest[o]) for o in sorted(self._nbrs[cid] & alive)
+                )
+            out[cid] = UnmaskRequest(
+                self._cfg.params_id,
+                self._round,
+                cid,
+                self._u3,
+                sigs,
+                att,
+            ).to_bytes()
+        return out
+
+    def _needed(self) -> list[str]:
+        """Owners whose secret must be reconstructed: every survivor, and each client of
+        U2 outside U3 that a survivor masked with."""
+        alive = set(self._u3)
+        out = list(self._u3)
+        out += [
+            j
+            for j in sorted(self._u2 - alive)
+            if any(j in self._peers[i] for i in alive)
+        ]
+        return out
+
+    def _precheck(self, responders: set[str]) -> None:
+        """Abort (before asking for any share) if some secret could not be recovered."""
+        for owner in self._needed():
+            n = len(self._holders(owner) & responders)
+            if n < self._graph.threshold:
+                raise InsufficientParticipantsError(
+                    f"only {n} live holders of a needed secret, threshold {self._graph.threshold}; round aborted"
+                )
+
+    def _on_signatures(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, SignatureMessage] = self._decode(
+            replies, SignatureMessage, set(self._u3)
+        )
+        smsg = _survivor_message(
+            self._cfg, self._round, self._u3, self._u0_digest + self._seed
+        )
+        sigs = []
+        for cid in sorted(msgs):
+            if not ed25519_verify(self._directory(cid), msgs[cid].signature, smsg):
+                # Not counted (as if it had not answered): one client cannot abort the
+                # round this late (second review, finding 4).
+                self.rejected.add(cid)
+                continue
+            sigs.append((cid, msgs[cid].signature))
+        if len(sigs) < self._quorum:
+            raise InsufficientParticipantsError(
+                f"{len(sigs)} survivor-set signatures, {self._quorum} needed; round aborted"
+            )
+        signers = {cid for cid, _ in sigs}
+        self._precheck(signers)
+        self._expect = SecAggKind.UNMASK_SHARES
+        return self._unmask_requests(sorted(signers), tuple(sigs))
+
+    def _on_unmask(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        msgs: dict[str, UnmaskShares] = self._decode(
+            replies, UnmaskShares, set(self._u3)
+        )
+        alive = set(self._u3)
+        index = {c: i for i, c in enumerate(self._u0)}
+        got: dict[str, dict[int, int]] = {}
+        for sender in sorted(msgs):
+            m = msgs[sender]
+            # A reply with a share its sender cannot hold, or of the wrong kind, is
+            # ignored whole (the sender is treated as dropped): one client cannot abort
+            # the round after the others revealed (second review, finding 4).
+            if any(
+                owner not in self._u2
+                or sender not in self._holders(owner)
+                or which != (_B if owner in alive else _S)
+                for owner, which, _ in m.shares
+            ):
+                self.rejected.add(sender)
+                continue
+            for owner, _, sh in m.shares:
+                got.setdefault(owner, {})[_x_coord(index, sender)] = (
+                    _shamir.decode_share(sh)
+                )
+        t = self._graph.threshold
+        needed = self._needed()
+        for owner in needed:
+            if len(got.get(owner, {})) < t:
+                raise InsufficientParticipantsError(
+                    f"too few shares arrived to unmask (threshold {t}); round aborted"
+                )
+        assert self._acc is not None
+        acc = self._acc
+        seeds: list[tuple[bytes, int]] = []
+        for owner in needed:
+            secret = _shamir.reconstruct(got[owner], t)
+            if owner in alive:
+                seeds.append((secret, -1))
+                continue
+            if x25519_public(secret) != self._keys[owner].s_pk:
+                raise ProtocolError(
+                    f"shares of {owner!r} do not reconstruct its advertised key"
+                )
+            s_sk = x25519_key(secret)
+            for i in sorted(i for i in alive if owner in self._peers[i]):
+                seed = _pair_seed(
+                    self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner
+                )
+                seeds.append((seed, -_pair_sign(i, owner)))
+        add_masks(acc, seeds)
+        self._acc = None
+        self._result = ResultMessage(
+            self._cfg.params_id, self._round, "holder", self._u3, acc
+        ).to_bytes()
+        return {}
+
+    def __repr__(self) -> str:
+        return f"SecAggAggregator(round={self._round}, clients={len(self._u0)})"

@@ -1,0 +1,328 @@
+"""SecAgg+ messages: one class per (scheme, kind), bytes in and out of the envelope."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from privagg.backends import _shamir, _wire
+from privagg.envelope import (
+    PayloadReader,
+    PayloadWriter,
+    Scheme,
+    register_message,
+)
+from privagg.errors import (
+    DeserializationError,
+)
+
+_B, _S = 0, 1  # which secret a share is of
+
+
+class SecAggKind(enum.IntEnum):
+    """Message kinds of the SecAgg+ scheme (envelope byte 7)."""
+
+    SETUP = 1
+    ADVERTISE = 2
+    SHARE_KEYS = 3
+    SHARES = 4
+    MASK = 5
+    MASKED = 6
+    CONSISTENCY = 7
+    SIGNATURE = 8
+    UNMASK = 9
+    UNMASK_SHARES = 10
+    RESULT = 11
+
+
+# -- messages ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Message(_wire.Message):
+    SCHEME: ClassVar[Scheme] = Scheme.SECAGG
+
+
+_count, _fixed = _wire.count, _wire.fixed
+_write_ids, _read_ids = _wire.write_ids, _wire.read_ids
+_write_cts, _read_cts = _wire.write_pairs, _wire.read_pairs
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SETUP))
+@dataclass(frozen=True)
+class SetupRequest(_Message):
+    """Aggregator -> client (stage 0): participants, graph degree and threshold."""
+
+    KIND: ClassVar[int] = SecAggKind.SETUP
+    participants: tuple[str, ...] = ()
+    degree: int = 0
+    threshold: int = 0
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.participants)
+        w.u32(self.degree).u32(self.threshold)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        ids = _read_ids(r)
+        return cls(params_id, round_id, party, ids, r.u32(), r.u32())
+
+
+@register_message((Scheme.SECAGG, SecAggKind.ADVERTISE))
+@dataclass(frozen=True)
+class AdvertiseMessage(_Message):
+    """Client -> aggregator (stage 0): ephemeral public keys (+ Ed25519 signature)."""
+
+    KIND: ClassVar[int] = SecAggKind.ADVERTISE
+    c_pk: bytes = b""
+    s_pk: bytes = b""
+    signature: bytes = b""
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.blob(self.c_pk).blob(self.s_pk).blob(self.signature)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        c_pk, s_pk = _fixed(r, 32), _fixed(r, 32)
+        sig = r.blob()
+        if len(sig) not in (0, 64):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, c_pk, s_pk, sig)
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SHARE_KEYS))
+@dataclass(frozen=True)
+class ShareKeysRequest(_Message):
+    """Aggregator -> client (stage 1): the advertised keys of the client and its neighbours."""
+
+    KIND: ClassVar[int] = SecAggKind.SHARE_KEYS
+    keys: tuple[AdvertiseMessage, ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.u32(len(self.keys))
+        for k in self.keys:
+            w.text(k.party).blob(k.c_pk).blob(k.s_pk).blob(k.signature)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        keys = tuple(
+            AdvertiseMessage._read(params_id, round_id, r.text(), r)
+            for _ in range(_count(r))
+        )
+        if len({k.party for k in keys}) != len(keys):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, keys)
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SHARES))
+@dataclass(frozen=True)
+class SharesMessage(_Message):
+    """Client -> aggregator (stage 1): encrypted share pairs, by recipient."""
+
+    KIND: ClassVar[int] = SecAggKind.SHARES
+    ciphertexts: tuple[tuple[str, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_cts(w, self.ciphertexts)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        return cls(params_id, round_id, party, _read_cts(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.MASK))
+@dataclass(frozen=True)
+class MaskRequest(_Message):
+    """Aggregator -> client (stage 2): the encrypted shares addressed to it, by sender."""
+
+    KIND: ClassVar[int] = SecAggKind.MASK
+    ciphertexts: tuple[tuple[str, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_cts(w, self.ciphertexts)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        return cls(params_id, round_id, party, _read_cts(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.MASKED))
+@dataclass(frozen=True, eq=False)
+class MaskedInput(_Message):
+    """Client -> aggregator (stage 2): the masked update (ring words)."""
+
+    KIND: ClassVar[int] = SecAggKind.MASKED
+    masked: npt.NDArray[np.unsignedinteger] = field(
+        default_factory=lambda: np.zeros(0, np.uint32)
+    )
+    # senders whose share ciphertext failed (not masked with)
+    rejected: tuple[str, ...] = ()
+    # graph neighbours the client did NOT mask with (sorted), and (active variant) its
+    # Ed25519 signature over them, bound to the round's view: the partner attestation
+    # that holders check before they reveal the client's self-mask shares.
+    missing: tuple[str, ...] = ()
+    signature: bytes = b""
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.array(self.masked)
+        _write_ids(w, self.rejected)
+        _write_ids(w, self.missing)
+        w.blob(self.signature)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        a = r.array()
+        if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+            raise DeserializationError()
+        rejected, missing, sig = _read_ids(r), _read_ids(r), r.blob()
+        if len(sig) not in (0, 64) or len(set(missing)) != len(missing):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, a, rejected, missing, sig)
+
+    def __repr__(self) -> str:
+        return f"MaskedInput(round={self.round_id}, client={self.party!r}, size={self.masked.size})"
+
+
+@register_message((Scheme.SECAGG, SecAggKind.CONSISTENCY))
+@dataclass(frozen=True)
+class ConsistencyRequest(_Message):
+    """Aggregator -> client (stage 3, active variant): the survivor set to sign."""
+
+    KIND: ClassVar[int] = SecAggKind.CONSISTENCY
+    survivors: tuple[str, ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.survivors)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        return cls(params_id, round_id, party, _read_ids(r))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.SIGNATURE))
+@dataclass(frozen=True)
+class SignatureMessage(_Message):
+    """Client -> aggregator (stage 3, active variant): Ed25519 signature on the survivor set."""
+
+    KIND: ClassVar[int] = SecAggKind.SIGNATURE
+    signature: bytes = b""
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.blob(self.signature)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        return cls(params_id, round_id, party, _fixed(r, 64))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.UNMASK))
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Aggregator -> client (last stage): survivors (+ their signatures, active variant)."""
+
+    KIND: ClassVar[int] = SecAggKind.UNMASK
+    survivors: tuple[str, ...] = ()
+    signatures: tuple[tuple[str, bytes], ...] = ()
+    # (owner, neighbours it did not mask with, owner's signature) for the survivors whose
+    # self-mask shares the recipient may hold (active variant).
+    attestations: tuple[tuple[str, tuple[str, ...], bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.survivors)
+        _write_cts(w, self.signatures)
+        w.u32(len(self.attestations))
+        for owner, missing, sig in self.attestations:
+            w.text(owner)
+            _write_ids(w, missing)
+            w.blob(sig)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        survivors, sigs = _read_ids(r), _read_cts(r)
+        att = []
+        for _ in range(_count(r)):
+            owner, missing, sig = r.text(), _read_ids(r), _fixed(r, 64)
+            att.append((owner, missing, sig))
+        if len({o for o, _, _ in att}) != len(att):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, survivors, sigs, tuple(att))
+
+
+@register_message((Scheme.SECAGG, SecAggKind.UNMASK_SHARES))
+@dataclass(frozen=True)
+class UnmaskShares(_Message):
+    """Client -> aggregator (last stage): (owner, which secret, share) triples."""
+
+    KIND: ClassVar[int] = SecAggKind.UNMASK_SHARES
+    shares: tuple[tuple[str, int, bytes], ...] = ()
+
+    def _write(self, w: PayloadWriter) -> None:
+        w.u32(len(self.shares))
+        for owner, which, sh in self.shares:
+            w.text(owner).u8(which).blob(sh)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        out = []
+        for _ in range(_count(r)):
+            owner, which, sh = r.text(), r.u8(), _fixed(r, _shamir.SHARE_SIZE)
+            if which not in (_B, _S):
+                raise DeserializationError()
+            out.append((owner, which, sh))
+        if len({o for o, _, _ in out}) != len(out):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, tuple(out))
+
+    def __repr__(self) -> str:
+        return f"UnmaskShares(round={self.round_id}, client={self.party!r}, n={len(self.shares)})"
+
+
+@register_message((Scheme.SECAGG, SecAggKind.RESULT))
+@dataclass(frozen=True, eq=False)
+class ResultMessage(_Message):
+    """Aggregator -> result holder: the unmasked sum of the contributors (ring words)."""
+
+    KIND: ClassVar[int] = SecAggKind.RESULT
+    contributors: tuple[str, ...] = ()
+    total: npt.NDArray[np.unsignedinteger] = field(
+        default_factory=lambda: np.zeros(0, np.uint32)
+    )
+
+    def _write(self, w: PayloadWriter) -> None:
+        _write_ids(w, self.contributors)
+        w.array(self.total)
+
+    @classmethod
+    def _read(
+        cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
+    ) -> Self:
+        ids = _read_ids(r)
+        a = r.array()
+        if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
+            raise DeserializationError()
+        return cls(params_id, round_id, party, ids, a)
+
+    def __repr__(self) -> str:
+        return f"ResultMessage(round={self.round_id}, contributors={len(self.contributors)})"
