@@ -9,6 +9,7 @@ scanned for the planted patterns in raw, hex, base64 and decimal form.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import traceback
 from collections.abc import Iterator
@@ -92,11 +93,18 @@ def _run(
         parties[cid] = session.client(cid, rid, v)
         texts.append(repr(parties[cid]))
 
-    # Per-round client secrets (ephemeral keys, self-mask seeds), once they exist.
+    # Per-round client secrets (ephemeral keys, self-mask seeds), once they exist:
+    # role attributes and the fields of the per-stage state objects they hold.
+    def collect(obj: Any, depth: int) -> None:
+        planted.extend(_secret_bytes(obj))
+        if depth and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for f in dataclasses.fields(obj):
+                collect(getattr(obj, f.name), depth - 1)
+
     def harvest() -> None:
         for party in parties.values():
             for v in list(getattr(party, "__dict__", {}).values()):
-                planted.extend(_secret_bytes(v))
+                collect(v, 3)
 
     parties.update(session.servers(rid))
     agg = session.aggregator(rid, sorted(ups))
