@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
 from privagg._rng import Rng, SystemRng
+from privagg.backends._common import FinishedResult
 from privagg.envelope import Scheme
 from privagg.errors import (
     ConfigurationError,
@@ -96,7 +97,7 @@ class OneShotClient:
 
 
 @dataclass
-class OneShotAggregator:
+class OneShotAggregator(FinishedResult):
     """A one-shot aggregator: one request per client, then combine what came back."""
 
     scheme: Scheme
@@ -164,17 +165,6 @@ class OneShotAggregator:
             body,
         ).to_bytes()
         return {}
-
-    @property
-    def done(self) -> bool:
-        """True once the replies were combined."""
-        return self._result is not None
-
-    def result(self) -> bytes:
-        """The combined, still protected aggregate."""
-        if self._result is None:
-            raise ProtocolError("the round has not finished")
-        return self._result
 
 
 @dataclass

@@ -112,7 +112,7 @@ def test_server0_share_is_uniform(value: float) -> None:
 
 def _open_seeds(s: ad.AdditiveSession, m: ad.ClientShares) -> dict[str, bytes]:
     """What each server k >= 1 decrypts from a client's entry (its whole view of the client)."""
-    from privagg.backends._secagg_crypto import aead_decrypt, ecdh, hkdf, x25519_key
+    from privagg.backends._primitives import aead_decrypt, ecdh, hkdf, x25519_key
 
     cfg = s._cfg
     out = {}

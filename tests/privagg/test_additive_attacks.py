@@ -36,7 +36,8 @@ from privagg import (
 )
 from privagg._rng import SystemRng
 from privagg.backends import additive as ad
-from privagg.backends._secagg_crypto import (
+from privagg.backends._masking import ids_digest
+from privagg.backends._primitives import (
     aead_encrypt,
     ecdh,
     hkdf,
@@ -213,7 +214,7 @@ def test_coordinator_cannot_forge_a_server_partial() -> None:
     # v1-style: the key from the ephemeral Diffie-Hellman alone, which anyone can make
     eph = x25519_key(new_x25519(DeterministicRng(6)))
     epk = x25519_public(eph.private_bytes_raw())
-    ctx = ad_ctx._ctx(cfg, rid, "server-1") + ad_ctx._ids_digest(ids) + epk
+    ctx = ad_ctx._ctx(cfg, rid, "server-1") + ids_digest(ids) + epk
     key = hkdf(
         ecdh(eph, cfg.holder_pk),
         salt=cfg.params_id,

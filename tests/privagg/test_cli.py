@@ -225,7 +225,7 @@ def test_keygen_secagg_identity_and_public_file(tmp_path: Path) -> None:
     assert mode(key) == 0o600 and mode(pub) == 0o644
     scheme, fp, secret = NoProtection().unwrap(read_secret_file(key))
     assert scheme == "secagg-identity" and len(secret) == 32
-    from privagg.backends._secagg_crypto import ed25519_public
+    from privagg.backends._primitives import ed25519_public
 
     record = json.loads(pub.read_text())
     assert record["party_id"] == "bank"

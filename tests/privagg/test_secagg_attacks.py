@@ -12,8 +12,9 @@ import pytest
 import privagg
 from privagg.backends import additive as ad
 from privagg.backends import secagg as sa
+from privagg.backends._masking import ids_digest
+from privagg.backends._primitives import ed25519_sign
 from privagg.backends._ringcode import encode_to_ring
-from privagg.backends._secagg_crypto import ed25519_sign
 from privagg.backends.additive import _context as ad_ctx
 from privagg.backends.secagg import _context as sa_ctx
 from privagg.encoding import FixedPointEncoder, from_ring
@@ -370,7 +371,7 @@ def test_additive_odd_length_partial_is_a_deserialization_error() -> None:
     res = _run_additive(s, ups)
     msg = ad.ResultMessage.from_bytes(res)
     sid, _, _ = msg.partials[0]
-    from privagg.backends._secagg_crypto import (
+    from privagg.backends._primitives import (
         aead_encrypt,
         ecdh,
         hkdf,
@@ -381,9 +382,7 @@ def test_additive_odd_length_partial_is_a_deserialization_error() -> None:
 
     eph = x25519_key(new_x25519(DeterministicRng(9)))
     epk = x25519_public(eph.private_bytes_raw())
-    ctx = (
-        ad_ctx._ctx(cfg, msg.round_id, sid) + ad_ctx._ids_digest(msg.contributors) + epk
-    )
+    ctx = ad_ctx._ctx(cfg, msg.round_id, sid) + ids_digest(msg.contributors) + epk
     key = hkdf(
         ecdh(eph, cfg.holder_pk),
         salt=cfg.params_id,

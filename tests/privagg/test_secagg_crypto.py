@@ -16,7 +16,7 @@ from privagg import DeserializationError, Layout
 from privagg._rng import SystemRng, aes_ctr_keystream
 from privagg.backends import _shamir
 from privagg.backends import secagg as sa
-from privagg.backends._secagg_crypto import MaskExpander, ecdh, hkdf, x25519_public
+from privagg.backends._primitives import MaskExpander, ecdh, hkdf, x25519_public
 from privagg.backends.secagg import SecAggBackend
 from privagg.backends.secagg import messages as sa_msg
 from privagg.errors import ConfigurationError

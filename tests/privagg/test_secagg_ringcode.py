@@ -9,8 +9,8 @@ import pytest
 import privagg
 from privagg import DeserializationError, Layout, ParameterMismatchError, ProtocolError
 from privagg._rng import SystemRng, aes_ctr_keystream
+from privagg.backends._primitives import MaskExpander
 from privagg.backends._ringcode import BLOCK, add_masks, centred, encode_to_ring
-from privagg.backends._secagg_crypto import MaskExpander
 from privagg.backends.additive import AdditiveBackend
 from privagg.backends.secagg import SecAggBackend
 from privagg.encoding import FixedPointEncoder, from_ring, to_ring

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from privagg.backends import _shamir
 from privagg.backends import secagg as sa
+from privagg.backends._primitives import ecdh, x25519_key, x25519_public
 from privagg.backends._ringcode import add_masks, centred
-from privagg.backends._secagg_crypto import ecdh, x25519_key, x25519_public
 from privagg.backends.secagg import _context as sa_ctx
 from privagg.backends.secagg import messages as sa_msg
 from privagg.errors import InsufficientParticipantsError, PrivaggError, ProtocolError

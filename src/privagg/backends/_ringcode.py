@@ -181,7 +181,7 @@ def add_masks(
 
     ``mask(seed)`` is the AES-256-CTR keystream of ``seed`` (zero counter block) read as
     little-endian words of ``acc``'s dtype: the same words as
-    :meth:`privagg.backends._secagg_crypto.MaskExpander.mask`.
+    :meth:`privagg.backends._primitives.MaskExpander.mask`.
     """
     if not seeds or acc.size == 0:
         return

@@ -7,7 +7,7 @@ a random polynomial of degree ``t - 1``; the share of the holder with x-coordina
 reconstruct the secret by Lagrange interpolation at 0; any ``t - 1`` shares are
 independent uniform field elements (perfect secrecy).
 
-Shares travel inside AES-GCM (see :mod:`privagg.backends._secagg_crypto`), so a share
+Shares travel inside AES-GCM (see :mod:`privagg.backends._primitives`), so a share
 altered in transit is rejected by the tag before it reaches :func:`reconstruct`.
 """
 

@@ -170,7 +170,7 @@ def _check_party_id(party_id: str | None) -> str:
 
 def _keys_secagg(party_id: str | None, protection: Protection) -> _KeySet:
     from privagg._rng import SystemRng
-    from privagg.backends._secagg_crypto import ed25519_public, new_ed25519
+    from privagg.backends._primitives import ed25519_public, new_ed25519
 
     party_id = _check_party_id(party_id)
     private = SecretBytes(new_ed25519(SystemRng()), label="secagg identity key")

@@ -27,9 +27,10 @@ from privagg.dp.clipping import (
     split_budget,
 )
 from privagg.dp.distributed import (
+    AccountedNoiseShare,
     DiscreteGaussianShare,
-    NoiseShare,
     SkellamShare,
+    _deprecated_noise_share,
     dp_fedavg_aggregate,
     dp_fedavg_event,
     encoded_l2_sensitivity,
@@ -61,6 +62,7 @@ from privagg.dp.noise import (
 __all__ = [
     "ACCOUNTANTS",
     "EVENT_TYPES",
+    "AccountedNoiseShare",
     "Accountant",
     "AdaptiveClipper",
     "ComposedEvent",
@@ -69,7 +71,6 @@ __all__ = [
     "Event",
     "GaussianEvent",
     "LaplaceEvent",
-    "NoiseShare",
     "PldAccountant",
     "PoissonSampledEvent",
     "PrivacyLedger",
@@ -100,3 +101,9 @@ __all__ = [
     "to_dp_accounting",
     "update_noise_multiplier",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "NoiseShare":  # deprecated: privagg.NoiseShare or AccountedNoiseShare
+        return _deprecated_noise_share()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

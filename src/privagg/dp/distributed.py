@@ -93,10 +93,11 @@ from privagg.dp.events import (
 )
 from privagg.dp.noise import sample_discrete_gaussian, sample_gaussian, sample_skellam
 from privagg.errors import ConfigurationError
+from privagg.protocols import NoiseShare as _BackendNoiseShare
 
 __all__ = [
     "DiscreteGaussianShare",
-    "NoiseShare",
+    "AccountedNoiseShare",
     "SkellamShare",
     "dp_fedavg_aggregate",
     "dp_fedavg_event",
@@ -239,8 +240,10 @@ def _skellam_tail_root(variance: float, big_l: float) -> float:
 
 
 @runtime_checkable
-class NoiseShare(Protocol):
-    """One client's share of distributed noise."""
+class AccountedNoiseShare(_BackendNoiseShare, Protocol):
+    """A :class:`privagg.NoiseShare` (the one protocol the backends take) that also
+    states its scale and accounts for itself: what the shares of :mod:`privagg.dp` are.
+    """
 
     stddev: float
 
@@ -646,3 +649,21 @@ def dp_fedavg_event(
         inner = PoissonSampledEvent(sampling_probability, inner)
     _int("rounds", rounds)
     return inner if rounds == 1 else SelfComposedEvent(inner, rounds)
+
+
+def _deprecated_noise_share() -> type[AccountedNoiseShare]:
+    # ``privagg.dp.NoiseShare`` was a second protocol of that name: it is
+    # ``AccountedNoiseShare`` now, a sub-protocol of ``privagg.NoiseShare`` (issue #16).
+    warnings.warn(
+        "privagg.dp.NoiseShare is deprecated: use privagg.NoiseShare (what backends "
+        "take) or privagg.dp.AccountedNoiseShare (with stddev and event)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return AccountedNoiseShare
+
+
+def __getattr__(name: str) -> object:
+    if name == "NoiseShare":
+        return _deprecated_noise_share()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

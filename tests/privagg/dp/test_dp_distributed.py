@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 
+from privagg import NoiseShare
 from privagg._rng import DeterministicRng
 from privagg.dp import (
+    AccountedNoiseShare,
     DiscreteGaussianEvent,
     DiscreteGaussianShare,
     GaussianEvent,
-    NoiseShare,
     PoissonSampledEvent,
     RdpAccountant,
     SelfComposedEvent,
@@ -31,7 +32,8 @@ def test_share_protocol_and_sizes(cls: type) -> None:
     share = cls.for_target(
         noise_multiplier=1.0, clip_norm=0.5, n_clients=100, dropout_fraction=0.2
     )
-    assert isinstance(share, NoiseShare)
+    assert isinstance(share, NoiseShare)  # the one protocol backends take
+    assert isinstance(share, AccountedNoiseShare)  # ... with stddev and event
     assert share.stddev == pytest.approx(0.5 / math.sqrt(80))
     enc = share.sample_encoded(1000, scale=SCALE, rng=DeterministicRng(1))
     assert enc.dtype == np.int64 and enc.shape == (1000,)
@@ -145,3 +147,16 @@ def test_dp_fedavg() -> None:
         dp_fedavg_aggregate(
             [np.zeros(2), np.zeros(3)], clip_norm=1.0, noise_multiplier=1.0
         )
+
+
+def test_dp_noise_share_is_one_protocol_with_a_deprecated_alias() -> None:
+    """``privagg.dp.NoiseShare`` was a second protocol with the backends' name."""
+    import privagg.dp
+    import privagg.dp.distributed
+
+    assert issubclass(AccountedNoiseShare, NoiseShare)
+    for mod in (privagg.dp, privagg.dp.distributed):
+        with pytest.warns(DeprecationWarning, match="AccountedNoiseShare"):
+            assert mod.NoiseShare is AccountedNoiseShare
+    with pytest.raises(AttributeError):
+        _ = privagg.dp.NoSuchName  # type: ignore[attr-defined]

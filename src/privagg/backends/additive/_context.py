@@ -3,28 +3,19 @@ and the per-party registers of served rounds."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
-
-from privagg.backends import _wire
-from privagg.backends._secagg_crypto import (
-    ecdh,
+from privagg.backends._masking import RingConfig, ids_digest, kdf_context, party_field
+from privagg.backends._primitives import (
     hkdf,
-    x25519_key,
 )
-from privagg.encoding import FixedPointEncoder
 from privagg.envelope import (
     Scheme,
 )
 from privagg.errors import (
-    ConfigurationError,
-    ParameterMismatchError,
     ProtocolError,
 )
 
@@ -35,69 +26,22 @@ _DOMAIN = b"privagg/additive/v2/"
 
 # -- shared configuration --------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Config:
-    params_id: bytes
-    size: int
-    encoder: FixedPointEncoder
-    value_bound: float
-    clip: bool
-    max_weight: float
-    ring_bits: int
-    max_clients: int
+class _Config(RingConfig):
+    """Public parameters of a session (identical for every role)."""
+
+    SCHEME: ClassVar[Scheme] = Scheme.ADDITIVE
+
     server_ids: tuple[str, ...]  # servers 1..n-1 (server 0 is the aggregator)
     server_pks: tuple[bytes, ...]
     holder_pk: bytes
     min_contributions: int
 
-    @property
-    def dtype(self) -> type[np.unsignedinteger]:
-        return np.uint32 if self.ring_bits == 32 else np.uint64
-
-    def check(self, data: bytes, round_id: int, kind: int, who: str) -> None:
-        h = _wire.peek_header(data)
-        if h.scheme != Scheme.ADDITIVE:
-            raise ProtocolError(f"{who}: message of another scheme")
-        if not hmac.compare_digest(h.params_id, self.params_id):
-            raise ParameterMismatchError(
-                f"{who}: message made under different parameters or keys"
-            )
-        if h.round_id != round_id:
-            raise ProtocolError(
-                f"{who}: message for round {h.round_id}, expected {round_id} (replay?)"
-            )
-        if h.kind != kind:
-            raise ProtocolError(
-                f"{who}: unexpected message kind {h.kind} (expected {kind})"
-            )
-
 
 _SEED_CT_LEN = 32 + 16  # AES-256-GCM of a 32-byte seed
-_PROBE_KEY = x25519_key(hashlib.sha256(b"privagg/additive/v1/probe").digest())
 
 
-def _valid_x25519(pk: bytes) -> bool:
-    """False for a low-order (unusable) X25519 public key."""
-    try:
-        ecdh(_PROBE_KEY, pk)
-    except ProtocolError:
-        return False
-    return True
-
-
-def _ctx(cfg: _Config, round_id: int, *parts: str) -> bytes:
-    out = cfg.params_id + round_id.to_bytes(8, "big")
-    for p in parts:
-        b = p.encode("utf-8")
-        out += struct.pack(">I", len(b)) + b
-    return out
-
-
-def _ids_digest(ids: Sequence[str]) -> bytes:
-    h = hashlib.sha256()
-    for i in ids:
-        b = i.encode("utf-8")
-        h.update(struct.pack(">I", len(b)) + b)
-    return h.digest()
+def _ctx(cfg: _Config, round_id: int, *parties: str) -> bytes:
+    return kdf_context(cfg.params_id, round_id, *(party_field(p) for p in parties))
 
 
 def _partial_key(
@@ -121,7 +65,7 @@ def _partial_key(
     server_pk = cfg.server_pks[cfg.server_ids.index(server_id)]
     ctx = (
         _ctx(cfg, round_id, server_id)
-        + _ids_digest(contributors)
+        + ids_digest(contributors)
         + epk
         + cfg.holder_pk
         + server_pk
@@ -132,17 +76,6 @@ def _partial_key(
         info=_DOMAIN + b"partial-key" + ctx,
     )
     return key, _DOMAIN + b"partial" + ctx
-
-
-def _check_round_id(round_id: int) -> None:
-    if (
-        isinstance(round_id, bool)
-        or not isinstance(round_id, int)
-        or not 0 <= round_id < 1 << 64
-    ):
-        raise ConfigurationError(
-            f"round_id must be an int in [0, 2**64), got {round_id!r}"
-        )
 
 
 class _RoundRegister:

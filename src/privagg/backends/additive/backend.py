@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 from typing import ClassVar, NoReturn
 
 from privagg._rng import Rng, SystemRng
-from privagg.backends._secagg_crypto import (
+from privagg.backends._masking import (
+    RingBackend,
+    RingOptions,
+    RingSession,
+    check_client_update,
+    check_round_id,
+)
+from privagg.backends._primitives import (
     new_x25519,
     x25519_public,
 )
 from privagg.backends.additive._context import (
-    _check_round_id,
     _Config,
     _RoundRegister,
 )
@@ -23,11 +28,8 @@ from privagg.backends.additive.roles import (
     AdditiveHolder,
     AdditiveServer,
 )
-from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.errors import (
     ConfigurationError,
-    EncodingOverflowError,
-    ParameterMismatchError,
     ProtocolError,
 )
 from privagg.keys import SecretKey, fingerprint
@@ -35,7 +37,7 @@ from privagg.layout import FloatVector, Layout
 from privagg.protocols import NoiseShare, Responder, check_setup_args
 
 
-class AdditiveSession:
+class AdditiveSession(RingSession[_Config]):
     """An additive-sharing session. In one process it holds every server's key and the
     holder's key (a trusted dealer); across machines each party keeps its own."""
 
@@ -65,35 +67,15 @@ class AdditiveSession:
         self._round_counter = 0
 
     @property
-    def params_id(self) -> bytes:
-        """Public fingerprint of the parameters and every server's and the holder's key."""
-        return self._cfg.params_id
-
-    @property
-    def ring_bits(self) -> int:
-        """Bits of the ring (32 or 64)."""
-        return self._cfg.ring_bits
-
-    @property
     def min_contributions(self) -> int:
         """Fewest clients a server sums and the holder releases."""
         return self._cfg.min_contributions
 
-    def next_round_id(self) -> int:
-        """A round id this session has not used before (for ``run_round``).
-
-        A counter, skipping every id this session's coordinator, servers or holder has
-        already used. Ids of other sessions do not matter: their messages carry another
-        params_id (fresh keys per setup) and are refused.
-        """
+    def _used_round_ids(self) -> set[int]:
         used = set(self._aggregated) | self._recovered.rounds
         for reg in self._served.values():
             used |= reg.rounds
-        while self._round_counter in used:
-            self._round_counter += 1
-        rid = self._round_counter
-        self._round_counter += 1
-        return rid
+        return used
 
     def aggregator(
         self, round_id: int, client_ids: Sequence[str]
@@ -103,7 +85,7 @@ class AdditiveSession:
         Raises:
             ProtocolError: this session already ran a coordinator for ``round_id``.
         """
-        _check_round_id(round_id)
+        check_round_id(round_id)
         if round_id in self._aggregated:
             raise ProtocolError(f"round {round_id} was already aggregated (reuse?)")
         agg = AdditiveAggregator(self._cfg, round_id, list(client_ids))
@@ -120,23 +102,17 @@ class AdditiveSession:
         rng: Rng | None = None,
     ) -> AdditiveClient:
         """A client for one round, holding ``weight * update``."""
-        _check_round_id(round_id)
-        if update.shape != (self.layout.size,):
-            raise ParameterMismatchError(
-                f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
-            )
-        w = float(weight)
-        if not (math.isfinite(w) and 0 <= w <= self._cfg.max_weight):
-            raise ConfigurationError(
-                f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}"
-            )
+        check_round_id(round_id)
+        w = check_client_update(
+            client_id, update, self.layout.size, weight, self._cfg.max_weight
+        )
         return AdditiveClient(
             self._cfg, client_id, round_id, update, w, rng or SystemRng(), self._noise
         )
 
     def servers(self, round_id: int) -> dict[str, Responder]:
         """Servers 1 .. n_servers - 1 (each refuses a round id it already served)."""
-        _check_round_id(round_id)
+        check_round_id(round_id)
         return {
             sid: AdditiveServer(
                 self._cfg,
@@ -164,7 +140,7 @@ class AdditiveSession:
         raise TypeError("AdditiveSession holds secret keys and cannot be pickled")
 
 
-class AdditiveBackend:
+class AdditiveBackend(RingBackend):
     """Additive secret sharing among ``n_servers`` non-colluding servers.
 
     Args:
@@ -188,7 +164,7 @@ class AdditiveBackend:
         n_servers: int = 2,
         min_contributions: int = 2,
     ) -> None:
-        FixedPointEncoder(bound, scale_bits)
+        self._ring = RingOptions(bound, scale_bits, clip)  # validates the three
         if (
             isinstance(n_servers, bool)
             or not isinstance(n_servers, int)
@@ -197,8 +173,6 @@ class AdditiveBackend:
             raise ConfigurationError(
                 f"n_servers must be an int in [2, 64], got {n_servers!r}"
             )
-        if not isinstance(clip, bool):
-            raise ConfigurationError(f"clip must be a bool, got {clip!r}")
         if (
             isinstance(min_contributions, bool)
             or not isinstance(min_contributions, int)
@@ -207,22 +181,8 @@ class AdditiveBackend:
             raise ConfigurationError(
                 f"min_contributions must be an int >= 1, got {min_contributions!r}"
             )
-        self._bound = float(bound)
-        self._scale_bits = scale_bits
-        self._clip = clip
         self._n_servers = n_servers
         self._min_contributions = min_contributions
-
-    @property
-    def value_bound(self) -> float | None:
-        """Largest |value| a client may contribute (before weighting)."""
-        return self._bound
-
-    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
-        """See :meth:`privagg.FixedPointEncoder.sum_error_bound`."""
-        return FixedPointEncoder(1.0, self._scale_bits).sum_error_bound(
-            n_clients, max_abs
-        )
 
     def setup(
         self,
@@ -248,16 +208,8 @@ class AdditiveBackend:
                 f"min_contributions explicitly to accept fewer contributors)"
             )
         rng = rng or SystemRng()
-        extra = noise_headroom(noise, max_clients, dim=layout.size)
-        encoder = FixedPointEncoder(
-            self._bound * max_weight, self._scale_bits, noise_allowance=extra
-        )
-        need = encoder.sum_bits(max_clients, extra=extra)
-        if need > 64:
-            raise EncodingOverflowError(
-                f"sums need {need} bits, more than the 64-bit ring"
-            )
-        ring_bits = 32 if need <= 32 else 64
+        ring = self._ring
+        encoder, ring_bits = ring.size_ring(layout.size, max_clients, max_weight, noise)
         server_ids = tuple(f"server-{k}" for k in range(1, self._n_servers))
         server_sks = [new_x25519(rng) for _ in server_ids]
         server_pks = tuple(x25519_public(sk) for sk in server_sks)
@@ -266,9 +218,9 @@ class AdditiveBackend:
         public = (
             struct.pack(
                 ">dIBdIQI",
-                self._bound,
-                self._scale_bits,
-                self._clip,
+                ring.bound,
+                ring.scale_bits,
+                ring.clip,
                 max_weight,
                 ring_bits,
                 max_clients,
@@ -282,8 +234,8 @@ class AdditiveBackend:
             params_id,
             layout.size,
             encoder,
-            self._bound,
-            self._clip,
+            ring.bound,
+            ring.clip,
             float(max_weight),
             ring_bits,
             max_clients,
@@ -307,6 +259,6 @@ class AdditiveBackend:
 
     def __repr__(self) -> str:
         return (
-            f"AdditiveBackend(bound={self._bound}, scale_bits={self._scale_bits}, "
+            f"AdditiveBackend(bound={self._ring.bound}, scale_bits={self._ring.scale_bits}, "
             f"n_servers={self._n_servers}, min_contributions={self._min_contributions})"
         )

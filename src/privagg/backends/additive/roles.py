@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from privagg._rng import Rng
-from privagg.backends import _wire
-from privagg.backends._ringcode import add_masks, centred, encode_to_ring
-from privagg.backends._secagg_crypto import (
+from privagg.backends._common import FinishedResult
+from privagg.backends._masking import (
+    RingClient,
+    decode_total,
+    open_result,
+    valid_x25519,
+)
+from privagg.backends._primitives import (
     aead_decrypt,
     aead_encrypt,
     ecdh,
@@ -20,6 +24,7 @@ from privagg.backends._secagg_crypto import (
     x25519_key,
     x25519_public,
 )
+from privagg.backends._ringcode import add_masks
 from privagg.backends.additive._context import (
     _DOMAIN,
     _SEED_CT_LEN,
@@ -28,7 +33,6 @@ from privagg.backends.additive._context import (
     _partial_key,
     _process_register,
     _RoundRegister,
-    _valid_x25519,
 )
 from privagg.backends.additive.messages import (
     AdditiveKind,
@@ -38,54 +42,28 @@ from privagg.backends.additive.messages import (
     ServerRequest,
     ShareRequest,
 )
-from privagg.envelope import (
-    Scheme,
-    open_envelope,
-)
 from privagg.errors import (
     ConfigurationError,
     DeserializationError,
     InsufficientParticipantsError,
-    ParameterMismatchError,
     ProtocolError,
 )
 from privagg.keys import SecretKey
-from privagg.layout import FloatVector
-from privagg.protocols import NoiseShare, Recovered
+from privagg.protocols import Recovered
 
 
 # -- roles -------------------------------------------------------------------------------------
-class AdditiveClient:
+class AdditiveClient(RingClient[_Config]):
     """A client: splits its encoded update into one additive share per server."""
 
-    def __init__(
-        self,
-        cfg: _Config,
-        party_id: str,
-        round_id: int,
-        update: FloatVector,
-        weight: float,
-        rng: Rng,
-        noise: NoiseShare | None,
-    ) -> None:
-        self._cfg = cfg
-        self._id = party_id
-        self._round = round_id
-        self._update = update
-        self._weight = weight
-        self._rng = rng
-        self._noise = noise
-        self._answered = False
-
-    @property
-    def party_id(self) -> str:
-        """This client's id."""
-        return self._id
+    _answered = False  # set once the shares are sent
 
     def handle(self, request: bytes) -> bytes:
         """Answer the share request."""
         cfg = self._cfg
-        cfg.check(request, self._round, AdditiveKind.REQUEST, f"client {self._id!r}")
+        cfg.check_header(
+            request, self._round, AdditiveKind.REQUEST, f"client {self._id!r}"
+        )
         req = ShareRequest.from_bytes(request)
         if req.party != self._id:
             raise ProtocolError(
@@ -108,20 +86,8 @@ class AdditiveClient:
             )
             seeds.append((sid, aead_encrypt(key, seed, _DOMAIN + b"seed" + ctx + epk)))
         # Server 0's share: the encoding minus every seed's expansion, in one blocked pass.
-        share0 = encode_to_ring(
-            cfg.encoder,
-            self._update,
-            self._weight,
-            value_bound=cfg.value_bound,
-            clip=cfg.clip,
-            rng=self._rng,
-            dtype=cfg.dtype,
-            noise=self._noise,
-            who=f"client {self._id!r}",
-            masks=masks,
-        )
+        share0 = self._masked_update(masks)
         self._answered = True
-        self._update = np.zeros(0)
         return ClientShares(
             cfg.params_id, self._round, self._id, epk, share0, tuple(seeds)
         ).to_bytes()
@@ -171,7 +137,7 @@ class AdditiveServer:
             DeserializationError: a listed entry this server cannot decrypt.
         """
         cfg = self._cfg
-        cfg.check(
+        cfg.check_header(
             request, self._round, AdditiveKind.SERVER_REQUEST, f"server {self._id!r}"
         )
         req = ServerRequest.from_bytes(request)
@@ -230,7 +196,7 @@ class AdditiveServer:
         return f"AdditiveServer({self._id!r}, round={self._round})"
 
 
-class AdditiveAggregator:
+class AdditiveAggregator(FinishedResult):
     """The coordinator, which is also server 0."""
 
     def __init__(self, cfg: _Config, round_id: int, client_ids: Sequence[str]) -> None:
@@ -282,7 +248,9 @@ class AdditiveAggregator:
             data = replies[sender]
             if sender not in expected:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
-            cfg.check(data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}")
+            cfg.check_header(
+                data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}"
+            )
             msg = ClientShares.from_bytes(data)
             if msg.party != sender:
                 raise ProtocolError(
@@ -294,12 +262,11 @@ class AdditiveAggregator:
             # Every server then gets the same list of accepted entries.
             seeds = dict(msg.seeds)
             if (
-                msg.share0.dtype != np.dtype(cfg.dtype)
-                or msg.share0.shape != (cfg.size,)
+                not cfg.check_ring_array(msg.share0)
                 or set(seeds) != set(cfg.server_ids)
                 or len(seeds) != len(msg.seeds)
                 or any(len(ct) != _SEED_CT_LEN for ct in seeds.values())
-                or not _valid_x25519(msg.ephemeral_pk)
+                or not valid_x25519(msg.ephemeral_pk)
             ):
                 self.rejected.add(sender)
                 continue
@@ -334,7 +301,9 @@ class AdditiveAggregator:
         parts = []
         for sid in cfg.server_ids:
             data = replies[sid]
-            cfg.check(data, self._round, AdditiveKind.PARTIAL, f"reply of {sid!r}")
+            cfg.check_header(
+                data, self._round, AdditiveKind.PARTIAL, f"reply of {sid!r}"
+            )
             msg = PartialSum.from_bytes(data)
             if msg.party != sid:
                 raise ProtocolError(
@@ -363,17 +332,6 @@ class AdditiveAggregator:
         self._partial0 = None
         self._stage = 3
         return {}
-
-    @property
-    def done(self) -> bool:
-        """True once every partial sum is in."""
-        return self._result is not None
-
-    def result(self) -> bytes:
-        """Server 0's partial sum and the others' encrypted partial sums."""
-        if self._result is None:
-            raise ProtocolError("the round has not finished")
-        return self._result
 
     def __repr__(self) -> str:
         return f"AdditiveAggregator(round={self._round}, clients={len(self._clients)})"
@@ -415,24 +373,15 @@ class AdditiveHolder:
                 re-labelled, or the servers summed different sets), or is malformed.
         """
         cfg = self._cfg
-        # The header is read unverified first, so that the digest over the (P-word)
-        # result is computed once, by ``from_bytes``; a mismatch is reported only after
-        # ``open_envelope`` has checked the digest (corrupted bytes stay a
-        # DeserializationError).
-        h = _wire.peek_header(result)
-        ours = h.scheme == Scheme.ADDITIVE and h.kind == AdditiveKind.RESULT
-        if not (ours and hmac.compare_digest(h.params_id, cfg.params_id)):
-            open_envelope(result)
-        if not ours:
-            raise ProtocolError("not an additive-sharing result")
-        if not hmac.compare_digest(h.params_id, cfg.params_id):
-            raise ParameterMismatchError(
-                "the result was made under different parameters or keys"
-            )
+        open_result(
+            cfg,
+            result,
+            AdditiveKind.RESULT,
+            what="an additive-sharing result",
+            other="parameters or keys",
+        )
         msg = ResultMessage.from_bytes(result)
-        if msg.partial0.dtype != np.dtype(cfg.dtype) or msg.partial0.shape != (
-            cfg.size,
-        ):
+        if not cfg.check_ring_array(msg.partial0):
             raise ProtocolError("result has the wrong type or size")
         if {p[0] for p in msg.partials} != set(cfg.server_ids):
             raise ProtocolError("the result does not carry every server's partial sum")
@@ -470,7 +419,7 @@ class AdditiveHolder:
             part = np.frombuffer(raw, dtype=dt)
             np.add(acc, part, out=acc)
         self._recovered.claim(msg.round_id)
-        vec = cfg.encoder.decode_sum(centred(acc), len(msg.contributors))
+        vec = decode_total(cfg, acc, len(msg.contributors))
         return Recovered(vec, msg.contributors)
 
     def __repr__(self) -> str:

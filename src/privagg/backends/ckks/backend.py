@@ -12,6 +12,7 @@ import numpy as np
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng, SystemRng
 from privagg.backends._ckks_params import PRESETS
+from privagg.backends._common import noise_descriptor
 from privagg.backends.ckks._pool import _decrypt_packed, _encrypt_packed
 from privagg.backends.ckks._release import (
     _check_count,
@@ -186,19 +187,6 @@ class _RecoverCodec:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("the CKKS holder holds a secret key and cannot be pickled")
-
-
-def _noise_descriptor(noise: NoiseShare | None) -> bytes:
-    """What ``params_id`` binds of the DP noise share: its type and its ``stddev``."""
-    w = PayloadWriter()
-    if noise is None:
-        return w.text("none").getvalue()
-    t = type(noise)
-    stddev = getattr(noise, "stddev", None)
-    w.text(f"{t.__module__}.{t.__qualname__}")
-    if isinstance(stddev, (int, float)) and not isinstance(stddev, bool):
-        return w.u8(1).f64(float(stddev)).getvalue()
-    return w.u8(0).getvalue()
 
 
 def _no_holder() -> NoReturn:
@@ -438,7 +426,7 @@ class CkksBackend:
             .int_big(max_clients)
             .f64(float(max_weight))
             .f64(float(extra))
-            .blob(_noise_descriptor(noise))
+            .blob(noise_descriptor(noise))
             .getvalue()
         )
         params_id = fingerprint(

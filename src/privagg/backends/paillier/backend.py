@@ -13,6 +13,7 @@ import numpy as np
 
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng, SystemRng
+from privagg.backends._common import noise_descriptor
 from privagg.backends.paillier._fastexp import (
     _fixed_base_for,
     _FixedBase,
@@ -261,19 +262,6 @@ class _RecoverCodec:
         return f"<Paillier recover codec {self.params.public!r}>"
 
 
-def _noise_descriptor(noise: NoiseShare | None) -> bytes:
-    """What ``params_id`` binds of the DP noise share: its type and its ``stddev``."""
-    w = PayloadWriter()
-    if noise is None:
-        return w.text("none").getvalue()
-    t = type(noise)
-    stddev = getattr(noise, "stddev", None)
-    w.text(f"{t.__module__}.{t.__qualname__}")
-    if isinstance(stddev, (int, float)) and not isinstance(stddev, bool):
-        return w.u8(1).f64(float(stddev)).getvalue()
-    return w.u8(0).getvalue()
-
-
 def _no_holder() -> NoReturn:
     raise MissingKeyError(
         "this session has no Paillier secret key: only the result holder can recover"
@@ -466,7 +454,7 @@ class PaillierBackend:
             .u32(MARGIN_BITS)
             .f64(extra)
             .u8(int(self.clip))
-            .blob(_noise_descriptor(noise))
+            .blob(noise_descriptor(noise))
             .getvalue()
         )
         # v2: the public key is (n, h) (h_s derived), and the noise share's type and

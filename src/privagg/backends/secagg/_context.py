@@ -4,14 +4,11 @@ messages clients sign and the key derivations."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
-
-from privagg.backends import _wire
 from privagg.backends._graph import (
     GraphParams,
     choose_parameters,
@@ -19,22 +16,20 @@ from privagg.backends._graph import (
     harary_neighbours,
     min_live_neighbours,
 )
-from privagg.backends._secagg_crypto import (
-    ecdh,
+from privagg.backends._masking import (
+    RingConfig,
+    ids_digest,
+    kdf_context,
+    party_field,
+)
+from privagg.backends._primitives import (
     hkdf,
-    x25519_key,
 )
 from privagg.backends.secagg.messages import (
     AdvertiseMessage,
 )
-from privagg.encoding import FixedPointEncoder
 from privagg.envelope import (
     Scheme,
-)
-from privagg.errors import (
-    ConfigurationError,
-    ParameterMismatchError,
-    ProtocolError,
 )
 
 _DOMAIN = b"privagg/secagg/v2/"  # v2: signed partner attestations (stage 2)
@@ -42,27 +37,17 @@ _DOMAIN = b"privagg/secagg/v2/"  # v2: signed partner attestations (stage 2)
 
 # -- shared configuration ------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Config:
+class _Config(RingConfig):
     """Public parameters of a session (identical for every role)."""
 
-    params_id: bytes
-    size: int
-    encoder: FixedPointEncoder
-    value_bound: float
-    clip: bool
-    max_weight: float
-    ring_bits: int
-    max_clients: int
+    SCHEME: ClassVar[Scheme] = Scheme.SECAGG
+
     dropout_rate: float
     corruption_rate: float
     sigma: int
     eta: int
     full_graph: bool
     active: bool
-
-    @property
-    def dtype(self) -> type[np.unsignedinteger]:
-        return np.uint32 if self.ring_bits == 32 else np.uint64
 
     def graph(self, n: int) -> GraphParams:
         return choose_parameters(
@@ -118,7 +103,7 @@ class _Config:
         )
         for cid in sorted(keys):
             k = keys[cid]
-            h.update(struct.pack(">I", len(cid)) + cid.encode() + k.c_pk + k.s_pk)
+            h.update(_field(cid) + k.c_pk + k.s_pk)
         return h.digest()
 
     def neighbours(
@@ -133,42 +118,16 @@ class _Config:
         seed = seed if seed is not None else self.graph_seed(round_id, ids, keys)
         return harary_neighbours(ids, self.graph(len(ids)).degree, seed)
 
-    def check_header(self, data: bytes, round_id: int, kind: int, who: str) -> None:
-        """Cheap checks before decoding: scheme, parameters, round, kind."""
-        h = _wire.peek_header(data)
-        if h.scheme != Scheme.SECAGG:
-            raise ProtocolError(f"{who}: message of another scheme")
-        if not hmac.compare_digest(h.params_id, self.params_id):
-            raise ParameterMismatchError(
-                f"{who}: message made under different parameters or keys"
-            )
-        if h.round_id != round_id:
-            raise ProtocolError(
-                f"{who}: message for round {h.round_id}, expected {round_id} (replay?)"
-            )
-        if h.kind != kind:
-            raise ProtocolError(
-                f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})"
-            )
 
-
-def _check_round_id(round_id: int) -> None:
-    if (
-        isinstance(round_id, bool)
-        or not isinstance(round_id, int)
-        or not 0 <= round_id < 1 << 64
-    ):
-        raise ConfigurationError(
-            f"round_id must be an int in [0, 2**64), got {round_id!r}"
-        )
+def _field(party: str) -> bytes:
+    """A party id in a v2 transcript or key context (length in characters: see
+    :func:`privagg.backends._masking.party_field`)."""
+    return party_field(party, length="chars")
 
 
 def u0_digest(participants: Sequence[str]) -> bytes:
     """H(U0): SHA-256 of the sorted, length-prefixed participant ids."""
-    h = hashlib.sha256(_DOMAIN + b"U0")
-    for p in sorted(participants):
-        h.update(struct.pack(">I", len(p)) + p.encode())
-    return h.digest()
+    return ids_digest(sorted(participants), domain=_DOMAIN + b"U0", field=_field)
 
 
 def _key_message(
@@ -181,18 +140,8 @@ def _key_message(
     rparams: bytes,
 ) -> bytes:
     """What a client signs at stage 0: its keys, H(U0) and the round's (n, k, t, q, min_live)."""
-    return (
-        _DOMAIN
-        + b"keys"
-        + cfg.params_id
-        + round_id.to_bytes(8, "big")
-        + struct.pack(">I", len(cid))
-        + cid.encode()
-        + c_pk
-        + s_pk
-        + u0
-        + rparams
-    )
+    ctx = kdf_context(cfg.params_id, round_id, _field(cid), c_pk, s_pk, u0, rparams)
+    return _DOMAIN + b"keys" + ctx
 
 
 def _survivor_message(
@@ -201,17 +150,8 @@ def _survivor_message(
     """What a client signs at stage 3: the survivor set U3 and its view of the round,
     ``view = H(U0) || graph seed`` (so all clients that reveal shares agree on U0 and on
     the graph, not only on U3)."""
-    h = hashlib.sha256()
-    for s in sorted(survivors):
-        h.update(struct.pack(">I", len(s)) + s.encode())
-    return (
-        _DOMAIN
-        + b"survivors"
-        + cfg.params_id
-        + round_id.to_bytes(8, "big")
-        + view
-        + h.digest()
-    )
+    digest = ids_digest(sorted(survivors), field=_field)
+    return _DOMAIN + b"survivors" + kdf_context(cfg.params_id, round_id, view, digest)
 
 
 def _partner_message(
@@ -225,62 +165,26 @@ def _partner_message(
     steered its masking partners (selective delivery, then selective drop) and the
     holders refuse (see :meth:`SecAggClient._check_attestations`).
     """
-    h = hashlib.sha256()
-    for m in sorted(missing):
-        h.update(struct.pack(">I", len(m)) + m.encode())
-    return (
-        _DOMAIN
-        + b"partners"
-        + cfg.params_id
-        + round_id.to_bytes(8, "big")
-        + view
-        + struct.pack(">I", len(cid))
-        + cid.encode()
-        + h.digest()
-    )
-
-
-def _valid_x25519(pk: bytes) -> bool:
-    """False for a low-order (or otherwise unusable) X25519 public key."""
-    try:
-        ecdh(_PROBE_KEY, pk)
-    except ProtocolError:
-        return False
-    return True
+    digest = ids_digest(sorted(missing), field=_field)
+    ctx = kdf_context(cfg.params_id, round_id, view, _field(cid), digest)
+    return _DOMAIN + b"partners" + ctx
 
 
 def _share_key(
     cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str, u0: bytes
 ) -> tuple[bytes, bytes]:
-    ctx = (
-        cfg.params_id
-        + round_id.to_bytes(8, "big")
-        + u0
-        + struct.pack(">I", len(sender))
-        + sender.encode()
-        + struct.pack(">I", len(recipient))
-        + recipient.encode()
-    )
+    ctx = kdf_context(cfg.params_id, round_id, u0, _field(sender), _field(recipient))
     key = hkdf(shared, salt=cfg.params_id, info=_DOMAIN + b"share-key" + ctx)
     return key, _DOMAIN + b"share-aad" + ctx
 
 
 def _pair_seed(cfg: _Config, round_id: int, shared: bytes, a: str, b: str) -> bytes:
     lo, hi = sorted((a, b))
-    ctx = (
-        struct.pack(">I", len(lo))
-        + lo.encode()
-        + struct.pack(">I", len(hi))
-        + hi.encode()
-    )
     return hkdf(
         shared,
         salt=cfg.params_id,
-        info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + ctx,
+        info=_DOMAIN + b"mask" + round_id.to_bytes(8, "big") + _field(lo) + _field(hi),
     )
-
-
-_PROBE_KEY = x25519_key(hashlib.sha256(_DOMAIN + b"probe").digest())
 
 
 def _pair_sign(me: str, other: str) -> int:

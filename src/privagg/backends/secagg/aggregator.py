@@ -9,16 +9,18 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg.backends import _shamir
+from privagg.backends._common import FinishedResult
 from privagg.backends._graph import (
     GraphParams,
 )
-from privagg.backends._ringcode import add_masks
-from privagg.backends._secagg_crypto import (
+from privagg.backends._masking import valid_x25519
+from privagg.backends._primitives import (
     ecdh,
     ed25519_verify,
     x25519_key,
     x25519_public,
 )
+from privagg.backends._ringcode import add_masks
 from privagg.backends.secagg._context import (
     _Config,
     _key_message,
@@ -26,7 +28,6 @@ from privagg.backends.secagg._context import (
     _pair_sign,
     _partner_message,
     _survivor_message,
-    _valid_x25519,
     _x_coord,
     u0_digest,
 )
@@ -54,7 +55,7 @@ from privagg.errors import (
 
 
 # -- aggregator ----------------------------------------------------------------------------
-class SecAggAggregator:
+class SecAggAggregator(FinishedResult):
     """The untrusted SecAgg+ server's state machine for one round."""
 
     def __init__(
@@ -99,17 +100,6 @@ class SecAggAggregator:
     def graph(self) -> GraphParams:
         """The round's degree and threshold."""
         return self._graph
-
-    @property
-    def done(self) -> bool:
-        """True once the sum is unmasked."""
-        return self._result is not None
-
-    def result(self) -> bytes:
-        """The unmasked sum for the result holder."""
-        if self._result is None:
-            raise ProtocolError("the round has not finished")
-        return self._result
 
     def _msg(self, cls: type[Any], **kw: Any) -> Callable[[str], bytes]:
         return lambda party: cls(
@@ -192,7 +182,7 @@ class SecAggAggregator:
             ):
                 rejected.add(cid)
             elif m.c_pk == m.s_pk or not (
-                _valid_x25519(m.c_pk) and _valid_x25519(m.s_pk)
+                valid_x25519(m.c_pk) and valid_x25519(m.s_pk)
             ):
                 rejected.add(cid)
         seen: dict[bytes, str] = {}

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import hmac
-import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NoReturn
-
-import numpy as np
 
 from privagg._rng import Rng, SystemRng
 from privagg.backends import _wire
 from privagg.backends._graph import (
     GraphParams,
 )
-from privagg.backends._ringcode import centred
-from privagg.backends._secagg_crypto import (
+from privagg.backends._masking import (
+    RingBackend,
+    RingOptions,
+    RingSession,
+    check_client_update,
+    check_round_id,
+    decode_total,
+    open_result,
+)
+from privagg.backends._primitives import (
     ed25519_public,
     new_ed25519,
 )
 from privagg.backends.secagg._context import (
-    _check_round_id,
     _Config,
 )
 from privagg.backends.secagg.aggregator import SecAggAggregator
@@ -31,7 +35,6 @@ from privagg.backends.secagg.messages import (
     ResultMessage,
     SecAggKind,
 )
-from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.envelope import (
     Header,
     PayloadReader,
@@ -43,7 +46,6 @@ from privagg.envelope import (
 from privagg.errors import (
     ConfigurationError,
     DeserializationError,
-    EncodingOverflowError,
     MissingKeyError,
     ParameterMismatchError,
     ProtocolError,
@@ -67,30 +69,19 @@ class SecAggHolder:
         Raises:
             ProtocolError: a result of a round this holder already recovered (replay).
         """
-        # The header is read unverified first, so that the digest over the (P-word)
-        # result is computed once, by ``from_bytes``; a mismatch is reported only after
-        # ``open_envelope`` has checked the digest (corrupted bytes stay a
-        # DeserializationError).
-        h = _wire.peek_header(result)
-        ours = h.scheme == Scheme.SECAGG and h.kind == SecAggKind.RESULT
-        if not (ours and hmac.compare_digest(h.params_id, self._cfg.params_id)):
-            open_envelope(result)
-        if not ours:
-            raise ProtocolError("not a SecAgg+ result")
-        if not hmac.compare_digest(h.params_id, self._cfg.params_id):
-            raise ParameterMismatchError(
-                "the result was made under different parameters"
-            )
+        open_result(
+            self._cfg,
+            result,
+            SecAggKind.RESULT,
+            what="a SecAgg+ result",
+            other="parameters",
+        )
         msg = ResultMessage.from_bytes(result)
-        if msg.total.dtype != np.dtype(self._cfg.dtype) or msg.total.shape != (
-            self._cfg.size,
-        ):
+        if not self._cfg.check_ring_array(msg.total):
             raise ProtocolError("result has the wrong type or size")
         if msg.round_id in self._recovered_rounds:
             raise ProtocolError(f"round {msg.round_id} was already recovered (replay?)")
-        # A sum beyond the range the ring was sized for wrapped: refused, never returned
-        # as a wrong aggregate (review #11, finding 7).
-        vec = self._cfg.encoder.decode_sum(centred(msg.total), len(msg.contributors))
+        vec = decode_total(self._cfg, msg.total, len(msg.contributors))
         out = Recovered(vec, msg.contributors)
         self._recovered_rounds.add(msg.round_id)
         return out
@@ -102,7 +93,7 @@ class SecAggHolder:
         raise TypeError("result holders cannot be pickled")
 
 
-class SecAggSession:
+class SecAggSession(RingSession[_Config]):
     """A SecAgg+ session. In one process it is also the PKI: it makes each client's
     long-term Ed25519 identity key on first use and publishes the public half."""
 
@@ -128,16 +119,6 @@ class SecAggSession:
         self._aggregated_rounds: set[int] = set()
         self._client_rounds: set[tuple[str, int]] = set()
         self._round_counter = 0
-
-    @property
-    def params_id(self) -> bytes:
-        """Public fingerprint of the session's parameters."""
-        return self._cfg.params_id
-
-    @property
-    def ring_bits(self) -> int:
-        """Bits of the ring the masked sums live in (32 or 64)."""
-        return self._cfg.ring_bits
 
     def graph(self, n_clients: int) -> GraphParams:
         """The degree and threshold a round with ``n_clients`` uses."""
@@ -167,16 +148,11 @@ class SecAggSession:
             raise ProtocolError(f"no identity key is registered for client {cid!r}")
         return pk
 
-    def next_round_id(self) -> int:
-        """A round id this session has not served before (for ``run_round``)."""
+    def _used_round_ids(self) -> set[int]:
         used = self._aggregated_rounds | {r for _, r in self._client_rounds}
         if self._holder is not None:
             used |= self._holder._recovered_rounds
-        while self._round_counter in used:
-            self._round_counter += 1
-        rid = self._round_counter
-        self._round_counter += 1
-        return rid
+        return used
 
     def aggregator(self, round_id: int, client_ids: Sequence[str]) -> SecAggAggregator:
         """The aggregator for one round.
@@ -185,7 +161,7 @@ class SecAggSession:
             ProtocolError: this session already ran an aggregator for ``round_id`` (round
                 ids are fresh per round: messages of an earlier run would otherwise fit).
         """
-        _check_round_id(round_id)
+        check_round_id(round_id)
         if round_id in self._aggregated_rounds:
             raise ProtocolError(f"round {round_id} was already aggregated (reuse?)")
         agg = SecAggAggregator(
@@ -212,20 +188,14 @@ class SecAggSession:
             ProtocolError: this session already made a client ``client_id`` for
                 ``round_id`` (a client answers one run of a round only).
         """
-        _check_round_id(round_id)
+        check_round_id(round_id)
         if (client_id, round_id) in self._client_rounds:
             raise ProtocolError(
                 f"client {client_id!r} already took part in round {round_id} (reuse?)"
             )
-        if update.shape != (self.layout.size,):
-            raise ParameterMismatchError(
-                f"client {client_id!r}: update has {update.shape}, layout size is {self.layout.size}"
-            )
-        w = float(weight)
-        if not (math.isfinite(w) and 0 <= w <= self._cfg.max_weight):
-            raise ConfigurationError(
-                f"weight must be in [0, {self._cfg.max_weight}], got {weight!r}"
-            )
+        w = check_client_update(
+            client_id, update, self.layout.size, weight, self._cfg.max_weight
+        )
         identity = self._identity(client_id) if self._cfg.active else None
         self._client_rounds.add((client_id, round_id))
         return SecAggClient(
@@ -319,7 +289,7 @@ def _parse_material(material: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
     return nonce, directory, secret
 
 
-class SecAggBackend:
+class SecAggBackend(RingBackend):
     """SecAgg+ with dropout recovery (one untrusted aggregator).
 
     Args:
@@ -349,7 +319,7 @@ class SecAggBackend:
         full_graph: bool = False,
         active: bool = True,
     ) -> None:
-        FixedPointEncoder(bound, scale_bits)  # validates bound and scale_bits
+        self._ring = RingOptions(bound, scale_bits, clip)  # validates the three
         for name, v in (
             ("dropout_rate", dropout_rate),
             ("corruption_rate", corruption_rate),
@@ -365,29 +335,15 @@ class SecAggBackend:
                 raise ConfigurationError(
                     f"{name} must be an int in [1, 128], got {iv!r}"
                 )
-        for name, b in (("clip", clip), ("full_graph", full_graph), ("active", active)):
+        for name, b in (("full_graph", full_graph), ("active", active)):
             if not isinstance(b, bool):
                 raise ConfigurationError(f"{name} must be a bool, got {b!r}")
-        self._bound = float(bound)
-        self._scale_bits = scale_bits
-        self._clip = clip
         self._dropout = float(dropout_rate)
         self._corrupt = float(corruption_rate)
         self._sigma = sigma
         self._eta = eta
         self._full = full_graph
         self._active = active
-
-    @property
-    def value_bound(self) -> float | None:
-        """Largest |value| a client may contribute (before weighting)."""
-        return self._bound
-
-    def tolerance(self, *, n_clients: int, max_abs: float) -> float:
-        """See :meth:`privagg.FixedPointEncoder.sum_error_bound`."""
-        return FixedPointEncoder(1.0, self._scale_bits).sum_error_bound(
-            n_clients, max_abs
-        )
 
     def setup(
         self,
@@ -426,23 +382,14 @@ class SecAggBackend:
         nonce: bytes,
     ) -> _Config:
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
-        # DP noise headroom over every coordinate of every round (review #11, finding 7).
-        extra = noise_headroom(noise, max_clients, dim=layout.size)
-        encoder = FixedPointEncoder(
-            self._bound * max_weight, self._scale_bits, noise_allowance=extra
-        )
-        need = encoder.sum_bits(max_clients, extra=extra)
-        if need > 64:
-            raise EncodingOverflowError(
-                f"sums need {need} bits, more than the 64-bit ring"
-            )
-        ring_bits = 32 if need <= 32 else 64
+        ring = self._ring
+        encoder, ring_bits = ring.size_ring(layout.size, max_clients, max_weight, noise)
         public = (
             struct.pack(
                 ">dIBdIddIIBB",
-                self._bound,
-                self._scale_bits,
-                self._clip,
+                ring.bound,
+                ring.scale_bits,
+                ring.clip,
                 max_weight,
                 ring_bits,
                 self._dropout,
@@ -460,8 +407,8 @@ class SecAggBackend:
             params_id,
             layout.size,
             encoder,
-            self._bound,
-            self._clip,
+            ring.bound,
+            ring.clip,
             float(max_weight),
             ring_bits,
             max_clients,
@@ -562,7 +509,7 @@ class SecAggBackend:
 
     def __repr__(self) -> str:
         return (
-            f"SecAggBackend(bound={self._bound}, scale_bits={self._scale_bits}, "
+            f"SecAggBackend(bound={self._ring.bound}, scale_bits={self._ring.scale_bits}, "
             f"dropout_rate={self._dropout:.3g}, corruption_rate={self._corrupt:.3g}, "
             f"full_graph={self._full}, active={self._active})"
         )

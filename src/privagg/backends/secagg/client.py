@@ -6,16 +6,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import numpy as np
-import numpy.typing as npt
-
 from privagg._rng import Rng
 from privagg.backends import _shamir
 from privagg.backends._graph import (
     GraphParams,
 )
-from privagg.backends._ringcode import encode_to_ring
-from privagg.backends._secagg_crypto import (
+from privagg.backends._masking import RingClient
+from privagg.backends._primitives import (
     aead_decrypt,
     aead_encrypt,
     ecdh,
@@ -155,7 +152,7 @@ def _expected_kind(state: _State, active: bool) -> int:
 
 
 # -- client --------------------------------------------------------------------------------
-class SecAggClient:
+class SecAggClient(RingClient[_Config]):
     """A SecAgg+ client's state machine for one round (bytes in, bytes out).
 
     The stages are a dispatch table (:data:`_STAGES`): the expected message kind follows
@@ -175,21 +172,10 @@ class SecAggClient:
         directory: Callable[[str], bytes],
         noise: NoiseShare | None = None,
     ) -> None:
-        self._cfg = cfg
-        self._id = party_id
-        self._round = round_id
-        self._update = update
-        self._weight = weight
-        self._rng = rng
+        super().__init__(cfg, party_id, round_id, update, weight, rng, noise)
         self._identity = identity
         self._directory = directory
-        self._noise = noise
         self._state: _State = _Start()
-
-    @property
-    def party_id(self) -> str:
-        """This client's id."""
-        return self._id
 
     def handle(self, request: bytes) -> bytes:
         """Answer the aggregator's request for the current stage."""
@@ -387,8 +373,7 @@ class SecAggClient:
             )
             seeds.append((seed, _pair_sign(self._id, j)))
         # Encoding and all k + 1 masks in one cache-blocked pass over the vector.
-        y = self._encode(seeds)
-        self._update = np.zeros(0)
+        y = self._masked_update(seeds)
         reply = MaskedInput(
             self._cfg.params_id,
             self._round,
@@ -400,23 +385,6 @@ class SecAggClient:
         ).to_bytes()
         return reply, _Masked(
             view, st.seed, st.all_nbrs, held, masked_with, frozenset(missing_set)
-        )
-
-    def _encode(
-        self, masks: Sequence[tuple[bytes, int]]
-    ) -> npt.NDArray[np.unsignedinteger]:
-        cfg = self._cfg
-        return encode_to_ring(
-            cfg.encoder,
-            self._update,
-            self._weight,
-            value_bound=cfg.value_bound,
-            clip=cfg.clip,
-            rng=self._rng,
-            dtype=cfg.dtype,
-            noise=self._noise,
-            who=f"client {self._id!r}",
-            masks=masks,
         )
 
     def _consistency(
