@@ -15,6 +15,13 @@ Low-level pieces (raw backends, deterministic RNGs for tests) live in
 """
 
 from privagg._rng import Rng, SystemRng
+from privagg.distribution import (
+    Dealing,
+    DealtMaterial,
+    Distributable,
+    Role,
+    session_for_role,
+)
 from privagg.encoding import EncodedVector, FixedPointEncoder
 from privagg.envelope import FORMAT_VERSION, Scheme, from_bytes
 from privagg.errors import (
@@ -71,7 +78,10 @@ __all__ = [
     "BudgetExceededError",
     "ClientRole",
     "ConfigurationError",
+    "Dealing",
+    "DealtMaterial",
     "DeserializationError",
+    "Distributable",
     "EncodedVector",
     "EncodingOverflowError",
     "FixedPointEncoder",
@@ -86,6 +96,7 @@ __all__ = [
     "PrivaggError",
     "ProtocolError",
     "Recovered",
+    "Role",
     "Rng",
     "RoundResult",
     "Scheme",
@@ -105,5 +116,6 @@ __all__ = [
     "register_backend",
     "run_round",
     "secure_sum",
+    "session_for_role",
     "write_secret_file",
 ]

@@ -251,7 +251,7 @@ def test_copying_ckks_material_is_refused(material: object) -> None:
 def test_ckks_material_repr_shows_no_secret(material: object) -> None:
     holder: bytes = material.holder  # type: ignore[attr-defined]
     text = repr(material) + str(material) + f"{material}"
-    assert "secret context hidden" in text and "holder=" not in text
+    assert "material hidden" in text and "holder=" not in text
     # no window of the holder's blob (which holds the secret key), in any encoding
     for i in range(0, len(holder) - 16, max(1, len(holder) // 64)):
         chunk = holder[i : i + 16]

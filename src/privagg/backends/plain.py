@@ -14,6 +14,7 @@ import numpy as np
 
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng
+from privagg.distribution import Dealing, DealtMaterial
 from privagg.envelope import PayloadReader, PayloadWriter, Scheme
 from privagg.errors import DeserializationError
 from privagg.keys import fingerprint
@@ -92,6 +93,38 @@ class PlainBackend:
         return OneShotSession(
             "plain", Scheme.PLAIN, layout, params_id, codec, codec, lambda: codec
         )
+
+    # -- deployment: one role per process -----------------------------------------------
+    def dealing(self) -> Dealing:
+        """``NONE``: no keys; every process runs :meth:`setup` with the same options."""
+        return Dealing.NONE
+
+    def deal(
+        self,
+        layout: Layout,
+        party_ids: Sequence[str],
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> DealtMaterial:
+        """Nothing to deal: empty material for every role."""
+        check_setup_args(max_clients, max_weight)
+        return DealtMaterial(b"", b"", dict.fromkeys(party_ids, b""))
+
+    def load_role(
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> OneShotSession:
+        """The same session :meth:`setup` makes (the material is empty)."""
+        if material:
+            raise DeserializationError("the plain backend has no key material")
+        return self.setup(layout, max_clients=max_clients, max_weight=max_weight)
 
     def __repr__(self) -> str:
         return "PlainBackend()"

@@ -28,6 +28,7 @@ from privagg.backends.additive.roles import (
     AdditiveHolder,
     AdditiveServer,
 )
+from privagg.distribution import Dealing
 from privagg.errors import (
     ConfigurationError,
     ProtocolError,
@@ -256,6 +257,12 @@ class AdditiveBackend(RingBackend):
             public_fingerprint=fingerprint(b"additive/holder", holder_pk),
         )
         return AdditiveSession(cfg, layout, keys, hkey, noise, rng)
+
+    def dealing(self) -> Dealing:
+        """``DEALER``: the servers' and the holder's X25519 keys must be made once and
+        handed out. This backend has no ``deal``/``load_role`` yet, so
+        :func:`privagg.distribution.dealing` refuses it for deployments."""
+        return Dealing.DEALER
 
     def __repr__(self) -> str:
         return (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
@@ -32,11 +32,11 @@ from privagg.backends.ckks.keys import (
     CkksSecretContext,
     keygen,
 )
+from privagg.distribution import Dealing, DealtMaterial
 from privagg.encoding import noise_headroom
 from privagg.envelope import (
     PayloadWriter,
     Scheme,
-    open_envelope,
 )
 from privagg.errors import (
     ConfigurationError,
@@ -196,48 +196,8 @@ def _no_holder() -> NoReturn:
     )
 
 
-@dataclass(frozen=True, repr=False)
-class CkksMaterial:
-    """Dealt material, one opaque blob per role (see :meth:`CkksBackend.deal`).
-
-    ``holder`` contains the secret key, so the object cannot be pickled or copied
-    (write each blob to its own file: :func:`~privagg.keys.write_secret_file` for the
-    holder's) and its ``repr`` shows only the public key's fingerprint (security
-    review #11, finding 9).
-
-    Attributes:
-        aggregator: the public context (parameters + public key).
-        holder: the secret context (public context + exported secret key).
-        clients: party id -> the public context.
-    """
-
-    aggregator: bytes
-    holder: bytes  # holds the secret key: never printed
-    clients: Mapping[str, bytes]
-
-    def __repr__(self) -> str:
-        try:
-            fp = open_envelope(self.aggregator)[0].params_id[:4].hex()
-        except Exception:  # a malformed public blob: show nothing of it
-            fp = "?"
-        return (
-            f"<CkksMaterial public fp={fp}… clients={len(self.clients)}, "
-            "the holder's secret context hidden>"
-        )
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError(
-            "CkksMaterial holds the holder's secret key and cannot be pickled; write "
-            "each role's blob to its own file (write_secret_file for the holder's)"
-        )
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("CkksMaterial holds a secret key and cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("CkksMaterial holds a secret key and cannot be copied")
+#: The dealt material of CKKS (kept name): privagg's one :class:`DealtMaterial`.
+CkksMaterial = DealtMaterial
 
 
 # -- backend ---------------------------------------------------------------------------------
@@ -495,6 +455,10 @@ class CkksBackend:
         )
 
     # -- deployment: one role per process -----------------------------------------------
+    def dealing(self) -> Dealing:
+        """``DEALER``: the holder's secret key must be made once and handed out."""
+        return Dealing.DEALER
+
     def deal(
         self,
         layout: Layout,
@@ -503,7 +467,7 @@ class CkksBackend:
         max_clients: int,
         max_weight: float = 1.0,
         protection: Protection | None = None,
-    ) -> CkksMaterial:
+    ) -> DealtMaterial:
         """Make every role's material for a deployment (the operator's one-time step).
 
         Clients and the aggregator get the :class:`CkksPublicContext` (parameters and
@@ -534,7 +498,7 @@ class CkksBackend:
         public = secret.public.to_bytes()
         # An explicit protection choice: NoProtection only when the caller gave none.
         holder = secret.to_bytes(protection=protection or NoProtection())
-        return CkksMaterial(public, holder, dict.fromkeys(party_ids, public))
+        return DealtMaterial(public, holder, dict.fromkeys(party_ids, public))
 
     def load_role(
         self,

@@ -28,7 +28,9 @@ from privagg.backends.paillier.keys import (
     PaillierPublicKey,
     _keygen,
     _PrivateMaterial,
+    load_secret_key,
 )
+from privagg.distribution import Dealing, DealtMaterial
 from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.envelope import PayloadReader, PayloadWriter, Scheme
 from privagg.errors import (
@@ -37,7 +39,7 @@ from privagg.errors import (
     EncodingOverflowError,
     MissingKeyError,
 )
-from privagg.keys import SecretKey, fingerprint
+from privagg.keys import NoProtection, SecretKey, fingerprint
 from privagg.layout import FloatVector, Layout
 from privagg.protocols import NoiseShare, check_setup_args
 
@@ -512,6 +514,76 @@ class PaillierBackend:
             max_clients=max_clients,
             max_weight=max_weight,
             noise=noise,
+        )
+
+    # -- deployment: one role per process -----------------------------------------------
+    def dealing(self) -> Dealing:
+        """``DEALER``: the holder's secret key must be made once and handed out."""
+        return Dealing.DEALER
+
+    def deal(
+        self,
+        layout: Layout,
+        party_ids: Sequence[str],
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        rng: Rng | None = None,
+    ) -> DealtMaterial:
+        """Make every role's material for a deployment (the operator's one-time step).
+
+        Clients and the aggregator get the public key; the holder gets
+        ``len(public key) (u32, big-endian) || public key || secret key`` (the secret
+        exported with an explicit :class:`~privagg.NoProtection`: write it only to a
+        0600 file on the holder's machine).
+
+        Raises:
+            ConfigurationError: empty or repeated party ids, or bad session options.
+        """
+        if not party_ids or len(set(party_ids)) != len(party_ids):
+            raise ConfigurationError("party_ids must be non-empty and unique")
+        self.session_check(layout, max_clients=max_clients, max_weight=max_weight)
+        public, secret = self.keygen(rng)
+        pub = bytes(public.to_bytes())
+        sk = bytes(secret.to_bytes(protection=NoProtection()))
+        holder = len(pub).to_bytes(4, "big") + pub + sk
+        return DealtMaterial(pub, holder, dict.fromkeys(party_ids, pub))
+
+    def load_role(
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> OneShotSession:
+        """A session for one role from that role's material (see :meth:`deal`).
+
+        Raises:
+            ConfigurationError: an unknown role.
+            DeserializationError: malformed material.
+            ParameterMismatchError: a public key of another size.
+        """
+        secret = None
+        if role == "holder":
+            if len(material) < 4:
+                raise DeserializationError()
+            n = int.from_bytes(material[:4], "big")
+            if len(material) < 4 + n:
+                raise DeserializationError()
+            material, secret = material[4 : 4 + n], load_secret_key(material[4 + n :])
+        elif role not in ("aggregator", "client"):
+            raise ConfigurationError(
+                f"role must be aggregator, client or holder, got {role!r}"
+            )
+        return self.session(
+            layout,
+            self.load_public_key(material),
+            secret,
+            max_clients=max_clients,
+            max_weight=max_weight,
         )
 
     def session_check(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar, NoReturn
 
-from privagg._rng import Rng, SystemRng
+from privagg._rng import DeterministicRng, Rng, SystemRng
 from privagg.backends import _wire
 from privagg.backends._graph import (
     GraphParams,
@@ -35,6 +34,7 @@ from privagg.backends.secagg.messages import (
     ResultMessage,
     SecAggKind,
 )
+from privagg.distribution import Dealing, DealtMaterial
 from privagg.envelope import (
     Header,
     PayloadReader,
@@ -49,6 +49,8 @@ from privagg.errors import (
     MissingKeyError,
     ParameterMismatchError,
     ProtocolError,
+    UnsupportedError,
+    UnsupportedReason,
 )
 from privagg.keys import SecretBytes, fingerprint
 from privagg.layout import FloatVector, Layout
@@ -237,28 +239,8 @@ class SecAggSession(RingSession[_Config]):
 _MATERIAL_KIND = 12
 
 
-@dataclass(frozen=True)
-class SecAggMaterial:
-    """Dealt material, one opaque blob per role (see :meth:`SecAggBackend.deal`)."""
-
-    aggregator: bytes
-    holder: bytes
-    clients: Mapping[str, bytes]
-
-    def __repr__(self) -> str:
-        return f"SecAggMaterial(clients={len(self.clients)})"
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError(
-            "SecAggMaterial holds the clients' identity secret keys and cannot be "
-            "pickled; write each role's blob to its own secret file instead"
-        )
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("SecAggMaterial holds secret keys and cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("SecAggMaterial holds secret keys and cannot be copied")
+#: The dealt material of SecAgg+ (kept name): privagg's one :class:`DealtMaterial`.
+SecAggMaterial = DealtMaterial
 
 
 def _read_material(material: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
@@ -421,6 +403,52 @@ class SecAggBackend(RingBackend):
         )
 
     # -- deployment: one process per role -------------------------------------------------
+    def dealing(self) -> Dealing:
+        """How the roles are distributed: ``PUBLIC_SEED`` with ``active=False``.
+
+        The passive variant has no long-term secret: every process runs
+        :meth:`public_setup` from one public seed. The active variant needs each
+        client's Ed25519 identity key and a public-key directory; :meth:`deal` and
+        :meth:`load_role` make and load them, but no deployment runs them across
+        processes yet, so it is refused here.
+
+        Raises:
+            UnsupportedError: ``active=True``.
+        """
+        if self._active:
+            raise UnsupportedError(
+                "active SecAgg+ needs each client's Ed25519 identity key and a "
+                "public-key directory distributed, which no deployment runs across "
+                'processes yet; use backend-options {"active": false} '
+                "(honest-but-curious server)",
+                UnsupportedReason.OPERATION,
+            )
+        return Dealing.PUBLIC_SEED
+
+    def public_setup(
+        self,
+        layout: Layout,
+        seed: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> SecAggSession:
+        """The session every process builds from one *public* 32-byte ``seed``.
+
+        The seed draws only the public session nonce, so every process gets the same
+        ``params_id``. Every secret the session may make (identity keys) comes from the
+        system CSPRNG, passed explicitly, so that no default and no public seed can
+        ever reach one (review #11, finding 6): each process gets its own,
+        unreproducible secrets.
+        """
+        return self.setup(
+            layout,
+            max_clients=max_clients,
+            max_weight=max_weight,
+            rng=DeterministicRng(seed),
+            secret_rng=SystemRng(),
+        )
+
     def deal(
         self,
         layout: Layout,
@@ -430,7 +458,7 @@ class SecAggBackend(RingBackend):
         max_weight: float = 1.0,
         rng: Rng | None = None,
         secret_rng: Rng | None = None,
-    ) -> SecAggMaterial:
+    ) -> DealtMaterial:
         """Make every role's material for a deployment (the operator's one-time step).
 
         The public part (session nonce, every client's Ed25519 identity public key) goes
@@ -458,7 +486,7 @@ class SecAggBackend(RingBackend):
             )
             return sealed
 
-        return SecAggMaterial(
+        return DealtMaterial(
             blob(b""), blob(b""), {pid: blob(secrets[pid]) for pid in party_ids}
         )
 

@@ -1,0 +1,312 @@
+"""Distribution: how each role of a backend gets to its own process.
+
+In one process a session is a trusted dealer that makes every role. Across machines
+each process must build *only its own role* from its own material. Every backend that
+can run across processes implements :class:`Distributable` and declares, through
+:meth:`Distributable.dealing`, which of three ways it takes:
+
+================  ===================================================================
+:class:`Dealing`  what each process does
+================  ===================================================================
+``NONE``          no key material: every process runs ``setup`` with the same options
+                  (``plain``: its ``params_id`` is a fingerprint of the layout).
+``PUBLIC_SEED``   no long-term secret: every process runs
+                  :meth:`PublicSeeded.public_setup` from one *public* 32-byte seed, so
+                  all agree on ``params_id``; any secret comes from the system CSPRNG
+                  (SecAgg+ with ``active=False``).
+``DEALER``        a dealer runs :meth:`Distributable.deal` once and hands each role its
+                  own blob; each process runs :meth:`Distributable.load_role` on its
+                  blob only (``ckks``, ``paillier``).
+================  ===================================================================
+
+A backend without the hook (or one that declares, by raising
+:class:`~privagg.errors.UnsupportedError` from ``dealing``, that its current options
+cannot be distributed yet) is refused: a deployment never falls back to handing one
+process everybody's secrets. :func:`session_for_role` and :func:`deal` are the whole
+protocol for a deployment tool, which only moves the blobs (``fedtrain.flower.material``
+writes and reads them as 0600 files). Material blobs are opaque bytes made by the
+backend; no pickle.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, runtime_checkable
+
+from privagg.envelope import open_envelope
+from privagg.errors import (
+    ConfigurationError,
+    DeserializationError,
+    UnsupportedError,
+    UnsupportedReason,
+)
+from privagg.layout import Layout
+from privagg.protocols import Backend, Session
+
+__all__ = [
+    "DealtMaterial",
+    "Dealing",
+    "Distributable",
+    "PublicSeeded",
+    "Role",
+    "deal",
+    "dealing",
+    "public_setup",
+    "session_for_role",
+]
+
+
+class Role(enum.StrEnum):
+    """The roles a process can hold."""
+
+    AGGREGATOR = "aggregator"
+    CLIENT = "client"
+    HOLDER = "holder"
+
+
+class Dealing(enum.Enum):
+    """How a backend's roles are distributed (see the module docstring)."""
+
+    NONE = "none"
+    PUBLIC_SEED = "public-seed"
+    DEALER = "dealer"
+
+    @property
+    def needs_dealer(self) -> bool:
+        """True if a dealer must make and hand out key material."""
+        return self is Dealing.DEALER
+
+
+@dataclass(frozen=True, repr=False)
+class DealtMaterial:
+    """What a dealer produces: one opaque blob per role.
+
+    It holds secrets (the holder's secret key, clients' keys), so it cannot be pickled
+    or copied (``TypeError``: write each blob to its own 0600 file instead, e.g. with
+    :func:`privagg.write_secret_file`), and its repr shows only a fingerprint of the
+    public aggregator material and the number of clients.
+
+    Attributes:
+        aggregator: public parameters for the aggregator.
+        holder: the result holder's material (its secret key, where there is one).
+        clients: party id -> that client's material.
+    """
+
+    aggregator: bytes
+    holder: bytes
+    clients: Mapping[str, bytes]
+
+    def _public_fingerprint(self) -> str:
+        try:  # a privagg envelope: the fingerprint its header names (public)
+            return open_envelope(self.aggregator)[0].params_id[:8].hex()
+        except DeserializationError:
+            return hashlib.blake2b(self.aggregator, digest_size=8).hexdigest()
+
+    def __repr__(self) -> str:
+        return (
+            f"DealtMaterial(aggregator_fp={self._public_fingerprint()}, "
+            f"clients={len(self.clients)}, holder's material hidden)"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "DealtMaterial holds secret key material and cannot be pickled; write each "
+            "role's blob to its own secret file instead"
+        )
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("DealtMaterial holds secret key material and cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError("DealtMaterial holds secret key material and cannot be copied")
+
+
+@runtime_checkable
+class Distributable(Protocol):
+    """The hook a backend implements to run its roles in separate processes.
+
+    ``dealing`` declares how (and raises :class:`~privagg.errors.UnsupportedError`
+    where the backend's current options cannot be distributed); ``deal`` makes every
+    role's material once (``DEALER`` backends); ``load_role`` rebuilds, in another
+    process, a session that can make only ``role``'s objects. The aggregator's material
+    never contains client secrets nor the holder's secret key.
+    """
+
+    def dealing(self) -> Dealing:
+        """How this backend's roles are distributed."""
+        ...
+
+    def deal(
+        self,
+        layout: Layout,
+        party_ids: Sequence[str],
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> DealtMaterial:
+        """Generate the material of every role."""
+        ...
+
+    def load_role(
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> Session:
+        """A session for one role, from that role's material only."""
+        ...
+
+
+@runtime_checkable
+class PublicSeeded(Protocol):
+    """A backend whose every process sets up from one public seed (``PUBLIC_SEED``)."""
+
+    def public_setup(
+        self,
+        layout: Layout,
+        seed: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> Session:
+        """A session whose *public* parameters come from ``seed`` alone."""
+        ...
+
+
+def _hook(backend: Backend) -> Distributable:
+    if not isinstance(backend, Distributable):
+        raise UnsupportedError(
+            f"backend {backend.name!r} has no deal/load_role hook: its key material "
+            "cannot be distributed to separate processes yet",
+            UnsupportedReason.OPERATION,
+        )
+    return backend
+
+
+def dealing(backend: Backend) -> Dealing:
+    """How ``backend``'s roles are distributed.
+
+    Raises:
+        UnsupportedError: the backend has no distribution hook, or its options cannot
+            be distributed yet (the backend says why).
+    """
+    return _hook(backend).dealing()
+
+
+def deal(
+    backend: Backend,
+    layout: Layout,
+    party_ids: Sequence[str],
+    *,
+    max_clients: int,
+    max_weight: float = 1.0,
+) -> DealtMaterial | None:
+    """Every role's material (``DEALER`` backends), or None: nothing to distribute.
+
+    Raises:
+        UnsupportedError: as :func:`dealing`.
+    """
+    hook = _hook(backend)
+    if not hook.dealing().needs_dealer:
+        return None
+    return hook.deal(layout, party_ids, max_clients=max_clients, max_weight=max_weight)
+
+
+def public_setup(
+    backend: Backend,
+    layout: Layout,
+    seed: bytes,
+    *,
+    max_clients: int,
+    max_weight: float = 1.0,
+) -> Session:
+    """The session every process of a ``PUBLIC_SEED`` backend builds from ``seed``.
+
+    Raises:
+        UnsupportedError: the backend has no public-seeded setup.
+        ConfigurationError: ``seed`` is not 32 bytes.
+    """
+    if not isinstance(backend, PublicSeeded):
+        raise UnsupportedError(
+            f"backend {backend.name!r} has no public-seeded setup",
+            UnsupportedReason.OPERATION,
+        )
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise ConfigurationError(
+            f"backend {backend.name!r} needs a public 32-byte setup seed"
+        )
+    return backend.public_setup(
+        layout, seed, max_clients=max_clients, max_weight=max_weight
+    )
+
+
+def session_for_role(
+    backend: Backend,
+    layout: Layout,
+    role: Role | str,
+    *,
+    party_id: str | None = None,
+    material: bytes | None = None,
+    setup_seed: bytes | None = None,
+    max_clients: int,
+    max_weight: float = 1.0,
+) -> Session:
+    """This process's session for one role, whatever the backend's :class:`Dealing`.
+
+    Args:
+        backend: the configured backend.
+        layout: the update layout.
+        role: which role this process plays.
+        party_id: the client's party id (``Role.CLIENT``).
+        material: this role's blob from :func:`deal` (``DEALER`` backends only).
+        setup_seed: the public 32-byte seed (``PUBLIC_SEED`` backends only).
+        max_clients: as given to :func:`deal`.
+        max_weight: as given to :func:`deal`.
+
+    Returns:
+        A session; use only the method of ``role``.
+
+    Raises:
+        UnsupportedError: as :func:`dealing`.
+        ConfigurationError: an unknown role, a ``DEALER`` backend without material, or
+            a ``PUBLIC_SEED`` backend without a 32-byte seed.
+    """
+    hook = _hook(backend)
+    mode = hook.dealing()
+    try:
+        role = Role(role)
+    except ValueError:
+        raise ConfigurationError(
+            f"role must be aggregator, client or holder, got {role!r}"
+        ) from None
+    if mode is Dealing.NONE:
+        return backend.setup(layout, max_clients=max_clients, max_weight=max_weight)
+    if mode is Dealing.PUBLIC_SEED:
+        return public_setup(
+            backend,
+            layout,
+            setup_seed or b"",
+            max_clients=max_clients,
+            max_weight=max_weight,
+        )
+    if material is None:
+        raise ConfigurationError(
+            f"backend {backend.name!r} needs its material for role {role.value!r}"
+        )
+    return hook.load_role(
+        layout,
+        role.value,
+        party_id,
+        material,
+        max_clients=max_clients,
+        max_weight=max_weight,
+    )
