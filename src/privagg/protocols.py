@@ -33,6 +33,7 @@ from privagg.layout import FloatVector, Layout
 
 __all__ = [
     "AGGREGATOR",
+    "check_round_id",
     "check_setup_args",
     "AggregatorRole",
     "Backend",
@@ -45,6 +46,19 @@ __all__ = [
 ]
 
 AGGREGATOR = "aggregator"
+
+
+def check_round_id(round_id: object) -> None:
+    """Raise :class:`~privagg.errors.ConfigurationError` unless ``round_id`` is an int
+    in ``[0, 2**64)`` (every message binds it as a u64)."""
+    if (
+        isinstance(round_id, bool)
+        or not isinstance(round_id, int)
+        or not 0 <= round_id < 1 << 64
+    ):
+        raise ConfigurationError(
+            f"round_id must be an int in [0, 2**64), got {round_id!r}"
+        )
 
 
 def check_setup_args(max_clients: object, max_weight: object) -> tuple[int, float]:

@@ -18,7 +18,13 @@ import numpy.typing as npt
 from privagg._rng import Rng, SystemRng
 from privagg.errors import ConfigurationError, PrivaggError, ProtocolError
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import Backend, ClientRole, Responder, Session
+from privagg.protocols import (
+    Backend,
+    ClientRole,
+    Responder,
+    Session,
+    check_round_id,
+)
 from privagg.registry import get_backend
 
 __all__ = ["RoundResult", "run_round", "secure_sum"]
@@ -135,14 +141,7 @@ def run_round(
                 "that this session has not used before"
             )
         round_id = next_id()
-    if (
-        isinstance(round_id, bool)
-        or not isinstance(round_id, int)
-        or not 0 <= round_id < 1 << 64
-    ):
-        raise ConfigurationError(
-            f"round_id must be an int in [0, 2**64), got {round_id!r}"
-        )
+    check_round_id(round_id)
     rng = rng or SystemRng()
     layout = session.layout
     failed: dict[str, str] = {}

@@ -47,7 +47,7 @@ from privagg.errors import (
     ProtocolError,
 )
 from privagg.layout import FloatVector
-from privagg.protocols import NoiseShare
+from privagg.protocols import NoiseShare, check_round_id
 
 __all__ = [
     "RingBackend",
@@ -291,18 +291,6 @@ class RingSession(Generic[_C]):
         rid = self._round_counter
         self._round_counter += 1
         return rid
-
-
-def check_round_id(round_id: int) -> None:
-    """Raise unless ``round_id`` is an int in ``[0, 2**64)``."""
-    if (
-        isinstance(round_id, bool)
-        or not isinstance(round_id, int)
-        or not 0 <= round_id < 1 << 64
-    ):
-        raise ConfigurationError(
-            f"round_id must be an int in [0, 2**64), got {round_id!r}"
-        )
 
 
 def check_client_update(
