@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from privagg.backends._ckks_params import CkksParams
+from privagg.backends.ckks._release import _FloodSampler
 from privagg.backends.ckks._sealio import (
     _seal_load,
 )
@@ -28,6 +30,7 @@ from privagg.layout import FloatVector
 # Forking a worker costs roughly a page-table copy of the parent; only updates with at
 # least this many ciphertexts per worker amortize it.
 _POOL_MIN_PER_WORKER = 64
+_MAX_SPAN = 256  # ciphertexts per decryption job (bounds what is in flight)
 
 
 # -- parallel encryption / decryption ------------------------------------------------------
@@ -106,25 +109,36 @@ def _decrypt_packed(
     n_ct: int,
     size: int,
     threads: int | None,
-    flood: npt.NDArray[np.int64] | None = None,
+    flood: _FloodSampler | None = None,
 ) -> FloatVector:
+    """Decrypt (and flood) in the holder's process or in forked workers.
+
+    The workers get spans of at most :data:`_MAX_SPAN` ciphertexts, at most
+    ``2 * workers`` in flight; each span's flooding noise is drawn (in ciphertext
+    order, so the release does not depend on the number of workers) only when the span
+    is handed out. Packed copies and noise in flight are thus bounded, whatever the
+    update's size.
+    """
     st = ctx.seal_state()
     workers = _n_workers(threads, n_ct)
     if workers <= 1:
         return st.decrypt_packed(packed, n_ct, size, flood)
     cb = st.ct_bytes
-    spans = _spans(n_ct, workers * 4)
+    step = min(_MAX_SPAN, -(-n_ct // (workers * 4)))
+    out = np.empty(n_ct * st.n, dtype=np.float64)
     # The forked workers inherit the key in memory; it never crosses a pipe or a disk.
     sk_bytes = _export_secret(ctx.secret_key.unsafe_material())
     init = (ctx.params.to_bytes(), ctx.public.public_key_bytes(), sk_bytes)
     with _pool(workers, init) as ex:
-        chunks = [
-            (
-                bytes(packed[a * cb : b * cb]),
-                b - a,
-                None if flood is None else flood[a:b],
+        pending: deque[tuple[int, int, Future[FloatVector]]] = deque()
+        for a in range(0, n_ct, step):
+            b = min(a + step, n_ct)
+            rows = None if flood is None else flood.draw(b - a)
+            job = ex.submit(
+                _worker_decrypt, bytes(packed[a * cb : b * cb]), b - a, rows
             )
-            for a, b in spans
-        ]
-        parts = ex.map(_worker_decrypt, *zip(*chunks, strict=True))
-        return np.concatenate(list(parts))[:size]
+            pending.append((a, b, job))
+            while len(pending) >= 2 * workers or (b == n_ct and pending):
+                a0, b0, done = pending.popleft()
+                out[a0 * st.n : b0 * st.n] = done.result()
+    return out[:size]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -37,39 +38,91 @@ def _check_values(v: FloatVector, params: CkksParams, max_weight: float) -> Floa
     return v
 
 
-def _gaussian(rng: Rng, n: int) -> npt.NDArray[np.float64]:
-    """``n`` standard normal samples (Box-Muller, both outputs, 53-bit uniforms)."""
-    half = (n + 1) // 2
-    u = uniform01(rng, 2 * half)
-    radius = np.sqrt(-2.0 * np.log1p(-u[:half]))  # 1 - u in (0, 1]
-    angle = 2.0 * math.pi * u[half:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+def _gaussian_rows(rng: Rng, rows: int, n: int) -> npt.NDArray[np.float64]:
+    """``rows x n`` standard normal samples (``n`` even), row by row: each row is
+    Box-Muller on its own ``n`` 53-bit uniforms (the first half radii, the second
+    angles; both outputs used). Drawing ``a`` rows then ``b`` rows gives the same values
+    as drawing ``a + b`` rows from the same stream, so the noise does not depend on how
+    a release is cut into blocks."""
+    half = n // 2
+    u = uniform01(rng, rows * n).reshape(rows, n)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:, :half]))  # 1 - u in (0, 1]
+    angle = 2.0 * math.pi * u[:, half:]
+    out = np.empty((rows, n), dtype=np.float64)
+    np.multiply(radius, np.cos(angle), out=out[:, :half])
+    np.multiply(radius, np.sin(angle), out=out[:, half:])
+    return out
 
 
-def _flood_noise(
-    params: CkksParams, count: int, n_ct: int, rng: Rng
-) -> npt.NDArray[np.int64] | None:
-    """Integer flooding noise for ``n_ct`` ciphertexts of a ``count``-sum, or None.
+class _FloodSampler:
+    """The integer flooding noise of one release of a ``count``-sum over ``n_ct``
+    ciphertexts, drawn block by block as the holder decrypts (issue #13: bounded
+    temporaries, never all ``n_ct x N`` values at once).
 
     A rounded Gaussian of std ``params.flood_coeff_std(count)`` per coefficient,
-    drawn from the injected ``rng`` (never numpy's or Python's generators).
+    drawn from the injected ``rng`` (never numpy's or Python's generators), one 64-bit
+    uniform per coefficient, in ciphertext order.
+
+    Raises:
+        ConfigurationError: ``flood_bits=None`` (an unflooded release is refused), or a
+            std beyond exact float64 sampling.
     """
-    if params.flood_bits is None:
-        raise ConfigurationError(
-            "flood_bits=None: releasing an unflooded CKKS decryption is refused "
-            "(IND-CPA-D); use privagg.hazmat.ckks.raw_decrypt for key-holder-only use"
-        )
-    sigma = params.flood_coeff_std(count)
-    if sigma <= 0 or n_ct == 0:
+
+    __slots__ = ("_left", "_n", "_rng", "_sigma")
+
+    def __init__(self, params: CkksParams, count: int, n_ct: int, rng: Rng) -> None:
+        if params.flood_bits is None:
+            raise ConfigurationError(
+                "flood_bits=None: releasing an unflooded CKKS decryption is refused "
+                "(IND-CPA-D); use privagg.hazmat.ckks.raw_decrypt for key-holder-only "
+                "use"
+            )
+        sigma = params.flood_coeff_std(count)
+        if sigma > 0 and n_ct > 0 and not params.flood_exact(count):
+            raise ConfigurationError(
+                f"CKKS flooding std {sigma:.3g} for {count} contributions is beyond "
+                "exact float64 sampling; refuse rather than release with biased noise"
+            )
+        self._sigma = sigma if n_ct > 0 else 0.0
+        self._n = params.poly_modulus_degree
+        self._rng = rng
+        self._left = n_ct
+
+    def draw(self, n_ct: int) -> npt.NDArray[np.int64] | None:
+        """The noise of the next ``n_ct`` ciphertexts, shape ``(n_ct, N)`` (None: no
+        flooding at these parameters).
+
+        Raises:
+            ConfigurationError: more ciphertexts than the release has.
+        """
+        if n_ct > self._left:
+            raise ConfigurationError("flooding noise drawn past the release's end")
+        self._left -= n_ct
+        if self._sigma <= 0:
+            return None
+        z = _gaussian_rows(self._rng, n_ct, self._n)
+        np.multiply(z, self._sigma, out=z)
+        return np.rint(z, out=z).astype(np.int64)
+
+    def __repr__(self) -> str:
+        return f"_FloodSampler(sigma={self._sigma:.3g}, left={self._left})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a flooding stream is drawn in the holder's process only")
+
+
+#: Flooding for a block-wise decryption: a stream drawn block by block (the holder's
+#: process), the rows already drawn for this span (a pool worker), or none.
+FloodSource = _FloodSampler | npt.NDArray[np.int64] | None
+
+
+def _flood_rows(flood: FloodSource, a: int, b: int) -> npt.NDArray[np.int64] | None:
+    """The flooding noise of ciphertexts ``a .. b - 1`` (drawn in order)."""
+    if flood is None:
         return None
-    if not params.flood_exact(count):
-        raise ConfigurationError(
-            f"CKKS flooding std {sigma:.3g} for {count} contributions is beyond exact "
-            "float64 sampling; refuse rather than release with biased noise"
-        )
-    n = params.poly_modulus_degree
-    z = np.rint(sigma * _gaussian(rng, n_ct * n))
-    return z.astype(np.int64).reshape(n_ct, n)
+    if isinstance(flood, _FloodSampler):
+        return flood.draw(b - a)
+    return flood[a:b]
 
 
 def _check_release_range(

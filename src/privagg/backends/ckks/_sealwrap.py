@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from privagg.backends._ckks_params import CkksParams
 from privagg.backends.ckks._bits import _U64, _pack, _unpack
+from privagg.backends.ckks._release import FloodSource, _flood_rows
 from privagg.backends.ckks._sealio import (
     _SEAL_HEADER,
     _SEAL_MAGIC,
@@ -279,9 +280,11 @@ class _Seal:
         packed: bytes | memoryview,
         n_ct: int,
         size: int,
-        flood: npt.NDArray[np.int64] | None = None,
+        flood: FloodSource = None,
     ) -> FloatVector:
-        """Unpack (checking every word < q) and decrypt block by block (flooded)."""
+        """Unpack (checking every word < q) and decrypt block by block, each block
+        flooded with its own rows of ``flood`` (drawn block by block from a stream:
+        only one block's noise and words exist at a time)."""
         view = memoryview(packed)
         cb = self.ct_bytes
         if len(view) != n_ct * cb:
@@ -291,7 +294,7 @@ class _Seal:
             b = min(a + _BLOCK, n_ct)
             words = self.unpack(view[a * cb : b * cb], b - a)
             out[a * self.n : b * self.n] = self.decrypt_words(
-                words, (b - a) * self.n, None if flood is None else flood[a:b]
+                words, (b - a) * self.n, _flood_rows(flood, a, b)
             )
         return out[:size]
 

@@ -18,7 +18,7 @@ from privagg.backends.ckks._release import (
     _check_count,
     _check_release_range,
     _check_values,
-    _flood_noise,
+    _FloodSampler,
     _round_release,
 )
 from privagg.backends.ckks._sealwrap import _BLOCK
@@ -177,7 +177,7 @@ class _RecoverCodec:
             )
         _check_count(self._ctx.params, count, self._per)
         params = self._ctx.params
-        flood = _flood_noise(params, count, n_ct, self._rng)
+        flood = _FloodSampler(params, count, n_ct, self._rng)  # drawn block by block
         raw = _decrypt_packed(self._ctx, packed, n_ct, self._size, self._threads, flood)
         _check_release_range(params, raw, count, self._per)
         return _round_release(params, raw, count)

@@ -16,7 +16,7 @@ from privagg.backends.ckks._release import (
     _check_count,
     _check_release_range,
     _check_values,
-    _flood_noise,
+    _FloodSampler,
     _round_release,
 )
 from privagg.backends.ckks._sealio import (
@@ -27,7 +27,7 @@ from privagg.backends.ckks._sealio import (
 from privagg.backends.ckks._sealio import (
     sealapi as _seal,
 )
-from privagg.backends.ckks._sealwrap import _Seal
+from privagg.backends.ckks._sealwrap import _BLOCK, _Seal
 from privagg.backends.ckks._wireformat import (
     EncryptedUpdate,
 )
@@ -241,10 +241,16 @@ class CkksSecretContext:
         )
         _check_count(self.params, update.count, per)
         st = self.seal_state()
-        flood = _flood_noise(
-            self.params, update.count, update.n_ciphertexts, rng or SystemRng()
-        )
-        raw = st.decrypt_words(update.words, update.size, flood)
+        n_ct = update.n_ciphertexts
+        flood = _FloodSampler(self.params, update.count, n_ct, rng or SystemRng())
+        # Block by block: one block's words copy and flooding noise at a time.
+        raw = np.empty(n_ct * st.n, dtype=np.float64)
+        for a in range(0, n_ct, _BLOCK):
+            b = min(a + _BLOCK, n_ct)
+            raw[a * st.n : b * st.n] = st.decrypt_words(
+                update.words[a:b], (b - a) * st.n, flood.draw(b - a)
+            )
+        raw = raw[: update.size]
         _check_release_range(self.params, raw, update.count, per)
         return _round_release(self.params, raw, update.count)
 
