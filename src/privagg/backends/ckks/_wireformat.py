@@ -110,9 +110,13 @@ class EncryptedUpdate:
         )
 
 
-def _decode_body(
-    data: bytes | memoryview, fp: bytes, state: _Seal, size: int | None
-) -> EncryptedUpdate:
+def _parse_body(
+    data: bytes | memoryview, state: _Seal, size: int | None
+) -> tuple[int, int, memoryview, int]:
+    """Parse a body's header: (contributions, values, packed view, ciphertext count).
+
+    ``size``: the number of values the body must hold (None: any, up to 2**40).
+    """
     try:
         r = PayloadReader(data)
         if r.u8() != _BODY_VERSION:
@@ -121,11 +125,25 @@ def _decode_body(
         n_values = r.u64()
         packed = r.blob_view()
         r.done()
-        if not 1 <= count <= _MAX_CONTRIBUTIONS or n_values > 1 << 40:
-            raise DeserializationError()
-        if size is not None and n_values != size:
-            raise DeserializationError()
-        n_ct = -(-n_values // state.n)
+    except DeserializationError:
+        raise
+    except Exception:
+        raise DeserializationError() from None
+    if not 1 <= count <= _MAX_CONTRIBUTIONS or n_values > 1 << 40:
+        raise DeserializationError()
+    if size is not None and n_values != size:
+        raise DeserializationError()
+    n_ct = -(-n_values // state.n)
+    if len(packed) != n_ct * state.ct_bytes:
+        raise DeserializationError()
+    return count, n_values, packed, n_ct
+
+
+def _decode_body(
+    data: bytes | memoryview, fp: bytes, state: _Seal, size: int | None
+) -> EncryptedUpdate:
+    count, n_values, packed, n_ct = _parse_body(data, state, size)
+    try:
         words = state.unpack(packed, n_ct)
     except DeserializationError:
         raise
@@ -138,23 +156,7 @@ def _read_body(
     data: bytes | memoryview, state: _Seal, size: int
 ) -> tuple[int, memoryview, int]:
     """Parse a body's header: (contributions, packed view, ciphertext count)."""
-    try:
-        r = PayloadReader(data)
-        if r.u8() != _BODY_VERSION:
-            raise DeserializationError()
-        count = r.u64()
-        n_values = r.u64()
-        packed = r.blob_view()
-        r.done()
-    except DeserializationError:
-        raise
-    except Exception:
-        raise DeserializationError() from None
-    if not 1 <= count <= _MAX_CONTRIBUTIONS or n_values != size:
-        raise DeserializationError()
-    n_ct = -(-n_values // state.n)
-    if len(packed) != n_ct * state.ct_bytes:
-        raise DeserializationError()
+    count, _, packed, n_ct = _parse_body(data, state, size)
     return count, packed, n_ct
 
 
