@@ -320,13 +320,17 @@ class AdditiveAggregator(FinishedResult):
         return self._finish(tuple(parts))
 
     def _finish(self, parts: tuple[tuple[str, bytes, bytes], ...]) -> dict[str, bytes]:
-        assert self._partial0 is not None
+        partial0 = self._partial0
+        if partial0 is None:
+            raise ProtocolError(
+                "server 0's partial sum is gone (round already finished)"
+            )
         self._result = ResultMessage(
             self._cfg.params_id,
             self._round,
             "holder",
             self._contributors,
-            self._partial0,
+            partial0,
             parts,
         ).to_bytes()
         self._partial0 = None

@@ -421,8 +421,11 @@ class SecAggAggregator(FinishedResult):
                 raise InsufficientParticipantsError(
                     f"too few shares arrived to unmask (threshold {t}); round aborted"
                 )
-        assert self._acc is not None
         acc = self._acc
+        if acc is None:
+            raise ProtocolError(
+                "the masked sum of this round is gone (already unmasked)"
+            )
         seeds: list[tuple[bytes, int]] = []
         for owner in needed:
             secret = _shamir.reconstruct(got[owner], t)
