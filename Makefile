@@ -40,7 +40,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: setup
-	$(BIN)/mypy src/privagg
+	$(BIN)/mypy --strict src/privagg src/fedtrain
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

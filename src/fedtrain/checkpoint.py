@@ -111,7 +111,8 @@ def export_adapter(
 ) -> Path:
     """Write the global adapter as a standard peft folder (safetensors).
 
-    ``ffa``/``fedit``: the global A, B and head via ``save_pretrained``. ``flora``:
+    ``ffa``/``fedit``/``alternating``: the global A, B and head via
+    ``save_pretrained``. ``flora``:
     the merged global update ``Delta W`` of each module is written as an exact
     low-rank factorisation (SVD truncated at its numerical rank; ``lora_alpha = r``
     so the scaling is 1) next to the head, loadable with ``PeftModel.from_pretrained``.
@@ -128,7 +129,7 @@ def export_adapter(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    if mode in ("ffa", "fedit"):
+    if mode in ("ffa", "fedit", "alternating"):
         saved = handle.get()
         try:
             handle.set({k: v for k, v in global_state.items() if k in handle.params})

@@ -8,14 +8,17 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from fedtrain.errors import ConfigError
 
 __all__ = [
     "AggregationMode",
+    "LoraMode",
     "LoraSettings",
     "PrivacyConfig",
+    "PrivacyLevel",
     "RoundConfig",
     "RunConfig",
     "Task",
@@ -23,12 +26,46 @@ __all__ = [
 
 Task = Literal["seq_cls", "token_cls", "causal_lm"]
 AggregationMode = Literal["ffa", "fedit", "flora", "alternating"]
+"""The LoRA modes as strings (accepted wherever a :class:`LoraMode` is)."""
+
+
+class LoraMode(StrEnum):
+    """How clients' LoRA factors are aggregated (see :mod:`fedtrain.lora`).
+
+    A ``StrEnum``: ``LoraMode.FFA == "ffa"``, and every configuration field, CLI
+    option and JSON file keeps taking the plain string.
+    """
+
+    FFA = "ffa"
+    """FFA-LoRA: A shared and frozen, only B (and the head) trained; exact."""
+    FEDIT = "fedit"
+    """A and B averaged separately: the inexact baseline."""
+    FLORA = "flora"
+    """FLoRA stacking: exact, any ranks, but the sum reveals every client's update."""
+    ALTERNATING = "alternating"
+    """RoLoRA: B in odd rounds, A in even rounds; exact, trains both factors."""
+
+
+class PrivacyLevel(StrEnum):
+    """Which differential privacy a run provides (see :class:`PrivacyConfig`).
+
+    A ``StrEnum``: ``PrivacyLevel.RECORD == "record"``; the strings stay accepted.
+    """
+
+    NONE = "none"
+    """No differential privacy."""
+    RECORD = "record"
+    """Record-level DP-SGD inside each client (epsilon per client)."""
+    CLIENT = "client"
+    """Client-level DP: clipped updates plus distributed Gaussian noise shares."""
+
+
 _TASKS = ("seq_cls", "token_cls", "causal_lm")
-_MODES = ("ffa", "fedit", "flora", "alternating")
+_MODES = tuple(m.value for m in LoraMode)
 _POOLINGS = ("auto", "cls", "pooler", "mean")
 _SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 _SAMPLING = ("poisson", "fraction")
-_PRIVACY = ("none", "record", "client")
+_PRIVACY = tuple(p.value for p in PrivacyLevel)
 
 
 @dataclass(frozen=True)
@@ -41,9 +78,10 @@ class LoraSettings:
         alpha: LoRA scaling numerator (scaling = alpha / r).
         dropout: LoRA dropout.
         target_modules: module names to adapt; ``None`` lets the model family pick.
-        mode: aggregation mode: ``ffa`` (default, exact), ``fedit`` (inexact),
-            ``flora``, ``alternating`` (RoLoRA: B in odd rounds, A in even rounds,
-            the other factor shared and frozen; exact, trains both factors).
+        mode: aggregation mode (a :class:`LoraMode`; its string is accepted and
+            converted): ``ffa`` (default, exact), ``fedit`` (inexact), ``flora``,
+            ``alternating`` (RoLoRA: B in odd rounds, A in even rounds, the other
+            factor shared and frozen; exact, trains both factors).
         client_ranks: ``flora`` only: rank per client id (heterogeneous ranks).
         a_seed: shared seed from which the LoRA A matrices are initialised
             (public, identical for all clients; not a secret).
@@ -62,7 +100,7 @@ class LoraSettings:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None
-    mode: AggregationMode = "ffa"
+    mode: LoraMode | AggregationMode = LoraMode.FFA
     client_ranks: Mapping[str, int] | None = None
     a_seed: int = 0
     pooling: Literal["auto", "cls", "pooler", "mean"] = "auto"
@@ -85,6 +123,7 @@ class LoraSettings:
             raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
         if self.mode not in _MODES:
             raise ConfigError(f"lora mode must be one of {_MODES}, got {self.mode!r}")
+        object.__setattr__(self, "mode", LoraMode(self.mode))
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
             if not self.target_modules:
@@ -196,7 +235,8 @@ class PrivacyConfig:
     """Which differential privacy the run provides.
 
     Attributes:
-        level: ``none``; ``record`` (DP-SGD inside each client: each client's records
+        level: a :class:`PrivacyLevel` (its string is accepted and converted):
+            ``none``; ``record`` (DP-SGD inside each client: each client's records
             are protected, epsilon per client); ``client`` (each client's whole
             update is clipped and distributed Gaussian noise is added before
             protection: a client's participation is protected).
@@ -226,7 +266,7 @@ class PrivacyConfig:
             for data that is really new.
     """
 
-    level: Literal["none", "record", "client"] = "none"
+    level: PrivacyLevel | Literal["none", "record", "client"] = PrivacyLevel.NONE
     noise_multiplier: float = 1.0
     clip: float = 1.0
     head_clip: float | None = None
@@ -263,6 +303,7 @@ class PrivacyConfig:
             raise ConfigError(
                 f"privacy level must be one of {_PRIVACY}, got {self.level!r}"
             )
+        object.__setattr__(self, "level", PrivacyLevel(self.level))
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ConfigError(f"clip must be finite and > 0, got {self.clip!r}")
         if self.head_clip is not None:
@@ -278,7 +319,7 @@ class PrivacyConfig:
             )
         if self.level != "none" and self.noise_multiplier <= 0:
             raise ConfigError(
-                f"privacy level {self.level!r} needs noise_multiplier > 0"
+                f"privacy level {str(self.level)!r} needs noise_multiplier > 0"
             )
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta!r}")

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-import fedtrain.server as server_module
 import privagg
 from fedtrain.config import RunConfig
 from fedtrain.data import (
@@ -25,13 +24,11 @@ from fedtrain.data import (
     partition,
     sentiment_instructions,
 )
-from fedtrain.errors import ConfigError, DataError
+from fedtrain.errors import DataError
 from fedtrain.models import model_pooling, write_model_sidecar
 from fedtrain.privacy import ACCOUNTANT_SOURCE
 from fedtrain.report import build_report, plot_rounds, write_report
 from fedtrain.server import Federation, RoundRecord
-
-_SERVER_MODES = ("ffa", "fedit", "flora")
 
 __all__ = ["ExperimentSpec", "choose_backend", "load_task_data", "run_experiment"]
 
@@ -198,11 +195,6 @@ def run_experiment(
         train, spec.num_clients, spec.partition, spec.seed, alpha=spec.alpha
     )
     clients = {f"client{i}": p for i, p in enumerate(parts)}
-    if config.lora.mode not in getattr(server_module, "LORA_MODES", _SERVER_MODES):
-        raise ConfigError(
-            f"aggregation mode {config.lora.mode!r} is implemented in fedtrain.lora "
-            "but the round loop (fedtrain.server) does not drive it yet"
-        )
     fed = Federation(config, clients, eval_data, out_dir=out, progress=progress)
     bar: Any = None
     if progress:

@@ -436,6 +436,7 @@ def aggregate_delta(
     slot_weights: Mapping[int, float] | None = None,
     r_max: int | None = None,
     scaling: float = 1.0,
+    phase: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Turn a recovered weighted sum into the average delta on the global state.
 
@@ -446,9 +447,16 @@ def aggregate_delta(
         slot_weights: ``flora``: slot -> weight of each contributor.
         r_max: ``flora``: slot width.
         scaling: ``flora``: LoRA scaling.
+        phase: ``alternating``: the factor trained this round (``"A"`` or ``"B"``).
+            The frozen factor's entries are left out of the result, so it stays
+            exactly as it was: its coordinates of the sum are zero from every
+            client, but may carry DP noise or CKKS rounding, and a FedAdam/FedYogi
+            momentum must not move it (post-processing of the release). None: every
+            entry is returned.
 
     Returns:
-        The average delta keyed like the global state.
+        The average delta keyed like the global state (``alternating`` with a
+        ``phase``: without the frozen factor).
     """
     if not total_weight > 0:
         raise ConfigError("no contributor weight: nothing to aggregate")
@@ -460,9 +468,15 @@ def aggregate_delta(
             if _slot_of(n) is None:
                 out[n] = (v / total_weight).astype(np.float32)
         return out
+    skip = None
+    if mode == "alternating" and phase is not None:
+        if phase not in ("A", "B"):
+            raise ConfigError(f"alternating phase must be 'A' or 'B', got {phase!r}")
+        skip = ".lora_A." if phase == "B" else ".lora_B."
     return {
         n: (np.asarray(v, dtype=np.float64) / total_weight).astype(np.float32)
         for n, v in summed.items()
+        if skip is None or skip not in n
     }
 
 

@@ -45,6 +45,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedtrain.errors import ConfigError
+
 __all__ = [
     "ACCOUNTANT_SOURCE",
     "PrivacyBook",
@@ -234,7 +236,7 @@ class PrivacyBook:
         self.target = target_epsilon if target_epsilon is not None else self.NO_BUDGET
         self.client_event = client_event
         if level == "client" and client_event is None:
-            raise ValueError("client-level accounting needs client_event")
+            raise ConfigError("client-level accounting needs client_event")
         self._ledgers: dict[str, Any] = {}
         if level == "record":
             for f in sorted(self.folder.glob("client-*.json")):

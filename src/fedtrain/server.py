@@ -36,6 +36,7 @@ from fedtrain.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from fedtrain.client import LocalTraining, dp_module_for, local_update
 from fedtrain.config import RunConfig
 from fedtrain.data import RawDataset
 from fedtrain.errors import (
@@ -47,7 +48,7 @@ from fedtrain.errors import (
     RankMismatchError,
 )
 from fedtrain.evaluate import MAIN_METRIC, evaluate
-from fedtrain.lora import LoraHandle, aggregate_delta, build_lora, client_message
+from fedtrain.lora import LoraHandle, build_lora, client_message
 from fedtrain.models import (
     Encoded,
     encode,
@@ -61,16 +62,16 @@ from fedtrain.privacy import (
     PrivacyBook,
     calibrate_noise_multiplier,
 )
-from fedtrain.train import DPSGD, make_dp_module, train_local
+from fedtrain.strategy import ServerOptimizer, Strategy, make_strategy, server_step
+from fedtrain.train import DPSGD
 from privagg import Rng, SystemRng
-from privagg._rng import uniform01
 from privagg.dp import (
     DiscreteGaussianShare,
     GaussianEvent,
     PoissonSampledEvent,
     survivors,
 )
-from privagg.hazmat import DeterministicRng
+from privagg.hazmat import DeterministicRng, uniform01
 
 __all__ = ["Federation", "RoundRecord", "RunResult", "ServerOptimizer"]
 
@@ -150,59 +151,6 @@ class _MinSession:
         return _MinHolder(self._inner.holder(), self._min)
 
 
-class ServerOptimizer:
-    """FedAvg / FedAdam / FedYogi on the average client delta (Reddi et al. 2021).
-
-    ``fedavg``: ``x += lr * delta``. ``fedadam``: ``m = b1 m + (1-b1) d``,
-    ``v = b2 v + (1-b2) d^2``, ``x += lr m / (sqrt(v) + tau)``. ``fedyogi``:
-    ``v = v - (1-b2) d^2 sign(v - d^2)``.
-    """
-
-    def __init__(
-        self, kind: str, lr: float, betas: tuple[float, float], tau: float
-    ) -> None:
-        self.kind, self.lr, self.betas, self.tau = kind, lr, betas, tau
-        self.m: dict[str, np.ndarray] = {}
-        self.v: dict[str, np.ndarray] = {}
-
-    def step(
-        self, state: dict[str, np.ndarray], delta: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """Return the new global state after applying ``delta``."""
-        out = dict(state)
-        b1, b2 = self.betas
-        for k, d in delta.items():
-            d = np.asarray(d, np.float32)
-            x = out.get(k, np.zeros_like(d))
-            if self.kind == "fedavg":
-                out[k] = (x + self.lr * d).astype(np.float32)
-                continue
-            m = self.m.get(k, np.zeros_like(d))
-            v = self.v.get(k, np.full_like(d, self.tau**2))
-            m = b1 * m + (1 - b1) * d
-            d2 = d * d
-            v = (
-                b2 * v + (1 - b2) * d2
-                if self.kind == "fedadam"
-                else v - (1 - b2) * d2 * np.sign(v - d2)
-            )
-            self.m[k], self.v[k] = m.astype(np.float32), v.astype(np.float32)
-            out[k] = (x + self.lr * m / (np.sqrt(v) + self.tau)).astype(np.float32)
-        return out
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Moments for the checkpoint."""
-        return {
-            **{f"opt.m.{k}": v for k, v in self.m.items()},
-            **{f"opt.v.{k}": v for k, v in self.v.items()},
-        }
-
-    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Restore moments from :meth:`arrays` output."""
-        self.m = {k[6:]: v for k, v in arrays.items() if k.startswith("opt.m.")}
-        self.v = {k[6:]: v for k, v in arrays.items() if k.startswith("opt.v.")}
-
-
 @dataclass
 class RoundRecord:
     """What one round did (JSON-friendly)."""
@@ -236,12 +184,6 @@ class RunResult:
     stopped: str | None = None
     prior_releases: int = 0
     archived_checkpoint: Path | None = None
-
-
-def _l2(msg: Mapping[str, np.ndarray]) -> float:
-    return math.sqrt(
-        sum(float(np.sum(np.square(v, dtype=np.float64))) for v in msg.values())
-    )
 
 
 class Federation:
@@ -328,16 +270,26 @@ class Federation:
         self.handle.model.to(self.device)
         self._set_model_dropout()
         self.dp_module = (
-            make_dp_module(self.handle) if c.privacy.level == "record" else None
+            dp_module_for(self.handle) if c.privacy.level == "record" else None
         )
         self.global_state = self._initial_state()
         ro = c.rounds
-        self.opt = ServerOptimizer(
+        self.opt: Strategy = make_strategy(
             ro.server_opt, ro.server_lr, ro.server_betas, ro.server_tau
+        )
+        self.training = LocalTraining(
+            batch_size=ro.batch_size,
+            lr=ro.lr,
+            device=self.device,
+            weight_decay=ro.weight_decay,
+            head_lr=ro.head_lr,
+            optimizer=ro.optimizer,
+            bf16=c.bf16,
         )
         self.r_max = self.handle.modules[0].a.shape[0]
         # local optimizer state is kept per client across rounds where the adapter a
-        # client trains persists (ffa/fedit); flora re-draws A every round
+        # client trains persists (ffa/fedit; alternating: one state per factor);
+        # flora re-draws A every round
         self.keep_opt_state = c.lora.mode != "flora"
         self.client_opt: dict[str, dict[str, np.ndarray]] = {}
         self._draws = 0
@@ -400,7 +352,7 @@ class Federation:
         h, mode = self.handle, self.config.lora.mode
         if mode == "ffa":
             return h.get(sorted(h.b_names + h.head_names))
-        if mode == "fedit":
+        if mode in ("fedit", "alternating"):
             return h.get(sorted(h.a_names + h.b_names + h.head_names))
         return h.get(h.head_names)
 
@@ -660,22 +612,22 @@ class Federation:
         losses: dict[str, float] = {}
         mode = c.lora.mode
         bar = _tqdm(sampled, f"round {round_}", self.progress)
+        self.handle.begin_round(round_)  # alternating: this round's factor
+        if self.dp_module is not None:
+            self.dp_module = dp_module_for(self.handle, self.dp_module)
         for cid in bar:
             t0 = time.perf_counter()
             try:
                 self._load_client_start(cid, round_)
                 rank = c.lora.rank_of(cid) if mode == "flora" else None
-                res = train_local(
+                upd = local_update(
                     self.handle,
                     self.clients[cid],
+                    self.global_state,
+                    mode=mode,
+                    round_=round_,
                     steps=self._local_steps(cid),
-                    batch_size=c.rounds.batch_size,
-                    lr=c.rounds.lr,
-                    head_lr=c.rounds.head_lr,
-                    optimizer=c.rounds.optimizer,
-                    weight_decay=c.rounds.weight_decay,
-                    device=self.device,
-                    bf16=c.bf16,
+                    training=self.training,
                     rng=self._data_rng,
                     dp=DPSGD(self.noise_multiplier, p.clip, p.head_clip)
                     if p.level == "record"
@@ -684,23 +636,18 @@ class Federation:
                     dp_rng=self._rng("dpsgd", round_, cid)
                     if p.level == "record"
                     else None,
-                    rank=rank,
+                    clip=p.clip if p.level == "client" else p.update_clip,
                     opt_state=self.client_opt.get(cid) if self.keep_opt_state else None,
-                )
-                trained[cid] = res
-                losses[cid] = res.loss
-                if self.keep_opt_state:
-                    self.client_opt[cid] = res.opt_state
-                msg = client_message(
-                    mode,
-                    self.handle.get(),
-                    self.global_state,
                     slot=self.client_ids.index(cid),
                     n_slots=len(self.client_ids),
                     rank=rank,
                     r_max=self.r_max,
                 )
-                msg = self._privatise(msg)
+                trained[cid] = upd.result
+                losses[cid] = upd.result.loss
+                if self.keep_opt_state:
+                    self.client_opt[cid] = upd.opt_state
+                msg = upd.message
                 if self.fail_hook is not None:
                     msg = self.fail_hook(round_, cid, msg)
                 self._check_layout(cid, msg)
@@ -752,17 +699,19 @@ class Federation:
                 total = float(len(rec_contrib))
             else:
                 total = sum(weights[cid] for cid in rec_contrib)
-            delta = aggregate_delta(
-                mode,
+            self.global_state = server_step(
+                self.opt,
+                self.global_state,
                 res_r.aggregate,
                 total,
+                mode=mode,
+                phase=self.handle.phase if mode == "alternating" else None,
                 slot_weights={
                     self.client_ids.index(cid): weights[cid] for cid in rec_contrib
                 },
                 r_max=self.r_max,
                 scaling=c.lora.scaling,
             )
-            self.global_state = self.opt.step(self.global_state, delta)
             self._apply_global()
             timings["apply"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -809,26 +758,6 @@ class Federation:
             train_loss=dict(losses or {}),
             skipped=why,
         )
-
-    def _privatise(self, msg: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Clip the whole update to C (client level) or ``update_clip``.
-
-        Under client-level DP the noise is added by privagg after encoding (the
-        session's noise share), not here. The factor is shrunk by 1e-6 so that the
-        float32 result is certainly within C (the sensitivity the ledger records and
-        the backends' per-coordinate bound).
-        """
-        p = self.config.privacy
-        clip = p.clip if p.level == "client" else p.update_clip
-        if clip is not None:
-            norm = _l2(msg)
-            if norm > clip * (1 - 1e-6):
-                f = clip / norm * (1 - 1e-6)
-                msg = {
-                    k: (v.astype(np.float64) * f).astype(np.float32)
-                    for k, v in msg.items()
-                }
-        return msg
 
     def _weights(self, ids: list[str]) -> dict[str, float]:
         if not ids:

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.nn import functional as nnf
 
+from fedtrain.errors import ConfigError
 from fedtrain.lora import LoraHandle
 from fedtrain.models import Encoded, collate
 from privagg import Rng, SystemRng
-from privagg._rng import uniform01
 from privagg.dp import sample_gaussian
-from privagg.hazmat import DeterministicRng
+from privagg.hazmat import DeterministicRng, uniform01
 
 __all__ = [
     "DPSGD",
@@ -68,9 +68,9 @@ class DPSGD:
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier > 0 and self.clip > 0):
-            raise ValueError("DP-SGD needs noise_multiplier > 0 and clip > 0")
+            raise ConfigError("DP-SGD needs noise_multiplier > 0 and clip > 0")
         if self.head_clip is not None and not self.head_clip > 0:
-            raise ValueError(f"head_clip must be > 0, got {self.head_clip!r}")
+            raise ConfigError(f"head_clip must be > 0, got {self.head_clip!r}")
 
 
 @dataclass(frozen=True)
@@ -236,14 +236,14 @@ def _head_steps(
         (per-step mean losses, examples seen).
     """
     if enc.task != "seq_cls":
-        raise ValueError("head_steps apply to seq_cls only")
+        raise ConfigError("head_steps apply to seq_cls only")
     feats = handle.pooled_features(enc, device)
     n = len(enc)
     y = torch.tensor(enc.labels, dtype=torch.long, device=device)
     w_name = [k for k in handle.head_names if k.endswith("weight")]
     b_name = [k for k in handle.head_names if k.endswith("bias")]
     if len(w_name) != 1 or len(b_name) > 1:
-        raise ValueError(f"head_steps need one linear head, got {handle.head_names}")
+        raise ConfigError(f"head_steps need one linear head, got {handle.head_names}")
     w = handle.params[w_name[0]]
     b = handle.params[b_name[0]] if b_name else None
     q = min(1.0, batch_size / n)
@@ -366,7 +366,7 @@ def train_local(
     elif optimizer == "sgd":
         opt = torch.optim.SGD(active, lr=lr, momentum=0.9, weight_decay=weight_decay)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r} (adamw, sgd)")
+        raise ConfigError(f"unknown optimizer {optimizer!r} (adamw, sgd)")
     if opt_state:
         load_optimizer_state(opt, opt_state)
     handle.model.train()
@@ -401,7 +401,7 @@ def train_local(
             seen += len(idx)
     else:
         if dp_module is None:
-            raise ValueError("DP-SGD needs dp_module (make_dp_module)")
+            raise ConfigError("DP-SGD needs dp_module (make_dp_module)")
         if dp_rng is None:
             dp_rng = SystemRng() if noise_seed is None else DeterministicRng(noise_seed)
         groups = _clip_groups(names, set(handle.head_names), dp)

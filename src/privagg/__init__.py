@@ -14,6 +14,8 @@ Low-level pieces (raw backends, deterministic RNGs for tests) live in
 :mod:`privagg.hazmat`.
 """
 
+from typing import TYPE_CHECKING
+
 from privagg._rng import Rng, SystemRng
 from privagg.distribution import (
     Dealing,
@@ -59,6 +61,9 @@ from privagg.protocols import (
 from privagg.registry import available_backends, get_backend, register_backend
 from privagg.simulation import RoundResult, run_round, secure_sum
 
+if TYPE_CHECKING:
+    from privagg.backends.secagg import SetupRequest
+
 __version__ = "0.1.0"
 
 
@@ -68,6 +73,12 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f"privagg.{name}")
+    if name == "SetupRequest":
+        # SecAgg+'s stage-0 message, for a client's policy check before it joins a
+        # round; imported on first use (it loads the SecAgg+ backend).
+        from privagg.backends.secagg import SetupRequest
+
+        return SetupRequest
     raise AttributeError(f"module 'privagg' has no attribute {name!r}")
 
 
@@ -103,6 +114,7 @@ __all__ = [
     "SecretBytes",
     "SecretKey",
     "Session",
+    "SetupRequest",
     "SystemRng",
     "TensorSpec",
     "UnsupportedError",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from fedtrain.config import LoraSettings
-from fedtrain.data import RawDataset
 from fedtrain.lora import (
     LoraHandle,
     aggregate_delta,
@@ -238,17 +235,3 @@ def test_alternating_is_exact_and_trains_both_factors(
     assert any(np.abs(glob[n] - a0[n]).max() > 1e-3 for n in h.a_names)
     assert all(np.abs(glob[n]).max() > 1e-3 for n in h.b_names)
     h.begin_round(1)
-
-
-def test_alternating_is_refused_until_the_round_loop_drives_it(
-    tmp_path: Path, rt_small: tuple[RawDataset, RawDataset]
-) -> None:
-    from fedtrain.config import RunConfig
-    from fedtrain.errors import ConfigError
-    from fedtrain.experiment import ExperimentSpec, run_experiment
-
-    cfg = RunConfig(lora=LoraSettings(mode="alternating"), backend="plain")
-    with pytest.raises(ConfigError, match="alternating"):
-        run_experiment(
-            cfg, rt_small[0], rt_small[1], ExperimentSpec(num_clients=2), tmp_path
-        )

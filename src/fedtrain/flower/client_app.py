@@ -82,6 +82,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
 from fedtrain.flower.material import (
     Role,
     SessionSpec,
@@ -92,7 +93,7 @@ from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
 from fedtrain.flower.tasks import get_task
 from fedtrain.flower.transport import Envelope, Op, pack, unpack
-from privagg import ConfigurationError, HolderRole, Layout, ProtocolError, SystemRng
+from privagg import HolderRole, Layout, SystemRng
 from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
 
@@ -115,7 +116,7 @@ def _digest(data: bytes) -> bytes:
 def _party_id(context: Context) -> str:
     pid = context.node_config.get("party-id")
     if not isinstance(pid, str) or not pid:
-        raise ConfigurationError(
+        raise FlowerConfigError(
             "node config 'party-id' (a non-empty string) is missing"
         )
     return pid
@@ -143,7 +144,7 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
     """Answer one aggregator request as this node's client role (with replay)."""
     party = _party_id(context)
     if env.party != party:
-        raise ProtocolError("request addressed to another party")
+        raise FlowerProtocolError("request addressed to another party")
     stage = int(env.meta.get("stage", "0"))
     spec = SessionSpec.from_json(env.meta["spec"])
     layout = Layout.from_bytes(bytes.fromhex(env.meta["layout"]))
@@ -159,11 +160,11 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
 
     if state is None or int(state["round"]) != env.round_id:  # type: ignore[arg-type]
         if stage != 0:
-            raise ProtocolError(f"round {env.round_id} joined at stage {stage}")
+            raise FlowerProtocolError(f"round {env.round_id} joined at stage {stage}")
         last = context.state.config_records.get(_LAST_ROUND)
         last_round = -1 if last is None else int(last["round"])  # type: ignore[arg-type]
         if env.round_id <= last_round:
-            raise ProtocolError(
+            raise FlowerProtocolError(
                 f"round {env.round_id} is not newer than round {last_round}, which "
                 "this node already joined (a round id is joined once)"
             )
@@ -183,12 +184,12 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
             }
         )
     elif state["session"] != session_digest:
-        raise ProtocolError(
+        raise FlowerProtocolError(
             f"round {env.round_id}: the session (spec or layout) changed after stage 0"
         )
     n = int(state["n"])  # type: ignore[arg-type]
     if stage != n:
-        raise ProtocolError(f"expected stage {n}, got stage {stage}")
+        raise FlowerProtocolError(f"expected stage {n}, got stage {stage}")
 
     session = load_session(
         spec,
@@ -211,7 +212,7 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
     for i in range(n):
         replayed = role.handle(state[f"req.{i}"])  # type: ignore[arg-type]
         if _digest(replayed) != state[f"dig.{i}"]:
-            raise ProtocolError(
+            raise FlowerProtocolError(
                 f"backend {spec.backend!r}: the client role is not deterministic under "
                 "its injected Rng, so it cannot run across ClientApp processes"
             )
@@ -237,7 +238,7 @@ def _holder_for(spec: SessionSpec, layout: Layout, material: str | None) -> Hold
         try:
             st = Path(material).stat()
         except OSError as exc:
-            raise ConfigurationError(
+            raise FlowerConfigError(
                 f"the holder's material file {material!r} cannot be read"
             ) from exc
         ident = (material, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
@@ -272,13 +273,13 @@ def _register(
 def _recover(env: Envelope, context: Context) -> Envelope:
     """Recover the aggregate as the result holder (once per round: see the module doc)."""
     if not bool(context.node_config.get("privagg-holder", False)):
-        raise ProtocolError("this node is not the result holder")
+        raise FlowerProtocolError("this node is not the result holder")
     spec = SessionSpec.from_json(env.meta["spec"])
     layout = Layout.from_bytes(bytes.fromhex(env.meta["layout"]))
     material = _material(context, "privagg-holder-material")
     header, _ = open_envelope(env.payload)  # DeserializationError on junk
     if header.round_id != env.round_id:
-        raise ProtocolError(
+        raise FlowerProtocolError(
             f"the aggregate is for round {header.round_id}, the request for round "
             f"{env.round_id}"
         )
@@ -331,7 +332,7 @@ def handle_envelope(env: Envelope, msg: Message, context: Context) -> Envelope:
         )
     if env.op == Op.RECOVER:
         return _recover(env, context)
-    raise ProtocolError(f"unknown privagg operation {env.op!r}")
+    raise FlowerProtocolError(f"unknown privagg operation {env.op!r}")
 
 
 @app.query("privagg")

@@ -1,4 +1,5 @@
-"""Errors of the Flower runtime's own decisions (client policy, release register).
+"""Errors of the Flower runtime's own decisions (run and node config, protocol order,
+client policy, release register).
 
 Each is a :class:`fedtrain.errors.FedtrainError` (fedtrain made the decision) and also
 the privagg error a caller of the ClientApp already handles
@@ -11,16 +12,31 @@ paths), never key material, seeds or plaintext.
 from __future__ import annotations
 
 from fedtrain.errors import FedtrainError
-from privagg import ConfigurationError, ProtocolError
+from privagg import ConfigurationError, InsufficientParticipantsError, ProtocolError
 
 __all__ = [
     "AlreadyReleasedError",
+    "FlowerConfigError",
+    "FlowerProtocolError",
+    "NotEnoughNodesError",
     "PolicyError",
     "ReleaseRegisterError",
 ]
 
 
-class PolicyError(FedtrainError, ConfigurationError):
+class FlowerConfigError(FedtrainError, ConfigurationError):
+    """A run config, node config or task setting the Flower runtime cannot use."""
+
+
+class FlowerProtocolError(FedtrainError, ProtocolError):
+    """A message out of order, addressed to another party, or otherwise malformed."""
+
+
+class NotEnoughNodesError(FedtrainError, InsufficientParticipantsError):
+    """Fewer SuperNodes connected or announced a party id than the run needs."""
+
+
+class PolicyError(FlowerConfigError):
     """The ServerApp asked for a session weaker than this node's local policy allows.
 
     Raised by the ClientApp before it computes, encrypts or sends anything for the
@@ -28,9 +44,9 @@ class PolicyError(FedtrainError, ConfigurationError):
     """
 
 
-class AlreadyReleasedError(FedtrainError, ProtocolError):
+class AlreadyReleasedError(FlowerProtocolError):
     """The result holder already released this round (one release per round)."""
 
 
-class ReleaseRegisterError(FedtrainError, ConfigurationError):
+class ReleaseRegisterError(FlowerConfigError):
     """The holder's release register is unreadable or malformed: nothing is released."""

@@ -44,6 +44,7 @@ from typing import IO, Any
 
 import tomli_w
 
+from fedtrain.errors import FedtrainError
 from fedtrain.flower.credentials import TlsFiles, make_node_key, make_tls
 
 __all__ = ["DeploymentError", "LocalDeployment", "free_port", "main"]
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 _HOST = "127.0.0.1"
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(FedtrainError, RuntimeError):
     """A local deployment component failed to start or a run failed."""
 
 

@@ -6,11 +6,15 @@ Built from fedtrain's training pieces (``models``, ``lora``, ``train``, ``data``
   public seeds as every client), keeps the *global* adapter state (``ffa`` mode: the B
   matrices and the task head), sends it with each round's first request as an
   ``ArrayRecord`` (public: the model is what the federation trains), and applies the
-  securely aggregated mean delta: ``global += sum_k delta_k / |contributors|``.
-* ClientApp (:func:`client_update`): loads the same model, sets the global state, trains
-  ``lora-steps`` AdamW steps on its own partition, and returns the delta
-  (``fedtrain.lora.client_message``) clipped to L2 norm ``lora-clip``, with weight 1.
-  The delta is protected by the privagg backend before it leaves the ClientApp.
+  securely aggregated mean delta with the server step the in-process runtime uses
+  (:func:`fedtrain.strategy.server_step` with :class:`fedtrain.strategy.FedAvg`):
+  ``global += sum_k delta_k / |contributors|``.
+* ClientApp (:func:`client_update`): loads the same model, sets the global state, and
+  runs the in-process runtime's client step (:func:`fedtrain.client.local_update`):
+  ``lora-steps`` AdamW steps on its own partition, the delta
+  (``fedtrain.lora.client_message``) clipped to L2 norm ``lora-clip`` with
+  :func:`privagg.dp.clip_l2`, weight 1. The delta is protected by the privagg backend
+  before it leaves the ClientApp.
 
 Data: the offline Rotten Tomatoes corpus, split IID into ``num-partitions`` parts with a
 public seed; a node takes part ``partition-id`` (node config) and uses its first
@@ -24,28 +28,30 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, Context, RecordDict
 
-from fedtrain.config import LoraSettings
+from fedtrain.client import LocalTraining, local_update
+from fedtrain.config import LoraMode, LoraSettings
 from fedtrain.data import load_rotten_tomatoes, partition_iid
+from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.flower.interfaces import LocalUpdate
 from fedtrain.flower.settings import settings_from_config
-from fedtrain.flower.tasks import LocalUpdate
 from fedtrain.lora import LoraHandle, build_lora, client_message
 from fedtrain.models import encode, load_model, load_tokenizer
-from fedtrain.train import train_local
-from privagg import ConfigurationError, Layout
+from fedtrain.strategy import FedAvg, server_step
+from privagg import Layout
 
 __all__ = ["GLOBAL_RECORD", "LoraRunSpec", "ServerLoraTask", "client_update"]
 
 GLOBAL_RECORD = "fedtrain.global"
 """Key of the ArrayRecord carrying the global adapter state in a round's first request."""
 
-_MODE: Final = "ffa"
+_MODE = LoraMode.FFA
 _DEVICE = torch.device("cpu")
 
 
@@ -99,6 +105,7 @@ class ServerLoraTask:
         self.initial = {k: v.copy() for k, v in self.global_state.items()}
         template = client_message(_MODE, self.global_state, self.global_state)
         self._layout = Layout.from_arrays(template)
+        self._strategy = FedAvg(1.0)
 
     def layout(self) -> Layout:
         """The layout of a client's delta."""
@@ -117,13 +124,14 @@ class ServerLoraTask:
         """FedAvg: add the mean of the contributors' deltas to the global state."""
         n = len(contributors)
         if n == 0:
-            raise ConfigurationError("no contributor to average")
-        sq = 0.0
-        for name, total in aggregate.items():
-            mean = np.asarray(total, dtype=np.float64) / n
-            sq += float(np.sum(mean * mean))
-            g = self.global_state[name]
-            self.global_state[name] = (g.astype(np.float64) + mean).astype(g.dtype)
+            raise FlowerConfigError("no contributor to average")
+        sq = sum(
+            float(np.sum(np.square(np.asarray(t, dtype=np.float64) / n)))
+            for t in aggregate.values()
+        )
+        self.global_state = server_step(
+            self._strategy, self.global_state, aggregate, float(n), mode=_MODE
+        )
         self.handle.set(self.global_state)
         return {"mean_delta_norm": math.sqrt(sq), "n_params": self._layout.size}
 
@@ -158,38 +166,30 @@ def client_update(
     try:
         record = content.array_records[GLOBAL_RECORD]
     except KeyError:
-        raise ConfigurationError(
+        raise FlowerConfigError(
             "the round's first request carries no global state"
         ) from None
     global_state = {k: arr.numpy() for k, arr in record.items()}
     part = int(context.node_config.get("partition-id", -1))
     n_parts = int(context.node_config.get("num-partitions", 0))
     if not 0 <= part < n_parts:
-        raise ConfigurationError(
-            "node config needs partition-id in [0, num-partitions)"
-        )
+        raise FlowerConfigError("node config needs partition-id in [0, num-partitions)")
     data = load_rotten_tomatoes()
     idx = partition_iid(len(data), n_parts, spec.seed)[part][: spec.rows]
     tokenizer = load_tokenizer(spec.model)
     enc = encode(data.subset(idx), tokenizer, spec.max_len)
     handle = _handle(spec, list(data.label_names))
     handle.set(global_state)
-    train_local(
+    update = local_update(
         handle,
         enc,
+        global_state,
+        mode=_MODE,
+        round_=round_id,
         steps=spec.steps,
-        batch_size=spec.batch,
-        lr=spec.lr,
-        weight_decay=0.0,
-        device=_DEVICE,
-        bf16=False,
+        training=LocalTraining(batch_size=spec.batch, lr=spec.lr, device=_DEVICE),
         rng=np.random.default_rng(int.from_bytes(os.urandom(8), "little")),
+        clip=spec.clip,
     )
-    delta = client_message(_MODE, handle.get(), global_state)
-    norm = math.sqrt(
-        sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values())
-    )
-    if norm > spec.clip:
-        delta = {k: (v * (spec.clip / norm)).astype(v.dtype) for k, v in delta.items()}
-    layout.check(delta, who=f"client {party_id!r}")
-    return LocalUpdate(delta, 1.0)
+    layout.check(update.message, who=f"client {party_id!r}")
+    return LocalUpdate(update.message, 1.0)

@@ -273,10 +273,8 @@ class ClientPolicy:
                 when the request is not a SecAgg+ setup request: nothing is checked,
                 nothing is sent).
         """
-        from privagg.backends.secagg import SetupRequest
-
         try:
-            req = SetupRequest.from_bytes(request)
+            req = privagg.SetupRequest.from_bytes(request)
         except privagg.PrivaggError as exc:
             raise PolicyError(
                 "the round's first request is not a SecAgg+ setup request"

@@ -31,13 +31,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from fedtrain.flower.errors import (
+    FlowerConfigError,
+    FlowerProtocolError,
+    NotEnoughNodesError,
+)
+from fedtrain.flower.interfaces import ServerTask
 from fedtrain.flower.material import (
     Role,
     SessionSpec,
@@ -46,7 +52,7 @@ from fedtrain.flower.material import (
     needs_setup_seed,
 )
 from fedtrain.flower.settings import settings_from_config
-from fedtrain.flower.tasks import parse_shapes
+from fedtrain.flower.tasks import DEFAULT_SHAPES, SyntheticServerTask, get_server_task
 from fedtrain.flower.transport import (
     MESSAGE_TYPE,
     Envelope,
@@ -58,10 +64,6 @@ from fedtrain.flower.transport import (
     unpack,
 )
 from privagg import (
-    ConfigurationError,
-    InsufficientParticipantsError,
-    Layout,
-    ProtocolError,
     SystemRng,
 )
 
@@ -82,7 +84,7 @@ class RunSettings:
     backend: str = "plain"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     task: str = "synthetic"
-    shapes: str = "weight:float32:3x4,bias:float64:4"
+    shapes: str = DEFAULT_SHAPES
     rounds: int = 1
     min_nodes: int = 2
     node_wait: float = 60.0
@@ -104,22 +106,20 @@ class RunSettings:
         try:
             options = json.loads(str(cfg.get("backend-options", "{}")) or "{}")
         except ValueError as exc:
-            raise ConfigurationError(
-                "run config 'backend-options' is not JSON"
-            ) from exc
+            raise FlowerConfigError("run config 'backend-options' is not JSON") from exc
         if not isinstance(options, dict):
-            raise ConfigurationError(
+            raise FlowerConfigError(
                 "run config 'backend-options' must be a JSON object"
             )
         out = dataclasses.replace(out, backend_options=options)
         if out.holder not in ("server", "node"):
-            raise ConfigurationError(
+            raise FlowerConfigError(
                 f"holder must be 'server' or 'node', got {out.holder!r}"
             )
         if out.rounds < 1 or out.min_nodes < 1:
-            raise ConfigurationError("rounds and min-nodes must be >= 1")
+            raise FlowerConfigError("rounds and min-nodes must be >= 1")
         if out.first_round_id < -1 or out.first_round_id + out.rounds > _MAX_ROUND_ID:
-            raise ConfigurationError(
+            raise FlowerConfigError(
                 f"first-round-id must be -1 (random) or in [0, 2**62 - rounds], "
                 f"got {out.first_round_id}"
             )
@@ -141,63 +141,12 @@ class RunSettings:
         return range(base, base + self.rounds)
 
 
-class ServerTask(Protocol):
-    """What the ServerApp does around each secure sum (the task's server side)."""
-
-    def layout(self) -> Layout:
-        """Layout of every client's update."""
-        ...
-
-    def broadcast(self, round_id: int) -> RecordDict | None:
-        """Records sent to every client with the round's first request (or None)."""
-        ...
-
-    def apply(
-        self,
-        round_id: int,
-        aggregate: Mapping[str, npt.NDArray[np.floating]],
-        contributors: tuple[str, ...],
-    ) -> dict[str, Any]:
-        """Use the recovered sum; return JSON-able facts about the round."""
-        ...
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able facts about the whole run."""
-        ...
-
-
-class _SyntheticTask:
-    """Records each round's recovered sum (deployment tests)."""
-
-    def __init__(self, shapes: str) -> None:
-        self._layout = parse_shapes(shapes)
-
-    def layout(self) -> Layout:
-        return self._layout
-
-    def broadcast(self, round_id: int) -> RecordDict | None:
-        return None
-
-    def apply(
-        self,
-        round_id: int,
-        aggregate: Mapping[str, npt.NDArray[np.floating]],
-        contributors: tuple[str, ...],
-    ) -> dict[str, Any]:
-        return {"aggregate": {k: np.asarray(v).tolist() for k, v in aggregate.items()}}
-
-    def summary(self) -> dict[str, Any]:
-        return {}
+_SyntheticTask = SyntheticServerTask  # the name the deployment tests use
 
 
 def _make_task(settings: RunSettings, context: Context) -> ServerTask:
-    if settings.task == "synthetic":
-        return _SyntheticTask(settings.shapes)
-    if settings.task == "lora":
-        from fedtrain.flower import lora_task
-
-        return lora_task.ServerLoraTask(context.run_config)
-    raise ConfigurationError(f"unknown task {settings.task!r}")
+    """The server side of the run's task, from the one task table."""
+    return get_server_task(settings.task, context.run_config)
 
 
 def _wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
@@ -207,7 +156,7 @@ def _wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
         if len(ids) >= n:
             return ids
         if time.monotonic() > deadline:
-            raise InsufficientParticipantsError(
+            raise NotEnoughNodesError(
                 f"{len(ids)} node(s) connected within {wait}s, {n} needed"
             )
         time.sleep(0.2)
@@ -237,11 +186,13 @@ def _hello(
         node = reply.metadata.src_node_id
         if env.party:
             if env.party in parties:
-                raise ProtocolError(f"two nodes claim party id {env.party!r}")
+                raise FlowerProtocolError(f"two nodes claim party id {env.party!r}")
             parties[env.party] = node
         if env.meta.get("holder") == "1":
             if holder is not None:
-                raise ProtocolError("more than one node claims the result-holder role")
+                raise FlowerProtocolError(
+                    "more than one node claims the result-holder role"
+                )
             holder = node
     return parties, holder
 
@@ -261,9 +212,11 @@ def _recover_remote(
     )
     replies = send_and_receive(grid, [msg], timeout=timeout)
     if not replies:
-        raise ProtocolError("the result holder did not answer")
+        raise FlowerProtocolError("the result holder did not answer")
     if replies[0].has_error():
-        raise ProtocolError(f"the result holder failed: {replies[0].error.reason}")
+        raise FlowerProtocolError(
+            f"the result holder failed: {replies[0].error.reason}"
+        )
     env = unpack(replies[0].content)
     vector = np.frombuffer(env.payload, dtype="<f8").astype(np.float64)
     return vector, tuple(json.loads(env.meta["contributors"]))
@@ -288,7 +241,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     nodes = _wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
     parties, holder_node = _hello(grid, nodes, settings.stage_timeout)
     if not parties:
-        raise InsufficientParticipantsError("no node announced a party id")
+        raise NotEnoughNodesError("no node announced a party id")
     layout = task.layout()
     spec = SessionSpec(
         settings.backend,
@@ -299,12 +252,12 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     if needs_setup_seed(spec):
         spec = dataclasses.replace(spec, setup_seed=SystemRng().random_bytes(32).hex())
     if settings.holder == "server" and not holder_needs_no_secret(spec):
-        raise ConfigurationError(
+        raise FlowerConfigError(
             f"backend {spec.backend!r}: the result holder holds a secret key, so it "
             "must run on a node (holder = 'node'), not in the ServerApp"
         )
     if settings.holder == "node" and holder_node is None:
-        raise ConfigurationError("holder = 'node' but no node has privagg-holder=true")
+        raise FlowerConfigError("holder = 'node' but no node has privagg-holder=true")
     session = load_session(
         spec, layout, Role.AGGREGATOR, material=settings.aggregator_material or None
     )

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
-from privagg import ConfigurationError
+from fedtrain.flower.errors import FlowerConfigError
 
 __all__ = ["settings_from_config"]
 
@@ -50,13 +50,9 @@ def settings_from_config(
             continue
         current, value = getattr(default, f.name), cfg[key]
         if isinstance(current, bool) and not isinstance(value, bool):
-            raise ConfigurationError(
-                f"run config {key!r} must be a bool, got {value!r}"
-            )
+            raise FlowerConfigError(f"run config {key!r} must be a bool, got {value!r}")
         try:
             values[f.name] = type(current)(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"run config {key!r}: bad value {value!r}"
-            ) from exc
+            raise FlowerConfigError(f"run config {key!r}: bad value {value!r}") from exc
     return cls(**values)

@@ -1,12 +1,17 @@
-"""Where a client's update comes from: a closed table of tasks, chosen by run config.
+"""The one table of Flower tasks: where a client's update comes from, and what the
+ServerApp does with the sum.
 
-A task turns "round ``r`` starts, here is what the ServerApp sent" into the client's
-float arrays and weight. The ClientApp calls it once per round (at the round's first
-request) and keeps the flattened vector in its node-local state for later stages.
+A task has a client side (a :data:`~fedtrain.flower.interfaces.TaskFn`: "round ``r``
+starts, here is what the ServerApp sent" -> the client's float arrays and weight; the
+ClientApp calls it once per round, at the round's first request, and keeps the
+flattened vector in its node-local state for later stages) and a server side (a
+:class:`~fedtrain.flower.interfaces.ServerTask`). Both are chosen by the run config's
+``task`` from the single table below:
 
 * ``"synthetic"``: deterministic pseudo-random arrays from the party id and round, in the
-  layout the ServerApp sent. For deployment tests: the expected sum is computable
-  anywhere with :func:`synthetic_update`.
+  layout the ServerApp sent, and a server side that records each recovered sum. For
+  deployment tests: the expected sum is computable anywhere with
+  :func:`synthetic_update`.
 * ``"lora"``: local LoRA training with fedtrain (:mod:`fedtrain.flower.lora_task`),
   imported only when asked for (it needs torch).
 """
@@ -14,40 +19,38 @@ request) and keeps the flattened vector in its node-local state for later stages
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from flwr.app import Context, RecordDict
 
-from privagg import ConfigurationError, Layout
+from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.flower.interfaces import (
+    LocalUpdate,
+    ServerTask,
+    ServerTaskFactory,
+    TaskFn,
+)
+from privagg import Layout
 
 __all__ = [
+    "DEFAULT_SHAPES",
     "LocalUpdate",
+    "SyntheticServerTask",
+    "Task",
     "TaskFn",
+    "get_server_task",
     "get_task",
     "parse_shapes",
     "synthetic_sum",
     "synthetic_update",
 ]
 
-
-@dataclass(frozen=True)
-class LocalUpdate:
-    """A client's update for one round.
-
-    Attributes:
-        arrays: tensor name -> float array, in the round's layout.
-        weight: the weight the client applies before protection.
-    """
-
-    arrays: Mapping[str, npt.NDArray[np.floating]]
-    weight: float
-
-
-TaskFn = Callable[[str, int, Layout, RecordDict, Context], LocalUpdate]
-"""(party id, round id, layout, first request's content, context) -> LocalUpdate."""
+DEFAULT_SHAPES = "weight:float32:3x4,bias:float64:4"
+"""The ``synthetic`` task's layout when the run config names no ``shapes``."""
 
 
 def parse_shapes(text: str) -> Layout:
@@ -60,7 +63,7 @@ def parse_shapes(text: str) -> Layout:
         The layout.
 
     Raises:
-        privagg.ConfigurationError: malformed text.
+        FlowerConfigError: malformed text (a ``privagg.ConfigurationError``).
     """
     arrays: dict[str, np.ndarray] = {}
     try:
@@ -69,7 +72,7 @@ def parse_shapes(text: str) -> Layout:
             shape = tuple(int(d) for d in dims.split("x")) if dims else ()
             arrays[name] = np.zeros(shape, dtype=np.dtype(dtype))
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"malformed shapes {text!r}") from exc
+        raise FlowerConfigError(f"malformed shapes {text!r}") from exc
     return Layout.from_arrays(arrays)
 
 
@@ -123,6 +126,42 @@ def _synthetic(
     return LocalUpdate(synthetic_update(party_id, round_id, layout), weight)
 
 
+class SyntheticServerTask:
+    """The ``synthetic`` task's server side: records each round's recovered sum.
+
+    Args:
+        shapes: the layout, as :func:`parse_shapes` reads it.
+    """
+
+    def __init__(self, shapes: str = DEFAULT_SHAPES) -> None:
+        self._layout = parse_shapes(shapes)
+
+    def layout(self) -> Layout:
+        """The layout of the synthetic updates."""
+        return self._layout
+
+    def broadcast(self, round_id: int) -> RecordDict | None:
+        """Nothing is broadcast."""
+        return None
+
+    def apply(
+        self,
+        round_id: int,
+        aggregate: Mapping[str, npt.NDArray[np.floating]],
+        contributors: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """The recovered sum, as JSON-able lists."""
+        return {"aggregate": {k: np.asarray(v).tolist() for k, v in aggregate.items()}}
+
+    def summary(self) -> dict[str, Any]:
+        """Nothing to summarise."""
+        return {}
+
+
+def _synthetic_server(run_config: Mapping[str, Any]) -> ServerTask:
+    return SyntheticServerTask(str(run_config.get("shapes", DEFAULT_SHAPES)))
+
+
 def _lora(
     party_id: str, round_id: int, layout: Layout, content: RecordDict, context: Context
 ) -> LocalUpdate:
@@ -131,18 +170,53 @@ def _lora(
     return lora_task.client_update(party_id, round_id, layout, content, context)
 
 
-_TASKS: dict[str, TaskFn] = {"synthetic": _synthetic, "lora": _lora}
+def _lora_server(run_config: Mapping[str, Any]) -> ServerTask:
+    from fedtrain.flower import lora_task
+
+    return lora_task.ServerLoraTask(run_config)
 
 
-def get_task(name: str) -> TaskFn:
-    """The task function called ``name``.
+@dataclass(frozen=True)
+class Task:
+    """One row of the task table.
 
-    Raises:
-        privagg.ConfigurationError: unknown task.
+    Attributes:
+        client: the client side (called by the ClientApp at a round's first request).
+        server: builds the server side from the run config (called by the ServerApp).
     """
+
+    client: TaskFn
+    server: ServerTaskFactory
+
+
+_TASKS: dict[str, Task] = {
+    "synthetic": Task(_synthetic, _synthetic_server),
+    "lora": Task(_lora, _lora_server),
+}
+
+
+def _row(name: str) -> Task:
     try:
         return _TASKS[name]
     except KeyError:
-        raise ConfigurationError(
+        raise FlowerConfigError(
             f"unknown task {name!r}; known: {sorted(_TASKS)}"
         ) from None
+
+
+def get_task(name: str) -> TaskFn:
+    """The client side of the task called ``name``.
+
+    Raises:
+        FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
+    """
+    return _row(name).client
+
+
+def get_server_task(name: str, run_config: Mapping[str, Any]) -> ServerTask:
+    """The server side of the task called ``name``, built from the run config.
+
+    Raises:
+        FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
+    """
+    return _row(name).server(run_config)

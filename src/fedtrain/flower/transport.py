@@ -27,6 +27,7 @@ from typing import Protocol
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedtrain.flower.errors import FlowerProtocolError
 from privagg import AggregatorRole, ProtocolError
 
 __all__ = [
@@ -125,14 +126,14 @@ def unpack(content: RecordDict) -> Envelope:
             rec["payload"],
         )
     except (KeyError, TypeError) as exc:
-        raise ProtocolError("message carries no privagg record") from exc
+        raise FlowerProtocolError("message carries no privagg record") from exc
     if not (
         isinstance(op, str)
         and isinstance(round_id, int)
         and isinstance(party, str)
         and isinstance(payload, bytes)
     ):
-        raise ProtocolError("malformed privagg record")
+        raise FlowerProtocolError("malformed privagg record")
     meta = {
         k.removeprefix("meta."): str(v) for k, v in rec.items() if k.startswith("meta.")
     }
@@ -225,11 +226,13 @@ def drive_aggregator(
     stage = 0
     while not aggregator.done:
         if stage >= max_stages:
-            raise ProtocolError("protocol did not finish")
+            raise FlowerProtocolError("protocol did not finish")
         replies = exchange.exchange(outbox, stage=stage) if outbox else {}
         unexpected = set(replies) - set(outbox)
         if unexpected:
-            raise ProtocolError(f"replies from parties not asked: {sorted(unexpected)}")
+            raise FlowerProtocolError(
+                f"replies from parties not asked: {sorted(unexpected)}"
+            )
         gone = tuple(sorted(set(outbox) - set(replies)))
         if gone:
             missing[stage] = gone
@@ -277,7 +280,7 @@ class GridExchange:
         """Send one Message per request and collect the replies within the timeout."""
         unknown = set(requests) - set(self._nodes)
         if unknown:
-            raise ProtocolError(
+            raise FlowerProtocolError(
                 f"aggregator addressed unknown parties {sorted(unknown)}"
             )
         party_of = {self._nodes[p]: p for p in requests}
