@@ -3,7 +3,14 @@
 Only protected adapter updates leave a client. See ``docs/fedtrain.md``.
 """
 
-from fedtrain.config import LoraSettings, PrivacyConfig, RoundConfig, RunConfig
+from fedtrain.config import (
+    LoraMode,
+    LoraSettings,
+    PrivacyConfig,
+    PrivacyLevel,
+    RoundConfig,
+    RunConfig,
+)
 from fedtrain.errors import (
     ClientError,
     ConfigError,
@@ -26,8 +33,10 @@ __all__ = [
     "FedtrainError",
     "LabelMismatchError",
     "LayoutMismatchError",
+    "LoraMode",
     "LoraSettings",
     "PrivacyConfig",
+    "PrivacyLevel",
     "RankMismatchError",
     "RoundConfig",
     "RunConfig",

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedtrain.config import LoraMode
+from fedtrain.config import LoraMode, RunConfig
 from fedtrain.lora import LoraHandle, client_message
 from fedtrain.models import Encoded
 from fedtrain.train import DPSGD, LocalResult, make_dp_module, train_local
@@ -72,6 +72,15 @@ class LocalTraining:
     head_lr: float | None = None
     optimizer: str = "adamw"
     bf16: bool = False
+
+    @classmethod
+    def from_config(cls, config: RunConfig, device: torch.device) -> LocalTraining:
+        """The local training settings of a run configuration."""
+        ro = config.rounds
+        return cls(
+            ro.batch_size, ro.lr, device, ro.weight_decay, ro.head_lr, ro.optimizer,
+            config.bf16,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

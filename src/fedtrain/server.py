@@ -1,14 +1,16 @@
-"""The federated round loop (server, simulated clients, privagg aggregation).
+"""The in-process federated round loop (server, simulated clients, privagg aggregation).
 
 A round: sample clients (Poisson rate q or a fixed fraction, decisions from privagg's
-CSPRNG) -> each sampled client loads the global adapter into the shared model, trains
-LoRA locally (optionally DP-SGD), computes its delta (mode-specific message),
-optionally clips it -> privagg protects (each client applies its own weight; under
-client-level DP it adds its distributed noise share after fixed-point encoding), the
-aggregator combines, the result holder recovers the weighted sum -> the ledger
-records the release (the mechanism for the noise actually summed) -> the server turns
-the sum into an average delta and applies it with FedAvg, FedAdam or FedYogi ->
-evaluation -> atomic checkpoint.
+CSPRNG) -> each sampled client loads the global adapter into the shared model and runs
+the client step (:func:`fedtrain.client.local_update`: LoRA training, optionally
+DP-SGD, its mode-specific message, optional L2 clipping) -> privagg protects (each
+client applies its own weight; under client-level DP it adds its distributed noise
+share after fixed-point encoding), the aggregator combines, the result holder recovers
+the weighted sum -> the ledger records the release (the mechanism for the noise
+actually summed) -> the server step (:func:`fedtrain.strategy.server_step`) turns the
+sum into an average delta and applies it with FedAvg, FedAdam or FedYogi ->
+evaluation -> atomic checkpoint. The Flower runtime (:mod:`fedtrain.flower`) runs the
+same client and server steps.
 
 All clients share ONE base model in memory; adapters are swapped by copying values.
 """
@@ -277,15 +279,7 @@ class Federation:
         self.opt: Strategy = make_strategy(
             ro.server_opt, ro.server_lr, ro.server_betas, ro.server_tau
         )
-        self.training = LocalTraining(
-            batch_size=ro.batch_size,
-            lr=ro.lr,
-            device=self.device,
-            weight_decay=ro.weight_decay,
-            head_lr=ro.head_lr,
-            optimizer=ro.optimizer,
-            bf16=c.bf16,
-        )
+        self.training = LocalTraining.from_config(c, self.device)
         self.r_max = self.handle.modules[0].a.shape[0]
         # local optimizer state is kept per client across rounds where the adapter a
         # client trains persists (ffa/fedit; alternating: one state per factor);
