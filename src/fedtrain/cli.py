@@ -64,7 +64,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--max-train", type=int, default=None, help="training examples in total"
     )
     p.add_argument("--max-eval", type=int, default=None)
-    p.add_argument("--mode", choices=["ffa", "fedit", "flora"], default=None)
+    p.add_argument(
+        "--mode", choices=["ffa", "fedit", "flora", "alternating"], default=None
+    )
     p.add_argument(
         "--pooling",
         choices=["auto", "cls", "pooler", "mean"],

@@ -27,6 +27,7 @@ for its default, or write ``"none"`` to unset an optional one (for example
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import tomllib
@@ -110,6 +111,8 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(json.dumps(a) for a in get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return " | ".join(json.dumps(m.value) for m in tp)
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
     if tp is type(None):
@@ -138,11 +141,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as exc:
                 errors.append(exc)
-        if len(errors) == 1:
+        if len({str(e) for e in errors}) == 1:  # one message (an enum and its strings)
             raise errors[0]
         raise ConfigError(
             f"{key}: {value!r} is not a valid value; expected {_type_name(tp)}"
         )
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        values = [m.value for m in tp]
+        if value not in values or isinstance(value, bool):
+            raise ConfigError(
+                f"{key}: {value!r} is not allowed; allowed values: "
+                + ", ".join(json.dumps(a) for a in values)
+            )
+        return tp(value)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed or isinstance(value, bool):
@@ -283,6 +294,13 @@ def parse_run_dict(d: Mapping[str, Any]) -> RunFile:
         config = RunConfig(**sections, **kwargs)
     except ConfigError as exc:
         raise ConfigError(f"run configuration: {exc}") from exc
+    for bk, bv in config.backend_options.items():
+        try:  # what cannot be written back (no null in TOML) is refused now
+            _toml_value(bv)
+        except ConfigError:
+            raise ConfigError(
+                f"backend_options.{bk}: {bv!r} is not a TOML value"
+            ) from None
     return RunFile(config=config, data=data, federation=federation, out=out)
 
 
@@ -352,7 +370,8 @@ def to_toml(run: RunFile) -> str:
     bo = cfg.get("backend_options") or {}
     if bo:
         lines += ["", "[backend_options]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in bo.items()]
+        # quoted keys: any string is a TOML key that way, the empty one included
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in bo.items()]
     return "\n".join(lines) + "\n"
 
 
