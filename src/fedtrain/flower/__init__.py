@@ -7,8 +7,10 @@
 * :mod:`fedtrain.flower.policy`: the client's local minimum policy (node config only)
   against the untrusted ServerApp; :mod:`fedtrain.flower.release`: the result holder's
   one-release-per-round register; :mod:`fedtrain.flower.errors`: their typed errors.
-* :mod:`fedtrain.flower.tasks` / :mod:`fedtrain.flower.lora_task`: where a client's
-  update comes from (synthetic test data, or local LoRA training).
+* :mod:`fedtrain.flower.tasks`: the one table of tasks (each a client side and a server
+  side; the types are in :mod:`fedtrain.flower.interfaces`): synthetic test data, or
+  local LoRA training (:mod:`fedtrain.flower.lora_task`, which runs fedtrain's own
+  client and server steps, :mod:`fedtrain.client` and :mod:`fedtrain.strategy`).
 * :mod:`fedtrain.flower.launch`: a local SuperLink + SuperNodes deployment (tests,
   ``python -m fedtrain.flower.launch`` demo).
 
