@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedtrain.flower.errors import FlowerConfigError
+
 __all__ = [
     "TlsFiles",
     "make_ca",
@@ -124,12 +126,15 @@ def make_server_certificate(
 
     Returns:
         ``(server.pem, server.key)`` in ``folder``.
+
+    Raises:
+        FlowerConfigError: the CA key is not an EC key.
     """
     out = Path(folder)
     ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
     ca_priv = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
     if not isinstance(ca_priv, ec.EllipticCurvePrivateKey):
-        raise TypeError("the CA key is not an EC key")
+        raise FlowerConfigError(f"{ca_key}: the CA key is not an EC key")
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for h in hosts:
