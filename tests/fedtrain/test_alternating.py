@@ -194,6 +194,7 @@ def test_client_level_dp_on_an_integer_backend(
     assert 0 < rec1.epsilon < rec2.epsilon < math.inf
 
 
+@pytest.mark.slow
 def test_short_run_learns(
     tmp_path: Path, rt_small: tuple[RawDataset, RawDataset]
 ) -> None:
