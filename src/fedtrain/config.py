@@ -421,7 +421,8 @@ class RunConfig:
             The configuration.
 
         Raises:
-            ConfigError: on unknown or invalid fields.
+            ConfigError: on unknown or invalid fields, or values of the wrong kind
+                (the only error this raises for any input).
         """
         try:
             d = dict(d)
@@ -437,5 +438,9 @@ class RunConfig:
                 privacy=PrivacyConfig(**dict(d.pop("privacy", {}))),
                 **d,
             )
-        except TypeError as exc:
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # a value of the wrong kind (a list for a mapping, an int too large for a
+            # float): refused as configuration, never an untyped error (issue #13)
             raise ConfigError(f"invalid run configuration: {exc}") from exc

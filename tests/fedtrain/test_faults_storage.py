@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.hardening_counts import count
 
 import privagg
 from fedtrain.checkpoint import load_checkpoint, save_checkpoint
 from fedtrain.flower.errors import AlreadyReleasedError
 from fedtrain.flower.release import ReleaseRegister
 from privagg.dp import GaussianEvent, PrivacyLedger
-from tests.hardening_counts import count
 
 pytestmark = pytest.mark.slow
 
@@ -167,12 +167,17 @@ def _record(row: str, fired: bool, aborted: bool) -> None:
     """Count one injected fault that passed its checks (a clean abort, or a write
     that still completed, when the failing step was a best-effort folder sync)."""
     if fired:
-        count("faults", row, injected=1, ok=1, **{"aborted" if aborted else "correct": 1})
+        count(
+            "faults", row, injected=1, ok=1, **{"aborted" if aborted else "correct": 1}
+        )
 
 
 # -- checkpoint ------------------------------------------------------------------------
 def _arrays(r: int) -> dict[str, np.ndarray]:
-    return {"global.x": np.full((3, 4), float(r), np.float32), "opt.m": np.arange(r + 1.0)}
+    return {
+        "global.x": np.full((3, 4), float(r), np.float32),
+        "opt.m": np.arange(r + 1.0),
+    }
 
 
 @pytest.mark.parametrize(("point", "nth", "mode"), _matrix())
@@ -234,7 +239,11 @@ def test_fault_privacy_ledger_write(
         assert on_disk.epsilon == pytest.approx(eps1)
         on_disk.spend(2, GaussianEvent(2.0))  # the retry succeeds
     assert [r["round"] for r in _ledger(path).records] == [1, 2]
-    _record(f"privacy ledger / {mode.replace('_', ' ')}", fired, exc is not None or mode == "crash")
+    _record(
+        f"privacy ledger / {mode.replace('_', ' ')}",
+        fired,
+        exc is not None or mode == "crash",
+    )
 
 
 # -- key file ------------------------------------------------------------------------------
@@ -259,7 +268,11 @@ def test_fault_key_file_write(
         assert p.stat().st_mode & 0o077 == 0
     privagg.write_secret_file(path, new)
     assert privagg.read_secret_file(path) == new
-    _record(f"key file / {mode.replace('_', ' ')}", fired, exc is not None or mode == "crash")
+    _record(
+        f"key file / {mode.replace('_', ' ')}",
+        fired,
+        exc is not None or mode == "crash",
+    )
 
 
 # -- release register ------------------------------------------------------------------
@@ -284,7 +297,11 @@ def test_fault_release_register_write(
             reg.release(pid, 2, lambda: "again")
     else:
         assert reg.release(pid, 2, lambda: "sum-2") == "sum-2"
-    _record(f"release register / {mode.replace('_', ' ')}", fired, exc is not None or mode == "crash")
+    _record(
+        f"release register / {mode.replace('_', ' ')}",
+        fired,
+        exc is not None or mode == "crash",
+    )
 
 
 def test_fault_matrix_storage_covers_every_step() -> None:

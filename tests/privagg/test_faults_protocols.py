@@ -101,7 +101,9 @@ def _drive(session: Any, salt: int, fault: Fault | None = None) -> Outcome:
     rid = session.next_round_id()
     vecs = _vectors(rid, salt)
     out = Outcome(Transcript(), vectors=vecs, asked=set(vecs))
-    parties: dict[str, Any] = {cid: session.client(cid, rid, v) for cid, v in vecs.items()}
+    parties: dict[str, Any] = {
+        cid: session.client(cid, rid, v) for cid, v in vecs.items()
+    }
     parties.update(session.servers(rid))
     agg = session.aggregator(rid, sorted(vecs))
     msgs = out.transcript.messages

@@ -34,6 +34,7 @@ import privagg
 from privagg.envelope import Header, open_envelope, seal
 from privagg.errors import DeserializationError, PrivaggError
 from privagg.layout import Layout
+from tests.hardening_counts import count
 
 pytestmark = pytest.mark.slow
 
@@ -222,17 +223,25 @@ def test_fuzz_decoders(name: str, data: st.DataObject) -> None:
     msgs = _transcript(name)
     msg = data.draw(st.sampled_from(msgs), label="message")
     bad = data.draw(mutations())(msg)
+    row = f"privagg.from_bytes ({name} messages)"
+    count("fuzz", row, inputs=1)
     tracemalloc.start()
     try:
         privagg.from_bytes(bad)
     except DeserializationError:
         pass
     except PrivaggError as exc:  # pragma: no cover - the documented contract
+        count("fuzz", row, escapes=1)
         pytest.fail(f"from_bytes raised {type(exc).__name__}, not DeserializationError")
+    except Exception:
+        count("fuzz", row, escapes=1)
+        raise
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     # No allocation out of proportion to the input (a claimed size is checked first).
+    if peak > 64 * len(bad) + (4 << 20):
+        count("fuzz", row, escapes=1)
     assert peak <= 64 * len(bad) + (4 << 20), (peak, len(bad))
 
 
@@ -257,6 +266,12 @@ def test_fuzz_stateful_roles(
         return b
 
     session = _cached_session(name)
+    row = f"stateful roles ({name})"
+    count("fuzz", row, inputs=1)
     # Anything but a PrivaggError propagates out of _round and fails the test.
-    _, res = _round(session, hook)
+    try:
+        _, res = _round(session, hook)
+    except Exception:
+        count("fuzz", row, escapes=1)
+        raise
     assert res is not None

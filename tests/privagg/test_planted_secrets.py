@@ -21,6 +21,7 @@ import pytest
 from privagg.envelope import Header, open_envelope, seal
 from privagg.errors import PrivaggError
 from privagg.keys import NoProtection, SecretBytes, SecretKey
+from tests.hardening_counts import count
 from tests.privagg.test_fuzz_protocols import BACKENDS, N_CLIENTS, SIZE, _session
 
 pytestmark = pytest.mark.slow
@@ -153,9 +154,13 @@ def test_planted_secrets_never_leak(
     blob = "\n".join([*texts, caplog.text, captured.out, captured.err]).encode()
 
     # Plaintext updates: decimal expansions and raw float64 bytes.
+    plain_leaks = [v for v in PLANTED if repr(float(v))[:10].encode() in blob]
+    raw_leak = np.resize(PLANTED, SIZE).tobytes()[:16] in blob
+    count("secrets", f"{name}: plaintext values", planted=len(PLANTED) + 1)
+    count("secrets", f"{name}: plaintext values", leaked=len(plain_leaks) + raw_leak)
     for v in PLANTED:
         assert repr(float(v))[:10].encode() not in blob, f"plaintext {v} leaked"
-    assert np.resize(PLANTED, SIZE).tobytes()[:16] not in blob
+    assert not raw_leak
     # Keys and seeds the session holds (plus the clients' per-round ones, above).
     for attr in ("identity_keys", "secret_keys"):
         fn = getattr(session, attr, None)
@@ -170,6 +175,10 @@ def test_planted_secrets_never_leak(
     keys = getattr(session, "ckks_keys", None)
     if keys is not None:
         secrets += _secret_bytes(keys.secret_key)
+    leaked = [s for s in secrets if any(p in blob for p in _patterns(s))]
+    count(
+        "secrets", f"{name}: keys and seeds", planted=len(secrets), leaked=len(leaked)
+    )
     for secret in secrets:
         for pat in _patterns(secret):
             assert pat not in blob, f"{name}: a planted secret leaked"

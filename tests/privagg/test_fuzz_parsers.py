@@ -1,0 +1,425 @@
+"""Fuzzing every parser of bytes a peer or a file controls, one harness per parser.
+
+Each parser gets ``PRIVAGG_FUZZ_EXAMPLES`` hypothesis examples; each example is a seed
+from which ``PRIVAGG_FUZZ_BATCH`` inputs are derived by mutating a corpus of valid
+encodings (bit flips, byte edits, truncation, insertion, deletion, duplicated runs,
+planted huge 32/64-bit length or count fields), half of them **re-sealed** in a valid
+envelope so the payload parser itself runs. ``make hardening`` sets both high (``inputs
+per parser = examples x batch``); CI keeps a few hundred per parser. The counts that
+ran are recorded for ``docs/hardening.md``.
+
+Contract checked for every input: the parser returns, or raises one of its documented
+typed errors; nothing else escapes, and the Python heap it allocates stays within a
+fixed multiple of the input size (a claimed size is checked before allocation).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import tempfile
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import privagg
+from privagg.envelope import Header, open_envelope, seal
+from privagg.errors import (
+    ConfigurationError,
+    DeserializationError,
+    MissingKeyError,
+    ParameterMismatchError,
+    PrivaggError,
+)
+from privagg.keys import NoProtection
+from privagg.layout import Layout
+from tests.hardening_counts import count
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_EXAMPLES", "60"))
+BATCH = int(os.environ.get("PRIVAGG_FUZZ_BATCH", "5"))
+HEAP_SLACK = 4 << 20
+
+
+# -- mutation ----------------------------------------------------------------------------
+def mutate_bytes(rnd: random.Random, data: bytes) -> bytes:
+    """One mutated input from ``data`` (raw, or re-sealed around a mutated payload)."""
+    reseal = rnd.random() < 0.5
+    header: Header | None = None
+    body = data
+    if reseal:
+        try:
+            header, payload = open_envelope(data)
+            body = bytes(payload)
+        except DeserializationError:
+            header = None
+    b = bytearray(body)
+    for _ in range(rnd.choice((1, 1, 1, 2, 3, 4))):
+        op = rnd.randrange(8)
+        i = rnd.randrange(len(b) + 1)
+        if op == 0 and b:  # flip a bit
+            b[i % len(b)] ^= 1 << rnd.randrange(8)
+        elif op == 1 and b:  # set a byte
+            b[i % len(b)] = rnd.randrange(256)
+        elif op == 2:  # truncate
+            del b[i:]
+        elif op == 3:  # insert random bytes
+            b[i:i] = rnd.randbytes(rnd.randrange(1, 17))
+        elif op == 4:  # delete a run
+            del b[i : i + rnd.randrange(1, 9)]
+        elif op == 5:  # duplicate a run
+            b[i:i] = b[i : i + rnd.randrange(1, 33)]
+        elif op in (6, 7) and len(b) >= 8:  # plant a huge length or count
+            j = min(i, len(b) - 8)
+            big = rnd.choice((1 << 63, (1 << 64) - 1, 1 << 40, 1 << 31, (1 << 32) - 1))
+            if op == 6:
+                b[j : j + 8] = struct.pack(">Q", big % (1 << 64))
+            else:
+                b[j : j + 4] = struct.pack(">I", big % (1 << 32))
+    if header is None:
+        return bytes(b)
+    if rnd.random() < 0.2:  # a header field too
+        kind = (header.kind + rnd.randrange(1, 256)) % 256
+        header = Header(header.scheme, kind, header.params_id, header.round_id)
+    return seal(header, bytes(b))
+
+
+@dataclass(frozen=True)
+class Parser:
+    """A parser under test: a corpus of valid inputs and its documented errors."""
+
+    name: str
+    corpus: Callable[[], list[bytes]]
+    parse: Callable[[bytes], Any]
+    allowed: tuple[type[BaseException], ...]
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _cached(key: str, make: Callable[[], Any]) -> Any:
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _layouts() -> list[bytes]:
+    return [
+        Layout.from_arrays(
+            {"w": np.zeros((3, 4)), "b": np.zeros(4, np.float32)}
+        ).to_bytes(),
+        Layout.from_arrays({"x": np.zeros(())}).to_bytes(),
+    ]
+
+
+def _ckks() -> dict[str, Any]:
+    def make() -> dict[str, Any]:
+        from privagg.backends.ckks import CkksBackend
+
+        try:
+            be = CkksBackend(preset="test-fast")
+        except PrivaggError as exc:
+            pytest.skip(f"ckks: {exc}")
+        layout = Layout.from_arrays({"w": np.zeros(8)})
+        material = be.deal(layout, ["a", "b"], max_clients=2)
+        secret = be.keygen()
+        session = be.session(layout, secret, max_clients=2)
+        rid = session.next_round_id()
+        client = session.client("a", rid, np.linspace(-1, 1, 8))
+        agg = session.aggregator(rid, ["a"])
+        req = agg.start()["a"]
+        contribution = privagg.from_bytes(client.handle(req))
+        return {
+            "backend": be,
+            "layout": layout,
+            "public": material.aggregator,
+            "holder": material.holder,
+            "secret": secret,
+            "body": contribution.body,
+            "session": session,
+        }
+
+    return dict(_cached("ckks", make))
+
+
+def _paillier() -> dict[str, Any]:
+    def make() -> dict[str, Any]:
+        from privagg.backends.paillier import PaillierBackend
+
+        try:
+            be = PaillierBackend._insecure_for_tests(key_bits=512, bound=1.0)
+        except PrivaggError as exc:
+            pytest.skip(f"paillier: {exc}")
+        pk, sk = be.keygen()
+        return {
+            "backend": be,
+            "public": pk.to_bytes(),
+            "secret": sk.to_bytes(protection=NoProtection()),
+        }
+
+    return dict(_cached("paillier", make))
+
+
+def _secagg() -> dict[str, Any]:
+    def make() -> dict[str, Any]:
+        from privagg.backends.secagg import SecAggBackend
+
+        be = SecAggBackend(bound=1.0)
+        layout = Layout.from_arrays({"w": np.zeros(6)})
+        m = be.deal(layout, ["a", "b", "c"], max_clients=3)
+        return {"backend": be, "layout": layout, "material": m}
+
+    return dict(_cached("secagg", make))
+
+
+def _ckks_public(data: bytes) -> Any:
+    from privagg.backends.ckks import CkksPublicContext
+
+    return CkksPublicContext.from_bytes(data)
+
+
+def _ckks_secret(data: bytes) -> Any:
+    from privagg.backends.ckks import CkksSecretContext
+
+    return CkksSecretContext.from_bytes(data, protection=NoProtection())
+
+
+def _ckks_update(data: bytes) -> Any:
+    from privagg.backends.ckks import EncryptedUpdate
+
+    return EncryptedUpdate.from_bytes(data, _ckks()["secret"].public)
+
+
+def _ckks_role(role: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        c = _ckks()
+        return c["backend"].load_role(
+            c["layout"], role, "a" if role == "client" else None, data, max_clients=2
+        )
+
+    return parse
+
+
+def _paillier_public(data: bytes) -> Any:
+    from privagg.backends.paillier import PaillierPublicKey
+
+    return PaillierPublicKey.from_bytes(data)
+
+
+def _paillier_secret(data: bytes) -> Any:
+    from privagg.backends.paillier import load_secret_key
+
+    return load_secret_key(data)
+
+
+def _secagg_role(role: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        s = _secagg()
+        return s["backend"].load_role(
+            s["layout"], role, "a" if role == "client" else None, data, max_clients=3
+        )
+
+    return parse
+
+
+def _unwrap(data: bytes) -> Any:
+    return NoProtection().unwrap(data)
+
+
+_KEYDIR: dict[str, Path] = {}
+
+
+def _secret_file(data: bytes) -> Any:
+    """The key-file path: write the bytes 0600, read them back, load the role."""
+    d = _KEYDIR.setdefault("d", Path(tempfile.mkdtemp(prefix="privagg-fuzz-")))
+    path = d / "fuzz.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:  # (no fsync: the reader is under test)
+        fh.write(data)
+    blob = privagg.read_secret_file(path, max_bytes=1 << 20)
+    return _secagg_role("client")(blob)
+
+
+PARSERS = [
+    Parser("Layout.from_bytes", _layouts, Layout.from_bytes, (DeserializationError,)),
+    Parser(
+        "NoProtection().unwrap (exported secrets)",
+        lambda: [_paillier()["secret"]],
+        _unwrap,
+        (DeserializationError,),
+    ),
+    Parser(
+        "CkksPublicContext.from_bytes",
+        lambda: [_ckks()["public"]],
+        _ckks_public,
+        (DeserializationError,),
+    ),
+    Parser(
+        "CkksSecretContext.from_bytes",
+        lambda: [_ckks()["holder"]],
+        _ckks_secret,
+        (DeserializationError, MissingKeyError, ParameterMismatchError),
+    ),
+    Parser(
+        "EncryptedUpdate.from_bytes (CKKS)",
+        lambda: [_ckks()["body"]],
+        _ckks_update,
+        (DeserializationError, ParameterMismatchError),
+    ),
+    Parser(
+        "CkksBackend.load_role (aggregator material)",
+        lambda: [_ckks()["public"]],
+        _ckks_role("aggregator"),
+        (DeserializationError, ParameterMismatchError),
+    ),
+    Parser(
+        "CkksBackend.load_role (holder material)",
+        lambda: [_ckks()["holder"]],
+        _ckks_role("holder"),
+        (DeserializationError, MissingKeyError, ParameterMismatchError),
+    ),
+    Parser(
+        "PaillierPublicKey.from_bytes",
+        lambda: [_paillier()["public"]],
+        _paillier_public,
+        (DeserializationError, ParameterMismatchError),
+    ),
+    Parser(
+        "paillier.load_secret_key",
+        lambda: [_paillier()["secret"]],
+        _paillier_secret,
+        (DeserializationError, ConfigurationError),
+    ),
+    Parser(
+        "SecAggBackend.load_role (client material)",
+        lambda: [_secagg()["material"].clients["a"]],
+        _secagg_role("client"),
+        (DeserializationError, ParameterMismatchError, ConfigurationError),
+    ),
+    Parser(
+        "SecAggBackend.load_role (aggregator material)",
+        lambda: [_secagg()["material"].aggregator],
+        _secagg_role("aggregator"),
+        (DeserializationError, ParameterMismatchError, ConfigurationError),
+    ),
+    Parser(
+        "read_secret_file + load_role (key file)",
+        lambda: [_secagg()["material"].clients["a"]],
+        _secret_file,
+        (DeserializationError, ParameterMismatchError, ConfigurationError),
+    ),
+]
+
+
+def run_batch(
+    parser: Parser, seed: int, first: bytes | None = None
+) -> tuple[int, list[str]]:
+    """Feed ``BATCH`` mutated inputs; return (inputs run, escapes as text)."""
+    corpus = parser.corpus()
+    rnd = random.Random(seed)
+    escapes: list[str] = []
+    n = 0
+    tracemalloc.start()
+    try:
+        for k in range(BATCH):
+            data = first if (k == 0 and first is not None) else None
+            if data is None:
+                data = mutate_bytes(rnd, rnd.choice(corpus))
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+            try:
+                parser.parse(data)
+            except parser.allowed:
+                pass
+            except Exception as exc:  # an untyped (or undocumented) escape
+                escapes.append(f"{type(exc).__name__}: {exc!s:.200} <- {data[:64]!r}")
+            n += 1
+            _, peak = tracemalloc.get_traced_memory()
+            limit = 64 * len(data) + HEAP_SLACK
+            if peak - base > limit:
+                escapes.append(f"heap {peak - base} > {limit} for {len(data)} bytes")
+    finally:
+        tracemalloc.stop()
+    return n, escapes
+
+
+_SANE: set[str] = set()
+
+_FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=[p.name for p in PARSERS])
+@_FUZZ
+@given(seed=st.integers(0, 2**64 - 1), data=st.data())
+def test_fuzz_parser(parser: Parser, seed: int, data: st.DataObject) -> None:
+    # The first input of each batch comes from hypothesis (structured, shrinkable).
+    corpus = parser.corpus()
+    if parser.name not in _SANE:  # the valid inputs parse: the fuzzing is not vacuous
+        for valid in corpus:
+            parser.parse(valid)
+        _SANE.add(parser.name)
+    base = data.draw(st.sampled_from(corpus), label="seed input")
+    first = mutate_bytes(random.Random(data.draw(st.integers(0, 2**32))), base)
+    n, escapes = run_batch(parser, seed, first)
+    count("fuzz", parser.name, inputs=n, escapes=len(escapes))
+    assert not escapes, escapes[:3]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=[p.name for p in PARSERS])
+def test_fuzz_huge_claims_refused_before_allocation(parser: Parser) -> None:
+    """Every 4- and 8-byte window of every valid input (re-sealed) set to a huge
+    length or count: refused (or harmlessly parsed) within the heap bound."""
+    escapes: list[str] = []
+    n = 0
+    tracemalloc.start()
+    try:
+        for valid in parser.corpus():
+            try:
+                header, payload = open_envelope(valid)
+                body, wrap = bytes(payload), True
+            except DeserializationError:
+                body, wrap = valid, False
+            width = min(len(body), 512)  # the length fields sit at the front
+            for pos in range(width):
+                for fmt, big in (
+                    (">Q", 1 << 62),
+                    (">Q", (1 << 64) - 1),
+                    (">I", (1 << 32) - 1),
+                ):
+                    size = struct.calcsize(fmt)
+                    if pos + size > len(body):
+                        continue
+                    b = bytearray(body)
+                    b[pos : pos + size] = struct.pack(fmt, big)
+                    data = seal(header, bytes(b)) if wrap else bytes(b)
+                    tracemalloc.reset_peak()
+                    before, _ = tracemalloc.get_traced_memory()
+                    try:
+                        parser.parse(data)
+                    except parser.allowed:
+                        pass
+                    except Exception as exc:
+                        escapes.append(f"{type(exc).__name__} at {pos}")
+                    n += 1
+                    _, peak = tracemalloc.get_traced_memory()
+                    if peak - before > 64 * len(data) + HEAP_SLACK:
+                        escapes.append(f"heap {peak - before} at {pos}")
+    finally:
+        tracemalloc.stop()
+    count("fuzz", parser.name, inputs=n, huge_claims=n, escapes=len(escapes))
+    assert n > 0
+    assert not escapes, escapes[:5]
