@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import importlib
 import struct
 from collections.abc import Callable
@@ -144,7 +145,8 @@ def open_envelope(data: bytes | bytearray | memoryview) -> tuple[Header, memoryv
     if len(view) != _HEADER.size + length + _DIGEST_SIZE:
         raise DeserializationError()
     end = _HEADER.size + length
-    if _digest(view[:end]) != bytes(view[end:]):
+    # compare_digest: no early exit on the first differing byte (issue #13 audit).
+    if not hmac.compare_digest(_digest(view[:end]), bytes(view[end:])):
         raise DeserializationError()
     try:
         sch = Scheme(scheme)
