@@ -45,10 +45,26 @@ typecheck: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# The fuzz harnesses at full strength (CI runs them with a small example count).
+# The fault matrix, the fuzz harnesses at full strength and the planted-secret scans
+# (CI runs the same tests with small counts), then the table in docs/hardening.md from
+# the counts the tests recorded. Inputs per parser = PRIVAGG_FUZZ_EXAMPLES x
+# PRIVAGG_FUZZ_BATCH (default 2000 x 50 = 100,000); PRIVAGG_FUZZ_ROUND_EXAMPLES whole
+# fuzzed rounds per backend.
+HARDENING_TESTS := tests/privagg/test_fuzz_protocols.py tests/privagg/test_fuzz_parsers.py \
+  tests/privagg/test_faults_protocols.py tests/privagg/test_planted_secrets.py \
+  tests/privagg/test_constant_time_audit.py tests/fedtrain/test_fuzz_config.py \
+  tests/fedtrain/test_faults_storage.py tests/fedtrain/test_faults_resume.py
+HARDENING_OUT ?= runs/hardening
+
 hardening: setup
-	PRIVAGG_FUZZ_EXAMPLES=$${PRIVAGG_FUZZ_EXAMPLES:-20000} HYPOTHESIS_PROFILE=ci \
-	  $(BIN)/python -m pytest -q tests/privagg/test_fuzz_protocols.py
+	@mkdir -p $(HARDENING_OUT) && rm -f $(HARDENING_OUT)/counts.json
+	PRIVAGG_HARDENING_JSON=$(abspath $(HARDENING_OUT))/counts.json \
+	  PRIVAGG_FUZZ_EXAMPLES=$${PRIVAGG_FUZZ_EXAMPLES:-2000} \
+	  PRIVAGG_FUZZ_BATCH=$${PRIVAGG_FUZZ_BATCH:-50} \
+	  PRIVAGG_FUZZ_ROUND_EXAMPLES=$${PRIVAGG_FUZZ_ROUND_EXAMPLES:-500} \
+	  HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=ci \
+	  $(BIN)/python scripts/hardening_table.py run --out $(HARDENING_OUT) \
+	    --doc docs/hardening.md -- -q -p no:cacheprovider $(HARDENING_TESTS) $(PYTEST_ARGS)
 
 bench: setup
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; \

@@ -40,7 +40,7 @@ from tests.privagg.test_fuzz_protocols import BACKENDS, N_CLIENTS, SIZE, _backen
 pytestmark = pytest.mark.slow
 
 FAULTS = ("drop", "duplicate", "replay", "foreign", "out_of_order", "truncate")
-TARGETS = ("c0", "c1", "server-0")  # the parties faults hit (every stage)
+TARGETS = ("c0", "c1", "server-1")  # the parties faults hit (every stage)
 RESULT = -1  # the "stage" of the aggregator -> holder message
 
 

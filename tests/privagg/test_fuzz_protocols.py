@@ -13,13 +13,16 @@ Two harnesses, both driven by hypothesis:
   message or a typed :class:`~privagg.errors.PrivaggError`; the round then ends with a
   result or a typed abort, never with another exception.
 
-``PRIVAGG_FUZZ_EXAMPLES`` sets the hypothesis examples per test case (CI default: small;
+``PRIVAGG_FUZZ_EXAMPLES`` sets the hypothesis examples per decoder test case, each
+feeding one hypothesis-built input and ``PRIVAGG_FUZZ_BATCH - 1`` seeded mutations;
+``PRIVAGG_FUZZ_ROUND_EXAMPLES`` the fuzzed rounds per backend (CI default: small;
 ``make hardening`` runs the large counts).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import struct
 import tracemalloc
 from collections.abc import Callable
@@ -35,10 +38,13 @@ from privagg.envelope import Header, open_envelope, seal
 from privagg.errors import DeserializationError, PrivaggError
 from privagg.layout import Layout
 from tests.hardening_counts import count
+from tests.privagg.test_fuzz_parsers import BATCH, mutate_bytes
 
 pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_EXAMPLES", "60"))
+# Whole fuzzed rounds per backend (each is a protocol run: slower than a decode).
+ROUND_EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_ROUND_EXAMPLES", str(EXAMPLES)))
 SIZE = 6
 N_CLIENTS = 4
 
@@ -223,34 +229,46 @@ def test_fuzz_decoders(name: str, data: st.DataObject) -> None:
     msgs = _transcript(name)
     msg = data.draw(st.sampled_from(msgs), label="message")
     bad = data.draw(mutations())(msg)
-    row = f"privagg.from_bytes ({name} messages)"
-    count("fuzz", row, inputs=1)
+    # One structured mutation from hypothesis, then BATCH - 1 seeded ones.
+    rnd = random.Random(data.draw(st.integers(0, 2**64 - 1), label="batch seed"))
+    inputs = [bad] + [mutate_bytes(rnd, rnd.choice(msgs)) for _ in range(BATCH - 1)]
+    escapes: list[str] = []
     tracemalloc.start()
     try:
-        privagg.from_bytes(bad)
-    except DeserializationError:
-        pass
-    except PrivaggError as exc:  # pragma: no cover - the documented contract
-        count("fuzz", row, escapes=1)
-        pytest.fail(f"from_bytes raised {type(exc).__name__}, not DeserializationError")
-    except Exception:
-        count("fuzz", row, escapes=1)
-        raise
+        for x in inputs:
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+            try:
+                privagg.from_bytes(x)
+            except DeserializationError:
+                pass
+            except Exception as exc:  # the contract: DeserializationError only
+                escapes.append(f"{type(exc).__name__}: {exc!s:.120} <- {x[:64]!r}")
+            _, peak = tracemalloc.get_traced_memory()
+            # No allocation out of proportion to the input (a claimed size is
+            # checked first).
+            if peak - base > 64 * len(x) + (4 << 20):
+                escapes.append(f"heap {peak - base} for {len(x)} bytes")
     finally:
-        _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    # No allocation out of proportion to the input (a claimed size is checked first).
-    if peak > 64 * len(bad) + (4 << 20):
-        count("fuzz", row, escapes=1)
-    assert peak <= 64 * len(bad) + (4 << 20), (peak, len(bad))
+    row = f"privagg.from_bytes ({name} messages)"
+    count("fuzz", row, inputs=len(inputs), escapes=len(escapes))
+    assert not escapes, escapes[:3]
+
+
+_ROUNDS_FUZZ = settings(
+    max_examples=ROUND_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
-@_FUZZ
+@_ROUNDS_FUZZ
 @given(
     stage=st.integers(0, 5),
     direction=st.sampled_from(["request", "reply"]),
-    party=st.sampled_from([f"c{i}" for i in range(N_CLIENTS)] + ["server-0", "*"]),
+    party=st.sampled_from([f"c{i}" for i in range(N_CLIENTS)] + ["server-1", "*"]),
     data=st.data(),
 )
 def test_fuzz_stateful_roles(
