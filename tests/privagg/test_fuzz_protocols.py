@@ -293,3 +293,51 @@ def test_fuzz_stateful_roles(
         count("fuzz", row, escapes=1)
         raise
     assert res is not None
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_fuzz_decoders_huge_claims_refused_before_allocation(name: str) -> None:
+    """One message of every kind the backend sends, re-sealed with each 4- and 8-byte
+    window of the payload's first 128 bytes set to a huge length or count: decoded or
+    refused with DeserializationError, within the heap bound (never allocated)."""
+    kinds: dict[tuple[int, int], bytes] = {}
+    for msg in _transcript(name):
+        h, _ = open_envelope(msg)
+        kinds.setdefault((int(h.scheme), h.kind), msg)
+    escapes: list[str] = []
+    n = 0
+    tracemalloc.start()
+    try:
+        for msg in kinds.values():
+            h, payload = open_envelope(msg)
+            body = bytes(payload)
+            for pos in range(min(len(body), 128)):
+                for fmt, big in (
+                    (">Q", 1 << 62),
+                    (">Q", (1 << 64) - 1),
+                    (">I", 2**32 - 1),
+                ):
+                    size = struct.calcsize(fmt)
+                    if pos + size > len(body):
+                        continue
+                    b = bytearray(body)
+                    b[pos : pos + size] = struct.pack(fmt, big)
+                    data = seal(h, bytes(b))
+                    tracemalloc.reset_peak()
+                    base, _ = tracemalloc.get_traced_memory()
+                    try:
+                        privagg.from_bytes(data)
+                    except DeserializationError:
+                        pass
+                    except Exception as exc:
+                        escapes.append(f"{type(exc).__name__} kind {h.kind} at {pos}")
+                    n += 1
+                    _, peak = tracemalloc.get_traced_memory()
+                    if peak - base > 64 * len(data) + (4 << 20):
+                        escapes.append(f"heap {peak - base} kind {h.kind} at {pos}")
+    finally:
+        tracemalloc.stop()
+    row = f"privagg.from_bytes ({name} messages)"
+    count("fuzz", row, inputs=n, huge_claims=n, escapes=len(escapes))
+    assert n > 0
+    assert not escapes, escapes[:5]
