@@ -83,7 +83,7 @@ class Fault:
             return data[: max(0, min(n, len(data) - 1))]
         source = self.earlier if self.kind == "replay" else self.foreign
         assert source is not None
-        return source.messages.get((stage, direction, party), data[:-1])
+        return source.messages[(stage, direction, party)]  # same party, same stage
 
 
 @dataclass
