@@ -13,6 +13,8 @@ Categories and fields:
   ``correct`` and ``aborted`` splitting ``ok``.
 * ``fuzz``: ``inputs``, ``escapes`` (anything but a documented typed error).
 * ``secrets``: ``planted``, ``leaked``.
+
+It also holds the fuzz harnesses' shared example counts and hypothesis settings.
 """
 
 from __future__ import annotations
@@ -23,7 +25,25 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["COUNTS", "count", "dump"]
+from hypothesis import HealthCheck, settings
+
+__all__ = ["BATCH", "COUNTS", "EXAMPLES", "count", "dump", "fuzz_settings"]
+
+#: hypothesis examples per fuzz test case (``make hardening`` sets it high)
+EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_EXAMPLES", "60"))
+#: inputs fed per example (one from hypothesis, the rest mutated from its seed)
+BATCH = max(1, int(os.environ.get("PRIVAGG_FUZZ_BATCH", "5")))
+
+
+def fuzz_settings(max_examples: int = EXAMPLES) -> settings:
+    """The hypothesis settings of every fuzz harness."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        database=None,
+    )
+
 
 #: category -> row name -> field -> total
 COUNTS: dict[str, dict[str, dict[str, int]]] = defaultdict(

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from tests.hardening_counts import count
+from tests.hardening_counts import BATCH, count, fuzz_settings
 
 import privagg
 from fedtrain.checkpoint import load_checkpoint
@@ -49,8 +49,6 @@ from privagg.dp import GaussianEvent, PrivacyLedger
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_EXAMPLES", "60"))
-BATCH = int(os.environ.get("PRIVAGG_FUZZ_BATCH", "5"))
 
 _WORDS = [
     "",
@@ -425,12 +423,7 @@ PARSERS = [
 ]
 
 _SANE: set[str] = set()
-_FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    database=None,
-)
+_FUZZ = fuzz_settings()
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=[p.name for p in PARSERS])

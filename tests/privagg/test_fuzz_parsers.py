@@ -20,14 +20,14 @@ import random
 import struct
 import tempfile
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import privagg
@@ -41,12 +41,10 @@ from privagg.errors import (
 )
 from privagg.keys import NoProtection
 from privagg.layout import Layout
-from tests.hardening_counts import count
+from tests.hardening_counts import BATCH, count, fuzz_settings
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_EXAMPLES", "60"))
-BATCH = int(os.environ.get("PRIVAGG_FUZZ_BATCH", "5"))
 HEAP_SLACK = 4 << 20
 
 
@@ -320,25 +318,25 @@ PARSERS = [
 ]
 
 
-def run_batch(
-    parser: Parser, seed: int, first: bytes | None = None
+def feed(
+    parse: Callable[[bytes], Any],
+    allowed: tuple[type[BaseException], ...],
+    inputs: Iterable[bytes],
 ) -> tuple[int, list[str]]:
-    """Feed ``BATCH`` mutated inputs; return (inputs run, escapes as text)."""
-    corpus = parser.corpus()
-    rnd = random.Random(seed)
+    """Parse every input; return (inputs run, escapes as text). An escape is any
+    exception not in ``allowed``, or a parse whose Python heap peak exceeds
+    ``64 x len(input) + HEAP_SLACK`` (a claimed size allocated before it was checked).
+    """
     escapes: list[str] = []
     n = 0
     tracemalloc.start()
     try:
-        for k in range(BATCH):
-            data = first if (k == 0 and first is not None) else None
-            if data is None:
-                data = mutate_bytes(rnd, rnd.choice(corpus))
+        for data in inputs:
             tracemalloc.reset_peak()
             base, _ = tracemalloc.get_traced_memory()
             try:
-                parser.parse(data)
-            except parser.allowed:
+                parse(data)
+            except allowed:
                 pass
             except Exception as exc:  # an untyped (or undocumented) escape
                 escapes.append(f"{type(exc).__name__}: {exc!s:.200} <- {data[:64]!r}")
@@ -352,14 +350,29 @@ def run_batch(
     return n, escapes
 
 
+def huge_claims(valid: bytes, width: int) -> Iterator[bytes]:
+    """``valid`` with each 4- and 8-byte window of the first ``width`` bytes of its
+    payload (of the bytes themselves if not an envelope) set to a huge length or
+    count (2**62, 2**64 - 1, 2**32 - 1), re-sealed in a valid envelope."""
+    try:
+        header: Header | None
+        header, payload = open_envelope(valid)
+        body = bytes(payload)
+    except DeserializationError:
+        header, body = None, valid
+    for pos in range(min(len(body), width)):
+        for fmt, big in ((">Q", 1 << 62), (">Q", (1 << 64) - 1), (">I", 2**32 - 1)):
+            size = struct.calcsize(fmt)
+            if pos + size > len(body):
+                continue
+            b = bytearray(body)
+            b[pos : pos + size] = struct.pack(fmt, big)
+            yield bytes(b) if header is None else seal(header, bytes(b))
+
+
 _SANE: set[str] = set()
 
-_FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    database=None,
-)
+_FUZZ = fuzz_settings()
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=[p.name for p in PARSERS])
@@ -374,52 +387,20 @@ def test_fuzz_parser(parser: Parser, seed: int, data: st.DataObject) -> None:
         _SANE.add(parser.name)
     base = data.draw(st.sampled_from(corpus), label="seed input")
     first = mutate_bytes(random.Random(data.draw(st.integers(0, 2**32))), base)
-    n, escapes = run_batch(parser, seed, first)
+    rnd = random.Random(seed)
+    inputs = [first] + [mutate_bytes(rnd, rnd.choice(corpus)) for _ in range(BATCH - 1)]
+    n, escapes = feed(parser.parse, parser.allowed, inputs)
     count("fuzz", parser.name, inputs=n, escapes=len(escapes))
     assert not escapes, escapes[:3]
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=[p.name for p in PARSERS])
 def test_fuzz_huge_claims_refused_before_allocation(parser: Parser) -> None:
-    """Every 4- and 8-byte window of every valid input (re-sealed) set to a huge
-    length or count: refused (or harmlessly parsed) within the heap bound."""
-    escapes: list[str] = []
-    n = 0
-    tracemalloc.start()
-    try:
-        for valid in parser.corpus():
-            try:
-                header, payload = open_envelope(valid)
-                body, wrap = bytes(payload), True
-            except DeserializationError:
-                body, wrap = valid, False
-            width = min(len(body), 512)  # the length fields sit at the front
-            for pos in range(width):
-                for fmt, big in (
-                    (">Q", 1 << 62),
-                    (">Q", (1 << 64) - 1),
-                    (">I", (1 << 32) - 1),
-                ):
-                    size = struct.calcsize(fmt)
-                    if pos + size > len(body):
-                        continue
-                    b = bytearray(body)
-                    b[pos : pos + size] = struct.pack(fmt, big)
-                    data = seal(header, bytes(b)) if wrap else bytes(b)
-                    tracemalloc.reset_peak()
-                    before, _ = tracemalloc.get_traced_memory()
-                    try:
-                        parser.parse(data)
-                    except parser.allowed:
-                        pass
-                    except Exception as exc:
-                        escapes.append(f"{type(exc).__name__} at {pos}")
-                    n += 1
-                    _, peak = tracemalloc.get_traced_memory()
-                    if peak - before > 64 * len(data) + HEAP_SLACK:
-                        escapes.append(f"heap {peak - before} at {pos}")
-    finally:
-        tracemalloc.stop()
+    """Every 4- and 8-byte window of the first 512 bytes of every valid input
+    (re-sealed) set to a huge length or count: refused (or harmlessly parsed) within
+    the heap bound."""
+    inputs = (x for valid in parser.corpus() for x in huge_claims(valid, 512))
+    n, escapes = feed(parser.parse, parser.allowed, inputs)
     count("fuzz", parser.name, inputs=n, huge_claims=n, escapes=len(escapes))
     assert n > 0
     assert not escapes, escapes[:5]

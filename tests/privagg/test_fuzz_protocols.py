@@ -24,25 +24,23 @@ from __future__ import annotations
 import os
 import random
 import struct
-import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import privagg
 from privagg.envelope import Header, open_envelope, seal
 from privagg.errors import DeserializationError, PrivaggError
 from privagg.layout import Layout
-from tests.hardening_counts import count
-from tests.privagg.test_fuzz_parsers import BATCH, mutate_bytes
+from tests.hardening_counts import BATCH, EXAMPLES, count, fuzz_settings
+from tests.privagg.test_fuzz_parsers import feed, huge_claims, mutate_bytes
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_EXAMPLES", "60"))
 # Whole fuzzed rounds per backend (each is a protocol run: slower than a decode).
 ROUND_EXAMPLES = int(os.environ.get("PRIVAGG_FUZZ_ROUND_EXAMPLES", str(EXAMPLES)))
 SIZE = 6
@@ -215,11 +213,7 @@ def mutations(draw: st.DrawFn) -> Callable[[bytes], bytes]:
     return mutate
 
 
-_FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+_FUZZ = fuzz_settings()
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -232,35 +226,13 @@ def test_fuzz_decoders(name: str, data: st.DataObject) -> None:
     # One structured mutation from hypothesis, then BATCH - 1 seeded ones.
     rnd = random.Random(data.draw(st.integers(0, 2**64 - 1), label="batch seed"))
     inputs = [bad] + [mutate_bytes(rnd, rnd.choice(msgs)) for _ in range(BATCH - 1)]
-    escapes: list[str] = []
-    tracemalloc.start()
-    try:
-        for x in inputs:
-            tracemalloc.reset_peak()
-            base, _ = tracemalloc.get_traced_memory()
-            try:
-                privagg.from_bytes(x)
-            except DeserializationError:
-                pass
-            except Exception as exc:  # the contract: DeserializationError only
-                escapes.append(f"{type(exc).__name__}: {exc!s:.120} <- {x[:64]!r}")
-            _, peak = tracemalloc.get_traced_memory()
-            # No allocation out of proportion to the input (a claimed size is
-            # checked first).
-            if peak - base > 64 * len(x) + (4 << 20):
-                escapes.append(f"heap {peak - base} for {len(x)} bytes")
-    finally:
-        tracemalloc.stop()
+    n, escapes = feed(privagg.from_bytes, (DeserializationError,), inputs)
     row = f"privagg.from_bytes ({name} messages)"
-    count("fuzz", row, inputs=len(inputs), escapes=len(escapes))
+    count("fuzz", row, inputs=n, escapes=len(escapes))
     assert not escapes, escapes[:3]
 
 
-_ROUNDS_FUZZ = settings(
-    max_examples=ROUND_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+_ROUNDS_FUZZ = fuzz_settings(ROUND_EXAMPLES)
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -304,39 +276,8 @@ def test_fuzz_decoders_huge_claims_refused_before_allocation(name: str) -> None:
     for msg in _transcript(name):
         h, _ = open_envelope(msg)
         kinds.setdefault((int(h.scheme), h.kind), msg)
-    escapes: list[str] = []
-    n = 0
-    tracemalloc.start()
-    try:
-        for msg in kinds.values():
-            h, payload = open_envelope(msg)
-            body = bytes(payload)
-            for pos in range(min(len(body), 128)):
-                for fmt, big in (
-                    (">Q", 1 << 62),
-                    (">Q", (1 << 64) - 1),
-                    (">I", 2**32 - 1),
-                ):
-                    size = struct.calcsize(fmt)
-                    if pos + size > len(body):
-                        continue
-                    b = bytearray(body)
-                    b[pos : pos + size] = struct.pack(fmt, big)
-                    data = seal(h, bytes(b))
-                    tracemalloc.reset_peak()
-                    base, _ = tracemalloc.get_traced_memory()
-                    try:
-                        privagg.from_bytes(data)
-                    except DeserializationError:
-                        pass
-                    except Exception as exc:
-                        escapes.append(f"{type(exc).__name__} kind {h.kind} at {pos}")
-                    n += 1
-                    _, peak = tracemalloc.get_traced_memory()
-                    if peak - base > 64 * len(data) + (4 << 20):
-                        escapes.append(f"heap {peak - base} kind {h.kind} at {pos}")
-    finally:
-        tracemalloc.stop()
+    inputs = (x for msg in kinds.values() for x in huge_claims(msg, 128))
+    n, escapes = feed(privagg.from_bytes, (DeserializationError,), inputs)
     row = f"privagg.from_bytes ({name} messages)"
     count("fuzz", row, inputs=n, huge_claims=n, escapes=len(escapes))
     assert n > 0
