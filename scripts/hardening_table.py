@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,81 +32,89 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
+def _section(
+    title: str,
+    rows: dict[str, dict[str, int]],
+    first: str,
+    columns: list[tuple[str, str]],
+    note: tuple[str, Callable[[dict[str, int]], str]] | None = None,
+) -> list[str]:
+    """A markdown table: one line per row, ``columns`` = (header, field), totals; an
+    optional last column ``note = (header, function of the row's fields)``."""
+    heads = [first, *(h for h, _ in columns), *([note[0]] if note else [])]
+    out = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(heads) + " |",
+        "| --- |" + " ---: |" * (len(heads) - 1),
+    ]
+    total = dict.fromkeys((f for _, f in columns), 0)
+    for name, cell in sorted(rows.items()):
+        vals = {f: int(cell.get(f, 0)) for f in total}
+        for f, v in vals.items():
+            total[f] += v
+        extra = f" {note[1](vals)} |" if note else ""
+        out.append(
+            f"| {name} | " + " | ".join(_n(vals[f]) for f in total) + " |" + extra
+        )
+    extra = f" **{note[1](total)}** |" if note else ""
+    out.append(
+        "| **all** | "
+        + " | ".join(f"**{_n(v)}**" for v in total.values())
+        + " |"
+        + extra
+    )
+    out.append("")
+    return out
+
+
+def _ok(cell: dict[str, int]) -> str:
+    return f"{100 * cell['ok'] / max(cell['injected'], 1):.0f}%"
+
+
 def render(counts: dict[str, Any], meta: dict[str, Any]) -> str:
     """The markdown tables for ``counts`` (category -> row -> field -> int)."""
-    out: list[str] = []
     params = ", ".join(f"`{k}={v}`" for k, v in meta.get("env", {}).items())
-    out.append(
+    out = [
         f"Measured on {meta.get('date', '?')} by `make hardening` ({params}) on "
         f"{meta.get('cpus', '?')} CPU cores, {meta.get('wall_s', 0):.0f} s wall time; "
-        f"pytest: {meta.get('summary', '?')}."
-    )
-    out.append("")
-
-    faults = counts.get("faults", {})
-    out += [
-        "### Faults injected",
+        f"pytest: {meta.get('summary', '?')}.",
         "",
-        "| backend or writer / fault | injected | correct result | clean typed abort | ok |",
-        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    tot = {"injected": 0, "correct": 0, "aborted": 0, "ok": 0}
-    for row, c in sorted(faults.items()):
-        for k in tot:
-            tot[k] += int(c.get(k, 0))
-        inj, ok = int(c.get("injected", 0)), int(c.get("ok", 0))
-        out.append(
-            f"| {row} | {_n(inj)} | {_n(int(c.get('correct', 0)))} | "
-            f"{_n(int(c.get('aborted', 0)))} | {100 * ok / max(inj, 1):.0f}% |"
-        )
-    out.append(
-        f"| **all** | **{_n(tot['injected'])}** | **{_n(tot['correct'])}** | "
-        f"**{_n(tot['aborted'])}** | **{100 * tot['ok'] / max(tot['injected'], 1):.0f}%** |"
+    out += _section(
+        "Faults injected",
+        counts.get("faults", {}),
+        "backend or writer / fault",
+        [
+            ("injected", "injected"),
+            ("correct result", "correct"),
+            ("clean typed abort", "aborted"),
+            ("correct or clean abort", "ok"),
+        ],
+        ("ok %", _ok),
     )
-    out.append("")
-
     fuzz = counts.get("fuzz", {})
-    out += [
-        "### Inputs fuzzed per parser",
-        "",
-        "| parser | inputs | of which huge size/count claims | untyped escapes | of which known (strict xfail) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    ftot = {"inputs": 0, "huge_claims": 0, "escapes": 0, "known": 0}
-    for row, c in sorted(fuzz.items()):
-        for k in ftot:
-            ftot[k] += int(c.get(k, 0))
-        out.append(
-            f"| {row} | {_n(int(c.get('inputs', 0)))} | "
-            f"{_n(int(c.get('huge_claims', 0)))} | {_n(int(c.get('escapes', 0)))} | "
-            f"{_n(int(c.get('known', 0)))} |"
-        )
-    out.append(
-        f"| **all** | **{_n(ftot['inputs'])}** | **{_n(ftot['huge_claims'])}** | "
-        f"**{_n(ftot['escapes'])}** | **{_n(ftot['known'])}** |"
+    out += _section(
+        "Inputs fuzzed per parser",
+        fuzz,
+        "parser",
+        [
+            ("inputs", "inputs"),
+            ("of which huge size/count claims", "huge_claims"),
+            ("untyped escapes", "escapes"),
+            ("of which known (strict xfail)", "known"),
+        ],
     )
     if fuzz:
         least = min(int(c.get("inputs", 0)) for c in fuzz.values())
-        out.append("")
-        out.append(f"Fewest inputs for one parser: {_n(least)}.")
-    out.append("")
-
-    secrets = counts.get("secrets", {})
-    out += [
-        "### Planted secrets",
-        "",
-        "| backend: what was planted | planted | leaked |",
-        "| --- | ---: | ---: |",
-    ]
-    stot = [0, 0]
-    for row, c in sorted(secrets.items()):
-        stot[0] += int(c.get("planted", 0))
-        stot[1] += int(c.get("leaked", 0))
-        out.append(
-            f"| {row} | {_n(int(c.get('planted', 0)))} | {_n(int(c.get('leaked', 0)))} |"
-        )
-    out.append(f"| **all** | **{_n(stot[0])}** | **{_n(stot[1])}** |")
-    return "\n".join(out)
+        out += [f"Fewest inputs for one parser: {_n(least)}.", ""]
+    out += _section(
+        "Planted secrets",
+        counts.get("secrets", {}),
+        "backend: what was planted",
+        [("planted", "planted"), ("leaked", "leaked")],
+    )
+    return "\n".join(out).rstrip() + "\n"
 
 
 def write_doc(doc: Path, table: str) -> None:
