@@ -142,20 +142,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts_path.unlink(missing_ok=True)
     env = dict(os.environ, PRIVAGG_HARDENING_JSON=str(counts_path.resolve()))
     t0 = time.time()
-    proc = subprocess.run(
+    lines: list[str] = []
+    with subprocess.Popen(
         [sys.executable, "-m", "pytest", *args.pytest_args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        check=False,
-    )
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # shown as it comes, kept for the summary line
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
     wall = time.time() - t0
-    sys.stdout.write(proc.stdout)
-    lines = [
-        ln for ln in proc.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)
-    ]
-    summary = lines[-1].strip("= ") if lines else f"exit status {proc.returncode}"
+    if proc.returncode < 0 or not counts_path.exists():
+        print(f"hardening: pytest ended with {proc.returncode}; no table written")
+        return proc.returncode or 1
+    found = [ln for ln in lines if re.search(r"\d+ (passed|failed)", ln)]
+    summary = (
+        found[-1].strip().strip("= ") if found else f"exit status {proc.returncode}"
+    )
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "env": {k: os.environ[k] for k in _ENV_KEYS if k in os.environ},
@@ -165,11 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "returncode": proc.returncode,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    counts = (
-        json.loads(counts_path.read_text(encoding="utf-8"))
-        if counts_path.exists()
-        else {}
-    )
+    counts = json.loads(counts_path.read_text(encoding="utf-8"))
     write_doc(Path(args.doc), render(counts, meta))
     print(f"hardening: tables written to {args.doc} ({summary}, {wall:.0f} s)")
     return proc.returncode
