@@ -1,7 +1,7 @@
 """Fuzzing fedtrain's configuration loaders and state-file readers.
 
-Parsers: ``RunConfig.from_dict``; the Flower node config (``ClientPolicy.
-from_node_config``) and run config (``RunSettings.from_run_config``,
+Parsers: ``RunConfig.from_dict``; the TOML run file (``fedtrain.runfile``); the Flower
+node config (``ClientPolicy.from_node_config``) and run config (``RunSettings.from_run_config``,
 ``LoraRunSpec.from_run_config``, both through ``settings_from_config``);
 ``SessionSpec.from_json``; ``parse_shapes``; and the readers of files a crash or an
 operator may have mangled: the privacy ledger, the release register and the checkpoint
@@ -25,6 +25,7 @@ import math
 import os
 import random
 import tempfile
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister
 from fedtrain.flower.server_app import RunSettings
 from fedtrain.flower.tasks import parse_shapes
+from fedtrain.runfile import example_toml, load_run_file, parse_run_dict
 from privagg.dp import GaussianEvent, PrivacyLedger
 
 pytestmark = pytest.mark.slow
@@ -320,6 +322,16 @@ def _read_meta(text: str) -> Any:
     return load_checkpoint(d)
 
 
+def _run_file_dicts() -> list[dict[str, Any]]:
+    return [tomllib.loads(example_toml())]
+
+
+def _read_run_file(text: str) -> Any:
+    p = _tmpdir() / "run.toml"
+    _write(p, text)
+    return load_run_file(p)
+
+
 Gen = Callable[[random.Random], Any]
 
 
@@ -344,6 +356,22 @@ PARSERS = [
         RunConfig.from_dict,
         (ConfigError,),
         valid=_run_configs,
+    ),
+    Parser(
+        "fedtrain.runfile.parse_run_dict (run file tables)",
+        _from_corpus(_run_file_dicts, mutate_mapping),
+        parse_run_dict,
+        (ConfigError,),
+        known=(OverflowError,),
+        valid=_run_file_dicts,
+    ),
+    Parser(
+        "fedtrain.runfile.load_run_file (TOML run file)",
+        _from_corpus(lambda: [example_toml()], mutate_text),
+        _read_run_file,
+        (ConfigError,),
+        known=(OverflowError,),
+        valid=lambda: [example_toml()],
     ),
     Parser(
         "ClientPolicy.from_node_config (node config)",
@@ -456,6 +484,21 @@ def test_fuzz_config_loader(parser: Parser, seed: int) -> None:
 # -- the known escapes, one strict xfail each (remove the marker and KNOWN entry once
 # -- the owner of the module fixes it) ------------------------------------------------
 _OPEN = "open bug (issue #13 hardening report): untyped error escapes the loader"
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (runfile.py)")
+def test_fuzz_finding_run_file_huge_integer() -> None:
+    doc = tomllib.loads(example_toml())
+    doc.setdefault("privacy", {})["clip"] = 10**400  # math.isfinite overflows
+    with pytest.raises(ConfigError):
+        parse_run_dict(doc)
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (runfile.py)")
+def test_fuzz_finding_run_file_huge_integer_toml(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("model_dropout = " + "9" * 400 + "\n" + example_toml())
+    with pytest.raises(ConfigError):
+        load_run_file(tmp_path / "run.toml")
 
 
 @pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (settings.py)")
