@@ -496,7 +496,9 @@ def test_fuzz_finding_run_file_huge_integer() -> None:
 
 @pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (runfile.py)")
 def test_fuzz_finding_run_file_huge_integer_toml(tmp_path: Path) -> None:
-    (tmp_path / "run.toml").write_text("model_dropout = " + "9" * 400 + "\n" + example_toml())
+    (tmp_path / "run.toml").write_text(
+        "model_dropout = " + "9" * 400 + "\n" + example_toml()
+    )
     with pytest.raises(ConfigError):
         load_run_file(tmp_path / "run.toml")
 
