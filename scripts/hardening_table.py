@@ -109,6 +109,17 @@ def render(counts: dict[str, Any], meta: dict[str, Any]) -> str:
         least = min(int(c.get("inputs", 0)) for c in fuzz.values())
         out += [f"Fewest inputs for one parser: {_n(least)}.", ""]
     out += _section(
+        "Fuzzed protocol rounds (one message of a live round replaced)",
+        counts.get("rounds", {}),
+        "backend",
+        [
+            ("rounds", "rounds"),
+            ("ended with a result", "result"),
+            ("typed abort", "aborted"),
+            ("untyped escapes", "escapes"),
+        ],
+    )
+    out += _section(
         "Planted secrets",
         counts.get("secrets", {}),
         "backend: what was planted",

@@ -11,7 +11,9 @@ Categories and fields:
 
 * ``faults``: ``injected``, ``ok`` (correct result or clean typed abort), with
   ``correct`` and ``aborted`` splitting ``ok``.
-* ``fuzz``: ``inputs``, ``escapes`` (anything but a documented typed error).
+* ``fuzz``: ``inputs``, ``huge_claims`` (of them), ``escapes`` (anything but a
+  documented typed error), ``known`` (of them: open bugs pinned by strict xfails).
+* ``rounds``: fuzzed protocol rounds: ``rounds``, ``result``, ``aborted``, ``escapes``.
 * ``secrets``: ``planted``, ``leaked``.
 
 It also holds the fuzz harnesses' shared example counts and hypothesis settings.

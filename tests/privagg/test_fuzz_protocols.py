@@ -256,15 +256,15 @@ def test_fuzz_stateful_roles(
         return b
 
     session = _cached_session(name)
-    row = f"stateful roles ({name})"
-    count("fuzz", row, inputs=1)
+    count("rounds", name, rounds=1)
     # Anything but a PrivaggError propagates out of _round and fails the test.
     try:
         _, res = _round(session, hook)
     except Exception:
-        count("fuzz", row, escapes=1)
+        count("rounds", name, escapes=1)
         raise
     assert res is not None
+    count("rounds", name, **{"aborted" if isinstance(res, Exception) else "result": 1})
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
