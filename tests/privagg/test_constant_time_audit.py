@@ -36,8 +36,12 @@ ACCEPTED: dict[str, tuple[int, str]] = {
         "ckks: public-context fingerprint vs the envelope's public params_id",
     ),
     "update.key_fingerprint != self.public.fingerprint": (
-        2,
+        1,
         "ckks: public-key fingerprints carried in a ciphertext header",
+    ),
+    "update.key_fingerprint != secret.public.fingerprint": (
+        1,
+        "ckks (hazmat raw_decrypt): public-key fingerprints of a ciphertext and a key",
     ),
     "fp != public.fingerprint": (1, "ckks: public fingerprint of a loaded secret"),
     "other.key_fingerprint != self.key_fingerprint": (
