@@ -81,10 +81,21 @@ def load_checkpoint(
     mp = d / "meta.json"
     if not mp.is_file():
         return None
-    meta = json.loads(mp.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise FedtrainError(f"{mp}: unreadable checkpoint metadata ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise FedtrainError(f"{mp}: not a {FORMAT} checkpoint")
-    sp = d / meta["state_file"]
+    state_file = meta.get("state_file")
+    if (
+        not isinstance(state_file, str)
+        or not state_file
+        or Path(state_file).name != state_file
+        or state_file in (".", "..")
+    ):
+        raise FedtrainError(f"{mp}: bad state_file {state_file!r}")
+    sp = d / state_file
     if not sp.is_file():
         raise FedtrainError(f"{mp}: state file {sp.name} is missing")
     return meta, dict(load_file(str(sp)))

@@ -122,6 +122,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_INT_LIMIT = 1 << 63
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened (a 400-digit integer is not a useful message)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked against the annotation ``tp`` (and converted: list->tuple)."""
     origin = get_origin(tp)
@@ -168,14 +177,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
+        if not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise ConfigError(f"{key}: {_short(value)} is out of range (|n| < 2**63)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(
+                f"{key}: {_short(value)} is out of the float range"
+            ) from None
+        if not math.isfinite(number):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -12,10 +12,9 @@ of every JSON kind and by extreme numbers such as ``1e400``, ``nan``, ``10**400`
 keys deleted, added or renamed; sub-mappings replaced; JSON text cut, edited or nested
 100,000 deep). ``PRIVAGG_FUZZ_EXAMPLES`` x ``PRIVAGG_FUZZ_BATCH`` inputs per parser.
 
-Only the documented typed error may escape. Escapes that are known bugs in code this
-suite does not own are listed in ``KNOWN`` per parser: they are counted in the
-hardening table as escapes, not hidden, and each has a strict-xfail test below that
-fails (XPASS) once the owner fixes it, so the entry is then removed.
+Only the documented typed error may escape. A parser's ``known`` lists open bugs
+(counted in the hardening table as escapes, each with a strict-xfail test); the
+escapes found so far are fixed, each pinned by a ``test_fuzz_finding_*`` test below.
 """
 
 from __future__ import annotations
@@ -362,7 +361,6 @@ PARSERS = [
         _from_corpus(_run_file_dicts, mutate_mapping),
         parse_run_dict,
         (ConfigError,),
-        known=(OverflowError,),
         valid=_run_file_dicts,
     ),
     Parser(
@@ -370,7 +368,6 @@ PARSERS = [
         _from_corpus(lambda: [example_toml()], mutate_text),
         _read_run_file,
         (ConfigError,),
-        known=(OverflowError,),
         valid=lambda: [example_toml()],
     ),
     Parser(
@@ -378,7 +375,6 @@ PARSERS = [
         _from_corpus(lambda: [_NODE], lambda r, d: _scalars(mutate_mapping(r, d))),
         ClientPolicy.from_node_config,
         (PolicyError,),
-        known=(OverflowError,),
         valid=lambda: [_NODE],
     ),
     Parser(
@@ -386,7 +382,6 @@ PARSERS = [
         _from_corpus(lambda: [_RUN], lambda r, d: _scalars(mutate_mapping(r, d))),
         RunSettings.from_run_config,
         (privagg.ConfigurationError,),
-        known=(OverflowError, RecursionError),
         valid=lambda: [_RUN],
     ),
     Parser(
@@ -394,7 +389,6 @@ PARSERS = [
         _from_corpus(lambda: [_LORA_RUN], lambda r, d: _scalars(mutate_mapping(r, d))),
         _lora_spec,
         (privagg.ConfigurationError,),
-        known=(OverflowError,),
         valid=lambda: [_LORA_RUN],
     ),
     Parser(
@@ -405,7 +399,6 @@ PARSERS = [
         ),
         SessionSpec.from_json,
         (privagg.ConfigurationError,),
-        known=(OverflowError, RecursionError),
         valid=lambda: [SessionSpec("secagg", {"bound": 1.0}, 4, 1.0, "ab").to_json()],
     ),
     Parser(
@@ -421,7 +414,6 @@ PARSERS = [
         ),
         parse_shapes,
         (privagg.ConfigurationError,),
-        known=(MemoryError,),
         valid=lambda: ["w:float32:3x4,b:float64:4"],
     ),
     Parser(
@@ -429,7 +421,6 @@ PARSERS = [
         _from_corpus(lambda: [_valid_ledger()], mutate_text),
         _read_ledger,
         (privagg.DeserializationError, privagg.ConfigurationError),
-        known=(RecursionError,),
         valid=lambda: [_valid_ledger()],
     ),
     Parser(
@@ -437,7 +428,6 @@ PARSERS = [
         _from_corpus(lambda: [_valid_register()], mutate_text),
         _read_register,
         (ReleaseRegisterError,),
-        known=(RecursionError,),
         valid=lambda: [_valid_register()],
     ),
     Parser(
@@ -445,7 +435,6 @@ PARSERS = [
         _from_corpus(lambda: [_valid_meta()], mutate_text),
         _read_meta,
         (FedtrainError,),
-        known=(ValueError, KeyError, TypeError, RecursionError, AttributeError),
         valid=lambda: [_valid_meta()],
     ),
 ]
@@ -481,12 +470,9 @@ def test_fuzz_config_loader(parser: Parser, seed: int) -> None:
     assert not escapes, escapes[:3]
 
 
-# -- the known escapes, one strict xfail each (remove the marker and KNOWN entry once
-# -- the owner of the module fixes it) ------------------------------------------------
-_OPEN = "open bug (issue #13 hardening report): untyped error escapes the loader"
+# -- the escapes this fuzzing found (issue #13), each fixed and pinned by a test --------
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (runfile.py)")
 def test_fuzz_finding_run_file_huge_integer() -> None:
     doc = tomllib.loads(example_toml())
     doc.setdefault("privacy", {})["clip"] = 10**400  # math.isfinite overflows
@@ -494,7 +480,6 @@ def test_fuzz_finding_run_file_huge_integer() -> None:
         parse_run_dict(doc)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (runfile.py)")
 def test_fuzz_finding_run_file_huge_integer_toml(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text(
         "model_dropout = " + "9" * 400 + "\n" + example_toml()
@@ -503,7 +488,6 @@ def test_fuzz_finding_run_file_huge_integer_toml(tmp_path: Path) -> None:
         load_run_file(tmp_path / "run.toml")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (settings.py)")
 def test_fuzz_finding_node_config_infinite_int() -> None:
     with pytest.raises(PolicyError):
         ClientPolicy.from_node_config(
@@ -511,21 +495,16 @@ def test_fuzz_finding_node_config_infinite_int() -> None:
         )
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (settings.py)")
 def test_fuzz_finding_run_config_infinite_int() -> None:
     with pytest.raises(privagg.ConfigurationError):
         RunSettings.from_run_config({"rounds": math.inf})
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RecursionError, reason=_OPEN + " (server_app.py)"
-)
 def test_fuzz_finding_run_config_deep_json() -> None:
     with pytest.raises(privagg.ConfigurationError):
         RunSettings.from_run_config({"backend-options": "[" * 100_000})
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_OPEN + " (material.py)")
 def test_fuzz_finding_session_spec_huge_number() -> None:
     with pytest.raises(privagg.ConfigurationError):
         SessionSpec.from_json(
@@ -533,38 +512,37 @@ def test_fuzz_finding_session_spec_huge_number() -> None:
         )
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=_OPEN + " (material.py)")
 def test_fuzz_finding_session_spec_deep_json() -> None:
     with pytest.raises(privagg.ConfigurationError):
         SessionSpec.from_json("[" * 100_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MemoryError,
-    reason="open bug: parse_shapes allocates the claimed arrays before any size "
-    "check (tasks.py); a huge claim raises MemoryError, a large one allocates",
-)
 def test_fuzz_finding_parse_shapes_allocates_claimed_size() -> None:
-    with pytest.raises(privagg.ConfigurationError):
-        parse_shapes("w:float64:100000000000")
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(privagg.ConfigurationError):
+            parse_shapes("w:float64:100000000000")
+        layout = parse_shapes("w:float64:100000000")  # 1e8 values: described, not made
+        assert layout.size == 100_000_000
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=_OPEN + " (dp/ledger.py)")
 def test_fuzz_finding_ledger_deep_json(tmp_path: Path) -> None:
     (tmp_path / "l.json").write_text("[" * 100_000)
     with pytest.raises(privagg.DeserializationError):
         PrivacyLedger(tmp_path / "l.json", target_epsilon=1.0, delta=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=_OPEN + " (release.py)")
 def test_fuzz_finding_release_register_deep_json(tmp_path: Path) -> None:
     _write(tmp_path / "r.released", "[" * 100_000)
     with pytest.raises(ReleaseRegisterError):
         ReleaseRegister(tmp_path / "r.released").is_released(bytes(32), 1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=_OPEN + " (checkpoint.py)")
 def test_fuzz_finding_checkpoint_meta_not_json(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text("{torn")
     with pytest.raises(FedtrainError):

@@ -110,7 +110,7 @@ class SessionSpec:
                 max_weight=float(d["max_weight"]),
                 setup_seed=str(d.get("setup_seed", "")),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             raise privagg.ConfigurationError("malformed session spec") from exc
         for k, v in spec.options.items():
             if not isinstance(v, bool | int | float | str):

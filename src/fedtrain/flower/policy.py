@@ -153,7 +153,7 @@ class ClientPolicy:
                 continue
             try:
                 values[f.name] = converters[f.name](node_config[key])
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise PolicyError(
                     f"node config {key!r}: bad value {node_config[key]!r}"
                 ) from exc
@@ -307,7 +307,7 @@ def _pinned_options(text: str) -> Any:
     """
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PolicyError("node config 'privagg-backend-options' is not JSON") from exc
     if not isinstance(value, dict):
         raise PolicyError("node config 'privagg-backend-options' must be a JSON object")

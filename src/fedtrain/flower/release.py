@@ -126,7 +126,7 @@ class ReleaseRegister:
             data = json.loads(privagg.read_secret_file(self._path).decode("utf-8"))
         except privagg.ConfigurationError as exc:  # group/other bits set: not 0600
             raise ReleaseRegisterError(str(exc)) from exc
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ReleaseRegisterError(
                 f"the release register {str(self._path)!r} is unreadable"
             ) from exc

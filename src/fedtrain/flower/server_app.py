@@ -105,7 +105,7 @@ class RunSettings:
         out = settings_from_config(cls, cfg, skip=("backend_options",))
         try:
             options = json.loads(str(cfg.get("backend-options", "{}")) or "{}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise FlowerConfigError("run config 'backend-options' is not JSON") from exc
         if not isinstance(options, dict):
             raise FlowerConfigError(

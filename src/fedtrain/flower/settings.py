@@ -53,6 +53,6 @@ def settings_from_config(
             raise FlowerConfigError(f"run config {key!r} must be a bool, got {value!r}")
         try:
             values[f.name] = type(current)(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise FlowerConfigError(f"run config {key!r}: bad value {value!r}") from exc
     return cls(**values)

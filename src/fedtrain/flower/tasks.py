@@ -19,6 +19,7 @@ flattened vector in its node-local state for later stages) and a server side (a
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,10 @@ DEFAULT_SHAPES = "weight:float32:3x4,bias:float64:4"
 """The ``synthetic`` task's layout when the run config names no ``shapes``."""
 
 
+MAX_SHAPES_VALUES = 1 << 31
+"""The most values a ``shapes`` run-config entry may describe (2**31)."""
+
+
 def parse_shapes(text: str) -> Layout:
     """Parse ``"name:dtype:3x4,other:float64:5"`` into a Layout (``""`` dims: 0-d).
 
@@ -65,14 +70,24 @@ def parse_shapes(text: str) -> Layout:
     Raises:
         FlowerConfigError: malformed text (a ``privagg.ConfigurationError``).
     """
+    if len(text) > 10_000:
+        raise FlowerConfigError("shapes text longer than 10,000 characters")
     arrays: dict[str, np.ndarray] = {}
+    total = 0
     try:
         for item in text.split(","):
             name, dtype, dims = item.strip().split(":")
             shape = tuple(int(d) for d in dims.split("x")) if dims else ()
-            arrays[name] = np.zeros(shape, dtype=np.dtype(dtype))
-    except (ValueError, TypeError) as exc:
-        raise FlowerConfigError(f"malformed shapes {text!r}") from exc
+            if any(d < 0 for d in shape) or len(shape) > 32:
+                raise ValueError("negative dimension or too many dimensions")
+            total += math.prod(shape)
+            if total > MAX_SHAPES_VALUES:
+                raise ValueError(f"more than {MAX_SHAPES_VALUES} values in all")
+            # a broadcast view: the layout needs only the shape and dtype, so nothing
+            # of the claimed size is allocated
+            arrays[name] = np.broadcast_to(np.zeros((), dtype=np.dtype(dtype)), shape)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise FlowerConfigError(f"malformed shapes {text[:200]!r}: {exc}") from exc
     return Layout.from_arrays(arrays)
 
 

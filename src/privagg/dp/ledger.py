@@ -252,7 +252,7 @@ class PrivacyLedger:
     def _load(self) -> None:
         try:
             doc = json.loads(self._path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise DeserializationError(
                 f"cannot read privacy ledger {self._path}: {exc}"
             ) from exc
