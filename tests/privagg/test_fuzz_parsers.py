@@ -240,7 +240,9 @@ KEY_FILE_LIMIT = 1 << 20  # read_secret_file(max_bytes=...) in the key-file pars
 
 def _secret_file(data: bytes) -> Any:
     """The key-file path: write the bytes 0600, read them back, load the role."""
-    d = _KEYDIR.setdefault("d", Path(tempfile.mkdtemp(prefix="privagg-fuzz-")))
+    if "d" not in _KEYDIR:  # one folder per process (not one per input)
+        _KEYDIR["d"] = Path(tempfile.mkdtemp(prefix="privagg-fuzz-"))
+    d = _KEYDIR["d"]
     path = d / "fuzz.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as fh:  # (no fsync: the reader is under test)
