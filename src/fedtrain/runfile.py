@@ -350,6 +350,13 @@ def load_run_file(path: str | Path) -> RunFile:
 # ------------------------------------------------------------------- writing
 
 
+def _toml_string(v: str) -> str:
+    """A TOML basic string: JSON's escapes, but characters outside the BMP written as
+    themselves (JSON would write a surrogate pair, which TOML refuses) and DEL escaped.
+    """
+    return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -358,7 +365,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a TOML basic string
+        return _toml_string(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise ConfigError(f"cannot write {v!r} to TOML")  # pragma: no cover
@@ -388,7 +395,7 @@ def to_toml(run: RunFile) -> str:
     if bo:
         lines += ["", "[backend_options]"]
         # quoted keys: any string is a TOML key that way, the empty one included
-        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in bo.items()]
+        lines += [f"{_toml_string(k)} = {_toml_value(v)}" for k, v in bo.items()]
     return "\n".join(lines) + "\n"
 
 

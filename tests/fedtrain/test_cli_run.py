@@ -403,3 +403,15 @@ def test_resume_a_train_command(
     rep = json.loads((out / "report.json").read_text())
     assert rep["resumed_from_round"] == 1 and len(rep["rounds"]) == 1
     assert os.path.isdir(out / "adapter")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=30))
+def test_toml_strings_round_trip(text: str) -> None:
+    """Any string a run file holds is written back readable (astral characters, DEL,
+    control characters)."""
+    from fedtrain.runfile import _toml_string
+
+    assert tomllib.loads("k = " + _toml_string(text))["k"] == text
+    rf = parse_run_dict({"model": text or "m", "data": {"train": text or "rt"}})
+    assert parse_run_dict(tomllib.loads(to_toml(rf))) == rf
