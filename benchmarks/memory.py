@@ -25,6 +25,7 @@ The last line is JSON with every figure.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -44,7 +45,6 @@ from _common import emit, parser
 import privagg
 
 T = TypeVar("T")
-argparse_hidden = "==SUPPRESS=="
 OPTIONS: dict[str, dict[str, Any]] = {
     "plain": {},
     "ckks": {},  # the provably flooded `secure` preset
@@ -244,9 +244,9 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--values", type=int, default=100_000_000)
     p.add_argument("--backends", default="plain,secagg,additive,ckks")
-    p.add_argument("--child", default=None, help=argparse_hidden)
-    p.add_argument("--work", default=None, help=argparse_hidden)
-    p.add_argument("--party", default=None, help=argparse_hidden)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--party", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     n = 1_000_000 if a.quick else a.values
     if a.child:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import math
 import os
 import sys
 import time
@@ -301,20 +299,18 @@ class _Console:
         if self.mode == "human":
             yield
             return
-        with contextlib.redirect_stdout(io.StringIO()):
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             yield
-
-
-def _finite_or_none(x: Any) -> Any:
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _round_event(rec: Any) -> dict[str, Any]:
     """A round's figures for ``--log-json``: counts only, no client identities."""
+    from fedtrain.report import _finite
+
     return {
         "round": rec.round,
-        "metrics": {k: _finite_or_none(v) for k, v in rec.metrics.items()},
-        "epsilon": _finite_or_none(rec.epsilon),
+        "metrics": _finite(dict(rec.metrics)),
+        "epsilon": _finite(rec.epsilon),
         "num_contributors": len(rec.contributors),
         "num_failed": len(rec.failed),
         "released": rec.skipped is None,
