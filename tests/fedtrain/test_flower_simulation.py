@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
 import privagg
-from fedtrain.flower import simulation
+from fedtrain.flower import server_app, simulation
 from fedtrain.flower.simulation import (
     SimulationConfig,
     compare_with_inprocess,
@@ -32,7 +36,7 @@ from fedtrain.flower.simulation import (
     round_vector,
     simulate,
 )
-from fedtrain.flower.tasks import parse_shapes, synthetic_sum
+from fedtrain.flower.tasks import SyntheticServerTask, parse_shapes, synthetic_sum
 from fedtrain.flower.transport import MESSAGE_TYPE, Envelope, Op, pack, unpack
 
 SHAPES = "weight:float64:4x3,bias:float64:5"
@@ -55,9 +59,9 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def _ray_processes() -> list[str]:
-    """Live processes of a Ray instance started by simulate() (its temp folder)."""
-    out = []
+def _ray_processes() -> set[str]:
+    """Live processes of Ray instances started by simulate() (their temp folders)."""
+    out = set()
     for p in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -65,7 +69,7 @@ def _ray_processes() -> list[str]:
         except (OSError, IndexError, UnicodeDecodeError):
             continue
         if "fedtrain-ray-" in cmd and state != "Z":
-            out.append(cmd[:200])
+            out.add(f"{p.name} {cmd[:200]}")
     return out
 
 
@@ -135,6 +139,40 @@ def test_client_app_gives_each_partition_its_own_node_config() -> None:
             hello(bad)
 
 
+def test_no_app_is_a_module_attribute() -> None:
+    """A Flower app folder cannot name the simulation's apps in a deployment."""
+    apps = [
+        k for k, v in vars(simulation).items() if isinstance(v, ClientApp | ServerApp)
+    ]
+    assert apps == []
+
+
+class _SilentGrid:
+    """Nodes that never answer: the ServerApp would wait out its stage timeout."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1]
+
+    def push_messages(self, messages: Any) -> list[str]:
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids: Any) -> list[Message]:
+        return []
+
+
+@pytest.mark.usefixtures("_task_identity")
+def test_serverapp_loop_ends_when_the_runtime_stops() -> None:
+    """After a runtime failure the ServerApp's thread must not keep the process up."""
+    stop = threading.Event()
+    grid = simulation._StoppableGrid(_SilentGrid(), stop)  # type: ignore[arg-type]
+    settings = server_app.RunSettings(min_nodes=1, stage_timeout=600.0)
+    threading.Timer(0.5, stop.set).start()
+    t = time.monotonic()
+    with pytest.raises(simulation.SimulationError, match="stopped"):
+        server_app.run(grid, settings, SyntheticServerTask())
+    assert time.monotonic() - t < 10
+
+
 def test_config_checks() -> None:
     with pytest.raises(simulation.SimulationError, match="weights"):
         SimulationConfig(nodes=3, weights=[1.0]).weight_map()
@@ -164,8 +202,9 @@ def test_100_virtual_clients_equal_inprocess(
         weights=_weights(NODES),
         client_cpus=1.0,
     )
+    before = _ray_processes()
     summary = simulate(cfg, tmp_path)
-    assert _ray_processes() == [], "Ray processes left running"
+    assert _ray_processes() <= before, "Ray processes left running"
     layout = parse_shapes(SHAPES)
     parties = cfg.party_ids()
     assert summary["parties"] == sorted(parties)
@@ -192,6 +231,7 @@ def test_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m fedtrain.flower.simulation ... --compare`` prints a JSON report."""
     if "secagg" not in privagg.available_backends():
         pytest.skip("secagg backend not available")
+    before = _ray_processes()
     code = simulation.main(
         [
             "--nodes",
@@ -214,4 +254,4 @@ def test_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["stages"] == [4, 4]
     assert len(report["round_seconds"]) == 2
     assert report["within_tolerance"] is True
-    assert _ray_processes() == []
+    assert _ray_processes() <= before

@@ -40,20 +40,23 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
 
 import privagg
 from fedtrain.flower import client_app as _client_app
@@ -144,9 +147,7 @@ class SimulationConfig:
         if self.weights is None:
             return dict.fromkeys(ids, 1.0)
         if len(self.weights) != len(ids):
-            raise SimulationError(
-                f"{len(self.weights)} weights for {len(ids)} nodes"
-            )
+            raise SimulationError(f"{len(self.weights)} weights for {len(ids)} nodes")
         return {p: float(w) for p, w in zip(ids, self.weights, strict=True)}
 
     def spec(self) -> SessionSpec:
@@ -249,8 +250,63 @@ def _make_client_app(nodes: Sequence[Mapping[str, Any]]) -> ClientApp:
     return app
 
 
+class _StoppableGrid(Grid):
+    """The runtime's Grid, failing at the next call once ``stop`` is set.
+
+    If the simulation runtime fails, ``run_simulation`` raises in the caller's thread
+    while the ServerApp's thread (not a daemon) would go on waiting for replies until
+    its stage timeout, keeping the process alive; :func:`simulate` sets ``stop``, so it
+    ends at its next poll (0.1 s).
+    """
+
+    def __init__(self, grid: Grid, stop: threading.Event) -> None:
+        self._grid = grid
+        self._stop = stop
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise SimulationError("the simulation runtime has stopped")
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(
+            content, message_type, dst_node_id, group_id, ttl
+        )
+
+    def get_node_ids(self) -> Iterable[int]:
+        self._check()
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self._check()
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self._check()
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        self._check()
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
 def _make_server_app(
-    settings: _server_app.RunSettings, out: dict[str, Any]
+    settings: _server_app.RunSettings, out: dict[str, Any], stop: threading.Event
 ) -> ServerApp:
     """A ServerApp running the deployment's loop with ``settings``; fills ``out``."""
     app = ServerApp()
@@ -259,22 +315,51 @@ def _make_server_app(
     def main(grid: Grid, context: Context) -> None:
         # An exception here is re-raised by run_simulation in the caller's thread.
         out["summary"] = _server_app.run(
-            grid, settings, SyntheticServerTask(settings.shapes)
+            _StoppableGrid(grid, stop), settings, SyntheticServerTask(settings.shapes)
         )
 
     return app
 
 
+RAY_START_ATTEMPTS = 3
+"""Ray start attempts: Ray gives its raylet a fixed 30 s to register, which a loaded
+machine can miss ("The current node timed out during startup")."""
+
+
+def _kill_processes_with(marker: str) -> None:
+    """SIGKILL this user's processes whose command line contains ``marker`` (Linux).
+
+    ``marker`` is this call's own fresh Ray folder, so only processes of the Ray
+    instance started here match (a failed start can leave its raylet behind).
+    """
+    me = os.getpid()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            pid = int(proc.name)
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if pid != me and marker.encode() in cmd:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def _ray_session(cfg: SimulationConfig) -> Iterator[dict[str, Any]]:
-    """Ray init arguments for Flower; shuts down the Ray instance this call started.
+    """Start Ray for Flower (unless running already); stop it and its processes after.
 
     Ray's files go to a fresh short folder under the system temp folder (Ray's socket
-    paths must stay short), removed afterwards.
+    paths must stay short), removed afterwards. A start that times out is retried
+    (:data:`RAY_START_ATTEMPTS`). Yields ``{"attempts": n, "seconds": s}``.
+
+    Raises:
+        SimulationError: Ray did not start.
     """
     import ray
 
-    ours = not ray.is_initialized()
+    if ray.is_initialized():
+        yield {"attempts": 0, "seconds": 0.0}
+        return
     tmp = tempfile.mkdtemp(prefix="fedtrain-ray-")
     init: dict[str, Any] = {
         "num_cpus": cfg.num_cpus or os.cpu_count() or 1,
@@ -282,18 +367,36 @@ def _ray_session(cfg: SimulationConfig) -> Iterator[dict[str, Any]]:
         "_temp_dir": tmp,
         "logging_level": "WARNING",
         "log_to_driver": False,
+        # as Flower's RayBackend does: the actors import this process's modules
+        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
     }
     if cfg.object_store_mb is not None:
         init["object_store_memory"] = cfg.object_store_mb * 1024 * 1024
     try:
-        yield init
+        t0 = time.monotonic()
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            try:
+                ray.init(**init)
+                break
+            except Exception as exc:  # Ray raises a bare Exception on a slow start
+                ray.shutdown()
+                _kill_processes_with(tmp)
+                if attempt == RAY_START_ATTEMPTS:
+                    raise SimulationError(
+                        f"Ray did not start ({attempt} attempts): {exc}"
+                    ) from exc
+                log.warning("Ray did not start (%s); retrying", exc)
+        yield {"attempts": attempt, "seconds": time.monotonic() - t0}
     finally:
-        if ours and ray.is_initialized():
+        if ray.is_initialized():
             ray.shutdown()
+        _kill_processes_with(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def simulate(cfg: SimulationConfig, workdir: str | Path | None = None) -> dict[str, Any]:
+def simulate(
+    cfg: SimulationConfig, workdir: str | Path | None = None
+) -> dict[str, Any]:
     """Run ``cfg`` on Flower's simulation runtime; return the ServerApp's summary.
 
     Args:
@@ -304,8 +407,9 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None) -> dict[s
     Returns:
         The summary of :func:`fedtrain.flower.server_app.run` (per round: round id,
         contributors, dropouts, stages, seconds, the recovered ``aggregate``), plus
-        ``simulation_seconds`` (wall time of the whole simulation, Ray start
-        included) and ``virtual_nodes``.
+        ``simulation_seconds`` (wall time of ``run_simulation``: actors, ServerApp,
+        stop), ``ray_start_seconds`` and ``ray_start_attempts`` (0: a Ray instance
+        was running already, and is left running) and ``virtual_nodes``.
 
     Raises:
         SimulationError: a bad configuration, or the ServerApp did not finish.
@@ -339,21 +443,24 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None) -> dict[s
             first_round_id=cfg.first_round_id,
         )
         out: dict[str, Any] = {}
-        init = stack.enter_context(_ray_session(cfg))
+        ray_start = stack.enter_context(_ray_session(cfg))
         backend_config: dict[str, Any] = {
             "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": 0.0},
-            "init_args": init,
         }
         from flwr.simulation import run_simulation
 
+        stop = threading.Event()
+        stack.callback(stop.set)  # see _StoppableGrid
         t0 = time.monotonic()
         with warnings.catch_warnings():
             # Ray's notice about a future default for GPU-less workers (none here)
             warnings.filterwarnings(
-                "ignore", message="Tip: In future versions of Ray", category=FutureWarning
+                "ignore",
+                message="Tip: In future versions of Ray",
+                category=FutureWarning,
             )
             run_simulation(
-                server_app=_make_server_app(settings, out),
+                server_app=_make_server_app(settings, out, stop),
                 client_app=_make_client_app(nodes),
                 num_supernodes=len(nodes),
                 backend_config=backend_config,
@@ -363,6 +470,8 @@ def simulate(cfg: SimulationConfig, workdir: str | Path | None = None) -> dict[s
         raise SimulationError("the simulated ServerApp produced no summary")
     summary: dict[str, Any] = out["summary"]
     summary["simulation_seconds"] = elapsed
+    summary["ray_start_seconds"] = ray_start["seconds"]
+    summary["ray_start_attempts"] = ray_start["attempts"]
     summary["virtual_nodes"] = len(nodes)
     return summary
 
@@ -380,8 +489,10 @@ def inprocess_rounds(
         cast to its tensor's dtype) and the round's seconds.
     """
     layout = parse_shapes(cfg.shapes)
-    session = cfg.spec().backend_object().setup(
-        layout, max_clients=cfg.nodes, max_weight=cfg.max_weight
+    session = (
+        cfg.spec()
+        .backend_object()
+        .setup(layout, max_clients=cfg.nodes, max_weight=cfg.max_weight)
     )
     weights = cfg.weight_map()
     out = []
@@ -421,8 +532,10 @@ def compare_with_inprocess(
     layout = parse_shapes(cfg.shapes)
     rounds = summary["rounds"]
     ref = inprocess_rounds(cfg, [int(r["round"]) for r in rounds])
-    tol = cfg.spec().backend_object().tolerance(
-        n_clients=cfg.nodes, max_abs=cfg.max_weight
+    tol = (
+        cfg.spec()
+        .backend_object()
+        .tolerance(n_clients=cfg.nodes, max_abs=cfg.max_weight)
     )
     # each value's cast to its tensor's dtype rounds by at most half an ulp per side
     eps = round_vector(
@@ -512,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dropped": [r["dropped"] for r in rounds],
         "stages": [r["stages"] for r in rounds],
         "simulation_seconds": summary["simulation_seconds"],
+        "ray_start_seconds": summary["ray_start_seconds"],
     }
     if args.compare:
         report.update(compare_with_inprocess(cfg, summary))
