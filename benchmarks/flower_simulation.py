@@ -81,6 +81,7 @@ def main() -> None:
         "simulation_round_s": max(rounds),
         "simulation_rounds_s": rounds,
         "simulation_total_s": total,
+        "ray_start_s": summary["ray_start_seconds"],
         "inprocess_round_s": inproc,
         "ratio_vs_inprocess": max(rounds) / inproc,
         "max_abs_diff_vs_inprocess": cmp["max_abs_diff_vs_inprocess"],

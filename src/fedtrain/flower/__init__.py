@@ -13,6 +13,8 @@
   client and server steps, :mod:`fedtrain.client` and :mod:`fedtrain.strategy`).
 * :mod:`fedtrain.flower.launch`: a local SuperLink + SuperNodes deployment (tests,
   ``python -m fedtrain.flower.launch`` demo).
+* :mod:`fedtrain.flower.simulation`: the same apps on Flower's simulation runtime
+  (many virtual clients on one machine; ``python -m fedtrain.flower.simulation``).
 
 See ``docs/flower.md``.
 """
