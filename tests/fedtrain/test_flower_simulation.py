@@ -6,7 +6,8 @@ virtual SuperNodes for 2 rounds, for passive SecAgg+ and for CKKS (the ``secure`
 preset, keys dealt to one folder per node, the holder a virtual SuperNode), and compare
 each round's sum with the same rounds run in-process (``privagg.run_round``) on the same
 round ids, within the backend's tolerance. Each starts and stops its own Ray instance
-(~15 s); ~90 s in all on a loaded 2-core machine. The other tests need no Ray.
+(10-17 s); 105-142 s in all on the shared 2-core machine at load 5-13. The other
+tests need no Ray.
 """
 
 from __future__ import annotations
