@@ -13,11 +13,15 @@ For every (n clients, P values, dropout) configuration, in the same process and 
   counts the client itself among the share holders, as privagg does);
 * ``additive``: privagg multi-server additive sharing (2 servers), end to end, and
   (``additive_roles``) role by role plus each server's aggregation arithmetic alone and
-  the AES-256-CTR / BLAKE2b floors (see :func:`run_additive_roles`); the summary keeps
+  the AES-128-CTR / BLAKE3 floors (see :func:`run_additive_roles`); the summary keeps
   the end-to-end ratio (``additive_vs_numpy``) and the per-server ratios
   (``additive_server*_compute_vs_numpy``) under separate, explicit keys;
 * ``numpy``: a float64 ``acc += v`` loop over the clients' vectors, and the ``plain``
-  backend round (same envelopes, no protection).
+  backend round (same envelopes, no protection);
+* ``floor`` (in ``secagg``, ``secagg_semi_honest``, ``additive``): the round's
+  cryptography alone (keystream + one integrity pass + signatures, counted in one
+  untimed round and priced at this machine's best throughput, :func:`round_floor`),
+  and ``vs_floor``, the round's CPU time over it (target: <= 1.5).
 
 Dropouts: ``drop`` of the clients stop answering after the key-sharing stage (before the
 masked upload), the expensive case in which the server reconstructs their mask keys.
@@ -36,6 +40,7 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -43,7 +48,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -123,6 +128,152 @@ def run_numpy(vecs: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"round_wall_s": wall, "round_cpu_s": cpu}
 
 
+# -- the floor of a round ---------------------------------------------------------------------
+@contextlib.contextmanager
+def _counting() -> Iterator[dict[str, int]]:
+    """Count what a round's cryptography must do, by wrapping the call sites (untimed):
+    mask keystream bytes (AES-128-CTR), rounding-coin bytes (AES-256-CTR), Ed25519
+    signatures and verifications, and the bytes of every message sealed."""
+    from privagg.backends import _masking, _wire
+    from privagg.backends.additive import roles as ad_roles
+    from privagg.backends.secagg import aggregator as sa_agg
+    from privagg.backends.secagg import client as sa_client
+
+    c = dict.fromkeys(
+        ("mask_bytes", "coin_bytes", "sign", "verify", "message_bytes"), 0
+    )
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(mod: Any, name: str, wrap: Callable[[Any], Any]) -> None:
+        saved.append((mod, name, getattr(mod, name)))
+        setattr(mod, name, wrap(getattr(mod, name)))
+
+    def encode(fn: Any) -> Any:
+        def w(encoder: Any, update: Any, *a: Any, **k: Any) -> Any:
+            size = np.asarray(update).size
+            c["coin_bytes"] += 4 * size
+            c["mask_bytes"] += (
+                len(k.get("masks", ())) * size * np.dtype(k["dtype"]).itemsize
+            )
+            return fn(encoder, update, *a, **k)
+
+        return w
+
+    def add(fn: Any) -> Any:
+        def w(acc: Any, seeds: Any) -> Any:
+            c["mask_bytes"] += len(seeds) * acc.nbytes
+            return fn(acc, seeds)
+
+        return w
+
+    def counted(key: str) -> Callable[[Any], Any]:
+        def wrap(fn: Any) -> Any:
+            def w(*a: Any) -> Any:
+                c[key] += 1
+                return fn(*a)
+
+            return w
+
+        return wrap
+
+    def seal(fn: Any) -> Any:
+        def w(*a: Any) -> Any:
+            out = fn(*a)
+            c["message_bytes"] += len(out)
+            return out
+
+        return w
+
+    patch(_masking, "encode_to_ring", encode)
+    patch(sa_agg, "add_masks", add)
+    patch(ad_roles, "add_masks", add)
+    patch(sa_client, "ed25519_sign", counted("sign"))
+    patch(sa_client, "ed25519_verify", counted("verify"))
+    patch(sa_agg, "ed25519_verify", counted("verify"))
+    patch(_wire, "seal", seal)
+    try:
+        yield c
+    finally:
+        for mod, name, fn in reversed(saved):
+            setattr(mod, name, fn)
+
+
+_PRIMS: dict[str, float] = {}
+
+
+def _primitive_costs() -> dict[str, float]:
+    """Seconds per byte of AES-128-CTR, AES-256-CTR and BLAKE3 (16 MiB in 1 MiB chunks,
+    best of 5), and seconds per Ed25519 signature and verification (best of 5 x 100)."""
+    if _PRIMS:
+        return _PRIMS
+    import os
+
+    from blake3 import blake3
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from privagg.backends._primitives import (
+        ed25519_public,
+        ed25519_sign,
+        ed25519_verify,
+    )
+
+    total, chunk = 16 << 20, 1 << 20
+    zeros, buf = bytes(chunk), bytearray(chunk + 15)
+    data = os.urandom(total)
+
+    def ctr(alg: Any) -> Callable[[], None]:
+        def run() -> None:
+            enc = Cipher(
+                alg(os.urandom(alg.key_size // 8)), modes.CTR(bytes(16))
+            ).encryptor()
+            for _ in range(total // chunk):
+                enc.update_into(zeros, buf)
+
+        return run
+
+    def digest() -> None:
+        for pos in range(0, total, chunk):
+            blake3(data[pos : pos + chunk]).digest(16)
+
+    sk = os.urandom(32)
+    pk, msg = ed25519_public(sk), b"x" * 200
+    sig = ed25519_sign(sk, msg)
+    _PRIMS.update(
+        aes128_s_per_byte=_min_cpu(ctr(algorithms.AES128)) / total,
+        aes256_s_per_byte=_min_cpu(ctr(algorithms.AES256)) / total,
+        blake3_s_per_byte=_min_cpu(digest) / total,
+        sign_s=_min_cpu(lambda: [ed25519_sign(sk, msg) for _ in range(100)]) / 100,
+        verify_s=_min_cpu(lambda: [ed25519_verify(pk, sig, msg) for _ in range(100)])
+        / 100,
+    )
+    return _PRIMS
+
+
+def round_floor(
+    backend: Any, vecs: dict[str, np.ndarray], drop: float, stage: int
+) -> dict[str, Any]:
+    """The floor of one round: what its cryptography costs alone, at this machine's best
+    throughput. Counted in one untimed round (:func:`_counting`), priced with
+    :func:`_primitive_costs`:
+
+    * keystream: every mask byte the round expands (clients' pairwise and self masks,
+      the server's removal of self masks and of dropped clients' pairwise masks:
+      AES-128-CTR) and the clients' rounding coins (AES-256-CTR);
+    * one integrity pass: BLAKE3 over every message of the round, once;
+    * signatures: every Ed25519 signature and verification of the round.
+    """
+    with _counting() as c:
+        run_privagg(backend, vecs, drop, stage)
+    k = _primitive_costs()
+    parts = {
+        "keystream_s": c["mask_bytes"] * k["aes128_s_per_byte"]
+        + c["coin_bytes"] * k["aes256_s_per_byte"],
+        "integrity_s": c["message_bytes"] * k["blake3_s_per_byte"],
+        "signatures_s": c["sign"] * k["sign_s"] + c["verify"] * k["verify_s"],
+    }
+    return {"floor_s": sum(parts.values()), **parts, **c}
+
+
 def _min_cpu(fn: Callable[[], Any], repeats: int = 5) -> float:
     """Least process CPU seconds of ``repeats`` calls of ``fn`` (short kernels)."""
     best = math.inf
@@ -140,16 +291,16 @@ def run_additive_roles(vecs: dict[str, np.ndarray], numpy_cpu: float) -> dict[st
       message bytes (envelope digest check, decoding, AES-GCM, arithmetic);
     * ``server0_sum_s``: server 0's arithmetic only: ``acc += share`` over the n decoded
       uint32 share vectors (the same loop as a numpy sum, on half the bytes);
-    * ``server1_expand_sum_s``: server 1's arithmetic only: AES-256-CTR expansion of n
+    * ``server1_expand_sum_s``: server 1's arithmetic only: AES-128-CTR expansion of n
       seeds added into the accumulator (:func:`add_masks`, the code server 1 runs);
-    * ``aes_ctr_floor_s``: the AES-256-CTR keystream alone for the ``n * 4P`` bytes a
+    * ``aes_ctr_floor_s``: the AES-128-CTR keystream alone for the ``n * 4P`` bytes a
       seed-holding server must expand, at this machine's best throughput (1 MiB chunks);
-    * ``blake2b_floor_s``: the envelope digest (BLAKE2b) over the ``n * 4P`` upload
+    * ``blake3_floor_s``: the envelope digest (BLAKE3) over the ``n * 4P`` upload
       bytes, which the sender and the receiver each compute once.
     """
-    import hashlib
     import os
 
+    from blake3 import blake3
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     from privagg.backends._ringcode import add_masks
@@ -194,18 +345,20 @@ def run_additive_roles(vecs: dict[str, np.ndarray], numpy_cpu: float) -> dict[st
     zeros, buf = bytes(chunk), bytearray(chunk + 15)
 
     def aes_floor() -> None:
-        enc = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
+        enc = Cipher(
+            algorithms.AES128(os.urandom(16)), modes.CTR(bytes(16))
+        ).encryptor()
         for pos in range(0, nbytes, chunk):
             enc.update_into(zeros[: min(chunk, nbytes - pos)], buf)
 
     upload = [replies[c] for c in ids]
 
-    def blake2b_floor() -> None:
+    def blake3_floor() -> None:
         for u in upload:
-            hashlib.blake2b(u, digest_size=16).digest()
+            blake3(u).digest(16)
 
     s0, s1 = _min_cpu(server0_sum), _min_cpu(server1_sum)
-    aes, b2 = _min_cpu(aes_floor), _min_cpu(blake2b_floor)
+    aes, b3 = _min_cpu(aes_floor), _min_cpu(blake3_floor)
     return {
         "clients_with_wire_s": c1 - c0,
         "server0_with_wire_s": c2 - c1,
@@ -215,8 +368,8 @@ def run_additive_roles(vecs: dict[str, np.ndarray], numpy_cpu: float) -> dict[st
         "server1_expand_sum_s": s1,
         "aes_ctr_floor_s": aes,
         "aes_ctr_gbps": nbytes / aes / 1e9,
-        "blake2b_floor_s": b2,
-        "blake2b_gbps": sum(len(u) for u in upload) / b2 / 1e9,
+        "blake3_floor_s": b3,
+        "blake3_gbps": sum(len(u) for u in upload) / b3 / 1e9,
         "numpy_sum_s": numpy_cpu,
         "server0_compute_vs_numpy": s0 / numpy_cpu,
         "server1_compute_vs_numpy": s1 / numpy_cpu,
@@ -454,6 +607,15 @@ def main(argv: list[str] | None = None) -> int:
                 partial(run_privagg, PlainBackend(), vecs, drop, 0), reps
             )
             row["numpy"] = _best(partial(run_numpy, vecs), reps)
+            for key, fb, stage in (
+                ("secagg", be, 2),
+                ("secagg_semi_honest", SecAggBackend(active=False), 2),
+                ("additive", AdditiveBackend(), 0),
+            ):
+                fl = round_floor(fb, vecs, drop, stage)
+                row[key]["floor"] = fl
+                row[key]["vs_floor"] = row[key]["round_cpu_s"] / fl["floor_s"]
+                row[f"{key}_vs_floor"] = row[key]["vs_floor"]
             if not args.no_flower:
                 try:
                     row["flower"] = _best(
@@ -489,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not isinstance(v, dict)
             }
             brief["secagg_wall"] = round(row["secagg"]["round_wall_s"], 3)
+            brief["secagg_cpu"] = round(row["secagg"]["round_cpu_s"], 3)
+            brief["secagg_floor"] = round(row["secagg"]["floor"]["floor_s"], 3)
             if "flower" in row:
                 brief["flower_wall"] = round(row["flower"]["round_wall_s"], 3)
             print(json.dumps(brief), flush=True)
@@ -529,6 +693,23 @@ def main(argv: list[str] | None = None) -> int:
     add_plain = [r["additive_vs_plain_backend_cpu"] for r in rows if r["drop"] == 0.0]
     add_roles = [r["additive_roles"] for r in rows if r["drop"] == 0.0]
 
+    vs_floor = {
+        key: max((r[f"{key}_vs_floor"] for r in rows), default=None)
+        for key in ("secagg", "secagg_semi_honest", "additive")
+    }
+    floor_at_targets = {
+        f"n={n},P={p}": {
+            key: {
+                "round_cpu_s": r[key]["round_cpu_s"],
+                "floor_s": r[key]["floor"]["floor_s"],
+                "vs_floor": r[key]["vs_floor"],
+            }
+            for key in ("secagg", "secagg_semi_honest", "additive")
+        }
+        for n, p in target_cfgs
+        if (r := pick(n, p, 0.0)) is not None
+    }
+
     def worst(key: str) -> float | None:
         return max((a[key] for a in add_roles), default=None)
 
@@ -539,6 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_flower": min(speed) if speed else None,
         "speedup_vs_flower_semi_honest": min(speed_sh) if speed_sh else None,
         "speedup_vs_flower_at_targets": target_speed,
+        "secagg_vs_floor": vs_floor["secagg"],
+        "secagg_semi_honest_vs_floor": vs_floor["secagg_semi_honest"],
+        "additive_vs_floor": vs_floor["additive"],
+        "floor_at_targets": floor_at_targets,
+        "primitive_costs": _PRIMS,
         "expansion_vs_int32": expansion,
         "expansion_at_n": n_max,
         "dropout_cost_ratio": max(dropout_ratios.values()) if dropout_ratios else None,
@@ -551,12 +737,15 @@ def main(argv: list[str] | None = None) -> int:
         "additive_server0_with_wire_vs_numpy": worst("server0_with_wire_vs_numpy"),
         "additive_aes_ctr_floor_vs_numpy": worst("aes_ctr_floor_vs_numpy"),
         "aes_ctr_gbps": min((a["aes_ctr_gbps"] for a in add_roles), default=None),
-        "blake2b_gbps": min((a["blake2b_gbps"] for a in add_roles), default=None),
+        "blake3_gbps": min((a["blake3_gbps"] for a in add_roles), default=None),
         "targets": {
-            "speedup_ge_10x_at_50x1e5_and_20x1e6": (
-                len(target_speed) == 2 and min(target_speed.values()) >= 10
+            "speedup_ge_8x_at_50x1e5_and_20x1e6": (
+                len(target_speed) == 2 and min(target_speed.values()) >= 8
             )
             if target_speed
+            else None,
+            "secagg_within_1_5x_floor": (vs_floor["secagg"] <= 1.5)
+            if vs_floor["secagg"] is not None
             else None,
             "expansion_le_2x_at_n50": (expansion <= 2)
             if (expansion is not None and n_max == 50)
@@ -579,15 +768,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "basis": "ratios use process CPU seconds of the whole round (all roles in one process), "
         f"best of {reps} run(s); wall-clock figures are in each config",
+        "floor_basis": "floor_s: the round's cryptography alone at this machine's best "
+        "throughput (counted in one untimed round): keystream (every mask byte, AES-128-CTR, "
+        "and every rounding-coin byte, AES-256-CTR) + one integrity pass (BLAKE3 over every "
+        "message once) + signatures (every Ed25519 sign/verify); vs_floor = round_cpu_s / floor_s",
         "flower_measured": "flwr SecAggPlusWorkflow + secaggplus_mod, full protocol, in-process Grid, "
         "messages through flwr protobuf serde; num_shares=k+1, reconstruction_threshold=t; "
         "dropouts after the share-keys stage",
         "additive_basis": "additive_vs_numpy is the END-TO-END round (clients' encoding and "
         "sharing, envelopes, both servers, holder) over a numpy float64 acc += v loop; "
         "additive_server*_compute_vs_numpy is ONE server's aggregation arithmetic "
-        "alone (server 0: uint32 acc += share; server 1: AES-256-CTR expansion of n "
+        "alone (server 0: uint32 acc += share; server 1: AES-128-CTR expansion of n "
         "seeds + add), without message decoding; *_with_wire_* include decoding; "
-        "additive_aes_ctr_floor_vs_numpy: AES-256-CTR keystream for the n*4P bytes "
+        "additive_aes_ctr_floor_vs_numpy: AES-128-CTR keystream for the n*4P bytes "
         "server 1 must expand (the floor of its work) over the numpy loop",
         "defaults": "secagg: sparse Harary graph, dropout_rate=1/3, corruption_rate=0.1, sigma=40, eta=20, "
         "active=True (Ed25519 + consistency round); additive: 2 servers",

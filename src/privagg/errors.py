@@ -18,6 +18,7 @@ __all__ = [
     "ConfigurationError",
     "DeserializationError",
     "EncodingOverflowError",
+    "FormatVersionError",
     "InsufficientParticipantsError",
     "MissingKeyError",
     "ParameterMismatchError",
@@ -89,6 +90,27 @@ class DeserializationError(PrivaggError):
 
     def __init__(self, message: str = "malformed or tampered message") -> None:
         super().__init__(message)
+
+
+class FormatVersionError(DeserializationError):
+    """Bytes of another privagg format version (an envelope made by an older or newer
+    privagg, e.g. format 1 with its BLAKE2b digest).
+
+    The version is public (it is in the clear in every envelope header), so unlike its
+    parent this error says which versions met.
+
+    Attributes:
+        found: the format version of the bytes.
+        supported: the one this privagg reads.
+    """
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"privagg envelope format {found}, this privagg reads format {supported} "
+            "(re-create the message or file with one privagg version on both sides)"
+        )
+        self.found = found
+        self.supported = supported
 
 
 class ProtocolError(PrivaggError):

@@ -3,8 +3,10 @@ what the server sees (one masked upload; any t - 1 shares)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import re
 import secrets as pysecrets
 from pathlib import Path
 
@@ -16,15 +18,23 @@ from privagg import DeserializationError, Layout
 from privagg._rng import SystemRng, aes_ctr_keystream
 from privagg.backends import _shamir
 from privagg.backends import secagg as sa
-from privagg.backends._primitives import MaskExpander, ecdh, hkdf, x25519_public
+from privagg.backends._primitives import (
+    MASK_PRG_INFO,
+    MaskExpander,
+    ecdh,
+    hkdf,
+    mask_key,
+    x25519_public,
+)
+from privagg.backends._ringcode import add_masks
 from privagg.backends.secagg import SecAggBackend
 from privagg.backends.secagg import messages as sa_msg
-from privagg.errors import ConfigurationError
+from privagg.errors import ConfigurationError, ProtocolError
 from privagg.hazmat import DeterministicRng
 
-VECTORS = json.loads(
-    (Path(__file__).parents[1] / "vectors" / "masking" / "masks_v1.json").read_text()
-)
+_DIR = Path(__file__).parents[1] / "vectors" / "masking"
+VECTORS = json.loads((_DIR / "masks_v1.json").read_text())  # x25519, HKDF, Shamir
+MASKS = json.loads((_DIR / "masks_v2.json").read_text())  # the v3 mask PRG
 P_MIN = (
     1e-6  # p-value below which a uniformity test fails (false alarm rate 1e-6 per test)
 )
@@ -63,23 +73,73 @@ def test_x25519_matches_rfc7748() -> None:
     assert ecdh(a, x25519_public(b)).hex() == ecdh(b, x25519_public(a)).hex() == want
 
 
+def test_aes128_ctr_matches_nist_sp800_38a() -> None:
+    """The mask PRG's cipher: NIST SP 800-38A F.5.1 (CTR-AES128.Encrypt)."""
+    key = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+    ctr = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    pt = bytes.fromhex(
+        "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    )
+    ks = aes_ctr_keystream(key, 32, ctr)
+    assert (
+        bytes(a ^ b for a, b in zip(ks, pt, strict=True)).hex()
+        == "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff"
+    )
+
+
+def test_mask_vector_file_is_what_its_independent_generator_computes() -> None:
+    """``masks_v2.json`` is reproduced by ``make_masks_v2.py``, which imports nothing from
+    privagg (stdlib HKDF, ``cryptography`` AES-128-CTR)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_masks_v2", _DIR / "make_masks_v2.py"
+    )
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    src = (_DIR / "make_masks_v2.py").read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(from|import)\s+privagg", src, re.M)
+    assert gen.vectors() == MASKS
+    assert MASKS["info"].encode() == MASK_PRG_INFO
+
+
 @pytest.mark.parametrize(
-    "vec", VECTORS["masks"], ids=lambda v: f"{v['dtype']}x{v['size']}"
+    "vec", MASKS["masks"], ids=lambda v: f"{v['dtype']}x{v['size']}"
 )
 def test_mask_vectors(vec: dict[str, object]) -> None:
     dt = np.dtype(str(vec["dtype"]))
     size = int(vec["size"])  # type: ignore[call-overload]
     seed = bytes.fromhex(str(vec["seed"]))
+    assert mask_key(seed).hex() == vec["mask_key"]
     m = MaskExpander(size, dt.type).mask(seed)
     assert [int(w) for w in m[:4]] == vec["first_words"]
-    ks = aes_ctr_keystream(seed, size * dt.itemsize)
-    assert m.astype(dt.newbyteorder("<")).tobytes() == ks
+    raw = m.astype(dt.newbyteorder("<")).tobytes()
+    assert hashlib.sha256(raw).hexdigest() == vec["sha256"]
+    assert raw == aes_ctr_keystream(mask_key(seed), size * dt.itemsize)
+    # the fused client pass and the server's blocked removal use the same masks
     acc = np.zeros(size, dt)
+    add_masks(acc, [(seed, 1)])
+    assert np.array_equal(acc, m)
     exp = MaskExpander(size, dt.type)
-    exp.add(acc, seed, 1)
     exp.add(acc, seed, 1)
     exp.add(acc, seed, -1)
     assert np.array_equal(acc, m)
+
+
+def test_mask_key_is_128_bits_domain_separated_and_not_the_seed() -> None:
+    seed = bytes(range(32))
+    key = mask_key(seed)
+    assert len(key) == 16
+    assert key not in (seed[:16], seed[16:])
+    # another label (any other HKDF use in privagg) gives an unrelated key
+    assert hkdf(seed, salt=b"", info=b"privagg/other", length=16) != key
+    # the mask is not the old (v1) AES-256-CTR keystream of the seed
+    assert MaskExpander(8, np.uint32).mask(seed).tobytes() != aes_ctr_keystream(
+        seed, 32
+    )
+    with pytest.raises(ProtocolError):
+        mask_key(seed[:16])
 
 
 def test_x25519_hkdf_and_shamir_regression_vectors() -> None:

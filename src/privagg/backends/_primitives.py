@@ -2,9 +2,15 @@
 
 * X25519 key agreement, HKDF-SHA256 key derivation, AES-256-GCM for shares;
 * Ed25519 signatures (the active-security variant);
-* mask expansion: AES-256-CTR keystreams (the project PRG, :func:`privagg._rng.aes_ctr_keystream`,
-  with a zero 128-bit counter block) read as little-endian ring words, written straight
-  into a reusable buffer (``update_into``) and added to or subtracted from an accumulator.
+* mask expansion (:func:`mask_key`, :func:`mask_cipher`): a mask seed (32 bytes) is
+  turned into an AES-128 key by HKDF-SHA256 under its own label (:data:`MASK_PRG_INFO`),
+  and the mask is that key's AES-128-CTR keystream (the project PRG,
+  :func:`privagg._rng.aes_ctr_keystream`, with a zero 128-bit counter block) read as
+  little-endian ring words, written straight into a reusable buffer (``update_into``)
+  and added to or subtracted from an accumulator. 128-bit keys are the standard PRG
+  choice for SecAgg masks (a mask hides one round's update; AES-128 keeps 128-bit
+  security against key search); everything that carries a secret across the wire
+  (share and seed encryption, AES-256-GCM) and every seed itself stays 256-bit.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from privagg.errors import DeserializationError, ProtocolError
 
 __all__ = [
     "KEY_SIZE",
+    "MASK_KEY_SIZE",
+    "MASK_PRG",
+    "MASK_PRG_INFO",
     "MaskExpander",
     "aead_decrypt",
     "aead_encrypt",
@@ -39,6 +48,8 @@ __all__ = [
     "ed25519_sign",
     "ed25519_verify",
     "hkdf",
+    "mask_cipher",
+    "mask_key",
     "new_ed25519",
     "new_x25519",
     "x25519_key",
@@ -48,6 +59,12 @@ __all__ = [
 KEY_SIZE = 32
 _NONCE = bytes(12)
 _COUNTER0 = bytes(16)
+
+#: The mask PRG, as bound into the SecAgg+ and additive params_id (format v3).
+MASK_PRG = b"aes-128-ctr/hkdf-sha256"
+MASK_KEY_SIZE = 16
+#: HKDF ``info`` of the mask key: no other derivation in privagg uses this label.
+MASK_PRG_INFO = b"privagg/mask-prg/v1/aes-128-ctr"
 
 
 def new_x25519(rng: Rng) -> bytes:
@@ -84,6 +101,20 @@ def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> 
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(
         secret
     )
+
+
+def mask_key(seed: bytes) -> bytes:
+    """The 16-byte AES-128 key of the mask of ``seed`` (a 32-byte mask seed):
+    ``HKDF-SHA256(ikm=seed, salt=none, info=MASK_PRG_INFO, L=16)``."""
+    if len(seed) != KEY_SIZE:
+        raise ProtocolError(f"a mask seed is {KEY_SIZE} bytes, got {len(seed)}")
+    return hkdf(seed, salt=b"", info=MASK_PRG_INFO, length=MASK_KEY_SIZE)
+
+
+def mask_cipher(seed: bytes) -> Cipher[modes.CTR]:
+    """AES-128-CTR (zero counter block) under :func:`mask_key` of ``seed``: its
+    keystream is the mask of ``seed``."""
+    return Cipher(algorithms.AES128(mask_key(seed)), modes.CTR(_COUNTER0))
 
 
 def aead_encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -130,8 +161,8 @@ def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
 class MaskExpander:
     """Expands 32-byte seeds into ring-word masks of a fixed length, without copies.
 
-    The mask of a seed is ``aes_ctr_keystream(seed, size * itemsize)`` read as
-    little-endian unsigned words of ``dtype`` (uint32 or uint64): arithmetic modulo
+    The mask of a seed is ``aes_ctr_keystream(mask_key(seed), size * itemsize)`` read
+    as little-endian unsigned words of ``dtype`` (uint32 or uint64): arithmetic modulo
     ``2**32`` or ``2**64``.
     """
 
@@ -146,7 +177,7 @@ class MaskExpander:
         self._view = np.frombuffer(self._buf, dtype=self._dtype, count=size)
 
     def _expand(self, seed: bytes) -> npt.NDArray[np.unsignedinteger]:
-        enc = Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor()
+        enc = mask_cipher(seed).encryptor()
         if self._size:
             enc.update_into(self._zeros, self._buf)
         return self._view

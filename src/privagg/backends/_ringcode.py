@@ -27,6 +27,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privagg._rng import Rng
+from privagg.backends._primitives import mask_cipher
 from privagg.encoding import FixedPointEncoder
 from privagg.errors import ConfigurationError, EncodingOverflowError
 from privagg.protocols import NoiseShare
@@ -69,7 +70,7 @@ def encode_to_ring(
         dtype: ``np.uint32`` or ``np.uint64`` (the ring).
         noise: distributed-DP noise share, added in fixed-point units.
         who: names the party in error messages.
-        masks: AES-256-CTR seeds and signs of the masks to add.
+        masks: mask seeds (32 bytes) and signs of the masks to add.
 
     Raises:
         ConfigurationError: NaN or infinite values.
@@ -97,9 +98,26 @@ def encode_to_ring(
     t2 = np.empty_like(t1)
     t3 = np.empty_like(t1)
     up = np.empty(t1.shape, dtype=bool)
-    mk = _Masker(ring, blk, masks) if (masks and noise is None and n) else None
+    mk = (
+        _Masker(ring, blk, _mask_streams(masks))
+        if (masks and noise is None and n)
+        else None
+    )
     coins = (
-        _Masker(np.dtype(np.uint32), blk, [(rng.random_bytes(32), 1)]) if n else None
+        _Masker(
+            np.dtype(np.uint32),
+            blk,
+            [
+                (
+                    Cipher(
+                        algorithms.AES256(rng.random_bytes(32)), modes.CTR(_COUNTER0)
+                    ),
+                    1,
+                )
+            ],
+        )
+        if n
+        else None
     )
     for s in range(0, n, BLOCK):
         e = min(n, s + BLOCK)
@@ -140,22 +158,22 @@ def encode_to_ring(
 
 
 class _Masker:
-    """AES-256-CTR keystreams of several seeds, consumed block by block into a reusable
+    """AES-CTR keystreams of several ciphers, consumed block by block into a reusable
     buffer (``update_into``) and added to or subtracted from consecutive blocks."""
 
     __slots__ = ("_buf", "_dt", "_encs", "_view", "_zeros")
 
     def __init__(
-        self, dtype: np.dtype[Any], block: int, seeds: Sequence[tuple[bytes, int]]
+        self,
+        dtype: np.dtype[Any],
+        block: int,
+        streams: Sequence[tuple[Cipher[modes.CTR], int]],
     ) -> None:
         self._dt = dtype.newbyteorder("<")
         self._zeros = memoryview(bytes(block * self._dt.itemsize))
         self._buf = bytearray(block * self._dt.itemsize + 15)
         self._view = np.frombuffer(self._buf, dtype=self._dt, count=block)
-        self._encs = [
-            (Cipher(algorithms.AES(seed), modes.CTR(_COUNTER0)).encryptor(), sign >= 0)
-            for seed, sign in seeds
-        ]
+        self._encs = [(c.encryptor(), sign >= 0) for c, sign in streams]
 
     def keystream(self, k: int) -> npt.NDArray[np.unsignedinteger]:
         """The next ``k`` words of the (first) keystream, in the reusable buffer."""
@@ -179,15 +197,22 @@ def add_masks(
 ) -> None:
     """``acc += sum(sign * mask(seed))`` in place, block by block.
 
-    ``mask(seed)`` is the AES-256-CTR keystream of ``seed`` (zero counter block) read as
-    little-endian words of ``acc``'s dtype: the same words as
+    ``mask(seed)`` is the AES-128-CTR keystream (zero counter block) under
+    :func:`~privagg.backends._primitives.mask_key` of ``seed``, read as little-endian
+    words of ``acc``'s dtype: the same words as
     :meth:`privagg.backends._primitives.MaskExpander.mask`.
     """
     if not seeds or acc.size == 0:
         return
-    mk = _Masker(acc.dtype, min(acc.size, BLOCK), seeds)
+    mk = _Masker(acc.dtype, min(acc.size, BLOCK), _mask_streams(seeds))
     for s in range(0, acc.size, BLOCK):
         mk.apply(acc[s : s + BLOCK])
+
+
+def _mask_streams(
+    seeds: Sequence[tuple[bytes, int]],
+) -> list[tuple[Cipher[modes.CTR], int]]:
+    return [(mask_cipher(seed), sign) for seed, sign in seeds]
 
 
 def centred(words: npt.NDArray[np.unsignedinteger]) -> npt.NDArray[np.signedinteger]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from privagg.envelope import (
+    FORMAT_VERSION,
+    MAGIC,
     Header,
     PayloadReader,
     PayloadWriter,
@@ -16,7 +18,7 @@ from privagg.envelope import (
     open_envelope,
     seal,
 )
-from privagg.errors import DeserializationError
+from privagg.errors import DeserializationError, FormatVersionError
 
 __all__ = [
     "Message",
@@ -35,7 +37,8 @@ _HEADER = struct.Struct(">4sHBB32sQQ")
 
 def peek_header(data: bytes) -> Header:
     """The envelope header, *unverified* (no digest check): only to choose which error to
-    raise before the full, verifying decode. Malformed input raises DeserializationError."""
+    raise before the full, verifying decode. Malformed input raises DeserializationError,
+    an envelope of another format version :class:`~privagg.errors.FormatVersionError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DeserializationError()
     if isinstance(data, memoryview) and not data.c_contiguous:
@@ -43,6 +46,10 @@ def peek_header(data: bytes) -> Header:
     if len(data) < _HEADER.size:
         raise DeserializationError()
     _magic, version, scheme, kind, params_id, round_id, _ = _HEADER.unpack_from(data, 0)
+    if _magic != MAGIC:
+        raise DeserializationError()
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(version, FORMAT_VERSION)
     try:
         sch = Scheme(scheme)
     except ValueError:

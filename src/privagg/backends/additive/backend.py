@@ -15,6 +15,7 @@ from privagg.backends._masking import (
     check_round_id,
 )
 from privagg.backends._primitives import (
+    MASK_PRG,
     new_x25519,
     x25519_public,
 )
@@ -230,7 +231,7 @@ class AdditiveBackend(RingBackend):
             + b"".join(server_pks)
             + holder_pk
         )
-        params_id = fingerprint(b"additive/v2", public, layout.fingerprint)
+        params_id = fingerprint(b"additive/v3", MASK_PRG, public, layout.fingerprint)
         cfg = _Config(
             params_id,
             layout.size,

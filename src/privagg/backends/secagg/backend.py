@@ -22,6 +22,7 @@ from privagg.backends._masking import (
     open_result,
 )
 from privagg.backends._primitives import (
+    MASK_PRG,
     ed25519_public,
     new_ed25519,
 )
@@ -384,7 +385,7 @@ class SecAggBackend(RingBackend):
             + struct.pack(">Q", max_clients)
             + nonce
         )
-        params_id = fingerprint(b"secagg/v2", public, layout.fingerprint)
+        params_id = fingerprint(b"secagg/v3", MASK_PRG, public, layout.fingerprint)
         return _Config(
             params_id,
             layout.size,
