@@ -247,7 +247,8 @@ def test_envelope_round_trip_and_rejections() -> None:
         data[:-1],
         data + b"\0",
         b"XXXX" + data[4:],
-        data[:4] + b"\x00\x02" + data[6:],
+        data[:4] + b"\x00\x01" + data[6:],  # format 1 (FormatVersionError)
+        data[:4] + b"\x00\x03" + data[6:],
     ):
         with pytest.raises(DeserializationError):
             open_envelope(bad)
