@@ -783,8 +783,9 @@ def main(argv: list[str] | None = None) -> int:
             "expansion_le_2x_at_n50": (expansion <= 2)
             if (expansion is not None and n_max == 50)
             else None,
-            "dropout_cost_le_2x": bool(dropout_ratios)
-            and max(dropout_ratios.values()) <= 2,
+            "dropout_cost_le_2x": (max(dropout_ratios.values()) <= 2)
+            if dropout_ratios
+            else None,
             "additive_within_2x_numpy_loop": (max(add_np) <= 2) if add_np else None,
             "additive_within_2x_plain_backend": (max(add_plain) <= 2)
             if add_plain

@@ -139,12 +139,11 @@ def encode_to_ring(
         np.subtract(a, f, out=a)  # frac(y), exact (Sterbenz) for |y| >= 1 and y >= 0
         np.multiply(words, 2.0**-32, out=b)  # u
         np.less(b, a, out=m)
-        np.add(f, m, out=a)
-        if direct:
-            np.copyto(ints[s:e], a, casting="unsafe")
+        if direct:  # floor(y) + [u < frac(y)], written straight into the ring words
+            np.add(f, m, out=ints[s:e], casting="unsafe")
         else:  # float -> int64 -> ring word (two's complement, reduced mod 2**bits)
             i = ints[: e - s]
-            np.copyto(i, a, casting="unsafe")
+            np.add(f, m, out=i, casting="unsafe")
             np.copyto(out[s:e], i.view(np.uint64), casting="unsafe")
         if mk is not None:
             mk.apply(out[s:e])
