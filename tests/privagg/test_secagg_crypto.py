@@ -296,3 +296,39 @@ def test_one_masked_upload_is_uniform(value: float, active: bool) -> None:
     # and two uploads of the same input are unrelated
     y2 = _masked_upload(x, active)
     assert abs(stats.pearsonr(y.astype(float), y2.astype(float)).statistic) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_mask_prg_words_are_uniform_in_the_ring(
+    dtype: type[np.unsignedinteger],
+) -> None:
+    """The v3 mask PRG (AES-128-CTR under HKDF mask keys): the words of one mask are
+    uniform over the whole ring (top bits, low byte), and masks of related seeds (one
+    bit apart) are unrelated."""
+    seed = SystemRng().random_bytes(32)
+    m = MaskExpander(40000, dtype).mask(seed)
+    top = (m >> np.array(np.iinfo(dtype).bits - 8, dtype=dtype)).astype(np.int64)
+    low = (m & np.array(0xFF, dtype=dtype)).astype(np.int64)
+    pv = _uniform_p_values(m.astype(np.float64) / 2.0 ** np.iinfo(dtype).bits)
+    pv.append(float(stats.chisquare(np.bincount(top, minlength=256)).pvalue))
+    pv.append(float(stats.chisquare(np.bincount(low, minlength=256)).pvalue))
+    assert min(pv) > P_MIN, pv
+    other = MaskExpander(40000, dtype).mask(bytes([seed[0] ^ 1]) + seed[1:])
+    corr = stats.pearsonr(m.astype(float), other.astype(float)).statistic
+    assert abs(corr) < 0.05
+
+
+def test_one_additive_share_is_uniform() -> None:
+    """What server 0 sees of a client (its share, the encoding minus the v3 mask
+    expansions of the other servers' seeds) is uniform, whatever the update."""
+    from privagg.backends.additive import AdditiveBackend, ClientShares
+
+    x = np.full(20000, 0.25)
+    s = AdditiveBackend(n_servers=2).setup(Layout.from_arrays({"w": x}), max_clients=3)
+    req = s.aggregator(0, ["a", "b", "c"]).start()["a"]
+    y = ClientShares.from_bytes(s.client("a", 0, x).handle(req)).share0
+    assert y.dtype == np.uint32
+    pv = _uniform_p_values(y.astype(np.float64) / 2.0**32)
+    low = np.bincount((y & np.uint32(0xFF)).astype(np.int64), minlength=256)
+    pv.append(float(stats.chisquare(low).pvalue))
+    assert min(pv) > P_MIN, pv
