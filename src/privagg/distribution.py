@@ -17,6 +17,12 @@ can run across processes implements :class:`Distributable` and declares, through
 ``DEALER``        a dealer runs :meth:`Distributable.deal` once and hands each role its
                   own blob; each process runs :meth:`Distributable.load_role` on its
                   blob only (``ckks``, ``paillier``).
+``DIRECTORY``     no dealer: each client makes its own long-term identity key on its
+                  own machine, the operator distributes a public-key directory
+                  (:class:`privagg.identity.IdentityDirectory`, pinned by its
+                  fingerprint), and each process runs
+                  :meth:`DirectoryKeyed.directory_role` with the directory and, for a
+                  client, its own identity key (SecAgg+ with ``active=True``).
 ================  ===================================================================
 
 A backend without the hook (or one that declares, by raising
@@ -43,12 +49,15 @@ from privagg.errors import (
     UnsupportedError,
     UnsupportedReason,
 )
+from privagg.identity import IdentityDirectory
+from privagg.keys import SecretBytes
 from privagg.layout import Layout
 from privagg.protocols import Backend, Session
 
 __all__ = [
     "DealtMaterial",
     "Dealing",
+    "DirectoryKeyed",
     "Distributable",
     "PublicSeeded",
     "Role",
@@ -73,6 +82,7 @@ class Dealing(enum.Enum):
     NONE = "none"
     PUBLIC_SEED = "public-seed"
     DEALER = "dealer"
+    DIRECTORY = "directory"
 
     @property
     def needs_dealer(self) -> bool:
@@ -182,6 +192,26 @@ class PublicSeeded(Protocol):
         ...
 
 
+@runtime_checkable
+class DirectoryKeyed(Protocol):
+    """A backend whose clients hold their own identity keys (``DIRECTORY``)."""
+
+    def directory_role(
+        self,
+        layout: Layout,
+        role: str,
+        directory: IdentityDirectory,
+        *,
+        party_id: str | None = None,
+        identity: SecretBytes | None = None,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> Session:
+        """A session for one role from the public directory (and, for a client, its
+        own identity secret key only)."""
+        ...
+
+
 def _hook(backend: Backend) -> Distributable:
     if not isinstance(backend, Distributable):
         raise UnsupportedError(
@@ -257,6 +287,8 @@ def session_for_role(
     party_id: str | None = None,
     material: bytes | None = None,
     setup_seed: bytes | None = None,
+    directory: IdentityDirectory | None = None,
+    identity: SecretBytes | None = None,
     max_clients: int,
     max_weight: float = 1.0,
 ) -> Session:
@@ -269,6 +301,10 @@ def session_for_role(
         party_id: the client's party id (``Role.CLIENT``).
         material: this role's blob from :func:`deal` (``DEALER`` backends only).
         setup_seed: the public 32-byte seed (``PUBLIC_SEED`` backends only).
+        directory: the public-key directory, loaded with its pinned fingerprint
+            (``DIRECTORY`` backends only).
+        identity: a client's own identity secret key (``DIRECTORY`` backends, role
+            ``client`` only; never given to another role).
         max_clients: as given to :func:`deal`.
         max_weight: as given to :func:`deal`.
 
@@ -277,8 +313,10 @@ def session_for_role(
 
     Raises:
         UnsupportedError: as :func:`dealing`.
-        ConfigurationError: an unknown role, a ``DEALER`` backend without material, or
-            a ``PUBLIC_SEED`` backend without a 32-byte seed.
+        ConfigurationError: an unknown role, a ``DEALER`` backend without material,
+            a ``PUBLIC_SEED`` backend without a 32-byte seed, or a ``DIRECTORY``
+            backend without a directory (or a client without its identity key, or
+            another role given one).
     """
     hook = _hook(backend)
     mode = hook.dealing()
@@ -298,6 +336,17 @@ def session_for_role(
             max_clients=max_clients,
             max_weight=max_weight,
         )
+    if mode is Dealing.DIRECTORY:
+        return _directory_role(
+            backend,
+            layout,
+            role,
+            party_id,
+            directory,
+            identity,
+            max_clients=max_clients,
+            max_weight=max_weight,
+        )
     if material is None:
         raise ConfigurationError(
             f"backend {backend.name!r} needs its material for role {role.value!r}"
@@ -307,6 +356,49 @@ def session_for_role(
         role.value,
         party_id,
         material,
+        max_clients=max_clients,
+        max_weight=max_weight,
+    )
+
+
+def _directory_role(
+    backend: Backend,
+    layout: Layout,
+    role: Role,
+    party_id: str | None,
+    directory: IdentityDirectory | None,
+    identity: SecretBytes | None,
+    *,
+    max_clients: int,
+    max_weight: float,
+) -> Session:
+    if not isinstance(backend, DirectoryKeyed):
+        raise UnsupportedError(
+            f"backend {backend.name!r} declares identity-directory distribution but "
+            "has no directory_role",
+            UnsupportedReason.OPERATION,
+        )
+    if directory is None:
+        raise ConfigurationError(
+            f"backend {backend.name!r} needs the public-key directory for role "
+            f"{role.value!r}"
+        )
+    if role is Role.CLIENT:
+        if identity is None or party_id is None:
+            raise ConfigurationError(
+                f"backend {backend.name!r}: a client needs its party id and its own "
+                "identity key"
+            )
+    elif identity is not None:
+        raise ConfigurationError(
+            f"role {role.value!r} holds no identity key: refusing to load one"
+        )
+    return backend.directory_role(
+        layout,
+        role.value,
+        directory,
+        party_id=party_id,
+        identity=identity,
         max_clients=max_clients,
         max_weight=max_weight,
     )

@@ -61,6 +61,12 @@ Node config keys (``flower-supernode --node-config``):
   ``privagg-ckks-presets``, ``privagg-min-ckks-flood-bits``,
   ``privagg-min-paillier-key-bits``.
 * ``privagg-material`` (str): path of this client's material file (keyed backends).
+* ``privagg-identity-key`` (str): active SecAgg+: path of this node's own Ed25519
+  identity key file (``privagg keygen --backend secagg``; 0600, made on this machine).
+* ``privagg-identity-directory`` (str): active SecAgg+: path of the public-key
+  directory; setting it also makes this node refuse passive SecAgg+ (no downgrade).
+* ``privagg-identity-directory-fingerprint`` (str): hex of the directory's
+  fingerprint, received out of band; a client refuses any other directory.
 * ``privagg-holder`` (bool): this node is the result holder.
 * ``privagg-holder-material`` (str): path of the holder's material file.
 * ``privagg-holder-register`` (str, optional): path of the holder's release register
@@ -76,6 +82,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +132,17 @@ def _party_id(context: Context) -> str:
 def _material(context: Context, key: str) -> str | None:
     value = context.node_config.get(key)
     return str(value) if value else None
+
+
+def _directory(context: Context) -> dict[str, str | None]:
+    """The public-key directory and its pinned fingerprint, from the node config
+    only (active SecAgg+; the ServerApp cannot name them)."""
+    return {
+        "identity_directory": _material(context, "privagg-identity-directory"),
+        "directory_fingerprint": _material(
+            context, "privagg-identity-directory-fingerprint"
+        ),
+    }
 
 
 def _maybe_stall(context: Context, stage: int) -> None:
@@ -197,6 +215,8 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
         Role.CLIENT,
         party_id=party,
         material=_material(context, "privagg-material"),
+        identity_key=_material(context, "privagg-identity-key"),
+        **_directory(context),
     )
     vector = np.frombuffer(state["vector"], dtype="<f8").copy()  # type: ignore[arg-type]
     role = session.client(
@@ -224,7 +244,12 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
     return reply
 
 
-def _holder_for(spec: SessionSpec, layout: Layout, material: str | None) -> HolderRole:
+def _holder_for(
+    spec: SessionSpec,
+    layout: Layout,
+    material: str | None,
+    directory: Mapping[str, str | None] | None = None,
+) -> HolderRole:
     """This process's holder for a session, built once and cached.
 
     The key covers the spec, the layout and the material file's identity (path, inode,
@@ -242,10 +267,22 @@ def _holder_for(spec: SessionSpec, layout: Layout, material: str | None) -> Hold
                 f"the holder's material file {material!r} cannot be read"
             ) from exc
         ident = (material, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
-    key = (spec.to_json(), layout.to_bytes().hex(), *ident)
+    dir_args = dict(directory or {})
+    key = (
+        spec.to_json(),
+        layout.to_bytes().hex(),
+        *ident,
+        *map(str, dir_args.values()),
+    )
     holder = _HOLDERS.get(key)
     if holder is None:
-        session = load_session(spec, layout, Role.HOLDER, material=material)
+        session = load_session(
+            spec,
+            layout,
+            Role.HOLDER,
+            material=material,
+            **dir_args,
+        )
         holder = session.holder()
         _HOLDERS[key] = holder
         while len(_HOLDERS) > _HOLDER_CACHE_SIZE:
@@ -283,7 +320,7 @@ def _recover(env: Envelope, context: Context) -> Envelope:
             f"the aggregate is for round {header.round_id}, the request for round "
             f"{env.round_id}"
         )
-    holder = _holder_for(spec, layout, material)
+    holder = _holder_for(spec, layout, material, _directory(context))
     register = _register(context, spec, material)
     if register is None:
         rec = holder.recover(env.payload)  # keyless: the holder's in-process rule only

@@ -11,6 +11,11 @@ SuperNode   client ``party-id``           its own client file (``privagg-materia
 SuperNode   result holder (``holder``)    the holder file (secret key, where any)
 ==========  ============================  =============================================
 
+Active SecAgg+ (``Dealing.DIRECTORY``) has no dealer: each client reads its *own*
+identity key file (made on its machine by ``privagg keygen --backend secagg``) and the
+public-key directory, whose fingerprint it pins; the aggregator and the holder read the
+directory only (:func:`load_directory`, :mod:`privagg.identity`).
+
 How a backend is distributed is privagg's to say (:mod:`privagg.distribution`): each
 backend declares its :class:`privagg.Dealing` (``NONE``: no keys; ``PUBLIC_SEED``: every
 process sets up from the public ``setup_seed`` the ServerApp chose and sent in the
@@ -44,6 +49,7 @@ from privagg import (
     UnsupportedError,
 )
 from privagg import distribution as _distribution
+from privagg.identity import MAX_DIRECTORY_BYTES, IdentityDirectory, load_identity_key
 
 __all__ = [
     "DealtMaterial",
@@ -52,7 +58,9 @@ __all__ = [
     "SessionSpec",
     "deal",
     "holder_needs_no_secret",
+    "load_directory",
     "load_session",
+    "needs_identity_directory",
     "needs_setup_seed",
 ]
 
@@ -134,6 +142,37 @@ def needs_setup_seed(spec: SessionSpec) -> bool:
         return _dealing(spec) is Dealing.PUBLIC_SEED
     except UnsupportedError:
         return False  # refused later, with the backend's reason
+
+
+def needs_identity_directory(spec: SessionSpec) -> bool:
+    """True if every process needs the public-key directory (active SecAgg+)."""
+    try:
+        return _dealing(spec) is Dealing.DIRECTORY
+    except UnsupportedError:
+        return False  # refused later, with the backend's reason
+
+
+def load_directory(path: str | Path, *, pinned: str | None = None) -> IdentityDirectory:
+    """Read a public-key directory file and check it against the pinned fingerprint.
+
+    Args:
+        path: the directory file (public; any file mode).
+        pinned: hex of the fingerprint this process was given out of band; a client
+            must pass it (see :func:`load_session`).
+
+    Raises:
+        privagg.ConfigurationError: the file cannot be read or is too large.
+        privagg.DeserializationError: not a canonical directory file.
+        privagg.ParameterMismatchError: another directory than the pinned one.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_DIRECTORY_BYTES + 1)
+    except OSError as exc:
+        raise privagg.ConfigurationError(
+            f"the identity directory {str(path)!r} cannot be read"
+        ) from exc
+    return IdentityDirectory.from_bytes(data, pinned=pinned or None)
 
 
 def holder_needs_no_secret(spec: SessionSpec) -> bool:
@@ -224,6 +263,9 @@ def load_session(
     *,
     party_id: str | None = None,
     material: str | Path | None = None,
+    identity_directory: str | Path | None = None,
+    directory_fingerprint: str | None = None,
+    identity_key: str | Path | None = None,
 ) -> Session:
     """Build this process's session for one role.
 
@@ -234,6 +276,12 @@ def load_session(
         party_id: the client's party id (``Role.CLIENT``).
         material: path of this role's material file (read only for backends that
             need a dealer).
+        identity_directory: path of the public-key directory (active SecAgg+ only).
+        directory_fingerprint: hex of the directory's pinned fingerprint; required
+            for a client (the directory is only as good as the pin), checked when
+            given for the other roles.
+        identity_key: path of the client's own identity key file (0600; client of
+            active SecAgg+ only).
 
     Returns:
         A session; use only the method of ``role`` (``aggregator``, ``client`` or
@@ -241,14 +289,40 @@ def load_session(
 
     Raises:
         privagg.UnsupportedError: a backend without the distribution hook.
-        privagg.ConfigurationError: a dealt backend and no material file.
+        privagg.ConfigurationError: a dealt backend and no material file; active
+            SecAgg+ without the directory, or a client without its pin or key file.
+        privagg.ParameterMismatchError: a directory other than the pinned one, or one
+            that lists another key for this client.
     """
     backend = spec.backend_object()
     mode = _distribution.dealing(backend)  # refuses before any file is read
     blob: bytes | None = None
     seed: bytes | None = None
+    directory: IdentityDirectory | None = None
+    identity: privagg.SecretBytes | None = None
     if mode is Dealing.PUBLIC_SEED:
         seed = _setup_seed(spec)
+    elif mode is Dealing.DIRECTORY:
+        if not identity_directory or not str(identity_directory):
+            raise privagg.ConfigurationError(
+                f"backend {spec.backend!r} (active) needs the public-key directory "
+                f"for role {role.value!r}"
+            )
+        if role is Role.CLIENT:
+            if not directory_fingerprint:
+                raise privagg.ConfigurationError(
+                    "a client must pin the identity directory's fingerprint (node "
+                    "config 'privagg-identity-directory-fingerprint'): an unpinned "
+                    "directory could hold the server's keys"
+                )
+            if not identity_key or not str(identity_key):
+                raise privagg.ConfigurationError(
+                    "a client of active SecAgg+ needs its own identity key file "
+                    "(node config 'privagg-identity-key')"
+                )
+        directory = load_directory(identity_directory, pinned=directory_fingerprint)
+        if role is Role.CLIENT and identity_key:
+            identity = load_identity_key(privagg.read_secret_file(identity_key))
     elif mode.needs_dealer:
         if material is None or not str(material):
             raise privagg.ConfigurationError(
@@ -262,6 +336,8 @@ def load_session(
         party_id=party_id,
         material=blob,
         setup_seed=seed,
+        directory=directory,
+        identity=identity,
         max_clients=spec.max_clients,
         max_weight=spec.max_weight,
     )

@@ -28,7 +28,8 @@ What is checked, per backend (all values public):
   threshold ``t`` >= ``min(privagg-min-threshold, n - 1)`` (default 2) and graph degree
   ``k`` >= ``min(privagg-min-degree, n - 1)`` (default 2) for its ``n`` participants
   (with ``n = 2``, ``t = k = 1`` is all there is: the sum of two reveals the other
-  input to either of them).
+  input to either of them). A node with ``privagg-identity-directory`` set accepts
+  active SecAgg+ only (``active`` true), so a server cannot downgrade it to passive.
 * ``ckks``: the preset is in ``privagg-ckks-presets`` (default ``secure,secure-large``:
   ``compact`` and ``test-fast`` have only heuristic flooding) and the resolved
   parameters flood with at least ``privagg-min-ckks-flood-bits`` (default 40) bits (an
@@ -104,6 +105,9 @@ class ClientPolicy:
         ckks_presets: CKKS presets accepted.
         min_ckks_flood_bits: CKKS: smallest ``flood_bits`` accepted.
         min_paillier_key_bits: Paillier: smallest modulus size accepted.
+        identity_directory: path of the node's SecAgg+ public-key directory, or "";
+            if set, only active SecAgg+ is accepted (a server cannot downgrade a node
+            that has identities to the passive variant).
     """
 
     backends: frozenset[str] = frozenset()
@@ -119,6 +123,7 @@ class ClientPolicy:
     ckks_presets: frozenset[str] = frozenset({"secure", "secure-large"})
     min_ckks_flood_bits: int = 40
     min_paillier_key_bits: int = 2048
+    identity_directory: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> ClientPolicy:
@@ -135,6 +140,7 @@ class ClientPolicy:
             "backends": _names,
             "ckks_presets": _names,
             "backend_options": str,
+            "identity_directory": str,
             "layout_fingerprint": lambda v: str(v).strip().lower(),
             "max_clients": _parse_bool_free(int),
             "min_sigma": _parse_bool_free(int),
@@ -218,6 +224,11 @@ class ClientPolicy:
                 judge(backend, spec.options)
 
     def _check_secagg(self, backend: object, options: Mapping[str, Any]) -> None:
+        if self.identity_directory and _option(backend, options, "active") is not True:
+            raise PolicyError(
+                "this node has a SecAgg+ identity directory (node config "
+                "'privagg-identity-directory'): it takes part in active SecAgg+ only"
+            )
         corruption = float(_option(backend, options, "corruption_rate"))
         sigma = int(_option(backend, options, "sigma"))
         dropout = float(_option(backend, options, "dropout_rate"))

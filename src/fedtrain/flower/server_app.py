@@ -18,7 +18,9 @@ One run = ``rounds`` privagg rounds:
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``backend``,
 ``backend-options`` (JSON object), ``task``, ``shapes`` (synthetic), ``rounds``,
 ``min-nodes``, ``node-wait``, ``stage-timeout``, ``holder``, ``aggregator-material``,
-``max-weight``, ``result-path``, ``first-round-id`` (default -1: a random 62-bit base,
+``max-weight``, ``result-path``, ``identity-directory`` and
+``identity-directory-fingerprint`` (active SecAgg+: the public-key directory file and,
+optionally, its pinned fingerprint), ``first-round-id`` (default -1: a random 62-bit base,
 so that runs never reuse round ids; see :meth:`RunSettings.round_ids`).
 """
 
@@ -48,7 +50,9 @@ from fedtrain.flower.material import (
     Role,
     SessionSpec,
     holder_needs_no_secret,
+    load_directory,
     load_session,
+    needs_identity_directory,
     needs_setup_seed,
 )
 from fedtrain.flower.settings import settings_from_config
@@ -91,6 +95,8 @@ class RunSettings:
     stage_timeout: float = 30.0
     holder: str = "server"
     aggregator_material: str = ""
+    identity_directory: str = ""
+    identity_directory_fingerprint: str = ""
     max_weight: float = 1.0
     result_path: str = ""
     first_round_id: int = -1
@@ -222,6 +228,27 @@ def _recover_remote(
     return vector, tuple(json.loads(env.meta["contributors"]))
 
 
+def _known_parties(parties: Mapping[str, int], settings: RunSettings) -> dict[str, int]:
+    """Active SecAgg+: the parties the identity directory lists (others could not sign
+    their keys, so the honest clients would refuse them: leave them out up front)."""
+    if not settings.identity_directory:
+        raise FlowerConfigError(
+            "active SecAgg+ needs the public-key directory: run config "
+            "'identity-directory'"
+        )
+    directory = load_directory(
+        settings.identity_directory,
+        pinned=settings.identity_directory_fingerprint or None,
+    )
+    unknown = sorted(set(parties) - set(directory.parties))
+    if unknown:
+        log.warning("parties not in the identity directory left out: %s", unknown)
+    known = {p: n for p, n in parties.items() if p in directory.keys}
+    if not known:
+        raise NotEnoughNodesError("no node's party id is in the identity directory")
+    return known
+
+
 def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     """Run ``settings.rounds`` secure-aggregation rounds over ``grid``.
 
@@ -251,6 +278,14 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     )
     if needs_setup_seed(spec):
         spec = dataclasses.replace(spec, setup_seed=SystemRng().random_bytes(32).hex())
+    directory_args: dict[str, str | None] = {}
+    if needs_identity_directory(spec):
+        directory_args = {
+            "identity_directory": settings.identity_directory or None,
+            "directory_fingerprint": settings.identity_directory_fingerprint or None,
+        }
+        parties = _known_parties(parties, settings)
+        spec = dataclasses.replace(spec, max_clients=len(parties))
     if settings.holder == "server" and not holder_needs_no_secret(spec):
         raise FlowerConfigError(
             f"backend {spec.backend!r}: the result holder holds a secret key, so it "
@@ -259,7 +294,11 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     if settings.holder == "node" and holder_node is None:
         raise FlowerConfigError("holder = 'node' but no node has privagg-holder=true")
     session = load_session(
-        spec, layout, Role.AGGREGATOR, material=settings.aggregator_material or None
+        spec,
+        layout,
+        Role.AGGREGATOR,
+        material=settings.aggregator_material or None,
+        **directory_args,
     )
     meta = {
         "spec": spec.to_json(),

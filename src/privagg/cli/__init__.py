@@ -6,6 +6,8 @@ Commands (``privagg COMMAND --help`` for each):
 * ``sigma``: the smallest noise multiplier that meets a target epsilon.
 * ``keygen``: key files for one deployment role set (CKKS, Paillier) or one SecAgg+
   client identity, secrets with mode 0600, never overwriting without ``--force``.
+* ``directory``: build the SecAgg+ public-key directory from the clients' public
+  identity records, or check one and print its fingerprint (what clients pin).
 * ``inspect``: what an envelope or key file is (scheme, kind, fingerprints, sizes),
   without decrypting anything or printing a secret.
 * ``bench``: a quick timing of one or every backend.
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Importing the command modules registers their commands on ``cli``.
-from privagg.cli import _bench, _dp, _keygen  # noqa: F401
+from privagg.cli import _bench, _directory, _dp, _keygen  # noqa: F401
 from privagg.cli._common import (
     BenchmarkFailedError,
     OutputExistsError,

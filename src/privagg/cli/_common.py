@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import math
 import platform
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +21,12 @@ from privagg.errors import (
     ParameterMismatchError,
     PrivaggError,
 )
+from privagg.identity import (  # noqa: F401 (re-exported to the commands)
+    _IDENTITY_FP_DOMAIN,
+    _PARTY_ID,
+    IDENTITY_PUBLIC_FORMAT,
+    IDENTITY_SCHEME,
+)
 
 MAX_INSPECT_BYTES = 64 << 20
 _SECRET_KIND = 1  # Scheme.CORE kind of an exported secret (privagg.keys)
@@ -30,10 +35,8 @@ _SECAGG_MATERIAL_KIND = (
     12  # Scheme.SECAGG kind of dealt material (backends/secagg/backend.py)
 )
 _PAILLIER_PK_TAG = "paillier-pk/v2"
-_IDENTITY_FORMAT = "privagg/secagg-identity-public/v1"
-_IDENTITY_SCHEME = "secagg-identity"
-_IDENTITY_FP_DOMAIN = b"secagg/identity-public-key"
-_PARTY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_IDENTITY_FORMAT = IDENTITY_PUBLIC_FORMAT
+_IDENTITY_SCHEME = IDENTITY_SCHEME
 _BENCH_SCRIPTS = {
     "plain": "plain",
     "ckks": "ckks",

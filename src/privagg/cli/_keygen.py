@@ -211,9 +211,10 @@ def _keys_secagg(party_id: str | None, protection: Protection) -> _KeySet:
         {"party_id": party_id, "ed25519_public_key": public.hex()},
         (
             "SecAgg+ has no long-term key for the aggregator or the result holder: "
-            "run keygen once per client. privagg's SecAggBackend.deal makes the "
-            "identity keys itself; it has no API yet to build the dealt material from "
-            "a directory of collected .pub files.",
+            "run keygen once per client, on that client's machine. The operator "
+            "builds the public-key directory from the collected .pub files with "
+            "'privagg directory DIR.json *.pub' and every client pins its "
+            "fingerprint (privagg.identity).",
         ),
     )
 

@@ -50,9 +50,8 @@ from privagg.errors import (
     MissingKeyError,
     ParameterMismatchError,
     ProtocolError,
-    UnsupportedError,
-    UnsupportedReason,
 )
+from privagg.identity import IdentityDirectory
 from privagg.keys import SecretBytes, fingerprint
 from privagg.layout import FloatVector, Layout
 from privagg.protocols import NoiseShare, Recovered, Responder, check_setup_args
@@ -272,6 +271,36 @@ def _parse_material(material: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
     return nonce, directory, secret
 
 
+def _role_session(
+    cfg: _Config,
+    layout: Layout,
+    role: str,
+    party_id: str | None,
+    directory: dict[str, bytes],
+    secret: bytes,
+    secret_rng: Rng,
+) -> SecAggSession:
+    """The session of one role, given the public directory and the client's key."""
+    session = SecAggSession(cfg, layout, None, secret_rng)
+    session._public = dict(directory)
+    session._dealt = True
+    if role == "client":
+        if len(secret) != 32:
+            raise MissingKeyError("this client's material holds no identity key")
+        if party_id is None or party_id not in directory:
+            raise ConfigurationError(f"party {party_id!r} is not in the directory")
+        if ed25519_public(secret) != directory[party_id]:
+            raise ParameterMismatchError(
+                "the identity key does not match the directory"
+            )
+        session._identities[party_id] = SecretBytes(secret, label="secagg identity key")
+    elif role not in ("aggregator", "holder"):
+        raise ConfigurationError(
+            f"role must be aggregator, client or holder, got {role!r}"
+        )
+    return session
+
+
 class SecAggBackend(RingBackend):
     """SecAgg+ with dropout recovery (one untrusted aggregator).
 
@@ -405,26 +434,17 @@ class SecAggBackend(RingBackend):
 
     # -- deployment: one process per role -------------------------------------------------
     def dealing(self) -> Dealing:
-        """How the roles are distributed: ``PUBLIC_SEED`` with ``active=False``.
+        """How the roles are distributed: ``PUBLIC_SEED`` with ``active=False``,
+        ``DIRECTORY`` with ``active=True``.
 
         The passive variant has no long-term secret: every process runs
         :meth:`public_setup` from one public seed. The active variant needs each
-        client's Ed25519 identity key and a public-key directory; :meth:`deal` and
-        :meth:`load_role` make and load them, but no deployment runs them across
-        processes yet, so it is refused here.
-
-        Raises:
-            UnsupportedError: ``active=True``.
+        client's Ed25519 identity key, made on its own machine, and a public-key
+        directory pinned by its fingerprint (:mod:`privagg.identity`): each process
+        runs :meth:`directory_role`. (:meth:`deal` / :meth:`load_role`, where one
+        dealer makes every identity key, remain for tests and single-operator setups.)
         """
-        if self._active:
-            raise UnsupportedError(
-                "active SecAgg+ needs each client's Ed25519 identity key and a "
-                "public-key directory distributed, which no deployment runs across "
-                'processes yet; use backend-options {"active": false} '
-                "(honest-but-curious server)",
-                UnsupportedReason.OPERATION,
-            )
-        return Dealing.PUBLIC_SEED
+        return Dealing.DIRECTORY if self._active else Dealing.PUBLIC_SEED
 
     def public_setup(
         self,
@@ -515,26 +535,41 @@ class SecAggBackend(RingBackend):
             raise ParameterMismatchError(
                 "the material was dealt for other parameters or another layout"
             )
-        session = SecAggSession(cfg, layout, None, rng or SystemRng())
-        session._public = dict(directory)
-        session._dealt = True
-        if role == "client":
-            if party_id is None or party_id not in directory:
-                raise ConfigurationError(
-                    f"party {party_id!r} is not in the dealt directory"
-                )
-            if ed25519_public(secret) != directory[party_id]:
-                raise ParameterMismatchError(
-                    "the identity key does not match the directory"
-                )
-            session._identities[party_id] = SecretBytes(
-                secret, label="secagg identity key"
-            )
-        elif role not in ("aggregator", "holder"):
-            raise ConfigurationError(
-                f"role must be aggregator, client or holder, got {role!r}"
-            )
-        return session
+        return _role_session(
+            cfg, layout, role, party_id, directory, secret, rng or SystemRng()
+        )
+
+    def directory_role(
+        self,
+        layout: Layout,
+        role: str,
+        directory: IdentityDirectory,
+        *,
+        party_id: str | None = None,
+        identity: SecretBytes | None = None,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> SecAggSession:
+        """A session for one role of active SecAgg+ from the public-key directory (and,
+        for a client, its own identity key): no dealer, nobody holds another's secret.
+
+        The directory's fingerprint is the session nonce, so ``params_id`` binds it:
+        processes holding different directories cannot exchange messages.
+
+        Raises:
+            ConfigurationError: ``active=False``, an unknown role, a client without
+                its identity key or not in the directory, another role given a key.
+            ParameterMismatchError: the directory lists another key for the client.
+        """
+        if not self._active:
+            raise ConfigurationError("identity directories are for active SecAgg+")
+        if (identity is not None) != (role == "client"):
+            raise ConfigurationError("exactly the client role holds an identity key")
+        cfg = self._config(layout, max_clients, max_weight, None, directory.fingerprint)
+        secret = b"" if identity is None else identity.reveal()
+        return _role_session(
+            cfg, layout, role, party_id, dict(directory.keys), secret, SystemRng()
+        )
 
     def __repr__(self) -> str:
         return (
