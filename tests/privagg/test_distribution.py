@@ -130,8 +130,9 @@ def test_paillier_holder_material_keeps_its_file_format() -> None:
 
 def test_refusals() -> None:
     active = privagg.get_backend("secagg", active=True)
-    with pytest.raises(privagg.UnsupportedError, match="identity"):
-        dealing(active)
+    assert dealing(active) is Dealing.DIRECTORY  # own keys + a pinned directory
+    with pytest.raises(privagg.ConfigurationError, match="directory"):
+        session_for_role(active, LAYOUT, Role.AGGREGATOR, max_clients=2)
     additive = privagg.get_backend("additive")
     assert additive.dealing() is Dealing.DEALER  # type: ignore[attr-defined]
     assert not isinstance(additive, Distributable)  # no deal/load_role yet
