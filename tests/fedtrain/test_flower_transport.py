@@ -329,10 +329,13 @@ def test_ckks_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
         )
 
 
-def test_active_secagg_is_refused_in_deployment() -> None:
+def test_active_secagg_needs_the_identity_directory() -> None:
+    """Active SecAgg+ runs only from each client's own key and the pinned directory
+    (``test_flower_active_secagg.py``); without them every role is refused."""
     spec = SessionSpec("secagg", {"active": True}, max_clients=3)
-    with pytest.raises(privagg.UnsupportedError, match="identity"):
-        load_session(spec, parse_shapes(SHAPES), Role.CLIENT)
+    for role in (Role.CLIENT, Role.AGGREGATOR, Role.HOLDER):
+        with pytest.raises(privagg.ConfigurationError, match="directory"):
+            load_session(spec, parse_shapes(SHAPES), role, party_id="client-0")
 
 
 # -- multi-stage replay, with a toy two-stage protocol ------------------------------------
