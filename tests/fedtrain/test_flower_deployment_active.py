@@ -160,9 +160,13 @@ def test_active_secagg_survives_a_supernode_killed_mid_round(tmp_path: Path) -> 
         d.start()
         run = threading.Thread(target=run_round)
         run.start()
-        # stages 0, 1 and 2 of the round reached client-3's SuperNode
+        # the hello and stages 0, 1 and 2 of the round reached client-3's SuperNode
+        # (the SuperNode logs "Receiving: <type> message" for each one it pulls)
         reached = _wait_for_count(
-            tmp_path / "flower" / "supernode-3.log", "ROUND privagg-", 3, 150.0
+            tmp_path / "flower" / "supernode-3.log",
+            "Receiving: query.privagg",
+            4,
+            150.0,
         )
         d.kill_node(3)
         run.join(timeout=300.0)

@@ -21,12 +21,7 @@ from privagg.errors import (
     ParameterMismatchError,
     PrivaggError,
 )
-from privagg.identity import (  # noqa: F401 (re-exported to the commands)
-    _IDENTITY_FP_DOMAIN,
-    _PARTY_ID,
-    IDENTITY_PUBLIC_FORMAT,
-    IDENTITY_SCHEME,
-)
+from privagg.identity import IDENTITY_PUBLIC_FORMAT, IDENTITY_SCHEME
 
 MAX_INSPECT_BYTES = 64 << 20
 _SECRET_KIND = 1  # Scheme.CORE kind of an exported secret (privagg.keys)

@@ -15,9 +15,7 @@ from rich.text import Text
 
 from privagg.cli._common import (
     _IDENTITY_FORMAT,
-    _IDENTITY_FP_DOMAIN,
     _IDENTITY_SCHEME,
-    _PARTY_ID,
     OutputExistsError,
     _console,
     _emit_json,
@@ -28,6 +26,7 @@ from privagg.cli._common import (
 from privagg.errors import (
     ConfigurationError,
 )
+from privagg.identity import _IDENTITY_FP_DOMAIN, _PARTY_ID
 from privagg.keys import (
     NoProtection,
     PasswordProtection,
