@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
-from tests.fedtrain.test_flower_transport import FakeGrid
+from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
+    FakeGrid,
+    _task_identity,
+)
 from tests.hardening_counts import count
 
 import privagg
@@ -40,15 +42,6 @@ pytestmark = pytest.mark.skipif(
 
 SHAPES = "weight:float32:2x3,bias:float64:3"
 WEIGHTS = {"client-0": 0.25, "client-1": 0.5, "client-2": 1.0, "client-3": 0.75}
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    """Flower Messages read the process's task identity; give the test process one."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def make_identities(folder: Path, parties: list[str]) -> tuple[Path, str]:

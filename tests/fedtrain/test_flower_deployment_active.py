@@ -17,13 +17,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 from tests.fedtrain.test_flower_active_secagg import (
     SHAPES,
     WEIGHTS,
@@ -31,7 +29,11 @@ from tests.fedtrain.test_flower_active_secagg import (
     make_identities,
     node_configs,
 )
-from tests.fedtrain.test_flower_transport import FakeGrid
+from tests.fedtrain.test_flower_deployment import _stopped
+from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
+    FakeGrid,
+    _task_identity,
+)
 
 import privagg
 from fedtrain.flower import server_app
@@ -46,14 +48,6 @@ pytestmark = [
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "flower_deployment"
 FIRST_ROUND = 4_000_000_007
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _setup(tmp_path: Path) -> tuple[list[dict[str, Any]], Path, str]:
@@ -86,11 +80,6 @@ def _run(d: LocalDeployment, directory: Path, name: str, **extra: Any) -> Any:
         print(d.logs())
         pytest.fail("the ServerApp wrote no result")
     return json.loads(result.read_text())
-
-
-def _stopped(d: LocalDeployment) -> None:
-    d.stop()
-    assert d.leftover_processes() == [], "processes left running after teardown"
 
 
 def test_active_secagg_over_a_real_deployment(tmp_path: Path) -> None:
