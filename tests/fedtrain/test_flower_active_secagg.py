@@ -231,6 +231,8 @@ def test_node_with_another_partys_key_or_id(
     folder, directory, pin = identities
     configs = node_configs(folder, directory, pin)
     configs[103]["privagg-identity-key"] = configs[102]["privagg-identity-key"]
+    # (its own round register: beside the borrowed key it would be client-2's)
+    configs[103]["privagg-round-register"] = str(folder / "client-3.rounds")
     grid = FakeGrid(configs)
     rec = _run(grid, _settings(directory))["rounds"][0]
     assert rec["dropped"] == ["client-3"]
@@ -247,6 +249,29 @@ def test_node_with_another_partys_key_or_id(
     summary = _run(FakeGrid(configs), _settings(directory, min_nodes=5))
     assert summary["parties"] == sorted(WEIGHTS)
     check_sum(summary["rounds"][0], WEIGHTS)
+
+
+def test_a_round_id_is_joined_once_across_runs(
+    identities: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """A new run (fresh Flower contexts, as Flower gives every run) pinned to a round
+    id the nodes already joined: each refuses at stage 0, from its round register (a
+    0600 file that outlives the run), so no round's signed keys are made twice."""
+    folder, directory, pin = identities
+    configs = node_configs(folder, directory, pin)
+    for c in configs.values():
+        c["privagg-round-register"] = str(tmp_path / f"{c['party-id']}.rounds")
+    _run(FakeGrid(configs), _settings(directory, first_round_id=77))
+    again = FakeGrid(configs)
+    with pytest.raises(privagg.InsufficientParticipantsError):
+        _run(again, _settings(directory, first_round_id=77))
+    msg = again.sent[-1]
+    with pytest.raises(FlowerProtocolError, match="already joined"):
+        ctx = again.contexts[msg.metadata.dst_node_id]
+        client_app.handle_envelope(unpack(msg.content), msg, ctx)
+    assert (tmp_path / "client-0.rounds").stat().st_mode & 0o777 == 0o600
+    rec = _run(FakeGrid(configs), _settings(directory, first_round_id=78))["rounds"][0]
+    check_sum(rec, WEIGHTS)
 
 
 def test_server_needs_the_directory(identities: tuple[Path, Path, str]) -> None:

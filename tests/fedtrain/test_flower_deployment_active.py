@@ -94,8 +94,14 @@ def test_active_secagg_over_a_real_deployment(tmp_path: Path) -> None:
     assert rec["round"] == FIRST_ROUND and rec["dropped"] == []
     assert rec["stages"] == 5 and out["holder"] == "server"
     check_sum(rec, WEIGHTS)
-    # the in-process runtime (same apps, fake Grid) on the same round agrees
-    grid = FakeGrid({100 + i: c for i, c in enumerate(nodes)})
+    # the in-process runtime (same apps, fake Grid) on the same round agrees; its
+    # nodes keep another round register (each SuperNode refuses to join a round twice)
+    grid = FakeGrid(
+        {
+            100 + i: c | {"privagg-round-register": str(tmp_path / f"ref-{i}.rounds")}
+            for i, c in enumerate(nodes)
+        }
+    )
     settings = server_app.RunSettings(
         backend="secagg",
         backend_options={"active": True},

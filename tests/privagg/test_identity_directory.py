@@ -30,6 +30,8 @@ from privagg.distribution import dealing, session_for_role
 from privagg.hazmat import DeterministicRng
 from privagg.identity import (
     DIRECTORY_FORMAT,
+    MAX_DIRECTORY_BYTES,
+    MAX_PARTIES,
     IdentityDirectory,
     load_identity_key,
     parse_public_record,
@@ -246,6 +248,21 @@ def test_pin_and_canonical_form() -> None:
         with pytest.raises(privagg.DeserializationError):
             IdentityDirectory.from_bytes(bad)
     assert "client" not in repr(d) and d.fingerprint.hex()[:16] in repr(d)
+
+
+def test_size_limits_are_checked_before_parsing() -> None:
+    too_big = b" " * (MAX_DIRECTORY_BYTES + 1)
+    with pytest.raises(privagg.DeserializationError):
+        IdentityDirectory.from_bytes(too_big)
+    many = json.dumps(
+        {
+            "format": DIRECTORY_FORMAT,
+            "nonce": "00" * 32,
+            "parties": [{}] * (MAX_PARTIES + 1),
+        }
+    ).encode()
+    with pytest.raises(privagg.DeserializationError):
+        IdentityDirectory.from_bytes(many)
 
 
 def test_server_cannot_substitute_an_identity() -> None:

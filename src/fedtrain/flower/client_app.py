@@ -67,6 +67,9 @@ Node config keys (``flower-supernode --node-config``):
   directory; setting it also makes this node refuse passive SecAgg+ (no downgrade).
 * ``privagg-identity-directory-fingerprint`` (str): hex of the directory's
   fingerprint, received out of band; a client refuses any other directory.
+* ``privagg-round-register`` (str, optional): active SecAgg+: the file recording the
+  ``(params_id, round id)`` pairs this node joined, across runs (default
+  ``<privagg-identity-key>.rounds``, 0600); a pair is joined once.
 * ``privagg-holder`` (bool): this node is the result holder.
 * ``privagg-holder-material`` (str): path of the holder's material file.
 * ``privagg-holder-register`` (str, optional): path of the holder's release register
@@ -89,12 +92,17 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
+from fedtrain.flower.errors import (
+    AlreadyReleasedError,
+    FlowerConfigError,
+    FlowerProtocolError,
+)
 from fedtrain.flower.material import (
     Role,
     SessionSpec,
     holder_needs_no_secret,
     load_session,
+    needs_identity_directory,
 )
 from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
@@ -186,6 +194,7 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
                 f"round {env.round_id} is not newer than round {last_round}, which "
                 "this node already joined (a round id is joined once)"
             )
+        _join_once(context, spec, env)
         context.state[_LAST_ROUND] = ConfigRecord({"round": env.round_id})
         task = get_task(env.meta.get("task", "synthetic"))
         update = task(party, env.round_id, layout, msg.content, context)
@@ -242,6 +251,34 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
     state["n"] = n + 1
     context.state[_STATE] = state
     return reply
+
+
+def _join_once(context: Context, spec: SessionSpec, env: Envelope) -> None:
+    """Active SecAgg+: record ``(params_id, round id)`` in this node's round register
+    (a 0600 file beside its identity key, or ``privagg-round-register``) before taking
+    part, and refuse a pair recorded before, by any run or process.
+
+    ``context.state`` lives for one run only, and a directory (hence ``params_id``)
+    lives for many: without the register a malicious ServerApp could start a new run
+    with an old round id and replay signed key advertisements of that round, whose
+    mask keys it had reconstructed by declaring their owners dropped.
+    """
+    if not needs_identity_directory(spec):
+        return
+    path = _material(context, "privagg-round-register")
+    key = _material(context, "privagg-identity-key")
+    if path is None:
+        if key is None:
+            return  # refused later: a client of active SecAgg+ needs its key file
+        path = str(Path(key).with_name(Path(key).name + ".rounds"))
+    params_id = bytes(open_envelope(env.payload)[0].params_id)
+    try:
+        ReleaseRegister(path).release(params_id, env.round_id, lambda: None)
+    except AlreadyReleasedError:
+        raise FlowerProtocolError(
+            f"round {env.round_id} of this session was already joined by this node "
+            "(in this or an earlier run): a round id is joined once"
+        ) from None
 
 
 def _holder_for(

@@ -148,7 +148,7 @@ def needs_identity_directory(spec: SessionSpec) -> bool:
     """True if every process needs the public-key directory (active SecAgg+)."""
     try:
         return _dealing(spec) is Dealing.DIRECTORY
-    except UnsupportedError:
+    except (UnsupportedError, privagg.ConfigurationError):
         return False  # refused later, with the backend's reason
 
 
