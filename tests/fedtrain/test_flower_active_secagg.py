@@ -274,6 +274,34 @@ def test_a_round_id_is_joined_once_across_runs(
     check_sum(rec, WEIGHTS)
 
 
+def test_password_protected_identity_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys written with ``keygen --password-env``: each node names the environment
+    variable holding its password; a node without it (or a wrong one) drops out."""
+    monkeypatch.setenv("NODE_PW", "correct horse battery")
+    runner = CliRunner()
+    parties = sorted(WEIGHTS)
+    for p in parties:
+        args = ["keygen", "--backend", "secagg", "--party-id", p, str(tmp_path / p)]
+        res = runner.invoke(cli, [*args, "--password-env", "NODE_PW"])
+        assert res.exit_code == 0, res.output
+    pubs = [str(tmp_path / p / f"secagg-identity-{p}.pub") for p in parties]
+    directory = tmp_path / "directory.json"
+    res = runner.invoke(cli, ["directory", str(directory), *pubs, "--json"])
+    pin = str(json.loads(res.stdout)["fingerprint"])
+    configs = node_configs(tmp_path, directory, pin)
+    for c in configs.values():
+        c["privagg-identity-password-env"] = "NODE_PW"
+    configs[103]["privagg-identity-password-env"] = "UNSET_PW"  # not in the env
+    rec = _run(FakeGrid(configs), _settings(directory))["rounds"][0]
+    assert rec["dropped"] == ["client-3"] and "UNSET_PW" in rec["errors"]["client-3"]
+    check_sum(rec, WEIGHTS)
+    monkeypatch.setenv("NODE_PW", "a wrong password")
+    with pytest.raises(privagg.InsufficientParticipantsError):
+        _run(FakeGrid(configs), _settings(directory))
+
+
 def test_server_needs_the_directory(identities: tuple[Path, Path, str]) -> None:
     folder, directory, pin = identities
     grid = FakeGrid(node_configs(folder, directory, pin))

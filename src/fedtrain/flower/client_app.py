@@ -63,6 +63,9 @@ Node config keys (``flower-supernode --node-config``):
 * ``privagg-material`` (str): path of this client's material file (keyed backends).
 * ``privagg-identity-key`` (str): active SecAgg+: path of this node's own Ed25519
   identity key file (``privagg keygen --backend secagg``; 0600, made on this machine).
+* ``privagg-identity-password-env`` (str, optional): the environment variable of the
+  SuperNode that holds the password of a key file written with
+  ``privagg keygen --password-env`` (scrypt + AES-256-GCM).
 * ``privagg-identity-directory`` (str): active SecAgg+: path of the public-key
   directory; setting it also makes this node refuse passive SecAgg+ (no downgrade).
 * ``privagg-identity-directory-fingerprint`` (str): hex of the directory's
@@ -83,15 +86,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+import privagg
 from fedtrain.flower.errors import (
     AlreadyReleasedError,
     FlowerConfigError,
@@ -111,6 +115,7 @@ from fedtrain.flower.transport import Envelope, Op, pack, unpack
 from privagg import HolderRole, Layout, SystemRng
 from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
+from privagg.keys import Protection
 
 __all__ = ["app", "handle_envelope"]
 
@@ -142,15 +147,28 @@ def _material(context: Context, key: str) -> str | None:
     return str(value) if value else None
 
 
-def _directory(context: Context) -> dict[str, str | None]:
+def _directory(context: Context) -> tuple[str | None, str | None]:
     """The public-key directory and its pinned fingerprint, from the node config
     only (active SecAgg+; the ServerApp cannot name them)."""
-    return {
-        "identity_directory": _material(context, "privagg-identity-directory"),
-        "directory_fingerprint": _material(
-            context, "privagg-identity-directory-fingerprint"
-        ),
-    }
+    return (
+        _material(context, "privagg-identity-directory"),
+        _material(context, "privagg-identity-directory-fingerprint"),
+    )
+
+
+def _identity_protection(context: Context) -> Protection | None:
+    """``PasswordProtection`` from the environment variable that node config
+    ``privagg-identity-password-env`` names (the SuperNode's environment), or None."""
+    var = _material(context, "privagg-identity-password-env")
+    if var is None:
+        return None
+    password = os.environ.get(var)
+    if password is None:
+        raise FlowerConfigError(
+            f"node config 'privagg-identity-password-env': the environment variable "
+            f"{var!r} is not set in this SuperNode's environment"
+        )
+    return privagg.PasswordProtection(password)
 
 
 def _maybe_stall(context: Context, stage: int) -> None:
@@ -225,7 +243,9 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
         party_id=party,
         material=_material(context, "privagg-material"),
         identity_key=_material(context, "privagg-identity-key"),
-        **_directory(context),
+        identity_protection=_identity_protection(context),
+        identity_directory=_directory(context)[0],
+        directory_fingerprint=_directory(context)[1],
     )
     vector = np.frombuffer(state["vector"], dtype="<f8").copy()  # type: ignore[arg-type]
     role = session.client(
@@ -285,7 +305,7 @@ def _holder_for(
     spec: SessionSpec,
     layout: Layout,
     material: str | None,
-    directory: Mapping[str, str | None] | None = None,
+    directory: tuple[str | None, str | None] = (None, None),
 ) -> HolderRole:
     """This process's holder for a session, built once and cached.
 
@@ -304,12 +324,11 @@ def _holder_for(
                 f"the holder's material file {material!r} cannot be read"
             ) from exc
         ident = (material, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
-    dir_args = dict(directory or {})
     key = (
         spec.to_json(),
         layout.to_bytes().hex(),
         *ident,
-        *map(str, dir_args.values()),
+        *map(str, directory),
     )
     holder = _HOLDERS.get(key)
     if holder is None:
@@ -318,7 +337,8 @@ def _holder_for(
             layout,
             Role.HOLDER,
             material=material,
-            **dir_args,
+            identity_directory=directory[0],
+            directory_fingerprint=directory[1],
         )
         holder = session.holder()
         _HOLDERS[key] = holder

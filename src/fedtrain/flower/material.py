@@ -50,6 +50,7 @@ from privagg import (
 )
 from privagg import distribution as _distribution
 from privagg.identity import MAX_DIRECTORY_BYTES, IdentityDirectory, load_identity_key
+from privagg.keys import Protection
 
 __all__ = [
     "DealtMaterial",
@@ -266,6 +267,7 @@ def load_session(
     identity_directory: str | Path | None = None,
     directory_fingerprint: str | None = None,
     identity_key: str | Path | None = None,
+    identity_protection: Protection | None = None,
 ) -> Session:
     """Build this process's session for one role.
 
@@ -282,6 +284,9 @@ def load_session(
             given for the other roles.
         identity_key: path of the client's own identity key file (0600; client of
             active SecAgg+ only).
+        identity_protection: how that file is protected
+            (``privagg.PasswordProtection`` for ``keygen --password-env``);
+            ``NoProtection`` by default.
 
     Returns:
         A session; use only the method of ``role`` (``aggregator``, ``client`` or
@@ -322,7 +327,9 @@ def load_session(
                 )
         directory = load_directory(identity_directory, pinned=directory_fingerprint)
         if role is Role.CLIENT and identity_key:
-            identity = load_identity_key(privagg.read_secret_file(identity_key))
+            identity = load_identity_key(
+                privagg.read_secret_file(identity_key), protection=identity_protection
+            )
     elif mode.needs_dealer:
         if material is None or not str(material):
             raise privagg.ConfigurationError(

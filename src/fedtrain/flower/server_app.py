@@ -278,12 +278,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     )
     if needs_setup_seed(spec):
         spec = dataclasses.replace(spec, setup_seed=SystemRng().random_bytes(32).hex())
-    directory_args: dict[str, str | None] = {}
     if needs_identity_directory(spec):
-        directory_args = {
-            "identity_directory": settings.identity_directory or None,
-            "directory_fingerprint": settings.identity_directory_fingerprint or None,
-        }
         parties = _known_parties(parties, settings)
         spec = dataclasses.replace(spec, max_clients=len(parties))
     if settings.holder == "server" and not holder_needs_no_secret(spec):
@@ -298,7 +293,8 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         layout,
         Role.AGGREGATOR,
         material=settings.aggregator_material or None,
-        **directory_args,
+        identity_directory=settings.identity_directory or None,
+        directory_fingerprint=settings.identity_directory_fingerprint or None,
     )
     meta = {
         "spec": spec.to_json(),
