@@ -77,9 +77,6 @@ from privagg.hazmat import DeterministicRng, uniform01
 
 __all__ = ["Federation", "RoundRecord", "RunResult", "ServerOptimizer"]
 
-_INTEGER_BACKENDS = ("paillier", "secagg", "additive")
-_DEFAULT_SCALE_BITS = 16  # the integer backends' default fixed-point resolution
-
 
 @dataclass(frozen=True)
 class _LayoutShare:
@@ -366,8 +363,12 @@ class Federation:
         c, p = self.config, self.config.privacy
         opts = dict(c.backend_options)
         self.layout = privagg.Layout.from_arrays(self._template_message())
-        self.integer_backend = c.backend in _INTEGER_BACKENDS
-        self.scale = float(2 ** int(opts.get("scale_bits", _DEFAULT_SCALE_BITS)))
+        # privagg says whether the backend computes on fixed-point integers (discrete
+        # noise shares, accounted at its scale) or on reals; no backend names here.
+        # Constructing a backend only validates its options (keys come in setup).
+        scale = privagg.fixed_point_scale(privagg.get_backend(c.backend, **opts))
+        self.integer_backend = scale is not None
+        self.scale = 1.0 if scale is None else scale
         # the distributed discrete Gaussian is analysed by privagg's RDP accountant only
         self.accountant = (
             "rdp" if p.level == "client" and self.integer_backend else p.accountant
@@ -392,8 +393,6 @@ class Federation:
                         f"backend option {key}={given!r} is below the client clip "
                         f"{p.clip}: clipped updates would overflow"
                     )
-        elif self.integer_backend and "bound" not in opts:
-            opts["bound"] = 1.0
         self.backend = privagg.get_backend(c.backend, **opts)
         self.session = self.backend.setup(
             self.layout,

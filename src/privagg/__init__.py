@@ -21,7 +21,9 @@ from privagg.distribution import (
     Dealing,
     DealtMaterial,
     Distributable,
+    OwnKey,
     Role,
+    SelfKeyed,
     session_for_role,
 )
 from privagg.encoding import EncodedVector, FixedPointEncoder
@@ -54,10 +56,12 @@ from privagg.protocols import (
     AggregatorRole,
     Backend,
     ClientRole,
+    FixedPointBackend,
     HolderRole,
     NoiseShare,
     Recovered,
     Session,
+    fixed_point_scale,
 )
 from privagg.registry import available_backends, get_backend, register_backend
 from privagg.simulation import RoundResult, run_round, secure_sum
@@ -96,6 +100,7 @@ __all__ = [
     "Distributable",
     "EncodedVector",
     "EncodingOverflowError",
+    "FixedPointBackend",
     "FixedPointEncoder",
     "FormatVersionError",
     "HolderRole",
@@ -104,6 +109,7 @@ __all__ = [
     "MissingKeyError",
     "NoProtection",
     "NoiseShare",
+    "OwnKey",
     "ParameterMismatchError",
     "PasswordProtection",
     "PrivaggError",
@@ -115,6 +121,7 @@ __all__ = [
     "Scheme",
     "SecretBytes",
     "SecretKey",
+    "SelfKeyed",
     "Session",
     "SetupRequest",
     "SystemRng",
@@ -124,6 +131,7 @@ __all__ = [
     "UnsupportedReason",
     "__version__",
     "available_backends",
+    "fixed_point_scale",
     "from_bytes",
     "get_backend",
     "read_secret_file",

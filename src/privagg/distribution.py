@@ -23,6 +23,13 @@ can run across processes implements :class:`Distributable` and declares, through
                   fingerprint), and each process runs
                   :meth:`DirectoryKeyed.directory_role` with the directory and, for a
                   client, its own identity key (SecAgg+ with ``active=True``).
+``OWN_KEYS``      no dealer: each party that holds a secret key (a server, the result
+                  holder) makes it on its own machine (:func:`own_key`) and publishes
+                  only the public half; an operator builds the *public* directory
+                  from the public halves (:func:`make_directory`); every process
+                  loads its role from the directory plus, for a key holder, its own
+                  secret (:meth:`SelfKeyed.load_role`). Nobody ever holds two
+                  parties' secrets (``additive``).
 ================  ===================================================================
 
 A backend without the hook (or one that declares, by raising
@@ -59,10 +66,15 @@ __all__ = [
     "Dealing",
     "DirectoryKeyed",
     "Distributable",
+    "OwnKey",
     "PublicSeeded",
     "Role",
+    "SelfKeyed",
     "deal",
     "dealing",
+    "key_holders",
+    "make_directory",
+    "own_key",
     "public_setup",
     "session_for_role",
 ]
@@ -74,6 +86,8 @@ class Role(enum.StrEnum):
     AGGREGATOR = "aggregator"
     CLIENT = "client"
     HOLDER = "holder"
+    SERVER = "server"
+    """An extra responder of the protocol (``Session.servers``): an additive server."""
 
 
 class Dealing(enum.Enum):
@@ -83,11 +97,18 @@ class Dealing(enum.Enum):
     PUBLIC_SEED = "public-seed"
     DEALER = "dealer"
     DIRECTORY = "directory"
+    OWN_KEYS = "own-keys"
 
     @property
     def needs_dealer(self) -> bool:
         """True if a dealer must make and hand out key material."""
         return self is Dealing.DEALER
+
+    @property
+    def holder_has_secret(self) -> bool:
+        """True if the result holder loads a secret key, so it must run in its own
+        process (``DEALER`` and ``OWN_KEYS``)."""
+        return self in (Dealing.DEALER, Dealing.OWN_KEYS)
 
 
 @dataclass(frozen=True, repr=False)
@@ -134,6 +155,50 @@ class DealtMaterial:
 
     def __deepcopy__(self, memo: object) -> NoReturn:
         raise TypeError("DealtMaterial holds secret key material and cannot be copied")
+
+
+@dataclass(frozen=True, repr=False)
+class OwnKey:
+    """A key pair one party made on its own machine (``OWN_KEYS`` backends).
+
+    ``public`` is published (the operator puts it in the directory); ``secret`` is this
+    party's own blob: write it to a 0600 file on its machine and nowhere else. Like
+    :class:`DealtMaterial` it cannot be pickled or copied, and its repr shows only the
+    party and a fingerprint of the public half.
+
+    Attributes:
+        role: the role that uses the key (``Role.SERVER`` or ``Role.HOLDER``).
+        party_id: the party that made it (``"server-1"``, ``"holder"``).
+        public: the public blob (self-describing: names the role and the party).
+        secret: the secret blob (names the role and the party too, so a file made for
+            one party refuses to act as another).
+    """
+
+    role: Role
+    party_id: str
+    public: bytes
+    secret: bytes
+
+    def __repr__(self) -> str:
+        fp = hashlib.blake2b(self.public, digest_size=8).hexdigest()
+        return (
+            f"OwnKey(role={self.role.value}, party={self.party_id!r}, public_fp={fp}, "
+            "secret hidden)"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "OwnKey holds a secret key and cannot be pickled; write its secret blob "
+            "to its own secret file instead"
+        )
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("OwnKey holds a secret key and cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError("OwnKey holds a secret key and cannot be copied")
 
 
 @runtime_checkable
@@ -212,6 +277,44 @@ class DirectoryKeyed(Protocol):
         ...
 
 
+@runtime_checkable
+class SelfKeyed(Protocol):
+    """A backend whose key holders make their own keys (``OWN_KEYS``).
+
+    ``key_holders`` names the parties that make a key; each runs ``own_key`` on its own
+    machine; the operator runs ``directory`` on the public halves (no secret involved);
+    ``load_role`` builds a role from the directory and, for a key holder, its own
+    secret blob (a key holder's blob for party X refuses to act as party Y).
+    """
+
+    def key_holders(self) -> Mapping[str, Role]:
+        """Party id -> role, for every party that makes its own key."""
+        ...
+
+    def own_key(self, role: str, party_id: str) -> OwnKey:
+        """Make ``party_id``'s key pair (on that party's machine)."""
+        ...
+
+    def directory(self, public_keys: Sequence[bytes]) -> bytes:
+        """The public directory from every key holder's public blob."""
+        ...
+
+    def load_role(
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        secret: bytes | None = None,
+    ) -> Session:
+        """A session for one role from the directory (``material``) and, for a key
+        holder, its own ``secret`` blob."""
+        ...
+
+
 def _hook(backend: Backend) -> Distributable:
     if not isinstance(backend, Distributable):
         raise UnsupportedError(
@@ -249,6 +352,52 @@ def deal(
     if not hook.dealing().needs_dealer:
         return None
     return hook.deal(layout, party_ids, max_clients=max_clients, max_weight=max_weight)
+
+
+def _self_keyed(backend: Backend) -> SelfKeyed:
+    hook = _hook(backend)
+    if hook.dealing() is not Dealing.OWN_KEYS or not isinstance(hook, SelfKeyed):
+        raise UnsupportedError(
+            f"backend {backend.name!r} does not let its parties make their own keys "
+            "(its dealing is not OWN_KEYS)",
+            UnsupportedReason.OPERATION,
+        )
+    return hook
+
+
+def key_holders(backend: Backend) -> dict[str, Role]:
+    """Party id -> role of every party that makes its own key ({} unless
+    ``OWN_KEYS``).
+
+    Raises:
+        UnsupportedError: as :func:`dealing`.
+    """
+    if dealing(backend) is not Dealing.OWN_KEYS:
+        return {}
+    return dict(_self_keyed(backend).key_holders())
+
+
+def own_key(backend: Backend, role: Role | str, party_id: str) -> OwnKey:
+    """Make one key holder's key pair, on its own machine (``OWN_KEYS`` backends).
+
+    Raises:
+        UnsupportedError: the backend is not ``OWN_KEYS``.
+        ConfigurationError: ``party_id`` makes no key, or not for ``role``.
+    """
+    return _self_keyed(backend).own_key(Role(role).value, party_id)
+
+
+def make_directory(backend: Backend, public_keys: Sequence[bytes]) -> bytes:
+    """The public directory from every key holder's public blob (``OWN_KEYS``).
+
+    The operator's step: it sees public blobs only.
+
+    Raises:
+        UnsupportedError: the backend is not ``OWN_KEYS``.
+        ConfigurationError: a key holder is missing or given twice.
+        DeserializationError: a malformed public blob.
+    """
+    return _self_keyed(backend).directory(public_keys)
 
 
 def public_setup(
@@ -289,6 +438,7 @@ def session_for_role(
     setup_seed: bytes | None = None,
     directory: IdentityDirectory | None = None,
     identity: SecretBytes | None = None,
+    secret: bytes | None = None,
     max_clients: int,
     max_weight: float = 1.0,
 ) -> Session:
@@ -299,12 +449,15 @@ def session_for_role(
         layout: the update layout.
         role: which role this process plays.
         party_id: the client's party id (``Role.CLIENT``).
-        material: this role's blob from :func:`deal` (``DEALER`` backends only).
+        material: this role's blob from :func:`deal` (``DEALER`` backends), or the
+            public directory (``OWN_KEYS`` backends).
         setup_seed: the public 32-byte seed (``PUBLIC_SEED`` backends only).
         directory: the public-key directory, loaded with its pinned fingerprint
             (``DIRECTORY`` backends only).
         identity: a client's own identity secret key (``DIRECTORY`` backends, role
             ``client`` only; never given to another role).
+        secret: this party's own secret blob from :func:`own_key` (``OWN_KEYS``
+            backends, key holders only).
         max_clients: as given to :func:`deal`.
         max_weight: as given to :func:`deal`.
 
@@ -313,10 +466,10 @@ def session_for_role(
 
     Raises:
         UnsupportedError: as :func:`dealing`.
-        ConfigurationError: an unknown role, a ``DEALER`` backend without material,
-            a ``PUBLIC_SEED`` backend without a 32-byte seed, or a ``DIRECTORY``
-            backend without a directory (or a client without its identity key, or
-            another role given one).
+        ConfigurationError: an unknown role, a ``DEALER`` or ``OWN_KEYS`` backend
+            without material, a ``PUBLIC_SEED`` backend without a 32-byte seed, or a
+            ``DIRECTORY`` backend without a directory (or a client without its
+            identity key, or another role given one).
     """
     hook = _hook(backend)
     mode = hook.dealing()
@@ -324,7 +477,7 @@ def session_for_role(
         role = Role(role)
     except ValueError:
         raise ConfigurationError(
-            f"role must be aggregator, client or holder, got {role!r}"
+            f"role must be aggregator, client, holder or server, got {role!r}"
         ) from None
     if mode is Dealing.NONE:
         return backend.setup(layout, max_clients=max_clients, max_weight=max_weight)
@@ -350,6 +503,16 @@ def session_for_role(
     if material is None:
         raise ConfigurationError(
             f"backend {backend.name!r} needs its material for role {role.value!r}"
+        )
+    if mode is Dealing.OWN_KEYS:
+        return _self_keyed(backend).load_role(
+            layout,
+            role.value,
+            party_id,
+            material,
+            max_clients=max_clients,
+            max_weight=max_weight,
+            secret=secret,
         )
     return hook.load_role(
         layout,

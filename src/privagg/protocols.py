@@ -38,11 +38,13 @@ __all__ = [
     "AggregatorRole",
     "Backend",
     "ClientRole",
+    "FixedPointBackend",
     "HolderRole",
     "NoiseShare",
     "Recovered",
     "Responder",
     "Session",
+    "fixed_point_scale",
 ]
 
 AGGREGATOR = "aggregator"
@@ -239,3 +241,32 @@ class Backend(Protocol):
         """Declared max absolute error of a recovered sum of ``n_clients`` values of
         magnitude <= ``max_abs`` (0.0 for exact backends at their resolution)."""
         ...
+
+
+@runtime_checkable
+class FixedPointBackend(Protocol):
+    """Capability: a backend that computes on fixed-point integers.
+
+    It encodes every value as an integer of :attr:`fixed_point_scale` units per 1.0
+    (stochastic rounding) and adds a :class:`NoiseShare` as integer noise
+    (:meth:`NoiseShare.sample_encoded`: the distributed discrete Gaussian, which
+    :mod:`privagg.dp` accounts with ``scale`` and the layout's dimension). Backends
+    without it compute on reals and add :meth:`NoiseShare.sample_real` (CKKS, plain).
+    Ask through :func:`fixed_point_scale`, never by backend name.
+    """
+
+    @property
+    def fixed_point_scale(self) -> float:
+        """Integer units per 1.0 (``2**scale_bits``)."""
+        ...
+
+
+def fixed_point_scale(backend: Backend) -> float | None:
+    """``backend``'s fixed-point scale, or None for a backend that computes on reals.
+
+    A DP layer uses it to pick the noise and its accounting: on a fixed-point backend
+    the clients' shares are discrete (``sample_encoded`` at this scale), elsewhere real.
+    """
+    if isinstance(backend, FixedPointBackend):
+        return float(backend.fixed_point_scale)
+    return None

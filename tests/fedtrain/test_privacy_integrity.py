@@ -578,3 +578,33 @@ def test_client_level_dp_end_to_end_every_backend(
     print(f"E2E {backend}: reported {eps:.6f} recomputed {again:.6f}")
     assert eps == pytest.approx(again, rel=1e-2)
     assert rep["rounds"][-1]["epsilon"] == pytest.approx(eps)
+
+
+def test_noise_domain_comes_from_privagg_not_from_backend_names(
+    rt_small: tuple[RawDataset, RawDataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend fedtrain has never heard of, registered under a new name: fedtrain
+    asks privagg (``fixed_point_scale``) whether its noise is discrete and at which
+    scale, and accounts the distributed discrete Gaussian accordingly (issue #16)."""
+    from privagg import registry
+    from privagg.backends.additive import AdditiveBackend
+
+    monkeypatch.setitem(
+        registry._REGISTERED, "ring_under_another_name", AdditiveBackend
+    )
+    train, ev = rt_small
+    p = PrivacyConfig(level="client", noise_multiplier=1.0, clip=0.5)
+    cfg = small_config(
+        backend="ring_under_another_name",
+        backend_options={"scale_bits": 12},
+        privacy=p,
+        rounds=RoundConfig(rounds=1, local_steps=1),
+    )
+    fed = Federation(cfg, _clients(train, 3), ev)
+    assert fed.integer_backend and fed.scale == 2.0**12 and fed.accountant == "rdp"
+    meta = fed.client_event(3)[1]
+    assert meta["mechanism"] == "distributed_discrete_gaussian"
+    assert meta["scale"] == 2.0**12
+    plain = Federation(small_config(privacy=p), _clients(train, 3), ev)
+    assert not plain.integer_backend
+    assert plain.client_event(3)[1]["mechanism"] == "gaussian"

@@ -126,6 +126,41 @@ def test_paillier_holder_material_keeps_its_file_format() -> None:
             be.load_role(LAYOUT, "holder", None, bad, max_clients=3)
     with pytest.raises(privagg.ConfigurationError):
         be.load_role(LAYOUT, "janitor", None, dealt.aggregator, max_clients=3)
+    # a client role names its party (as CKKS and SecAgg+ require)
+    for missing in (None, ""):
+        with pytest.raises(privagg.ConfigurationError, match="party id"):
+            be.load_role(
+                LAYOUT, "client", missing, dealt.clients["client-0"], max_clients=3
+            )
+    with pytest.raises(privagg.ConfigurationError, match="party id"):
+        session_for_role(
+            be, LAYOUT, Role.CLIENT, material=dealt.aggregator, max_clients=3
+        )
+    c = be.load_role(
+        LAYOUT, "client", "client-0", dealt.clients["client-0"], max_clients=3
+    )
+    c.client("client-0", 1, np.zeros(LAYOUT.size))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "scale"),
+    [
+        ("plain", {}, None),
+        ("ckks", {"preset": "test-fast", "threads": 1}, None),
+        ("paillier", {"scale_bits": 12}, 4096.0),
+        ("secagg", {"scale_bits": 20}, 2.0**20),
+        ("additive", {}, 65536.0),
+    ],
+)
+def test_fixed_point_scale_is_a_public_capability(
+    name: str, options: dict[str, Any], scale: float | None
+) -> None:
+    """fedtrain asks privagg, not a list of names, whether noise is discrete."""
+    if name not in privagg.available_backends():
+        pytest.skip(f"{name} not available")
+    be = privagg.get_backend(name, **options)
+    assert privagg.fixed_point_scale(be) == scale
+    assert isinstance(be, privagg.FixedPointBackend) == (scale is not None)
 
 
 def test_refusals() -> None:
@@ -134,12 +169,17 @@ def test_refusals() -> None:
     with pytest.raises(privagg.ConfigurationError, match="directory"):
         session_for_role(active, LAYOUT, Role.AGGREGATOR, max_clients=2)
     additive = privagg.get_backend("additive")
-    assert additive.dealing() is Dealing.DEALER  # type: ignore[attr-defined]
-    assert not isinstance(additive, Distributable)  # no deal/load_role yet
-    with pytest.raises(privagg.UnsupportedError, match="no deal/load_role"):
-        dealing(additive)
-    with pytest.raises(privagg.UnsupportedError):
+    assert (
+        dealing(additive) is Dealing.OWN_KEYS
+    )  # no dealer (test_additive_distribution)
+    with pytest.raises(privagg.ConfigurationError, match="material"):
         session_for_role(additive, LAYOUT, Role.CLIENT, max_clients=2)
+
+    class _Keyless:  # a backend without the hook is refused, never given every secret
+        name = "keyless"
+
+    with pytest.raises(privagg.UnsupportedError, match="no deal/load_role"):
+        dealing(_Keyless())  # type: ignore[arg-type]
     plain = privagg.get_backend("plain")
     with pytest.raises(privagg.UnsupportedError, match="public-seeded"):
         public_setup(plain, LAYOUT, bytes(32), max_clients=2)

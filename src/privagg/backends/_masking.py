@@ -129,6 +129,11 @@ class RingBackend:
         """Largest |value| a client may contribute (before weighting)."""
         return self._ring.bound
 
+    @property
+    def fixed_point_scale(self) -> float:
+        """``2**scale_bits``: integer units per 1.0 (see :class:`privagg.FixedPointBackend`)."""
+        return float(2**self._ring.scale_bits)
+
     def tolerance(self, *, n_clients: int, max_abs: float) -> float:
         """See :meth:`privagg.FixedPointEncoder.sum_error_bound`."""
         return self._ring.tolerance(n_clients=n_clients, max_abs=max_abs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, NoReturn
 
 from privagg._rng import Rng, SystemRng
@@ -23,16 +23,26 @@ from privagg.backends.additive._context import (
     _Config,
     _RoundRegister,
 )
+from privagg.backends.additive._material import (
+    read_directory,
+    read_own_key,
+    seal_directory,
+    seal_own_key,
+)
 from privagg.backends.additive.roles import (
     AdditiveAggregator,
     AdditiveClient,
     AdditiveHolder,
     AdditiveServer,
 )
-from privagg.distribution import Dealing
+from privagg.distribution import Dealing, DealtMaterial, OwnKey, Role
 from privagg.errors import (
     ConfigurationError,
+    MissingKeyError,
+    ParameterMismatchError,
     ProtocolError,
+    UnsupportedError,
+    UnsupportedReason,
 )
 from privagg.keys import SecretKey, fingerprint
 from privagg.layout import FloatVector, Layout
@@ -41,14 +51,15 @@ from privagg.protocols import NoiseShare, Responder, check_setup_args
 
 class AdditiveSession(RingSession[_Config]):
     """An additive-sharing session. In one process it holds every server's key and the
-    holder's key (a trusted dealer); across machines each party keeps its own."""
+    holder's key (a trusted dealer); across machines each party keeps its own (a
+    session from :meth:`AdditiveBackend.load_role` holds at most one key)."""
 
     def __init__(
         self,
         cfg: _Config,
         layout: Layout,
         server_keys: dict[str, SecretKey[bytes]],
-        holder_key: SecretKey[bytes],
+        holder_key: SecretKey[bytes] | None,
         noise: NoiseShare | None,
         rng: Rng,
     ) -> None:
@@ -113,7 +124,9 @@ class AdditiveSession(RingSession[_Config]):
         )
 
     def servers(self, round_id: int) -> dict[str, Responder]:
-        """Servers 1 .. n_servers - 1 (each refuses a round id it already served)."""
+        """Servers 1 .. n_servers - 1 whose key this session holds (all of them in one
+        process; only its own in a server's process); each refuses a round id it
+        already served."""
         check_round_id(round_id)
         return {
             sid: AdditiveServer(
@@ -125,15 +138,26 @@ class AdditiveSession(RingSession[_Config]):
                 self._served[sid],
             )
             for sid in self._cfg.server_ids
+            if sid in self._server_keys
         }
 
     def holder(self) -> AdditiveHolder:
-        """The result holder (refuses a round id this session's holder recovered)."""
+        """The result holder (refuses a round id this session's holder recovered).
+
+        Raises:
+            MissingKeyError: this session does not hold the holder's key (a role
+                loaded from the public directory, or a server's).
+        """
+        if self._holder_key is None:
+            raise MissingKeyError(
+                "this additive session does not hold the holder's key"
+            )
         return AdditiveHolder(self._cfg, self._holder_key, self._recovered)
 
     def secret_keys(self) -> list[SecretKey[bytes]]:
-        """Every secret key this (simulation) session holds."""
-        return [*self._server_keys.values(), self._holder_key]
+        """Every secret key this session holds (all of them in a simulation)."""
+        keys = list(self._server_keys.values())
+        return keys if self._holder_key is None else [*keys, self._holder_key]
 
     def __repr__(self) -> str:
         return f"AdditiveSession(size={self.layout.size}, servers={len(self._cfg.server_ids) + 1})"
@@ -202,6 +226,31 @@ class AdditiveBackend(RingBackend):
                 could ever be released), or bad arguments.
             EncodingOverflowError: the sums would not fit the 64-bit ring.
         """
+        rng = rng or SystemRng()
+        server_ids = self._server_ids()
+        server_sks = {sid: new_x25519(rng) for sid in server_ids}
+        holder_sk = new_x25519(rng)
+        pks = {sid: x25519_public(sk) for sid, sk in server_sks.items()}
+        pks["holder"] = x25519_public(holder_sk)
+        return self._session(
+            layout, max_clients, max_weight, noise, rng, pks, server_sks, holder_sk
+        )
+
+    def _server_ids(self) -> tuple[str, ...]:
+        return tuple(f"server-{k}" for k in range(1, self._n_servers))
+
+    def _session(
+        self,
+        layout: Layout,
+        max_clients: int,
+        max_weight: float,
+        noise: NoiseShare | None,
+        rng: Rng,
+        public_keys: Mapping[str, bytes],
+        server_sks: Mapping[str, bytes],
+        holder_sk: bytes | None,
+    ) -> AdditiveSession:
+        """A session over the given public keys, holding the given secret keys."""
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         if max_clients < self._min_contributions:
             raise ConfigurationError(
@@ -209,14 +258,11 @@ class AdditiveBackend(RingBackend):
                 f"{self._min_contributions}: no round could be released (set "
                 f"min_contributions explicitly to accept fewer contributors)"
             )
-        rng = rng or SystemRng()
         ring = self._ring
         encoder, ring_bits = ring.size_ring(layout.size, max_clients, max_weight, noise)
-        server_ids = tuple(f"server-{k}" for k in range(1, self._n_servers))
-        server_sks = [new_x25519(rng) for _ in server_ids]
-        server_pks = tuple(x25519_public(sk) for sk in server_sks)
-        holder_sk = new_x25519(rng)
-        holder_pk = x25519_public(holder_sk)
+        server_ids = self._server_ids()
+        server_pks = tuple(public_keys[sid] for sid in server_ids)
+        holder_pk = public_keys["holder"]
         public = (
             struct.pack(
                 ">dIBdIQI",
@@ -248,22 +294,188 @@ class AdditiveBackend(RingBackend):
         )
         keys = {
             sid: SecretKey(
-                "additive", sk, public_fingerprint=fingerprint(b"additive/server", pk)
+                "additive",
+                sk,
+                public_fingerprint=fingerprint(b"additive/server", public_keys[sid]),
             )
-            for sid, sk, pk in zip(server_ids, server_sks, server_pks, strict=True)
+            for sid, sk in server_sks.items()
         }
-        hkey = SecretKey(
-            "additive",
-            holder_sk,
-            public_fingerprint=fingerprint(b"additive/holder", holder_pk),
+        hkey = (
+            None
+            if holder_sk is None
+            else SecretKey(
+                "additive",
+                holder_sk,
+                public_fingerprint=fingerprint(b"additive/holder", holder_pk),
+            )
         )
         return AdditiveSession(cfg, layout, keys, hkey, noise, rng)
 
+    # -- deployment: each key holder makes its own key ----------------------------------
     def dealing(self) -> Dealing:
-        """``DEALER``: the servers' and the holder's X25519 keys must be made once and
-        handed out. This backend has no ``deal``/``load_role`` yet, so
-        :func:`privagg.distribution.dealing` refuses it for deployments."""
-        return Dealing.DEALER
+        """``OWN_KEYS``: no dealer. Each server ``k >= 1`` and the result holder make
+        their own X25519 key on their own machine (:meth:`own_key`) and publish only
+        the public half; the operator assembles the public directory
+        (:meth:`directory`); every process loads its role from the directory and, for
+        a key holder, its own secret (:meth:`load_role`). Server 0 (the aggregator)
+        and the clients hold no long-term secret. A dealer would have held every
+        server's key at once, i.e. been every server: the non-collusion assumption
+        this backend rests on would then rest on the dealer too.
+        """
+        return Dealing.OWN_KEYS
+
+    def key_holders(self) -> dict[str, Role]:
+        """``{"server-1": SERVER, ..., "holder": HOLDER}``: who makes its own key."""
+        out = dict.fromkeys(self._server_ids(), Role.SERVER)
+        out["holder"] = Role.HOLDER
+        return out
+
+    def own_key(self, role: str, party_id: str, *, rng: Rng | None = None) -> OwnKey:
+        """Make one key holder's X25519 key, on its own machine.
+
+        Args:
+            role: ``"server"`` or ``"holder"``.
+            party_id: ``"server-k"`` (1 <= k < n_servers) or ``"holder"``.
+            rng: randomness for the key (default: the system CSPRNG).
+
+        Raises:
+            ConfigurationError: ``party_id`` is not a key holder in ``role``.
+        """
+        holders = self.key_holders()
+        if holders.get(party_id) != role:
+            raise ConfigurationError(
+                f"{party_id!r} makes no {role!r} key in this backend; key holders: "
+                f"{sorted(holders)}"
+            )
+        sk = new_x25519(rng or SystemRng())
+        public, secret = seal_own_key(role, party_id, sk)
+        return OwnKey(Role(role), party_id, public, secret)
+
+    def directory(self, public_keys: Sequence[bytes]) -> bytes:
+        """The public directory from every key holder's public blob (no secret in,
+        none out: the operator's step).
+
+        Raises:
+            ConfigurationError: a key holder missing, repeated or unknown.
+            DeserializationError: a malformed public blob.
+        """
+        expected = {p: r.value for p, r in self.key_holders().items()}
+        return seal_directory(public_keys, expected)
+
+    def deal(
+        self,
+        layout: Layout,
+        party_ids: Sequence[str],
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+    ) -> DealtMaterial:
+        """Refused: this backend has no dealer (see :meth:`dealing`).
+
+        Raises:
+            UnsupportedError: always.
+        """
+        raise UnsupportedError(
+            "the additive backend has no dealer: each server and the result holder "
+            "make their own key (own_key) and the operator builds the public "
+            "directory (directory)",
+            UnsupportedReason.OPERATION,
+        )
+
+    def load_role(
+        self,
+        layout: Layout,
+        role: str,
+        party_id: str | None,
+        material: bytes,
+        *,
+        max_clients: int,
+        max_weight: float = 1.0,
+        secret: bytes | None = None,
+        rng: Rng | None = None,
+    ) -> AdditiveSession:
+        """A session for one role, from the public directory and (key holders) its own
+        secret blob only.
+
+        Args:
+            layout: the update layout.
+            role: ``"aggregator"`` (server 0), ``"client"``, ``"server"`` or
+                ``"holder"``.
+            party_id: the client's or server's party id (``"holder"`` or None for the
+                holder).
+            material: the public directory (:meth:`directory`).
+            max_clients: as every other process uses.
+            max_weight: as every other process uses.
+            secret: the key holder's own secret blob (:meth:`own_key`); refused for
+                the aggregator and the clients, which hold no secret.
+            rng: randomness for the server's ephemeral keys (default: the OS).
+
+        Returns:
+            A session; only ``role``'s method is usable (``holder()`` raises
+            :class:`~privagg.MissingKeyError` outside the holder; ``servers()`` has
+            only the server's own entry in a server's process, none elsewhere).
+
+        Raises:
+            ConfigurationError: an unknown role, a missing or foreign party id, a
+                missing secret for a key holder, or a secret for a role without one.
+            DeserializationError: malformed material, or a secret blob given as the
+                directory.
+            ParameterMismatchError: a secret blob made for another party or role, or
+                one whose key is not the directory's key for this party.
+        """
+        holders = self.key_holders()
+        expected = {p: r.value for p, r in holders.items()}
+        pks = read_directory(material, expected)
+        server_sks: dict[str, bytes] = {}
+        holder_sk: bytes | None = None
+        if role in ("aggregator", "client"):
+            if secret is not None:
+                raise ConfigurationError(
+                    f"an additive {role} holds no secret key; it was given one"
+                )
+            if role == "client" and (not party_id or party_id in holders):
+                raise ConfigurationError(
+                    f"an additive client role needs its own party id, got {party_id!r}"
+                )
+        elif role in ("server", "holder"):
+            me = "holder" if role == "holder" and party_id is None else party_id
+            if me is None or holders.get(me) != Role(role):
+                raise ConfigurationError(
+                    f"an additive {role} role needs its party id ({sorted(holders)}), "
+                    f"got {party_id!r}"
+                )
+            if secret is None:
+                raise ConfigurationError(
+                    f"the additive {role} {me!r} needs its own secret key file"
+                )
+            key_role, key_party, sk = read_own_key(secret)
+            if (key_role, key_party) != (role, me):
+                raise ParameterMismatchError(
+                    f"the secret key was made for {key_role} {key_party!r}, not for "
+                    f"{role} {me!r}"
+                )
+            if x25519_public(sk) != pks[me]:
+                raise ParameterMismatchError(
+                    f"the secret key of {me!r} is not the one in the directory"
+                )
+            if role == "server":
+                server_sks[me] = sk
+            else:
+                holder_sk = sk
+        else:
+            raise ConfigurationError(
+                f"role must be aggregator, client, server or holder, got {role!r}"
+            )
+        return self._session(
+            layout,
+            max_clients,
+            max_weight,
+            None,
+            rng or SystemRng(),
+            pks,
+            server_sks,
+            holder_sk,
+        )
 
     def __repr__(self) -> str:
         return (

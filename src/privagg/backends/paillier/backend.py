@@ -357,6 +357,11 @@ class PaillierBackend:
         """Largest ``|x|`` per coordinate before weighting."""
         return self.bound
 
+    @property
+    def fixed_point_scale(self) -> float:
+        """``2**scale_bits``: integer units per 1.0 (see :class:`privagg.FixedPointBackend`)."""
+        return float(2**self.scale_bits)
+
     def tolerance(self, *, n_clients: int, max_abs: float) -> float:
         """Max abs error of a recovered sum of ``n_clients`` (weighted) values.
 
@@ -562,11 +567,13 @@ class PaillierBackend:
         """A session for one role from that role's material (see :meth:`deal`).
 
         Raises:
-            ConfigurationError: an unknown role.
+            ConfigurationError: an unknown role, or a client without a party id.
             DeserializationError: malformed material.
             ParameterMismatchError: a public key of another size.
         """
         secret = None
+        if role == "client" and not party_id:
+            raise ConfigurationError("a Paillier client role needs its party id")
         if role == "holder":
             if len(material) < 4:
                 raise DeserializationError()
