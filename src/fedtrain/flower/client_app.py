@@ -47,9 +47,26 @@ aggregate is no secret from the ServerApp anyway.
 The recovered sum goes back to the ServerApp (it applies it): ``holder = "node"`` keeps
 the *secret key* off the ServerApp, not the aggregate.
 
+**Aggregation server.** A node with ``privagg-role = "server"`` is one of the additive
+backend's non-colluding servers ``server-k`` (``k >= 1``; server 0 is the ServerApp's
+aggregator, which holds no secret): it answers the aggregator's server request with
+its partial sum, encrypted to the result holder. It loads only the public directory
+(``privagg-material``) and its own key (``privagg-own-key``, made on this machine by
+:func:`fedtrain.flower.material.make_own_key`), checks the session against its node
+policy like a client, and serves each ``(params_id, round id)`` once, for good: a
+register file (``<privagg-own-key>.released``, or ``privagg-server-register``) as for
+the holder, so the coordinator cannot obtain two partial sums of one round over
+different client sets, even across ClientApp processes and restarts.
+
 Node config keys (``flower-supernode --node-config``):
 
-* ``party-id`` (str): this node's privagg party id (required for clients).
+* ``party-id`` (str): this node's privagg party id (required for clients and servers).
+* ``privagg-role`` (str, optional): ``"client"`` (default) or ``"server"`` (an
+  aggregation server, e.g. ``party-id = "server-1"``).
+* ``privagg-own-key`` (str): path of this node's own key file (servers and the holder
+  of backends whose key holders make their own keys: ``additive``).
+* ``privagg-server-register`` (str, optional): path of a server's register of served
+  rounds (default ``<privagg-own-key>.released``).
 * ``privagg-backends`` (str, required): comma-separated backends this client accepts,
   e.g. ``"secagg"``; a server cannot downgrade a client to ``plain``.
 * ``privagg-backend-options`` (str, optional): JSON object; if set, the round's backend
@@ -169,6 +186,15 @@ def _identity_protection(context: Context) -> Protection | None:
             f"{var!r} is not set in this SuperNode's environment"
         )
     return privagg.PasswordProtection(password)
+
+
+def _node_role(context: Context) -> str:
+    role = str(context.node_config.get("privagg-role", "client") or "client")
+    if role not in ("client", "server"):
+        raise FlowerConfigError(
+            f"node config 'privagg-role' must be 'client' or 'server', got {role!r}"
+        )
+    return role
 
 
 def _maybe_stall(context: Context, stage: int) -> None:
@@ -301,29 +327,67 @@ def _join_once(context: Context, spec: SessionSpec, env: Envelope) -> None:
         ) from None
 
 
+def _serve(env: Envelope, context: Context) -> bytes:
+    """Answer the aggregator's request as this node's aggregation server (once per
+    ``(params_id, round id)``: see the module doc)."""
+    party = _party_id(context)
+    if env.party != party:
+        raise FlowerProtocolError("request addressed to another party")
+    spec = SessionSpec.from_json(env.meta["spec"])
+    layout = Layout.from_bytes(bytes.fromhex(env.meta["layout"]))
+    ClientPolicy.from_node_config(context.node_config).check_session(spec, layout)
+    own_key = _material(context, "privagg-own-key")
+    if own_key is None:
+        raise FlowerConfigError("a server node needs 'privagg-own-key' (its own key)")
+    header, _ = open_envelope(env.payload)  # DeserializationError on junk
+    if header.round_id != env.round_id:
+        raise FlowerProtocolError(
+            f"the request is for round {header.round_id}, routed as round {env.round_id}"
+        )
+    session = load_session(
+        spec,
+        layout,
+        Role.SERVER,
+        party_id=party,
+        material=_material(context, "privagg-material"),
+        own_key=own_key,
+    )
+    server = session.servers(env.round_id).get(party)
+    if server is None:
+        raise FlowerProtocolError(f"backend {spec.backend!r} has no server {party!r}")
+    path = _material(context, "privagg-server-register")
+    register = ReleaseRegister(path or register_path_for(own_key))
+    return register.release(
+        bytes(header.params_id), header.round_id, lambda: server.handle(env.payload)
+    )
+
+
 def _holder_for(
     spec: SessionSpec,
     layout: Layout,
     material: str | None,
     directory: tuple[str | None, str | None] = (None, None),
+    own_key: str | None = None,
 ) -> HolderRole:
     """This process's holder for a session, built once and cached.
 
-    The key covers the spec, the layout and the material file's identity (path, inode,
+    The key covers the spec, the layout and the material files' identity (path, inode,
     size, mtime), so a re-dealt key file gets a new holder. A holder without a secret
     (plain, passive SecAgg+) reads no material, as in :func:`load_session`.
     """
     if holder_needs_no_secret(spec):
-        material = None
+        material = own_key = None
     ident: tuple[str, ...] = ("",)
-    if material is not None:
+    for path in (material, own_key):
+        if path is None:
+            continue
         try:
-            st = Path(material).stat()
+            st = Path(path).stat()
         except OSError as exc:
             raise FlowerConfigError(
-                f"the holder's material file {material!r} cannot be read"
+                f"the holder's material file {path!r} cannot be read"
             ) from exc
-        ident = (material, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
+        ident += (path, str(st.st_ino), str(st.st_size), str(st.st_mtime_ns))
     key = (
         spec.to_json(),
         layout.to_bytes().hex(),
@@ -339,6 +403,7 @@ def _holder_for(
             material=material,
             identity_directory=directory[0],
             directory_fingerprint=directory[1],
+            own_key=own_key,
         )
         holder = session.holder()
         _HOLDERS[key] = holder
@@ -351,7 +416,8 @@ def _holder_for(
 def _register(
     context: Context, spec: SessionSpec, material: str | None
 ) -> ReleaseRegister | None:
-    """The holder's release register: the configured path, else beside its secret key.
+    """The holder's release register: the configured path, else beside its secret key
+    (its own key file where it made one, else its dealt material).
 
     None for a holder without a secret key and no configured path: it keeps only the
     in-process rule (its aggregate is no secret from the ServerApp).
@@ -359,8 +425,9 @@ def _register(
     path = _material(context, "privagg-holder-register")
     if path is not None:
         return ReleaseRegister(path)
-    if material is not None and not holder_needs_no_secret(spec):
-        return ReleaseRegister(register_path_for(material))
+    secret = _material(context, "privagg-own-key") or material
+    if secret is not None and not holder_needs_no_secret(spec):
+        return ReleaseRegister(register_path_for(secret))
     return None
 
 
@@ -377,7 +444,13 @@ def _recover(env: Envelope, context: Context) -> Envelope:
             f"the aggregate is for round {header.round_id}, the request for round "
             f"{env.round_id}"
         )
-    holder = _holder_for(spec, layout, material, _directory(context))
+    holder = _holder_for(
+        spec,
+        layout,
+        material,
+        _directory(context),
+        _material(context, "privagg-own-key"),
+    )
     register = _register(context, spec, material)
     if register is None:
         rec = holder.recover(env.payload)  # keyless: the holder's in-process rule only
@@ -418,9 +491,11 @@ def handle_envelope(env: Envelope, msg: Message, context: Context) -> Envelope:
             Op.HELLO,
             env.round_id,
             str(pid) if pid else "",
-            meta={"holder": "1" if holder else "0"},
+            meta={"holder": "1" if holder else "0", "role": _node_role(context)},
         )
     if env.op == Op.REQUEST:
+        if _node_role(context) == "server":
+            return Envelope(Op.REQUEST, env.round_id, env.party, _serve(env, context))
         return Envelope(
             Op.REQUEST, env.round_id, env.party, _respond(env, msg, context)
         )

@@ -9,6 +9,8 @@ process     role                          material it reads
 ServerApp   aggregator                    public parameters only (aggregator file)
 SuperNode   client ``party-id``           its own client file (``privagg-material``)
 SuperNode   result holder (``holder``)    the holder file (secret key, where any)
+SuperNode   server ``party-id``           the public directory and its own key file
+            (``privagg-role=server``)     (``privagg-material``, ``privagg-own-key``)
 ==========  ============================  =============================================
 
 Active SecAgg+ (``Dealing.DIRECTORY``) has no dealer: each client reads its *own*
@@ -19,16 +21,19 @@ directory only (:func:`load_directory`, :mod:`privagg.identity`).
 How a backend is distributed is privagg's to say (:mod:`privagg.distribution`): each
 backend declares its :class:`privagg.Dealing` (``NONE``: no keys; ``PUBLIC_SEED``: every
 process sets up from the public ``setup_seed`` the ServerApp chose and sent in the
-:class:`SessionSpec`; ``DEALER``: :func:`deal` writes one file per role), and privagg
-refuses a backend without the hook (:class:`privagg.UnsupportedError`): a deployment
-never falls back to handing one process everybody's secrets. This module only moves
-bytes: it writes the dealt blobs to files with mode 0600 and reads a role's file back;
-it knows no backend by name. Material files are opaque bytes produced by the backend;
-no pickle.
+:class:`SessionSpec`; ``DEALER``: :func:`deal` writes one file per role; ``OWN_KEYS``:
+each key holder runs :func:`make_own_key` on its own machine, the operator runs
+:func:`write_directory` on the public files, and every process reads the directory
+(its ``material``) plus, for a key holder, its own key file), and privagg refuses a
+backend without the hook (:class:`privagg.UnsupportedError`): a deployment never falls
+back to handing one process everybody's secrets. This module only moves bytes: it
+writes the blobs to files with mode 0600 and reads a role's files back; it knows no
+backend by name. Material files are opaque bytes produced by the backend; no pickle.
 
 A result holder with a secret key never runs in the ServerApp:
-:func:`holder_needs_no_secret` is True only for backends whose distribution needs no
-dealer, and the ServerApp refuses ``holder="server"`` otherwise.
+:func:`holder_needs_no_secret` is False for every backend whose result holder loads a
+secret key (``Dealing.holder_has_secret``: ``DEALER``, ``OWN_KEYS``), and the ServerApp
+refuses ``holder="server"`` then.
 """
 
 from __future__ import annotations
@@ -59,10 +64,13 @@ __all__ = [
     "SessionSpec",
     "deal",
     "holder_needs_no_secret",
+    "key_holders",
     "load_directory",
     "load_session",
+    "make_own_key",
     "needs_identity_directory",
     "needs_setup_seed",
+    "write_directory",
 ]
 
 OptionValue = bool | int | float | str
@@ -186,7 +194,7 @@ def holder_needs_no_secret(spec: SessionSpec) -> bool:
     backend = spec.backend_object()
     if not isinstance(backend, Distributable):
         return False
-    return not backend.dealing().needs_dealer
+    return not backend.dealing().holder_has_secret
 
 
 def _setup_seed(spec: SessionSpec) -> bytes:
@@ -257,6 +265,72 @@ def deal(
     return paths
 
 
+def key_holders(spec: SessionSpec) -> dict[str, Role]:
+    """Party id -> role of every party that makes its own key (``OWN_KEYS``
+    backends; {} otherwise).
+
+    Raises:
+        privagg.UnsupportedError: the backend cannot be distributed.
+    """
+    return _distribution.key_holders(spec.backend_object())
+
+
+def make_own_key(
+    spec: SessionSpec, party_id: str, out_dir: str | Path
+) -> tuple[Path, Path]:
+    """Make this party's own key, on its own machine (``OWN_KEYS`` backends).
+
+    Args:
+        spec: the session spec (backend and options).
+        party_id: this key holder's party id (one of :func:`key_holders`).
+        out_dir: folder for ``own-<party>.key`` (the secret: stays on this machine,
+            mode 0600) and ``own-<party>.pub`` (the public half: send it to the
+            operator).
+
+    Returns:
+        ``(secret file, public file)``.
+
+    Raises:
+        privagg.UnsupportedError: the backend's parties do not make their own keys.
+        privagg.ConfigurationError: ``party_id`` makes no key in this backend.
+    """
+    holders = key_holders(spec)
+    if party_id not in holders:
+        raise privagg.ConfigurationError(
+            f"{party_id!r} makes no key of its own for backend {spec.backend!r} "
+            f"(key holders: {sorted(holders)})"
+        )
+    key = _distribution.own_key(spec.backend_object(), holders[party_id], party_id)
+    out = Path(out_dir)
+    secret = privagg.write_secret_file(out / f"own-{party_id}.key", key.secret)
+    public = privagg.write_secret_file(out / f"own-{party_id}.pub", key.public)
+    return secret, public
+
+
+def write_directory(
+    spec: SessionSpec, public_files: Sequence[str | Path], out_path: str | Path
+) -> Path:
+    """The operator's step for ``OWN_KEYS`` backends: the public directory from every
+    key holder's public file (no secret is read or written).
+
+    Args:
+        spec: the session spec.
+        public_files: every key holder's ``own-<party>.pub``.
+        out_path: the directory file to write (mode 0600; it is public: copy it to
+            the ServerApp's machine and every SuperNode).
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        privagg.ConfigurationError: a key holder missing or repeated.
+        privagg.DeserializationError: a file that is not a public key.
+    """
+    blobs = [privagg.read_secret_file(f) for f in public_files]
+    directory = _distribution.make_directory(spec.backend_object(), blobs)
+    return privagg.write_secret_file(out_path, directory)
+
+
 def load_session(
     spec: SessionSpec,
     layout: Layout,
@@ -268,6 +342,7 @@ def load_session(
     directory_fingerprint: str | None = None,
     identity_key: str | Path | None = None,
     identity_protection: Protection | None = None,
+    own_key: str | Path | None = None,
 ) -> Session:
     """Build this process's session for one role.
 
@@ -277,7 +352,7 @@ def load_session(
         role: which role this process plays.
         party_id: the client's party id (``Role.CLIENT``).
         material: path of this role's material file (read only for backends that
-            need a dealer).
+            need a dealer), or of the public directory (``OWN_KEYS`` backends).
         identity_directory: path of the public-key directory (active SecAgg+ only).
         directory_fingerprint: hex of the directory's pinned fingerprint; required
             for a client (the directory is only as good as the pin), checked when
@@ -287,6 +362,8 @@ def load_session(
         identity_protection: how that file is protected
             (``privagg.PasswordProtection`` for ``keygen --password-env``);
             ``NoProtection`` by default.
+        own_key: path of this key holder's own key file (``OWN_KEYS`` backends:
+            servers and the holder; see :func:`make_own_key`).
 
     Returns:
         A session; use only the method of ``role`` (``aggregator``, ``client`` or
@@ -330,12 +407,15 @@ def load_session(
             identity = load_identity_key(
                 privagg.read_secret_file(identity_key), protection=identity_protection
             )
-    elif mode.needs_dealer:
+    elif mode in (Dealing.DEALER, Dealing.OWN_KEYS):
         if material is None or not str(material):
             raise privagg.ConfigurationError(
                 f"backend {spec.backend!r} needs a material file for role {role.value!r}"
             )
         blob = privagg.read_secret_file(material)
+    secret = None
+    if own_key is not None and str(own_key) and mode is Dealing.OWN_KEYS:
+        secret = privagg.read_secret_file(own_key)
     return _distribution.session_for_role(
         backend,
         layout,
@@ -345,6 +425,7 @@ def load_session(
         setup_seed=seed,
         directory=directory,
         identity=identity,
+        secret=secret,
         max_clients=spec.max_clients,
         max_weight=spec.max_weight,
     )

@@ -3,7 +3,9 @@
 One run = ``rounds`` privagg rounds:
 
 1. wait until ``min-nodes`` SuperNodes are connected, then a ``hello`` stage maps each
-   node to its privagg party id (node config ``party-id``) and finds the result holder;
+   node to its privagg party id (node config ``party-id``), tells the clients from the
+   aggregation servers (``privagg-role = "server"``: the additive backend's servers
+   ``1 .. n-1``, each in its own SuperNode with its own key) and finds the result holder;
 2. build the *aggregator* session from public material only
    (:func:`fedtrain.flower.material.load_session` with ``Role.AGGREGATOR``);
 3. per round, :func:`~fedtrain.flower.transport.drive_aggregator` routes the
@@ -169,9 +171,13 @@ def _wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
 
 
 def _hello(
-    grid: Grid, nodes: list[int], timeout: float
+    grid: Grid, nodes: list[int], timeout: float, servers: set[str] | None = None
 ) -> tuple[dict[str, int], int | None]:
-    """Ask every node for its party id; return party -> node and the holder node."""
+    """Ask every node for its party id; return party -> node and the holder node.
+
+    The party ids of nodes that announce ``role = "server"`` are added to ``servers``
+    (when given): they answer the aggregator but are not clients.
+    """
     msgs = [
         Message(
             pack(Envelope(Op.HELLO, 0, "")), dst_node_id=n, message_type=MESSAGE_TYPE
@@ -194,6 +200,8 @@ def _hello(
             if env.party in parties:
                 raise FlowerProtocolError(f"two nodes claim party id {env.party!r}")
             parties[env.party] = node
+            if env.meta.get("role") == "server" and servers is not None:
+                servers.add(env.party)
         if env.meta.get("holder") == "1":
             if holder is not None:
                 raise FlowerProtocolError(
@@ -266,14 +274,16 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     """
     t0 = time.monotonic()
     nodes = _wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
-    parties, holder_node = _hello(grid, nodes, settings.stage_timeout)
-    if not parties:
-        raise NotEnoughNodesError("no node announced a party id")
+    servers: set[str] = set()
+    parties, holder_node = _hello(grid, nodes, settings.stage_timeout, servers)
+    clients = sorted(set(parties) - servers)
+    if not clients:
+        raise NotEnoughNodesError("no node announced a client party id")
     layout = task.layout()
     spec = SessionSpec(
         settings.backend,
         settings.backend_options,
-        max_clients=len(parties),
+        max_clients=len(clients),
         max_weight=settings.max_weight,
     )
     if needs_setup_seed(spec):
@@ -304,7 +314,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     for round_id in settings.round_ids():
         t_round = time.monotonic()
-        client_ids = sorted(parties)
+        client_ids = clients
         aggregator = session.aggregator(round_id, client_ids)
         extra = task.broadcast(round_id)
         exchange = GridExchange(
@@ -346,7 +356,8 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         )
     return {
         "backend": spec.backend,
-        "parties": sorted(parties),
+        "parties": clients,
+        "servers": sorted(servers),
         "holder": settings.holder,
         "rounds": rounds,
         "seconds": time.monotonic() - t0,
