@@ -290,7 +290,8 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         spec = dataclasses.replace(spec, setup_seed=SystemRng().random_bytes(32).hex())
     if needs_identity_directory(spec):
         parties = _known_parties(parties, settings)
-        spec = dataclasses.replace(spec, max_clients=len(parties))
+        clients = sorted(set(parties) - servers)
+        spec = dataclasses.replace(spec, max_clients=len(clients))
     if settings.holder == "server" and not holder_needs_no_secret(spec):
         raise FlowerConfigError(
             f"backend {spec.backend!r}: the result holder holds a secret key, so it "
