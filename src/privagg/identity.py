@@ -96,9 +96,38 @@ def _check_party(party_id: object) -> str:
     return party_id
 
 
+# Curve25519's field prime and Edwards d; the y coordinates of the 8 points of small
+# order (identity, order 2, two of order 4 with y = 0, four of order 8 with y = +-c).
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, -1, _P)) % _P
+_C8 = int.from_bytes(
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    "little",
+)
+_SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _C8, _P - _C8})
+
+
 def _check_public_key(key: object) -> bytes:
+    """A 32-byte Ed25519 public key in canonical encoding, on the curve, not of small
+    order (review r2: ``cryptography``'s Ed25519 accepts all three, and under the
+    identity point the signature ``R = identity, S = 0`` verifies on every message).
+
+    Public-value checks only (no secret is touched): ``y < p``, ``y`` not that of one
+    of the 8 small-order points (so ``x = 0``, whose sign bit could be set, is gone
+    too), ``(y^2 - 1) / (d y^2 + 1)`` a square mod ``p`` (Euler's criterion).
+    """
     if not isinstance(key, bytes) or len(key) != 32:
         raise ConfigurationError("an Ed25519 public key is 32 bytes")
+    enc = int.from_bytes(key, "little")
+    y = enc & ((1 << 255) - 1)
+    if y >= _P:
+        raise ConfigurationError("an Ed25519 public key not in canonical encoding")
+    if y in _SMALL_ORDER_Y:
+        raise ConfigurationError("an Ed25519 public key of small order")
+    y2 = y * y % _P
+    x2 = (y2 - 1) * pow(_D * y2 + 1, -1, _P) % _P  # nonzero: y = +-1 refused above
+    if pow(x2, (_P - 1) // 2, _P) != 1:
+        raise ConfigurationError("an Ed25519 public key not on the curve")
     return key
 
 
@@ -339,7 +368,7 @@ def parse_public_record(record: bytes | str | Mapping[str, Any]) -> tuple[str, b
         if not isinstance(rec, Mapping) or rec.get("format") != IDENTITY_PUBLIC_FORMAT:
             raise DeserializationError()
         pid = _check_party(rec.get("party_id"))
-        key = _hex32(rec.get("ed25519_public_key"))
+        key = _check_public_key(_hex32(rec.get("ed25519_public_key")))
         fp = _hex32(rec.get("fingerprint"))
     except (DeserializationError, ConfigurationError):
         raise ConfigurationError(
