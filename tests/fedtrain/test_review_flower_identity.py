@@ -38,7 +38,11 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
 
 import privagg
 from fedtrain.flower import client_app
-from fedtrain.flower.errors import FlowerProtocolError, ReleaseRegisterError
+from fedtrain.flower.errors import (
+    FlowerProtocolError,
+    PolicyError,
+    ReleaseRegisterError,
+)
 from fedtrain.flower.material import SessionSpec
 from fedtrain.flower.transport import Envelope, Op, unpack
 from privagg.envelope import Header, open_envelope, seal
@@ -188,3 +192,36 @@ def test_the_server_cannot_name_the_clients_directory(
     )
     with pytest.raises(privagg.InsufficientParticipantsError):
         _run(FakeGrid(configs), settings)
+
+
+def test_a_round_of_too_few_participants_is_refused_with_a_floor(
+    identities: Identities, tmp_path: Path
+) -> None:
+    """Found: a malicious server runs a round of two of the directory's four parties
+    (the victim and one colluder): the threshold floor is capped at ``n - 1``, so
+    ``t = 1`` passes and the sum of two gives the colluder the victim's input. The node
+    had no way to refuse that; ``privagg-min-participants`` now gives it one."""
+    configs = _configs(identities, tmp_path)
+    two = {
+        n: dict(c)
+        for n, c in configs.items()
+        if c["party-id"] in ("client-0", "client-1")
+    }
+    for c in two.values():
+        c["privagg-min-threshold"] = 3  # the operator asked for t >= 3, yet:
+    pair = {p: WEIGHTS[p] for p in ("client-0", "client-1")}
+    rec = _run(FakeGrid(two), _settings(identities[1], min_nodes=2))["rounds"][0]
+    assert sorted(rec["contributors"]) == sorted(pair)  # a sum of two: t = 1 accepted
+    check_sum(rec, pair)
+    for c in two.values():
+        c["privagg-min-participants"] = 3
+    grid = FakeGrid(two)
+    with pytest.raises(privagg.InsufficientParticipantsError):
+        _run(grid, _settings(identities[1], min_nodes=2))
+    msg, env = _stage0(grid, min(two))
+    with pytest.raises(PolicyError, match="privagg-min-participants"):
+        client_app.handle_envelope(env, msg, FakeGrid(two).contexts[min(two)])
+    for c in configs.values():
+        c["privagg-min-participants"] = 3
+    full = _run(FakeGrid(configs), _settings(identities[1]))["rounds"][0]
+    check_sum(full, WEIGHTS)  # four participants meet the floor

@@ -28,7 +28,10 @@ What is checked, per backend (all values public):
   threshold ``t`` >= ``min(privagg-min-threshold, n - 1)`` (default 2) and graph degree
   ``k`` >= ``min(privagg-min-degree, n - 1)`` (default 2) for its ``n`` participants
   (with ``n = 2``, ``t = k = 1`` is all there is: the sum of two reveals the other
-  input to either of them). A node with ``privagg-identity-directory`` set accepts
+  input to either of them), and at least ``privagg-min-participants`` participants
+  (default 1: no floor; the floors on ``t`` and ``k`` are capped at ``n - 1``, so a
+  server that runs a round of two, this node and one colluder, learns this node's
+  input unless the operator sets a floor). A node with ``privagg-identity-directory`` set accepts
   active SecAgg+ only (``active`` true), so a server cannot downgrade it to passive.
 * ``ckks``: the preset is in ``privagg-ckks-presets`` (default ``secure,secure-large``:
   ``compact`` and ``test-fast`` have only heuristic flooding) and the resolved
@@ -102,6 +105,7 @@ class ClientPolicy:
         max_dropout_rate: SecAgg+: largest ``dropout_rate`` accepted.
         min_threshold: SecAgg+: smallest Shamir threshold ``t`` (capped at ``n - 1``).
         min_degree: SecAgg+: fewest graph partners ``k`` (capped at ``n - 1``).
+        min_participants: SecAgg+: fewest participants ``n`` in a round's setup.
         ckks_presets: CKKS presets accepted.
         min_ckks_flood_bits: CKKS: smallest ``flood_bits`` accepted.
         min_paillier_key_bits: Paillier: smallest modulus size accepted.
@@ -120,6 +124,7 @@ class ClientPolicy:
     max_dropout_rate: float = 1 / 3
     min_threshold: int = 2
     min_degree: int = 2
+    min_participants: int = 1
     ckks_presets: frozenset[str] = frozenset({"secure", "secure-large"})
     min_ckks_flood_bits: int = 40
     min_paillier_key_bits: int = 2048
@@ -146,6 +151,7 @@ class ClientPolicy:
             "min_sigma": _parse_bool_free(int),
             "min_threshold": _parse_bool_free(int),
             "min_degree": _parse_bool_free(int),
+            "min_participants": _parse_bool_free(int),
             "min_ckks_flood_bits": _parse_bool_free(int),
             "min_paillier_key_bits": _parse_bool_free(int),
             "max_weight": _parse_bool_free(float),
@@ -280,9 +286,9 @@ class ClientPolicy:
         options give for ``n`` participants; this adds the policy's absolute floors.
 
         Raises:
-            PolicyError: too many participants, or ``t`` / ``k`` below the floor (also
-                when the request is not a SecAgg+ setup request: nothing is checked,
-                nothing is sent).
+            PolicyError: too many or too few participants, or ``t`` / ``k`` below the
+                floor (also when the request is not a SecAgg+ setup request: nothing
+                is checked, nothing is sent).
         """
         try:
             req = privagg.SetupRequest.from_bytes(request)
@@ -295,6 +301,11 @@ class ClientPolicy:
             raise PolicyError(
                 f"the round has {n} participants, more than this client's limit "
                 f"{self.max_clients} (node config 'privagg-max-clients')"
+            )
+        if n < self.min_participants:
+            raise PolicyError(
+                f"the round has {n} participants, fewer than this client's minimum "
+                f"{self.min_participants} (node config 'privagg-min-participants')"
             )
         floor_t = min(self.min_threshold, max(n - 1, 1))
         floor_k = min(self.min_degree, max(n - 1, 1))
