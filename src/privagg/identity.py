@@ -31,7 +31,10 @@ The directory file is a parser of untrusted bytes: anything but the canonical fo
 :meth:`IdentityDirectory.to_bytes` writes is refused with
 :class:`~privagg.errors.DeserializationError` (so one directory has one byte string
 and one fingerprint), at most :data:`MAX_DIRECTORY_BYTES` bytes and
-:data:`MAX_PARTIES` parties.
+:data:`MAX_PARTIES` parties. Every key, in a directory or a public record, must be a
+canonically encoded Ed25519 point on the curve and not of small order
+(``cryptography``'s verifier accepts such keys, and under the identity point one fixed
+signature verifies on every message).
 """
 
 from __future__ import annotations
