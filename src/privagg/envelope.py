@@ -102,8 +102,17 @@ def _digest(data: bytes | memoryview) -> bytes:
     return blake3(data).digest(_DIGEST_SIZE)
 
 
-def seal(header: Header, payload: bytes) -> bytes:
-    """Wrap ``payload`` in an envelope."""
+def seal(header: Header, payload: bytes | PayloadWriter) -> bytes:
+    """Wrap ``payload`` in an envelope.
+
+    ``payload`` may be a :class:`PayloadWriter`: its fields are then joined once, straight
+    into the envelope, instead of into a payload that is copied again (issue #13: the
+    peak memory of sealing a large message is the message itself).
+    """
+    parts: list[bytes | memoryview] = (
+        payload._parts if isinstance(payload, PayloadWriter) else [payload]
+    )
+    length = sum(len(p) for p in parts)
     if len(header.params_id) != PARAMS_ID_SIZE:
         raise ValueError(
             f"params_id must be {PARAMS_ID_SIZE} bytes, got {len(header.params_id)}"
@@ -119,11 +128,12 @@ def seal(header: Header, payload: bytes) -> bytes:
         header.kind,
         header.params_id,
         header.round_id,
-        len(payload),
+        length,
     )
     h = blake3(head)
-    h.update(payload)
-    return b"".join((head, payload, h.digest(_DIGEST_SIZE)))
+    for part in parts:
+        h.update(part)
+    return b"".join((head, *parts, h.digest(_DIGEST_SIZE)))
 
 
 def open_envelope(data: bytes | bytearray | memoryview) -> tuple[Header, memoryview]:
@@ -216,12 +226,19 @@ def from_bytes(data: bytes) -> Any:
 
 # -- payload codec -----------------------------------------------------------------------
 class PayloadWriter:
-    """Appends length-prefixed fields to a payload."""
+    """Appends length-prefixed fields to a payload.
 
-    __slots__ = ("_parts",)
+    With ``borrow=True`` an array or a memoryview field is referenced, not copied, until
+    :meth:`getvalue` or :func:`seal` joins the fields: for a writer that is sealed at once
+    (a message's ``to_bytes``), it saves a copy of every large field. The caller must not
+    modify a borrowed buffer before then.
+    """
 
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
+    __slots__ = ("_borrow", "_parts")
+
+    def __init__(self, *, borrow: bool = False) -> None:
+        self._parts: list[bytes | memoryview] = []
+        self._borrow = borrow
 
     def u8(self, v: int) -> PayloadWriter:
         self._parts.append(struct.pack(">B", v))
@@ -241,7 +258,10 @@ class PayloadWriter:
 
     def blob(self, b: bytes | bytearray | memoryview) -> PayloadWriter:
         self._parts.append(struct.pack(">Q", len(b)))
-        self._parts.append(bytes(b))
+        if isinstance(b, bytes) or (self._borrow and isinstance(b, memoryview)):
+            self._parts.append(b if isinstance(b, bytes) else b.cast("B"))
+        else:
+            self._parts.append(bytes(b))
         return self
 
     def text(self, s: str) -> PayloadWriter:
@@ -262,9 +282,8 @@ class PayloadWriter:
             else arr.dtype.str
         ]
         self._parts.append(struct.pack(">BQ", code, arr.size))
-        self._parts.append(
-            arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        )
+        le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        self._parts.append(memoryview(le).cast("B") if self._borrow else le.tobytes())
         return self
 
     def getvalue(self) -> bytes:
@@ -278,11 +297,14 @@ _CODE_DTYPES = {v: np.dtype(k) for k, v in _DTYPE_CODES.items()}
 class PayloadReader:
     """Reads fields written by :class:`PayloadWriter`; any overrun raises DeserializationError."""
 
-    __slots__ = ("_pos", "_view")
+    __slots__ = ("_frozen", "_pos", "_view")
 
     def __init__(self, data: bytes | memoryview) -> None:
         self._view = memoryview(data).cast("B")
         self._pos = 0
+        # Immutable backing bytes: a view of them stays what was verified (digest,
+        # lengths), so the *_view readers may return it without a copy.
+        self._frozen = isinstance(self._view.obj, bytes)
 
     def _take(self, n: int) -> memoryview:
         if n < 0 or self._pos + n > len(self._view):
@@ -309,6 +331,12 @@ class PayloadReader:
     def blob_view(self) -> memoryview:
         return self._take(self.u64())
 
+    def blob_frozen(self) -> bytes | memoryview:
+        """A blob that cannot change after this read: a read-only view of the payload when
+        it is backed by immutable ``bytes`` (no copy), else a copy."""
+        v = self._take(self.u64())
+        return v.toreadonly() if self._frozen else bytes(v)
+
     def text(self) -> str:
         try:
             return self.blob().decode("utf-8")
@@ -318,13 +346,25 @@ class PayloadReader:
     def int_big(self) -> int:
         return int.from_bytes(self.blob(), "big")
 
-    def array(self) -> npt.NDArray[Any]:
+    def _array_bytes(self) -> tuple[np.dtype[Any], memoryview]:
         code = self.u8()
         n = self.u64()
         dt = _CODE_DTYPES.get(code)
         if dt is None:
             raise DeserializationError()
-        raw = self._take(n * dt.itemsize)
+        return dt, self._take(n * dt.itemsize)
+
+    def array(self) -> npt.NDArray[Any]:
+        dt, raw = self._array_bytes()
+        return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True)
+
+    def array_frozen(self) -> npt.NDArray[Any]:
+        """Like :meth:`array`, but without a copy where it can: a read-only array over the
+        payload when that is backed by immutable ``bytes`` and the machine is
+        little-endian (the wire order); otherwise the fresh copy :meth:`array` returns."""
+        dt, raw = self._array_bytes()
+        if self._frozen and dt.newbyteorder("=") == dt:
+            return np.frombuffer(raw.toreadonly(), dtype=dt)
         return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True)
 
     def done(self) -> None:

@@ -124,11 +124,11 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
-        w = PayloadWriter().text(self.party)
+        # Sealed at once: large fields are borrowed, not copied, and joined only into
+        # the envelope (issue #13: peak memory).
+        w = PayloadWriter(borrow=True).text(self.party)
         self._write(w)
-        return seal(
-            Header(self.SCHEME, self.KIND, self.params_id, self.round_id), w.getvalue()
-        )
+        return seal(Header(self.SCHEME, self.KIND, self.params_id, self.round_id), w)
 
     @classmethod
     @decode_guard

@@ -36,8 +36,11 @@ class _Message(_wire.Message):
     SCHEME: ClassVar[Scheme] = Scheme.ADDITIVE
 
 
-def _ring_array(r: PayloadReader) -> npt.NDArray[np.unsignedinteger]:
-    a = r.array()
+def _ring_array(
+    r: PayloadReader, *, frozen: bool = False
+) -> npt.NDArray[np.unsignedinteger]:
+    """A ring-word vector; ``frozen``: a read-only view of the message, not a copy."""
+    a = r.array_frozen() if frozen else r.array()
     if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
         raise DeserializationError()
     return a
@@ -54,7 +57,11 @@ class ShareRequest(_Message):
 @register_message((Scheme.ADDITIVE, AdditiveKind.SHARES))
 @dataclass(frozen=True, eq=False)
 class ClientShares(_Message):
-    """Client -> aggregator: server 0's share, and an encrypted seed for each other server."""
+    """Client -> aggregator: server 0's share, and an encrypted seed for each other server.
+
+    Decoded, ``share0`` is read-only: a view of the received bytes when they are an
+    immutable ``bytes`` (the coordinator adds it to its sum without a copy, issue #13).
+    """
 
     KIND: ClassVar[int] = AdditiveKind.SHARES
     ephemeral_pk: bytes = b""
@@ -76,7 +83,7 @@ class ClientShares(_Message):
             round_id,
             party,
             _wire.fixed(r, 32),
-            _ring_array(r),
+            _ring_array(r, frozen=True),
             _wire.read_pairs(r),
         )
 
@@ -112,12 +119,16 @@ class ServerRequest(_Message):
 @register_message((Scheme.ADDITIVE, AdditiveKind.PARTIAL))
 @dataclass(frozen=True)
 class PartialSum(_Message):
-    """Server k -> aggregator: its partial sum, encrypted to the result holder."""
+    """Server k -> aggregator: its partial sum, encrypted to the result holder.
+
+    Decoded, ``ciphertext`` is a read-only view of the received bytes when they are an
+    immutable ``bytes`` (the coordinator relays it without a copy), else a copy.
+    """
 
     KIND: ClassVar[int] = AdditiveKind.PARTIAL
     contributors: tuple[str, ...] = ()
     ephemeral_pk: bytes = b""
-    ciphertext: bytes = b""
+    ciphertext: bytes | memoryview = b""
 
     def _write(self, w: PayloadWriter) -> None:
         _wire.write_ids(w, self.contributors)
@@ -128,7 +139,12 @@ class PartialSum(_Message):
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
         return cls(
-            params_id, round_id, party, _wire.read_ids(r), _wire.fixed(r, 32), r.blob()
+            params_id,
+            round_id,
+            party,
+            _wire.read_ids(r),
+            _wire.fixed(r, 32),
+            r.blob_frozen(),
         )
 
     def __repr__(self) -> str:
@@ -145,7 +161,7 @@ class ResultMessage(_Message):
     partial0: npt.NDArray[np.unsignedinteger] = field(
         default_factory=lambda: np.zeros(0, np.uint32)
     )
-    partials: tuple[tuple[str, bytes, bytes], ...] = ()
+    partials: tuple[tuple[str, bytes, bytes | memoryview], ...] = ()
 
     def _write(self, w: PayloadWriter) -> None:
         _wire.write_ids(w, self.contributors)

@@ -298,7 +298,7 @@ class AdditiveAggregator(FinishedResult):
             raise InsufficientParticipantsError(
                 f"server(s) {sorted(missing)} did not answer; round aborted"
             )
-        parts = []
+        parts: list[tuple[str, bytes, bytes | memoryview]] = []
         for sid in cfg.server_ids:
             data = replies[sid]
             cfg.check_header(
@@ -319,7 +319,9 @@ class AdditiveAggregator(FinishedResult):
             )
         return self._finish(tuple(parts))
 
-    def _finish(self, parts: tuple[tuple[str, bytes, bytes], ...]) -> dict[str, bytes]:
+    def _finish(
+        self, parts: tuple[tuple[str, bytes, bytes | memoryview], ...]
+    ) -> dict[str, bytes]:
         partial0 = self._partial0
         if partial0 is None:
             raise ProtocolError(
