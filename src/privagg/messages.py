@@ -86,7 +86,8 @@ class Contribution:
 
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
-        payload = PayloadWriter().text(self.client_id).blob(self.body).getvalue()
+        # sealed in one join: no separate payload copy of a large body (issue #13)
+        payload = PayloadWriter(borrow=True).text(self.client_id).blob(self.body)
         return seal(
             Header(self.scheme, self.KIND, self.params_id, self.round_id), payload
         )
@@ -122,13 +123,11 @@ class AggregateMessage:
 
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
-        w = PayloadWriter().u32(len(self.contributors))
+        w = PayloadWriter(borrow=True).u32(len(self.contributors))
         for c in self.contributors:
             w.text(c)
         w.blob(self.body)
-        return seal(
-            Header(self.scheme, self.KIND, self.params_id, self.round_id), w.getvalue()
-        )
+        return seal(Header(self.scheme, self.KIND, self.params_id, self.round_id), w)
 
     @classmethod
     @decode_guard

@@ -90,17 +90,24 @@ def _pool(workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
 
 
 def _encrypt_packed(
-    ctx: CkksPublicContext, vec: FloatVector, threads: int | None
-) -> bytes:
+    ctx: CkksPublicContext, vec: FloatVector, threads: int | None, out: memoryview
+) -> None:
+    """Encrypt ``vec`` and pack it into ``out`` (exactly its packed size), inline or in
+    forked workers; each worker's span is copied into place as it arrives."""
     st = ctx.seal_state()
     n_ct = -(-vec.size // st.n)
+    if len(out) != n_ct * st.ct_bytes:
+        raise ValueError("output buffer of the wrong size")
     workers = _n_workers(threads, n_ct)
     if workers <= 1:
-        return st.encrypt_packed(vec)
+        st.encrypt_packed_into(vec, out)
+        return
+    cb = st.ct_bytes
     spans = _spans(n_ct, workers * 4)
     with _pool(workers, (ctx.params.to_bytes(), ctx.public_key_bytes(), None)) as ex:
         parts = ex.map(_worker_encrypt, [vec[a * st.n : b * st.n] for a, b in spans])
-        return b"".join(parts)
+        for (a, b), part in zip(spans, parts, strict=True):
+            out[a * cb : b * cb] = part
 
 
 def _decrypt_packed(

@@ -267,13 +267,22 @@ class _Seal:
         """Packed bytes of one ciphertext."""
         return self.packed_size(1)
 
+    def encrypt_packed_into(self, values: FloatVector, out: memoryview) -> None:
+        """Encrypt and pack block by block straight into ``out`` (exactly the packed
+        size): no list of packed blocks and no joined copy of them (issue #13)."""
+        n, cb = self.n, self.ct_bytes
+        n_ct = -(-values.size // n)
+        if len(out) != n_ct * cb:
+            raise ValueError("output buffer of the wrong size")
+        for a in range(0, n_ct, _BLOCK):
+            b = min(a + _BLOCK, n_ct)
+            out[a * cb : b * cb] = self.pack(self.encrypt_words(values[a * n : b * n]))
+
     def encrypt_packed(self, values: FloatVector) -> bytes:
-        """Encrypt and pack block by block (peak memory ~ the packed output)."""
-        step = _BLOCK * self.n
-        return b"".join(
-            self.pack(self.encrypt_words(values[a : a + step]))
-            for a in range(0, values.size, step)
-        )
+        """Encrypt and pack block by block (peak memory ~ twice the packed output)."""
+        buf = bytearray(-(-values.size // self.n) * self.ct_bytes)
+        self.encrypt_packed_into(values, memoryview(buf))
+        return bytes(buf)
 
     def decrypt_packed(
         self,

@@ -164,3 +164,14 @@ def _body(count: int, size: int, packed: bytes | bytearray) -> bytes:
     return (
         PayloadWriter().u8(_BODY_VERSION).u64(count).u64(size).blob(packed).getvalue()
     )
+
+
+def _body_buffer(count: int, size: int, packed_len: int) -> tuple[bytearray, memoryview]:
+    """A body with room for ``packed_len`` packed bytes, and a view of that room: once
+    filled, the buffer holds exactly ``_body(count, size, packed)``. Lets encryption and
+    combination write the packed words in place (no separate packed copy, issue #13)."""
+    head = PayloadWriter().u8(_BODY_VERSION).u64(count).u64(size).u64(packed_len)
+    prefix = head.getvalue()  # blob() = u64 length, then the bytes
+    buf = bytearray(len(prefix) + packed_len)
+    buf[: len(prefix)] = prefix
+    return buf, memoryview(buf)[len(prefix) :]

@@ -24,7 +24,7 @@ from privagg.backends.ckks._release import (
 from privagg.backends.ckks._sealwrap import _BLOCK
 from privagg.backends.ckks._wireformat import (
     _MAX_CONTRIBUTIONS,
-    _body,
+    _body_buffer,
     _read_body,
 )
 from privagg.backends.ckks.keys import (
@@ -82,7 +82,11 @@ class _ClientCodec:
             v = v + self.noise.sample_real(v.size, rng=rng)
             if not np.isfinite(v).all():
                 raise ConfigurationError("DP noise produced non-finite values")
-        return _body(1, self.size, _encrypt_packed(self.context, v, self.threads))
+        st = self.context.seal_state()
+        buf, room = _body_buffer(1, self.size, -(-self.size // st.n) * st.ct_bytes)
+        _encrypt_packed(self.context, v, self.threads, room)
+        del v, room  # the weighted (and noised) copy is not needed while copying out
+        return bytes(buf)
 
 
 @dataclass
@@ -126,17 +130,18 @@ class _CombineCodec:
         )
         n_ct = parsed[0][2]
         cb = st.ct_bytes
-        out = bytearray(n_ct * cb)
+        count = sum(c for c, _, _ in parsed)
+        if count > _MAX_CONTRIBUTIONS:
+            raise DeserializationError()
+        buf, out = _body_buffer(count, self.size, n_ct * cb)
         for a in range(0, n_ct, _BLOCK):
             b = min(a + _BLOCK, n_ct)
             acc = st.unpack(parsed[0][1][a * cb : b * cb], b - a)
             for _, packed, _ in parsed[1:]:
                 st.add_into(acc, st.unpack(packed[a * cb : b * cb], b - a))
             out[a * cb : b * cb] = st.pack(acc)
-        count = sum(c for c, _, _ in parsed)
-        if count > _MAX_CONTRIBUTIONS:
-            raise DeserializationError()
-        return _body(count, self.size, out)
+        del out
+        return bytes(buf)
 
 
 class _RecoverCodec:
