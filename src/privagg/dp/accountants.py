@@ -27,9 +27,10 @@ the list, which reproduces the epsilon bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, Self, runtime_checkable
 
 import numpy as np
@@ -134,6 +135,31 @@ def _check_epsilon(epsilon: float) -> None:
         raise ConfigurationError(f"epsilon must be finite and >= 0, got {epsilon!r}")
 
 
+# What dp_accounting raises for parameters outside its numeric range (a noise
+# multiplier of 1e-300, 10**22 steps, a PLD grid of 10**11 points): reported as a
+# ConfigurationError, never as the raw exception (found by fuzzing the CLI, issue #13).
+_NUMERIC_FAILURES = (
+    OverflowError,
+    ZeroDivisionError,
+    FloatingPointError,
+    ValueError,
+    MemoryError,
+)
+
+
+@contextlib.contextmanager
+def _numeric_range(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except _NUMERIC_FAILURES as exc:
+        raise ConfigurationError(
+            f"{what}: the parameters are outside the accountant's numeric range "
+            f"({type(exc).__name__})"
+        ) from None
+
+
 class _BaseAccountant:
     """History keeping, validation and serialisation shared by the accountants."""
 
@@ -180,7 +206,9 @@ class _BaseAccountant:
             ``self``, for chaining.
 
         Raises:
-            ConfigurationError: ``count`` is not a positive integer.
+            ConfigurationError: ``count`` is not a positive integer, or the composition
+                is outside the accountant's numeric range (the accountant is then
+                unchanged).
             UnsupportedEventError: the event (its ``event`` attribute names the
                 offending sub-event) cannot be analysed by this accountant.
         """
@@ -192,7 +220,8 @@ class _BaseAccountant:
                 f"{type(self).__name__} does not support {type(sub).__name__}: {why}",
                 sub,
             )
-        self._apply(event, count)
+        with _numeric_range(f"{type(self).__name__}: {count} x {type(event).__name__}"):
+            self._apply(event, count)  # computes, then rebinds: atomic
         self._history.append((event, count))
         return self
 
@@ -304,7 +333,16 @@ def _effective_sigma(event: Event) -> float | None:
 
 
 def _inv_sq_gauss(e: GaussianEvent) -> float | None:
-    return float(e.noise_multiplier) ** -2
+    z = float(e.noise_multiplier)
+    try:
+        inv = z**-2
+    except OverflowError:  # z = 1e-300 (found by fuzzing the CLI, issue #13)
+        inv = math.inf
+    if not 0.0 < inv < math.inf:  # z = 1e300 underflowed to 0: not "not a Gaussian"
+        raise ConfigurationError(
+            f"noise_multiplier={z!r} is outside the RDP accountant's numeric range"
+        )
+    return inv
 
 
 def _inv_sq_composed(e: ComposedEvent) -> float | None:
@@ -513,19 +551,22 @@ class RdpAccountant(_BaseAccountant):
             Epsilon (``0`` before any composition, ``inf`` if unbounded).
 
         Raises:
-            ConfigurationError: ``delta`` out of range.
+            ConfigurationError: ``delta`` out of range, or the parameters are outside
+                the accountant's numeric range.
         """
         _check_delta(delta)
         from dp_accounting.rdp import rdp_privacy_accountant as dpa_rdp
 
-        return float(dpa_rdp.compute_epsilon(self._orders, self._rdp, delta)[0])
+        with _numeric_range("RdpAccountant.epsilon"):
+            return float(dpa_rdp.compute_epsilon(self._orders, self._rdp, delta)[0])
 
     def epsilon_and_order(self, delta: float) -> tuple[float, float]:
         """Like :meth:`epsilon`, also returning the optimal order."""
         _check_delta(delta)
         from dp_accounting.rdp import rdp_privacy_accountant as dpa_rdp
 
-        eps, order = dpa_rdp.compute_epsilon(self._orders, self._rdp, delta)
+        with _numeric_range("RdpAccountant.epsilon"):
+            eps, order = dpa_rdp.compute_epsilon(self._orders, self._rdp, delta)
         return float(eps), float(order)
 
     def delta(self, epsilon: float) -> float:
@@ -538,14 +579,16 @@ class RdpAccountant(_BaseAccountant):
             Delta in ``[0, 1]``.
 
         Raises:
-            ConfigurationError: ``epsilon`` out of range.
+            ConfigurationError: ``epsilon`` out of range, or the parameters are
+                outside the accountant's numeric range.
         """
         _check_epsilon(epsilon)
         from dp_accounting.rdp import rdp_privacy_accountant as dpa_rdp
 
         if not self._history:
             return 0.0
-        return float(dpa_rdp.compute_delta(self._orders, self._rdp, epsilon)[0])
+        with _numeric_range("RdpAccountant.delta"):
+            return float(dpa_rdp.compute_delta(self._orders, self._rdp, epsilon)[0])
 
 
 # ----------------------------------------------------------------------------------
@@ -646,12 +689,14 @@ class PldAccountant(_BaseAccountant):
             Epsilon (``0`` before any composition).
 
         Raises:
-            ConfigurationError: ``delta`` out of range.
+            ConfigurationError: ``delta`` out of range, or the parameters are outside
+                the accountant's numeric range.
         """
         _check_delta(delta)
         if not self._history:
             return 0.0
-        return float(self._acct.get_epsilon(delta))
+        with _numeric_range("PldAccountant.epsilon"):
+            return float(self._acct.get_epsilon(delta))
 
     def delta(self, epsilon: float) -> float:
         """Delta at ``epsilon`` (hockey-stick divergence of the composed PLD).
@@ -663,12 +708,14 @@ class PldAccountant(_BaseAccountant):
             Delta in ``[0, 1]``.
 
         Raises:
-            ConfigurationError: ``epsilon`` out of range.
+            ConfigurationError: ``epsilon`` out of range, or the parameters are
+                outside the accountant's numeric range.
         """
         _check_epsilon(epsilon)
         if not self._history:
             return 0.0
-        return float(min(1.0, max(0.0, self._acct.get_delta(epsilon))))
+        with _numeric_range("PldAccountant.delta"):
+            return float(min(1.0, max(0.0, self._acct.get_delta(epsilon))))
 
 
 ACCOUNTANTS: Mapping[str, type[_BaseAccountant]] = {
