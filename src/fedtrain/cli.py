@@ -398,10 +398,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"fedtrain: {str(out)!r} exists (use --force)", file=sys.stderr)
+    try:
+        if out.exists() and not args.force:
+            print(f"fedtrain: {str(out)!r} exists (use --force)", file=sys.stderr)
+            return 2
+        out.write_text(text)
+    except OSError as exc:  # a directory, a missing parent, no permission (issue #13)
+        print(
+            f"fedtrain: cannot write {str(out)!r}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
-    out.write_text(text)
     print(f"wrote {out}: edit it, then `fedtrain run {out}`")
     return 0
 
@@ -464,6 +471,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except FedtrainError as exc:
         print(f"fedtrain: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out not writable, a name too long (issue #13)
+        print(f"fedtrain: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(rows, indent=1, allow_nan=False))
     else:
@@ -500,6 +510,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except privagg.BudgetExceededError as exc:
         return console.error(f"privacy budget exhausted: {exc}", 3)
     except privagg.PrivaggError as exc:
+        return console.error(f"error: {type(exc).__name__}: {exc}", 2)
+    except OSError as exc:  # the run folder cannot be written (found fuzzing, #13)
         return console.error(f"error: {type(exc).__name__}: {exc}", 2)
     from fedtrain.report import summary_line
 

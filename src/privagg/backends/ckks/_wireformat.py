@@ -166,7 +166,9 @@ def _body(count: int, size: int, packed: bytes | bytearray) -> bytes:
     )
 
 
-def _body_buffer(count: int, size: int, packed_len: int) -> tuple[bytearray, memoryview]:
+def _body_buffer(
+    count: int, size: int, packed_len: int
+) -> tuple[bytearray, memoryview]:
     """A body with room for ``packed_len`` packed bytes, and a view of that room: once
     filled, the buffer holds exactly ``_body(count, size, packed)``. Lets encryption and
     combination write the packed words in place (no separate packed copy, issue #13)."""
