@@ -511,7 +511,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return console.error(f"privacy budget exhausted: {exc}", 3)
     except privagg.PrivaggError as exc:
         return console.error(f"error: {type(exc).__name__}: {exc}", 2)
-    except OSError as exc:  # the run folder cannot be written (found fuzzing, #13)
+    except (OSError, UnicodeError) as exc:  # the run folder cannot be written, or
+        # its name is not UTF-8 (found fuzzing the CLI, issue #13)
         return console.error(f"error: {type(exc).__name__}: {exc}", 2)
     from fedtrain.report import summary_line
 

@@ -330,3 +330,23 @@ def test_fuzz_finding_out_name_too_long(
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert "File name too long" in capsys.readouterr().err
+
+
+def test_fuzz_finding_out_not_utf8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the fuzzer: ``run`` with an ``--out`` that is not UTF-8 (Linux hands an
+    undecodable name to Python as a lone surrogate) raised UnicodeEncodeError while
+    writing the effective run file; now exit status 2 and one line."""
+    from fedtrain.runfile import example_toml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.csv").write_text(
+        "text,label\n" + "".join(f"r {i},{i % 2}\n" for i in range(8))
+    )
+    (tmp_path / "run.toml").write_text(
+        example_toml().replace('train = "rt"', 'train = "tiny.csv"')
+    )
+    with mock.patch("fedtrain.cli._run_experiment", _reached):
+        assert main(["run", "run.toml", "--out", "\udcff", "--no-resume"]) == 2
+    assert "UnicodeEncodeError" in capsys.readouterr().err

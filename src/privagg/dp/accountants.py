@@ -147,6 +147,11 @@ _NUMERIC_FAILURES = (
 )
 
 
+# dp_accounting composes a PLD ``count`` times by repeated squaring: a count beyond
+# this runs for hours or asks for terabytes (10**9 already asks for 488 GB).
+_PLD_MAX_COUNT = 2**31 - 1
+
+
 @contextlib.contextmanager
 def _numeric_range(what: str) -> Iterator[None]:
     try:
@@ -677,6 +682,11 @@ class PldAccountant(_BaseAccountant):
     }
 
     def _apply(self, event: Event, count: int) -> None:
+        if count > _PLD_MAX_COUNT:  # 10**400 steps ran for hours (fuzzing, issue #13)
+            raise ConfigurationError(
+                f"PldAccountant composes at most {_PLD_MAX_COUNT} repetitions at once, "
+                f"got {count}: the parameters are outside its numeric range"
+            )
         self._acct.compose(to_dp_accounting(event), count)
 
     def epsilon(self, delta: float) -> float:
