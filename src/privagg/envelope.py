@@ -283,7 +283,7 @@ class PayloadWriter:
         ]
         self._parts.append(struct.pack(">BQ", code, arr.size))
         le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        self._parts.append(memoryview(le).cast("B") if self._borrow else le.tobytes())
+        self._parts.append(le.data.cast("B") if self._borrow else le.tobytes())
         return self
 
     def getvalue(self) -> bytes:

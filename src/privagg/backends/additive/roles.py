@@ -416,7 +416,7 @@ class AdditiveHolder:
                 ecdh(sk, epk),
                 ecdh(sk, spk),
             )
-            raw = aead_decrypt(key, ct, aad)
+            raw = aead_decrypt(key, bytes(ct), aad)  # bytes already: no copy
             dt = np.dtype(cfg.dtype).newbyteorder("<")
             if (
                 len(raw) != cfg.size * dt.itemsize
