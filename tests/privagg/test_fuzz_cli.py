@@ -2,9 +2,9 @@
 
 Each input is an argument vector run in-process through the click entry point
 (``CliRunner``, no subprocess), made from a valid vector of one of the commands
-(``epsilon``, ``sigma``, ``keygen`` for each backend, ``inspect``, ``bench``, the group's
-``--version``) by :func:`tests.fuzz_argv.mutate_argv`. ``PRIVAGG_FUZZ_EXAMPLES`` x
-``PRIVAGG_FUZZ_BATCH`` inputs in all (100,000 under ``make hardening``).
+(``epsilon``, ``sigma``, ``keygen`` for each backend, ``inspect``, ``bench``,
+``directory``, the group's ``--version``) by :func:`tests.fuzz_argv.mutate_argv`.
+``PRIVAGG_FUZZ_EXAMPLES`` x ``PRIVAGG_FUZZ_BATCH`` inputs in all (100,000 under ``make hardening``).
 
 Contract for every input: exit 0; or a usage error (exit 2 with a message); or a
 privagg / OS error reported as one ``privagg: Type: message`` line (exit 2 for bad
@@ -107,9 +107,18 @@ VALID: list[list[str]] = [
         "--json",
     ],
     ["bench", "--backend", "secagg", "--backend", "plain", "--values", "4"],
+    [
+        "directory",
+        "dir.json",
+        "secagg-identity-c1.pub",
+        "secagg-identity-c2.pub",
+        "--force",
+        "--json",
+    ],
+    ["directory", "dir.json"],  # check an existing directory
     ["--version"],
 ]
-COMMANDS = ["epsilon", "sigma", "keygen", "inspect", "bench"]
+COMMANDS = ["epsilon", "sigma", "keygen", "inspect", "bench", "directory"]
 OPTIONS = sorted(
     {
         "--sigma",
@@ -163,6 +172,9 @@ VALUES = [
     "c1",
     "c1/../x",
     "/dev/null",
+    "dir.json",
+    "secagg-identity-c1.pub",
+    "secagg-identity-c1.key",
 ]
 
 
@@ -280,6 +292,11 @@ def _workdir() -> Path:
             cli, ["keygen", "--backend", "ckks", "--preset", "test-fast", str(work)]
         )
         assert r.exit_code == 0, r.output
+        for party in ("c1", "c2"):
+            r = CliRunner().invoke(
+                cli, ["keygen", "--backend", "secagg", "--party-id", party, str(work)]
+            )
+            assert r.exit_code == 0, r.output
         _DIR["d"] = work
     return _DIR["d"]
 
