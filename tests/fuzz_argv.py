@@ -12,9 +12,9 @@ a value, the command name replaced, the vector cut short.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["JUNK", "mutate_argv"]
+__all__ = ["JUNK", "fuzz_batch", "mutate_argv"]
 
 JUNK: tuple[str, ...] = (
     "",
@@ -112,3 +112,26 @@ def mutate_argv(
         else:  # a junk positional argument
             argv[i:i] = [rnd.choice(pool)]
     return argv
+
+
+def fuzz_batch(
+    rnd: random.Random,
+    batch: int,
+    valid: Sequence[Sequence[str]],
+    escape: Callable[[list[str]], str | None],
+    *,
+    options: Sequence[str],
+    commands: Sequence[str],
+    values: Sequence[str] = (),
+) -> list[str]:
+    """Run ``batch`` mutated vectors through ``escape`` (None: the documented outcome);
+    return what escaped, each with its vector."""
+    escapes: list[str] = []
+    for _ in range(batch):
+        argv = mutate_argv(
+            rnd, rnd.choice(valid), options=options, commands=commands, values=values
+        )
+        what = escape(argv)
+        if what is not None:
+            escapes.append(f"{what} <- {argv!r:.300}")
+    return escapes

@@ -29,7 +29,7 @@ from unittest import mock
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.fuzz_argv import mutate_argv
+from tests.fuzz_argv import fuzz_batch
 from tests.hardening_counts import BATCH, count, fuzz_settings
 
 from fedtrain.cli import main
@@ -275,20 +275,17 @@ def _sane() -> None:
 @given(seed=st.integers(0, 2**64 - 1))
 def test_fuzz_fedtrain_cli_options(seed: int) -> None:
     rnd = random.Random(seed)
-    escapes: list[str] = []
     with _stand_ins(), contextlib.chdir(_workdir()):
         _sane()
-        for _ in range(BATCH):
-            argv = mutate_argv(
-                rnd,
-                rnd.choice(VALID),
-                options=OPTIONS,
-                commands=COMMANDS,
-                values=VALUES,
-            )
-            what = _escape(argv)
-            if what is not None:
-                escapes.append(f"{what} <- {argv!r:.300}")
+        escapes = fuzz_batch(
+            rnd,
+            BATCH,
+            VALID,
+            _escape,
+            options=OPTIONS,
+            commands=COMMANDS,
+            values=VALUES,
+        )
     count(
         "fuzz",
         "fedtrain CLI (every subcommand's flags)",

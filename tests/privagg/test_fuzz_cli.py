@@ -40,7 +40,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from privagg.cli import cli
-from tests.fuzz_argv import mutate_argv
+from tests.fuzz_argv import fuzz_batch
 from tests.hardening_counts import BATCH, count, fuzz_settings
 
 pytestmark = pytest.mark.slow
@@ -330,20 +330,17 @@ def _sane() -> None:
 @given(seed=st.integers(0, 2**64 - 1))
 def test_fuzz_privagg_cli_options(seed: int) -> None:
     rnd = random.Random(seed)
-    escapes: list[str] = []
     with _stand_ins(), contextlib.chdir(_workdir()):
         _sane()
-        for _ in range(BATCH):
-            argv = mutate_argv(
-                rnd,
-                rnd.choice(VALID),
-                options=OPTIONS,
-                commands=COMMANDS,
-                values=VALUES,
-            )
-            what = _escape(argv)
-            if what is not None:
-                escapes.append(f"{what} <- {argv!r:.300}")
+        escapes = fuzz_batch(
+            rnd,
+            BATCH,
+            VALID,
+            _escape,
+            options=OPTIONS,
+            commands=COMMANDS,
+            values=VALUES,
+        )
     count(
         "fuzz",
         "privagg CLI (every command's options)",
