@@ -402,3 +402,15 @@ def test_fuzz_finding_library_accountants_numeric_range() -> None:
     with pytest.raises(ConfigurationError, match="numeric range"):
         pld.compose(PoissonSampledEvent(1.0, GaussianEvent(1e300)))
     assert pld.ledger == () and pld.epsilon(1e-5) == 0.0
+
+
+def test_fuzz_finding_keygen_out_dir_not_utf8(tmp_path: Path) -> None:
+    """Found by the fuzzer: ``keygen`` into a directory whose name is not UTF-8 (Linux
+    hands it to Python as a lone surrogate) wrote the keys, then printing the path
+    raised UnicodeEncodeError; the path is now printed escaped."""
+    with contextlib.chdir(tmp_path):
+        result = CliRunner().invoke(
+            cli, ["keygen", "--backend", "secagg", "--party-id", "c1", "\udcff"]
+        )
+    assert result.exit_code == 0, result.exception
+    assert "\\udcff" in result.output

@@ -21,6 +21,7 @@ from privagg.cli._common import (
     _emit_json,
     _json_option,
     _print_fields,
+    _safe,
     cli,
 )
 from privagg.errors import (
@@ -362,7 +363,9 @@ def _print_keygen(keys: _KeySet, out_dir: Path, protected: str) -> None:
     console = _console()
     console.print(
         Text.assemble(
-            ("Wrote ", "bold"), (keys.backend, "bold cyan"), f" keys to {out_dir}"
+            ("Wrote ", "bold"),
+            (keys.backend, "bold cyan"),
+            f" keys to {_safe(out_dir)}",  # escaped: a lone surrogate broke stdout
         )
     )
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -371,7 +374,7 @@ def _print_keygen(keys: _KeySet, out_dir: Path, protected: str) -> None:
     table.add_column("copy to")
     for f in keys.files:
         kind = Text("SECRET 0600", "bold red") if f.secret else Text("public 0644")
-        table.add_row(f.name, kind, f.recipient)
+        table.add_row(_safe(f.name), kind, f.recipient)
     console.print(table)
     _print_fields(
         console,
