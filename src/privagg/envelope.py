@@ -103,11 +103,15 @@ def _digest(data: bytes | memoryview) -> bytes:
 
 
 def seal(header: Header, payload: bytes | PayloadWriter) -> bytes:
-    """Wrap ``payload`` in an envelope.
+    """Wrap ``payload`` in an envelope (format :data:`FORMAT_VERSION`).
 
     ``payload`` may be a :class:`PayloadWriter`: its fields are then joined once, straight
     into the envelope, instead of into a payload that is copied again (issue #13: the
     peak memory of sealing a large message is the message itself).
+
+    Raises:
+        ValueError: a header field out of range, or ``header.version`` other than
+            :data:`FORMAT_VERSION` (this privagg writes no other format).
     """
     parts: list[bytes | memoryview] = (
         payload._parts if isinstance(payload, PayloadWriter) else [payload]
@@ -121,9 +125,15 @@ def seal(header: Header, payload: bytes | PayloadWriter) -> bytes:
         raise ValueError(f"kind must fit one byte, got {header.kind}")
     if not 0 <= header.round_id < 1 << 64:
         raise ValueError(f"round_id must fit 64 bits, got {header.round_id}")
+    if header.version != FORMAT_VERSION:
+        # the digest below is format 2's: never label it with another format
+        raise ValueError(
+            f"this privagg writes envelope format {FORMAT_VERSION} only, "
+            f"got a header of format {header.version}"
+        )
     head = _HEADER.pack(
         MAGIC,
-        header.version,
+        FORMAT_VERSION,
         int(header.scheme),
         header.kind,
         header.params_id,
