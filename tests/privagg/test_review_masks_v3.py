@@ -377,3 +377,70 @@ def test_rounding_never_wraps_at_the_bound(dtype: Any) -> None:
     v = centred(w).astype(np.float64)
     assert np.all(np.abs(v) <= top)
     assert np.all(np.abs(v - x * 2**bits) < 1)
+
+
+# -- downgrade -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["secagg", "additive"])
+def test_a_peer_on_the_exact_v2_params_is_refused(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The params_id a v2 peer computes (tag ``secagg/v2`` / ``additive/v2``, no mask
+    PRG field), from the same setup randomness: its request is another session's,
+    refused before decoding, whether sealed in format 2 or (as v2 did) format 1."""
+    from privagg.backends.additive import backend as ad_backend
+    from privagg.backends.secagg import backend as sa_backend
+    from privagg.errors import FormatVersionError, ParameterMismatchError
+
+    module = sa_backend if name == "secagg" else ad_backend
+    layout = Layout.from_arrays({"w": np.zeros(8)})
+
+    def make() -> Any:
+        if name == "secagg":
+            return SecAggBackend().setup(layout, max_clients=3, rng=DeterministicRng(1))
+        return AdditiveBackend(n_servers=2).setup(
+            layout, max_clients=3, rng=DeterministicRng(1)
+        )
+
+    new = make()
+    real = module.fingerprint
+
+    def v2_fingerprint(tag: bytes, *rest: bytes) -> bytes:
+        if tag == f"{name}/v3".encode():
+            return real(f"{name}/v2".encode(), *rest[1:])
+        return real(tag, *rest)
+
+    monkeypatch.setattr(module, "fingerprint", v2_fingerprint)
+    old = make()
+    monkeypatch.undo()
+    assert old.params_id != new.params_id
+    reqs = old.aggregator(0, ["a", "b", "c"]).start()
+    with pytest.raises(ParameterMismatchError):
+        new.client("a", 0, np.zeros(8)).handle(reqs["a"])
+    head = bytearray(reqs["b"][:-16])
+    head[4:6] = b"\x00\x01"
+    as_v1 = bytes(head) + hashlib.blake2b(bytes(head), digest_size=16).digest()
+    with pytest.raises(FormatVersionError):
+        new.client("b", 0, np.zeros(8)).handle(as_v1)
+
+
+@pytest.mark.parametrize("bound", [2.0**31 - 2.5, 2.0**31 - 1.5, 2.0**31 - 0.5])
+def test_the_ring_a_session_picks_never_wraps_at_its_bound(bound: float) -> None:
+    """Right at the 32-bit ring's edge: ``encode_to_ring`` itself wraps a value that
+    rounds up to 2**31 in a 32-bit ring, so the session's capacity check must move such
+    bounds to the 64-bit ring; every value it accepts then decodes within one unit."""
+    from privagg.backends._masking import RingOptions
+
+    enc, bits = RingOptions(bound, 0, False).size_ring(4, 1, 1.0, None)
+    assert bits == (32 if bound < 2.0**31 - 2 else 64)
+    x = np.array([bound, -bound, bound - 0.25, 0.5 - bound] * 500)
+    w = encode_to_ring(
+        enc,
+        x,
+        1.0,
+        value_bound=bound,
+        clip=False,
+        rng=DeterministicRng(4),
+        dtype=np.uint32 if bits == 32 else np.uint64,
+    )
+    v = centred(w)
+    assert all(abs(int(a) - b) < 1 for a, b in zip(v, x, strict=True))
