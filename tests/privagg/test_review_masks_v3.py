@@ -14,15 +14,14 @@ format 2 with a BLAKE3 digest): each attack tried is a test here.
 * ``encode_to_ring``'s rounding coins come from the injected Rng, are unbiased and never
   wrap at the bound.
 
-The mask known answers are recomputed here from the specification with the standard
-library's HMAC (RFC 5869 HKDF) and ``cryptography``'s AES-128 in ECB mode (the counter
+The mask known answers are recomputed here from the specification with the RFC 5869
+HKDF of ``tests/vectors/masking/make_masks_v2.py`` (standard-library HMAC) and ``cryptography``'s AES-128 in ECB mode (the counter
 blocks written out by hand), independently of ``privagg``'s CTR code paths.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -51,13 +50,20 @@ from privagg.hazmat import DeterministicRng
 
 
 # -- an independent model of the mask PRG ----------------------------------------------------
-def _hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
-    okm, t = b"", b""
-    for i in range(1, -(-length // 32) + 1):
-        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
-        okm += t
-    return okm[:length]
+def _load_generator() -> Any:
+    """``make_masks_v2.py``: imports nothing from privagg (stdlib HKDF, RFC 5869)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "vectors" / "masking" / "make_masks_v2.py"
+    spec = importlib.util.spec_from_file_location("make_masks_v2", path)
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
+_hkdf = _load_generator().hkdf_sha256
 
 
 def _ctr_by_ecb(key: bytes, nbytes: int, first_block: int = 0) -> bytes:
