@@ -15,8 +15,9 @@ format 2 with a BLAKE3 digest): each attack tried is a test here.
   wrap at the bound.
 
 The mask known answers are recomputed here from the specification with the RFC 5869
-HKDF of ``tests/vectors/masking/make_masks_v2.py`` (standard-library HMAC) and ``cryptography``'s AES-128 in ECB mode (the counter
-blocks written out by hand), independently of ``privagg``'s CTR code paths.
+HKDF of ``tests/vectors/masking/make_masks_v2.py`` (standard-library HMAC) and
+``cryptography``'s AES-128 in ECB mode (the counter blocks written out by hand),
+independently of ``privagg``'s CTR code paths.
 """
 
 from __future__ import annotations
