@@ -122,6 +122,7 @@ from fedtrain.flower.material import (
     Role,
     SessionSpec,
     holder_needs_no_secret,
+    key_holders,
     load_session,
     needs_identity_directory,
 )
@@ -417,7 +418,11 @@ def _register(
     context: Context, spec: SessionSpec, material: str | None
 ) -> ReleaseRegister | None:
     """The holder's release register: the configured path, else beside its secret key
-    (its own key file where it made one, else its dealt material).
+    (its own key file for a backend whose key holders make their own keys, else its
+    dealt material). Which file is the secret depends on the backend only, never on
+    which keys the node config happens to name: a ``privagg-own-key`` added for
+    ``additive`` must not move a Paillier or CKKS holder's register (an empty register
+    beside another file would accept that backend's old round ids again).
 
     None for a holder without a secret key and no configured path: it keeps only the
     in-process rule (its aggregate is no secret from the ServerApp).
@@ -425,7 +430,7 @@ def _register(
     path = _material(context, "privagg-holder-register")
     if path is not None:
         return ReleaseRegister(path)
-    secret = _material(context, "privagg-own-key") or material
+    secret = _material(context, "privagg-own-key") if key_holders(spec) else material
     if secret is not None and not holder_needs_no_secret(spec):
         return ReleaseRegister(register_path_for(secret))
     return None

@@ -48,11 +48,22 @@ def _key_id(role: str, party: str, pk: bytes) -> bytes:
     return fingerprint(b"additive/own-key", role.encode(), party.encode(), pk)
 
 
-def _open(blob: bytes, kind: int) -> PayloadReader:
+_P25519 = 2**255 - 19
+
+
+def _usable_key(pk: bytes) -> bool:
+    """A canonical X25519 public key (u < 2^255 - 19, top bit clear, as every key
+    :func:`x25519_public` makes) of large order. X25519 ignores the top bit and reduces
+    u mod p, so a non-canonical encoding names the same key under other bytes (and so
+    another params_id): refused in key material."""
+    return int.from_bytes(pk, "little") < _P25519 and valid_x25519(pk)
+
+
+def _open(blob: bytes, kind: int) -> tuple[bytes, PayloadReader]:
     h, payload = open_envelope(blob)
-    if h.scheme != Scheme.ADDITIVE or h.kind != kind:
+    if h.scheme != Scheme.ADDITIVE or h.kind != kind or h.round_id != 0:
         raise DeserializationError()
-    return PayloadReader(payload)
+    return h.params_id, PayloadReader(payload)
 
 
 def seal_own_key(role: str, party: str, sk: bytes) -> tuple[bytes, bytes]:
@@ -74,17 +85,18 @@ def read_public_key(blob: bytes) -> tuple[str, str, bytes]:
     """``(role, party, pk)`` of a public blob.
 
     Raises:
-        DeserializationError: not an additive public key, or a low-order key.
+        DeserializationError: not an additive public key, a non-canonical or low-order
+            key, or a header that does not fingerprint the content.
     """
     try:
-        r = _open(blob, PUBLIC_KEY_KIND)
+        kid, r = _open(blob, PUBLIC_KEY_KIND)
         role, party, pk = r.text(), r.text(), _wire.fixed(r, 32)
         r.done()
     except DeserializationError:
         raise
     except Exception:
         raise DeserializationError() from None
-    if not valid_x25519(pk):
+    if not _usable_key(pk) or not hmac.compare_digest(kid, _key_id(role, party, pk)):
         raise DeserializationError()
     return role, party, pk
 
@@ -97,12 +109,11 @@ def read_own_key(blob: bytes) -> tuple[str, str, bytes]:
             directory), or a secret that does not match the public key it names.
     """
     try:
-        h, _ = open_envelope(blob)
-        r = _open(blob, OWN_KEY_KIND)
+        kid, r = _open(blob, OWN_KEY_KIND)
         role, party, pk, sk = r.text(), r.text(), _wire.fixed(r, 32), _wire.fixed(r, 32)
         r.done()
         ok = hmac.compare_digest(x25519_public(sk), pk) and hmac.compare_digest(
-            h.params_id, _key_id(role, party, pk)
+            kid, _key_id(role, party, pk)
         )
     except DeserializationError:
         raise
@@ -152,25 +163,36 @@ def seal_directory(public_keys: Sequence[bytes], expected: Mapping[str, str]) ->
 def read_directory(blob: bytes, expected: Mapping[str, str]) -> dict[str, bytes]:
     """Party id -> X25519 public key, for exactly the ``expected`` key holders.
 
+    Only the canonical encoding :func:`seal_directory` writes is accepted (entries in
+    party order, the header fingerprinting them, canonical keys), so one set of keys
+    has one directory file.
+
     Raises:
-        DeserializationError: malformed, or not a directory (e.g. a secret blob).
+        DeserializationError: malformed or non-canonical, or not a directory (e.g. a
+            secret blob).
         ParameterMismatchError: a directory for another set of key holders (another
             ``n_servers``).
     """
     try:
-        r = _open(blob, DIRECTORY_KIND)
+        did, r = _open(blob, DIRECTORY_KIND)
         out: dict[str, tuple[str, bytes]] = {}
+        parts: list[bytes] = []
+        last: str | None = None
         for _ in range(_wire.count(r)):
             party, role, pk = r.text(), r.text(), _wire.fixed(r, 32)
-            if party in out:
+            if last is not None and party <= last:  # sorted, no repeats
                 raise DeserializationError()
+            last = party
             out[party] = (role, pk)
+            parts += [party.encode(), role.encode(), pk]
         r.done()
     except DeserializationError:
         raise
     except Exception:
         raise DeserializationError() from None
-    if any(not valid_x25519(pk) for _, pk in out.values()):
+    if any(not _usable_key(pk) for _, pk in out.values()) or not hmac.compare_digest(
+        did, fingerprint(b"additive/directory", *parts)
+    ):
         raise DeserializationError()
     if {p: role for p, (role, _) in out.items()} != dict(expected):
         raise ParameterMismatchError(
