@@ -186,3 +186,15 @@ def test_holder_register_of_a_dealt_backend_stays_beside_its_key(
     assert reg is not None and reg.path == register_path_for(holder_key)
     reg = client_app._register(ctx, _spec(), str(tmp_path / "directory.bin"))
     assert reg is not None and reg.path == register_path_for(own)
+
+
+def test_nodes_without_pinned_options_refuse_additive(tmp_path: Path) -> None:
+    """The coordinator picks the options (n_servers, min_contributions) only within
+    what each node pins: a server or client node that pins nothing refuses additive,
+    whose options no policy judges, before loading any key."""
+    keys = make_keys(tmp_path)
+    env = _server_request(keys, 2, "server-1")
+    cfg = {k: v for k, v in _server_cfg(keys).items() if k != "privagg-backend-options"}
+    with pytest.raises(PolicyError, match="cannot judge"):
+        _serve(env, cfg)
+    assert _served(keys) == set()
