@@ -80,6 +80,8 @@ def _split_by_key(
 
 
 def _take(ds: RawDataset, n: int | None, seed: int) -> RawDataset:
+    if n is not None and n < 1:  # --max-train -10**30 escaped numpy (fuzzing, #13)
+        raise DataError(f"a subset size must be >= 1 (or none), got {n}")
     if n is None or n >= len(ds):
         return ds
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))

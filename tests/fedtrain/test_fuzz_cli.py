@@ -347,3 +347,22 @@ def test_fuzz_finding_out_not_utf8(
     with mock.patch("fedtrain.cli._run_experiment", _reached):
         assert main(["run", "run.toml", "--out", "\udcff", "--no-resume"]) == 2
     assert "UnicodeEncodeError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["-999999999999999999999999999999", "-5", "0"])
+def test_fuzz_finding_negative_subset_size(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    size: str,
+) -> None:
+    """Found by the fuzzer: ``--max-train`` below 1 reached numpy's sampler
+    (OverflowError / ValueError out of ``main``); now a DataError, exit status 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.csv").write_text(
+        "text,label\n" + "".join(f"r {i},{i % 2}\n" for i in range(8))
+    )
+    argv = ["train", "--task", "seq_cls", "--data", "tiny.csv", "--out", "o"]
+    with mock.patch("fedtrain.cli._run_experiment", _reached):
+        assert main([*argv, f"--max-train={size}"]) == 2
+    assert "subset size" in capsys.readouterr().err
