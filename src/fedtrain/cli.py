@@ -372,6 +372,39 @@ def _read_command(run_dir: Path) -> tuple[list[str], str | None]:
     return argv, cwd if isinstance(cwd, str) else None
 
 
+def _single_value_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option taking exactly one value, in ``parser`` and its subcommands."""
+    found: list[argparse.Action] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _single_value_options(sub)
+        elif (
+            isinstance(action, argparse._StoreAction)
+            and action.option_strings
+            and action.nargs is None
+        ):
+            found.append(action)
+    return found
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``parse_args``, plus the check argparse skips for ``--opt=--``.
+
+    Python's argparse reads ``--batch-size=--`` as an empty list without calling the
+    option's type, so a single-value option can arrive as ``[]`` (found by the CLI
+    fuzzer, issue #13): that is a usage error (exit 2), like any other bad value.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in _single_value_options(parser):
+        if isinstance(getattr(args, action.dest, None), list):
+            parser.error(
+                f"argument {'/'.join(action.option_strings)}: expected one value"
+            )
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedtrain`` and ``python -m fedtrain``.
 
@@ -380,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget was exhausted (the run stopped before exceeding it).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = _parse_args(argv)
     if args.cmd == "config":
         return _cmd_config(args)
     if args.cmd == "report":
@@ -433,7 +466,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         if on
     ]
     try:
-        new_args = build_parser().parse_args(new_argv)
+        new_args = _parse_args(new_argv)
     except SystemExit:
         return console.error(f"error: {COMMAND_FILE} in {str(run_dir)!r} is invalid", 2)
     here = os.getcwd()

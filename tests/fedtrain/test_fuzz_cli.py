@@ -366,3 +366,38 @@ def test_fuzz_finding_negative_subset_size(
     with mock.patch("fedtrain.cli._run_experiment", _reached):
         assert main([*argv, f"--max-train={size}"]) == 2
     assert "subset size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "train",
+            "--task",
+            "seq_cls",
+            "--data",
+            "d.csv",
+            "--out",
+            "o",
+            "--batch-size=--",
+        ],
+        ["train", "--task", "seq_cls", "--data", "d.csv", "--out=--"],
+        ["demo", "--out", "o", "--rounds=--"],
+        ["config", "--example", "--out=--"],
+    ],
+)
+def test_fuzz_finding_option_equals_double_dash(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    """Found by the fuzzer at 72,350 inputs: argparse reads ``--batch-size=--`` as
+    ``[]`` without calling the option's type, and the list reached the config check
+    (TypeError out of ``main``); now a usage error, exit status 2, no run started."""
+    monkeypatch.chdir(tmp_path)
+    with mock.patch("fedtrain.cli._run_experiment", _reached):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    assert exc.value.code == 2
+    assert "expected one value" in capsys.readouterr().err
