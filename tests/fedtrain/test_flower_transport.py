@@ -496,8 +496,17 @@ class _KeyedBackend:
         raise AssertionError("a keyed backend must never be set up per process")
 
 
+@pytest.fixture
+def keyed_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register ``flowertestkeyed`` for one test only: a backend left registered would
+    reach every later caller of ``available_backends`` (``privagg bench`` did)."""
+    import privagg.registry
+
+    monkeypatch.setitem(privagg.registry._REGISTERED, "flowertestkeyed", _KeyedBackend)
+
+
+@pytest.mark.usefixtures("keyed_backend")
 def test_keyed_backend_without_hook_is_refused(tmp_path: object) -> None:
-    privagg.register_backend("flowertestkeyed", _KeyedBackend, force=True)  # type: ignore[arg-type]
     layout = parse_shapes(SHAPES)
     spec = SessionSpec("flowertestkeyed")
     for role in Role:
@@ -509,8 +518,8 @@ def test_keyed_backend_without_hook_is_refused(tmp_path: object) -> None:
     assert material.deal(SessionSpec("plain"), layout, ["a"], tmp_path) == {}  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("keyed_backend")
 def test_server_refuses_to_hold_a_keyed_holder() -> None:
-    privagg.register_backend("flowertestkeyed", _KeyedBackend, force=True)  # type: ignore[arg-type]
     grid = FakeGrid(_nodes([1.0]))
     settings = server_app.RunSettings(
         backend="flowertestkeyed", shapes=SHAPES, min_nodes=1
