@@ -111,8 +111,31 @@ class Dealing(enum.Enum):
         return self in (Dealing.DEALER, Dealing.OWN_KEYS)
 
 
+class _Unshareable:
+    """Refuses pickling and copying: the object holds secret key material, which
+    must go to its own 0600 file (:func:`privagg.write_secret_file`), nowhere else."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} holds secret key material and cannot be pickled; "
+            "write each secret blob to its own secret file instead"
+        )
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} holds secret key material and cannot be copied"
+        )
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} holds secret key material and cannot be copied"
+        )
+
+
 @dataclass(frozen=True, repr=False)
-class DealtMaterial:
+class DealtMaterial(_Unshareable):
     """What a dealer produces: one opaque blob per role.
 
     It holds secrets (the holder's secret key, clients' keys), so it cannot be pickled
@@ -144,21 +167,9 @@ class DealtMaterial:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> NoReturn:
-        raise TypeError(
-            "DealtMaterial holds secret key material and cannot be pickled; write each "
-            "role's blob to its own secret file instead"
-        )
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("DealtMaterial holds secret key material and cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("DealtMaterial holds secret key material and cannot be copied")
-
 
 @dataclass(frozen=True, repr=False)
-class OwnKey:
+class OwnKey(_Unshareable):
     """A key pair one party made on its own machine (``OWN_KEYS`` backends).
 
     ``public`` is published (the operator puts it in the directory); ``secret`` is this
@@ -187,18 +198,6 @@ class OwnKey:
         )
 
     __str__ = __repr__
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError(
-            "OwnKey holds a secret key and cannot be pickled; write its secret blob "
-            "to its own secret file instead"
-        )
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("OwnKey holds a secret key and cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("OwnKey holds a secret key and cannot be copied")
 
 
 @runtime_checkable
