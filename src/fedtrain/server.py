@@ -383,8 +383,8 @@ class Federation:
             self.noise_share = DiscreteGaussianShare(
                 self.noise_multiplier * p.clip / math.sqrt(self.min_clients)
             )
-            key = "value_bound" if c.backend == "ckks" else "bound"
-            if c.backend != "plain":
+            key = privagg.value_bound_option(privagg.get_backend(c.backend, **opts))
+            if key is not None:
                 given = opts.get(key)
                 if given is None:
                     opts[key] = p.clip  # clipped to L2 <= C: every |coordinate| <= C
@@ -402,7 +402,7 @@ class Federation:
             if self.noise_share is None
             else _LayoutShare(self.noise_share, self.layout.size, c.rounds.rounds),
         )
-        if c.lora.mode == "flora" and c.backend != "plain":
+        if c.lora.mode == "flora" and privagg.protects_inputs(self.backend):
             warnings.warn(
                 "flora stacks every client's factors into its own slot: the recovered sum reveals "
                 "each client's update, so secure aggregation hides nothing in this mode",

@@ -55,6 +55,7 @@ from privagg.layout import Layout, TensorSpec
 from privagg.protocols import (
     AggregatorRole,
     Backend,
+    BoundOption,
     ClientRole,
     FixedPointBackend,
     HolderRole,
@@ -62,6 +63,8 @@ from privagg.protocols import (
     Recovered,
     Session,
     fixed_point_scale,
+    protects_inputs,
+    value_bound_option,
 )
 from privagg.registry import available_backends, get_backend, register_backend
 from privagg.simulation import RoundResult, run_round, secure_sum
@@ -100,6 +103,7 @@ __all__ = [
     "Distributable",
     "EncodedVector",
     "EncodingOverflowError",
+    "BoundOption",
     "FixedPointBackend",
     "FixedPointEncoder",
     "FormatVersionError",
@@ -132,6 +136,8 @@ __all__ = [
     "__version__",
     "available_backends",
     "fixed_point_scale",
+    "protects_inputs",
+    "value_bound_option",
     "from_bytes",
     "get_backend",
     "read_secret_file",

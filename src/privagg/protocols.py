@@ -44,7 +44,10 @@ __all__ = [
     "Recovered",
     "Responder",
     "Session",
+    "BoundOption",
     "fixed_point_scale",
+    "protects_inputs",
+    "value_bound_option",
 ]
 
 AGGREGATOR = "aggregator"
@@ -270,3 +273,34 @@ def fixed_point_scale(backend: Backend) -> float | None:
     if isinstance(backend, FixedPointBackend):
         return float(backend.fixed_point_scale)
     return None
+
+
+@runtime_checkable
+class BoundOption(Protocol):
+    """Capability: a backend whose per-coordinate bound (:attr:`Backend.value_bound`)
+    is set by a constructor option of :func:`privagg.get_backend`.
+
+    A training layer that clips updates to L2 norm ``C`` knows every coordinate is
+    at most ``C`` and sets this option to ``C``. Ask through
+    :func:`value_bound_option`, never by backend name.
+    """
+
+    @property
+    def value_bound_option(self) -> str:
+        """Name of the option (``get_backend(name, **{option: bound})``)."""
+        ...
+
+
+def value_bound_option(backend: Backend) -> str | None:
+    """The option that sets ``backend``'s per-coordinate bound, or None for a backend
+    without one (``plain`` accepts any finite float)."""
+    if isinstance(backend, BoundOption):
+        return str(backend.value_bound_option)
+    return None
+
+
+def protects_inputs(backend: Backend) -> bool:
+    """False only for a backend that declares ``protects_inputs = False``: one that
+    shows the aggregator every client's update (``plain``, the reference). A backend
+    that does not declare it is assumed to protect them."""
+    return getattr(backend, "protects_inputs", True) is not False

@@ -608,3 +608,55 @@ def test_noise_domain_comes_from_privagg_not_from_backend_names(
     plain = Federation(small_config(privacy=p), _clients(train, 3), ev)
     assert not plain.integer_backend
     assert plain.client_event(3)[1]["mechanism"] == "gaussian"
+
+
+@pytest.mark.parametrize(
+    ("factory", "option"),
+    [("ckks", "value_bound"), ("paillier", "bound"), ("secagg", "bound")],
+)
+def test_bound_option_comes_from_privagg_not_from_backend_names(
+    rt_small: tuple[RawDataset, RawDataset],
+    monkeypatch: pytest.MonkeyPatch,
+    factory: str,
+    option: str,
+) -> None:
+    """Client-level DP clips every update to L2 <= C, so fedtrain sets the backend's
+    per-coordinate bound to C through the option privagg names
+    (``value_bound_option``), for a backend registered under a name fedtrain has
+    never heard of; a bound below C is refused (issue #16)."""
+    from privagg import registry
+
+    if factory not in privagg.available_backends():
+        pytest.skip(f"{factory} not available")
+    cls = type(privagg.get_backend(factory))
+    assert privagg.value_bound_option(privagg.get_backend(factory)) == option
+    monkeypatch.setitem(registry._REGISTERED, "bounded_under_another_name", cls)
+    train, ev = rt_small
+    p = PrivacyConfig(level="client", noise_multiplier=1.0, clip=0.25)
+    rounds = RoundConfig(rounds=1, local_steps=1)
+    fed = Federation(
+        small_config(backend="bounded_under_another_name", privacy=p, rounds=rounds),
+        _clients(train, 3),
+        ev,
+    )
+    assert fed.backend.value_bound == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match=f"{option}=0.125 is below the client clip"):
+        Federation(
+            small_config(
+                backend="bounded_under_another_name",
+                backend_options={option: 0.125},
+                privacy=p,
+                rounds=rounds,
+            ),
+            _clients(train, 3),
+            ev,
+        )
+
+
+def test_plain_declares_it_protects_nothing() -> None:
+    """The reference backend is the only one that shows the aggregator each update;
+    fedtrain asks ``protects_inputs`` instead of comparing names."""
+    for name in privagg.available_backends():
+        be = privagg.get_backend(name)
+        assert privagg.protects_inputs(be) == (name != "plain"), name
+        assert (privagg.value_bound_option(be) is None) == (be.value_bound is None)

@@ -124,6 +124,9 @@ class RingBackend:
 
     _ring: RingOptions
 
+    value_bound_option: ClassVar[str] = "bound"
+    """The constructor option that sets :attr:`value_bound` (:class:`privagg.BoundOption`)."""
+
     @property
     def value_bound(self) -> float | None:
         """Largest |value| a client may contribute (before weighting)."""

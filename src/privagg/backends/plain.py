@@ -64,6 +64,8 @@ class PlainBackend:
     """Float64 sums in the clear. The reference every secure backend is tested against."""
 
     name: ClassVar[str] = "plain"
+    protects_inputs: ClassVar[bool] = False
+    """The aggregator sees every update (see :func:`privagg.protects_inputs`)."""
 
     def __init__(self) -> None:
         pass

@@ -226,6 +226,8 @@ class CkksBackend:
     """
 
     name: ClassVar[str] = "ckks"
+    value_bound_option: ClassVar[str] = "value_bound"
+    """The constructor option that sets :attr:`value_bound` (:class:`privagg.BoundOption`)."""
 
     def __init__(
         self,

@@ -288,6 +288,8 @@ class PaillierBackend:
     """
 
     name: ClassVar[str] = "paillier"
+    value_bound_option: ClassVar[str] = "bound"
+    """The constructor option that sets :attr:`value_bound` (:class:`privagg.BoundOption`)."""
     key_bits: int = 3072
     bound: float = 1.0
     scale_bits: int = 16
