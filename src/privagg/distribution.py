@@ -27,8 +27,7 @@ can run across processes implements :class:`Distributable` and declares, through
                   holder) makes it on its own machine (:func:`own_key`) and publishes
                   only the public half; an operator builds the *public* directory
                   from the public halves (:func:`make_directory`); every process
-                  loads its role from the directory, pinned by its fingerprint
-                  (:func:`directory_fingerprint`), plus, for a key holder, its own
+                  loads its role from the directory plus, for a key holder, its own
                   secret (:meth:`SelfKeyed.load_role`). Nobody ever holds two
                   parties' secrets (``additive``).
 ================  ===================================================================
@@ -57,7 +56,7 @@ from privagg.errors import (
     UnsupportedError,
     UnsupportedReason,
 )
-from privagg.identity import IdentityDirectory, check_pin
+from privagg.identity import IdentityDirectory
 from privagg.keys import SecretBytes
 from privagg.layout import Layout
 from privagg.protocols import Backend, Session
@@ -73,7 +72,6 @@ __all__ = [
     "SelfKeyed",
     "deal",
     "dealing",
-    "directory_fingerprint",
     "key_holders",
     "make_directory",
     "own_key",
@@ -300,10 +298,6 @@ class SelfKeyed(Protocol):
         """The public directory from every key holder's public blob."""
         ...
 
-    def directory_fingerprint(self, material: bytes) -> bytes:
-        """The directory's 32-byte fingerprint: what every party pins."""
-        ...
-
     def load_role(
         self,
         layout: Layout,
@@ -314,11 +308,9 @@ class SelfKeyed(Protocol):
         max_clients: int,
         max_weight: float = 1.0,
         secret: bytes | None = None,
-        pinned: str | bytes | None = None,
     ) -> Session:
-        """A session for one role from the directory (``material``), checked against
-        the ``pinned`` fingerprint (required except for the aggregator), and, for a
-        key holder, its own ``secret`` blob."""
+        """A session for one role from the directory (``material``) and, for a key
+        holder, its own ``secret`` blob."""
         ...
 
 
@@ -407,31 +399,6 @@ def make_directory(backend: Backend, public_keys: Sequence[bytes]) -> bytes:
     return _self_keyed(backend).directory(public_keys)
 
 
-def directory_fingerprint(backend: Backend, directory: bytes) -> bytes:
-    """The 32-byte fingerprint of a self-keyed backend's public directory: what the
-    operator publishes out of band and every party pins.
-
-    One notion for both dealer-less modes: the SecAgg+ identity directory
-    (``DIRECTORY``, :attr:`IdentityDirectory.fingerprint`) and the directory of own
-    keys (``OWN_KEYS``, e.g. ``additive``). Only a canonical directory has one.
-
-    Raises:
-        UnsupportedError: the backend has no public directory.
-        DeserializationError: not a canonical directory of this backend.
-        ParameterMismatchError: a directory for other key holders.
-    """
-    mode = dealing(backend)
-    if mode is Dealing.DIRECTORY:
-        return IdentityDirectory.from_bytes(directory).fingerprint
-    if mode is Dealing.OWN_KEYS:
-        return _self_keyed(backend).directory_fingerprint(directory)
-    raise UnsupportedError(
-        f"backend {backend.name!r} has no public directory (its dealing is "
-        f"{mode.value!r})",
-        UnsupportedReason.OPERATION,
-    )
-
-
 def public_setup(
     backend: Backend,
     layout: Layout,
@@ -471,7 +438,6 @@ def session_for_role(
     directory: IdentityDirectory | None = None,
     identity: SecretBytes | None = None,
     secret: bytes | None = None,
-    pinned: str | bytes | None = None,
     max_clients: int,
     max_weight: float = 1.0,
 ) -> Session:
@@ -491,11 +457,6 @@ def session_for_role(
             ``client`` only; never given to another role).
         secret: this party's own secret blob from :func:`own_key` (``OWN_KEYS``
             backends, key holders only).
-        pinned: the directory's fingerprint (:func:`directory_fingerprint`), received
-            out of band (``DIRECTORY`` and ``OWN_KEYS`` backends). ``OWN_KEYS``: required
-            for every role but the aggregator. ``DIRECTORY``: checked against
-            ``directory`` when given (a client's directory must already have been
-            loaded with its pin, :meth:`IdentityDirectory.from_bytes`).
         max_clients: as given to :func:`deal`.
         max_weight: as given to :func:`deal`.
 
@@ -528,8 +489,6 @@ def session_for_role(
             max_weight=max_weight,
         )
     if mode is Dealing.DIRECTORY:
-        if pinned is not None and directory is not None:
-            check_pin(directory.fingerprint, pinned, "identity directory")
         return _directory_role(
             backend,
             layout,
@@ -553,7 +512,6 @@ def session_for_role(
             max_clients=max_clients,
             max_weight=max_weight,
             secret=secret,
-            pinned=pinned,
         )
     return hook.load_role(
         layout,

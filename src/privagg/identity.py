@@ -56,7 +56,6 @@ from privagg.errors import (
 from privagg.keys import NoProtection, Protection, SecretBytes, fingerprint
 
 __all__ = [
-    "check_pin",
     "DIRECTORY_FORMAT",
     "IDENTITY_PUBLIC_FORMAT",
     "IDENTITY_SCHEME",
@@ -288,8 +287,11 @@ class IdentityDirectory:
             raise DeserializationError("malformed identity directory") from None
         if not hmac.compare_digest(directory.to_bytes(), bytes(data)):
             raise DeserializationError("not in canonical form")
-        if want is not None:
-            check_pin(directory.fingerprint, want, "identity directory")
+        if want is not None and not hmac.compare_digest(directory.fingerprint, want):
+            raise ParameterMismatchError(
+                "the identity directory's fingerprint is not the pinned one "
+                f"(got {directory.fingerprint.hex()[:16]}...): refusing its keys"
+            )
         return directory
 
     # -- use -------------------------------------------------------------------------------
@@ -335,24 +337,6 @@ def _hex32(value: object) -> bytes:
     if not isinstance(value, str) or not _HEX32.fullmatch(value):
         raise DeserializationError()
     return bytes.fromhex(value)
-
-
-def check_pin(actual: bytes, pinned: str | bytes, what: str) -> None:
-    """Raise unless ``actual`` (a directory's 32-byte fingerprint) is ``pinned``.
-
-    The one pin check of every self-keyed directory (the SecAgg+ identity directory,
-    the additive key directory): compared in constant time.
-
-    Raises:
-        ConfigurationError: ``pinned`` is not 32 bytes or 64 hex characters.
-        ParameterMismatchError: another fingerprint.
-    """
-    want = _pin(pinned)
-    if not hmac.compare_digest(actual, want):
-        raise ParameterMismatchError(
-            f"the {what}'s fingerprint is not the pinned one "
-            f"(got {actual.hex()[:16]}...): refusing its keys"
-        )
 
 
 def _pin(pinned: str | bytes) -> bytes:

@@ -26,9 +26,8 @@ from tests.fedtrain.test_flower_transport import (  # the fake Grid and its fixt
 
 import privagg
 from fedtrain.flower import client_app, material, server_app
-from fedtrain.flower.errors import AlreadyReleasedError, FlowerConfigError, PolicyError
+from fedtrain.flower.errors import AlreadyReleasedError, PolicyError
 from fedtrain.flower.material import Role, SessionSpec, load_session
-from fedtrain.flower.release import register_path_for
 from fedtrain.flower.tasks import parse_shapes, synthetic_sum, synthetic_update
 from fedtrain.flower.transport import Envelope, Op
 
@@ -70,20 +69,8 @@ def make_keys(root: Path) -> dict[str, Path]:
 def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
     """3 clients, 2 aggregation servers, 1 result holder: each names only its files."""
     directory = str(keys["directory"])
-    # the operator publishes the directory's fingerprint out of band; every node pins it
-    pin = {
-        "privagg-directory-fingerprint": material.directory_fingerprint(
-            _spec(), directory
-        )
-    }
     nodes: list[dict[str, Any]] = [
-        {
-            "party-id": pid,
-            "privagg-weight": w,
-            "privagg-material": directory,
-            **PINNED,
-            **pin,
-        }
+        {"party-id": pid, "privagg-weight": w, "privagg-material": directory, **PINNED}
         for pid, w in WEIGHTS.items()
     ]
     nodes += [
@@ -93,7 +80,6 @@ def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
             "privagg-material": directory,
             "privagg-own-key": str(keys[sid]),
             **PINNED,
-            **pin,
         }
         for sid in ("server-1", "server-2")
     ]
@@ -102,7 +88,6 @@ def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
             "privagg-holder": True,
             "privagg-holder-material": directory,
             "privagg-own-key": str(keys["holder"]),
-            **pin,
         }
     )
     return nodes
@@ -216,14 +201,7 @@ def _server_request(keys: dict[str, Path], round_id: int, sid: str) -> Envelope:
     replies = {}
     for c in sorted(WEIGHTS):
         s = load_session(
-            spec,
-            LAYOUT,
-            Role.CLIENT,
-            party_id=c,
-            material=keys["directory"],
-            directory_fingerprint=material.directory_fingerprint(
-                spec, keys["directory"]
-            ),
+            spec, LAYOUT, Role.CLIENT, party_id=c, material=keys["directory"]
         )
         replies[c] = s.client(c, round_id, np.zeros(LAYOUT.size)).handle(reqs[c])
     to_servers = a.receive(replies)
@@ -321,58 +299,3 @@ def test_serverapp_refuses_to_recover_additive_itself(tmp_path: Path) -> None:
     )
     with pytest.raises(privagg.ConfigurationError, match="holder"):
         server_app.run(grid, settings, server_app._SyntheticTask(SHAPES))  # type: ignore[arg-type]
-
-
-def test_every_node_pins_the_key_directory(tmp_path: Path) -> None:
-    """Review of #14: the additive directory was not pinned, so whoever handed a node
-    its directory file could put the coordinator's keys in place of the servers' and
-    the holder's. A client, a server node and the holder now refuse a directory
-    other than the pinned one, and refuse to run unpinned."""
-    spec = _spec()
-    keys = make_keys(tmp_path)
-    evil = make_keys(tmp_path / "coordinator")["directory"]  # every key swapped
-    genuine_pin = material.directory_fingerprint(spec, keys["directory"])
-    assert genuine_pin != material.directory_fingerprint(spec, evil)
-    assert len(bytes.fromhex(genuine_pin)) == 32
-    # a client
-    for mat_file, pin, err, match in [
-        (evil, genuine_pin, privagg.ParameterMismatchError, "pinned"),
-        (keys["directory"], None, privagg.ConfigurationError, "must pin"),
-        (keys["directory"], "00" * 32, privagg.ParameterMismatchError, "pinned"),
-        (keys["directory"], "not hex", privagg.ConfigurationError, "fingerprint"),
-    ]:
-        with pytest.raises(err, match=match):
-            load_session(
-                spec,
-                LAYOUT,
-                Role.CLIENT,
-                party_id="client-0",
-                material=mat_file,
-                directory_fingerprint=pin,
-            )
-    # a server node: the coordinator's directory file, or none pinned
-    env = _server_request(keys, 2, "server-1")
-    cfg = {n.get("party-id"): n for n in node_configs(keys)}["server-1"]
-    swapped = {**cfg, "privagg-material": str(evil)}
-    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
-        client_app.handle_envelope(env, None, _server_context(swapped))  # type: ignore[arg-type]
-    unpinned = {k: v for k, v in cfg.items() if k != "privagg-directory-fingerprint"}
-    with pytest.raises(privagg.ConfigurationError, match="must pin"):
-        client_app.handle_envelope(env, None, _server_context(unpinned))  # type: ignore[arg-type]
-    clash = {**cfg, "privagg-identity-directory-fingerprint": "00" * 32}
-    with pytest.raises(FlowerConfigError, match="different fingerprints"):
-        client_app.handle_envelope(env, None, _server_context(clash))  # type: ignore[arg-type]
-    assert not register_path_for(keys["server-1"]).exists()  # nothing served
-    # the older node config name still pins
-    legacy = {**unpinned, "privagg-identity-directory-fingerprint": genuine_pin}
-    out = client_app.handle_envelope(env, None, _server_context(legacy))  # type: ignore[arg-type]
-    assert out.op is not None
-    # the holder
-    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
-        client_app._holder_for(
-            spec, LAYOUT, str(evil), (None, genuine_pin), str(keys["holder"])
-        )
-    with pytest.raises(privagg.ConfigurationError, match="must pin"):
-        client_app._holder_for(
-            spec, LAYOUT, str(keys["directory"]), (None, None), str(keys["holder"])
-        )

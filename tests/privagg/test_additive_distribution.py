@@ -5,7 +5,6 @@ to act as another."""
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from typing import Any
 
@@ -19,7 +18,6 @@ from privagg.backends.additive._material import read_own_key
 from privagg.distribution import (
     deal,
     dealing,
-    directory_fingerprint,
     key_holders,
     make_directory,
     own_key,
@@ -49,21 +47,13 @@ def _sessions(
             be, LAYOUT, Role.AGGREGATOR, material=directory, **KW
         )
     }
-    pin = directory_fingerprint(be, directory)
     for c in CLIENTS:
         out[c] = session_for_role(
-            be, LAYOUT, Role.CLIENT, party_id=c, material=directory, pinned=pin, **KW
+            be, LAYOUT, Role.CLIENT, party_id=c, material=directory, **KW
         )
     for p, k in keys.items():
         out[p] = session_for_role(
-            be,
-            LAYOUT,
-            k.role,
-            party_id=p,
-            material=directory,
-            secret=k.secret,
-            pinned=pin,
-            **KW,
+            be, LAYOUT, k.role, party_id=p, material=directory, secret=k.secret, **KW
         )
     return out
 
@@ -160,12 +150,11 @@ def test_a_key_file_for_one_party_refuses_to_act_as_another() -> None:
     keys = _keys(be)
     directory = make_directory(be, [k.public for k in keys.values()])
     s1, s2, hk = keys["server-1"].secret, keys["server-2"].secret, keys["holder"].secret
-    pin = directory_fingerprint(be, directory)
 
     def load(
         role: str, pid: str | None, secret: bytes | None, mat: bytes = directory
     ) -> Any:
-        return be.load_role(LAYOUT, role, pid, mat, secret=secret, pinned=pin, **KW)
+        return be.load_role(LAYOUT, role, pid, mat, secret=secret, **KW)
 
     with pytest.raises(privagg.ParameterMismatchError, match="server-1"):
         load("server", "server-2", s1)
@@ -265,149 +254,3 @@ def test_setup_is_unchanged_for_one_process() -> None:
     b = be.setup(LAYOUT, rng=DeterministicRng(3), **KW)
     assert a.params_id == b.params_id
     assert len(a.secret_keys()) == 3 and set(a.servers(1)) == {"server-1", "server-2"}
-
-
-# -- the directory is pinned by its fingerprint (review of #14: unpinned directory) ----
-def test_every_key_user_refuses_a_directory_other_than_the_pinned_one() -> None:
-    """Whoever hands a party its directory file (the coordinator, typically) could
-    swap in its own keys for the servers' and the holder's and read the client's
-    shares. A client, a server and the holder refuse any directory whose fingerprint
-    is not the one the operator published out of band."""
-    be = _backend()
-    keys = _keys(be)
-    genuine = make_directory(be, [k.public for k in keys.values()])
-    pin = directory_fingerprint(be, genuine)
-    assert len(pin) == 32
-    # the coordinator's directory: its own key for server-1 (or the holder), the
-    # genuine keys elsewhere
-    for swapped in ("server-1", "holder"):
-        evil_key = own_key(be, keys[swapped].role, swapped)
-        evil = make_directory(
-            be,
-            [evil_key.public if p == swapped else k.public for p, k in keys.items()],
-        )
-        for role, pid, secret in [
-            (Role.CLIENT, "client-0", None),
-            (Role.SERVER, "server-2", keys["server-2"].secret),
-            (
-                Role.HOLDER,
-                "holder",
-                keys["holder"].secret if swapped != "holder" else None,
-            ),
-        ]:
-            if secret is None and role is not Role.CLIENT:
-                continue
-            with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
-                session_for_role(
-                    be,
-                    LAYOUT,
-                    role,
-                    party_id=pid,
-                    material=evil,
-                    secret=secret,
-                    pinned=pin,
-                    **KW,
-                )
-            with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
-                session_for_role(
-                    be,
-                    LAYOUT,
-                    role,
-                    party_id=pid,
-                    material=evil,
-                    secret=secret,
-                    pinned=pin.hex().upper(),
-                    **KW,
-                )
-    # the aggregator holds no secret and learns nothing from a wrong directory: a
-    # pin is checked when given, not required
-    session_for_role(be, LAYOUT, Role.AGGREGATOR, material=genuine, **KW)
-    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
-        session_for_role(
-            be, LAYOUT, Role.AGGREGATOR, material=genuine, pinned=bytes(32), **KW
-        )
-
-
-def test_no_unpinned_mode_for_clients_servers_and_the_holder() -> None:
-    be = _backend()
-    keys = _keys(be)
-    directory = make_directory(be, [k.public for k in keys.values()])
-    for role, pid, secret in [
-        ("client", "client-0", None),
-        ("server", "server-1", keys["server-1"].secret),
-        ("holder", None, keys["holder"].secret),
-    ]:
-        with pytest.raises(privagg.ConfigurationError, match="must pin"):
-            be.load_role(LAYOUT, role, pid, directory, secret=secret, **KW)
-        with pytest.raises(privagg.ConfigurationError, match="must pin"):
-            session_for_role(
-                be, LAYOUT, role, party_id=pid, material=directory, secret=secret, **KW
-            )
-        for bad in ("zz" * 32, "ab" * 31, b"\x00" * 31, 7):
-            with pytest.raises(privagg.ConfigurationError, match="fingerprint"):
-                be.load_role(
-                    LAYOUT, role, pid, directory, secret=secret, pinned=bad, **KW
-                )  # type: ignore[arg-type]
-
-
-def test_directory_fingerprint_is_one_per_directory_and_bound_into_params_id() -> None:
-    be = _backend()
-    keys = _keys(be)
-    d1 = make_directory(be, [k.public for k in keys.values()])
-    d1_again = make_directory(be, [k.public for k in reversed(list(keys.values()))])
-    assert d1 == d1_again  # canonical: one set of keys, one file, one pin
-    assert directory_fingerprint(be, d1) == directory_fingerprint(be, d1_again)
-    other = make_directory(be, [own_key(be, k.role, p).public for p, k in keys.items()])
-    assert directory_fingerprint(be, other) != directory_fingerprint(be, d1)
-    s1 = _sessions(be, keys, d1)["aggregator"]
-    s2 = session_for_role(be, LAYOUT, Role.AGGREGATOR, material=other, **KW)
-    assert s1.params_id != s2.params_id
-    # only a canonical directory of this backend has a fingerprint
-    with pytest.raises(privagg.DeserializationError):
-        directory_fingerprint(be, keys["holder"].secret)
-    with pytest.raises(privagg.ParameterMismatchError):
-        directory_fingerprint(_backend(n_servers=2), d1)
-    with pytest.raises(privagg.UnsupportedError, match="no public directory"):
-        directory_fingerprint(privagg.get_backend("plain"), d1)
-
-
-def test_one_pin_notion_for_both_self_keyed_modes() -> None:
-    """``directory_fingerprint`` serves the SecAgg+ identity directory too, and
-    ``session_for_role(pinned=)`` checks it against an identity directory."""
-    from privagg.identity import IdentityDirectory
-
-    secagg = privagg.get_backend("secagg", active=True)
-    directory = IdentityDirectory(
-        os.urandom(32), {f"client-{i}": _ed25519_public() for i in range(3)}
-    )
-    data = directory.to_bytes()
-    assert directory_fingerprint(secagg, data) == directory.fingerprint
-    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
-        session_for_role(
-            secagg,
-            LAYOUT,
-            Role.AGGREGATOR,
-            directory=directory,
-            pinned=bytes(32),
-            **KW,
-        )
-    agg = session_for_role(
-        secagg,
-        LAYOUT,
-        Role.AGGREGATOR,
-        directory=directory,
-        pinned=directory.fingerprint.hex(),
-        **KW,
-    )
-    assert agg.params_id
-
-
-def _ed25519_public() -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    return (
-        Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )

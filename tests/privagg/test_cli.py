@@ -518,37 +518,3 @@ def _secret_envelope(path: Path) -> bytes:
     r = PayloadReader(data)
     r.blob()
     return r.blob()
-
-
-def test_directory_prints_the_pin_of_an_additive_key_directory(tmp_path: Path) -> None:
-    """``privagg directory FILE`` shows the fingerprint every additive client, server
-    and holder pins (the same as ``distribution.directory_fingerprint``); a damaged
-    file is a one-line typed error, not a traceback."""
-    from privagg.distribution import (
-        directory_fingerprint,
-        key_holders,
-        make_directory,
-        own_key,
-    )
-
-    be = privagg.get_backend("additive", n_servers=3)
-    blob = make_directory(
-        be, [own_key(be, r, p).public for p, r in key_holders(be).items()]
-    )
-    path = tmp_path / "directory.bin"
-    path.write_bytes(blob)
-    record = run_json("directory", str(path))
-    assert record["backend"] == "additive"
-    assert record["fingerprint"] == directory_fingerprint(be, blob).hex()
-    assert record["key_holders"] == {
-        "holder": "holder",
-        "server-1": "server",
-        "server-2": "server",
-    }
-    text = run("directory", str(path))
-    assert text.exit_code == 0 and "privagg-directory-fingerprint" in text.output
-    damaged = bytearray(blob)
-    damaged[-3] ^= 1
-    path.write_bytes(bytes(damaged))
-    bad = run("directory", str(path))
-    assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -20,13 +20,7 @@ from privagg import Role
 from privagg.backends import additive as ad
 from privagg.backends.additive import _context as ad_ctx
 from privagg.backends.additive import _material as mat
-from privagg.distribution import (
-    directory_fingerprint,
-    key_holders,
-    make_directory,
-    own_key,
-    session_for_role,
-)
+from privagg.distribution import key_holders, make_directory, own_key, session_for_role
 from privagg.envelope import Header, PayloadWriter, Scheme, open_envelope, seal
 from privagg.keys import fingerprint
 
@@ -50,20 +44,13 @@ def _world(n_servers: int = 3) -> tuple[ad.AdditiveBackend, dict[str, Any], byte
     be = _backend(n_servers)
     keys = {p: own_key(be, r, p) for p, r in key_holders(be).items()}
     directory = make_directory(be, [k.public for k in keys.values()])
-    pin = directory_fingerprint(be, directory)
     sessions: dict[str, Any] = {
         "aggregator": session_for_role(
             be, LAYOUT, Role.AGGREGATOR, material=directory, **KW
         ),
         **{
             c: session_for_role(
-                be,
-                LAYOUT,
-                Role.CLIENT,
-                party_id=c,
-                material=directory,
-                pinned=pin,
-                **KW,
+                be, LAYOUT, Role.CLIENT, party_id=c, material=directory, **KW
             )
             for c in CLIENTS
         },
@@ -75,7 +62,6 @@ def _world(n_servers: int = 3) -> tuple[ad.AdditiveBackend, dict[str, Any], byte
                 party_id=p,
                 material=directory,
                 secret=k.secret,
-                pinned=pin,
                 **KW,
             )
             for p, k in keys.items()
@@ -132,13 +118,7 @@ def test_coordinator_cannot_make_a_client_encrypt_to_its_own_key() -> None:
     # directory either (its key is not the directory's)
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
         be.load_role(
-            LAYOUT,
-            "server",
-            "server-1",
-            genuine,
-            secret=mine["server-1"].secret,
-            pinned=directory_fingerprint(be, genuine),
-            **KW,
+            LAYOUT, "server", "server-1", genuine, secret=mine["server-1"].secret, **KW
         )
 
 
@@ -412,7 +392,6 @@ def test_public_and_own_key_blobs_are_bound_to_their_party() -> None:
     k1 = keys["server-1"]
     role, party, pk = mat.read_public_key(k1.public)
     sk = _sk(k1)
-    pin = directory_fingerprint(be, directory)
     # a public blob relabelled as server-2's under the old header: refused
     relabelled = _reseal(
         mat.PUBLIC_KEY_KIND,
@@ -428,13 +407,11 @@ def test_public_and_own_key_blobs_are_bound_to_their_party() -> None:
     pub2, sec2 = mat.seal_own_key("server", "server-2", sk)
     assert mat.read_own_key(sec2)[:2] == ("server", "server-2")
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
-        be.load_role(
-            LAYOUT, "server", "server-2", directory, secret=sec2, pinned=pin, **KW
-        )
+        be.load_role(LAYOUT, "server", "server-2", directory, secret=sec2, **KW)
     # ... or as the holder
     _, sech = mat.seal_own_key("holder", "holder", sk)
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
-        be.load_role(LAYOUT, "holder", None, directory, secret=sech, pinned=pin, **KW)
+        be.load_role(LAYOUT, "holder", None, directory, secret=sech, **KW)
     # an own-key blob whose public half is not its secret's, or a non-32-byte secret
     bogus = PayloadWriter().text(role).text(party).blob(pk).blob(bytes(32)).getvalue()
     with pytest.raises(privagg.DeserializationError):
@@ -460,7 +437,6 @@ def test_refusals_never_show_a_secret() -> None:
     be, s, directory = _world()
     keys = s["keys"]
     secrets = {p: _sk(k) for p, k in keys.items()}
-    pin = directory_fingerprint(be, directory)
     shown: list[str] = []
     attempts = [
         lambda: be.load_role(
@@ -469,17 +445,10 @@ def test_refusals_never_show_a_secret() -> None:
             "server-2",
             directory,
             secret=keys["server-1"].secret,
-            pinned=pin,
             **KW,
         ),
         lambda: be.load_role(
-            LAYOUT,
-            "holder",
-            None,
-            directory,
-            secret=keys["server-1"].secret,
-            pinned=pin,
-            **KW,
+            LAYOUT, "holder", None, directory, secret=keys["server-1"].secret, **KW
         ),
         lambda: be.load_role(
             LAYOUT, "aggregator", None, directory, secret=keys["holder"].secret, **KW

@@ -51,7 +51,7 @@ the *secret key* off the ServerApp, not the aggregate.
 backend's non-colluding servers ``server-k`` (``k >= 1``; server 0 is the ServerApp's
 aggregator, which holds no secret): it answers the aggregator's server request with
 its partial sum, encrypted to the result holder. It loads only the public directory
-(``privagg-material``, pinned by ``privagg-directory-fingerprint``) and its own key (``privagg-own-key``, made on this machine by
+(``privagg-material``) and its own key (``privagg-own-key``, made on this machine by
 :func:`fedtrain.flower.material.make_own_key`), checks the session against its node
 policy like a client, and serves each ``(params_id, round id)`` once, for good: a
 register file (``<privagg-own-key>.released``, or ``privagg-server-register``) as for
@@ -85,13 +85,8 @@ Node config keys (``flower-supernode --node-config``):
   ``privagg keygen --password-env`` (scrypt + AES-256-GCM).
 * ``privagg-identity-directory`` (str): active SecAgg+: path of the public-key
   directory; setting it also makes this node refuse passive SecAgg+ (no downgrade).
-* ``privagg-directory-fingerprint`` (str): hex of the public directory's
-  fingerprint, received out of band from the operator: the identity directory of
-  active SecAgg+ (required for a client) or the key directory of ``additive``
-  (required for clients, servers and the holder;
-  :func:`fedtrain.flower.material.directory_fingerprint` prints it). A node refuses
-  any other directory. ``privagg-identity-directory-fingerprint`` is its older name
-  and still read.
+* ``privagg-identity-directory-fingerprint`` (str): hex of the directory's
+  fingerprint, received out of band; a client refuses any other directory.
 * ``privagg-round-register`` (str, optional): active SecAgg+: the file recording the
   ``(params_id, round id)`` pairs this node joined, across runs (default
   ``<privagg-identity-key>.rounds``, 0600); a pair is joined once.
@@ -170,28 +165,13 @@ def _material(context: Context, key: str) -> str | None:
     return str(value) if value else None
 
 
-def _pin(context: Context) -> str | None:
-    """The pinned fingerprint of the public directory, from the node config only (the
-    ServerApp cannot name it): ``privagg-directory-fingerprint``, or its older name
-    ``privagg-identity-directory-fingerprint`` (both given: they must agree)."""
-    pin = _material(context, "privagg-directory-fingerprint")
-    old = _material(context, "privagg-identity-directory-fingerprint")
-    if (
-        pin is not None
-        and old is not None
-        and pin.strip().lower() != old.strip().lower()
-    ):
-        raise FlowerConfigError(
-            "node config 'privagg-directory-fingerprint' and "
-            "'privagg-identity-directory-fingerprint' name different fingerprints"
-        )
-    return pin if pin is not None else old
-
-
 def _directory(context: Context) -> tuple[str | None, str | None]:
-    """The identity directory (active SecAgg+) and the pinned fingerprint, from the
-    node config only (the ServerApp cannot name them)."""
-    return _material(context, "privagg-identity-directory"), _pin(context)
+    """The public-key directory and its pinned fingerprint, from the node config
+    only (active SecAgg+; the ServerApp cannot name them)."""
+    return (
+        _material(context, "privagg-identity-directory"),
+        _material(context, "privagg-identity-directory-fingerprint"),
+    )
 
 
 def _identity_protection(context: Context) -> Protection | None:
@@ -371,7 +351,6 @@ def _serve(env: Envelope, context: Context) -> bytes:
         Role.SERVER,
         party_id=party,
         material=_material(context, "privagg-material"),
-        directory_fingerprint=_pin(context),
         own_key=own_key,
     )
     server = session.servers(env.round_id).get(party)

@@ -64,7 +64,6 @@ __all__ = [
     "SessionSpec",
     "deal",
     "holder_needs_no_secret",
-    "directory_fingerprint",
     "key_holders",
     "load_directory",
     "load_session",
@@ -332,28 +331,6 @@ def write_directory(
     return privagg.write_secret_file(out_path, directory)
 
 
-def directory_fingerprint(spec: SessionSpec, path: str | Path) -> str:
-    """Hex of the fingerprint of a public directory file: what the operator publishes
-    out of band and every node pins (``privagg-directory-fingerprint``).
-
-    Works for both self-keyed modes: the identity directory of active SecAgg+ and
-    the key directory of an ``OWN_KEYS`` backend (``additive``).
-
-    Raises:
-        privagg.UnsupportedError: the backend has no public directory.
-        privagg.ConfigurationError: the file cannot be read.
-        privagg.DeserializationError: not a canonical directory of this backend.
-        privagg.ParameterMismatchError: a directory for other key holders.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise privagg.ConfigurationError(
-            f"the directory file {str(path)!r} cannot be read"
-        ) from exc
-    return _distribution.directory_fingerprint(spec.backend_object(), data).hex()
-
-
 def load_session(
     spec: SessionSpec,
     layout: Layout,
@@ -377,11 +354,9 @@ def load_session(
         material: path of this role's material file (read only for backends that
             need a dealer), or of the public directory (``OWN_KEYS`` backends).
         identity_directory: path of the public-key directory (active SecAgg+ only).
-        directory_fingerprint: hex of the pinned fingerprint of the public directory
-            (the identity directory of active SecAgg+, the key directory of an
-            ``OWN_KEYS`` backend; see :func:`directory_fingerprint`). Required for a
-            client, and for an ``OWN_KEYS`` server or holder (the directory is only
-            as good as the pin); checked when given for the other roles.
+        directory_fingerprint: hex of the directory's pinned fingerprint; required
+            for a client (the directory is only as good as the pin), checked when
+            given for the other roles.
         identity_key: path of the client's own identity key file (0600; client of
             active SecAgg+ only).
         identity_protection: how that file is protected
@@ -397,8 +372,7 @@ def load_session(
     Raises:
         privagg.UnsupportedError: a backend without the distribution hook.
         privagg.ConfigurationError: a dealt backend and no material file; active
-            SecAgg+ without the directory, or a client without its pin or key file;
-            an ``OWN_KEYS`` client, server or holder without its pin.
+            SecAgg+ without the directory, or a client without its pin or key file.
         privagg.ParameterMismatchError: a directory other than the pinned one, or one
             that lists another key for this client.
     """
@@ -420,7 +394,7 @@ def load_session(
             if not directory_fingerprint:
                 raise privagg.ConfigurationError(
                     "a client must pin the identity directory's fingerprint (node "
-                    "config 'privagg-directory-fingerprint'): an unpinned "
+                    "config 'privagg-identity-directory-fingerprint'): an unpinned "
                     "directory could hold the server's keys"
                 )
             if not identity_key or not str(identity_key):
@@ -438,15 +412,6 @@ def load_session(
             raise privagg.ConfigurationError(
                 f"backend {spec.backend!r} needs a material file for role {role.value!r}"
             )
-        if mode is Dealing.OWN_KEYS and role is not Role.AGGREGATOR:
-            if not directory_fingerprint:
-                raise privagg.ConfigurationError(
-                    f"the {role.value} of backend {spec.backend!r} must pin the key "
-                    "directory's fingerprint (node config "
-                    "'privagg-directory-fingerprint'): an unpinned directory could "
-                    "hold the coordinator's keys in place of the servers' and the "
-                    "holder's"
-                )
         blob = privagg.read_secret_file(material)
     secret = None
     if own_key is not None and str(own_key) and mode is Dealing.OWN_KEYS:
@@ -461,7 +426,6 @@ def load_session(
         directory=directory,
         identity=identity,
         secret=secret,
-        pinned=(directory_fingerprint or None) if mode is Dealing.OWN_KEYS else None,
         max_clients=spec.max_clients,
         max_weight=spec.max_weight,
     )

@@ -1,9 +1,4 @@
-"""``privagg directory``: the public directories of the self-keyed backends.
-
-Builds the SecAgg+ public-key directory, or checks a directory file and prints the
-fingerprint every party pins: the SecAgg+ identity directory (canonical JSON) or the
-additive backend's key directory (a privagg envelope).
-"""
+"""``privagg directory``: the SecAgg+ public-key directory (build it, show its pin)."""
 
 from __future__ import annotations
 
@@ -12,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from privagg.backends.additive import _material as additive_material
 from privagg.cli._common import (
     OutputExistsError,
     _console,
@@ -21,7 +15,6 @@ from privagg.cli._common import (
     _print_fields,
     cli,
 )
-from privagg.envelope import MAGIC
 from privagg.errors import ConfigurationError
 from privagg.identity import MAX_DIRECTORY_BYTES, IdentityDirectory
 
@@ -60,44 +53,11 @@ def _report(directory: IdentityDirectory, path: Path, as_json: bool) -> None:
     )
     console.print(
         "Give every client this fingerprint over a channel the server does not "
-        "control; each pins it (node config privagg-directory-fingerprint)."
+        "control; each pins it (node config privagg-identity-directory-fingerprint)."
     )
 
 
-def _report_keys(data: bytes, path: Path, as_json: bool) -> None:
-    """An additive key directory: its key holders and the fingerprint they pin."""
-    entries = additive_material._parse_directory(data)
-    fp = additive_material.directory_fingerprint(data).hex()
-    holders = [f"{party} ({role})" for party, (role, _) in entries.items()]
-    if as_json:
-        _emit_json(
-            {
-                "command": "directory",
-                "path": str(path),
-                "backend": "additive",
-                "fingerprint": fp,
-                "key_holders": {p: role for p, (role, _) in entries.items()},
-            }
-        )
-        return
-    console = _console()
-    _print_fields(
-        console,
-        [
-            ("directory", str(path)),
-            ("backend", "additive"),
-            ("key holders", ", ".join(holders)),
-            ("fingerprint", fp),
-        ],
-    )
-    console.print(
-        "Give every client, server and the result holder this fingerprint over a "
-        "channel the coordinator does not control; each pins it (node config "
-        "privagg-directory-fingerprint)."
-    )
-
-
-@cli.command(short_help="Build or check a public-key directory; print its pin.")
+@cli.command(short_help="Build or check a SecAgg+ public-key directory.")
 @click.argument("directory", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument(
     "records", nargs=-1, type=click.Path(dir_okay=False, exists=True, path_type=Path)
@@ -109,18 +69,17 @@ def directory(
 ) -> None:
     """Build DIRECTORY from the clients' RECORDS (``secagg-identity-P.pub`` files of
     ``privagg keygen --backend secagg``), or, without RECORDS, check DIRECTORY and
-    print its fingerprint (what every party pins). Without RECORDS, DIRECTORY may also
-    be an additive key directory (``fedtrain.flower.material.write_directory``).
+    print its fingerprint (what every client pins).
 
     A new directory gets a fresh random nonce, hence a new fingerprint: rebuilding it
     (a rotated key, a new party) means every client pins the new fingerprint.
     """
     if not records:
-        data = _read(directory, MAX_DIRECTORY_BYTES)
-        if data.startswith(MAGIC):
-            _report_keys(data, directory, as_json)
-        else:
-            _report(IdentityDirectory.from_bytes(data), directory, as_json)
+        _report(
+            IdentityDirectory.from_bytes(_read(directory, MAX_DIRECTORY_BYTES)),
+            directory,
+            as_json,
+        )
         return
     if (directory.exists() or directory.is_symlink()) and not force:
         raise OutputExistsError(

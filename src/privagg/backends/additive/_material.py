@@ -11,11 +11,6 @@ from the directory and, for a key holder, its own secret blob. Three sealed form
 * own key     (kind 17): ``text(role) text(party) blob(pk) blob(sk)`` (0600 file only);
 * directory   (kind 18): ``u32 n, n x (text(party) text(role) blob(pk))``, sorted.
 
-Every party pins the directory's fingerprint (:func:`directory_fingerprint`), received
-out of band from the operator: whoever hands a client its directory file (the
-coordinator, typically) could otherwise swap in its own keys for the servers' and the
-holder's and read the client's shares.
-
 The header's params_id is a fingerprint of the public content, so a blob altered in
 transit fails the envelope digest, and a public blob cannot be confused with a secret
 one (different kinds).
@@ -47,7 +42,6 @@ from privagg.keys import fingerprint
 PUBLIC_KEY_KIND = 16
 OWN_KEY_KIND = 17
 DIRECTORY_KIND = 18
-DIRECTORY_PIN_DOMAIN = b"additive/directory-pin/v1"
 
 
 def _key_id(role: str, party: str, pk: bytes) -> bytes:
@@ -179,30 +173,6 @@ def read_directory(blob: bytes, expected: Mapping[str, str]) -> dict[str, bytes]
         ParameterMismatchError: a directory for another set of key holders (another
             ``n_servers``).
     """
-    out = _parse_directory(blob)
-    if {p: role for p, (role, _) in out.items()} != dict(expected):
-        raise ParameterMismatchError(
-            "the directory lists other key holders than this backend's servers and "
-            "holder (another n_servers?)"
-        )
-    return {p: pk for p, (_, pk) in out.items()}
-
-
-def directory_fingerprint(blob: bytes) -> bytes:
-    """What every party pins (32 bytes): a SHA-256 fingerprint of the directory file.
-
-    The file is parsed first, so only a canonical directory has a fingerprint: one
-    set of keys, one file, one pin.
-
-    Raises:
-        DeserializationError: as :func:`read_directory`.
-    """
-    _parse_directory(blob)
-    return fingerprint(DIRECTORY_PIN_DOMAIN, bytes(blob))
-
-
-def _parse_directory(blob: bytes) -> dict[str, tuple[str, bytes]]:
-    """Party id -> (role, public key) of a canonical directory blob."""
     try:
         did, r = _open(blob, DIRECTORY_KIND)
         out: dict[str, tuple[str, bytes]] = {}
@@ -224,4 +194,9 @@ def _parse_directory(blob: bytes) -> dict[str, tuple[str, bytes]]:
         did, fingerprint(b"additive/directory", *parts)
     ):
         raise DeserializationError()
-    return out
+    if {p: role for p, (role, _) in out.items()} != dict(expected):
+        raise ParameterMismatchError(
+            "the directory lists other key holders than this backend's servers and "
+            "holder (another n_servers?)"
+        )
+    return {p: pk for p, (_, pk) in out.items()}

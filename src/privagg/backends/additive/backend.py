@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import struct
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, NoReturn
@@ -25,7 +24,6 @@ from privagg.backends.additive._context import (
     _RoundRegister,
 )
 from privagg.backends.additive._material import (
-    directory_fingerprint,
     read_directory,
     read_own_key,
     seal_directory,
@@ -46,7 +44,6 @@ from privagg.errors import (
     UnsupportedError,
     UnsupportedReason,
 )
-from privagg.identity import check_pin
 from privagg.keys import SecretKey, fingerprint
 from privagg.layout import FloatVector, Layout
 from privagg.protocols import NoiseShare, Responder, check_setup_args
@@ -365,17 +362,6 @@ class AdditiveBackend(RingBackend):
         expected = {p: r.value for p, r in self.key_holders().items()}
         return seal_directory(public_keys, expected)
 
-    def directory_fingerprint(self, material: bytes) -> bytes:
-        """The directory's fingerprint (32 bytes): what the operator publishes out of
-        band and every client, server and holder pins (``load_role(pinned=)``).
-
-        Raises:
-            DeserializationError: not a canonical directory.
-            ParameterMismatchError: a directory for other key holders.
-        """
-        read_directory(material, {p: r.value for p, r in self.key_holders().items()})
-        return directory_fingerprint(material)
-
     def deal(
         self,
         layout: Layout,
@@ -406,18 +392,10 @@ class AdditiveBackend(RingBackend):
         max_clients: int,
         max_weight: float = 1.0,
         secret: bytes | None = None,
-        pinned: str | bytes | None = None,
         rng: Rng | None = None,
     ) -> AdditiveSession:
         """A session for one role, from the public directory and (key holders) its own
         secret blob only.
-
-        The directory is only as good as its pin: whoever hands a client the file (the
-        coordinator, typically) could put its own keys in place of the servers' and
-        the holder's and read the client's shares. So every client, server and holder
-        must pass ``pinned``, the fingerprint the operator published out of band
-        (:meth:`directory_fingerprint`); the aggregator (server 0, which holds no
-        secret and learns nothing from a wrong directory) may.
 
         Args:
             layout: the update layout.
@@ -430,8 +408,6 @@ class AdditiveBackend(RingBackend):
             max_weight: as every other process uses.
             secret: the key holder's own secret blob (:meth:`own_key`); refused for
                 the aggregator and the clients, which hold no secret.
-            pinned: the directory's fingerprint (32 bytes or 64 hex characters),
-                received out of band; required except for the aggregator.
             rng: randomness for the server's ephemeral keys (default: the OS).
 
         Returns:
@@ -441,25 +417,15 @@ class AdditiveBackend(RingBackend):
 
         Raises:
             ConfigurationError: an unknown role, a missing or foreign party id, a
-                missing secret for a key holder, a secret for a role without one, or
-                no ``pinned`` for a client, server or holder.
+                missing secret for a key holder, or a secret for a role without one.
             DeserializationError: malformed material, or a secret blob given as the
                 directory.
-            ParameterMismatchError: a directory whose fingerprint is not ``pinned``,
-                a secret blob made for another party or role, or one whose key is not
-                the directory's key for this party.
+            ParameterMismatchError: a secret blob made for another party or role, or
+                one whose key is not the directory's key for this party.
         """
         holders = self.key_holders()
         expected = {p: r.value for p, r in holders.items()}
-        if pinned is None and role != "aggregator":
-            raise ConfigurationError(
-                f"an additive {role} must pin the directory's fingerprint (pinned=, "
-                "published by the operator out of band): an unpinned directory could "
-                "hold the coordinator's keys in place of the servers' and the holder's"
-            )
         pks = read_directory(material, expected)
-        if pinned is not None:
-            check_pin(directory_fingerprint(material), pinned, "additive directory")
         server_sks: dict[str, bytes] = {}
         holder_sk: bytes | None = None
         if role in ("aggregator", "client"):
@@ -488,7 +454,7 @@ class AdditiveBackend(RingBackend):
                     f"the secret key was made for {key_role} {key_party!r}, not for "
                     f"{role} {me!r}"
                 )
-            if not hmac.compare_digest(x25519_public(sk), pks[me]):
+            if x25519_public(sk) != pks[me]:
                 raise ParameterMismatchError(
                     f"the secret key of {me!r} is not the one in the directory"
                 )
