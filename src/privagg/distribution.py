@@ -27,10 +27,20 @@ can run across processes implements :class:`Distributable` and declares, through
                   holder) makes it on its own machine (:func:`own_key`) and publishes
                   only the public half; an operator builds the *public* directory
                   from the public halves (:func:`make_directory`); every process
-                  loads its role from the directory plus, for a key holder, its own
+                  loads its role from the directory, pinned by its fingerprint
+                  (:func:`directory_fingerprint`), plus, for a key holder, its own
                   secret (:meth:`SelfKeyed.load_role`). Nobody ever holds two
                   parties' secrets (``additive``).
 ================  ===================================================================
+
+``DIRECTORY`` and ``OWN_KEYS`` are one idea with two key kinds: a *directory of the
+parties' own public keys* (Ed25519 identity keys, X25519 encryption keys), public but
+not self-authenticating, so every process that loads one pins its SHA-256 fingerprint,
+received out of band, compares it in constant time (a mismatch is a
+:class:`~privagg.errors.ParameterMismatchError`, no pin a
+:class:`~privagg.errors.ConfigurationError`), and the fingerprint is bound into the
+session's ``params_id``. Whoever hands a process its directory file (a coordinator, a
+server operator) thus cannot substitute keys.
 
 A backend without the hook (or one that declares, by raising
 :class:`~privagg.errors.UnsupportedError` from ``dealing``, that its current options
@@ -49,6 +59,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
+from privagg._pin import check_pin
 from privagg.envelope import open_envelope
 from privagg.errors import (
     ConfigurationError,
@@ -57,7 +68,7 @@ from privagg.errors import (
     UnsupportedReason,
 )
 from privagg.identity import IdentityDirectory
-from privagg.keys import SecretBytes
+from privagg.keys import SecretBytes, fingerprint
 from privagg.layout import Layout
 from privagg.protocols import Backend, Session
 
@@ -72,6 +83,7 @@ __all__ = [
     "SelfKeyed",
     "deal",
     "dealing",
+    "directory_fingerprint",
     "key_holders",
     "make_directory",
     "own_key",
@@ -134,7 +146,7 @@ class _Unshareable:
         )
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class DealtMaterial(_Unshareable):
     """What a dealer produces: one opaque blob per role.
 
@@ -168,7 +180,7 @@ class DealtMaterial(_Unshareable):
     __str__ = __repr__
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class OwnKey(_Unshareable):
     """A key pair one party made on its own machine (``OWN_KEYS`` backends).
 
@@ -308,9 +320,11 @@ class SelfKeyed(Protocol):
         max_clients: int,
         max_weight: float = 1.0,
         secret: bytes | None = None,
+        pinned: str | bytes | None = None,
     ) -> Session:
-        """A session for one role from the directory (``material``) and, for a key
-        holder, its own ``secret`` blob."""
+        """A session for one role from the directory (``material``), which must have
+        the ``pinned`` fingerprint (:func:`directory_fingerprint`; required, refused
+        when missing), and, for a key holder, its own ``secret`` blob."""
         ...
 
 
@@ -399,6 +413,22 @@ def make_directory(backend: Backend, public_keys: Sequence[bytes]) -> bytes:
     return _self_keyed(backend).directory(public_keys)
 
 
+_OWN_KEYS_DIRECTORY_FP = b"privagg/own-keys-directory/v1"
+
+
+def directory_fingerprint(directory: bytes) -> bytes:
+    """SHA-256 fingerprint of an ``OWN_KEYS`` directory file (32 bytes): what every
+    process pins (its hex is what the operator publishes out of band).
+
+    The directory file is canonical (one set of public keys has one file), so this is a
+    fingerprint of the keys it lists. An identity directory (``DIRECTORY``) has its own:
+    :attr:`privagg.identity.IdentityDirectory.fingerprint`.
+    """
+    if not isinstance(directory, bytes | bytearray | memoryview):
+        raise ConfigurationError("a directory is bytes")
+    return fingerprint(_OWN_KEYS_DIRECTORY_FP, bytes(directory))
+
+
 def public_setup(
     backend: Backend,
     layout: Layout,
@@ -438,6 +468,7 @@ def session_for_role(
     directory: IdentityDirectory | None = None,
     identity: SecretBytes | None = None,
     secret: bytes | None = None,
+    pinned: str | bytes | None = None,
     max_clients: int,
     max_weight: float = 1.0,
 ) -> Session:
@@ -457,6 +488,10 @@ def session_for_role(
             ``client`` only; never given to another role).
         secret: this party's own secret blob from :func:`own_key` (``OWN_KEYS``
             backends, key holders only).
+        pinned: the directory's fingerprint received out of band (32 bytes or 64
+            hex characters): required for every role of an ``OWN_KEYS`` backend
+            (:func:`directory_fingerprint` of ``material``); for a ``DIRECTORY``
+            backend, checked against ``directory.fingerprint`` when given.
         max_clients: as given to :func:`deal`.
         max_weight: as given to :func:`deal`.
 
@@ -465,8 +500,9 @@ def session_for_role(
 
     Raises:
         UnsupportedError: as :func:`dealing`.
+        ParameterMismatchError: a directory whose fingerprint is not ``pinned``.
         ConfigurationError: an unknown role, a ``DEALER`` or ``OWN_KEYS`` backend
-            without material, a ``PUBLIC_SEED`` backend without a 32-byte seed, or a
+            without material or (``OWN_KEYS``) without ``pinned``, a ``PUBLIC_SEED`` backend without a 32-byte seed, or a
             ``DIRECTORY`` backend without a directory (or a client without its
             identity key, or another role given one).
     """
@@ -489,6 +525,8 @@ def session_for_role(
             max_weight=max_weight,
         )
     if mode is Dealing.DIRECTORY:
+        if pinned is not None and directory is not None:
+            check_pin(directory.fingerprint, pinned, "identity directory")
         return _directory_role(
             backend,
             layout,
@@ -504,6 +542,7 @@ def session_for_role(
             f"backend {backend.name!r} needs its material for role {role.value!r}"
         )
     if mode is Dealing.OWN_KEYS:
+        check_pin(directory_fingerprint(material), pinned, "own-keys directory")
         return _self_keyed(backend).load_role(
             layout,
             role.value,
@@ -512,6 +551,7 @@ def session_for_role(
             max_clients=max_clients,
             max_weight=max_weight,
             secret=secret,
+            pinned=pinned,
         )
     return hook.load_role(
         layout,

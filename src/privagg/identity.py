@@ -53,6 +53,7 @@ from privagg.errors import (
     DeserializationError,
     ParameterMismatchError,
 )
+from privagg._pin import check_pin, parse_pin
 from privagg.keys import NoProtection, Protection, SecretBytes, fingerprint
 
 __all__ = [
@@ -260,7 +261,8 @@ class IdentityDirectory:
             ParameterMismatchError: a valid directory with another fingerprint.
             ConfigurationError: a malformed ``pinned``.
         """
-        want = _pin(pinned) if pinned is not None else None
+        if pinned is not None:
+            parse_pin(pinned)  # a malformed pin fails before the file is parsed
         d = _strict_json(data, MAX_DIRECTORY_BYTES)
         try:
             if not isinstance(d, dict) or set(d) != {"format", "nonce", "parties"}:
@@ -287,11 +289,8 @@ class IdentityDirectory:
             raise DeserializationError("malformed identity directory") from None
         if not hmac.compare_digest(directory.to_bytes(), bytes(data)):
             raise DeserializationError("not in canonical form")
-        if want is not None and not hmac.compare_digest(directory.fingerprint, want):
-            raise ParameterMismatchError(
-                "the identity directory's fingerprint is not the pinned one "
-                f"(got {directory.fingerprint.hex()[:16]}...): refusing its keys"
-            )
+        if pinned is not None:
+            check_pin(directory.fingerprint, pinned, "identity directory")
         return directory
 
     # -- use -------------------------------------------------------------------------------
@@ -337,19 +336,6 @@ def _hex32(value: object) -> bytes:
     if not isinstance(value, str) or not _HEX32.fullmatch(value):
         raise DeserializationError()
     return bytes.fromhex(value)
-
-
-def _pin(pinned: str | bytes) -> bytes:
-    if isinstance(pinned, str):
-        text = pinned.strip().lower()
-        if not _HEX32.fullmatch(text):
-            raise ConfigurationError(
-                "a pinned directory fingerprint is 64 hex characters"
-            )
-        return bytes.fromhex(text)
-    if not isinstance(pinned, bytes) or len(pinned) != 32:
-        raise ConfigurationError("a pinned directory fingerprint is 32 bytes")
-    return pinned
 
 
 def parse_public_record(record: bytes | str | Mapping[str, Any]) -> tuple[str, bytes]:

@@ -66,11 +66,25 @@ def make_keys(root: Path) -> dict[str, Path]:
     return keys
 
 
+def pin(keys: dict[str, Path]) -> str:
+    """The directory's fingerprint: what the operator publishes out of band and every
+    node and the ServerApp pin."""
+    return material.directory_fingerprint(keys["directory"])
+
+
 def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
-    """3 clients, 2 aggregation servers, 1 result holder: each names only its files."""
+    """3 clients, 2 aggregation servers, 1 result holder: each names only its files
+    and pins the directory's fingerprint."""
     directory = str(keys["directory"])
+    fp = {"privagg-directory-fingerprint": pin(keys)}
     nodes: list[dict[str, Any]] = [
-        {"party-id": pid, "privagg-weight": w, "privagg-material": directory, **PINNED}
+        {
+            "party-id": pid,
+            "privagg-weight": w,
+            "privagg-material": directory,
+            **fp,
+            **PINNED,
+        }
         for pid, w in WEIGHTS.items()
     ]
     nodes += [
@@ -79,6 +93,7 @@ def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
             "privagg-role": "server",
             "privagg-material": directory,
             "privagg-own-key": str(keys[sid]),
+            **fp,
             **PINNED,
         }
         for sid in ("server-1", "server-2")
@@ -88,6 +103,7 @@ def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
             "privagg-holder": True,
             "privagg-holder-material": directory,
             "privagg-own-key": str(keys["holder"]),
+            **fp,
         }
     )
     return nodes
@@ -131,7 +147,13 @@ def test_key_files_directory_and_modes(tmp_path: Path) -> None:
     with pytest.raises(privagg.ConfigurationError, match="no public key"):
         material.write_directory(spec, pubs, tmp_path / "d.bin")
     # the ServerApp's material cannot recover or serve
-    agg = load_session(spec, LAYOUT, Role.AGGREGATOR, material=keys["directory"])
+    agg = load_session(
+        spec,
+        LAYOUT,
+        Role.AGGREGATOR,
+        material=keys["directory"],
+        directory_fingerprint=pin(keys),
+    )
     assert agg.servers(1) == {}
     with pytest.raises(privagg.MissingKeyError):
         agg.holder()
@@ -150,6 +172,7 @@ def test_additive_over_fake_grid_equals_in_process(tmp_path: Path) -> None:
         stage_timeout=5.0,
         holder="node",
         aggregator_material=str(keys["directory"]),
+        directory_fingerprint=pin(keys),
     )
     summary = server_app.run(grid, settings, server_app._SyntheticTask(SHAPES))  # type: ignore[arg-type]
     assert summary["parties"] == sorted(WEIGHTS)
@@ -195,13 +218,24 @@ def _server_context(config: dict[str, Any]) -> Context:
 def _server_request(keys: dict[str, Path], round_id: int, sid: str) -> Envelope:
     """A genuine server request of ``round_id`` (clients answered in process)."""
     spec = _spec()
-    agg = load_session(spec, LAYOUT, Role.AGGREGATOR, material=keys["directory"])
+    agg = load_session(
+        spec,
+        LAYOUT,
+        Role.AGGREGATOR,
+        material=keys["directory"],
+        directory_fingerprint=pin(keys),
+    )
     a = agg.aggregator(round_id, sorted(WEIGHTS))
     reqs = a.start()
     replies = {}
     for c in sorted(WEIGHTS):
         s = load_session(
-            spec, LAYOUT, Role.CLIENT, party_id=c, material=keys["directory"]
+            spec,
+            LAYOUT,
+            Role.CLIENT,
+            party_id=c,
+            material=keys["directory"],
+            directory_fingerprint=pin(keys),
         )
         replies[c] = s.client(c, round_id, np.zeros(LAYOUT.size)).handle(reqs[c])
     to_servers = a.receive(replies)
@@ -296,6 +330,7 @@ def test_serverapp_refuses_to_recover_additive_itself(tmp_path: Path) -> None:
         min_nodes=6,
         holder="server",
         aggregator_material=str(keys["directory"]),
+        directory_fingerprint=pin(keys),
     )
     with pytest.raises(privagg.ConfigurationError, match="holder"):
         server_app.run(grid, settings, server_app._SyntheticTask(SHAPES))  # type: ignore[arg-type]

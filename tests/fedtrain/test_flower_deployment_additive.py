@@ -22,6 +22,7 @@ from tests.fedtrain.test_flower_additive import (
     in_process_sum,
     make_keys,
     node_configs,
+    pin,
 )
 from tests.fedtrain.test_flower_deployment import _run, _stopped
 
@@ -47,6 +48,7 @@ def test_additive_two_server_nodes_three_clients(tmp_path: Path) -> None:
                 "holder": "node",
                 "rounds": 2,
                 "aggregator-material": str(keys["directory"]),
+                "directory-fingerprint": pin(keys),
             },
         )
         server_logs = {

@@ -24,6 +24,7 @@ from tests.fedtrain.test_flower_additive import (
     _task_identity,  # noqa: F401  (autouse: Flower Messages need a task identity)
     make_keys,
     node_configs,
+    pin,
 )
 
 import privagg
@@ -75,7 +76,11 @@ def test_relabelled_round_and_foreign_params_are_refused_and_burn_nothing(
         _serve(Envelope(env.op, 3, env.party, env.payload, meta), cfg)
     req = ad.ServerRequest.from_bytes(env.payload)
     new_pid = load_session(
-        other, LAYOUT, Role.AGGREGATOR, material=keys["directory"]
+        other,
+        LAYOUT,
+        Role.AGGREGATOR,
+        material=keys["directory"],
+        directory_fingerprint=pin(keys),
     ).params_id
     assert new_pid != req.params_id
     resealed = ad.ServerRequest(new_pid, 3, "server-1", req.entries).to_bytes()

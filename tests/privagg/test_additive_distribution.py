@@ -18,6 +18,7 @@ from privagg.backends.additive._material import read_own_key
 from privagg.distribution import (
     deal,
     dealing,
+    directory_fingerprint,
     key_holders,
     make_directory,
     own_key,
@@ -42,18 +43,26 @@ def _keys(be: AdditiveBackend) -> dict[str, OwnKey]:
 def _sessions(
     be: AdditiveBackend, keys: dict[str, OwnKey], directory: bytes
 ) -> dict[str, Any]:
+    pin = directory_fingerprint(directory)  # published by the operator
     out: dict[str, Any] = {
         "aggregator": session_for_role(
-            be, LAYOUT, Role.AGGREGATOR, material=directory, **KW
+            be, LAYOUT, Role.AGGREGATOR, material=directory, pinned=pin, **KW
         )
     }
     for c in CLIENTS:
         out[c] = session_for_role(
-            be, LAYOUT, Role.CLIENT, party_id=c, material=directory, **KW
+            be, LAYOUT, Role.CLIENT, party_id=c, material=directory, pinned=pin, **KW
         )
     for p, k in keys.items():
         out[p] = session_for_role(
-            be, LAYOUT, k.role, party_id=p, material=directory, secret=k.secret, **KW
+            be,
+            LAYOUT,
+            k.role,
+            party_id=p,
+            material=directory,
+            secret=k.secret,
+            pinned=pin.hex(),
+            **KW,
         )
     return out
 
@@ -154,7 +163,9 @@ def test_a_key_file_for_one_party_refuses_to_act_as_another() -> None:
     def load(
         role: str, pid: str | None, secret: bytes | None, mat: bytes = directory
     ) -> Any:
-        return be.load_role(LAYOUT, role, pid, mat, secret=secret, **KW)
+        # pinned to the material given, so the checks after the pin are what fails
+        pin = directory_fingerprint(mat)
+        return be.load_role(LAYOUT, role, pid, mat, secret=secret, pinned=pin, **KW)
 
     with pytest.raises(privagg.ParameterMismatchError, match="server-1"):
         load("server", "server-2", s1)

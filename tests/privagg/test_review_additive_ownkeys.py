@@ -20,6 +20,7 @@ from privagg import Role
 from privagg.backends import additive as ad
 from privagg.backends.additive import _context as ad_ctx
 from privagg.backends.additive import _material as mat
+from privagg.distribution import directory_fingerprint as _pin
 from privagg.distribution import key_holders, make_directory, own_key, session_for_role
 from privagg.envelope import Header, PayloadWriter, Scheme, open_envelope, seal
 from privagg.keys import fingerprint
@@ -44,13 +45,14 @@ def _world(n_servers: int = 3) -> tuple[ad.AdditiveBackend, dict[str, Any], byte
     be = _backend(n_servers)
     keys = {p: own_key(be, r, p) for p, r in key_holders(be).items()}
     directory = make_directory(be, [k.public for k in keys.values()])
+    pin = _pin(directory)  # what the operator publishes out of band
     sessions: dict[str, Any] = {
         "aggregator": session_for_role(
-            be, LAYOUT, Role.AGGREGATOR, material=directory, **KW
+            be, LAYOUT, Role.AGGREGATOR, material=directory, pinned=pin, **KW
         ),
         **{
             c: session_for_role(
-                be, LAYOUT, Role.CLIENT, party_id=c, material=directory, **KW
+                be, LAYOUT, Role.CLIENT, party_id=c, material=directory, pinned=pin, **KW
             )
             for c in CLIENTS
         },
@@ -62,6 +64,7 @@ def _world(n_servers: int = 3) -> tuple[ad.AdditiveBackend, dict[str, Any], byte
                 party_id=p,
                 material=directory,
                 secret=k.secret,
+                pinned=pin,
                 **KW,
             )
             for p, k in keys.items()
@@ -109,7 +112,9 @@ def test_coordinator_cannot_make_a_client_encrypt_to_its_own_key() -> None:
     be, s, genuine = _world()
     mine = {p: own_key(be, r, p) for p, r in key_holders(be).items()}
     fake = make_directory(be, [k.public for k in mine.values()])
-    evil = session_for_role(be, LAYOUT, Role.AGGREGATOR, material=fake, **KW)
+    evil = session_for_role(
+        be, LAYOUT, Role.AGGREGATOR, material=fake, pinned=_pin(fake), **KW
+    )
     assert evil.params_id != s["aggregator"].params_id
     reqs = evil.aggregator(1, CLIENTS).start()
     with pytest.raises(privagg.PrivaggError):
@@ -118,7 +123,13 @@ def test_coordinator_cannot_make_a_client_encrypt_to_its_own_key() -> None:
     # directory either (its key is not the directory's)
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
         be.load_role(
-            LAYOUT, "server", "server-1", genuine, secret=mine["server-1"].secret, **KW
+            LAYOUT,
+            "server",
+            "server-1",
+            genuine,
+            secret=mine["server-1"].secret,
+            pinned=_pin(genuine),
+            **KW,
         )
 
 
@@ -341,7 +352,10 @@ def _entries(
 
 
 def _load_agg(be: ad.AdditiveBackend, directory: bytes) -> Any:
-    return be.load_role(LAYOUT, "aggregator", None, directory, **KW)
+    # pinned to the file given, so that the canonical-form checks are what refuse it
+    return be.load_role(
+        LAYOUT, "aggregator", None, directory, pinned=_pin(directory), **KW
+    )
 
 
 def test_directory_must_be_canonical() -> None:
@@ -407,11 +421,15 @@ def test_public_and_own_key_blobs_are_bound_to_their_party() -> None:
     pub2, sec2 = mat.seal_own_key("server", "server-2", sk)
     assert mat.read_own_key(sec2)[:2] == ("server", "server-2")
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
-        be.load_role(LAYOUT, "server", "server-2", directory, secret=sec2, **KW)
+        be.load_role(
+            LAYOUT, "server", "server-2", directory, secret=sec2, pinned=_pin(directory), **KW
+        )
     # ... or as the holder
     _, sech = mat.seal_own_key("holder", "holder", sk)
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
-        be.load_role(LAYOUT, "holder", None, directory, secret=sech, **KW)
+        be.load_role(
+            LAYOUT, "holder", None, directory, secret=sech, pinned=_pin(directory), **KW
+        )
     # an own-key blob whose public half is not its secret's, or a non-32-byte secret
     bogus = PayloadWriter().text(role).text(party).blob(pk).blob(bytes(32)).getvalue()
     with pytest.raises(privagg.DeserializationError):
@@ -445,15 +463,35 @@ def test_refusals_never_show_a_secret() -> None:
             "server-2",
             directory,
             secret=keys["server-1"].secret,
+            pinned=_pin(directory),
             **KW,
         ),
         lambda: be.load_role(
-            LAYOUT, "holder", None, directory, secret=keys["server-1"].secret, **KW
+            LAYOUT,
+            "holder",
+            None,
+            directory,
+            secret=keys["server-1"].secret,
+            pinned=_pin(directory),
+            **KW,
         ),
         lambda: be.load_role(
-            LAYOUT, "aggregator", None, directory, secret=keys["holder"].secret, **KW
+            LAYOUT,
+            "aggregator",
+            None,
+            directory,
+            secret=keys["holder"].secret,
+            pinned=_pin(directory),
+            **KW,
         ),
-        lambda: be.load_role(LAYOUT, "aggregator", None, keys["holder"].secret, **KW),
+        lambda: be.load_role(
+            LAYOUT,
+            "aggregator",
+            None,
+            keys["holder"].secret,
+            pinned=_pin(keys["holder"].secret),
+            **KW,
+        ),
         lambda: mat.read_own_key(keys["holder"].secret[:-1] + b"\x00"),
         lambda: make_directory(be, [keys["holder"].secret]),
     ]

@@ -85,8 +85,12 @@ Node config keys (``flower-supernode --node-config``):
   ``privagg keygen --password-env`` (scrypt + AES-256-GCM).
 * ``privagg-identity-directory`` (str): active SecAgg+: path of the public-key
   directory; setting it also makes this node refuse passive SecAgg+ (no downgrade).
-* ``privagg-identity-directory-fingerprint`` (str): hex of the directory's
-  fingerprint, received out of band; a client refuses any other directory.
+* ``privagg-directory-fingerprint`` (str): hex of the directory's fingerprint,
+  received out of band; required on every node of an ``OWN_KEYS`` backend (additive:
+  clients, servers, holder; the directory is their ``privagg-material`` /
+  ``privagg-holder-material``) and on every client of active SecAgg+; a node refuses
+  any other directory. ``privagg-identity-directory-fingerprint``: the older name,
+  still read.
 * ``privagg-round-register`` (str, optional): active SecAgg+: the file recording the
   ``(params_id, round id)`` pairs this node joined, across runs (default
   ``<privagg-identity-key>.rounds``, 0600); a pair is joined once.
@@ -166,12 +170,19 @@ def _material(context: Context, key: str) -> str | None:
 
 
 def _directory(context: Context) -> tuple[str | None, str | None]:
-    """The public-key directory and its pinned fingerprint, from the node config
-    only (active SecAgg+; the ServerApp cannot name them)."""
-    return (
-        _material(context, "privagg-identity-directory"),
-        _material(context, "privagg-identity-directory-fingerprint"),
-    )
+    """The identity directory (active SecAgg+) and the pinned fingerprint of this
+    node's directory (active SecAgg+ or additive), from the node config only (the
+    ServerApp cannot name them). ``privagg-directory-fingerprint`` is the key for both;
+    the older ``privagg-identity-directory-fingerprint`` still works (both set: they
+    must agree)."""
+    pin = _material(context, "privagg-directory-fingerprint")
+    old = _material(context, "privagg-identity-directory-fingerprint")
+    if pin and old and pin.strip().lower() != old.strip().lower():
+        raise FlowerConfigError(
+            "node config 'privagg-directory-fingerprint' and "
+            "'privagg-identity-directory-fingerprint' disagree"
+        )
+    return (_material(context, "privagg-identity-directory"), pin or old)
 
 
 def _identity_protection(context: Context) -> Protection | None:
@@ -351,6 +362,7 @@ def _serve(env: Envelope, context: Context) -> bytes:
         Role.SERVER,
         party_id=party,
         material=_material(context, "privagg-material"),
+        directory_fingerprint=_directory(context)[1],
         own_key=own_key,
     )
     server = session.servers(env.round_id).get(party)

@@ -63,6 +63,7 @@ __all__ = [
     "Role",
     "SessionSpec",
     "deal",
+    "directory_fingerprint",
     "holder_needs_no_secret",
     "key_holders",
     "load_directory",
@@ -331,6 +332,18 @@ def write_directory(
     return privagg.write_secret_file(out_path, directory)
 
 
+def directory_fingerprint(path: str | Path) -> str:
+    """Hex of the fingerprint every process pins for the ``OWN_KEYS`` directory file
+    at ``path`` (what the operator publishes out of band after
+    :func:`write_directory`; ``privagg directory FILE`` prints it too).
+
+    Raises:
+        privagg.DeserializationError: the file is not a directory.
+    """
+    data = privagg.read_secret_file(path)
+    return _distribution.directory_fingerprint(data).hex()
+
+
 def load_session(
     spec: SessionSpec,
     layout: Layout,
@@ -354,9 +367,12 @@ def load_session(
         material: path of this role's material file (read only for backends that
             need a dealer), or of the public directory (``OWN_KEYS`` backends).
         identity_directory: path of the public-key directory (active SecAgg+ only).
-        directory_fingerprint: hex of the directory's pinned fingerprint; required
-            for a client (the directory is only as good as the pin), checked when
-            given for the other roles.
+        directory_fingerprint: hex of the directory's pinned fingerprint, received
+            out of band. Active SecAgg+: required for a client (the directory is
+            only as good as the pin), checked when given for the other roles.
+            ``OWN_KEYS`` backends (additive): required for every role, pinning the
+            public key directory given as ``material``
+            (:func:`directory_fingerprint`).
         identity_key: path of the client's own identity key file (0600; client of
             active SecAgg+ only).
         identity_protection: how that file is protected
@@ -372,7 +388,8 @@ def load_session(
     Raises:
         privagg.UnsupportedError: a backend without the distribution hook.
         privagg.ConfigurationError: a dealt backend and no material file; active
-            SecAgg+ without the directory, or a client without its pin or key file.
+            SecAgg+ without the directory, or a client without its pin or key file;
+            an ``OWN_KEYS`` backend without the pin.
         privagg.ParameterMismatchError: a directory other than the pinned one, or one
             that lists another key for this client.
     """
@@ -394,7 +411,7 @@ def load_session(
             if not directory_fingerprint:
                 raise privagg.ConfigurationError(
                     "a client must pin the identity directory's fingerprint (node "
-                    "config 'privagg-identity-directory-fingerprint'): an unpinned "
+                    "config 'privagg-directory-fingerprint'): an unpinned "
                     "directory could hold the server's keys"
                 )
             if not identity_key or not str(identity_key):
@@ -412,6 +429,13 @@ def load_session(
             raise privagg.ConfigurationError(
                 f"backend {spec.backend!r} needs a material file for role {role.value!r}"
             )
+        if mode is Dealing.OWN_KEYS and not directory_fingerprint:
+            raise privagg.ConfigurationError(
+                f"backend {spec.backend!r}: every role must pin the key directory's "
+                "fingerprint (node config 'privagg-directory-fingerprint', run config "
+                "'directory-fingerprint'): an unpinned directory could hold another "
+                "party's keys"
+            )
         blob = privagg.read_secret_file(material)
     secret = None
     if own_key is not None and str(own_key) and mode is Dealing.OWN_KEYS:
@@ -426,6 +450,7 @@ def load_session(
         directory=directory,
         identity=identity,
         secret=secret,
+        pinned=directory_fingerprint if mode is Dealing.OWN_KEYS else None,
         max_clients=spec.max_clients,
         max_weight=spec.max_weight,
     )

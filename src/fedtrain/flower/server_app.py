@@ -20,9 +20,10 @@ One run = ``rounds`` privagg rounds:
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``backend``,
 ``backend-options`` (JSON object), ``task``, ``shapes`` (synthetic), ``rounds``,
 ``min-nodes``, ``node-wait``, ``stage-timeout``, ``holder``, ``aggregator-material``,
-``max-weight``, ``result-path``, ``identity-directory`` and
-``identity-directory-fingerprint`` (active SecAgg+: the public-key directory file and,
-optionally, its pinned fingerprint), ``first-round-id`` (default -1: a random 62-bit base,
+``max-weight``, ``result-path``, ``identity-directory`` (active SecAgg+: the
+public-key directory file), ``directory-fingerprint`` (its pinned fingerprint, optional
+for active SecAgg+; required for additive, whose directory is ``aggregator-material``;
+``identity-directory-fingerprint`` is the older name, still read), ``first-round-id`` (default -1: a random 62-bit base,
 so that runs never reuse round ids; see :meth:`RunSettings.round_ids`).
 """
 
@@ -99,6 +100,7 @@ class RunSettings:
     aggregator_material: str = ""
     identity_directory: str = ""
     identity_directory_fingerprint: str = ""
+    directory_fingerprint: str = ""
     max_weight: float = 1.0
     result_path: str = ""
     first_round_id: int = -1
@@ -132,6 +134,23 @@ class RunSettings:
                 f"got {out.first_round_id}"
             )
         return out
+
+    def pin(self) -> str:
+        """The directory's pinned fingerprint: run config ``directory-fingerprint``
+        or, the older name, ``identity-directory-fingerprint`` (both set: they must
+        agree).
+
+        Raises:
+            privagg.ConfigurationError: the two disagree.
+        """
+        new = self.directory_fingerprint.strip().lower()
+        old = self.identity_directory_fingerprint.strip().lower()
+        if new and old and new != old:
+            raise FlowerConfigError(
+                "run config 'directory-fingerprint' and "
+                "'identity-directory-fingerprint' disagree"
+            )
+        return new or old
 
     def round_ids(self) -> range:
         """This run's round ids: ``rounds`` consecutive ids from ``first_round_id``,
@@ -246,7 +265,7 @@ def _known_parties(parties: Mapping[str, int], settings: RunSettings) -> dict[st
         )
     directory = load_directory(
         settings.identity_directory,
-        pinned=settings.identity_directory_fingerprint or None,
+        pinned=settings.pin() or None,
     )
     unknown = sorted(set(parties) - set(directory.parties))
     if unknown:
@@ -305,7 +324,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         Role.AGGREGATOR,
         material=settings.aggregator_material or None,
         identity_directory=settings.identity_directory or None,
-        directory_fingerprint=settings.identity_directory_fingerprint or None,
+        directory_fingerprint=settings.pin() or None,
     )
     meta = {
         "spec": spec.to_json(),

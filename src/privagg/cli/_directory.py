@@ -53,7 +53,7 @@ def _report(directory: IdentityDirectory, path: Path, as_json: bool) -> None:
     )
     console.print(
         "Give every client this fingerprint over a channel the server does not "
-        "control; each pins it (node config privagg-identity-directory-fingerprint)."
+        "control; each pins it (node config privagg-directory-fingerprint)."
     )
 
 

@@ -40,7 +40,7 @@ from privagg.keys import (
 
 
 # -- keygen ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # data may be a secret key: no field-wise ==
 class _KeyFile:
     """One file ``keygen`` writes: name, bytes, secret or not, who gets it, how it loads."""
 

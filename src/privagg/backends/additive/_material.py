@@ -11,6 +11,10 @@ from the directory and, for a key holder, its own secret blob. Three sealed form
 * own key     (kind 17): ``text(role) text(party) blob(pk) blob(sk)`` (0600 file only);
 * directory   (kind 18): ``u32 n, n x (text(party) text(role) blob(pk))``, sorted.
 
+The directory is public but not self-authenticating: every process pins its SHA-256
+fingerprint (:func:`privagg.distribution.directory_fingerprint`, published by the
+operator out of band) and the fingerprint is bound into the session's params_id.
+
 The header's params_id is a fingerprint of the public content, so a blob altered in
 transit fails the envelope digest, and a public blob cannot be confused with a secret
 one (different kinds).
@@ -149,6 +153,12 @@ def seal_directory(public_keys: Sequence[bytes], expected: Mapping[str, str]) ->
     missing = sorted(set(expected) - set(entries))
     if missing:
         raise ConfigurationError(f"no public key for {missing}")
+    return directory_blob(entries)
+
+
+def directory_blob(entries: Mapping[str, tuple[str, bytes]]) -> bytes:
+    """The canonical directory file of ``party -> (role, pk)`` (deterministic: one set
+    of keys has one file, hence one fingerprint)."""
     w = PayloadWriter().u32(len(entries))
     parts = []
     for party in sorted(entries):

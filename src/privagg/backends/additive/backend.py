@@ -24,6 +24,7 @@ from privagg.backends.additive._context import (
     _RoundRegister,
 )
 from privagg.backends.additive._material import (
+    directory_blob,
     read_directory,
     read_own_key,
     seal_directory,
@@ -35,7 +36,14 @@ from privagg.backends.additive.roles import (
     AdditiveHolder,
     AdditiveServer,
 )
-from privagg.distribution import Dealing, DealtMaterial, OwnKey, Role
+from privagg._pin import check_pin, parse_pin
+from privagg.distribution import (
+    Dealing,
+    DealtMaterial,
+    OwnKey,
+    Role,
+    directory_fingerprint,
+)
 from privagg.errors import (
     ConfigurationError,
     MissingKeyError,
@@ -277,7 +285,16 @@ class AdditiveBackend(RingBackend):
             + b"".join(server_pks)
             + holder_pk
         )
-        params_id = fingerprint(b"additive/v3", MASK_PRG, public, layout.fingerprint)
+        # The pinned directory's fingerprint is bound in: processes loaded from
+        # different directories cannot agree on params_id (an in-process setup binds
+        # the canonical directory of its own keys, so it matches a deployment's).
+        holders = self.key_holders()
+        dir_fp = directory_fingerprint(
+            directory_blob({p: (holders[p].value, public_keys[p]) for p in holders})
+        )
+        params_id = fingerprint(
+            b"additive/v3", MASK_PRG, public, layout.fingerprint, dir_fp
+        )
         cfg = _Config(
             params_id,
             layout.size,
@@ -393,6 +410,7 @@ class AdditiveBackend(RingBackend):
         max_weight: float = 1.0,
         secret: bytes | None = None,
         rng: Rng | None = None,
+        pinned: str | bytes | None = None,
     ) -> AdditiveSession:
         """A session for one role, from the public directory and (key holders) its own
         secret blob only.
@@ -409,6 +427,10 @@ class AdditiveBackend(RingBackend):
             secret: the key holder's own secret blob (:meth:`own_key`); refused for
                 the aggregator and the clients, which hold no secret.
             rng: randomness for the server's ephemeral keys (default: the OS).
+            pinned: the directory's fingerprint (32 bytes or 64 hex characters,
+                :func:`privagg.distribution.directory_fingerprint`), received out of
+                band. Required for every role: whoever hands a process its directory
+                could otherwise substitute the servers' or the holder's keys.
 
         Returns:
             A session; only ``role``'s method is usable (``holder()`` raises
@@ -416,15 +438,19 @@ class AdditiveBackend(RingBackend):
             only the server's own entry in a server's process, none elsewhere).
 
         Raises:
-            ConfigurationError: an unknown role, a missing or foreign party id, a
-                missing secret for a key holder, or a secret for a role without one.
+            ConfigurationError: no ``pinned`` (or a malformed one), an unknown role, a
+                missing or foreign party id, a missing secret for a key holder, or a
+                secret for a role without one.
             DeserializationError: malformed material, or a secret blob given as the
                 directory.
-            ParameterMismatchError: a secret blob made for another party or role, or
-                one whose key is not the directory's key for this party.
+            ParameterMismatchError: a directory whose fingerprint is not the pinned
+                one, a secret blob made for another party or role, or one whose key is
+                not the directory's key for this party.
         """
+        parse_pin(pinned)  # no pin: refused before the material is read
         holders = self.key_holders()
         expected = {p: r.value for p, r in holders.items()}
+        check_pin(directory_fingerprint(material), pinned, "additive key directory")
         pks = read_directory(material, expected)
         server_sks: dict[str, bytes] = {}
         holder_sk: bytes | None = None

@@ -227,7 +227,7 @@ class _CombineCodec:
         return f"<Paillier combine codec {self.params.public!r}>"
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # holds the secret key: no ==
 class _RecoverCodec:
     """Holder side: CRT-decrypt, restore the offset, unpack, decode."""
 

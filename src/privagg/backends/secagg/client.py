@@ -83,7 +83,7 @@ class _RoundView:
     rparams: bytes
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
 class _Advertised:
     """After ``SETUP``: the round view and this round's fresh secrets."""
 
@@ -94,7 +94,7 @@ class _Advertised:
     own_pks: tuple[bytes, bytes]
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
 class _Shared:
     """After ``SHARE_KEYS``: the relayed keys, the graph and the stage-2 ECDH secrets."""
 
@@ -108,7 +108,7 @@ class _Shared:
     masked_with: frozenset[str]  # solo rounds only
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
 class _Masked:
     """After ``MASK``: the shares this client holds for its partners."""
 
@@ -120,7 +120,7 @@ class _Masked:
     missing: frozenset[str]  # graph neighbours it did not mask with
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
 class _Signed:
     """After ``CONSISTENCY`` (active variant): the survivor set it signed."""
 
