@@ -152,7 +152,12 @@ _HOLDERS: OrderedDict[tuple[str, ...], HolderRole] = OrderedDict()
 
 
 def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
+    """SHA-256 of a reply this client sent, kept in ``context.state`` to check that a
+    replay in a later ClientApp process re-derives the *same* reply. Security depends on
+    it: a replay that produced a different reply (e.g. another masked input under the
+    same round's masks) and went undetected could leak the update, so this needs a
+    collision-resistant hash (SHA-256, as :func:`privagg.keys.fingerprint` uses)."""
+    return hashlib.sha256(data).digest()
 
 
 def _party_id(context: Context) -> str:
