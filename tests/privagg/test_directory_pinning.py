@@ -263,3 +263,30 @@ def test_secret_dataclasses_have_no_generated_eq() -> None:
     k = keys["holder"]
     twin = OwnKey(k.role, k.party_id, k.public, k.secret)
     assert k == k and k != twin
+
+
+def test_cli_prints_an_additive_directory_fingerprint(tmp_path: Any) -> None:
+    """``privagg directory FILE`` prints the pin of an additive key directory as it
+    does an identity directory's, and refuses a damaged file."""
+    import json  # noqa: PLC0415
+
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from privagg.cli import cli  # noqa: PLC0415
+
+    _, _, directory = _world()
+    path = tmp_path / "directory.bin"
+    path.write_bytes(directory)
+    out = CliRunner().invoke(cli, ["directory", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    record = json.loads(out.output.strip().splitlines()[-1])
+    assert record["kind"] == "own-keys"
+    assert record["fingerprint"] == directory_fingerprint(directory).hex()
+    assert record["parties"] == ["holder", "server-1", "server-2"]
+    human = CliRunner().invoke(cli, ["directory", str(path)])
+    assert human.exit_code == 0 and directory_fingerprint(directory).hex() in human.output
+    damaged = bytearray(directory)
+    damaged[-40] ^= 1
+    path.write_bytes(bytes(damaged))
+    bad = CliRunner().invoke(cli, ["directory", str(path), "--json"])
+    assert bad.exit_code != 0

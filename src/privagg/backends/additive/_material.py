@@ -170,18 +170,13 @@ def directory_blob(entries: Mapping[str, tuple[str, bytes]]) -> bytes:
     return sealed
 
 
-def read_directory(blob: bytes, expected: Mapping[str, str]) -> dict[str, bytes]:
-    """Party id -> X25519 public key, for exactly the ``expected`` key holders.
-
-    Only the canonical encoding :func:`seal_directory` writes is accepted (entries in
-    party order, the header fingerprinting them, canonical keys), so one set of keys
-    has one directory file.
+def parse_directory(blob: bytes) -> dict[str, tuple[str, bytes]]:
+    """Party id -> ``(role, X25519 public key)`` of a canonical directory file, whatever
+    key holders it lists (the CLI shows any directory; :func:`read_directory` checks
+    them against a backend's).
 
     Raises:
-        DeserializationError: malformed or non-canonical, or not a directory (e.g. a
-            secret blob).
-        ParameterMismatchError: a directory for another set of key holders (another
-            ``n_servers``).
+        DeserializationError: malformed or non-canonical, or not a directory.
     """
     try:
         did, r = _open(blob, DIRECTORY_KIND)
@@ -204,6 +199,23 @@ def read_directory(blob: bytes, expected: Mapping[str, str]) -> dict[str, bytes]
         did, fingerprint(b"additive/directory", *parts)
     ):
         raise DeserializationError()
+    return out
+
+
+def read_directory(blob: bytes, expected: Mapping[str, str]) -> dict[str, bytes]:
+    """Party id -> X25519 public key, for exactly the ``expected`` key holders.
+
+    Only the canonical encoding :func:`seal_directory` writes is accepted (entries in
+    party order, the header fingerprinting them, canonical keys), so one set of keys
+    has one directory file.
+
+    Raises:
+        DeserializationError: malformed or non-canonical, or not a directory (e.g. a
+            secret blob).
+        ParameterMismatchError: a directory for another set of key holders (another
+            ``n_servers``).
+    """
+    out = parse_directory(blob)
     if {p: role for p, (role, _) in out.items()} != dict(expected):
         raise ParameterMismatchError(
             "the directory lists other key holders than this backend's servers and "
