@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from privagg._pin import check_pin, parse_pin
 from privagg._rng import Rng, SystemRng
 from privagg.backends._primitives import ed25519_public
 from privagg.errors import (
@@ -53,7 +54,6 @@ from privagg.errors import (
     DeserializationError,
     ParameterMismatchError,
 )
-from privagg._pin import check_pin, parse_pin
 from privagg.keys import NoProtection, Protection, SecretBytes, fingerprint
 
 __all__ = [

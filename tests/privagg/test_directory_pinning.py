@@ -221,7 +221,7 @@ def test_the_pin_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
 def test_identity_directory_pin_through_session_for_role() -> None:
     """The same pin rule for the identity directory (``DIRECTORY``): a pin given to
     session_for_role is checked against the loaded directory."""
-    from tests.privagg.test_identity_directory import (  # noqa: PLC0415
+    from tests.privagg.test_identity_directory import (
         _directory,
         _keys,
     )
@@ -240,9 +240,9 @@ def test_identity_directory_pin_through_session_for_role() -> None:
 
 # -- secrets are never compared field by field ----------------------------------------
 def test_secret_dataclasses_have_no_generated_eq() -> None:
-    from privagg.backends.paillier.backend import _RecoverCodec  # noqa: PLC0415
-    from privagg.backends.secagg import client as sc  # noqa: PLC0415
-    from privagg.cli._keygen import _KeyFile  # noqa: PLC0415
+    from privagg.backends.paillier.backend import _RecoverCodec
+    from privagg.backends.secagg import client as sc
+    from privagg.cli._keygen import _KeyFile
 
     for cls in (
         DealtMaterial,
@@ -259,7 +259,7 @@ def test_secret_dataclasses_have_no_generated_eq() -> None:
     a = DealtMaterial(b"agg", b"holder-secret", {"c": b"client-secret"})
     b = DealtMaterial(b"agg", b"holder-secret", {"c": b"client-secret"})
     assert a == a and a != b
-    be, keys, _ = _world()
+    _, keys, _ = _world()
     k = keys["holder"]
     twin = OwnKey(k.role, k.party_id, k.public, k.secret)
     assert k == k and k != twin
@@ -268,11 +268,11 @@ def test_secret_dataclasses_have_no_generated_eq() -> None:
 def test_cli_prints_an_additive_directory_fingerprint(tmp_path: Any) -> None:
     """``privagg directory FILE`` prints the pin of an additive key directory as it
     does an identity directory's, and refuses a damaged file."""
-    import json  # noqa: PLC0415
+    import json
 
-    from click.testing import CliRunner  # noqa: PLC0415
+    from click.testing import CliRunner
 
-    from privagg.cli import cli  # noqa: PLC0415
+    from privagg.cli import cli
 
     _, _, directory = _world()
     path = tmp_path / "directory.bin"
@@ -284,7 +284,9 @@ def test_cli_prints_an_additive_directory_fingerprint(tmp_path: Any) -> None:
     assert record["fingerprint"] == directory_fingerprint(directory).hex()
     assert record["parties"] == ["holder", "server-1", "server-2"]
     human = CliRunner().invoke(cli, ["directory", str(path)])
-    assert human.exit_code == 0 and directory_fingerprint(directory).hex() in human.output
+    assert (
+        human.exit_code == 0 and directory_fingerprint(directory).hex() in human.output
+    )
     damaged = bytearray(directory)
     damaged[-40] ^= 1
     path.write_bytes(bytes(damaged))

@@ -52,7 +52,13 @@ def _world(n_servers: int = 3) -> tuple[ad.AdditiveBackend, dict[str, Any], byte
         ),
         **{
             c: session_for_role(
-                be, LAYOUT, Role.CLIENT, party_id=c, material=directory, pinned=pin, **KW
+                be,
+                LAYOUT,
+                Role.CLIENT,
+                party_id=c,
+                material=directory,
+                pinned=pin,
+                **KW,
             )
             for c in CLIENTS
         },
@@ -422,7 +428,13 @@ def test_public_and_own_key_blobs_are_bound_to_their_party() -> None:
     assert mat.read_own_key(sec2)[:2] == ("server", "server-2")
     with pytest.raises(privagg.ParameterMismatchError, match="directory"):
         be.load_role(
-            LAYOUT, "server", "server-2", directory, secret=sec2, pinned=_pin(directory), **KW
+            LAYOUT,
+            "server",
+            "server-2",
+            directory,
+            secret=sec2,
+            pinned=_pin(directory),
+            **KW,
         )
     # ... or as the holder
     _, sech = mat.seal_own_key("holder", "holder", sk)

@@ -68,14 +68,12 @@ def _report(
 
 
 def _show(directory: IdentityDirectory, path: Path, as_json: bool) -> None:
-    _report(
-        path, as_json, directory.fingerprint, list(directory.parties), "identity"
-    )
+    _report(path, as_json, directory.fingerprint, list(directory.parties), "identity")
 
 
 def _own_keys_directory(data: bytes) -> tuple[bytes, list[str]]:
     """``(fingerprint, parties)`` of an additive key directory file (checked)."""
-    from privagg.backends.additive._material import parse_directory  # noqa: PLC0415
+    from privagg.backends.additive._material import parse_directory
 
     return directory_fingerprint(data), sorted(parse_directory(data))
 

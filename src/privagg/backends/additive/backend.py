@@ -6,6 +6,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, NoReturn
 
+from privagg._pin import check_pin, parse_pin
 from privagg._rng import Rng, SystemRng
 from privagg.backends._masking import (
     RingBackend,
@@ -36,7 +37,6 @@ from privagg.backends.additive.roles import (
     AdditiveHolder,
     AdditiveServer,
 )
-from privagg._pin import check_pin, parse_pin
 from privagg.distribution import (
     Dealing,
     DealtMaterial,
