@@ -38,8 +38,9 @@ parties' own public keys* (Ed25519 identity keys, X25519 encryption keys), publi
 not self-authenticating, so every process that loads one pins its SHA-256 fingerprint,
 received out of band, compares it in constant time (a mismatch is a
 :class:`~privagg.errors.ParameterMismatchError`, no pin a
-:class:`~privagg.errors.ConfigurationError`), and the fingerprint is bound into the
-session's ``params_id``. Whoever hands a process its directory file (a coordinator, a
+:class:`~privagg.errors.ConfigurationError`), and the session's ``params_id`` binds
+the directory (the identity directory's fingerprint, which covers its nonce; every
+key of the canonical own-keys directory). Whoever hands a process its directory file (a coordinator, a
 server operator) thus cannot substitute keys.
 
 A backend without the hook (or one that declares, by raising

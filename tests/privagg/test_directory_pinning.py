@@ -183,20 +183,17 @@ def test_params_id_binds_the_directory() -> None:
         else:
             s = _load(be, keys, "client", other, directory_fingerprint(other))
         assert s.params_id not in ids
-    # the fingerprint itself is an input of params_id: recomputing it from the same
-    # keys with another directory fingerprint gives another params_id
-    genuine = _load(be, keys, "client", directory, pin).params_id
-    real = privagg.distribution.directory_fingerprint
-    try:
-        privagg.backends.additive.backend.directory_fingerprint = (  # type: ignore[attr-defined]
-            lambda d: bytes(32)
-        )
-        shifted = be.load_role(
-            LAYOUT, "client", "client-0", directory, pinned=bytes(32), **KW
-        ).params_id
-    finally:
-        privagg.backends.additive.backend.directory_fingerprint = real  # type: ignore[attr-defined]
-    assert shifted != genuine
+    # and an in-process setup whose keys are the directory's has the same params_id
+    # (params_id is a function of the directory's content and the options only)
+    hk = mat.read_own_key(keys["holder"].secret)[2]
+    sks = {p: mat.read_own_key(keys[p].secret)[2] for p in ("server-1", "server-2")}
+    pks = mat.read_directory(
+        directory, {p: r.value for p, r in key_holders(be).items()}
+    )
+    same = be._session(
+        LAYOUT, 3, 1.0, None, privagg.hazmat.DeterministicRng(1), pks, sks, hk
+    )
+    assert {same.params_id} == ids
 
 
 def test_the_pin_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from the directory and, for a key holder, its own secret blob. Three sealed form
 
 The directory is public but not self-authenticating: every process pins its SHA-256
 fingerprint (:func:`privagg.distribution.directory_fingerprint`, published by the
-operator out of band) and the fingerprint is bound into the session's params_id.
+operator out of band), and the session's params_id binds every key it lists.
 
 The header's params_id is a fingerprint of the public content, so a blob altered in
 transit fails the envelope digest, and a public blob cannot be confused with a secret
