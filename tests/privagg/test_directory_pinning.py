@@ -42,6 +42,15 @@ def _world() -> tuple[AdditiveBackend, dict[str, OwnKey], bytes]:
     return be, keys, make_directory(be, [k.public for k in keys.values()])
 
 
+def _party(keys: dict[str, OwnKey], role: str) -> tuple[str | None, bytes | None]:
+    """The party id and own secret blob (key holders only) of ``role``'s genuine
+    process."""
+    pid = {"client": "client-0", "aggregator": None, "server": "server-1"}.get(
+        role, "holder"
+    )
+    return pid, keys[pid].secret if role in ("server", "holder") and pid else None
+
+
 def _load(
     be: AdditiveBackend,
     keys: dict[str, OwnKey],
@@ -50,19 +59,14 @@ def _load(
     pinned: Any,
 ) -> Any:
     """Load ``role`` from ``directory`` as its genuine party would."""
-    if role in ("aggregator", "client"):
-        pid = "client-0" if role == "client" else None
-        return session_for_role(
-            be, LAYOUT, role, party_id=pid, material=directory, pinned=pinned, **KW
-        )
-    pid = "server-1" if role == "server" else "holder"
+    pid, secret = _party(keys, role)
     return session_for_role(
         be,
         LAYOUT,
         role,
         party_id=pid,
         material=directory,
-        secret=keys[pid].secret,
+        secret=secret,
         pinned=pinned,
         **KW,
     )
@@ -102,10 +106,7 @@ def test_a_substituted_key_is_refused_by_every_role(role: str, victim: str) -> N
     with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
         _load(be, keys, role, fake, pin)
     # the backend's own hook refuses too (a caller that skips session_for_role)
-    pid = {"client": "client-0", "aggregator": None, "server": "server-1"}.get(
-        role, "holder"
-    )
-    secret = keys[pid].secret if role in ("server", "holder") and pid else None
+    pid, secret = _party(keys, role)
     with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
         be.load_role(LAYOUT, role, pid, fake, secret=secret, pinned=pin, **KW)
     # the genuine directory under the same pin loads
@@ -150,10 +151,7 @@ def test_no_pin_or_a_malformed_pin_is_refused(role: str, pinned: Any) -> None:
     be, keys, directory = _world()
     with pytest.raises(privagg.ConfigurationError, match="fingerprint"):
         _load(be, keys, role, directory, pinned)
-    pid = {"client": "client-0", "aggregator": None, "server": "server-1"}.get(
-        role, "holder"
-    )
-    secret = keys[pid].secret if role in ("server", "holder") and pid else None
+    pid, secret = _party(keys, role)
     with pytest.raises(privagg.ConfigurationError, match="fingerprint"):
         be.load_role(LAYOUT, role, pid, directory, secret=secret, pinned=pinned, **KW)
     with pytest.raises(privagg.ConfigurationError, match="fingerprint"):
