@@ -180,6 +180,62 @@ def _secagg() -> dict[str, Any]:
     return dict(_cached("secagg", make))
 
 
+def _additive() -> dict[str, Any]:
+    """Own keys of the additive backend's key holders, the directory and its pin."""
+
+    def make() -> dict[str, Any]:
+        from privagg.distribution import (
+            directory_fingerprint,
+            key_holders,
+            make_directory,
+            own_key,
+        )
+
+        be = privagg.get_backend("additive", n_servers=3)
+        keys = {p: own_key(be, r, p) for p, r in key_holders(be).items()}
+        directory = make_directory(be, [k.public for k in keys.values()])
+        return {
+            "backend": be,
+            "layout": Layout.from_arrays({"w": np.zeros(6)}),
+            "keys": keys,
+            "directory": directory,
+            "pin": directory_fingerprint(directory),
+        }
+
+    return dict(_cached("additive", make))
+
+
+def _additive_directory(data: bytes) -> Any:
+    """A client loading a directory file against its pin."""
+    a = _additive()
+    return a["backend"].load_role(
+        a["layout"], "client", "c0", data, max_clients=3, pinned=a["pin"]
+    )
+
+
+def _additive_own_key(data: bytes) -> Any:
+    """A server loading its own key file against the genuine directory."""
+    a = _additive()
+    return a["backend"].load_role(
+        a["layout"],
+        "server",
+        "server-1",
+        a["directory"],
+        max_clients=3,
+        secret=data,
+        pinned=a["pin"],
+    )
+
+
+def _additive_public_key(data: bytes) -> Any:
+    """The operator building the directory with one public key file replaced."""
+    from privagg.distribution import make_directory
+
+    a = _additive()
+    others = [k.public for p, k in a["keys"].items() if p != "server-1"]
+    return make_directory(a["backend"], [data, *others])
+
+
 def _ckks_public(data: bytes) -> Any:
     from privagg.backends.ckks import CkksPublicContext
 
@@ -312,6 +368,24 @@ PARSERS = [
         lambda: [_secagg()["material"].aggregator],
         _secagg_role("aggregator"),
         (DeserializationError, ParameterMismatchError, ConfigurationError),
+    ),
+    Parser(
+        "AdditiveBackend.load_role (pinned key directory)",
+        lambda: [_additive()["directory"]],
+        _additive_directory,
+        (DeserializationError, ParameterMismatchError),
+    ),
+    Parser(
+        "AdditiveBackend.load_role (a server's own key file)",
+        lambda: [_additive()["keys"]["server-1"].secret],
+        _additive_own_key,
+        (DeserializationError, ParameterMismatchError),
+    ),
+    Parser(
+        "make_directory (additive public key file)",
+        lambda: [_additive()["keys"]["server-1"].public],
+        _additive_public_key,
+        (DeserializationError, ConfigurationError),
     ),
     Parser(
         "read_secret_file + load_role (key file)",
