@@ -113,10 +113,11 @@ def seal(header: Header, payload: bytes | PayloadWriter) -> bytes:
         ValueError: a header field out of range, or ``header.version`` other than
             :data:`FORMAT_VERSION` (this privagg writes no other format).
     """
-    parts: list[bytes | memoryview] = (
-        payload._parts if isinstance(payload, PayloadWriter) else [payload]
-    )
-    length = sum(len(p) for p in parts)
+    if isinstance(payload, PayloadWriter):
+        parts, length = payload._chunks(), payload._length
+    else:
+        parts = [payload]
+        length = len(payload)
     if len(header.params_id) != PARAMS_ID_SIZE:
         raise ValueError(
             f"params_id must be {PARAMS_ID_SIZE} bytes, got {len(header.params_id)}"
@@ -244,38 +245,74 @@ class PayloadWriter:
     modify a borrowed buffer before then.
     """
 
-    __slots__ = ("_borrow", "_parts")
+    __slots__ = ("_borrow", "_length", "_parts", "_small")
+
+    # Fields shorter than this are copied into one running buffer (a message of many
+    # small fields is a few chunks, not one object per field); longer immutable or
+    # borrowed ones are referenced.
+    _SMALL = 1024
 
     def __init__(self, *, borrow: bool = False) -> None:
         self._parts: list[bytes | memoryview] = []
+        self._small = bytearray()
+        self._length = 0
         self._borrow = borrow
 
+    def _put(self, b: bytes | bytearray | memoryview) -> None:
+        self._small += b
+        self._length += len(b)
+
+    def _ref(self, b: bytes | memoryview) -> None:
+        """Reference ``b`` (immutable, or borrowed) as its own chunk."""
+        if self._small:
+            self._parts.append(bytes(self._small))
+            self._small.clear()
+        self._parts.append(b)
+        self._length += len(b)
+
+    def _chunks(self) -> list[bytes | memoryview]:
+        """The payload's chunks, in order (the running buffer flushed)."""
+        if self._small:
+            self._parts.append(bytes(self._small))
+            self._small.clear()
+        return self._parts
+
     def u8(self, v: int) -> PayloadWriter:
-        self._parts.append(struct.pack(">B", v))
+        self._put(_U8.pack(v))
         return self
 
     def u32(self, v: int) -> PayloadWriter:
-        self._parts.append(struct.pack(">I", v))
+        self._put(_U32.pack(v))
         return self
 
     def u64(self, v: int) -> PayloadWriter:
-        self._parts.append(struct.pack(">Q", v))
+        self._put(_U64.pack(v))
         return self
 
     def f64(self, v: float) -> PayloadWriter:
-        self._parts.append(struct.pack(">d", v))
+        self._put(_F64.pack(v))
         return self
 
     def blob(self, b: bytes | bytearray | memoryview) -> PayloadWriter:
-        self._parts.append(struct.pack(">Q", len(b)))
-        if isinstance(b, bytes) or (self._borrow and isinstance(b, memoryview)):
-            self._parts.append(b if isinstance(b, bytes) else b.cast("B"))
+        if isinstance(b, memoryview):
+            b = b.cast("B") if b.c_contiguous else b.tobytes()
+        self._put(_U64.pack(len(b)))
+        if len(b) < self._SMALL:
+            self._put(b)  # copied now
+        elif isinstance(b, bytes) or (self._borrow and isinstance(b, memoryview)):
+            self._ref(b)
         else:
-            self._parts.append(bytes(b))
+            self._ref(bytes(b))
         return self
 
     def text(self, s: str) -> PayloadWriter:
-        return self.blob(s.encode("utf-8"))
+        b = s.encode("utf-8")
+        if len(b) >= self._SMALL:
+            return self.blob(b)
+        self._small += _U64.pack(len(b))
+        self._small += b
+        self._length += 8 + len(b)
+        return self
 
     def int_big(self, v: int) -> PayloadWriter:
         """A non-negative arbitrary-precision integer."""
@@ -291,13 +328,20 @@ class PayloadWriter:
             if arr.dtype.byteorder == ">"
             else arr.dtype.str
         ]
-        self._parts.append(struct.pack(">BQ", code, arr.size))
+        self._put(_ARRAY_HEAD.pack(code, arr.size))
         le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        self._parts.append(le.data.cast("B") if self._borrow else le.tobytes())
+        if le.nbytes < self._SMALL:
+            self._put(le.tobytes())
+        else:
+            self._ref(le.data.cast("B") if self._borrow else le.tobytes())
         return self
 
     def getvalue(self) -> bytes:
-        return b"".join(self._parts)
+        return b"".join(self._chunks())
+
+
+_U8, _U32, _U64, _F64 = (struct.Struct(f) for f in (">B", ">I", ">Q", ">d"))
+_ARRAY_HEAD = struct.Struct(">BQ")
 
 
 _DTYPE_CODES = {"<f8": 1, "<u8": 2, "<i8": 3, "<u4": 4, "<f4": 5, "|u1": 6}
@@ -307,36 +351,44 @@ _CODE_DTYPES = {v: np.dtype(k) for k, v in _DTYPE_CODES.items()}
 class PayloadReader:
     """Reads fields written by :class:`PayloadWriter`; any overrun raises DeserializationError."""
 
-    __slots__ = ("_frozen", "_pos", "_view")
+    __slots__ = ("_end", "_frozen", "_pos", "_view")
 
     def __init__(self, data: bytes | memoryview) -> None:
         self._view = memoryview(data).cast("B")
         self._pos = 0
+        self._end = len(self._view)
         # Immutable backing bytes: a view of them stays what was verified (digest,
         # lengths), so the *_view readers may return it without a copy.
         self._frozen = isinstance(self._view.obj, bytes)
 
-    def _take(self, n: int) -> memoryview:
-        if n < 0 or self._pos + n > len(self._view):
+    def _skip(self, n: int) -> int:
+        """Advance over ``n`` bytes; their start."""
+        pos = self._pos
+        if n < 0 or pos + n > self._end:
             raise DeserializationError()
-        out = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return out
+        self._pos = pos + n
+        return pos
+
+    def _take(self, n: int) -> memoryview:
+        pos = self._skip(n)
+        return self._view[pos : pos + n]
 
     def u8(self) -> int:
-        return int(self._take(1)[0])
+        return int(self._view[self._skip(1)])
 
     def u32(self) -> int:
-        return int(struct.unpack(">I", self._take(4))[0])
+        return int(_U32.unpack_from(self._view, self._skip(4))[0])
 
     def u64(self) -> int:
-        return int(struct.unpack(">Q", self._take(8))[0])
+        return int(_U64.unpack_from(self._view, self._skip(8))[0])
 
     def f64(self) -> float:
-        return float(struct.unpack(">d", self._take(8))[0])
+        return float(_F64.unpack_from(self._view, self._skip(8))[0])
 
     def blob(self) -> bytes:
-        return bytes(self._take(self.u64()))
+        n = self.u64()
+        pos = self._skip(n)
+        return self._view[pos : pos + n].tobytes()
 
     def blob_view(self) -> memoryview:
         return self._take(self.u64())
@@ -348,8 +400,10 @@ class PayloadReader:
         return v.toreadonly() if self._frozen else bytes(v)
 
     def text(self) -> str:
+        n = self.u64()
+        pos = self._skip(n)
         try:
-            return self.blob().decode("utf-8")
+            return str(self._view[pos : pos + n], "utf-8")
         except UnicodeDecodeError:
             raise DeserializationError() from None
 

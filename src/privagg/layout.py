@@ -145,15 +145,30 @@ class Layout:
                 )
 
     def flatten(
-        self, arrays: Mapping[str, npt.ArrayLike], *, who: str = "update"
+        self,
+        arrays: Mapping[str, npt.ArrayLike],
+        *,
+        who: str = "update",
+        copy: bool = True,
     ) -> FloatVector:
         """Concatenate ``arrays`` into one float64 vector in layout order.
+
+        With ``copy=False``, a layout of one C-contiguous float64 tensor is returned as a
+        read-only view of that tensor (no copy); the caller must then not change the
+        tensor while it uses the vector. Every other case is a fresh copy.
 
         Raises:
             ParameterMismatchError: names, shapes or dtypes differ from the layout.
             ConfigurationError: a value is NaN or infinite.
         """
         self.check(arrays, who=who)
+        if not copy and len(self.specs) == 1:
+            arr = np.asarray(arrays[self.specs[0].name])
+            if arr.dtype == np.float64 and arr.flags.c_contiguous:
+                view = arr.reshape(-1).view()
+                view.flags.writeable = False
+                _check_finite(view, who)
+                return view
         out = np.empty(self.size, dtype=np.float64)
         pos = 0
         for s in self.specs:
@@ -162,8 +177,7 @@ class Layout:
                 -1
             )
             pos += n
-        if not np.isfinite(out).all():
-            raise ConfigurationError(f"{who}: contains NaN or infinite values")
+        _check_finite(out, who)
         return out
 
     def unflatten(self, vector: npt.ArrayLike) -> dict[str, npt.NDArray[np.floating]]:
@@ -238,3 +252,11 @@ def _name_key(name: object) -> str:
     if not isinstance(name, str):
         raise ConfigurationError(f"tensor names must be str, got {type(name).__name__}")
     return name
+
+
+def _check_finite(vec: FloatVector, who: str) -> None:
+    """Raise unless every value of ``vec`` is finite. A finite sum proves it in one pass
+    without a temporary (NaN and infinities propagate into the sum); only a non-finite
+    sum, which finite values can also give by overflow, is checked value by value."""
+    if not np.isfinite(np.add.reduce(vec)) and not np.isfinite(vec).all():
+        raise ConfigurationError(f"{who}: contains NaN or infinite values")

@@ -148,7 +148,9 @@ def run_round(
     clients: dict[str, ClientRole] = {}
     for cid in ids:
         try:
-            vec = layout.flatten(updates[cid], who=f"client {cid!r}")
+            # run_round holds the caller's arrays unchanged until it returns, so a
+            # one-tensor update is read in place (no copy)
+            vec = layout.flatten(updates[cid], who=f"client {cid!r}", copy=False)
             clients[cid] = session.client(cid, round_id, vec, weight=w[cid], rng=rng)
         except PrivaggError as exc:
             if not isolate_failures:

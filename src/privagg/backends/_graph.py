@@ -229,7 +229,12 @@ def harary_neighbours(
         )
     order = _order(ids, seed)
     half = degree // 2
-    out = {}
-    for pos, cid in enumerate(order):
-        out[cid] = frozenset(order[(pos + o) % n] for o in range(-half, half + 1) if o)
-    return out
+    # positions pos - half .. pos + half (mod n) but pos itself, as two slices of the
+    # order written three times
+    ring = order * 3
+    return {
+        cid: frozenset(
+            ring[n + pos - half : n + pos] + ring[n + pos + 1 : n + pos + half + 1]
+        )
+        for pos, cid in enumerate(order)
+    }

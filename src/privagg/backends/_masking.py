@@ -23,6 +23,7 @@ computed before (see ``tests/vectors/masking``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -387,8 +388,14 @@ def party_field(party: str, *, length: Literal["bytes", "chars"] = "bytes") -> b
     SecAgg+ v2 transcripts do (the same bytes for ASCII ids; kept so that no v2
     signature or key changes).
     """
+    return _party_field(party, length == "chars")
+
+
+@functools.lru_cache(maxsize=4096)
+def _party_field(party: str, chars: bool) -> bytes:
+    # ids are public and repeat in every context of a round: computed once each
     raw = party.encode()
-    return struct.pack(">I", len(party) if length == "chars" else len(raw)) + raw
+    return struct.pack(">I", len(party) if chars else len(raw)) + raw
 
 
 def kdf_context(params_id: bytes, round_id: int, *fields: bytes) -> bytes:

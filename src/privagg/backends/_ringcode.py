@@ -139,11 +139,16 @@ def encode_to_ring(
         np.subtract(a, f, out=a)  # frac(y), exact (Sterbenz) for |y| >= 1 and y >= 0
         np.multiply(words, 2.0**-32, out=b)  # u
         np.less(b, a, out=m)
-        if direct:  # floor(y) + [u < frac(y)], written straight into the ring words
-            np.add(f, m, out=ints[s:e], casting="unsafe")
+        # floor(y) + [u < frac(y)]: the exact integer floor(y) cast once, then the bit
+        # added in integers (one float -> int conversion, no mixed-type float sum)
+        if direct:  # written straight into the ring words
+            i = ints[s:e]
+            np.copyto(i, f, casting="unsafe")
+            np.add(i, m, out=i)
         else:  # float -> int64 -> ring word (two's complement, reduced mod 2**bits)
             i = ints[: e - s]
-            np.add(f, m, out=i, casting="unsafe")
+            np.copyto(i, f, casting="unsafe")
+            np.add(i, m, out=i)
             np.copyto(out[s:e], i.view(np.uint64), casting="unsafe")
         if mk is not None:
             mk.apply(out[s:e])

@@ -185,7 +185,9 @@ class MaskedInput(_Message):
     def _read(
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
-        a = r.array()
+        # read-only and without a copy over immutable (digest-checked) bytes: the
+        # aggregator only adds it into its sum
+        a = r.array_frozen()
         if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
             raise DeserializationError()
         rejected, missing, sig = _read_ids(r), _read_ids(r), r.blob()
