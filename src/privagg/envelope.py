@@ -33,7 +33,7 @@ import enum
 import hmac
 import importlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
@@ -314,6 +314,12 @@ class PayloadWriter:
         self._length += 8 + len(b)
         return self
 
+    def texts(self, items: Sequence[str]) -> PayloadWriter:
+        """``text`` of each of ``items``, in order (the same bytes, in one write)."""
+        for s in items:
+            self.text(s)
+        return self
+
     def int_big(self, v: int) -> PayloadWriter:
         """A non-negative arbitrary-precision integer."""
         if v < 0:
@@ -406,6 +412,25 @@ class PayloadReader:
             return str(self._view[pos : pos + n], "utf-8")
         except UnicodeDecodeError:
             raise DeserializationError() from None
+
+    def texts(self, n: int) -> list[str]:
+        """``n`` :meth:`text` fields, in order."""
+        view, end, pos, out = self._view, self._end, self._pos, []
+        unpack = _U64.unpack_from
+        try:
+            for _ in range(n):
+                if pos + 8 > end:
+                    raise DeserializationError()
+                (k,) = unpack(view, pos)
+                pos += 8
+                if pos + k > end:
+                    raise DeserializationError()
+                out.append(str(view[pos : pos + k], "utf-8"))
+                pos += k
+        except UnicodeDecodeError:
+            raise DeserializationError() from None
+        self._pos = pos
+        return out
 
     def int_big(self) -> int:
         return int.from_bytes(self.blob(), "big")

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -152,10 +154,17 @@ def ed25519_sign(private: bytes, message: bytes) -> bytes:
 def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
     """True iff ``signature`` is valid on ``message`` under ``public``."""
     try:
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+        _ed25519_key(bytes(public)).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_key(public: bytes) -> Ed25519PublicKey:
+    # public keys only (a round verifies each party's key many times); an invalid key
+    # raises ValueError, which is not cached
+    return Ed25519PublicKey.from_public_bytes(public)
 
 
 class MaskExpander:

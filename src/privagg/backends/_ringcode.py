@@ -36,6 +36,8 @@ __all__ = ["BLOCK", "add_masks", "centred", "encode_to_ring"]
 
 BLOCK = 1 << 15
 _COUNTER0 = bytes(16)
+# the CTR input of every keystream block (immutable, shared by all maskers)
+_ZEROS = memoryview(bytes(BLOCK * 8))
 
 
 def encode_to_ring(
@@ -174,7 +176,10 @@ class _Masker:
         streams: Sequence[tuple[Cipher[modes.CTR], int]],
     ) -> None:
         self._dt = dtype.newbyteorder("<")
-        self._zeros = memoryview(bytes(block * self._dt.itemsize))
+        nbytes = block * self._dt.itemsize
+        self._zeros = (
+            _ZEROS[:nbytes] if nbytes <= len(_ZEROS) else memoryview(bytes(nbytes))
+        )
         self._buf = bytearray(block * self._dt.itemsize + 15)
         self._view = np.frombuffer(self._buf, dtype=self._dt, count=block)
         self._encs = [(c.encryptor(), sign >= 0) for c, sign in streams]

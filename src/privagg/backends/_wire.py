@@ -67,14 +67,12 @@ def count(r: PayloadReader) -> int:
 
 def write_ids(w: PayloadWriter, ids: Sequence[str]) -> None:
     """A list of party ids."""
-    w.u32(len(ids))
-    for i in ids:
-        w.text(i)
+    w.u32(len(ids)).texts(ids)
 
 
 def read_ids(r: PayloadReader) -> tuple[str, ...]:
     """Inverse of :func:`write_ids`; duplicates are malformed."""
-    ids = tuple(r.text() for _ in range(count(r)))
+    ids = tuple(r.texts(count(r)))
     if len(set(ids)) != len(ids):
         raise DeserializationError()
     return ids
