@@ -321,7 +321,7 @@ class ResultMessage(_Message):
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
         ids = _read_ids(r)
-        a = r.array()
+        a = r.array_frozen()  # read-only, no copy: the holder only decodes it
         if a.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
             raise DeserializationError()
         return cls(params_id, round_id, party, ids, a)
