@@ -46,13 +46,15 @@ class ClientCodec(Protocol):
 class CombineCodec(Protocol):
     """Aggregator side: combine bodies without learning them."""
 
-    def combine(self, bodies: Sequence[bytes]) -> bytes: ...
+    def combine(self, bodies: Sequence[bytes | memoryview]) -> bytes: ...
 
 
 class RecoverCodec(Protocol):
     """Holder side: recover the float sum from a combined body."""
 
-    def recover(self, body: bytes, n_contributions: int) -> FloatVector: ...
+    def recover(
+        self, body: bytes | memoryview, n_contributions: int
+    ) -> FloatVector: ...
 
 
 def _check_params(got: bytes, want: bytes, what: str) -> None:
@@ -129,7 +131,7 @@ class OneShotAggregator(FinishedResult):
         """Validate every reply, then combine. Replies from unknown parties are errors."""
         if not self._started or self._result is not None:
             raise ProtocolError("receive() called out of order")
-        bodies: list[bytes] = []
+        bodies: list[bytes | memoryview] = []
         contributors: list[str] = []
         expected = set(self.client_ids)
         for sender, data in replies.items():

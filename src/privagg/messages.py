@@ -82,7 +82,7 @@ class Contribution:
     params_id: bytes
     round_id: int
     client_id: str
-    body: bytes
+    body: bytes | memoryview
 
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
@@ -98,7 +98,9 @@ class Contribution:
         """Decode; raises DeserializationError on any malformation."""
         h, r = _open(data, cls.KIND)
         cid = r.text()
-        body = r.blob()
+        # a read-only view of the (digest-checked, immutable) message: no copy of a
+        # large body (issue #13); a copy when ``data`` is a mutable buffer
+        body = r.blob_frozen()
         r.done()
         return cls(h.scheme, h.params_id, h.round_id, cid, body)
 
@@ -119,7 +121,7 @@ class AggregateMessage:
     params_id: bytes
     round_id: int
     contributors: tuple[str, ...]
-    body: bytes
+    body: bytes | memoryview
 
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
@@ -140,7 +142,7 @@ class AggregateMessage:
         contributors = tuple(r.text() for _ in range(n))
         if len(set(contributors)) != n:
             raise DeserializationError()
-        body = r.blob()
+        body = r.blob_frozen()  # as in Contribution.from_bytes
         r.done()
         return cls(h.scheme, h.params_id, h.round_id, contributors, body)
 

@@ -394,16 +394,16 @@ def test_slot_boundary_is_tight() -> None:
 
 @pytest.fixture
 def no_encrypt(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    # every encryption (protect's streamed one and the encrypt hook) starts by drawing
+    # its exponents in _encryptor
     calls: list[int] = []
-    orig = _ClientCodec.encrypt
+    orig = _ClientCodec._encryptor
 
-    def spy(
-        self: _ClientCodec, plaintexts: list[int], rng: privagg.Rng
-    ) -> list[object]:
-        calls.append(len(plaintexts))
-        return orig(self, plaintexts, rng)
+    def spy(self: _ClientCodec, count: int, rng: privagg.Rng) -> object:
+        calls.append(count)
+        return orig(self, count, rng)
 
-    monkeypatch.setattr(_ClientCodec, "encrypt", spy)
+    monkeypatch.setattr(_ClientCodec, "_encryptor", spy)
     return calls
 
 

@@ -30,7 +30,7 @@ def _vector_body(v: FloatVector) -> bytes:
     return PayloadWriter().array(np.ascontiguousarray(v, dtype=np.float64)).getvalue()
 
 
-def _read_vector(body: bytes, size: int) -> FloatVector:
+def _read_vector(body: bytes | memoryview, size: int) -> FloatVector:
     r = PayloadReader(body)
     v = r.array()
     r.done()
@@ -50,13 +50,13 @@ class _Codec:
             v = v + self.noise.sample_real(v.size, rng=rng)
         return _vector_body(v)
 
-    def combine(self, bodies: Sequence[bytes]) -> bytes:
+    def combine(self, bodies: Sequence[bytes | memoryview]) -> bytes:
         acc = np.zeros(self.size, dtype=np.float64)
         for b in bodies:
             acc += _read_vector(b, self.size)
         return _vector_body(acc)
 
-    def recover(self, body: bytes, n_contributions: int) -> FloatVector:
+    def recover(self, body: bytes | memoryview, n_contributions: int) -> FloatVector:
         return _read_vector(body, self.size)
 
 

@@ -96,7 +96,7 @@ class _CombineCodec:
     per_contribution: float = 1.0  # max |weighted value| + DP noise, per contribution
     max_clients: int = _MAX_CONTRIBUTIONS
 
-    def combine(self, bodies: Sequence[bytes]) -> bytes:
+    def combine(self, bodies: Sequence[bytes | memoryview]) -> bytes:
         """Sum block by block modulo each prime; validates every body first.
 
         ``bodies`` are client contributions (in contributor-id order, as the one-shot
@@ -169,7 +169,7 @@ class _RecoverCodec:
         self._per = per_contribution
         self._max_clients = max_clients
 
-    def recover(self, body: bytes, n_contributions: int) -> FloatVector:
+    def recover(self, body: bytes | memoryview, n_contributions: int) -> FloatVector:
         if n_contributions > self._max_clients:
             raise EncodingOverflowError(
                 f"{n_contributions} contributions exceed the session's max_clients="

@@ -35,6 +35,36 @@ def _parallel_map(
     return [x for part in parts for x in part]
 
 
+def _parallel_blocks(
+    fn: Callable[[int, int], None], n_items: int, block: int, workers: int
+) -> None:
+    """``fn(start, stop)`` over consecutive blocks of at most ``block`` of ``n_items``
+    items, in ``workers`` threads, each taking a contiguous run of blocks.
+
+    ``fn`` writes its results itself (into disjoint parts of a preallocated buffer), so
+    no per-item result list exists; at most ``workers`` blocks are in flight. The first
+    exception raised by ``fn`` propagates (after every thread has stopped).
+    """
+    block = max(1, block)
+    starts = range(0, n_items, block)
+
+    def run(part: range) -> None:
+        for a in part:
+            fn(a, min(a + block, n_items))
+
+    if workers <= 1 or len(starts) < 2:
+        run(starts)
+        return
+    n_chunks = min(len(starts), 4 * workers)
+    size = -(-len(starts) // n_chunks)
+    parts = [starts[i : i + size] for i in range(0, len(starts), size)]
+    with ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="privagg-paillier"
+    ) as ex:
+        for _ in ex.map(run, parts):
+            pass
+
+
 def _gil_free() -> Any:
     """A gmpy2 context in which mpz arithmetic may release the GIL."""
     return gmpy2.context(allow_release_gil=True)

@@ -128,9 +128,21 @@ class SlotLayout:
                 f"expected {self.n_values} values, got {vals.size}"
             )
         self.check_values(vals)
-        w, k, m = self.slot_bits, self.slots, self.n_plaintexts
+        return self.pack_block(vals, 0, self.n_plaintexts)
+
+    def pack_block(
+        self, values: npt.NDArray[np.int64], start: int, stop: int
+    ) -> list[int]:
+        """Plaintexts ``start .. stop - 1`` of the packed vector :meth:`pack` returns.
+
+        ``values`` is the whole (already checked, see :meth:`check_values`) int64 vector;
+        only slots ``start*k .. stop*k - 1`` are read (those past ``n_values`` are 0), so
+        the temporaries are those of one block (about ``64 + 3*w`` bytes a slot).
+        """
+        w, k, m = self.slot_bits, self.slots, stop - start
         padded = np.zeros(m * k, dtype=np.int64)
-        padded[: vals.size] = vals
+        seg = values[start * k : stop * k]
+        padded[: seg.size] = seg
         # two's-complement bits, most significant first, sign-extended to w bits
         raw = np.unpackbits(padded.astype(">i8").view(np.uint8).reshape(-1, 8), axis=1)
         if w <= 64:
@@ -175,13 +187,38 @@ class SlotLayout:
             for t in totals:
                 out.extend(((t >> (w * j)) & mask) - self.offset for j in range(k))
             return out[: self.n_values]
+        sums = np.empty(self.n_values, dtype=np.int64)
+        self.unpack_into(totals, 0, sums)
+        return sums
+
+    def unpack_into(
+        self, totals: Sequence[int], start: int, out: npt.NDArray[np.int64]
+    ) -> None:
+        """Unpack plaintexts ``start .. start + len(totals) - 1`` into ``out`` (``w <= 62``).
+
+        ``out`` holds the whole vector (``n_values`` int64); only the slots of these
+        plaintexts are written, so the temporaries are those of one block.
+
+        Raises:
+            ValueError: a total outside ``[0, 2**(w*k))``, a block past the last
+                plaintext, or a layout too wide for int64 slots.
+        """
+        w, k, m = self.slot_bits, self.slots, len(totals)
+        if w > _NUMPY_MAX_SLOT_BITS or start < 0 or start + m > self.n_plaintexts:
+            raise ValueError("block outside the packed vector")
+        limit = 1 << (w * k)
+        for t in totals:
+            if not 0 <= t < limit:
+                raise ValueError("plaintext out of range")
         nbytes = (w * k + 7) // 8
         pad = nbytes * 8 - w * k
         buf = np.frombuffer(
             b"".join(int(t).to_bytes(nbytes, "big") for t in totals), dtype=np.uint8
         )
         bits = np.unpackbits(buf.reshape(m, nbytes), axis=1)[:, pad:]
-        slots = bits.reshape(m, k, w)[:, ::-1, :].reshape(m * k, w)[: self.n_values]
+        lo = start * k
+        hi = min(lo + m * k, self.n_values)
+        slots = bits.reshape(m, k, w)[:, ::-1, :].reshape(m * k, w)[: hi - lo]
         weights = np.left_shift(np.uint64(1), np.arange(w - 1, -1, -1, dtype=np.uint64))
         unsigned = slots.astype(np.uint64) @ weights
-        return unsigned.astype(np.int64) - np.int64(self.offset)
+        out[lo:hi] = unsigned.astype(np.int64) - np.int64(self.offset)

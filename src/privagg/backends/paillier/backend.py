@@ -10,6 +10,7 @@ from typing import Any, ClassVar, NoReturn
 
 import gmpy2
 import numpy as np
+import numpy.typing as npt
 
 from privagg._oneshot import OneShotSession
 from privagg._rng import Rng, SystemRng
@@ -18,9 +19,14 @@ from privagg.backends.paillier._fastexp import (
     _fixed_base_for,
     _FixedBase,
     _gil_free,
+    _parallel_blocks,
     _parallel_map,
 )
-from privagg.backends.paillier._slots import MARGIN_BITS, SlotLayout
+from privagg.backends.paillier._slots import (
+    _NUMPY_MAX_SLOT_BITS,
+    MARGIN_BITS,
+    SlotLayout,
+)
 from privagg.backends.paillier.keys import (
     _MIN_TEST_KEY_BITS,
     _SCHEME,
@@ -45,6 +51,10 @@ from privagg.protocols import NoiseShare, check_setup_args
 
 _BODY_VERSION = 1
 _TABLE_MIN_CIPHERTEXTS = 32  # below this, plain powmod beats building a table
+# Work is done block by block (issue #13): a block is about this many values (at least
+# one plaintext), so each thread's temporaries stay a few hundred KB whatever the size.
+_BLOCK_VALUES = 2048
+_CHECK_VALUES = 1 << 13  # values per block of the elementwise checks and rounding
 _EPS = 2.0**-52
 
 
@@ -69,15 +79,40 @@ class _Params:
 
 
 def _write_body(params: _Params, cts: Sequence[Any]) -> bytes:
+    """A body holding ``cts`` as given (any count). For tests and small bodies: the
+    codecs write their ciphertexts straight into :func:`_body_buffer`."""
     width = params.public.ciphertext_bytes
     blob = b"".join(int(c).to_bytes(width, "big") for c in cts)
     return PayloadWriter().u8(_BODY_VERSION).u32(len(cts)).blob(blob).getvalue()
 
 
-def _read_body(params: _Params, body: bytes) -> list[Any]:
-    """Parse and range-check a body: ``n_ciphertexts`` integers in ``[1, n**2)``."""
+def _body_buffer(params: _Params) -> tuple[bytearray, memoryview]:
+    """A body with room for ``n_ciphertexts`` ciphertexts, and a view of that room.
+
+    Once the room is filled the buffer holds exactly ``_write_body(params, cts)``
+    (``u8 version || u32 count || u64 length || ciphertexts``): the codecs write each
+    ciphertext into place, with no list of ciphertexts and no joined copy (issue #13).
+    """
+    m, width = params.n_ciphertexts, params.public.ciphertext_bytes
+    prefix = PayloadWriter().u8(_BODY_VERSION).u32(m).u64(m * width).getvalue()
+    buf = bytearray(len(prefix) + m * width)
+    buf[: len(prefix)] = prefix
+    return buf, memoryview(buf)[len(prefix) :]
+
+
+def _read_body(params: _Params, body: bytes | memoryview) -> memoryview:
+    """Parse a body's header: a read-only view of its ``n_ciphertexts`` ciphertexts.
+
+    The version, the count and the exact length are checked here; each ciphertext is
+    range-checked by :func:`_ciphertext` when it is read, before it is used. The view is
+    of immutable ``bytes`` (a body over any other buffer is copied first), so what was
+    checked cannot change afterwards.
+    """
     try:
-        r = PayloadReader(body)
+        view = memoryview(body)
+        if not isinstance(view.obj, bytes):
+            view = memoryview(bytes(view))
+        r = PayloadReader(view)
         if r.u8() != _BODY_VERSION:
             raise DeserializationError()
         count = r.u32()
@@ -86,18 +121,23 @@ def _read_body(params: _Params, body: bytes) -> list[Any]:
         width = params.public.ciphertext_bytes
         if count != params.n_ciphertexts or len(blob) != count * width:
             raise DeserializationError()
-        nn = params.public.n * params.public.n
-        out = []
-        for i in range(count):
-            c = int.from_bytes(blob[i * width : (i + 1) * width], "big")
-            if not 0 < c < nn:
-                raise DeserializationError()
-            out.append(gmpy2.mpz(c))
-        return out
+        return blob.toreadonly()
     except DeserializationError:
         raise
     except Exception:
         raise DeserializationError() from None
+
+
+def _ciphertext(blob: memoryview, i: int, width: int, nn: Any) -> Any:
+    """Ciphertext ``i`` of a checked body view as an mpz, range-checked: in ``[1, n**2)``.
+
+    Raises:
+        DeserializationError: out of range.
+    """
+    c = gmpy2.mpz(int.from_bytes(blob[i * width : (i + 1) * width], "big"))
+    if not 0 < c < nn:
+        raise DeserializationError()
+    return c
 
 
 class _ClientCodec:
@@ -107,13 +147,25 @@ class _ClientCodec:
         self.params = params
         self._table: _FixedBase | None = None
 
+    def prepare(self) -> None:
+        """Build the per-key fixed-base table now when encryption will use it (at least
+        32 ciphertexts a vector), instead of on the first :meth:`protect`."""
+        if self.params.n_ciphertexts >= _TABLE_MIN_CIPHERTEXTS:
+            self._fixed_base()
+
     def _fixed_base(self) -> _FixedBase:
         if self._table is None:
             self._table = _fixed_base_for(self.params.public, self.params.workers)
         return self._table
 
-    def encode(self, update: FloatVector, weight: float, rng: Rng) -> list[int]:
-        """Everything before encryption: returns the packed plaintexts (mod n).
+    def quantise(
+        self, update: FloatVector, weight: float, rng: Rng
+    ) -> npt.NDArray[np.int64]:
+        """Everything before packing: the weighted, rounded (and noised) int64 values.
+
+        Checked and rounded block by block (no full-size float temporaries); the
+        rounding draws from ``rng`` in value order, exactly as one call over the whole
+        vector would, then the noise (whole vector), as before.
 
         Raises:
             ConfigurationError: NaN/Inf values or a negative/non-finite weight.
@@ -133,59 +185,104 @@ class _ClientCodec:
             raise ConfigurationError(
                 f"expected {p.slots.n_values} values, got {x.size}"
             )
-        if not np.isfinite(x).all():
-            raise ConfigurationError("cannot encode NaN or infinite values")
-        if p.clip:
-            x = np.clip(x, -p.bound, p.bound)
-        elif x.size and float(np.max(np.abs(x))) > p.bound:
-            raise EncodingOverflowError(
-                f"a value exceeds the bound {p.bound}; clip the update first or use clip=True"
-            )
-        # |w*x| <= max_weight*bound exactly, and float rounding is monotone, so the
-        # weighted encoder (bound = max_weight*bound) never rejects it.
-        ints = p.encoder.encode(w * x, rng).values
+        step = _CHECK_VALUES
+        for a in range(0, x.size, step):
+            if not np.isfinite(x[a : a + step]).all():
+                raise ConfigurationError("cannot encode NaN or infinite values")
+        if not p.clip:
+            for a in range(0, x.size, step):
+                if float(np.max(np.abs(x[a : a + step]))) > p.bound:
+                    raise EncodingOverflowError(
+                        f"a value exceeds the bound {p.bound}; clip the update first or use clip=True"
+                    )
+        ints = np.empty(x.size, dtype=np.int64)
+        for a in range(0, x.size, step):
+            block = x[a : a + step]
+            if p.clip:
+                block = np.clip(block, -p.bound, p.bound)
+            # |w*x| <= max_weight*bound exactly, and float rounding is monotone, so the
+            # weighted encoder (bound = max_weight*bound) never rejects it.
+            ints[a : a + step] = p.encoder.encode(w * block, rng).values
         if p.noise is not None:
-            noise = np.asarray(
+            ints += np.asarray(
                 p.noise.sample_encoded(x.size, scale=p.encoder.scale, rng=rng),
                 dtype=np.int64,
             )
-            ints = ints + noise
-        n = p.public.n
-        return [m % n for m in p.slots.pack(ints)]
+        p.slots.check_values(ints)
+        return ints
 
-    def encrypt(self, plaintexts: list[int], rng: Rng) -> list[Any]:
-        """DJN-encrypt packed plaintexts; the exponents ``a`` come from ``rng``."""
+    def encode(self, update: FloatVector, weight: float, rng: Rng) -> list[int]:
+        """The packed plaintexts (mod n) of :meth:`quantise`, as a list (tests, small
+        vectors; :meth:`protect` packs block by block instead)."""
+        n = self.params.public.n
+        ints = self.quantise(update, weight, rng)
+        pts = self.params.slots.pack_block(ints, 0, self.params.n_ciphertexts)
+        return [m % n for m in pts]
+
+    def _encryptor(self, count: int, rng: Rng) -> Callable[[int, int], Any]:
+        """``enc(i, m)``: DJN encryption of plaintext ``m`` (in ``[0, n)``) with the
+        ``i``-th of ``count`` exponents, all drawn from ``rng`` now (in index order)."""
         pk = self.params.public
         ebits = pk.exponent_bits
         ebytes = (ebits + 7) // 8
-        raw = rng.random_bytes(ebytes * len(plaintexts))
+        raw = rng.random_bytes(ebytes * count)
         shift = 8 * ebytes - ebits
-        exps = [
-            int.from_bytes(raw[i * ebytes : (i + 1) * ebytes], "big") >> shift
-            for i in range(len(plaintexts))
-        ]
         n = gmpy2.mpz(pk.n)
         nn = n * n
         hs = gmpy2.mpz(pk.hs)
-        use_table = len(plaintexts) >= _TABLE_MIN_CIPHERTEXTS or self._table is not None
+        use_table = count >= _TABLE_MIN_CIPHERTEXTS or self._table is not None
         table = self._fixed_base() if use_table else None
 
-        def enc(items: list[tuple[int, int]]) -> list[Any]:
-            out = []
-            with _gil_free():
-                for m, a in items:
-                    rn = table.pow(a) if table is not None else gmpy2.powmod(hs, a, nn)
-                    out.append((1 + m * n) * rn % nn)
-            return out
+        def enc(i: int, m: int) -> Any:
+            a = int.from_bytes(raw[i * ebytes : (i + 1) * ebytes], "big") >> shift
+            rn = table.pow(a) if table is not None else gmpy2.powmod(hs, a, nn)
+            return (1 + m * n) * rn % nn
 
-        return _parallel_map(
-            enc, list(zip(plaintexts, exps, strict=True)), self.params.workers
-        )
+        return enc
+
+    def encrypt(self, plaintexts: list[int], rng: Rng) -> list[Any]:
+        """DJN-encrypt packed plaintexts; the exponents ``a`` come from ``rng`` (tests,
+        small vectors: :meth:`protect` encrypts into its body block by block)."""
+        enc = self._encryptor(len(plaintexts), rng)
+
+        def run(items: list[tuple[int, int]]) -> list[Any]:
+            with _gil_free():
+                return [enc(i, m) for i, m in items]
+
+        return _parallel_map(run, list(enumerate(plaintexts)), self.params.workers)
+
+    def _encrypt_into(
+        self, ints: npt.NDArray[np.int64], rng: Rng, room: memoryview
+    ) -> None:
+        """Pack, encrypt and write every ciphertext into ``room``, block by block."""
+        p = self.params
+        n, k = p.public.n, p.slots.slots
+        width = p.public.ciphertext_bytes
+        enc = self._encryptor(p.n_ciphertexts, rng)
+
+        def run(a: int, b: int) -> None:
+            pts = p.slots.pack_block(ints, a, b)
+            with _gil_free():
+                for i, m in enumerate(pts, a):
+                    c = enc(i, m % n)
+                    room[i * width : (i + 1) * width] = int(c).to_bytes(width, "big")
+
+        _parallel_blocks(run, p.n_ciphertexts, _BLOCK_VALUES // k, p.workers)
 
     def protect(self, update: FloatVector, weight: float, rng: Rng) -> bytes:
-        """Encode then encrypt one weighted update (all checks happen before encryption)."""
-        plaintexts = self.encode(update, weight, rng)
-        return _write_body(self.params, self.encrypt(plaintexts, rng))
+        """Encode then encrypt one weighted update (all checks happen before encryption).
+
+        Streamed (issue #13): each thread packs a block of plaintexts, encrypts them
+        and writes each ciphertext straight into the preallocated body; no list of
+        plaintexts or ciphertexts for the whole vector exists. The same ciphertexts as
+        ``encrypt(encode(...))`` with the same ``rng``.
+        """
+        ints = self.quantise(update, weight, rng)
+        buf, room = _body_buffer(self.params)
+        self._encrypt_into(ints, rng, room)
+        del ints  # not needed while the body is copied out
+        room.release()
+        return bytes(buf)
 
     def __repr__(self) -> str:
         return f"<Paillier client codec {self.params.public!r}>"
@@ -197,7 +294,7 @@ class _CombineCodec:
 
     params: _Params
 
-    def combine(self, bodies: Sequence[bytes]) -> bytes:
+    def combine(self, bodies: Sequence[bytes | memoryview]) -> bytes:
         """Product of the contributions, position by position.
 
         Raises:
@@ -213,15 +310,28 @@ class _CombineCodec:
             )
         if not bodies:
             raise DeserializationError()
-        acc = _read_body(p, bodies[0])
-        nn = gmpy2.mpz(p.public.n) ** 2
-        for b in bodies[1:]:
-            cts = _read_body(p, b)
-            acc = [x * y % nn for x, y in zip(acc, cts, strict=True)]
+        blobs = [_read_body(p, b) for b in bodies]  # every header before any work
         n = gmpy2.mpz(p.public.n)
-        if any(gmpy2.gcd(c, n) != 1 for c in acc):
-            raise DeserializationError()
-        return _write_body(p, acc)
+        nn = n * n
+        width = p.public.ciphertext_bytes
+        buf, room = _body_buffer(p)
+
+        def run(a: int, b: int) -> None:
+            # block by block, from views of the received bytes, into the output body
+            with _gil_free():
+                for i in range(a, b):
+                    acc = _ciphertext(blobs[0], i, width, nn)
+                    for blob in blobs[1:]:
+                        acc = acc * _ciphertext(blob, i, width, nn) % nn
+                    if gmpy2.gcd(acc, n) != 1:
+                        raise DeserializationError()
+                    room[i * width : (i + 1) * width] = int(acc).to_bytes(width, "big")
+
+        _parallel_blocks(
+            run, p.n_ciphertexts, _BLOCK_VALUES // p.slots.slots, p.workers
+        )
+        room.release()
+        return bytes(buf)
 
     def __repr__(self) -> str:
         return f"<Paillier combine codec {self.params.public!r}>"
@@ -234,7 +344,7 @@ class _RecoverCodec:
     params: _Params
     secret_key: SecretKey[Any]
 
-    def recover(self, body: bytes, n_contributions: int) -> FloatVector:
+    def recover(self, body: bytes | memoryview, n_contributions: int) -> FloatVector:
         """Decrypt the aggregate and return the float sum.
 
         Raises:
@@ -247,18 +357,50 @@ class _RecoverCodec:
             raise EncodingOverflowError(
                 f"{n_contributions} contributions; the slot headroom allows 1..{p.max_clients}"
             )
-        cts = _read_body(p, body)
-        n_mpz = gmpy2.mpz(p.public.n)
-        if any(gmpy2.gcd(c, n_mpz) != 1 for c in cts):
-            raise DeserializationError()
+        blob = _read_body(p, body)
+        n = gmpy2.mpz(p.public.n)
+        nn = n * n
+        width, m, k = p.public.ciphertext_bytes, p.n_ciphertexts, p.slots.slots
+        block = _BLOCK_VALUES // k
+
+        def check(a: int, b: int) -> None:
+            with _gil_free():
+                for i in range(a, b):
+                    if gmpy2.gcd(_ciphertext(blob, i, width, nn), n) != 1:
+                        raise DeserializationError()
+
+        # every ciphertext is range-checked and a unit mod n before any is decrypted
+        _parallel_blocks(check, m, 16 * block, p.workers)
         material: _PrivateMaterial = self.secret_key.unsafe_material()
-        plain = _parallel_map(material.decrypt_many, cts, p.workers)
-        n, c = p.public.n, p.slots.offset_pattern
-        try:
-            sums = p.slots.unpack([(int(t) + c) % n for t in plain])
-        except ValueError:
-            raise DeserializationError() from None
-        return p.encoder.decode_sum(sums, n_contributions)  # refuses a wrapped slot
+        c = p.slots.offset_pattern
+        if p.slots.slot_bits > _NUMPY_MAX_SLOT_BITS:
+            # wide slots (> 62 bits): Python-int sums, the whole vector at once
+            cts = [_ciphertext(blob, i, width, nn) for i in range(m)]
+            plain = _parallel_map(material.decrypt_many, cts, p.workers)
+            try:
+                wide = p.slots.unpack([(int(t) + c) % p.public.n for t in plain])
+            except ValueError:
+                raise DeserializationError() from None
+            return p.encoder.decode_sum(wide, n_contributions)
+        sums = np.empty(p.slots.n_values, dtype=np.int64)
+
+        def decrypt(a: int, b: int) -> None:
+            cts = [_ciphertext(blob, i, width, nn) for i in range(a, b)]
+            plain = material.decrypt_many(cts)
+            try:
+                p.slots.unpack_into([int((t + c) % n) for t in plain], a, sums)
+            except ValueError:
+                raise DeserializationError() from None
+
+        # block by block into the preallocated sums: every range check first ...
+        _parallel_blocks(decrypt, m, block, p.workers)
+        out = np.empty(p.slots.n_values, dtype=np.float64)
+        # ... then the overflow check and decoding (refuses a wrapped slot)
+        for a in range(0, out.size, _CHECK_VALUES):
+            out[a : a + _CHECK_VALUES] = p.encoder.decode_sum(
+                sums[a : a + _CHECK_VALUES], n_contributions
+            )
+        return out
 
     def __repr__(self) -> str:
         return f"<Paillier recover codec {self.params.public!r}>"
@@ -587,13 +729,21 @@ class PaillierBackend:
             raise ConfigurationError(
                 f"role must be aggregator, client or holder, got {role!r}"
             )
-        return self.session(
+        session = self.session(
             layout,
             self.load_public_key(material),
             secret,
             max_clients=max_clients,
             max_weight=max_weight,
         )
+        if role == "client":
+            # the per-key fixed-base table (about 38 MB at 3072 bits, 17 MB at 2048,
+            # whatever the vector size) is built once here, with the key, not inside
+            # the first round: every round of this process reuses it
+            codec = session.client_codec
+            if isinstance(codec, _ClientCodec):
+                codec.prepare()
+        return session
 
     def session_check(
         self,
