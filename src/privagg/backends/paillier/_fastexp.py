@@ -25,13 +25,13 @@ def _parallel_map(
     """``fn`` over chunks of ``items`` in ``workers`` threads (gmpy2 releases the GIL)."""
     if workers <= 1 or len(items) < 2 * workers:
         return fn(items)
-    n_chunks = min(len(items), 4 * workers)
-    size = -(-len(items) // n_chunks)
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="privagg-paillier"
-    ) as ex:
-        parts = list(ex.map(fn, chunks))
+    size = -(-len(items) // min(len(items), 4 * workers))
+    parts: list[list[_R]] = [[] for _ in range(0, len(items), size)]
+
+    def run(a: int, b: int) -> None:
+        parts[a // size] = fn(items[a:b])
+
+    _parallel_blocks(run, len(items), size, workers)
     return [x for part in parts for x in part]
 
 
