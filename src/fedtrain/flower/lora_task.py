@@ -135,6 +135,26 @@ class ServerLoraTask:
         self.handle.set(self.global_state)
         return {"mean_delta_norm": math.sqrt(sq), "n_params": self._layout.size}
 
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        """The global adapter state (what a ServerApp checkpoint keeps)."""
+        return {k: np.asarray(v) for k, v in self.global_state.items()}
+
+    def load_state(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Restore the global adapter from a checkpoint.
+
+        Raises:
+            FlowerConfigError: the arrays are not this task's adapter.
+        """
+        if set(arrays) != set(self.global_state) or any(
+            np.shape(arrays[k]) != np.shape(v) for k, v in self.global_state.items()
+        ):
+            raise FlowerConfigError("the checkpoint's adapter is not this task's")
+        self.global_state = {
+            k: np.asarray(arrays[k], dtype=v.dtype).copy()
+            for k, v in self.global_state.items()
+        }
+        self.handle.set(self.global_state)
+
     def summary(self) -> dict[str, Any]:
         """How far the global adapter moved during the run."""
         sq = sum(

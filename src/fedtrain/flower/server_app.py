@@ -25,6 +25,11 @@ public-key directory file), ``directory-fingerprint`` (its pinned fingerprint, o
 for active SecAgg+; required for additive, whose directory is ``aggregator-material``;
 ``identity-directory-fingerprint`` is the older name, still read), ``first-round-id`` (default -1: a random 62-bit base,
 so that runs never reuse round ids; see :meth:`RunSettings.round_ids`).
+
+``checkpoint-dir`` (optional): a folder where the ServerApp checkpoints the run after
+every round and before every round's first request; a ServerApp restarted with the same
+run config resumes from it, with its release ledger, never re-running a round id
+(:mod:`fedtrain.flower.resume`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,7 @@ from fedtrain.flower.material import (
     needs_identity_directory,
     needs_setup_seed,
 )
+from fedtrain.flower.resume import RunCheckpoint
 from fedtrain.flower.settings import settings_from_config
 from fedtrain.flower.tasks import DEFAULT_SHAPES, SyntheticServerTask, get_server_task
 from fedtrain.flower.transport import (
@@ -71,6 +77,7 @@ from fedtrain.flower.transport import (
     unpack,
 )
 from privagg import (
+    Layout,
     SystemRng,
 )
 
@@ -104,6 +111,7 @@ class RunSettings:
     max_weight: float = 1.0
     result_path: str = ""
     first_round_id: int = -1
+    checkpoint_dir: str = ""
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -237,7 +245,13 @@ def _recover_remote(
     result: bytes,
     meta: Mapping[str, str],
     timeout: float,
+    *,
+    size: int,
+    clients: Sequence[str],
 ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
+    """Ask the holder node to recover ``result``; check its reply's form (a reply of
+    another operation or round, a vector of the wrong size or not finite, contributors
+    that are not distinct clients of the round: :class:`FlowerProtocolError`)."""
     msg = Message(
         pack(Envelope(Op.RECOVER, round_id, "holder", result, meta)),
         dst_node_id=node,
@@ -251,8 +265,33 @@ def _recover_remote(
             f"the result holder failed: {replies[0].error.reason}"
         )
     env = unpack(replies[0].content)
+    if env.op != Op.RECOVER or env.round_id != round_id:
+        raise FlowerProtocolError(
+            f"the result holder answered {env.op!r} for round {env.round_id}, "
+            f"not the recovery of round {round_id}"
+        )
+    if len(env.payload) != 8 * size:
+        raise FlowerProtocolError(
+            f"the result holder's vector has {len(env.payload)} bytes, "
+            f"{8 * size} expected"
+        )
+    try:
+        contributors = json.loads(env.meta["contributors"])
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise FlowerProtocolError("the result holder sent no contributor list") from exc
+    if (
+        not isinstance(contributors, list)
+        or not all(isinstance(c, str) for c in contributors)
+        or len(set(contributors)) != len(contributors)
+        or not set(contributors) <= set(clients)
+    ):
+        raise FlowerProtocolError(
+            "the result holder's contributors are not distinct clients of the round"
+        )
     vector = np.frombuffer(env.payload, dtype="<f8").astype(np.float64)
-    return vector, tuple(json.loads(env.meta["contributors"]))
+    if not np.all(np.isfinite(vector)):
+        raise FlowerProtocolError("the result holder's vector is not finite")
+    return vector, tuple(contributors)
 
 
 def _known_parties(parties: Mapping[str, int], settings: RunSettings) -> dict[str, int]:
@@ -274,6 +313,30 @@ def _known_parties(parties: Mapping[str, int], settings: RunSettings) -> dict[st
     if not known:
         raise NotEnoughNodesError("no node's party id is in the identity directory")
     return known
+
+
+def _open_checkpoint(
+    settings: RunSettings, spec: SessionSpec, layout: Layout, task: ServerTask
+) -> RunCheckpoint | None:
+    """The run's checkpoint (run config ``checkpoint-dir``), loaded or new; None if
+    the run keeps none."""
+    if not settings.checkpoint_dir:
+        return None
+    identity = {
+        "backend": spec.backend,
+        "options": json.loads(json.dumps(dict(spec.options))),
+        "task": settings.task,
+        "layout": layout.fingerprint.hex(),
+        "holder": settings.holder,
+        "rounds": settings.rounds,
+    }
+    return RunCheckpoint.open(
+        settings.checkpoint_dir,
+        identity,
+        spec=spec.to_json(),
+        first_round_id=settings.round_ids().start,
+        task=task,
+    )
 
 
 def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
@@ -318,6 +381,9 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         )
     if settings.holder == "node" and holder_node is None:
         raise FlowerConfigError("holder = 'node' but no node has privagg-holder=true")
+    checkpoint = _open_checkpoint(settings, spec, layout, task)
+    if checkpoint is not None:
+        spec = SessionSpec.from_json(checkpoint.spec)  # the same setup seed
     session = load_session(
         spec,
         layout,
@@ -331,8 +397,12 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         "layout": layout.to_bytes().hex(),
         "task": settings.task,
     }
-    rounds: list[dict[str, Any]] = []
-    for round_id in settings.round_ids():
+    rounds: list[dict[str, Any]] = [] if checkpoint is None else list(checkpoint.rounds)
+    fresh_ids = iter(settings.round_ids())
+    while len(rounds) < settings.rounds:
+        round_id = next(fresh_ids) if checkpoint is None else checkpoint.next_round_id
+        if round_id >= _MAX_ROUND_ID:
+            raise FlowerConfigError("round ids exhausted")
         t_round = time.monotonic()
         client_ids = clients
         aggregator = session.aggregator(round_id, client_ids)
@@ -345,11 +415,20 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
             meta=meta,
             extra=dict.fromkeys(client_ids, extra) if extra is not None else None,
         )
+        if checkpoint is not None:
+            checkpoint.begin(round_id, task)  # before any request of the round
         driven = drive_aggregator(aggregator, exchange)
         t_recover = time.monotonic()
         if holder_node is not None and settings.holder == "node":
             vector, contributors = _recover_remote(
-                grid, holder_node, round_id, driven.result, meta, settings.stage_timeout
+                grid,
+                holder_node,
+                round_id,
+                driven.result,
+                meta,
+                settings.stage_timeout,
+                size=layout.size,
+                clients=client_ids,
             )
         else:
             recovered = session.holder().recover(driven.result)
@@ -368,6 +447,8 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
                 **facts,
             }
         )
+        if checkpoint is not None:
+            checkpoint.complete(rounds[-1], task)
         log.info(
             "round %d: %d contributors, dropped %s",
             round_id,
@@ -381,6 +462,11 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         "holder": settings.holder,
         "rounds": rounds,
         "seconds": time.monotonic() - t0,
+        **(
+            {}
+            if checkpoint is None
+            else {"resumed": checkpoint.resumed, "releases": checkpoint.releases}
+        ),
         **task.summary(),
     }
 
