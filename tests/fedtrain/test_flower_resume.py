@@ -52,7 +52,7 @@ CKKS = "ckks" in privagg.available_backends()
 FIRST = 1000
 
 
-class _Crash(Exception):
+class _CrashError(Exception):
     """The ServerApp process dies here (not a privagg error: nothing handles it)."""
 
 
@@ -73,7 +73,7 @@ class _Task(server_app._SyntheticTask):
 
     def broadcast(self, round_id: int) -> RecordDict | None:
         if self.crash == ("broadcast", round_id):
-            raise _Crash
+            raise _CrashError
         return super().broadcast(round_id)
 
     def apply(
@@ -83,7 +83,7 @@ class _Task(server_app._SyntheticTask):
         contributors: tuple[str, ...],
     ) -> dict[str, Any]:
         if self.crash == ("apply", round_id):
-            raise _Crash
+            raise _CrashError
         return super().apply(round_id, aggregate, contributors)
 
 
@@ -98,7 +98,7 @@ class _CrashingGrid(FakeGrid):
             env = unpack(msg.content)
             if (env.round_id, int(env.meta.get("stage", "-1"))) == self.crash_at:
                 self.crash_at = None
-                raise _Crash
+                raise _CrashError
         return super().push_messages(messages)
 
 
@@ -193,7 +193,7 @@ def test_fault_serverapp_restarted_between_rounds_resumes(
     """The ServerApp dies after round 1 was checkpointed, before round 2's first
     request: the restarted one goes on at round 2, nothing abandoned."""
     grid, settings = _active_grid(identities, tmp_path)
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         _run(grid, settings, _Task(crash=("broadcast", FIRST + 1)))
     summary = _run(grid, settings, _Task())
     _check_resumed(summary, tmp_path, abandoned=[])
@@ -217,7 +217,7 @@ def test_fault_serverapp_restarted_mid_round_never_reruns_it(
         task.crash = ("apply", FIRST + 1)
     else:
         grid.crash_at = (FIRST + 1, int(where.removeprefix("stage-")))
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         _run(grid, settings, task)
     summary = _run(grid, settings, _Task())
     _check_resumed(summary, tmp_path, abandoned=[FIRST + 1])
@@ -240,7 +240,7 @@ def test_fault_rerunning_a_round_without_the_checkpoint_is_refused_by_the_nodes(
     the crash), the clients' round registers refuse the round: a typed abort, no
     second set of round keys and no second aggregate."""
     grid, settings = _active_grid(identities, tmp_path)
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         _run(grid, settings, _Task(crash=("apply", FIRST + 1)))
     forced = dataclasses.replace(
         settings, checkpoint_dir="", first_round_id=FIRST + 1, rounds=1
@@ -314,7 +314,11 @@ def test_checkpoint_keeps_the_task_state(tmp_path: Path) -> None:
             return super().apply(round_id, aggregate, contributors)
 
     nodes = {
-        100 + i: {"party-id": f"client-{i}", "privagg-weight": w, "privagg-backends": "plain"}
+        100 + i: {
+            "party-id": f"client-{i}",
+            "privagg-weight": w,
+            "privagg-backends": "plain",
+        }
         for i, w in enumerate([0.5, 1.0])
     }
     settings = server_app.RunSettings(
@@ -327,7 +331,7 @@ def test_checkpoint_keeps_the_task_state(tmp_path: Path) -> None:
     )
     first = _Stateful()
     first.crash = ("broadcast", 7)
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         _run(FakeGrid(nodes), settings, first)
     second = _Stateful()
     _run(FakeGrid(nodes), settings, second)
@@ -364,7 +368,10 @@ def test_fault_holder_restarted_keeps_its_release_register(tmp_path: Path) -> No
         }
         for i, (p, w) in enumerate(weights.items())
     }
-    nodes[200] = {"privagg-holder": True, "privagg-holder-material": str(paths["holder"])}
+    nodes[200] = {
+        "privagg-holder": True,
+        "privagg-holder-material": str(paths["holder"]),
+    }
     settings = server_app.RunSettings(
         backend="ckks",
         backend_options=dict(options),
@@ -377,7 +384,7 @@ def test_fault_holder_restarted_keeps_its_release_register(tmp_path: Path) -> No
         first_round_id=FIRST,
         checkpoint_dir=str(tmp_path / "ck"),
     )
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         _run(FakeGrid(nodes), settings, _Task(crash=("apply", FIRST + 1)))
     register = tmp_path / "keys" / "holder.key.released"
     assert _registered(register) == [FIRST, FIRST + 1]

@@ -133,7 +133,7 @@ from fedtrain.flower.material import (
 from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
 from fedtrain.flower.tasks import get_task
-from fedtrain.flower.transport import Envelope, Op, pack, unpack
+from fedtrain.flower.transport import Envelope, Op, pack, recovery_check, unpack
 from privagg import HolderRole, Layout, SystemRng
 from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
@@ -482,12 +482,17 @@ def _recover(env: Envelope, context: Context) -> Envelope:
             header.round_id,
             lambda: holder.recover(env.payload),
         )
+    vector = np.ascontiguousarray(rec.vector, dtype="<f8").tobytes()
+    contributors = json.dumps(list(rec.contributors))
     return Envelope(
         Op.RECOVER,
         env.round_id,
         env.party,
-        np.ascontiguousarray(rec.vector, dtype="<f8").tobytes(),
-        {"contributors": json.dumps(list(rec.contributors))},
+        vector,
+        {
+            "contributors": contributors,
+            "check": recovery_check(env.round_id, env.payload, vector, contributors),
+        },
     )
 
 

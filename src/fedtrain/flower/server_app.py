@@ -35,6 +35,7 @@ run config resumes from it, with its release ledger, never re-running a round id
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 import time
@@ -73,6 +74,7 @@ from fedtrain.flower.transport import (
     Op,
     drive_aggregator,
     pack,
+    recovery_check,
     send_and_receive,
     unpack,
 )
@@ -249,9 +251,11 @@ def _recover_remote(
     size: int,
     clients: Sequence[str],
 ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
-    """Ask the holder node to recover ``result``; check its reply's form (a reply of
-    another operation or round, a vector of the wrong size or not finite, contributors
-    that are not distinct clients of the round: :class:`FlowerProtocolError`)."""
+    """Ask the holder node to recover ``result``; check its reply (a reply of another
+    operation, round or party, one that fails its check value
+    (:func:`~fedtrain.flower.transport.recovery_check`), a vector of the wrong size or
+    not finite, contributors that are not distinct clients of the round:
+    :class:`FlowerProtocolError`)."""
     msg = Message(
         pack(Envelope(Op.RECOVER, round_id, "holder", result, meta)),
         dst_node_id=node,
@@ -265,19 +269,26 @@ def _recover_remote(
             f"the result holder failed: {replies[0].error.reason}"
         )
     env = unpack(replies[0].content)
-    if env.op != Op.RECOVER or env.round_id != round_id:
+    if env.op != Op.RECOVER or env.round_id != round_id or env.party != "holder":
         raise FlowerProtocolError(
-            f"the result holder answered {env.op!r} for round {env.round_id}, "
-            f"not the recovery of round {round_id}"
+            f"the result holder answered {str(env.op)!r} for round {env.round_id} "
+            f"as {env.party!r}, not the recovery of round {round_id} as 'holder'"
         )
     if len(env.payload) != 8 * size:
         raise FlowerProtocolError(
             f"the result holder's vector has {len(env.payload)} bytes, "
             f"{8 * size} expected"
         )
+    text = env.meta.get("contributors", "")
+    check = recovery_check(round_id, result, env.payload, text)
+    if not hmac.compare_digest(env.meta.get("check", ""), check):
+        raise FlowerProtocolError(
+            "the result holder's reply does not match its check value (damaged, or "
+            "the reply to another request)"
+        )
     try:
-        contributors = json.loads(env.meta["contributors"])
-    except (KeyError, ValueError, RecursionError) as exc:
+        contributors = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise FlowerProtocolError("the result holder sent no contributor list") from exc
     if (
         not isinstance(contributors, list)

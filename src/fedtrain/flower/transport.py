@@ -18,6 +18,7 @@ Nothing here knows a backend: the payload is whatever the role produced.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "Op",
     "drive_aggregator",
     "pack",
+    "recovery_check",
     "send_and_receive",
     "unpack",
 ]
@@ -138,6 +140,22 @@ def unpack(content: RecordDict) -> Envelope:
         k.removeprefix("meta."): str(v) for k, v in rec.items() if k.startswith("meta.")
     }
     return Envelope(op, round_id, party, payload, meta)
+
+
+def recovery_check(
+    round_id: int, aggregate: bytes, vector: bytes, contributors: str
+) -> str:
+    """The holder's check value over its recovery reply (hex SHA-256 of the round id,
+    the aggregate it was asked to recover, the recovered vector and the contributor
+    list). The ServerApp recomputes it: a reply damaged on the way, or one that
+    belongs to another request (an earlier round's, a stale one), is refused. Not an
+    authenticator: the holder is trusted with the sum; TLS protects the channel."""
+    h = hashlib.sha256(b"fedtrain-flower-recover-1\x00")
+    h.update(int(round_id).to_bytes(8, "big", signed=True))
+    for part in (aggregate, vector, contributors.encode("utf-8")):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
 
 
 def send_and_receive(
