@@ -55,7 +55,8 @@ HARDENING_TESTS := tests/privagg/test_fuzz_protocols.py tests/privagg/test_fuzz_
   tests/privagg/test_constant_time_audit.py tests/fedtrain/test_fuzz_config.py \
   tests/fedtrain/test_faults_storage.py tests/fedtrain/test_faults_resume.py \
   tests/privagg/test_fuzz_cli.py tests/fedtrain/test_fuzz_cli.py \
-  tests/privagg/test_identity_directory.py tests/fedtrain/test_flower_active_secagg.py
+  tests/privagg/test_identity_directory.py tests/fedtrain/test_flower_active_secagg.py \
+  tests/fedtrain/test_flower_faults.py
 HARDENING_OUT ?= runs/hardening
 
 hardening: setup
