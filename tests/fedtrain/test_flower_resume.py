@@ -32,6 +32,7 @@ from tests.fedtrain.test_flower_active_secagg import (
     make_identities,
     node_configs,
 )
+from tests.fedtrain.test_flower_faults import _dealt
 from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
     FakeGrid,
     _task_identity,
@@ -40,7 +41,6 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
 import privagg
 from fedtrain.flower import client_app, material, server_app
 from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
-from fedtrain.flower.material import SessionSpec
 from fedtrain.flower.resume import RunCheckpoint
 from fedtrain.flower.tasks import parse_shapes, synthetic_sum
 from fedtrain.flower.transport import unpack
@@ -251,17 +251,20 @@ def test_fault_rerunning_a_round_without_the_checkpoint_is_refused_by_the_nodes(
     assert _registered(tmp_path / "holder.released").count(FIRST + 1) == 1
 
 
+_PLAIN_NODES: dict[int, dict[str, object]] = {
+    100 + i: {
+        "party-id": f"client-{i}",
+        "privagg-weight": w,
+        "privagg-backends": "plain",
+    }
+    for i, w in enumerate([0.5, 1.0])
+}
+
+
 def test_fault_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     """A checkpoint folder is bound to its run: another backend, options, layout,
     task or number of rounds is refused (typed), never mixed in."""
-    nodes = {
-        100 + i: {
-            "party-id": f"client-{i}",
-            "privagg-weight": w,
-            "privagg-backends": "plain",
-        }
-        for i, w in enumerate([0.5, 1.0])
-    }
+    nodes = _PLAIN_NODES
     settings = server_app.RunSettings(
         shapes=SHAPES,
         rounds=2,
@@ -313,14 +316,7 @@ def test_checkpoint_keeps_the_task_state(tmp_path: Path) -> None:
             self.total = self.total + np.asarray(aggregate["bias"], dtype=np.float64)
             return super().apply(round_id, aggregate, contributors)
 
-    nodes = {
-        100 + i: {
-            "party-id": f"client-{i}",
-            "privagg-weight": w,
-            "privagg-backends": "plain",
-        }
-        for i, w in enumerate([0.5, 1.0])
-    }
+    nodes = _PLAIN_NODES
     settings = server_app.RunSettings(
         shapes=SHAPES,
         rounds=3,
@@ -353,34 +349,11 @@ def test_fault_holder_restarted_keeps_its_release_register(tmp_path: Path) -> No
     the holder's register: a typed abort, no second aggregate of round 2. The resumed
     ServerApp goes on at round 3 and completes; its ledger charges round 2 once."""
     options: dict[str, material.OptionValue] = {"preset": "test-fast", "threads": 1}
-    spec = SessionSpec("ckks", options, max_clients=3)
-    layout = parse_shapes(SHAPES)
-    weights = {"client-0": 0.5, "client-1": 1.0, "client-2": 0.25}
-    paths = material.deal(spec, layout, sorted(weights), tmp_path / "keys")
-    nodes: dict[int, dict[str, object]] = {
-        100 + i: {
-            "party-id": p,
-            "privagg-weight": w,
-            "privagg-backends": "ckks",
-            "privagg-material": str(paths[p]),
-            "privagg-ckks-presets": "test-fast",
-            "privagg-min-ckks-flood-bits": 0,
-        }
-        for i, (p, w) in enumerate(weights.items())
-    }
-    nodes[200] = {
-        "privagg-holder": True,
-        "privagg-holder-material": str(paths["holder"]),
-    }
-    settings = server_app.RunSettings(
-        backend="ckks",
-        backend_options=dict(options),
-        shapes=SHAPES,
+    setup = _dealt("ckks", options, tmp_path / "keys")
+    nodes, weights, layout = setup.nodes, setup.weights, parse_shapes(SHAPES)
+    settings = dataclasses.replace(
+        setup.settings,
         rounds=3,
-        min_nodes=4,
-        stage_timeout=5.0,
-        holder="node",
-        aggregator_material=str(paths["aggregator"]),
         first_round_id=FIRST,
         checkpoint_dir=str(tmp_path / "ck"),
     )
@@ -404,7 +377,7 @@ def test_fault_holder_restarted_keeps_its_release_register(tmp_path: Path) -> No
         (FIRST + 3, "applied"),
     ]
     assert _registered(register) == [FIRST, FIRST + 1, FIRST + 2, FIRST + 3]
-    tol = spec.backend_object().tolerance(n_clients=3, max_abs=1.0)
+    tol = setup.tolerance
     for rec in summary["rounds"]:
         want = layout.unflatten(synthetic_sum(layout, weights, rec["round"]))
         for name, w in want.items():
