@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedtrain.config import LoraMode, RunConfig
+from fedtrain.config import LoraMode, LoraSettings, RunConfig
 from fedtrain.lora import LoraHandle, client_message
 from fedtrain.models import Encoded
 from fedtrain.train import DPSGD, LocalResult, make_dp_module, train_local
@@ -39,8 +39,11 @@ from privagg.dp import clip_l2
 __all__ = [
     "ClientUpdate",
     "LocalTraining",
+    "apply_global",
+    "batch_rng",
     "clip_update",
     "dp_module_for",
+    "load_client_start",
     "local_update",
 ]
 
@@ -132,6 +135,60 @@ def clip_update(
         out[k] = clipped[pos : pos + v.size].reshape(v.shape).astype(np.float32)
         pos += v.size
     return out, scale
+
+
+def batch_rng(seed: int, round_: int, slot: int) -> np.random.Generator:
+    """The (non-secret) batch-order generator of client ``slot`` in round ``round_``.
+
+    Derived from the run's public ``seed``, the round and the client's slot only, so a
+    client's batch order does not depend on which other clients trained before it:
+    both runtimes (in-process and Flower, where clients run apart) draw the same order.
+    """
+    return np.random.default_rng([seed, 1, round_, slot])
+
+
+def apply_global(
+    handle: LoraHandle,
+    settings: LoraSettings,
+    state: Mapping[str, npt.NDArray[np.floating]],
+) -> None:
+    """Put the global adapter ``state`` into the handle's model.
+
+    ``flora``: the state holds the merged delta; it is merged into the base weights,
+    A is re-drawn from the shared ``a_seed`` with B = 0 (the adapter adds nothing) and
+    the head is set. Other modes: the adapter and head values are set.
+    """
+    if settings.mode == LoraMode.FLORA:
+        handle.set_merged_delta(dict(state))
+        handle.init_a(settings.a_seed)
+        handle.set({n: state[n] for n in handle.head_names})
+    else:
+        handle.set(dict(state))
+
+
+def load_client_start(
+    handle: LoraHandle,
+    settings: LoraSettings,
+    state: Mapping[str, npt.NDArray[np.floating]],
+    *,
+    round_: int,
+    slot: int,
+    client_id: str,
+) -> None:
+    """Set the handle to a client's start point for round ``round_``.
+
+    ``flora``: on top of the global model (:func:`apply_global`), the client's A is
+    drawn from ``a_seed + 7919 round + 104729 slot`` at its own rank, B = 0, and the
+    head is set. Other modes: the global adapter values.
+    """
+    if settings.mode == LoraMode.FLORA:
+        handle.init_a(
+            settings.a_seed + 7919 * round_ + 104729 * slot,
+            rank=settings.rank_of(client_id),
+        )
+        handle.set({n: state[n] for n in handle.head_names})
+    else:
+        handle.set(dict(state))
 
 
 def _phase_prefix(handle: LoraHandle) -> str:

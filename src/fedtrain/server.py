@@ -38,7 +38,14 @@ from fedtrain.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fedtrain.client import LocalTraining, dp_module_for, local_update
+from fedtrain.client import (
+    LocalTraining,
+    apply_global,
+    batch_rng,
+    dp_module_for,
+    load_client_start,
+    local_update,
+)
 from fedtrain.config import RunConfig
 from fedtrain.data import RawDataset
 from fedtrain.errors import (
@@ -287,7 +294,6 @@ class Federation:
         self.run_id = secrets.token_hex(8)
         self._setup_backend()
         self.ledger = self._new_book()
-        self._data_rng = np.random.default_rng([c.seed, 1])
 
     # ------------------------------------------------------------------ setup
 
@@ -511,25 +517,17 @@ class Federation:
     # ------------------------------------------------------------------ helpers
 
     def _load_client_start(self, cid: str, round_: int) -> None:
-        h, mode = self.handle, self.config.lora.mode
-        if mode == "flora":
-            slot = self.client_ids.index(cid)
-            h.init_a(
-                self.config.lora.a_seed + 7919 * round_ + 104729 * slot,
-                rank=self.config.lora.rank_of(cid),
-            )
-            h.set({n: self.global_state[n] for n in h.head_names})
-        else:
-            h.set(self.global_state)
+        load_client_start(
+            self.handle,
+            self.config.lora,
+            self.global_state,
+            round_=round_,
+            slot=self.client_ids.index(cid),
+            client_id=cid,
+        )
 
     def _apply_global(self) -> None:
-        h = self.handle
-        if self.config.lora.mode == "flora":
-            h.set_merged_delta(self.global_state)
-            h.init_a(self.config.lora.a_seed)  # B = 0: the adapter adds nothing
-            h.set({n: self.global_state[n] for n in h.head_names})
-        else:
-            h.set(self.global_state)
+        apply_global(self.handle, self.config.lora, self.global_state)
 
     def _local_steps(self, cid: str) -> int:
         ro = self.config.rounds
@@ -621,7 +619,7 @@ class Federation:
                     round_=round_,
                     steps=self._local_steps(cid),
                     training=self.training,
-                    rng=self._data_rng,
+                    rng=batch_rng(c.seed, round_, self.client_ids.index(cid)),
                     dp=DPSGD(self.noise_multiplier, p.clip, p.head_clip)
                     if p.level == "record"
                     else None,

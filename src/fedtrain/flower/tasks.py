@@ -14,6 +14,9 @@ flattened vector in its node-local state for later stages) and a server side (a
   :func:`synthetic_update`.
 * ``"lora"``: local LoRA training with fedtrain (:mod:`fedtrain.flower.lora_task`),
   imported only when asked for (it needs torch).
+* ``"fedtrain"``: a whole :class:`fedtrain.config.RunConfig` run (every task, LoRA mode,
+  server optimizer and weighting, evaluation and export;
+  :mod:`fedtrain.flower.run_task`), imported only when asked for.
 """
 
 from __future__ import annotations
@@ -191,6 +194,20 @@ def _lora_server(run_config: Mapping[str, Any]) -> ServerTask:
     return lora_task.ServerLoraTask(run_config)
 
 
+def _run(
+    party_id: str, round_id: int, layout: Layout, content: RecordDict, context: Context
+) -> LocalUpdate:
+    from fedtrain.flower import run_task
+
+    return run_task.client_update(party_id, round_id, layout, content, context)
+
+
+def _run_server(run_config: Mapping[str, Any]) -> ServerTask:
+    from fedtrain.flower import run_task
+
+    return run_task.ServerRunTask(run_config)
+
+
 @dataclass(frozen=True)
 class Task:
     """One row of the task table.
@@ -207,6 +224,7 @@ class Task:
 _TASKS: dict[str, Task] = {
     "synthetic": Task(_synthetic, _synthetic_server),
     "lora": Task(_lora, _lora_server),
+    "fedtrain": Task(_run, _run_server),
 }
 
 

@@ -1,0 +1,473 @@
+"""The ``fedtrain`` task: a whole :class:`~fedtrain.config.RunConfig` run over Flower.
+
+The run config key ``fedtrain-run`` holds the run, as JSON, with the keys of a
+``fedtrain run`` TOML file (:func:`fedtrain.runfile.parse_run_dict` checks them: an
+unknown key, a wrong type or a bad value is a :class:`~fedtrain.errors.ConfigError`
+naming the key): the ``RunConfig`` (task ``seq_cls`` or ``token_cls``, model, every
+LoRA mode, rounds, server optimizer, weighting, device, seeds), ``[data]`` and
+``[federation]`` (how the training data is split into clients) and ``out`` (where the
+ServerApp exports the final adapter). Both sides build everything from it with the
+in-process runtime's own pieces:
+
+* ClientApp (:func:`client_update`): the node's ``partition-id`` (node config) picks its
+  part of the training data, partitioned exactly as ``fedtrain run`` does
+  (:func:`fedtrain.experiment.load_task_data`, :func:`fedtrain.data.partition`); its
+  party id must be ``client-<partition-id>``. It sets the broadcast global state
+  (:func:`fedtrain.client.apply_global`, :func:`fedtrain.client.load_client_start`) and
+  runs the in-process client step :func:`fedtrain.client.local_update` with the same
+  arguments as :class:`fedtrain.server.Federation` (batch order from
+  :func:`fedtrain.client.batch_rng`, optional ``update_clip``); its local optimizer
+  state is kept in the node's Flower state across rounds (as in-process).
+* ServerApp (:class:`ServerRunTask`): the global state, the layout of the mode's
+  message, the server step :func:`fedtrain.strategy.server_step` with the configured
+  FedAvg/FedAdam/FedYogi (:func:`fedtrain.strategy.make_strategy`), evaluation after
+  each round with :func:`fedtrain.evaluate.evaluate` on the held-out data, and at the
+  end the peft export (:func:`fedtrain.checkpoint.export_adapter` and the model
+  sidecar) to ``out/adapter``.
+
+Weights: ``uniform`` (``1 / clients``) or ``examples`` (``n_k / sum n``), as in-process.
+They are public: every party computes every client's example count from the public
+partition, and the ServerApp divides the recovered sum by the contributors' total.
+
+The model, tokenizer and data are loaded once per process and cached (one entry per
+side and run), not once per round. Each round's broadcast carries the training round
+(1-based, as in-process; ``alternating`` and ``flora`` depend on it) beside the global
+state.
+
+Not supported here (a :class:`~fedtrain.flower.errors.FlowerConfigError`): privacy
+levels other than ``none``, client sampling (``sample_rate`` must be 1), the
+``causal_lm`` task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+from fedtrain.client import (
+    LocalTraining,
+    apply_global,
+    batch_rng,
+    load_client_start,
+    local_update,
+)
+from fedtrain.config import RunConfig
+from fedtrain.data import RawDataset, partition
+from fedtrain.errors import ConfigError
+from fedtrain.evaluate import MAIN_METRIC, evaluate
+from fedtrain.experiment import load_task_data
+from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.flower.interfaces import LocalUpdate
+from fedtrain.lora import LoraHandle, build_lora, client_message
+from fedtrain.models import (
+    Encoded,
+    encode,
+    load_model,
+    load_tokenizer,
+    model_pooling,
+    pick_device,
+    write_model_sidecar,
+)
+from fedtrain.runfile import RunFile, parse_run_dict
+from fedtrain.strategy import Strategy, make_strategy, server_step
+from privagg import Layout
+
+__all__ = [
+    "GLOBAL_RECORD",
+    "ROUND_RECORD",
+    "RUN_KEY",
+    "FlowerRun",
+    "ServerRunTask",
+    "client_update",
+    "run_config_entry",
+]
+
+RUN_KEY = "fedtrain-run"
+"""The run config key holding the run (JSON, the keys of a ``fedtrain run`` file)."""
+
+GLOBAL_RECORD = "fedtrain.run.global"
+"""Key of the ArrayRecord carrying the global state in a round's first request."""
+
+ROUND_RECORD = "fedtrain.run.round"
+"""Key of the ConfigRecord carrying the 1-based training round."""
+
+_OPT_STATE = "fedtrain.run.opt"
+_TASKS = ("seq_cls", "token_cls")
+
+
+def run_config_entry(run: Mapping[str, Any]) -> dict[str, str]:
+    """The Flower run config entry for a run given as a run-file dict.
+
+    Args:
+        run: the run, with the keys of a ``fedtrain run`` TOML file.
+
+    Returns:
+        ``{"fedtrain-run": canonical JSON}``.
+    """
+    return {RUN_KEY: json.dumps(run, sort_keys=True)}
+
+
+@dataclass(frozen=True)
+class FlowerRun:
+    """The run a Flower run config describes (checked).
+
+    Attributes:
+        run: the parsed run file.
+        key: a digest of the canonical JSON (names the per-process cache entries).
+    """
+
+    run: RunFile
+    key: str
+
+    @property
+    def config(self) -> RunConfig:
+        """The run configuration."""
+        return self.run.config
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> FlowerRun:
+        """Read and check ``fedtrain-run`` (and its agreement with ``backend`` and
+        ``rounds`` when the run config sets them).
+
+        Raises:
+            FlowerConfigError: missing, not JSON, or a setting Flower cannot run.
+            ConfigError: an invalid run (the message names the key).
+        """
+        text = cfg.get(RUN_KEY)
+        if not isinstance(text, str) or not text:
+            raise FlowerConfigError(
+                f"run config {RUN_KEY!r} must hold the run as a JSON object"
+            )
+        if len(text) > 1 << 20:
+            raise FlowerConfigError(f"run config {RUN_KEY!r} is longer than 1 MiB")
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise FlowerConfigError(f"run config {RUN_KEY!r} is not JSON") from exc
+        run = parse_run_dict(d)
+        c = run.config
+        if c.task not in _TASKS:
+            raise FlowerConfigError(
+                f"task {c.task!r} is not supported over Flower (supported: {_TASKS})"
+            )
+        if c.privacy.level != "none":
+            raise FlowerConfigError(
+                f"privacy level {c.privacy.level!r} is not supported over Flower yet"
+            )
+        if c.rounds.sample_rate != 1.0:
+            raise FlowerConfigError(
+                "client sampling is not supported over Flower: rounds.sample_rate "
+                f"must be 1, got {c.rounds.sample_rate}"
+            )
+        backend = cfg.get("backend")
+        if backend is not None and backend != c.backend:
+            raise FlowerConfigError(
+                f"run config backend {backend!r} differs from the run's {c.backend!r}"
+            )
+        rounds = cfg.get("rounds")
+        if rounds is not None and int(rounds) != c.rounds.rounds:
+            raise FlowerConfigError(
+                f"run config rounds={rounds} differs from the run's "
+                f"rounds.rounds={c.rounds.rounds}"
+            )
+        canonical = json.dumps(d, sort_keys=True)
+        return cls(run, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+class _Shared:
+    """What one process loads once per run: data, tokenizer, model, LoRA handle."""
+
+    def __init__(self, fr: FlowerRun) -> None:
+        c, run = fr.config, fr.run
+        train, ev = load_task_data(
+            c.task,
+            run.data.train,
+            eval_data=run.data.eval,
+            max_train=run.data.max_train,
+            max_eval=run.data.max_eval,
+            seed=run.federation.seed,
+        )
+        fed = run.federation
+        parts = partition(
+            train, fed.num_clients, fed.partition, fed.seed, alpha=fed.alpha
+        )
+        self.parts: list[RawDataset] = list(parts)
+        self.eval_data = ev
+        self.label_names = list(ev.label_names)
+        self.n_examples = [len(p) for p in self.parts]
+        self.device = pick_device(c.device)
+        self.tokenizer = load_tokenizer(c.model)
+        torch.manual_seed(c.seed)  # non-secret: head init, as in-process
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            base = load_model(
+                c.model, c.task, label_names=self.label_names, device=self.device
+            )
+            self.handle: LoraHandle = build_lora(base, c.task, c.lora, seed=c.seed)
+        self.handle.model.to(self.device)
+        rate = c.model_dropout
+        if rate is not None:
+            for name, mod in self.handle.model.named_modules():
+                if isinstance(mod, torch.nn.Dropout) and "lora_dropout" not in name:
+                    mod.p = rate
+        self.r_max = self.handle.modules[0].a.shape[0]
+        self._encoded: dict[int, Encoded] = {}
+        self._eval_enc: Encoded | None = None
+
+    def client_ids(self) -> list[str]:
+        """The in-process runtime's client ids (``client<i>``)."""
+        return [f"client{i}" for i in range(len(self.parts))]
+
+    def encoded(self, part: int, max_len: int) -> Encoded:
+        if part not in self._encoded:
+            self._encoded[part] = encode(self.parts[part], self.tokenizer, max_len)
+        return self._encoded[part]
+
+    def eval_encoded(self, max_len: int) -> Encoded:
+        if self._eval_enc is None:
+            self._eval_enc = encode(self.eval_data, self.tokenizer, max_len)
+        return self._eval_enc
+
+
+_CACHE: dict[tuple[str, str], _Shared] = {}
+
+
+def _shared(fr: FlowerRun, side: str) -> _Shared:
+    """The process's cached model and data for ``fr`` (one entry per side)."""
+    key = (fr.key, side)
+    if key not in _CACHE:
+        if len(_CACHE) >= 4:  # a long-lived process serving many runs
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _Shared(fr)
+    return _CACHE[key]
+
+
+def _initial_state(h: LoraHandle, mode: str) -> dict[str, np.ndarray]:
+    if mode == "ffa":
+        return h.get(sorted(h.b_names + h.head_names))
+    if mode in ("fedit", "alternating"):
+        return h.get(sorted(h.a_names + h.b_names + h.head_names))
+    return h.get(h.head_names)
+
+
+def _weight(fr: FlowerRun, sh: _Shared, part: int) -> float:
+    """Client ``part``'s public weight, as in-process without failures."""
+    if fr.config.rounds.weighting == "uniform":
+        return 1.0 / len(sh.parts)
+    return sh.n_examples[part] / sum(sh.n_examples)
+
+
+def _local_steps(c: RunConfig, n: int) -> int:
+    ro = c.rounds
+    if ro.local_steps is not None:
+        return ro.local_steps
+    assert ro.local_epochs is not None
+    return max(1, math.ceil(ro.local_epochs * n / ro.batch_size))
+
+
+def _to_record(state: Mapping[str, npt.NDArray[Any]]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def _partition_of(party: str, n_parts: int) -> int:
+    prefix = "client-"
+    tail = party[len(prefix) :] if party.startswith(prefix) else ""
+    if not tail.isdigit() or not 0 <= int(tail) < n_parts:
+        raise FlowerConfigError(
+            f"party id {party[:80]!r} is not client-<i> with i in [0, {n_parts})"
+        )
+    return int(tail)
+
+
+class ServerRunTask:
+    """Server side of the ``fedtrain`` task (see the module docstring).
+
+    Args:
+        run_config: the Flower run config.
+    """
+
+    def __init__(self, run_config: Mapping[str, Any]) -> None:
+        self.run = FlowerRun.from_run_config(run_config)
+        c = self.run.config
+        self.shared = sh = _shared(self.run, "server")
+        self.mode = str(c.lora.mode)
+        self.global_state = _initial_state(sh.handle, self.mode)
+        apply_global(sh.handle, c.lora, self.global_state)
+        ro = c.rounds
+        self.opt: Strategy = make_strategy(
+            ro.server_opt, ro.server_lr, ro.server_betas, ro.server_tau
+        )
+        template = client_message(
+            self.mode,
+            sh.handle.get(),
+            self.global_state,
+            slot=0,
+            n_slots=len(sh.parts),
+            rank=1,
+            r_max=sh.r_max,
+        )
+        self._layout = Layout.from_arrays(template)
+        self.train_round = 0
+        self.initial_metrics = self.evaluate()
+        self.history: list[dict[str, Any]] = []
+        self.adapter_dir: Path | None = None
+
+    def layout(self) -> Layout:
+        """The layout of a client's message (the mode's)."""
+        return self._layout
+
+    def evaluate(self) -> dict[str, float]:
+        """The in-process evaluation of the current global model."""
+        c, sh = self.run.config, self.shared
+        return evaluate(
+            sh.handle.model,
+            sh.eval_encoded(c.max_len),
+            label_names=sh.label_names,
+            device=sh.device,
+            batch_size=c.eval_batch_size,
+            bf16=c.bf16,
+        )
+
+    def broadcast(self, round_id: int) -> RecordDict:
+        """The global state and the training round (1-based), public."""
+        self.train_round += 1
+        return RecordDict(
+            {
+                GLOBAL_RECORD: _to_record(self.global_state),
+                ROUND_RECORD: ConfigRecord({"round": self.train_round}),
+            }
+        )
+
+    def apply(
+        self,
+        round_id: int,
+        aggregate: Mapping[str, npt.NDArray[np.floating]],
+        contributors: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """The server step on the recovered weighted sum, then evaluation."""
+        c, sh = self.run.config, self.shared
+        n_parts = len(sh.parts)
+        slots = {p: _partition_of(p, n_parts) for p in contributors}
+        weights = {p: _weight(self.run, sh, s) for p, s in slots.items()}
+        if contributors:
+            sh.handle.begin_round(self.train_round)  # alternating: the round's factor
+            self.global_state = server_step(
+                self.opt,
+                self.global_state,
+                dict(aggregate),
+                sum(weights.values()),
+                mode=self.mode,
+                phase=sh.handle.phase if self.mode == "alternating" else None,
+                slot_weights={slots[p]: weights[p] for p in contributors},
+                r_max=sh.r_max,
+                scaling=c.lora.scaling,
+            )
+            apply_global(sh.handle, c.lora, self.global_state)
+        metrics = self.evaluate()
+        self.history.append({"round": self.train_round, "metrics": metrics})
+        return {"train_round": self.train_round, "metrics": metrics}
+
+    def summary(self) -> dict[str, Any]:
+        """Initial and final metrics; exports the adapter when the run names ``out``."""
+        c, sh = self.run.config, self.shared
+        out = self.run.run.out
+        if out:
+            self.adapter_dir = Path(out) / "adapter"
+            from fedtrain.checkpoint import export_adapter
+
+            export_adapter(
+                sh.handle, self.global_state, self.adapter_dir, mode=self.mode
+            )
+            pooling = (
+                model_pooling(sh.handle.model) if c.task == "seq_cls" else "native"
+            )
+            write_model_sidecar(
+                self.adapter_dir,
+                model=c.model,
+                task=c.task,
+                pooling=pooling,
+                label_names=sh.label_names,
+            )
+        final = self.history[-1]["metrics"] if self.history else self.initial_metrics
+        return {
+            "task": "fedtrain",
+            "main_metric": MAIN_METRIC[c.task],
+            "initial_metrics": self.initial_metrics,
+            "final_metrics": final,
+            "adapter_dir": None if self.adapter_dir is None else str(self.adapter_dir),
+        }
+
+
+def client_update(
+    party_id: str, round_id: int, layout: Layout, content: RecordDict, context: Context
+) -> LocalUpdate:
+    """Train locally from the broadcast global state with the in-process client step.
+
+    Raises:
+        FlowerConfigError: no global state or round in the request, or a node config
+            that does not name this client's partition.
+        ConfigError: an invalid run.
+    """
+    fr = FlowerRun.from_run_config(context.run_config)
+    c = fr.config
+    try:
+        record = content.array_records[GLOBAL_RECORD]
+        train_round = int(content.config_records[ROUND_RECORD]["round"])  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        raise FlowerConfigError(
+            "the round's first request carries no global state and round"
+        ) from None
+    sh = _shared(fr, "client")
+    n_parts = len(sh.parts)
+    try:
+        part = int(context.node_config["partition-id"])
+    except (KeyError, TypeError, ValueError):
+        raise FlowerConfigError("node config needs an integer partition-id") from None
+    if not 0 <= part < n_parts or party_id != f"client-{part}":
+        raise FlowerConfigError(
+            f"partition-id {part} with party id {party_id[:80]!r}: the party id must "
+            f"be client-<partition-id>, partition-id in [0, {n_parts})"
+        )
+    global_state = {k: arr.numpy() for k, arr in record.items()}
+    cid = sh.client_ids()[part]
+    apply_global(sh.handle, c.lora, global_state)
+    load_client_start(
+        sh.handle, c.lora, global_state, round_=train_round, slot=part, client_id=cid
+    )
+    opt_rec = context.state.array_records.get(_OPT_STATE)
+    keep = c.lora.mode != "flora"
+    opt_state = {k: a.numpy() for k, a in opt_rec.items()} if keep and opt_rec else None
+    enc = sh.encoded(part, c.max_len)
+    update = local_update(
+        sh.handle,
+        enc,
+        global_state,
+        mode=c.lora.mode,
+        round_=train_round,
+        steps=_local_steps(c, sh.n_examples[part]),
+        training=LocalTraining.from_config(c, sh.device),
+        rng=batch_rng(c.seed, train_round, part),
+        clip=c.privacy.update_clip,
+        opt_state=opt_state,
+        slot=part,
+        n_slots=n_parts,
+        rank=c.lora.rank_of(cid) if c.lora.mode == "flora" else None,
+        r_max=sh.r_max,
+    )
+    if keep:
+        context.state[_OPT_STATE] = _to_record(update.opt_state)
+    layout.check(update.message, who=f"client {party_id!r}")
+    if not all(np.all(np.isfinite(v)) for v in update.message.values()):
+        raise ConfigError(f"client {party_id!r}: the update contains NaN or Inf")
+    return LocalUpdate(update.message, _weight(fr, sh, part))

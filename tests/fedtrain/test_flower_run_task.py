@@ -1,0 +1,255 @@
+"""The ``fedtrain`` Flower task: a RunConfig run over Flower, compared with in-process.
+
+The Flower side runs the real ServerApp loop (:func:`fedtrain.flower.server_app.run`)
+and the real ClientApp handler (``privagg_query``) through the in-process fake Grid of
+``test_flower_transport`` (every message packed and unpacked as in a deployment, one
+Flower ``Context`` per node, node state kept across rounds), minus the processes. The
+in-process side is :class:`fedtrain.server.Federation` on the same data partition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+from test_flower_transport import FakeGrid
+
+import privagg
+from fedtrain.data import partition
+from fedtrain.errors import ConfigError
+from fedtrain.experiment import load_task_data
+from fedtrain.flower import run_task, server_app
+from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.runfile import parse_run_dict
+from fedtrain.server import Federation
+
+CLIENTS = 3
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _run(task: str, backend: str, **kw: Any) -> dict[str, Any]:
+    """A tiny run-file dict: MiniLM, 3 clients, 2 rounds, max_len 16."""
+    data = {"train": "rt", "max_train": 36, "max_eval": 24}
+    if task == "token_cls":
+        data = {"train": "conll", "max_train": 30, "max_eval": 16}
+    d: dict[str, Any] = {
+        "task": task,
+        "model": "minilm",
+        "max_len": 16,
+        "device": "cpu",
+        "bf16": False,
+        "seed": 3,
+        "model_dropout": 0.0,
+        "eval_batch_size": 32,
+        "backend": backend,
+        "data": data,
+        "federation": {"num_clients": CLIENTS, "partition": "iid", "seed": 5},
+        "lora": {"r": 2, "alpha": 4.0},
+        "rounds": {"rounds": 2, "local_steps": 2, "batch_size": 4, "lr": 1e-2},
+    }
+    for k, v in kw.items():
+        if isinstance(v, dict):
+            d[k] = {**d.get(k, {}), **v}
+        else:
+            d[k] = v
+    return d
+
+
+def _inprocess(
+    d: dict[str, Any],
+) -> tuple[Federation, dict[str, np.ndarray], Any]:
+    rf = parse_run_dict(d)
+    c = rf.config
+    train, ev = load_task_data(
+        c.task,
+        rf.data.train,
+        max_train=rf.data.max_train,
+        max_eval=rf.data.max_eval,
+        seed=rf.federation.seed,
+    )
+    fed_spec = rf.federation
+    parts = partition(
+        train,
+        fed_spec.num_clients,
+        fed_spec.partition,
+        fed_spec.seed,
+        alpha=fed_spec.alpha,
+    )
+    fed = Federation(c, {f"client{i}": p for i, p in enumerate(parts)}, ev)
+    initial = {k: v.copy() for k, v in fed.global_state.items()}
+    return fed, initial, fed.run(export=False)
+
+
+def _flower(
+    d: dict[str, Any], backend_options: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any, list[str]]:
+    """Run ``d`` over the fake Grid; also count the model loads (per process, once)."""
+    loads: list[str] = []
+    real = run_task.load_model
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        loads.append(str(args[0]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(run_task, "load_model", counting)
+    monkeypatch.setattr(run_task, "_CACHE", {})
+    run_config = {
+        **run_task.run_config_entry(d),
+        "task": "fedtrain",
+        "backend": d["backend"],
+        "rounds": 2,
+    }
+    grid = FakeGrid(
+        {
+            100 + i: {
+                "party-id": f"client-{i}",
+                "partition-id": i,
+                "privagg-backends": "plain,secagg",
+            }
+            for i in range(CLIENTS)
+        }
+    )
+    for ctx in grid.contexts.values():
+        ctx.run_config = dict(run_config)
+    settings = server_app.RunSettings.from_run_config(
+        {
+            **run_config,
+            "backend-options": backend_options,
+            "min-nodes": CLIENTS,
+            "stage-timeout": 5.0,
+        }
+    )
+    task = run_task.ServerRunTask(run_config)
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    return task, summary, loads
+
+
+def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert set(a) == set(b)
+    return max(
+        float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
+        for k in a
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "backend", "options", "extra", "tol"),
+    [
+        ("seq_cls", "plain", "{}", {}, 1e-6),
+        (
+            "seq_cls",
+            "secagg",
+            '{"active": false}',
+            {"rounds": {"server_opt": "fedadam", "server_lr": 0.01}},
+            1e-4,
+        ),
+        (
+            "token_cls",
+            "plain",
+            "{}",
+            {"lora": {"mode": "fedit"}, "rounds": {"weighting": "uniform"}},
+            1e-6,
+        ),
+    ],
+)
+def test_same_run_on_both_runtimes(
+    task: str,
+    backend: str,
+    options: str,
+    extra: dict[str, Any],
+    tol: float,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same config on Federation and over Flower: same adapter and metrics."""
+    if backend not in privagg.available_backends():
+        pytest.skip(f"{backend} not available")
+    d = _run(task, backend, **extra)
+    if options != "{}":
+        d["backend_options"] = json.loads(options)
+    fed, initial, res = _inprocess(d)
+    flower_task, summary, loads = _flower(
+        {**d, "out": str(tmp_path)}, options, monkeypatch
+    )
+    # one model per side in this process (server task, clients), not one per round
+    assert loads == ["minilm", "minilm"]
+    diff = _max_diff(fed.global_state, flower_task.global_state)
+    print(f"\n{task}/{backend}/{extra}: max |adapter diff| = {diff:.3e}")
+    assert diff <= tol
+    # the adapter moved: the comparison is not of two untouched initial states
+    assert _max_diff(fed.global_state, initial) > 100 * tol
+    assert [r["contributors"] for r in summary["rounds"]] == [
+        [f"client-{i}" for i in range(CLIENTS)]
+    ] * 2
+    got = summary["final_metrics"]
+    want = res.final_metrics
+    assert set(got) == set(want)
+    # the secure backends round to fixed point: metrics agree to their tolerance
+    mtol = 1e-6 if backend == "plain" else 1e-3
+    for k in want:
+        assert abs(got[k] - want[k]) <= mtol, (k, got[k], want[k])
+    assert summary["initial_metrics"] == pytest.approx(res.initial_metrics, abs=1e-9)
+    assert [r["metrics"] for r in summary["rounds"]] == [
+        pytest.approx(r.metrics, abs=mtol) for r in res.rounds
+    ]
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / "adapter_config.json").is_file()
+
+
+def _entry(d: Any) -> dict[str, Any]:
+    return {run_task.RUN_KEY: json.dumps(d)}
+
+
+def test_run_config_is_checked_strictly() -> None:
+    """Bad input is a typed error naming what is wrong; nothing is loaded first."""
+    good = _run("seq_cls", "plain")
+    fr = run_task.FlowerRun.from_run_config(run_task.run_config_entry(good))
+    assert fr.config.task == "seq_cls" and fr.config.rounds.rounds == 2
+    assert fr.run.federation.num_clients == CLIENTS
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({}, FlowerConfigError, "fedtrain-run"),
+        ({run_task.RUN_KEY: "{not json"}, FlowerConfigError, "not JSON"),
+        ({run_task.RUN_KEY: 7}, FlowerConfigError, "JSON object"),
+        (_entry([1, 2]), ConfigError, "table"),
+        (_entry({**good, "bogus": 1}), ConfigError, "bogus"),
+        (_entry({**good, "rounds": {"lr": "fast"}}), ConfigError, "rounds.lr"),
+        (
+            _entry({**good, "privacy": {"level": "record", "noise_multiplier": 1.0}}),
+            FlowerConfigError,
+            "privacy level",
+        ),
+        (
+            _entry({**good, "rounds": {**good["rounds"], "sample_rate": 0.5}}),
+            FlowerConfigError,
+            "sample_rate",
+        ),
+        (_entry({**good, "task": "causal_lm"}), FlowerConfigError, "causal_lm"),
+        ({**_entry(good), "backend": "ckks"}, FlowerConfigError, "backend"),
+        ({**_entry(good), "rounds": 5}, FlowerConfigError, "rounds"),
+    ]
+    for cfg, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            run_task.FlowerRun.from_run_config(cfg)
+    # both error types are privagg's configuration errors (one root)
+    assert issubclass(FlowerConfigError, privagg.ConfigurationError)
+
+
+def test_party_ids_map_to_partitions() -> None:
+    assert run_task._partition_of("client-2", 3) == 2
+    for bad in ("client-3", "client-x", "node-1", "client--1", "client-"):
+        with pytest.raises(FlowerConfigError, match="client-<i>"):
+            run_task._partition_of(bad, 3)
