@@ -244,6 +244,17 @@ def test_run_config_is_checked_strictly() -> None:
     for cfg, exc, match in cases:
         with pytest.raises(exc, match=match):
             run_task.FlowerRun.from_run_config(cfg)
+    # the example of docs/flower.md parses
+    doc_run = {"task": "token_cls", "model": "minilm", "backend": "secagg",
+               "backend_options": {"active": False}, "out": "/runs/ner",
+               "data": {"train": "conll"},
+               "federation": {"num_clients": 3, "partition": "iid"},
+               "lora": {"mode": "fedit"},
+               "rounds": {"rounds": 2, "server_opt": "fedadam"}}  # fmt: skip
+    doc = run_task.FlowerRun.from_run_config(
+        {**run_task.run_config_entry(doc_run), "backend": "secagg", "rounds": 2}
+    )
+    assert doc.config.lora.mode == "fedit" and doc.run.out == "/runs/ner"
     # both error types are privagg's configuration errors (one root)
     assert issubclass(FlowerConfigError, privagg.ConfigurationError)
 
