@@ -60,7 +60,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
-from privagg._pin import check_pin
+from privagg._pin import check_pin, parse_pin
 from privagg.envelope import open_envelope
 from privagg.errors import (
     ConfigurationError,
@@ -543,8 +543,8 @@ def session_for_role(
             f"backend {backend.name!r} needs its material for role {role.value!r}"
         )
     if mode is Dealing.OWN_KEYS:
-        check_pin(directory_fingerprint(material), pinned, "own-keys directory")
-        return _self_keyed(backend).load_role(
+        parse_pin(pinned)  # no pin: refused before the material is read
+        session = _self_keyed(backend).load_role(
             layout,
             role.value,
             party_id,
@@ -554,6 +554,11 @@ def session_for_role(
             secret=secret,
             pinned=pinned,
         )
+        # The hook checks the pin (after checking that the file is a directory, so a
+        # key file given by mistake is not reported by its fingerprint); checked again
+        # here so that no OWN_KEYS backend can skip it.
+        check_pin(directory_fingerprint(material), pinned, "own-keys directory")
+        return session
     return hook.load_role(
         layout,
         role.value,

@@ -170,6 +170,17 @@ def directory_blob(entries: Mapping[str, tuple[str, bytes]]) -> bytes:
     return sealed
 
 
+def check_directory_file(blob: bytes) -> None:
+    """Refuse anything but a directory envelope (e.g. a key file given as the
+    directory), without reading its entries: checked before the file's fingerprint is
+    compared with the pin, so that a key file is never reported by a digest of it.
+
+    Raises:
+        DeserializationError: not an intact additive directory envelope.
+    """
+    _open(blob, DIRECTORY_KIND)
+
+
 def parse_directory(blob: bytes) -> dict[str, tuple[str, bytes]]:
     """Party id -> ``(role, X25519 public key)`` of a canonical directory file, whatever
     key holders it lists (the CLI shows any directory; :func:`read_directory` checks

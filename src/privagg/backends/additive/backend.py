@@ -25,6 +25,7 @@ from privagg.backends.additive._context import (
     _RoundRegister,
 )
 from privagg.backends.additive._material import (
+    check_directory_file,
     read_directory,
     read_own_key,
     seal_directory,
@@ -445,6 +446,9 @@ class AdditiveBackend(RingBackend):
         parse_pin(pinned)  # no pin: refused before the material is read
         holders = self.key_holders()
         expected = {p: r.value for p, r in holders.items()}
+        # Not a directory (e.g. a key file given by mistake): DeserializationError
+        # before anything derived from the file (its fingerprint) is reported.
+        check_directory_file(material)
         check_pin(directory_fingerprint(material), pinned, "additive key directory")
         pks = read_directory(material, expected)
         server_sks: dict[str, bytes] = {}
