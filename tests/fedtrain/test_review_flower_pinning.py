@@ -71,7 +71,9 @@ def _ctx(config: dict[str, Any], run_config: dict[str, Any] | None = None) -> Co
     )  # type: ignore[arg-type]
 
 
-def _meta(extra: dict[str, str] | None = None, spec: SessionSpec | None = None) -> dict[str, str]:
+def _meta(
+    extra: dict[str, str] | None = None, spec: SessionSpec | None = None
+) -> dict[str, str]:
     return {
         "spec": (spec or _spec()).to_json(),
         "layout": LAYOUT.to_bytes().hex(),
@@ -106,7 +108,9 @@ def _aggregate(keys: dict[str, Path], round_id: int) -> bytes:
     """A genuine round run in process; returns the result the holder recovers."""
     spec, fp = _spec(), pin(keys)
     d = keys["directory"]
-    agg = load_session(spec, LAYOUT, Role.AGGREGATOR, material=d, directory_fingerprint=fp)
+    agg = load_session(
+        spec, LAYOUT, Role.AGGREGATOR, material=d, directory_fingerprint=fp
+    )
     a = agg.aggregator(round_id, sorted(WEIGHTS))
     reqs = a.start()
     replies = {
@@ -213,7 +217,9 @@ def test_review_serverapp_cannot_supply_pin_or_directory(
     # a pinned node whose file was swapped is not rescued by a path in the metadata
     swapped = {
         **cfg,
-        "privagg-material" if node != "holder" else "privagg-holder-material": str(fake),
+        "privagg-material" if node != "holder" else "privagg-holder-material": str(
+            fake
+        ),
     }
     extra = {k: str(keys["directory"]) for k in SERVER_KEYS[4:]}
     with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
@@ -234,7 +240,9 @@ def test_review_serverapp_settings_pin_forms(tmp_path: Path) -> None:
         {"identity-directory-fingerprint": fp.upper()},
         {"directory-fingerprint": fp, "identity-directory-fingerprint": fp.upper()},
     ):
-        settings = server_app.RunSettings.from_run_config({"backend": "additive", **cfg})
+        settings = server_app.RunSettings.from_run_config(
+            {"backend": "additive", **cfg}
+        )
         assert settings.pin() == fp
         assert load_session(
             _spec(),
@@ -303,7 +311,9 @@ def test_review_a_pinned_additive_node_cannot_be_downgraded(tmp_path: Path) -> N
         SessionSpec("additive", {**OPTIONS, "min_contributions": 1}, max_clients=3),
     ]
     for spec in weaker:
-        bad = Envelope(env.op, env.round_id, env.party, env.payload, _meta({"stage": "0"}, spec))
+        bad = Envelope(
+            env.op, env.round_id, env.party, env.payload, _meta({"stage": "0"}, spec)
+        )
         with pytest.raises(PolicyError):
             _answer(bad, cfg)
     # a node without pinned options refuses additive outright (policy) ...
@@ -364,4 +374,65 @@ def test_review_rounds_are_served_and_released_once_across_runs(tmp_path: Path) 
 def test_review_replay_digest_is_sha256_and_documented_so() -> None:
     assert client_app._digest(b"reply") == hashlib.sha256(b"reply").digest()
     doc = client_app.__doc__ or ""
-    assert "BLAKE2b" not in doc and "SHA-256" in doc
+    assert "BLAKE2b" not in doc and "SHA-256 digest of each reply" in doc
+    flower_md = (Path(__file__).parents[2] / "docs" / "flower.md").read_text()
+    assert "BLAKE2b digest of each reply" not in flower_md
+    assert "SHA-256 digest of each reply" in flower_md
+
+
+def test_review_a_pin_of_the_wrong_file_fails_closed(tmp_path: Path) -> None:
+    """``material.directory_fingerprint`` hashes whatever file it is given (its doc
+    said it refused a non-directory; it does not, the doc now says so): an operator who
+    publishes the fingerprint of a key file gets nodes that refuse the real directory,
+    never nodes that accept another one. The CLI refuses such a file."""
+    from click.testing import CliRunner
+
+    from privagg.cli import cli
+
+    keys = make_keys(tmp_path)
+    wrong = material.directory_fingerprint(keys["holder"])
+    assert wrong != pin(keys)
+    cfg = {**_cfgs(keys)["server-1"], PIN: wrong}
+    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
+        _answer(_server_request(keys, 1, "server-1"), cfg)
+    out = CliRunner().invoke(cli, ["directory", str(keys["holder"]), "--json"])
+    assert out.exit_code != 0 and wrong not in out.output
+    ok = CliRunner().invoke(cli, ["directory", str(keys["directory"]), "--json"])
+    assert ok.exit_code == 0 and pin(keys) in ok.output
+
+
+def test_review_one_pin_never_pins_both_directory_kinds(tmp_path: Path) -> None:
+    """Node config has one pin key for both self-keyed modes. A node given the
+    additive directory's pin that is also sent an active SecAgg+ session (or the
+    other way round) refuses it: one pin never accepts the other kind's directory
+    (fail closed; such a node takes part in one self-keyed backend only)."""
+    from tests.privagg.test_identity_directory import _directory, _keys
+
+    keys = make_keys(tmp_path)
+    ident = _directory(_keys())
+    ipath = tmp_path / "identity.json"
+    ipath.write_bytes(ident.to_bytes())
+    active = SessionSpec("secagg", {"active": True}, max_clients=3)
+    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
+        load_session(
+            active,
+            LAYOUT,
+            Role.AGGREGATOR,
+            identity_directory=ipath,
+            directory_fingerprint=pin(keys),
+        )
+    assert load_session(
+        active,
+        LAYOUT,
+        Role.AGGREGATOR,
+        identity_directory=ipath,
+        directory_fingerprint=ident.fingerprint.hex(),
+    ).params_id
+    with pytest.raises(privagg.ParameterMismatchError, match="pinned"):
+        load_session(
+            _spec(),
+            LAYOUT,
+            Role.AGGREGATOR,
+            material=keys["directory"],
+            directory_fingerprint=ident.fingerprint.hex(),
+        )

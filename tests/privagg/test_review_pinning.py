@@ -85,7 +85,9 @@ def _via_hook(
     pinned: Any,
 ) -> Any:
     pid, secret = _who(keys, role)
-    return be.load_role(LAYOUT, role, pid, directory, secret=secret, pinned=pinned, **KW)
+    return be.load_role(
+        LAYOUT, role, pid, directory, secret=secret, pinned=pinned, **KW
+    )
 
 
 LOADERS = [_via_api, _via_hook]
@@ -169,8 +171,9 @@ def test_review_malformed_or_missing_pin_fails_closed_at_every_layer(
                 load(be, keys, role, directory, pinned)
 
 
-def test_review_the_right_pin_of_the_genuine_bytes_with_the_case_changed_in_the_file(
-) -> None:
+def test_review_the_right_pin_of_the_genuine_bytes_with_the_case_changed_in_the_file() -> (
+    None
+):
     """Case folding applies to the pin's text, never to the file: any change to the
     directory file is another fingerprint."""
     be, keys, directory, fp = _world()
@@ -285,7 +288,8 @@ def test_review_one_canonical_file_per_key_set() -> None:
     # only, so two files with the same entries have the same header id, and the pin
     # covers the whole file (header, payload and digest)
     assert open_envelope(directory)[0].params_id == fingerprint(
-        b"additive/directory", *(x for ent in e for x in (ent[0].encode(), ent[1].encode(), ent[2]))
+        b"additive/directory",
+        *(x for ent in e for x in (ent[0].encode(), ent[1].encode(), ent[2])),
     )
 
 
@@ -299,7 +303,7 @@ def test_review_a_key_file_given_as_the_directory_reveals_nothing(
     the directory: refused as not a directory (DeserializationError, as load_role
     documents), and the error says nothing derived from the file -- not the secret, not
     its public key, not a digest of it."""
-    be, keys, directory, fp = _world()
+    be, keys, _, fp = _world()
     k = keys[which]
     sk = mat.read_own_key(k.secret)[2]
     pk = mat.read_public_key(k.public)[2]
@@ -320,9 +324,7 @@ def test_review_params_id_binds_every_key_and_its_assignment() -> None:
     own file cannot share a params_id with a genuine node), and the same directory
     gives the same params_id in every role."""
     be, keys, directory, fp = _world()
-    genuine = {
-        _via_api(be, keys, r, directory, fp).params_id for r in ROLES
-    }
+    genuine = {_via_api(be, keys, r, directory, fp).params_id for r in ROLES}
     assert len(genuine) == 1
     e = _entries(directory)
     (hp, hr, hpk), (p1, r1, k1), (p2, r2, k2) = e
@@ -355,14 +357,21 @@ def test_review_params_id_binds_every_key_and_its_assignment() -> None:
         {"layout": other_layout, "max_clients": 3},
         {"layout": LAYOUT, "max_clients": 4},
     ):
-        s = be.load_role(kw["layout"], "aggregator", None, directory, pinned=fp, max_clients=kw["max_clients"])
+        s = be.load_role(
+            kw["layout"],
+            "aggregator",
+            None,
+            directory,
+            pinned=fp,
+            max_clients=kw["max_clients"],
+        )
         assert s.params_id not in seen.values()
 
 
 def test_review_a_directory_for_other_n_servers_is_refused_even_when_pinned() -> None:
     """The pin does not replace the key-holder check: a genuine, pinned directory made
     for three servers is no directory for a two-server (weaker) session."""
-    be3, keys3, directory3, fp3 = _world(3)
+    _, _, directory3, fp3 = _world(3)
     be2 = AdditiveBackend(bound=1.0, n_servers=2)
     with pytest.raises(privagg.ParameterMismatchError, match="key holders"):
         be2.load_role(LAYOUT, "client", "client-0", directory3, pinned=fp3, **KW)
@@ -394,9 +403,13 @@ def test_review_replayed_requests_across_sessions_and_rounds_are_refused() -> No
     with pytest.raises(privagg.PrivaggError):
         other.client("client-0", 7, np.zeros(6)).handle(reqs["client-0"])
     with pytest.raises(privagg.PrivaggError):
-        s["client"].client("client-0", 8, np.zeros(LAYOUT.size)).handle(reqs["client-0"])
+        s["client"].client("client-0", 8, np.zeros(LAYOUT.size)).handle(
+            reqs["client-0"]
+        )
     clients = {
-        c: _via_api(be, keys, "client", directory, fp) if c == "client-0" else session_for_role(
+        c: _via_api(be, keys, "client", directory, fp)
+        if c == "client-0"
+        else session_for_role(
             be, LAYOUT, "client", party_id=c, material=directory, pinned=fp, **KW
         )
         for c in CLIENTS
@@ -408,8 +421,14 @@ def test_review_replayed_requests_across_sessions_and_rounds_are_refused() -> No
     to_servers = a.receive(replies)
     servers = {
         p: session_for_role(
-            be, LAYOUT, "server", party_id=p, material=directory, secret=keys[p].secret,
-            pinned=fp, **KW,
+            be,
+            LAYOUT,
+            "server",
+            party_id=p,
+            material=directory,
+            secret=keys[p].secret,
+            pinned=fp,
+            **KW,
         )
         for p in ("server-1", "server-2")
     }
@@ -425,7 +444,9 @@ def test_review_replayed_requests_across_sessions_and_rounds_are_refused() -> No
 
 
 # -- constant time, and no field-wise equality of secrets --------------------------------
-def test_review_every_pin_check_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_review_every_pin_check_is_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 

@@ -24,7 +24,7 @@ multi-stage protocol (SecAgg+). The ClientApp keeps, in the node's ``context.sta
   the client's flattened update and weight, computed once per round;
 * a fresh 32-byte seed for an AES-256-CTR keystream, drawn from the system CSPRNG, the
   only randomness given to the role (``rng=``);
-* the requests answered so far this round, and a BLAKE2b digest of each reply.
+* the requests answered so far this round, and a SHA-256 digest of each reply.
 
 At stage ``k`` it rebuilds the role with the same seed, replays requests ``0..k-1``
 (checking that each replay reproduces the digest of what was actually sent), then

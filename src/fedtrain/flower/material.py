@@ -335,10 +335,11 @@ def write_directory(
 def directory_fingerprint(path: str | Path) -> str:
     """Hex of the fingerprint every process pins for the ``OWN_KEYS`` directory file
     at ``path`` (what the operator publishes out of band after
-    :func:`write_directory`; ``privagg directory FILE`` prints it too).
+    :func:`write_directory`; ``privagg directory FILE`` prints it too, and checks
+    that the file is a directory).
 
-    Raises:
-        privagg.DeserializationError: the file is not a directory.
+    The file's bytes are fingerprinted as they are: the fingerprint of another file
+    (e.g. a key file) is a pin under which every node refuses the real directory.
     """
     data = privagg.read_secret_file(path)
     return _distribution.directory_fingerprint(data).hex()
