@@ -32,9 +32,10 @@ from privagg.distribution import (
 from privagg.envelope import Header, PayloadWriter, Scheme, open_envelope, seal
 from privagg.identity import IdentityDirectory
 from privagg.keys import fingerprint
+from tests.privagg.test_directory_pinning import KW, LAYOUT
+from tests.privagg.test_directory_pinning import _load as _via_api
+from tests.privagg.test_directory_pinning import _party as _who
 
-LAYOUT = privagg.Layout.from_arrays({"w": np.zeros(5)})
-KW: dict[str, Any] = {"max_clients": 3}
 ROLES = ["client", "aggregator", "server", "holder"]
 CLIENTS = ["client-0", "client-1", "client-2"]
 REFUSED = (privagg.ParameterMismatchError, privagg.DeserializationError)
@@ -47,34 +48,6 @@ def _world(
     keys = {p: own_key(be, r, p) for p, r in key_holders(be).items()}
     directory = make_directory(be, [k.public for k in keys.values()])
     return be, keys, directory, directory_fingerprint(directory)
-
-
-def _who(keys: dict[str, OwnKey], role: str) -> tuple[str | None, bytes | None]:
-    pid = {"client": "client-0", "aggregator": None, "server": "server-1"}.get(
-        role, "holder"
-    )
-    secret = keys[pid].secret if pid in keys else None
-    return pid, secret
-
-
-def _via_api(
-    be: AdditiveBackend,
-    keys: dict[str, OwnKey],
-    role: str,
-    directory: bytes,
-    pinned: Any,
-) -> Any:
-    pid, secret = _who(keys, role)
-    return session_for_role(
-        be,
-        LAYOUT,
-        role,
-        party_id=pid,
-        material=directory,
-        secret=secret,
-        pinned=pinned,
-        **KW,
-    )
 
 
 def _via_hook(
@@ -352,7 +325,7 @@ def test_review_params_id_binds_every_key_and_its_assignment() -> None:
     assert len(seen) == len(others) + 1
     # the params_id also binds the session's other public inputs: the same directory
     # under another layout or another max_clients is another session
-    other_layout = privagg.Layout.from_arrays({"w": np.zeros(6)})
+    other_layout = privagg.Layout.from_arrays({"w": np.zeros(7)})
     for kw in (
         {"layout": other_layout, "max_clients": 3},
         {"layout": LAYOUT, "max_clients": 4},
@@ -391,7 +364,7 @@ def test_review_replayed_requests_across_sessions_and_rounds_are_refused() -> No
     s = {r: _via_api(be, keys, r, directory, fp) for r in ROLES}
     other = session_for_role(
         be,
-        privagg.Layout.from_arrays({"w": np.zeros(6)}),
+        privagg.Layout.from_arrays({"w": np.zeros(7)}),
         "client",
         party_id="client-0",
         material=directory,
@@ -401,7 +374,7 @@ def test_review_replayed_requests_across_sessions_and_rounds_are_refused() -> No
     a = s["aggregator"].aggregator(7, CLIENTS)
     reqs = a.start()
     with pytest.raises(privagg.PrivaggError):
-        other.client("client-0", 7, np.zeros(6)).handle(reqs["client-0"])
+        other.client("client-0", 7, np.zeros(7)).handle(reqs["client-0"])
     with pytest.raises(privagg.PrivaggError):
         s["client"].client("client-0", 8, np.zeros(LAYOUT.size)).handle(
             reqs["client-0"]
