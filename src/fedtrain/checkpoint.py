@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
 from fedtrain.errors import FedtrainError
@@ -98,7 +99,11 @@ def load_checkpoint(
     sp = d / state_file
     if not sp.is_file():
         raise FedtrainError(f"{mp}: state file {sp.name} is missing")
-    return meta, dict(load_file(str(sp)))
+    try:
+        arrays = dict(load_file(str(sp)))
+    except (OSError, SafetensorError) as exc:
+        raise FedtrainError(f"{sp}: unreadable checkpoint state ({exc})") from exc
+    return meta, arrays
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:

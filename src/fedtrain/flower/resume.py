@@ -66,6 +66,74 @@ class StatefulTask(Protocol):
         ...
 
 
+def _int(value: object) -> int:
+    if type(value) is not int:  # not bool, not float
+        raise ValueError(f"{value!r} is not an integer")
+    return value
+
+
+def _parse(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The checkpoint's fields, checked for type and consistency (fail closed).
+
+    Every round id in ``[first_round_id, next_round_id)`` was begun, so it is either
+    in flight or charged in the ledger (exactly once); the completed rounds are the
+    ledger's ``applied`` entries; the ledger is numbered 1, 2, ... A checkpoint that
+    breaks this (edited, torn, or moving ``next_round_id`` back over a used round id)
+    is refused: resuming it could re-run a round id or lose a release.
+    """
+    try:
+        spec = meta["spec"]
+        if not isinstance(spec, str):
+            raise ValueError("spec is not a string")
+        first = _int(meta["first_round_id"])
+        nxt = _int(meta["next_round_id"])
+        raw_in_flight = meta["in_flight"]
+        in_flight = None if raw_in_flight is None else _int(raw_in_flight)
+        rounds = meta["rounds"]
+        releases = meta["releases"]
+        if not isinstance(rounds, list) or not all(
+            isinstance(r, dict) and type(r.get("round")) is int for r in rounds
+        ):
+            raise ValueError("rounds is not a list of round records")
+        if not isinstance(releases, list) or not all(
+            isinstance(e, dict)
+            and set(e) == {"n", "round", "status", "contributors"}
+            and type(e["n"]) is int
+            and type(e["round"]) is int
+            and e["status"] in ("applied", "possibly-released")
+            for e in releases
+        ):
+            raise ValueError("releases is not a release ledger")
+        if [e["n"] for e in releases] != list(range(1, len(releases) + 1)):
+            raise ValueError("the ledger is not numbered 1, 2, ...")
+        charged = [e["round"] for e in releases]
+        if in_flight is not None:
+            charged.append(in_flight)
+        if sorted(charged) != list(range(first, nxt)):
+            raise ValueError(
+                "the ledger and the round in flight do not cover the used round ids "
+                f"[{first}, {nxt}) exactly once"
+            )
+        applied = [e["round"] for e in releases if e["status"] == "applied"]
+        if [r["round"] for r in rounds] != applied:
+            raise ValueError("the completed rounds are not the ledger's applied ones")
+        if in_flight is not None and in_flight != nxt - 1:
+            raise ValueError("the round in flight is not the last round id used")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FlowerConfigError(
+            f"checkpoint-dir {path}: inconsistent checkpoint ({exc}); refusing to "
+            "resume from it"
+        ) from exc
+    return {
+        "spec": spec,
+        "first_round_id": first,
+        "next_round_id": nxt,
+        "rounds": rounds,
+        "releases": releases,
+        "in_flight": in_flight,
+    }
+
+
 @dataclass
 class RunCheckpoint:
     """The ServerApp's resumable state (see the module doc).
@@ -132,17 +200,7 @@ class RunCheckpoint:
                 f"{meta.get('identity')} vs {dict(identity)}); use a new folder to "
                 "start over"
             )
-        out = cls(
-            path,
-            dict(identity),
-            str(meta["spec"]),
-            int(meta["first_round_id"]),
-            int(meta["next_round_id"]),
-            list(meta["rounds"]),
-            list(meta["releases"]),
-            None if meta["in_flight"] is None else int(meta["in_flight"]),
-            resumed=True,
-        )
+        out = cls(path, dict(identity), **_parse(meta, path), resumed=True)
         if isinstance(task, StatefulTask) and arrays:
             task.load_state(arrays)
         if out.in_flight is not None:
