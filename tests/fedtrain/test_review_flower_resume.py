@@ -10,6 +10,7 @@ digest, not an authenticator).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import os
@@ -20,6 +21,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
+    FakeGrid,
+    _task_identity,
+)
 
 import fedtrain.checkpoint as ckpt_mod
 from fedtrain.errors import FedtrainError
@@ -324,3 +329,48 @@ def test_review_recovery_check_is_a_digest_not_a_mac() -> None:
     ]
     doc = (Path(__file__).parents[2] / "docs" / "flower.md").read_text()
     assert "not an authenticator" in doc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"max_weight": 100.0},
+        {"max_clients": 99},
+        {"backend": "secagg"},
+        {"options": {"x": 1}},
+        {"setup_seed": "00" * 32},  # a seed for a backend that draws none
+        None,  # unreadable spec text
+    ],
+)
+def test_review_edited_session_spec_in_checkpoint_is_refused(
+    tmp_path: Path, edit: dict[str, Any] | None
+) -> None:
+    """The checkpoint's session spec may differ from the run's only in the public setup
+    seed: one edited (another backend, bound, options) is refused typed before any
+    request is sent; before the review fix it was used as the resumed run's spec
+    (the run identity compares backend and options only outside the spec)."""
+    from tests.fedtrain.test_flower_active_secagg import SHAPES
+    from tests.fedtrain.test_flower_resume import _PLAIN_NODES, _run, _Task
+
+    from fedtrain.flower import server_app
+
+    settings = server_app.RunSettings(
+        shapes=SHAPES,
+        rounds=2,
+        min_nodes=2,
+        stage_timeout=1.0,
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
+    done = _run(FakeGrid(_PLAIN_NODES), settings, _Task())
+    assert len(done["releases"]) == 2
+    meta_path = tmp_path / "ck" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if edit is None:
+        meta["spec"] = "{not json"
+    else:
+        meta["spec"] = json.dumps(json.loads(meta["spec"]) | edit, sort_keys=True)
+    meta_path.write_text(json.dumps(meta))
+    grid = FakeGrid(_PLAIN_NODES)
+    with pytest.raises(FlowerConfigError, match="spec"):
+        _run(grid, dataclasses.replace(settings, rounds=2), _Task())
