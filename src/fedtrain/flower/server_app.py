@@ -80,6 +80,7 @@ from fedtrain.flower.transport import (
 )
 from privagg import (
     Layout,
+    PrivaggError,
     SystemRng,
 )
 
@@ -326,6 +327,29 @@ def _known_parties(parties: Mapping[str, int], settings: RunSettings) -> dict[st
     return known
 
 
+def _resumed_spec(spec: SessionSpec, checkpoint: RunCheckpoint) -> SessionSpec:
+    """The checkpoint's session spec: this run's spec but for the public setup seed.
+
+    Raises:
+        FlowerConfigError: the checkpoint's spec is unreadable or differs from this
+            run's in anything but the setup seed (an edited checkpoint).
+    """
+    try:
+        saved = SessionSpec.from_json(checkpoint.spec)
+    except PrivaggError as exc:
+        raise FlowerConfigError(
+            f"checkpoint-dir {checkpoint.folder}: unreadable session spec ({exc})"
+        ) from exc
+    if dataclasses.replace(saved, setup_seed=spec.setup_seed) != spec or bool(
+        saved.setup_seed
+    ) != bool(spec.setup_seed):
+        raise FlowerConfigError(
+            f"checkpoint-dir {checkpoint.folder}: the checkpoint's session spec is not "
+            "this run's"
+        )
+    return saved
+
+
 def _open_checkpoint(
     settings: RunSettings, spec: SessionSpec, layout: Layout, task: ServerTask
 ) -> RunCheckpoint | None:
@@ -394,7 +418,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         raise FlowerConfigError("holder = 'node' but no node has privagg-holder=true")
     checkpoint = _open_checkpoint(settings, spec, layout, task)
     if checkpoint is not None:
-        spec = SessionSpec.from_json(checkpoint.spec)  # the same setup seed
+        spec = _resumed_spec(spec, checkpoint)  # the same setup seed
     session = load_session(
         spec,
         layout,
