@@ -401,6 +401,14 @@ class RunConfig:
             raise ConfigError("model must be a non-empty name or path")
         if not self.backend:
             raise ConfigError("backend must be a non-empty privagg backend name")
+        for name in ("seed", "test_seed"):
+            value = getattr(self, name)
+            if value is None and name == "test_seed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
+            if not 0 <= value < 2**63:  # torch and numpy seeds: non-negative, 64-bit
+                raise ConfigError(f"{name} must be in [0, 2**63), got {value!r}")
         object.__setattr__(self, "backend_options", dict(self.backend_options))
 
     def to_dict(self) -> dict[str, Any]:

@@ -401,3 +401,31 @@ def test_fuzz_finding_option_equals_double_dash(
             main(argv)
     assert exc.value.code == 2
     assert "expected one value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-999999999999999999999999999999", "-1", str(2**63)])
+def test_fuzz_finding_seed_out_of_range(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    seed: str,
+) -> None:
+    """Found by the fuzzer at full strength (84,700 inputs): ``demo --seed=-9...9``
+    reached numpy's seeding (ValueError out of ``main``); a seed outside [0, 2**63)
+    is now a ConfigError from ``RunConfig``, exit status 2, no run started."""
+    monkeypatch.chdir(tmp_path)
+    with mock.patch("fedtrain.cli._run_experiment", _reached):
+        assert main(["demo", "--quick", f"--seed={seed}", "--out", "d1"]) == 2
+    assert "seed must be in [0, 2**63)" in capsys.readouterr().err
+
+
+def test_run_config_seed_must_be_a_64_bit_non_negative_int() -> None:
+    from fedtrain.config import RunConfig
+    from fedtrain.errors import ConfigError
+
+    for bad in (-1, 2**63, True, 1.5, "3"):
+        with pytest.raises(ConfigError, match="seed"):
+            RunConfig(seed=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="test_seed"):
+        RunConfig(test_seed=-2)
+    assert RunConfig(seed=2**63 - 1, test_seed=0).seed == 2**63 - 1
