@@ -50,13 +50,15 @@ docs: setup
 # the counts the tests recorded. Inputs per parser = PRIVAGG_FUZZ_EXAMPLES x
 # PRIVAGG_FUZZ_BATCH (default 2000 x 50 = 100,000); PRIVAGG_FUZZ_ROUND_EXAMPLES whole
 # fuzzed rounds per backend.
-HARDENING_TESTS := tests/privagg/test_fuzz_protocols.py tests/privagg/test_fuzz_parsers.py \
-  tests/privagg/test_faults_protocols.py tests/privagg/test_planted_secrets.py \
-  tests/privagg/test_constant_time_audit.py tests/fedtrain/test_fuzz_config.py \
-  tests/fedtrain/test_faults_storage.py tests/fedtrain/test_faults_resume.py \
-  tests/privagg/test_fuzz_cli.py tests/fedtrain/test_fuzz_cli.py \
-  tests/privagg/test_identity_directory.py tests/fedtrain/test_flower_active_secagg.py \
-  tests/fedtrain/test_flower_faults.py
+# longest first: `make hardening` runs one pytest per file, HARDENING_JOBS at a time
+HARDENING_TESTS := tests/fedtrain/test_fuzz_cli.py tests/privagg/test_fuzz_cli.py \
+  tests/privagg/test_fuzz_parsers.py tests/privagg/test_fuzz_protocols.py \
+  tests/fedtrain/test_fuzz_config.py tests/privagg/test_faults_protocols.py \
+  tests/fedtrain/test_flower_faults.py tests/fedtrain/test_flower_active_secagg.py \
+  tests/privagg/test_planted_secrets.py tests/fedtrain/test_faults_storage.py \
+  tests/fedtrain/test_faults_resume.py tests/privagg/test_identity_directory.py \
+  tests/privagg/test_constant_time_audit.py
+HARDENING_JOBS ?= 2
 HARDENING_OUT ?= runs/hardening
 
 hardening: setup
@@ -66,7 +68,7 @@ hardening: setup
 	  PRIVAGG_FUZZ_BATCH=$${PRIVAGG_FUZZ_BATCH:-50} \
 	  PRIVAGG_FUZZ_ROUND_EXAMPLES=$${PRIVAGG_FUZZ_ROUND_EXAMPLES:-500} \
 	  HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=ci \
-	  $(BIN)/python scripts/hardening_table.py run --out $(HARDENING_OUT) \
+	  $(BIN)/python scripts/hardening_table.py run --out $(HARDENING_OUT) --jobs $(HARDENING_JOBS) \
 	    --doc docs/hardening.md -- -q -p no:cacheprovider $(HARDENING_TESTS) $(PYTEST_ARGS)
 
 bench: setup

@@ -8,12 +8,14 @@ parameters, the wall time and pytest's own summary line. Nothing in the tables i
 typed by hand. ``table`` re-renders from an existing counts file.
 
     python scripts/hardening_table.py run --out runs/hardening --doc docs/hardening.md -- <pytest args>
+    python scripts/hardening_table.py run --jobs 2 ...   # one pytest per test path, 2 at a time
     python scripts/hardening_table.py table runs/hardening/counts.json --doc docs/hardening.md
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -146,47 +148,131 @@ _ENV_KEYS = (
 )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    counts_path = out / "counts.json"
-    counts_path.unlink(missing_ok=True)
+def _is_test_path(token: str) -> bool:
+    """Whether a pytest argument names a test file, folder or node id."""
+    return not token.startswith("-") and Path(token.split("::", 1)[0]).exists()
+
+
+def _run_pytest(
+    pytest_args: list[str], counts_path: Path, log: Path | None
+) -> tuple[int, list[str]]:
+    """One pytest process writing its counts to ``counts_path``; its output is shown
+    as it comes (``log is None``) or written to ``log``; returns (status, lines)."""
     env = dict(os.environ, PRIVAGG_HARDENING_JSON=str(counts_path.resolve()))
-    t0 = time.time()
     lines: list[str] = []
     with subprocess.Popen(
-        [sys.executable, "-m", "pytest", *args.pytest_args],
+        [sys.executable, "-m", "pytest", *pytest_args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:  # shown as it comes, kept for the summary line
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            lines.append(line)
-    wall = time.time() - t0
-    if proc.returncode < 0 or not counts_path.exists():
-        print(f"hardening: pytest ended with {proc.returncode}; no table written")
-        return proc.returncode or 1
+        sink = log.open("w", encoding="utf-8") if log is not None else sys.stdout
+        try:
+            for line in proc.stdout:
+                sink.write(line)
+                sink.flush()
+                lines.append(line)
+        finally:
+            if log is not None:
+                sink.close()
+    return proc.returncode, lines
+
+
+def _summary(lines: list[str]) -> str:
     found = [ln for ln in lines if re.search(r"\d+ (passed|failed)", ln)]
-    summary = (
-        found[-1].strip().strip("= ") if found else f"exit status {proc.returncode}"
-    )
+    return found[-1].strip().strip("= ") if found else ""
+
+
+def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Field-wise sum of several counts files (category -> row -> field -> int)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for part in parts:
+        for cat, rows in part.items():
+            for row, cell in rows.items():
+                dst = out.setdefault(cat, {}).setdefault(row, {})
+                for name, n in cell.items():
+                    dst[name] = int(dst.get(name, 0)) + int(n)
+    return out
+
+
+def merge_summaries(summaries: list[str]) -> str:
+    """pytest's outcome counts added over several summary lines."""
+    total: dict[str, int] = {}
+    for s in summaries:
+        for n, what in re.findall(
+            r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?|warnings?|deselected)",
+            s,
+        ):
+            total[what] = total.get(what, 0) + int(n)
+    return ", ".join(f"{n} {what}" for what, n in total.items())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts_path = out / "counts.json"
+    counts_path.unlink(missing_ok=True)
+    t0 = time.time()
+    tests = [a for a in args.pytest_args if _is_test_path(a)]
+    if args.jobs <= 1 or len(tests) <= 1:
+        status, lines = _run_pytest(args.pytest_args, counts_path, None)
+        summary = _summary(lines) or f"exit status {status}"
+    else:
+        # One pytest process per test path, ``jobs`` at a time, in the given order
+        # (put the longest first); each writes its own counts, merged below.
+        opts = [a for a in args.pytest_args if a not in tests]
+        for old in out.glob("counts-*.json"):
+            old.unlink()
+        results: dict[int, tuple[int, list[str]]] = {}
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            futs = {
+                pool.submit(
+                    _run_pytest,
+                    [*opts, path],
+                    out / f"counts-{i}.json",
+                    out / f"log-{i}.txt",
+                ): i
+                for i, path in enumerate(tests)
+            }
+            for fut in concurrent.futures.as_completed(futs):
+                i = futs[fut]
+                results[i] = fut.result()
+                st, lines = results[i]
+                print(
+                    f"hardening: {tests[i]}: {_summary(lines) or f'exit status {st}'}"
+                )
+                sys.stdout.flush()
+        status = max((st for st, _ in results.values()), key=abs)
+        parts = [
+            json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted(out.glob("counts-*.json"))
+        ]
+        counts_path.write_text(
+            json.dumps(merge_counts(parts), indent=1, sort_keys=True) + "\n",
+            encoding="utf-8",
+        )
+        summary = merge_summaries([_summary(ln) for _, ln in results.values()])
+        summary = summary or f"exit status {status}"
+        summary += f" ({len(tests)} pytest processes, {args.jobs} at a time)"
+    wall = time.time() - t0
+    if status < 0 or not counts_path.exists():
+        print(f"hardening: pytest ended with {status}; no table written")
+        return status or 1
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "env": {k: os.environ[k] for k in _ENV_KEYS if k in os.environ},
         "cpus": os.cpu_count(),
         "wall_s": wall,
         "summary": summary,
-        "returncode": proc.returncode,
+        "returncode": status,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     counts = json.loads(counts_path.read_text(encoding="utf-8"))
     write_doc(Path(args.doc), render(counts, meta))
     print(f"hardening: tables written to {args.doc} ({summary}, {wall:.0f} s)")
-    return proc.returncode
+    return status
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -206,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run pytest, then write the tables")
     r.add_argument("--out", default="runs/hardening")
     r.add_argument("--doc", default="docs/hardening.md")
+    r.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run each test path as its own pytest process, this many at a time",
+    )
     r.add_argument("pytest_args", nargs=argparse.REMAINDER)
     t = sub.add_parser("table", help="write the tables from a counts file")
     t.add_argument("counts")
