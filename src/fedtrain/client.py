@@ -21,6 +21,7 @@ Under client-level DP the noise is added later by privagg, after fixed-point enc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,8 @@ import numpy.typing as npt
 import torch
 
 from fedtrain.config import LoraMode, LoraSettings, RunConfig
-from fedtrain.lora import LoraHandle, client_message
-from fedtrain.models import Encoded
+from fedtrain.lora import LoraHandle, build_lora, client_message
+from fedtrain.models import Encoded, load_model
 from fedtrain.train import DPSGD, LocalResult, make_dp_module, train_local
 from privagg import Rng
 from privagg.dp import clip_l2
@@ -41,8 +42,10 @@ __all__ = [
     "LocalTraining",
     "apply_global",
     "batch_rng",
+    "build_handle",
     "clip_update",
     "dp_module_for",
+    "initial_state",
     "load_client_start",
     "local_update",
 ]
@@ -135,6 +138,42 @@ def clip_update(
         out[k] = clipped[pos : pos + v.size].reshape(v.shape).astype(np.float32)
         pos += v.size
     return out, scale
+
+
+def build_handle(
+    config: RunConfig, label_names: list[str], device: torch.device
+) -> LoraHandle:
+    """The run's model with its LoRA adapter, as every runtime builds it.
+
+    ``torch.manual_seed(config.seed)`` first (non-secret: head init, dropout masks),
+    then the model and adapter on ``device``; the base model's dropout is set to
+    ``model_dropout`` (None: 0 under DP, the model's own otherwise).
+    """
+    c = config
+    torch.manual_seed(c.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        base = load_model(c.model, c.task, label_names=label_names, device=device)
+        handle = build_lora(base, c.task, c.lora, seed=c.seed)
+    handle.model.to(device)
+    rate = c.model_dropout
+    if rate is None and c.privacy.level != "none":
+        rate = 0.0
+    if rate is not None:
+        for name, mod in handle.model.named_modules():
+            if isinstance(mod, torch.nn.Dropout) and "lora_dropout" not in name:
+                mod.p = rate
+    return handle
+
+
+def initial_state(handle: LoraHandle, mode: LoraMode | str) -> dict[str, np.ndarray]:
+    """The global state a run starts from: what the mode's server keeps."""
+    h = handle
+    if mode == "ffa":
+        return h.get(sorted(h.b_names + h.head_names))
+    if mode in ("fedit", "alternating"):
+        return h.get(sorted(h.a_names + h.b_names + h.head_names))
+    return h.get(h.head_names)
 
 
 def batch_rng(seed: int, round_: int, slot: int) -> np.random.Generator:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import privagg
 from fedtrain.checkpoint import (
@@ -42,7 +41,9 @@ from fedtrain.client import (
     LocalTraining,
     apply_global,
     batch_rng,
+    build_handle,
     dp_module_for,
+    initial_state,
     load_client_start,
     local_update,
 )
@@ -57,11 +58,10 @@ from fedtrain.errors import (
     RankMismatchError,
 )
 from fedtrain.evaluate import MAIN_METRIC, evaluate
-from fedtrain.lora import LoraHandle, build_lora, client_message
+from fedtrain.lora import LoraHandle, client_message
 from fedtrain.models import (
     Encoded,
     encode,
-    load_model,
     load_tokenizer,
     pick_device,
     resolve_model,
@@ -266,15 +266,7 @@ class Federation:
         }
         self.n_examples = {cid: len(self.clients[cid]) for cid in self.client_ids}
         self.eval_enc = encode(eval_data, self.tokenizer, c.max_len)
-        torch.manual_seed(c.seed)  # non-secret: head init, dropout masks
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            base = load_model(
-                c.model, c.task, label_names=self.label_names, device=self.device
-            )
-            self.handle: LoraHandle = build_lora(base, c.task, c.lora, seed=c.seed)
-        self.handle.model.to(self.device)
-        self._set_model_dropout()
+        self.handle: LoraHandle = build_handle(c, self.label_names, self.device)
         self.dp_module = (
             dp_module_for(self.handle) if c.privacy.level == "record" else None
         )
@@ -314,17 +306,6 @@ class Federation:
             client_event=self.client_event if p.level == "client" else None,
         )
 
-    def _set_model_dropout(self) -> None:
-        c = self.config
-        rate = c.model_dropout
-        if rate is None and c.privacy.level != "none":
-            rate = 0.0
-        if rate is None:
-            return
-        for name, mod in self.handle.model.named_modules():
-            if isinstance(mod, torch.nn.Dropout) and "lora_dropout" not in name:
-                mod.p = rate
-
     def _rng(self, *purpose: object) -> Rng:
         """DP randomness: the OS CSPRNG, or (test mode) a fixed AES-CTR stream."""
         ts = self.config.test_seed
@@ -346,12 +327,7 @@ class Federation:
             )
 
     def _initial_state(self) -> dict[str, np.ndarray]:
-        h, mode = self.handle, self.config.lora.mode
-        if mode == "ffa":
-            return h.get(sorted(h.b_names + h.head_names))
-        if mode in ("fedit", "alternating"):
-            return h.get(sorted(h.a_names + h.b_names + h.head_names))
-        return h.get(h.head_names)
+        return initial_state(self.handle, self.config.lora.mode)
 
     def _template_message(self) -> dict[str, np.ndarray]:
         local = self.handle.get()

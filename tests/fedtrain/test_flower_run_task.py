@@ -19,6 +19,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 from test_flower_transport import FakeGrid
 
+import fedtrain.client
 import privagg
 from fedtrain.data import partition
 from fedtrain.errors import ConfigError
@@ -97,13 +98,13 @@ def _flower(
 ) -> tuple[Any, Any, list[str]]:
     """Run ``d`` over the fake Grid; also count the model loads (per process, once)."""
     loads: list[str] = []
-    real = run_task.load_model
+    real = fedtrain.client.load_model
 
     def counting(*args: Any, **kw: Any) -> Any:
         loads.append(str(args[0]))
         return real(*args, **kw)
 
-    monkeypatch.setattr(run_task, "load_model", counting)
+    monkeypatch.setattr(fedtrain.client, "load_model", counting)
     monkeypatch.setattr(run_task, "_CACHE", {})
     run_config = {
         **run_task.run_config_entry(d),

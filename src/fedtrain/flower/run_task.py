@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +51,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedtrain.client import (
     LocalTraining,
     apply_global,
     batch_rng,
+    build_handle,
+    initial_state,
     load_client_start,
     local_update,
 )
@@ -69,11 +69,10 @@ from fedtrain.evaluate import MAIN_METRIC, evaluate
 from fedtrain.experiment import load_task_data
 from fedtrain.flower.errors import FlowerConfigError
 from fedtrain.flower.interfaces import LocalUpdate
-from fedtrain.lora import LoraHandle, build_lora, client_message
+from fedtrain.lora import LoraHandle, client_message
 from fedtrain.models import (
     Encoded,
     encode,
-    load_model,
     load_tokenizer,
     model_pooling,
     pick_device,
@@ -208,19 +207,7 @@ class _Shared:
         self.n_examples = [len(p) for p in self.parts]
         self.device = pick_device(c.device)
         self.tokenizer = load_tokenizer(c.model)
-        torch.manual_seed(c.seed)  # non-secret: head init, as in-process
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            base = load_model(
-                c.model, c.task, label_names=self.label_names, device=self.device
-            )
-            self.handle: LoraHandle = build_lora(base, c.task, c.lora, seed=c.seed)
-        self.handle.model.to(self.device)
-        rate = c.model_dropout
-        if rate is not None:
-            for name, mod in self.handle.model.named_modules():
-                if isinstance(mod, torch.nn.Dropout) and "lora_dropout" not in name:
-                    mod.p = rate
+        self.handle: LoraHandle = build_handle(c, self.label_names, self.device)
         self.r_max = self.handle.modules[0].a.shape[0]
         self._encoded: dict[int, Encoded] = {}
         self._eval_enc: Encoded | None = None
@@ -251,14 +238,6 @@ def _shared(fr: FlowerRun, side: str) -> _Shared:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = _Shared(fr)
     return _CACHE[key]
-
-
-def _initial_state(h: LoraHandle, mode: str) -> dict[str, np.ndarray]:
-    if mode == "ffa":
-        return h.get(sorted(h.b_names + h.head_names))
-    if mode in ("fedit", "alternating"):
-        return h.get(sorted(h.a_names + h.b_names + h.head_names))
-    return h.get(h.head_names)
 
 
 def _weight(fr: FlowerRun, sh: _Shared, part: int) -> float:
@@ -302,7 +281,7 @@ class ServerRunTask:
         c = self.run.config
         self.shared = sh = _shared(self.run, "server")
         self.mode = str(c.lora.mode)
-        self.global_state = _initial_state(sh.handle, self.mode)
+        self.global_state = initial_state(sh.handle, self.mode)
         apply_global(sh.handle, c.lora, self.global_state)
         ro = c.rounds
         self.opt: Strategy = make_strategy(
