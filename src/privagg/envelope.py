@@ -150,17 +150,22 @@ def seal(header: Header, payload: bytes | PayloadWriter) -> bytes:
 def open_envelope(data: bytes | bytearray | memoryview) -> tuple[Header, memoryview]:
     """Check an envelope and return its header and a view of its payload.
 
+    The view is always of immutable ``bytes``: ``data`` itself when it is ``bytes`` (or
+    a contiguous view of ``bytes``), else a copy taken *before* the digest is checked.
+    So what was checked is what every later read sees: a buffer the caller (or another
+    thread) rewrites after this check cannot change the message, and the payload view
+    never aliases the caller's mutable memory.
+
     Raises:
         FormatVersionError: an envelope of another format version (format 1: an older
             privagg); checked right after the magic.
         DeserializationError: bad magic, unknown scheme, wrong length, or a digest
-            mismatch (truncated or corrupted bytes).
+            mismatch (truncated or corrupted bytes); an object that is not a readable
+            bytes-like buffer (e.g. a released memoryview).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DeserializationError()
-    if isinstance(data, memoryview) and not data.c_contiguous:
-        data = data.tobytes()  # a strided view cannot be cast to bytes in place
-    view = memoryview(data).cast("B")
+    view = _frozen_view(data)
     if len(view) < _HEADER.size + _DIGEST_SIZE:
         raise DeserializationError()
     magic, version, scheme, kind, params_id, round_id, length = _HEADER.unpack_from(
@@ -183,6 +188,30 @@ def open_envelope(data: bytes | bytearray | memoryview) -> tuple[Header, memoryv
     return Header(sch, kind, bytes(params_id), round_id, version), view[
         _HEADER.size : end
     ]
+
+
+def _frozen_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """A flat byte view of ``data`` that nobody can change: in place over immutable
+    ``bytes``, else over a copy (review: TOCTOU between the digest check and the
+    parse of a mutable buffer)."""
+    try:
+        view = memoryview(data)
+        if isinstance(view.obj, bytes):
+            return memoryview(_flat(view))
+        return memoryview(view.tobytes())
+    except (TypeError, ValueError):  # released, or not a buffer
+        raise DeserializationError() from None
+
+
+def _flat(view: memoryview) -> memoryview | bytes:
+    """``view`` as flat bytes: cast in place when it is C-contiguous with a castable
+    format, else copied (a strided view, a non-native format such as ``>u4``)."""
+    if view.c_contiguous:
+        try:
+            return view.cast("B")
+        except TypeError:
+            pass
+    return view.tobytes()
 
 
 class Message(Protocol):
@@ -294,8 +323,10 @@ class PayloadWriter:
         return self
 
     def blob(self, b: bytes | bytearray | memoryview) -> PayloadWriter:
-        if isinstance(b, memoryview):
-            b = b.cast("B") if b.c_contiguous else b.tobytes()
+        if not isinstance(b, (bytes, bytearray)):
+            # any other buffer (a memoryview, or an array passed in its place) is
+            # framed by its byte length, never its item count
+            b = _flat(memoryview(b))
         self._put(_U64.pack(len(b)))
         if len(b) < self._SMALL:
             self._put(b)  # copied now
@@ -360,7 +391,11 @@ class PayloadReader:
     __slots__ = ("_end", "_frozen", "_pos", "_view")
 
     def __init__(self, data: bytes | memoryview) -> None:
-        self._view = memoryview(data).cast("B")
+        try:
+            view = _flat(memoryview(data))
+        except (TypeError, ValueError):  # released, or not a buffer
+            raise DeserializationError() from None
+        self._view = memoryview(view)
         self._pos = 0
         self._end = len(self._view)
         # Immutable backing bytes: a view of them stays what was verified (digest,
