@@ -227,7 +227,7 @@ class Message(Protocol):
 
 
 _MessageT = TypeVar("_MessageT")
-_REGISTRY: dict[tuple[Scheme, int], Callable[[bytes], Any]] = {}
+_REGISTRY: dict[tuple[Scheme, int], Callable[[bytes | memoryview], Any]] = {}
 
 
 def register_message(
@@ -245,13 +245,19 @@ def register_message(
     return deco
 
 
-def from_bytes(data: bytes) -> Any:
+def from_bytes(data: bytes | bytearray | memoryview) -> Any:
     """Decode any privagg envelope into its typed message.
 
     Raises:
         DeserializationError: the bytes are not a well-formed privagg message.
     """
-    header, _ = open_envelope(data)
+    if not isinstance(data, bytes):
+        # one immutable copy of a mutable buffer (none for a view of ``bytes``): the
+        # dispatch below and the decoder then check and read the same bytes
+        if not isinstance(data, (bytearray, memoryview)):
+            raise DeserializationError()
+        data = _frozen_view(data)
+    header = open_envelope(data)[0]
     key = (header.scheme, header.kind)
     if key not in _REGISTRY:
         try:

@@ -918,3 +918,103 @@ def test_worker_threads_share_no_state_between_blocks() -> None:
     with ThreadPoolExecutor(4) as ex:
         for out in ex.map(holder, range(4)):
             np.testing.assert_array_equal(out, want)
+
+
+def test_generic_from_bytes_dispatches_and_decodes_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TOCTOU in the generic decoder. Worked before the fix: ``envelope.from_bytes``
+    opened a mutable buffer once to pick the decoder and the decoder opened it again,
+    so a thread that wrote another valid message into the buffer in between got that
+    one decoded. Now the buffer is copied once, before the first check."""
+    first = Contribution(Scheme.PAILLIER, _PID, 1, "alice", b"A" * 64).to_bytes()
+    other = Contribution(Scheme.PAILLIER, _PID, 9, "mallo", b"B" * 64).to_bytes()
+    assert len(first) == len(other)
+    buf = bytearray(first)
+    real = envelope._digest
+    calls = []
+
+    def racing(data: bytes | memoryview) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            buf[:] = other  # between the dispatch check and the decoder's own check
+        return real(data)
+
+    monkeypatch.setattr(envelope, "_digest", racing)
+    got = envelope.from_bytes(buf)
+    assert (got.client_id, got.round_id, bytes(got.body)) == ("alice", 1, b"A" * 64)
+
+
+_LENGTHS = [0, 1, -1, 2, "huge", "top", "end"]
+
+
+def _length_variants(true: int, room: int) -> list[int]:
+    out = []
+    for v in _LENGTHS:
+        if v == "huge":
+            out.append(_U64)
+        elif v == "top":
+            out.append(1 << 63)
+        elif v == "end":
+            out.append(room)  # runs exactly to the end of the payload
+        else:
+            out.append(true + int(v) if v in (-1, 1, 2) else int(v))
+    return [x for x in out if x != true and 0 <= x <= _U64]
+
+
+@pytest.mark.parametrize("kind", ["contribution", "aggregate", "request"])
+def test_every_length_field_of_the_one_shot_messages(kind: str) -> None:
+    """Each length/count field of a (re-sealed, so digest-valid) one-shot message set to
+    0, off by one, to the end of the payload or to 2**63 / 2**64 - 1: refused with
+    DeserializationError (exactly that type), never a short or misaligned decode."""
+    body = bytes(range(200))
+    if kind == "contribution":
+        msg = Contribution(Scheme.PAILLIER, _PID, 3, "client-7", body)
+    elif kind == "aggregate":
+        msg = AggregateMessage(Scheme.PAILLIER, _PID, 3, ("a", "bc"), body)
+    else:
+        msg = RoundRequest(Scheme.PAILLIER, _PID, 3, "client-7")
+    cls = type(msg)
+    h, payload = open_envelope(msg.to_bytes())
+    p = bytes(payload)
+    # (offset, width, true value) of every length or count field
+    fields: list[tuple[int, int, int]] = []
+    if kind == "aggregate":
+        fields.append((0, 4, 2))
+        pos = 4
+        for c in ("a", "bc"):
+            fields.append((pos, 8, len(c)))
+            pos += 8 + len(c)
+    else:
+        fields.append((0, 8, 8))
+        pos = 16
+    if kind != "request":
+        fields.append((pos, 8, len(body)))
+    for off, width, true in fields:
+        room = len(p) - off - width
+        for v in _length_variants(true, room):
+            if width == 4 and v >= 1 << 32:
+                continue
+            bad = p[:off] + v.to_bytes(width, "big") + p[off + width :]
+            env = seal(Header(h.scheme, h.kind, h.params_id, h.round_id), bad)
+            with pytest.raises(DeserializationError) as ei:
+                cls.from_bytes(env)
+            assert type(ei.value) is DeserializationError, (off, v)
+    assert (
+        cls.from_bytes(seal(Header(h.scheme, h.kind, h.params_id, h.round_id), p))
+        == msg
+    )
+
+
+def test_envelope_length_field_and_digest() -> None:
+    env = Contribution(Scheme.PAILLIER, _PID, 3, "c", bytes(100)).to_bytes()
+    length = int.from_bytes(env[48:56], "big")
+    for v in (0, length - 1, length + 1, _U64, 1 << 63):
+        with pytest.raises(DeserializationError) as ei:
+            open_envelope(env[:48] + _u64(v) + env[56:])
+        assert type(ei.value) is DeserializationError
+    for cut in (0, 1, 55, 56, 71, len(env) - 1):
+        with pytest.raises(DeserializationError):
+            open_envelope(env[:cut])
+    with pytest.raises(DeserializationError):
+        open_envelope(env + b"\x00")
