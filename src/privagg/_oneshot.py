@@ -9,6 +9,7 @@ cryptography through three small codecs (:class:`ClientCodec`, :class:`CombineCo
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
@@ -177,7 +178,9 @@ class OneShotHolder:
     recovers each round id at most once and refuses aggregates with fewer than
     ``min_contributions`` contributors, so a replayed or single-client "aggregate" is
     not decrypted. (Against a fully malicious aggregator that fabricates contributions
-    this is not enough: see each backend's threat model.)
+    this is not enough: see each backend's threat model.) "At most once" holds for
+    concurrent calls too: a round id is reserved before decryption starts, and freed
+    again only if the recovery fails.
     """
 
     scheme: Scheme
@@ -185,6 +188,10 @@ class OneShotHolder:
     codec: RecoverCodec
     min_contributions: int = 1
     _recovered_rounds: set[int] = field(default_factory=set)
+    _pending_rounds: set[int] = field(default_factory=set, repr=False, compare=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, repr=False, compare=False
+    )
 
     def recover(self, result: bytes) -> Recovered:
         """Check the aggregate's parameters and round, and recover the float sum."""
@@ -192,15 +199,25 @@ class OneShotHolder:
         if msg.scheme != self.scheme:
             raise ProtocolError("aggregate is of another scheme")
         _check_params(msg.params_id, self.params_id, "the aggregate")
-        if msg.round_id in self._recovered_rounds:
-            raise ProtocolError(f"round {msg.round_id} was already recovered (replay?)")
+        rid = msg.round_id
+        if rid in self._recovered_rounds:
+            raise ProtocolError(f"round {rid} was already recovered (replay?)")
         if len(msg.contributors) < self.min_contributions:
             raise InsufficientParticipantsError(
                 f"aggregate has {len(msg.contributors)} contributor(s), "
                 f"at least {self.min_contributions} required"
             )
-        vec = self.codec.recover(msg.body, len(msg.contributors))
-        self._recovered_rounds.add(msg.round_id)
+        with self._lock:  # check and reserve at once (review: concurrent replays)
+            if rid in self._recovered_rounds or rid in self._pending_rounds:
+                raise ProtocolError(f"round {rid} was already recovered (replay?)")
+            self._pending_rounds.add(rid)
+        try:
+            vec = self.codec.recover(msg.body, len(msg.contributors))
+            with self._lock:
+                self._recovered_rounds.add(rid)
+        finally:
+            with self._lock:
+                self._pending_rounds.discard(rid)
         return Recovered(vec, msg.contributors)
 
     def __reduce__(self) -> NoReturn:

@@ -1018,3 +1018,41 @@ def test_envelope_length_field_and_digest() -> None:
             open_envelope(env[:cut])
     with pytest.raises(DeserializationError):
         open_envelope(env + b"\x00")
+
+
+def test_holder_decrypts_one_round_id_once_even_when_called_concurrently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worked before the fix: the holder checked its round register, decrypted (the GIL
+    released for the whole block-wise decryption) and only then recorded the round, so
+    two aggregates sent at once under one round id were both decrypted, against the
+    documented "recovers each round id at most once". Now the round id is reserved
+    before decryption (and released again if the decryption fails)."""
+    s = _session(30)
+    agg, replies = _round_messages(s, 21)
+    agg.receive(replies)
+    result = agg.result()
+    holder = s.holder()
+    both_inside = threading.Barrier(2)
+    real = pb._RecoverCodec.recover
+
+    def slow(self: Any, body: Any, n: int) -> Any:
+        try:
+            both_inside.wait(timeout=1.0)  # both callers decrypting at once?
+        except threading.BrokenBarrierError:
+            pass
+        return real(self, body, n)
+
+    monkeypatch.setattr(pb._RecoverCodec, "recover", slow)
+
+    def call(_: int) -> str:
+        try:
+            holder.recover(result)
+        except ProtocolError:
+            return "refused"
+        return "decrypted"
+
+    with ThreadPoolExecutor(2) as ex:
+        outcomes = sorted(ex.map(call, range(2)))
+    assert outcomes == ["decrypted", "refused"]
+    assert holder._recovered_rounds == {21}
