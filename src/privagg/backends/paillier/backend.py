@@ -348,9 +348,13 @@ class _RecoverCodec:
         """Decrypt the aggregate and return the float sum.
 
         Raises:
-            EncodingOverflowError: more contributors than the headroom allows.
+            EncodingOverflowError: more contributors than the headroom allows, or a
+                slot sum beyond what ``n_contributions`` contributions can sum to.
             DeserializationError: malformed body, or a plaintext outside the packed range
                 (wrong key or tampered ciphertext; false accept <= 2**-64 per ciphertext).
+
+        Either way nothing is returned: the sums are written block by block into
+        arrays of this call only.
         """
         p = self.params
         if not 1 <= n_contributions <= p.max_clients:
