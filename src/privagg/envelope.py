@@ -401,7 +401,7 @@ class PayloadReader:
             view = _flat(memoryview(data))
         except (TypeError, ValueError):  # released, or not a buffer
             raise DeserializationError() from None
-        self._view = memoryview(view)
+        self._view = view if isinstance(view, memoryview) else memoryview(view)
         self._pos = 0
         self._end = len(self._view)
         # Immutable backing bytes: a view of them stays what was verified (digest,

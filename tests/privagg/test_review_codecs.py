@@ -11,6 +11,7 @@ documented limit (no output integrity), pinned so that the docs stay true.
 from __future__ import annotations
 
 import array
+import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from privagg.errors import (
 )
 from privagg.hazmat import DeterministicRng
 from privagg.messages import AggregateMessage, Contribution, RoundRequest
+from tests.privagg.test_fuzz_parsers import feed, huge_claims, mutate_bytes
 
 _PID = bytes(range(32))
 _U64 = (1 << 64) - 1
@@ -1110,3 +1112,90 @@ def test_random_corruption_of_an_aggregate_ciphertext_is_detected(
     with pytest.raises(DeserializationError) as ei:
         _holder_codec(s).recover(_body(s, cts), 2)
     assert type(ei.value) is DeserializationError
+
+
+# == fuzz: one-shot messages and Paillier bodies (the harness of test_fuzz_parsers) =======
+_FUZZ_CORPUS: dict[str, Any] = {}
+
+
+def _fuzz_corpus() -> dict[str, Any]:
+    if not _FUZZ_CORPUS:
+        s = _session(30)
+        agg, replies = _round_messages(s, 31)
+        agg.receive(replies)
+        good = Contribution.from_bytes(replies["a"]).body
+        request = RoundRequest(Scheme.PAILLIER, s.params_id, 31, "a").to_bytes()
+        _FUZZ_CORPUS.update(
+            session=s,
+            messages=[*replies.values(), agg.result(), request],
+            contributions=list(replies.values()),
+            aggregates=[agg.result()],
+            body=bytes(good),
+            aggregate=bytes(AggregateMessage.from_bytes(agg.result()).body),
+        )
+    return _FUZZ_CORPUS
+
+
+def _fuzz_targets() -> dict[str, tuple[Callable[[bytes], Any], tuple[type, ...], str]]:
+    def combine(x: bytes) -> Any:
+        c = _fuzz_corpus()
+        return c["session"].combine_codec.combine([c["body"], x])
+
+    def recover(x: bytes) -> Any:
+        return _holder_codec(_fuzz_corpus()["session"]).recover(x, 2)
+
+    def generic(x: bytes) -> Any:
+        return envelope.from_bytes(bytearray(x))
+
+    return {
+        "envelope.from_bytes (one-shot messages, bytearray)": (
+            generic,
+            (DeserializationError,),
+            "messages",
+        ),
+        "Contribution.from_bytes": (
+            Contribution.from_bytes,
+            (DeserializationError,),
+            "contributions",
+        ),
+        "AggregateMessage.from_bytes": (
+            AggregateMessage.from_bytes,
+            (DeserializationError,),
+            "aggregates",
+        ),
+        "paillier combine (body)": (combine, (DeserializationError,), "body"),
+        "paillier recover (aggregate body)": (
+            recover,
+            (DeserializationError, EncodingOverflowError),
+            "aggregate",
+        ),
+    }
+
+
+_TARGETS = list(_fuzz_targets())
+
+
+@pytest.mark.parametrize("target", _TARGETS)
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_fuzz_one_shot_messages_and_paillier_bodies(target: str, seed: int) -> None:
+    """Mutated (raw or re-sealed) inputs: only the documented typed errors escape, and
+    no claimed size is allocated before it is checked (the heap bound of ``feed``)."""
+    parse, allowed, key = _fuzz_targets()[target]
+    corpus = _fuzz_corpus()[key]
+    corpus = corpus if isinstance(corpus, list) else [corpus]
+    rnd = random.Random(seed)
+    inputs = [mutate_bytes(rnd, rnd.choice(corpus)) for _ in range(4)]
+    n, escapes = feed(parse, allowed, inputs)
+    assert n == 4 and not escapes, escapes[:3]
+
+
+@pytest.mark.parametrize("target", _TARGETS)
+def test_huge_claims_in_one_shot_messages_and_paillier_bodies(target: str) -> None:
+    parse, allowed, key = _fuzz_targets()[target]
+    corpus = _fuzz_corpus()[key]
+    corpus = corpus if isinstance(corpus, list) else [corpus]
+    for valid in corpus:
+        parse(valid)  # the corpus is valid: the fuzzing is not vacuous
+    n, escapes = feed(parse, allowed, (x for v in corpus for x in huge_claims(v, 64)))
+    assert n > 0 and not escapes, escapes[:5]
