@@ -189,7 +189,9 @@ def test_views_of_immutable_messages_are_read_only_for_good() -> None:
     assert isinstance(got.body, memoryview) and got.body.readonly
     with pytest.raises(TypeError):
         got.body[0] = 1  # type: ignore[index]
-    assert isinstance(got.body.obj, bytes)  # no mutable memory behind it
+    assert got.body.obj is msg  # no mutable memory behind it, and no copy of bytes
+    assert open_envelope(msg)[1].obj is msg
+    assert open_envelope(memoryview(msg)[:])[1].obj is msg
     arr = np.arange(1000, dtype=np.float64)
     r = PayloadReader(PayloadWriter().array(arr).getvalue())
     a = r.array_frozen()
