@@ -46,6 +46,7 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "ecdh",
+    "ed25519_key",
     "ed25519_public",
     "ed25519_sign",
     "ed25519_verify",
@@ -98,11 +99,12 @@ def ecdh(private: bytes | X25519PrivateKey, peer_public: bytes) -> bytes:
         raise ProtocolError("invalid X25519 public key") from None
 
 
+_SHA256 = hashes.SHA256()  # stateless algorithm descriptor, shared by every HKDF
+
+
 def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
     """HKDF-SHA256."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(
-        secret
-    )
+    return HKDF(algorithm=_SHA256, length=length, salt=salt, info=info).derive(secret)
 
 
 def mask_key(seed: bytes) -> bytes:
@@ -146,9 +148,17 @@ def ed25519_public(private: bytes) -> bytes:
     )
 
 
-def ed25519_sign(private: bytes, message: bytes) -> bytes:
-    """A 64-byte Ed25519 signature."""
-    return Ed25519PrivateKey.from_private_bytes(private).sign(message)
+def ed25519_key(private: bytes) -> Ed25519PrivateKey:
+    """An Ed25519 signing key object (to reuse for several signatures: building one
+    derives the public key, a scalar multiplication as costly as a signature)."""
+    return Ed25519PrivateKey.from_private_bytes(private)
+
+
+def ed25519_sign(private: bytes | Ed25519PrivateKey, message: bytes) -> bytes:
+    """A 64-byte Ed25519 signature (``private``: key bytes or :func:`ed25519_key`)."""
+    if isinstance(private, bytes):
+        private = Ed25519PrivateKey.from_private_bytes(private)
+    return private.sign(message)
 
 
 def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:

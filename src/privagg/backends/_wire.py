@@ -120,6 +120,26 @@ class Message:
     ) -> Self:
         return cls(params_id, round_id, party)
 
+    def body(self) -> bytes:
+        """The payload fields after the party id (what :meth:`_write` writes), alone.
+
+        With :meth:`seal_body`, a message addressed to many parties with the same fields
+        is encoded once instead of once per party.
+        """
+        w = PayloadWriter()
+        self._write(w)
+        return w.getvalue()
+
+    @classmethod
+    def seal_body(
+        cls, params_id: bytes, round_id: int, party: str, body: bytes
+    ) -> bytes:
+        """The envelope of a message of this class for ``party`` whose fields after the
+        party id encode as ``body`` (see :meth:`body`): the bytes :meth:`to_bytes` of
+        that message returns (a payload is its fields' encodings in order)."""
+        payload = PayloadWriter().text(party).getvalue() + body
+        return seal(Header(cls.SCHEME, cls.KIND, params_id, round_id), payload)
+
     def to_bytes(self) -> bytes:
         """Encode as an envelope."""
         # Sealed at once: large fields are borrowed, not copied, and joined only into

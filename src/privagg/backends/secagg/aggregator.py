@@ -84,6 +84,7 @@ class SecAggAggregator(FinishedResult):
         self._seed = b""
         self._nbrs: dict[str, frozenset[str]] = {}  # known once the keys are advertised
         self._rejected_by: dict[str, frozenset[str]] = {}
+        self._holders_of: dict[str, frozenset[str]] = {}  # see _holders
         self._peers: dict[str, frozenset[str]] = {}
         self._attest: dict[str, tuple[tuple[str, ...], bytes]] = {}
         self.rejected: set[str] = set()  # clients dropped for invalid keys or shares
@@ -102,9 +103,11 @@ class SecAggAggregator(FinishedResult):
         return self._graph
 
     def _msg(self, cls: type[Any], **kw: Any) -> Callable[[str], bytes]:
-        return lambda party: cls(
-            self._cfg.params_id, self._round, party, **kw
-        ).to_bytes()
+        """party -> the bytes of ``cls(params_id, round, party, **kw)``: the fields every
+        party gets are encoded once (the round's broadcasts, O(n) each)."""
+        params_id, round_id = self._cfg.params_id, self._round
+        body = cls(params_id, round_id, "", **kw).body()
+        return lambda party: cls.seal_body(params_id, round_id, party, body)
 
     def start(self) -> dict[str, bytes]:
         """Stage 0: send the participant list and (k, t) to every client."""
@@ -206,11 +209,8 @@ class SecAggAggregator(FinishedResult):
         ]
         self._need(len(live), "clients have enough live neighbours")
         self._expect = SecAggKind.SHARES
-        rel = tuple(msgs[j] for j in sorted(msgs))
-        return {
-            cid: ShareKeysRequest(self._cfg.params_id, self._round, cid, rel).to_bytes()
-            for cid in live
-        }
+        mk = self._msg(ShareKeysRequest, keys=tuple(msgs[j] for j in sorted(msgs)))
+        return {cid: mk(cid) for cid in live}
 
     def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, SharesMessage] = self._decode(
@@ -240,16 +240,22 @@ class SecAggAggregator(FinishedResult):
             for cid in sorted(u2)
         }
 
-    def _holders(self, owner: str) -> set[str]:
+    def _holders(self, owner: str) -> frozenset[str]:
         """Clients holding shares of ``owner``'s secrets: its neighbours in U2 that accepted
-        its share ciphertext (never ``owner`` itself)."""
-        if len(self._u0) == 1:
-            return {owner}  # a one-client round (the sum is the input)
-        return {
-            i
-            for i in self._nbrs[owner] & self._u2
-            if owner not in self._rejected_by.get(i, ())
-        }
+        its share ciphertext (never ``owner`` itself). Fixed once the masked inputs are
+        in (``_rejected_by``); computed once per owner from then on."""
+        held = self._holders_of.get(owner)
+        if held is None:
+            if len(self._u0) == 1:
+                held = frozenset({owner})  # a one-client round (the sum is the input)
+            else:
+                held = frozenset(
+                    i
+                    for i in self._nbrs[owner] & self._u2
+                    if owner not in self._rejected_by.get(i, ())
+                )
+            self._holders_of[owner] = held
+        return held
 
     def _on_masked(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         dtype = self._cfg.dtype
@@ -277,6 +283,7 @@ class SecAggAggregator(FinishedResult):
         accused = {j for m in msgs.values() for j in m.rejected}
         self.rejected |= accused & set(msgs)
         self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
+        self._holders_of = {}
         acc = np.zeros(self._cfg.size, dtype=dtype)
         u3 = []
         for sender in sorted(msgs):
@@ -328,22 +335,16 @@ class SecAggAggregator(FinishedResult):
         """The last stage's requests: each recipient gets the survivor set, the survivor-set
         signatures and the partner attestations of its surviving neighbours."""
         alive = set(self._u3)
-        out = {}
+        att: dict[str, tuple[tuple[str, tuple[str, ...], bytes], ...]] = {}
         for cid in sorted(recipients):
-            att: tuple[tuple[str, tuple[str, ...], bytes], ...] = ()
+            att[cid] = ()
             if self._cfg.active:
-                att = tuple(
+                att[cid] = tuple(
                     (o, *self._attest[o]) for o in sorted(self._nbrs[cid] & alive)
                 )
-            out[cid] = UnmaskRequest(
-                self._cfg.params_id,
-                self._round,
-                cid,
-                self._u3,
-                sigs,
-                att,
-            ).to_bytes()
-        return out
+        return UnmaskRequest.for_recipients(
+            self._cfg.params_id, self._round, self._u3, sigs, att
+        )
 
     def _needed(self) -> list[str]:
         """Owners whose secret must be reconstructed: every survivor, and each client of

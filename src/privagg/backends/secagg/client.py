@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from privagg._rng import Rng
 from privagg.backends import _shamir
 from privagg.backends._graph import (
@@ -16,6 +18,7 @@ from privagg.backends._primitives import (
     aead_decrypt,
     aead_encrypt,
     ecdh,
+    ed25519_key,
     ed25519_sign,
     ed25519_verify,
     new_x25519,
@@ -174,6 +177,7 @@ class SecAggClient(RingClient[_Config]):
     ) -> None:
         super().__init__(cfg, party_id, round_id, update, weight, rng, noise)
         self._identity = identity
+        self._signer: Ed25519PrivateKey | None = None
         self._directory = directory
         self._state: _State = _Start()
 
@@ -194,10 +198,13 @@ class SecAggClient(RingClient[_Config]):
         reply, self._state = step(self, state, msg)
         return reply
 
-    def _identity_key(self) -> bytes:
-        if self._identity is None:
-            raise ConfigurationError("the active variant needs an identity key")
-        return self._identity.reveal()
+    def _identity_key(self) -> Ed25519PrivateKey:
+        """The identity signing key, built once per round (a client signs up to 3 times)."""
+        if self._signer is None:
+            if self._identity is None:
+                raise ConfigurationError("the active variant needs an identity key")
+            self._signer = ed25519_key(self._identity.reveal())
+        return self._signer
 
     def _setup(self, _: _Start, req: SetupRequest) -> tuple[bytes, _Advertised]:
         ids = req.participants

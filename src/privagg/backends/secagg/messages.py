@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
@@ -250,11 +251,41 @@ class UnmaskRequest(_Message):
     def _write(self, w: PayloadWriter) -> None:
         _write_ids(w, self.survivors)
         _write_cts(w, self.signatures)
-        w.u32(len(self.attestations))
-        for owner, missing, sig in self.attestations:
+        self._write_attestations(w, self.attestations)
+
+    @staticmethod
+    def _write_attestations(
+        w: PayloadWriter, attestations: Sequence[tuple[str, tuple[str, ...], bytes]]
+    ) -> None:
+        w.u32(len(attestations))
+        for owner, missing, sig in attestations:
             w.text(owner)
             _write_ids(w, missing)
             w.blob(sig)
+
+    @classmethod
+    def for_recipients(
+        cls,
+        params_id: bytes,
+        round_id: int,
+        survivors: tuple[str, ...],
+        signatures: tuple[tuple[str, bytes], ...],
+        attestations: Mapping[str, tuple[tuple[str, tuple[str, ...], bytes], ...]],
+    ) -> dict[str, bytes]:
+        """The request for each recipient of ``attestations`` (recipient -> its
+        attestations): the bytes of ``cls(params_id, round_id, recipient, survivors,
+        signatures, attestations[recipient]).to_bytes()``, with the fields every
+        recipient shares (survivors and their signatures) encoded once."""
+        head = PayloadWriter()
+        _write_ids(head, survivors)
+        _write_cts(head, signatures)
+        shared = head.getvalue()
+        out = {}
+        for cid, att in attestations.items():
+            tail = PayloadWriter()
+            cls._write_attestations(tail, att)
+            out[cid] = cls.seal_body(params_id, round_id, cid, shared + tail.getvalue())
+        return out
 
     @classmethod
     def _read(
