@@ -75,13 +75,12 @@ def new_x25519(rng: Rng) -> bytes:
     return rng.random_bytes(KEY_SIZE)
 
 
-def x25519_public(private: bytes) -> bytes:
-    """The raw 32-byte public key of an X25519 private key."""
-    return (
-        X25519PrivateKey.from_private_bytes(private)
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
+def x25519_public(private: bytes | X25519PrivateKey) -> bytes:
+    """The raw 32-byte public key of an X25519 private key (bytes or :func:`x25519_key`;
+    building a key object computes its public key: reuse one where there is one)."""
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def x25519_key(private: bytes) -> X25519PrivateKey:

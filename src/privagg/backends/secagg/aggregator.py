@@ -433,11 +433,11 @@ class SecAggAggregator(FinishedResult):
             if owner in alive:
                 seeds.append((secret, -1))
                 continue
-            if x25519_public(secret) != self._keys[owner].s_pk:
+            s_sk = x25519_key(secret)
+            if x25519_public(s_sk) != self._keys[owner].s_pk:
                 raise ProtocolError(
                     f"shares of {owner!r} do not reconstruct its advertised key"
                 )
-            s_sk = x25519_key(secret)
             for i in sorted(i for i in alive if owner in self._peers[i]):
                 seed = _pair_seed(
                     self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privagg._rng import Rng
 from privagg.backends import _shamir
@@ -93,6 +94,10 @@ class _Advertised:
     view: _RoundView
     c_sk: SecretBytes
     s_sk: SecretBytes
+    # the same two keys as X25519 key objects (built once: each build derives the
+    # public key, a scalar multiplication)
+    c_key: X25519PrivateKey
+    s_key: X25519PrivateKey
     b: SecretBytes
     own_pks: tuple[bytes, bytes]
 
@@ -236,8 +241,8 @@ class SecAggClient(RingClient[_Config]):
         c_sk = SecretBytes(new_x25519(self._rng), label="secagg c_sk")
         s_sk = SecretBytes(new_x25519(self._rng), label="secagg s_sk")
         b = SecretBytes(self._rng.random_bytes(32), label="secagg self-mask seed")
-        c_pk = x25519_public(c_sk.reveal())
-        s_pk = x25519_public(s_sk.reveal())
+        c_key, s_key = x25519_key(c_sk.reveal()), x25519_key(s_sk.reveal())
+        c_pk, s_pk = x25519_public(c_key), x25519_public(s_key)
         sig = b""
         if self._cfg.active:
             sig = ed25519_sign(
@@ -249,7 +254,7 @@ class SecAggClient(RingClient[_Config]):
         reply = AdvertiseMessage(
             self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig
         ).to_bytes()
-        return reply, _Advertised(view, c_sk, s_sk, b, (c_pk, s_pk))
+        return reply, _Advertised(view, c_sk, s_sk, c_key, s_key, b, (c_pk, s_pk))
 
     def _share(self, st: _Advertised, req: ShareKeysRequest) -> tuple[bytes, _Shared]:
         view = st.view
@@ -306,7 +311,7 @@ class SecAggClient(RingClient[_Config]):
         c_shared: dict[str, bytes] = {}
         held: dict[str, tuple[int, int]] = {}
         masked_with: frozenset[str] = frozenset()
-        c_sk = x25519_key(st.c_sk.reveal())
+        c_sk = st.c_key
         for h in holders:
             x = _x_coord(view.index, h)
             if solo:
@@ -372,7 +377,7 @@ class SecAggClient(RingClient[_Config]):
                     self._cfg, self._round, view.u0 + st.seed, self._id, missing
                 ),
             )
-        s_sk = x25519_key(st.adv.s_sk.reveal())
+        s_sk = st.adv.s_key
         seeds = [(st.adv.b.reveal(), 1)]
         for j in sorted(peers):
             seed = _pair_seed(
