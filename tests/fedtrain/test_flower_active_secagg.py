@@ -8,7 +8,7 @@ does), so the ServerApp's loop and every ClientApp check run as in a deployment,
 the processes (``test_flower_deployment_active.py`` runs the real ones).
 
 Faults: a SuperNode answering garbage at any stage, or answering for another party id,
-ends in a clean typed abort or that node dropped, never in a wrong aggregate.
+ends with that node dropped and the exact sum of the others, never a wrong aggregate.
 """
 
 from __future__ import annotations
@@ -367,20 +367,14 @@ def test_supernode_answering_garbage_never_gives_a_wrong_aggregate(
 ) -> None:
     """client-3's SuperNode answers one stage with garbage (random, cut, extended,
     a broken header, empty), with client-0's reply of that stage (answering for
-    another party id), or with routing fields naming client-0: the round ends in a
-    typed privagg error, or client-3 is dropped and the sum is exactly that of the
-    contributors, never anything else."""
+    another party id), or with routing fields naming client-0: client-3 is dropped
+    (the aggregator ignores a reply it cannot read, as if the node had gone) and the
+    sum is exactly that of the contributors; the round does not abort."""
     folder, directory, pin = identities
     corrupt = _Corrupt(103, stage, kind)
     monkeypatch.setattr(client_app, "privagg_query", corrupt)
     grid = FakeGrid(node_configs(folder, directory, pin))
-    try:
-        summary = _run(grid, _settings(directory))
-    except privagg.PrivaggError as exc:  # a clean, typed abort
-        assert corrupt.fired
-        count("faults", f"flower: {kind} reply", injected=1, ok=1, aborted=1)
-        assert not isinstance(exc, privagg.ConfigurationError)
-        return
+    summary = _run(grid, _settings(directory))
     assert corrupt.fired
     rec = summary["rounds"][0]
     check_sum(rec, WEIGHTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -49,9 +50,13 @@ from privagg.backends.secagg.messages import (
 )
 from privagg.errors import (
     ConfigurationError,
+    DeserializationError,
     InsufficientParticipantsError,
+    ParameterMismatchError,
     ProtocolError,
 )
+
+_log = logging.getLogger(__name__)
 
 
 # -- aggregator ----------------------------------------------------------------------------
@@ -128,16 +133,41 @@ class SecAggAggregator(FinishedResult):
         cls: type[Any],
         allowed: frozenset[str] | set[str],
     ) -> dict[str, Any]:
+        """The stage's replies that decode, by sender.
+
+        A reply that is not a well-formed message of this session, round and stage
+        labelled with its sender (garbage, cut, replayed from another round, from
+        another session, another party's) is ignored and its sender treated as
+        dropped at this stage, the case the protocol already recovers from: one client
+        cannot abort the round by answering garbage. A reply from a party that was not
+        asked is the caller's routing error.
+
+        Raises:
+            ProtocolError: a reply from a party outside ``allowed``.
+        """
         out = {}
         for sender, data in replies.items():
             if sender not in allowed:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
-            self._cfg.check_header(data, self._round, cls.KIND, f"reply of {sender!r}")
-            msg = cls.from_bytes(data)
-            if msg.party != sender:
-                raise ProtocolError(
-                    f"party {sender!r} sent a reply labelled {msg.party!r}"
+            try:
+                self._cfg.check_header(
+                    data, self._round, cls.KIND, f"reply of {sender!r}"
                 )
+                msg = cls.from_bytes(data)
+                if msg.party != sender:
+                    raise ProtocolError(
+                        f"party {sender!r} sent a reply labelled {msg.party!r}"
+                    )
+            except (DeserializationError, ParameterMismatchError, ProtocolError) as exc:
+                _log.warning(
+                    "SecAgg+ round %d: ignoring %s's unreadable reply (%s); it is "
+                    "treated as dropped",
+                    self._round,
+                    sender,
+                    type(exc).__name__,
+                )
+                self.rejected.add(sender)
+                continue
             out[sender] = msg
         return out
 
@@ -260,10 +290,7 @@ class SecAggAggregator(FinishedResult):
     def _on_masked(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         dtype = self._cfg.dtype
         msgs: dict[str, MaskedInput] = {}
-        for sender, data in replies.items():
-            msg: MaskedInput = self._decode({sender: data}, MaskedInput, self._u2)[
-                sender
-            ]
+        for sender, msg in self._decode(replies, MaskedInput, self._u2).items():
             routed_from = {s for s, _ in self._routed[sender]}
             partners = routed_from - set(msg.rejected)
             if (
@@ -411,10 +438,15 @@ class SecAggAggregator(FinishedResult):
             ):
                 self.rejected.add(sender)
                 continue
-            for owner, _, sh in m.shares:
-                got.setdefault(owner, {})[_x_coord(index, sender)] = (
-                    _shamir.decode_share(sh)
-                )
+            try:  # all of a reply's shares, or none of them
+                shares = [
+                    (owner, _shamir.decode_share(sh)) for owner, _, sh in m.shares
+                ]
+            except DeserializationError:
+                self.rejected.add(sender)  # a non-canonical share: as above
+                continue
+            for owner, v in shares:
+                got.setdefault(owner, {})[_x_coord(index, sender)] = v
         t = self._graph.threshold
         needed = self._needed()
         for owner in needed:
