@@ -95,6 +95,7 @@ class SecAggAggregator(FinishedResult):
         self.rejected: set[str] = set()  # clients dropped for invalid keys or shares
         self._directory = directory
         self._expect: int | None = None
+        self._asked: frozenset[str] = frozenset()  # who got the current stage's request
         self._keys: dict[str, AdvertiseMessage] = {}
         self._routed: dict[str, list[tuple[str, bytes]]] = {}
         self._u2: frozenset[str] = frozenset()
@@ -125,7 +126,20 @@ class SecAggAggregator(FinishedResult):
             degree=self._graph.degree,
             threshold=self._graph.threshold,
         )
+        self._asked = frozenset(self._u0)
         return {cid: mk(cid) for cid in self._u0}
+
+    def _drop(self, sender: str, error: type[Exception]) -> None:
+        """Treat ``sender`` as dropped at this stage for a reply it cannot read; the log
+        names the error's type only (never the bytes or the error's text)."""
+        _log.warning(
+            "SecAgg+ round %d: ignoring %s's unreadable reply (%s); it is treated as "
+            "dropped",
+            self._round,
+            sender,
+            error.__name__,
+        )
+        self.rejected.add(sender)
 
     def _decode(
         self,
@@ -159,14 +173,7 @@ class SecAggAggregator(FinishedResult):
                         f"party {sender!r} sent a reply labelled {msg.party!r}"
                     )
             except (DeserializationError, ParameterMismatchError, ProtocolError) as exc:
-                _log.warning(
-                    "SecAgg+ round %d: ignoring %s's unreadable reply (%s); it is "
-                    "treated as dropped",
-                    self._round,
-                    sender,
-                    type(exc).__name__,
-                )
-                self.rejected.add(sender)
+                self._drop(sender, type(exc))
                 continue
             out[sender] = msg
         return out
@@ -178,19 +185,33 @@ class SecAggAggregator(FinishedResult):
             )
 
     def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        """Process one stage's replies; return the next stage's requests ({} when done)."""
+        """Process one stage's replies; return the next stage's requests ({} when done).
+
+        Raises:
+            ProtocolError: a reply from a party that was not sent this stage's request
+                (nothing is read or changed), or a call out of order.
+            InsufficientParticipantsError: too few clients left to go on.
+        """
         stage = self._expect
         if stage is None or self._result is not None:
             raise ProtocolError("receive() called out of order")
+        # Only the parties asked at this stage may answer, before anything is read: a
+        # client dropped at an earlier stage (or left out of this one) cannot come back.
+        for sender in replies:
+            if sender not in self._asked:
+                raise ProtocolError(f"reply from unexpected party {sender!r}")
         if stage == SecAggKind.ADVERTISE:
-            return self._on_advertise(replies)
-        if stage == SecAggKind.SHARES:
-            return self._on_shares(replies)
-        if stage == SecAggKind.MASKED:
-            return self._on_masked(replies)
-        if stage == SecAggKind.SIGNATURE:
-            return self._on_signatures(replies)
-        return self._on_unmask(replies)
+            out = self._on_advertise(replies)
+        elif stage == SecAggKind.SHARES:
+            out = self._on_shares(replies)
+        elif stage == SecAggKind.MASKED:
+            out = self._on_masked(replies)
+        elif stage == SecAggKind.SIGNATURE:
+            out = self._on_signatures(replies)
+        else:
+            out = self._on_unmask(replies)
+        self._asked = frozenset(out)
+        return out
 
     def _on_advertise(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, AdvertiseMessage] = self._decode(
@@ -442,8 +463,8 @@ class SecAggAggregator(FinishedResult):
                 shares = [
                     (owner, _shamir.decode_share(sh)) for owner, _, sh in m.shares
                 ]
-            except DeserializationError:
-                self.rejected.add(sender)  # a non-canonical share: as above
+            except DeserializationError as exc:
+                self._drop(sender, type(exc))  # a non-canonical share
                 continue
             for owner, v in shares:
                 got.setdefault(owner, {})[_x_coord(index, sender)] = v
