@@ -101,10 +101,9 @@ class _Round:
         return out
 
     def step(self, replies: dict[str, bytes]) -> None:
-        asked = set(self.requests)
+        self.asked.append(set(self.requests))
+        self.got.append(dict(replies))  # kept also when receive() raises
         self.requests = self.agg.receive(replies)
-        self.asked.append(asked)
-        self.got.append(dict(replies))
         self.stage += 1
 
     def run(
@@ -193,10 +192,12 @@ def test_crafted_reply_at_any_stage_drops_only_its_sender(
     )
 
 
-def _assert_one_secret_each(r: _Round, contributors: set[str]) -> None:
+def _assert_one_secret_each(
+    r: _Round, contributors: set[str], *, done: bool = True
+) -> None:
     """Of every share the server received at the unmask stage: only b of a
-    contributor, only s_sk of anyone else, never a holder's own secret, and each
-    contributor's b from at least t holders."""
+    contributor, only s_sk of anyone else, never a holder's own secret, and (when the
+    round finished) each contributor's b from at least t holders."""
     kinds: dict[str, set[int]] = {}
     b_holders: dict[str, set[str]] = {}
     for holder, owner, which in r.revealed():
@@ -207,7 +208,7 @@ def _assert_one_secret_each(r: _Round, contributors: set[str]) -> None:
     for owner, ws in kinds.items():
         assert ws == ({sm._B} if owner in contributors else {sm._S}), owner
     t = r.agg.graph.threshold
-    for c in contributors:
+    for c in contributors if done else ():
         assert len(b_holders.get(c, set())) >= t, c
 
 
@@ -238,21 +239,41 @@ def test_a_dropped_client_never_has_both_secrets_revealed(
     _assert_one_secret_each(r, contributors)
 
 
+def _can_unmask_without(replies: Mapping[str, bytes], bad: set[str], t: int) -> bool:
+    """Oracle from honest unmask replies alone: does every secret someone holds keep
+    t shares once ``bad``'s replies are gone?"""
+    holders: dict[str, set[str]] = {}
+    for sender, data in replies.items():
+        for owner, _, _ in sm.UnmaskShares.from_bytes(data).shares:
+            holders.setdefault(owner, set()).add(sender)
+    return all(len(h - bad) >= t for h in holders.values())
+
+
 @pytest.mark.parametrize("active", [True, False])
 def test_one_garbage_client_at_every_stage_of_one_round(active: bool) -> None:
     """10 clients; c01 garbles stage 0, c02 stage 1, c03 stage 2, (active) c04 its
-    signature, c05 the unmask stage: the exact sum of all but c01-c03, each secret
-    revealed as b or as s_sk only."""
+    signature, c05 the unmask stage: the exact sum of all but c01-c03, or, where c05's
+    shares were needed (the graph is drawn per session), InsufficientParticipantsError
+    at the last stage; either way each secret is revealed as b or as s_sk only."""
     r = _Round(10, active)
     bad = {s: f"c{s + 1:02d}" for s in _stages(active)}
-    if not active:
-        bad[_last(False)] = "c05"
+    bad[_last(active)] = "c05"
+    last = _last(active)
+    can: list[bool] = []
 
     def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+            can.append(_can_unmask_without(replies, {"c05"}, r.agg.graph.threshold))
         replies[bad[s]] = _junk(len(replies[bad[s]]), seed=s)
         return replies
 
-    res = r.run(tamper)
+    try:
+        res = r.run(tamper)
+    except InsufficientParticipantsError as exc:
+        assert can == [False] and "too few shares" in str(exc)
+        _assert_one_secret_each(r, set(_ids(10)) - {"c01", "c02", "c03"}, done=False)
+        return
+    assert can == [True]
     r.assert_exact(res)
     assert r.agg.rejected == set(bad.values())
     assert set(res.contributors) == set(_ids(10)) - {"c01", "c02", "c03"}
@@ -453,12 +474,7 @@ def test_garbage_unmask_replies_give_the_exact_sum_or_no_result(
         r.step(r.honest())
     honest = r.honest()
     bad = set(sorted(honest)[:m])
-    t = r.agg.graph.threshold
-    holders: dict[str, set[str]] = {}
-    for sender, data in honest.items():
-        for owner, _, _ in sm.UnmaskShares.from_bytes(data).shares:
-            holders.setdefault(owner, set()).add(sender)
-    can = all(len(h - bad) >= t for h in holders.values())
+    can = _can_unmask_without(honest, bad, r.agg.graph.threshold)
     replies = _garbage_from(last, bad)(last, dict(honest))
     if can:
         r.step(replies)
