@@ -13,6 +13,7 @@ contributors exactly when its masked input was in before the fault.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,6 +23,7 @@ import privagg
 from privagg import Layout
 from privagg.backends._shamir import PRIME, SHARE_SIZE
 from privagg.backends.secagg import SecAggBackend
+from privagg.backends.secagg import backend as sb
 from privagg.backends.secagg import messages as sm
 from privagg.backends.secagg.aggregator import SecAggAggregator
 from privagg.envelope import open_envelope
@@ -152,3 +154,39 @@ def test_a_reply_from_a_party_not_asked_is_still_a_routing_error() -> None:
     replies["c99"] = replies["c00"]
     with pytest.raises(privagg.ProtocolError, match="unexpected party"):
         r.agg.receive(replies)
+
+
+def test_concurrent_recoveries_of_one_round_release_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two threads recovering the same result at once: exactly one gets the sum, the
+    other a ProtocolError (the round id is checked and recorded in one step)."""
+    session = _session(False)
+    ups = _updates()
+    r = _Round(session, ups, round_id=0)
+    while not r.agg.done:
+        r.requests = r.agg.receive(r.replies())
+    result = r.agg.result()
+    holder = session.holder()
+    both_decoding = threading.Barrier(2, timeout=10)
+    real = sb.decode_total
+
+    def slow_decode(*a: object, **kw: object) -> object:
+        both_decoding.wait()  # both calls are past the first check
+        return real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sb, "decode_total", slow_decode)
+    outcomes: list[object] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(holder.recover(result))
+        except privagg.ProtocolError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(type(o).__name__ for o in outcomes) == ["ProtocolError", "Recovered"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+import threading
 from collections.abc import Sequence
 from typing import ClassVar, NoReturn
 
@@ -64,6 +65,7 @@ class SecAggHolder:
     def __init__(self, cfg: _Config) -> None:
         self._cfg = cfg
         self._recovered_rounds: set[int] = set()
+        self._lock = threading.Lock()
 
     def recover(self, result: bytes) -> Recovered:
         """Check the result's parameters and round, and decode the fixed-point sum.
@@ -84,9 +86,13 @@ class SecAggHolder:
         if msg.round_id in self._recovered_rounds:
             raise ProtocolError(f"round {msg.round_id} was already recovered (replay?)")
         vec = decode_total(self._cfg, msg.total, len(msg.contributors))
-        out = Recovered(vec, msg.contributors)
-        self._recovered_rounds.add(msg.round_id)
-        return out
+        with self._lock:  # check and record at once: one release per round id, even
+            if msg.round_id in self._recovered_rounds:  # for concurrent calls
+                raise ProtocolError(
+                    f"round {msg.round_id} was already recovered (replay?)"
+                )
+            self._recovered_rounds.add(msg.round_id)
+        return Recovered(vec, msg.contributors)
 
     def __repr__(self) -> str:
         return "SecAggHolder()"
