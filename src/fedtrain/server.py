@@ -17,7 +17,6 @@ All clients share ONE base model in memory; adapters are swapped by copying valu
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import secrets
@@ -66,6 +65,14 @@ from fedtrain.models import (
     pick_device,
     resolve_model,
 )
+from fedtrain.planning import (
+    dp_rng,
+    local_steps,
+    open_book,
+    record_noise_multiplier,
+    record_plan,
+    sample_clients,
+)
 from fedtrain.privacy import (
     ACCOUNTANT_SOURCE,
     PrivacyBook,
@@ -73,14 +80,12 @@ from fedtrain.privacy import (
 )
 from fedtrain.strategy import ServerOptimizer, Strategy, make_strategy, server_step
 from fedtrain.train import DPSGD
-from privagg import Rng, SystemRng
+from privagg import Rng
 from privagg.dp import (
     DiscreteGaussianShare,
     GaussianEvent,
-    PoissonSampledEvent,
     survivors,
 )
-from privagg.hazmat import DeterministicRng, uniform01
 
 __all__ = ["Federation", "RoundRecord", "RunResult", "ServerOptimizer"]
 
@@ -290,28 +295,17 @@ class Federation:
     # ------------------------------------------------------------------ setup
 
     def _new_book(self) -> PrivacyBook:
-        p = self.config.privacy
-        folder = None
-        if self.out_dir is not None:
-            folder = self.out_dir / (
-                "privacy" if p.unit == "default" else f"privacy-{p.unit}"
-            )
-        return PrivacyBook(
-            folder,
-            level=p.level,
+        return open_book(
+            self.config,
+            self.out_dir,
             noise_multiplier=self.noise_multiplier,
-            delta=p.delta,
             accountant=self.accountant,
-            target_epsilon=p.target_epsilon,
-            client_event=self.client_event if p.level == "client" else None,
+            client_event=self.client_event,
         )
 
     def _rng(self, *purpose: object) -> Rng:
         """DP randomness: the OS CSPRNG, or (test mode) a fixed AES-CTR stream."""
-        ts = self.config.test_seed
-        if ts is None:
-            return SystemRng()
-        return DeterministicRng(hashlib.sha256(repr((ts, *purpose)).encode()).digest())
+        return dp_rng(self.config.test_seed, *purpose)
 
     def _check_label_ids(self, cid: str, ds: RawDataset) -> None:
         k = len(self.label_names)
@@ -444,31 +438,7 @@ class Federation:
         assert p.target_epsilon is not None
         rounds = c.rounds.rounds
         if p.level == "record":
-            plans = {
-                (
-                    min(1.0, c.rounds.batch_size / self.n_examples[cid]),
-                    self._local_steps(cid),
-                )
-                for cid in self.client_ids
-            }
-
-            def dpsgd(q: float) -> Callable[[float], Any]:
-                def event(z: float) -> Any:
-                    g = GaussianEvent(z)
-                    return g if q >= 1.0 else PoissonSampledEvent(q, g)
-
-                return event
-
-            return max(
-                calibrate_noise_multiplier(
-                    dpsgd(q),
-                    target_epsilon=p.target_epsilon,
-                    delta=p.delta,
-                    accountant=self.accountant,
-                    count=steps * rounds,
-                )
-                for q, steps in sorted(plans)
-            )
+            return record_noise_multiplier(c, self.n_examples, self.accountant)
         m = self.min_clients
 
         def event(z: float) -> Any:
@@ -506,32 +476,16 @@ class Federation:
         apply_global(self.handle, self.config.lora, self.global_state)
 
     def _local_steps(self, cid: str) -> int:
-        ro = self.config.rounds
-        if ro.local_steps is not None:
-            return ro.local_steps
-        assert ro.local_epochs is not None
-        return max(1, math.ceil(ro.local_epochs * self.n_examples[cid] / ro.batch_size))
+        return local_steps(self.config, self.n_examples[cid])
 
     def _sample(self, round_: int = 0) -> list[str]:
         """Sample the round's clients from privagg's CSPRNG (test mode: AES-CTR)."""
-        ro, ids = self.config.rounds, self.client_ids
         self._draws += 1
-        u = uniform01(self._rng("sampling", round_, self._draws), len(ids))
-        if ro.sampling == "poisson":
-            return [cid for cid, x in zip(ids, u, strict=True) if x < ro.sample_rate]
-        k = max(1, round(ro.sample_rate * len(ids)))
-        pick = np.argsort(u, kind="stable")[:k]  # a uniformly random k-subset
-        return [ids[int(i)] for i in sorted(pick)]
+        return sample_clients(self.config, self.client_ids, round_, self._draws)
 
     def _plan(self, ids: list[str]) -> dict[str, tuple[float, int]]:
         """Record-level DP plan: client -> (Poisson batch rate q_k, local steps)."""
-        if self.config.privacy.level != "record":
-            return {}
-        bs = self.config.rounds.batch_size
-        return {
-            cid: (min(1.0, bs / self.n_examples[cid]), self._local_steps(cid))
-            for cid in ids
-        }
+        return record_plan(self.config, self.n_examples, ids)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the current global model on the evaluation data."""

@@ -93,24 +93,17 @@ def _inprocess(
     return fed, initial, fed.run(export=False)
 
 
-def _flower(
-    d: dict[str, Any], backend_options: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Any, Any, list[str]]:
-    """Run ``d`` over the fake Grid; also count the model loads (per process, once)."""
-    loads: list[str] = []
-    real = fedtrain.client.load_model
-
-    def counting(*args: Any, **kw: Any) -> Any:
-        loads.append(str(args[0]))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(fedtrain.client, "load_model", counting)
-    monkeypatch.setattr(run_task, "_CACHE", {})
+def flower_setup(
+    d: dict[str, Any], backend_options: str, **extra: Any
+) -> tuple[FakeGrid, dict[str, Any], server_app.RunSettings]:
+    """The fake Grid of 3 client nodes, the run config and the ServerApp settings of
+    run ``d`` (``extra``: more run config keys, e.g. ``checkpoint-dir``)."""
     run_config = {
         **run_task.run_config_entry(d),
         "task": "fedtrain",
         "backend": d["backend"],
-        "rounds": 2,
+        "rounds": d["rounds"].get("rounds", 2),
+        **extra,
     }
     grid = FakeGrid(
         {
@@ -132,6 +125,23 @@ def _flower(
             "stage-timeout": 5.0,
         }
     )
+    return grid, run_config, settings
+
+
+def _flower(
+    d: dict[str, Any], backend_options: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any, list[str]]:
+    """Run ``d`` over the fake Grid; also count the model loads (per process, once)."""
+    loads: list[str] = []
+    real = fedtrain.client.load_model
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        loads.append(str(args[0]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fedtrain.client, "load_model", counting)
+    monkeypatch.setattr(run_task, "_CACHE", {})
+    grid, run_config, settings = flower_setup(d, backend_options)
     task = run_task.ServerRunTask(run_config)
     summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
     return task, summary, loads
@@ -229,7 +239,7 @@ def test_run_config_is_checked_strictly() -> None:
         (_entry({**good, "bogus": 1}), ConfigError, "bogus"),
         (_entry({**good, "rounds": {"lr": "fast"}}), ConfigError, "rounds.lr"),
         (
-            _entry({**good, "privacy": {"level": "record", "noise_multiplier": 1.0}}),
+            _entry({**good, "privacy": {"level": "client", "noise_multiplier": 1.0}}),
             FlowerConfigError,
             "privacy level",
         ),

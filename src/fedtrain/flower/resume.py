@@ -29,8 +29,9 @@ abandoned round is made up by one more round id.
 **Ledger.** An abandoned round is charged in the ledger as *possibly released* (the
 ServerApp cannot know whether the holder released it before the crash): never a lost
 release; a completed round is charged once and never re-run: never a double charge.
-The Flower runtime has no differential privacy yet, so the ledger counts releases
-(the quantity a DP accountant composes), not epsilon.
+This release ledger counts releases; a task that keeps a privacy ledger (the
+``fedtrain`` task under record-level DP, :class:`AccountingTask`) is told of the
+abandoned round first and charges it too, unless its ledger already recorded it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from fedtrain.checkpoint import load_checkpoint, save_checkpoint
 from fedtrain.errors import FedtrainError
 from fedtrain.flower.errors import FlowerConfigError
 
-__all__ = ["RunCheckpoint", "StatefulTask"]
+__all__ = ["AccountingTask", "RunCheckpoint", "StatefulTask"]
 
 FORMAT = "fedtrain-flower-serverapp-1"
 
@@ -63,6 +64,16 @@ class StatefulTask(Protocol):
 
     def load_state(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         """Restore the state :meth:`state` returned."""
+        ...
+
+
+@runtime_checkable
+class AccountingTask(Protocol):
+    """A server task that keeps a privacy ledger (optional for a ServerTask)."""
+
+    def possibly_released(self, round_id: int) -> None:
+        """Charge round ``round_id``, in flight when the ServerApp died, as released
+        (unless the task's ledger already recorded it)."""
         ...
 
 
@@ -173,8 +184,9 @@ class RunCheckpoint:
         """The checkpoint in ``folder``, or a new one for this run.
 
         A loaded checkpoint whose round was in flight charges that round in the ledger
-        as possibly released and moves past it (saved before returning); the task's
-        state is restored.
+        as possibly released (and in the task's privacy ledger, for an
+        :class:`AccountingTask`) and moves past it (saved before returning); the
+        task's state is restored.
 
         Raises:
             FlowerConfigError: the folder holds another run's checkpoint, or an
@@ -204,6 +216,8 @@ class RunCheckpoint:
         if isinstance(task, StatefulTask) and arrays:
             task.load_state(arrays)
         if out.in_flight is not None:
+            if isinstance(task, AccountingTask):
+                task.possibly_released(out.in_flight)
             out._charge(out.in_flight, None, "possibly-released")
             out.in_flight = None
             out._save(task)

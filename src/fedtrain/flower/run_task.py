@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +58,14 @@ from fedtrain.client import (
     apply_global,
     batch_rng,
     build_handle,
+    dp_module_for,
     initial_state,
     load_client_start,
     local_update,
 )
 from fedtrain.config import RunConfig
 from fedtrain.data import RawDataset, partition
-from fedtrain.errors import ConfigError
+from fedtrain.errors import ConfigError, PrivacyRecordError
 from fedtrain.evaluate import MAIN_METRIC, evaluate
 from fedtrain.experiment import load_task_data
 from fedtrain.flower.errors import FlowerConfigError
@@ -78,8 +79,17 @@ from fedtrain.models import (
     pick_device,
     write_model_sidecar,
 )
+from fedtrain.planning import (
+    dp_rng,
+    local_steps,
+    open_book,
+    record_noise_multiplier,
+    record_plan,
+)
+from fedtrain.privacy import PrivacyBook
 from fedtrain.runfile import RunFile, parse_run_dict
 from fedtrain.strategy import Strategy, make_strategy, server_step
+from fedtrain.train import DPSGD
 from privagg import Layout
 
 __all__ = [
@@ -102,6 +112,7 @@ ROUND_RECORD = "fedtrain.run.round"
 """Key of the ConfigRecord carrying the 1-based training round."""
 
 _OPT_STATE = "fedtrain.run.opt"
+_STATE_FACTS = "fedtrain.run.facts"
 _TASKS = ("seq_cls", "token_cls")
 
 
@@ -160,9 +171,10 @@ class FlowerRun:
             raise FlowerConfigError(
                 f"task {c.task!r} is not supported over Flower (supported: {_TASKS})"
             )
-        if c.privacy.level != "none":
+        if c.privacy.level not in ("none", "record"):
             raise FlowerConfigError(
-                f"privacy level {c.privacy.level!r} is not supported over Flower yet"
+                f"privacy level {c.privacy.level!r} is not supported over Flower yet "
+                "(supported: 'none', 'record')"
             )
         if c.rounds.sample_rate != 1.0:
             raise FlowerConfigError(
@@ -211,6 +223,21 @@ class _Shared:
         self.r_max = self.handle.modules[0].a.shape[0]
         self._encoded: dict[int, Encoded] = {}
         self._eval_enc: Encoded | None = None
+        self._z: float | None = None
+        self.dp_module: Any = None
+
+    def n_examples_by_id(self) -> dict[str, int]:
+        """In-process client id -> its (public) number of training examples."""
+        return dict(zip(self.client_ids(), self.n_examples, strict=True))
+
+    def noise_multiplier(self, config: RunConfig) -> float:
+        """Record level: DP-SGD's z as in-process (configured or calibrated from the
+        public partition), computed once per process."""
+        if self._z is None:
+            self._z = record_noise_multiplier(
+                config, self.n_examples_by_id(), config.privacy.accountant
+            )
+        return self._z
 
     def client_ids(self) -> list[str]:
         """The in-process runtime's client ids (``client<i>``)."""
@@ -245,14 +272,6 @@ def _weight(fr: FlowerRun, sh: _Shared, part: int) -> float:
     if fr.config.rounds.weighting == "uniform":
         return 1.0 / len(sh.parts)
     return sh.n_examples[part] / sum(sh.n_examples)
-
-
-def _local_steps(c: RunConfig, n: int) -> int:
-    ro = c.rounds
-    if ro.local_steps is not None:
-        return ro.local_steps
-    assert ro.local_epochs is not None
-    return max(1, math.ceil(ro.local_epochs * n / ro.batch_size))
 
 
 def _to_record(state: Mapping[str, npt.NDArray[Any]]) -> ArrayRecord:
@@ -301,6 +320,19 @@ class ServerRunTask:
         self.initial_metrics = self.evaluate()
         self.history: list[dict[str, Any]] = []
         self.adapter_dir: Path | None = None
+        # in-process client ids, in Federation's order; the round's sampled clients
+        self.client_ids = sorted(sh.client_ids())
+        self.sampled: list[str] = []
+        self.run_id = secrets.token_hex(8)
+        self.book: PrivacyBook | None = None
+        if c.privacy.level == "record":
+            folder = str(run_config.get("checkpoint-dir", "")) or self.run.run.out
+            self.book = open_book(
+                c,
+                folder or None,
+                noise_multiplier=sh.noise_multiplier(c),
+                accountant=c.privacy.accountant,
+            )
 
     def layout(self) -> Layout:
         """The layout of a client's message (the mode's)."""
@@ -318,8 +350,22 @@ class ServerRunTask:
             bf16=c.bf16,
         )
 
+    def _plan(self, ids: list[str]) -> dict[str, tuple[float, int]]:
+        return record_plan(self.run.config, self.shared.n_examples_by_id(), ids)
+
     def broadcast(self, round_id: int) -> RecordDict:
-        """The global state and the training round (1-based), public."""
+        """The global state and the training round (1-based), public.
+
+        Record level: the round's worst case is checked against the budget first.
+
+        Raises:
+            privagg.BudgetExceededError: the round could exceed ``target_epsilon``
+                (raised before any request of the round is sent).
+        """
+        sampled = list(self.client_ids)
+        if self.book is not None:
+            self.book.check(self._plan(sampled))
+        self.sampled = sampled
         self.train_round += 1
         return RecordDict(
             {
@@ -339,6 +385,18 @@ class ServerRunTask:
         n_parts = len(sh.parts)
         slots = {p: _partition_of(p, n_parts) for p in contributors}
         weights = {p: _weight(self.run, sh, s) for p, s in slots.items()}
+        facts: dict[str, Any] = {}
+        if self.book is not None:
+            # the release happened: record it before applying anything; every client
+            # sent the round's request is charged (the ServerApp cannot tell which
+            # of them trained)
+            self.book.record(
+                self.train_round,
+                self._plan(self.sampled),
+                [sh.client_ids()[s] for s in slots.values()],
+                run_id=self.run_id,
+            )
+            facts = self._spent()
         if contributors:
             sh.handle.begin_round(self.train_round)  # alternating: the round's factor
             self.global_state = server_step(
@@ -355,7 +413,95 @@ class ServerRunTask:
             apply_global(sh.handle, c.lora, self.global_state)
         metrics = self.evaluate()
         self.history.append({"round": self.train_round, "metrics": metrics})
-        return {"train_round": self.train_round, "metrics": metrics}
+        return {"train_round": self.train_round, "metrics": metrics, **facts}
+
+    def _spent(self) -> dict[str, Any]:
+        if self.book is None:
+            return {}
+        eps = self.book.spent()
+        return {
+            "epsilon": float(eps["epsilon"]),
+            "epsilon_per_client": dict(eps.get("per_client", {})),
+        }
+
+    def possibly_released(self, round_id: int) -> None:
+        """A resumed run's round ``round_id`` was in flight when the ServerApp died:
+        its aggregate may have been released, so the privacy ledger is charged for it
+        (every client it was sent to) unless the ledger already recorded it."""
+        if self.book is None or self.train_round in self.book.releases():
+            return
+        self.book.record(
+            self.train_round,
+            self._plan(self.sampled),
+            [],
+            run_id=self.run_id,
+        )
+
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        """Checkpoint content: the global state, the server optimizer's moments, the
+        training round, the history, the round's clients and the ledger's counts."""
+        facts = {
+            "run": self.run.key,
+            "train_round": self.train_round,
+            "history": self.history,
+            "sampled": self.sampled,
+            "ledger_counts": {} if self.book is None else self.book.counts(),
+        }
+        text = json.dumps(facts, sort_keys=True).encode()
+        return {
+            **{f"global.{k}": v for k, v in self.global_state.items()},
+            **self.opt.arrays(),
+            _STATE_FACTS: np.frombuffer(text, dtype=np.uint8).copy(),
+        }
+
+    def load_state(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Restore :meth:`state` (a resumed ServerApp).
+
+        Raises:
+            FlowerConfigError: the checkpoint is of another ``fedtrain-run``, or
+                unreadable.
+            PrivacyRecordError: the privacy ledgers hold fewer releases than the
+                checkpoint saw (deleted or replaced: resuming would under-report
+                epsilon).
+        """
+        c = self.run.config
+        try:
+            facts = json.loads(bytes(np.asarray(arrays[_STATE_FACTS], np.uint8)))
+            run_key = facts["run"]
+            train_round = int(facts["train_round"])
+            history = list(facts["history"])
+            sampled = [str(x) for x in facts["sampled"]]
+            counts = {str(k): int(v) for k, v in dict(facts["ledger_counts"]).items()}
+            state = {k[7:]: arrays[k] for k in arrays if k.startswith("global.")}
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise FlowerConfigError(
+                f"unreadable fedtrain task state in the checkpoint ({exc})"
+            ) from exc
+        if run_key != self.run.key:
+            raise FlowerConfigError(
+                "the checkpoint is of another fedtrain-run (the run config's run "
+                "differs); use a new checkpoint-dir to start over"
+            )
+        if set(state) != set(self.global_state) or not set(sampled) <= set(
+            self.client_ids
+        ):
+            raise FlowerConfigError(
+                "the checkpoint's fedtrain task state is not this run's"
+            )
+        have = {} if self.book is None else self.book.counts()
+        short = {k: n for k, n in counts.items() if have.get(k, 0) < n}
+        if short:
+            where = None if self.book is None else self.book.folder
+            raise PrivacyRecordError(
+                f"the checkpoint was written after {sum(short.values())} releases "
+                f"recorded in {sorted(short)}, but the privacy ledgers in {where} "
+                "hold fewer: they were deleted or replaced, and resuming would "
+                "under-report epsilon"
+            )
+        self.global_state = {k: np.asarray(v) for k, v in state.items()}
+        self.opt.load(arrays)
+        self.train_round, self.history, self.sampled = train_round, history, sampled
+        apply_global(self.shared.handle, c.lora, self.global_state)
 
     def summary(self) -> dict[str, Any]:
         """Initial and final metrics; exports the adapter when the run names ``out``."""
@@ -385,6 +531,7 @@ class ServerRunTask:
             "initial_metrics": self.initial_metrics,
             "final_metrics": final,
             "adapter_dir": None if self.adapter_dir is None else str(self.adapter_dir),
+            **self._spent(),
         }
 
 
@@ -428,16 +575,26 @@ def client_update(
     keep = c.lora.mode != "flora"
     opt_state = {k: a.numpy() for k, a in opt_rec.items()} if keep and opt_rec else None
     enc = sh.encoded(part, c.max_len)
+    p = c.privacy
+    dp: DPSGD | None = None
+    if p.level == "record":
+        # as in-process: the round's trainable set, then its Opacus module
+        sh.handle.begin_round(train_round)
+        sh.dp_module = dp_module_for(sh.handle, sh.dp_module)
+        dp = DPSGD(sh.noise_multiplier(c), p.clip, p.head_clip)
     update = local_update(
         sh.handle,
         enc,
         global_state,
         mode=c.lora.mode,
         round_=train_round,
-        steps=_local_steps(c, sh.n_examples[part]),
+        steps=local_steps(c, sh.n_examples[part]),
         training=LocalTraining.from_config(c, sh.device),
         rng=batch_rng(c.seed, train_round, part),
-        clip=c.privacy.update_clip,
+        dp=dp,
+        dp_module=sh.dp_module if dp is not None else None,
+        dp_rng=dp_rng(c.test_seed, "dpsgd", train_round, cid) if dp else None,
+        clip=p.update_clip,
         opt_state=opt_state,
         slot=part,
         n_slots=n_parts,

@@ -1,0 +1,180 @@
+"""Record-level DP (and client sampling) in the ``fedtrain`` Flower task (#14).
+
+The same short run (MiniLM, 3 clients, 2 rounds, the tiny data of
+``test_flower_run_task``) on :class:`fedtrain.server.Federation` and over the fake Grid
+(the real ServerApp loop, the real ClientApp handler): the privacy ledgers must be the
+same (every client's records, epsilon), and, with the run's ``test_seed`` (the same
+AES-CTR stream per ``("dpsgd", round, client)`` in both runtimes: DP-SGD noise and
+Poisson batches), the final adapter too. Then a ServerApp killed and restarted from
+``checkpoint-dir`` must end with the uninterrupted run's ledger (killed between
+rounds), or with the abandoned round charged (killed after the holder released a
+round, before the ServerApp recorded it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from test_flower_run_task import _inprocess, _max_diff, _run, flower_setup
+
+from fedtrain.flower import run_task, server_app
+from fedtrain.privacy import PrivacyBook
+
+pytestmark = pytest.mark.slow
+
+RECORD = {"level": "record", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _ledger(book: PrivacyBook) -> dict[str, list[dict[str, Any]]]:
+    """Every ledger file's records, without the run id (a random per-process tag)
+    and the wall-clock time of recording."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f in sorted(book.folder.glob("*.json")):
+        records = json.loads(f.read_text(encoding="utf-8"))["records"]
+        for r in records:
+            r["metadata"].pop("run_id")
+            r.pop("unix_time")
+        out[f.name] = records
+    return out
+
+
+def _server_restarts() -> None:
+    """A new ServerApp process: no cached server-side model (clients keep theirs)."""
+    for key in [k for k in run_task._CACHE if k[1] == "server"]:
+        del run_task._CACHE[key]
+
+
+class _CrashError(Exception):
+    """The ServerApp process dies here."""
+
+
+class _CrashingTask(run_task.ServerRunTask):
+    """Dies in ``broadcast`` of training round ``at`` (nothing of it sent yet), or
+    in ``apply`` of training round ``at`` before anything is recorded (the holder
+    has released the round's sum)."""
+
+    def __init__(self, run_config: Mapping[str, Any], where: str, at: int) -> None:
+        super().__init__(run_config)
+        self.where, self.at = where, at
+
+    def broadcast(self, round_id: int) -> RecordDict:
+        if self.where == "broadcast" and self.train_round + 1 == self.at:
+            raise _CrashError
+        return super().broadcast(round_id)
+
+    def apply(
+        self,
+        round_id: int,
+        aggregate: Mapping[str, Any],
+        contributors: tuple[str, ...],
+    ) -> dict[str, Any]:
+        if self.where == "apply" and self.train_round == self.at:
+            raise _CrashError
+        return super().apply(round_id, aggregate, contributors)
+
+
+def _dp_run(**extra: Any) -> dict[str, Any]:
+    d = _run("seq_cls", "plain", privacy=RECORD, test_seed=11, **extra)
+    # 12 examples per client, batch 4: q = 1/3, 2 local steps
+    return d
+
+
+def test_record_dp_same_ledger_and_adapter_on_both_runtimes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = _dp_run()
+    fed, initial, res = _inprocess(d)
+    monkeypatch.setattr(run_task, "_CACHE", {})
+    grid, run_config, settings = flower_setup(d, "{}")
+    task = run_task.ServerRunTask(run_config)
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    assert task.book is not None
+    want, got = _ledger(fed.ledger), _ledger(task.book)
+    assert len(want) == 3 and all(len(r) == 2 for r in want.values())
+    assert got == want
+    assert task.book.spent() == fed.ledger.spent()
+    assert summary["epsilon"] == res.rounds[-1].epsilon > 0
+    assert [r["epsilon"] for r in summary["rounds"]] == [r.epsilon for r in res.rounds]
+    # same seeded DP-SGD noise and Poisson batches: the same adapter
+    diff = _max_diff(fed.global_state, task.global_state)
+    print(f"\nrecord-level DP: max |adapter diff| = {diff:.3e}")
+    assert diff <= 1e-6
+    assert _max_diff(fed.global_state, initial) > 1e-4
+
+
+def _flower_dp(
+    d: dict[str, Any], ck: Path, crash: tuple[str, int] | None
+) -> tuple[run_task.ServerRunTask, dict[str, Any]]:
+    """Run ``d`` with ``checkpoint-dir`` ``ck``; with ``crash``, the ServerApp dies
+    there once and a fresh one (same run config, same nodes) resumes the run."""
+    run_task._CACHE.clear()
+    grid, run_config, settings = flower_setup(d, "{}", **{"checkpoint-dir": str(ck)})
+    if crash is not None:
+        with pytest.raises(_CrashError):
+            server_app.run(grid, settings, _CrashingTask(run_config, *crash))  # type: ignore[arg-type]
+        _server_restarts()
+    task = run_task.ServerRunTask(run_config)
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    return task, summary
+
+
+def test_resumed_serverapp_keeps_the_privacy_ledger(tmp_path: Path) -> None:
+    d = _dp_run()
+    whole, s_whole = _flower_dp(d, tmp_path / "whole", None)
+    between, s_between = _flower_dp(d, tmp_path / "between", ("broadcast", 2))
+    assert whole.book is not None and between.book is not None
+    assert whole.book.folder == tmp_path / "whole" / "privacy"
+    assert s_between["resumed"] is True
+    # killed between rounds: nothing lost, nothing counted twice, same training
+    assert _ledger(between.book) == _ledger(whole.book)
+    assert s_between["epsilon"] == s_whole["epsilon"]
+    assert _max_diff(between.global_state, whole.global_state) <= 1e-6
+    # killed after round 2's sum was released, before the ServerApp recorded it:
+    # the resumed run charges round 2 for every client it was sent to, then runs
+    # one more round (training round 3) to complete 2 rounds
+    mid, s_mid = _flower_dp(d, tmp_path / "mid", ("apply", 2))
+    assert mid.book is not None
+    ledger = _ledger(mid.book)
+    for name, records in ledger.items():
+        assert [r["metadata"]["fl_round"] for r in records] == [1, 2, 3], name
+        assert records[:1] == _ledger(whole.book)[name][:1]
+        assert records[1]["metadata"]["in_sum"] is False  # charged, not recorded
+    assert [e["status"] for e in s_mid["releases"]] == [
+        "applied",
+        "possibly-released",
+        "applied",
+    ]
+    assert s_mid["epsilon"] > s_whole["epsilon"]
+    # a second resume of the finished run charges nothing more
+    again, _ = _flower_dp(d, tmp_path / "mid", None)
+    assert again.book is not None and _ledger(again.book) == ledger
+
+
+def test_deleted_ledger_refuses_resume(tmp_path: Path) -> None:
+    """The checkpoint saw releases the ledger no longer holds: refuse (epsilon would
+    be under-reported)."""
+    from fedtrain.errors import PrivacyRecordError
+
+    d = _dp_run(rounds={"rounds": 1})
+    task, _ = _flower_dp(d, tmp_path / "ck", None)
+    assert task.book is not None
+    for f in task.book.folder.glob("*.json"):
+        f.unlink()
+    with pytest.raises(PrivacyRecordError, match="under-report"):
+        _flower_dp(d, tmp_path / "ck", None)
+    np.testing.assert_equal(task.train_round, 1)
