@@ -243,11 +243,6 @@ def test_run_config_is_checked_strictly() -> None:
             FlowerConfigError,
             "privacy level",
         ),
-        (
-            _entry({**good, "rounds": {**good["rounds"], "sample_rate": 0.5}}),
-            FlowerConfigError,
-            "sample_rate",
-        ),
         (_entry({**good, "task": "causal_lm"}), FlowerConfigError, "causal_lm"),
         ({**_entry(good), "backend": "ckks"}, FlowerConfigError, "backend"),
         ({**_entry(good), "rounds": 5}, FlowerConfigError, "rounds"),
@@ -255,6 +250,14 @@ def test_run_config_is_checked_strictly() -> None:
     for cfg, exc, match in cases:
         with pytest.raises(exc, match=match):
             run_task.FlowerRun.from_run_config(cfg)
+    # record-level DP and client sampling are run (test_flower_run_task_dp.py)
+    ok = {
+        **good,
+        "privacy": {"level": "record", "noise_multiplier": 1.0},
+        "rounds": {**good["rounds"], "sample_rate": 0.5},
+    }
+    fr2 = run_task.FlowerRun.from_run_config(_entry(ok))
+    assert fr2.config.privacy.level == "record" and fr2.config.rounds.sample_rate == 0.5
     # the example of docs/flower.md parses
     doc_run = {"task": "token_cls", "model": "minilm", "backend": "secagg",
                "backend_options": {"active": False}, "out": "/runs/ner",

@@ -19,6 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import privagg
 from fedtrain.flower import client_app, material, server_app
+from fedtrain.flower.errors import FlowerConfigError
 from fedtrain.flower.material import Role, SessionSpec, load_session
 from fedtrain.flower.tasks import parse_shapes, synthetic_sum
 from fedtrain.flower.transport import (
@@ -156,6 +157,45 @@ def test_server_loop_over_fake_grid_equals_weighted_sum() -> None:
         )
     # the layout and spec travel as public metadata; no message carries pickle
     assert all(MESSAGE_TYPE == m.metadata.message_type for m in grid.sent)
+
+
+class _SampledTask(server_app._SyntheticTask):
+    """The synthetic task picking each round's clients (a SamplingTask)."""
+
+    def __init__(self, picks: list[list[str]]) -> None:
+        super().__init__(SHAPES)
+        self.picks = picks
+
+    def participants(self, round_id: int, clients: Sequence[str]) -> list[str]:
+        return self.picks.pop(0)
+
+
+def test_sampling_task_round_goes_to_its_clients_only() -> None:
+    """A SamplingTask's round is run with the clients it picked only (requests and
+    sum); a round with none sends nothing and is recorded as skipped; a pick that is
+    not a client is refused."""
+    weights = [0.25, 0.5, 1.0]
+    grid = FakeGrid(_nodes(weights))
+    settings = server_app.RunSettings(
+        shapes=SHAPES, rounds=2, min_nodes=3, stage_timeout=1.0
+    )
+    task = _SampledTask([["client-0", "client-2"], []])
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    first, second = summary["rounds"]
+    assert first["contributors"] == ["client-0", "client-2"] and first["dropped"] == []
+    layout = parse_shapes(SHAPES)
+    wmap = {"client-0": 0.25, "client-2": 1.0}
+    assert_same_arrays(
+        first["aggregate"], layout.unflatten(_expected(layout, wmap, first["round"]))
+    )
+    sent_to = {
+        m.metadata.dst_node_id for m in grid.sent if unpack(m.content).round_id != 0
+    }
+    assert sent_to == {100, 102}
+    assert second["contributors"] == [] and second["skipped"] == "no client sampled"
+    assert not [m for m in grid.sent if unpack(m.content).round_id == second["round"]]
+    with pytest.raises(FlowerConfigError, match="not a client"):
+        server_app.run(grid, settings, _SampledTask([["client-9"]]))  # type: ignore[arg-type]
 
 
 def test_silent_and_failing_nodes_are_dropouts() -> None:

@@ -10,9 +10,9 @@ task module imports the table (no import cycle).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,7 @@ from flwr.app import Context, RecordDict
 
 from privagg import Layout
 
-__all__ = ["LocalUpdate", "ServerTask", "ServerTaskFactory", "TaskFn"]
+__all__ = ["LocalUpdate", "SamplingTask", "ServerTask", "ServerTaskFactory", "TaskFn"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,17 @@ class ServerTask(Protocol):
 
     def summary(self) -> dict[str, Any]:
         """JSON-able facts about the whole run."""
+        ...
+
+
+@runtime_checkable
+class SamplingTask(Protocol):
+    """A server task that picks each round's clients (optional for a ServerTask)."""
+
+    def participants(self, round_id: int, clients: Sequence[str]) -> list[str]:
+        """The clients of round ``round_id`` (a subset of ``clients``), called once
+        per round before its :meth:`ServerTask.broadcast`; the round's aggregation
+        (e.g. SecAgg+'s key agreement and masks) is set up for them only."""
         ...
 
 

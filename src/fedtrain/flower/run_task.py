@@ -34,9 +34,17 @@ side and run), not once per round. Each round's broadcast carries the training r
 (1-based, as in-process; ``alternating`` and ``flora`` depend on it) beside the global
 state.
 
+Record-level DP and client sampling use the in-process code (:mod:`fedtrain.planning`):
+each client runs DP-SGD with the run's noise multiplier and :func:`~fedtrain.planning.
+dp_rng` randomness; the ServerApp samples each round's clients
+(:meth:`ServerRunTask.participants`, :func:`~fedtrain.planning.sample_clients`: the
+round goes to them only) and keeps the privacy ledger (:func:`~fedtrain.planning.
+open_book`) in ``checkpoint-dir/privacy`` (else ``out/privacy``), checked before a
+round's first request and recorded after recovery, before the sum is applied. The
+task's state is kept in the ServerApp checkpoint (:meth:`ServerRunTask.state`).
+
 Not supported here (a :class:`~fedtrain.flower.errors.FlowerConfigError`): privacy
-levels other than ``none``, client sampling (``sample_rate`` must be 1), the
-``causal_lm`` task.
+level ``client``, the ``causal_lm`` task.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +93,7 @@ from fedtrain.planning import (
     open_book,
     record_noise_multiplier,
     record_plan,
+    sample_clients,
 )
 from fedtrain.privacy import PrivacyBook
 from fedtrain.runfile import RunFile, parse_run_dict
@@ -174,12 +183,9 @@ class FlowerRun:
         if c.privacy.level not in ("none", "record"):
             raise FlowerConfigError(
                 f"privacy level {c.privacy.level!r} is not supported over Flower yet "
-                "(supported: 'none', 'record')"
-            )
-        if c.rounds.sample_rate != 1.0:
-            raise FlowerConfigError(
-                "client sampling is not supported over Flower: rounds.sample_rate "
-                f"must be 1, got {c.rounds.sample_rate}"
+                "(supported: 'none', 'record'): client-level DP's noise shares are "
+                "added by privagg's client sessions, and the Flower sessions "
+                "(privagg.distribution.session_for_role) take no noise yet"
             )
         backend = cfg.get("backend")
         if backend is not None and backend != c.backend:
@@ -323,6 +329,8 @@ class ServerRunTask:
         # in-process client ids, in Federation's order; the round's sampled clients
         self.client_ids = sorted(sh.client_ids())
         self.sampled: list[str] = []
+        self.draws = 0  # samplings drawn, as Federation counts them
+        self._next: list[str] | None = None
         self.run_id = secrets.token_hex(8)
         self.book: PrivacyBook | None = None
         if c.privacy.level == "record":
@@ -353,6 +361,23 @@ class ServerRunTask:
     def _plan(self, ids: list[str]) -> dict[str, tuple[float, int]]:
         return record_plan(self.run.config, self.shared.n_examples_by_id(), ids)
 
+    def participants(self, round_id: int, clients: Sequence[str]) -> list[str]:
+        """The round's clients, sampled as in-process (:func:`sample_clients` over
+        every client of the run, with the same training round and draw count), that
+        are connected; party ids in ``clients`` order. A sampled client that is not
+        connected is charged under record-level DP like one that dropped out."""
+        self.draws += 1
+        sampled = sample_clients(
+            self.run.config, self.client_ids, self.train_round + 1, self.draws
+        )
+        self._next = sampled
+        n_parts = len(self.shared.parts)
+        slots = {
+            self.shared.client_ids()[_partition_of(p, n_parts)]: p for p in clients
+        }
+        chosen = {slots[cid] for cid in sampled if cid in slots}
+        return [p for p in clients if p in chosen]
+
     def broadcast(self, round_id: int) -> RecordDict:
         """The global state and the training round (1-based), public.
 
@@ -362,7 +387,8 @@ class ServerRunTask:
             privagg.BudgetExceededError: the round could exceed ``target_epsilon``
                 (raised before any request of the round is sent).
         """
-        sampled = list(self.client_ids)
+        sampled = list(self.client_ids) if self._next is None else self._next
+        self._next = None
         if self.book is not None:
             self.book.check(self._plan(sampled))
         self.sampled = sampled
@@ -445,6 +471,7 @@ class ServerRunTask:
             "train_round": self.train_round,
             "history": self.history,
             "sampled": self.sampled,
+            "draws": self.draws,
             "ledger_counts": {} if self.book is None else self.book.counts(),
         }
         text = json.dumps(facts, sort_keys=True).encode()
@@ -471,6 +498,7 @@ class ServerRunTask:
             train_round = int(facts["train_round"])
             history = list(facts["history"])
             sampled = [str(x) for x in facts["sampled"]]
+            draws = int(facts["draws"])
             counts = {str(k): int(v) for k, v in dict(facts["ledger_counts"]).items()}
             state = {k[7:]: arrays[k] for k in arrays if k.startswith("global.")}
         except (KeyError, TypeError, ValueError, RecursionError) as exc:
@@ -501,6 +529,7 @@ class ServerRunTask:
         self.global_state = {k: np.asarray(v) for k, v in state.items()}
         self.opt.load(arrays)
         self.train_round, self.history, self.sampled = train_round, history, sampled
+        self.draws = draws
         apply_global(self.shared.handle, c.lora, self.global_state)
 
     def summary(self) -> dict[str, Any]:

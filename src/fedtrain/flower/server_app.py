@@ -54,7 +54,7 @@ from fedtrain.flower.errors import (
     FlowerProtocolError,
     NotEnoughNodesError,
 )
-from fedtrain.flower.interfaces import ServerTask
+from fedtrain.flower.interfaces import SamplingTask, ServerTask
 from fedtrain.flower.material import (
     Role,
     SessionSpec,
@@ -374,6 +374,32 @@ def _open_checkpoint(
     )
 
 
+def _empty_round(
+    round_id: int, task: ServerTask, checkpoint: RunCheckpoint | None, t0: float
+) -> dict[str, Any]:
+    """A round in which the task sampled no client: nothing is sent or released;
+    the task applies the empty round (e.g. evaluates) and the round id is used."""
+    task.broadcast(round_id)
+    if checkpoint is not None:
+        checkpoint.begin(round_id, task)
+    facts = task.apply(round_id, {}, ())
+    record = {
+        "round": round_id,
+        "contributors": [],
+        "dropped": [],
+        "stages": 0,
+        "missing": {},
+        "errors": {},
+        "seconds": time.monotonic() - t0,
+        "recover_seconds": 0.0,
+        "skipped": "no client sampled",
+        **facts,
+    }
+    if checkpoint is not None:
+        checkpoint.complete(record, task)
+    return record
+
+
 def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     """Run ``settings.rounds`` secure-aggregation rounds over ``grid``.
 
@@ -440,6 +466,13 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
             raise FlowerConfigError("round ids exhausted")
         t_round = time.monotonic()
         client_ids = clients
+        if isinstance(task, SamplingTask):  # the round's clients only
+            client_ids = task.participants(round_id, clients)
+            if not set(client_ids) <= set(clients):
+                raise FlowerConfigError("the task sampled a party that is not a client")
+        if not client_ids:
+            rounds.append(_empty_round(round_id, task, checkpoint, t_round))
+            continue
         aggregator = session.aggregator(round_id, client_ids)
         extra = task.broadcast(round_id)
         exchange = GridExchange(
