@@ -96,8 +96,10 @@ def _inprocess(
 def flower_setup(
     d: dict[str, Any], backend_options: str, **extra: Any
 ) -> tuple[FakeGrid, dict[str, Any], server_app.RunSettings]:
-    """The fake Grid of 3 client nodes, the run config and the ServerApp settings of
-    run ``d`` (``extra``: more run config keys, e.g. ``checkpoint-dir``)."""
+    """The fake Grid of one node per client of ``d``, the run config and the
+    ServerApp settings of run ``d`` (``extra``: more run config keys, e.g.
+    ``checkpoint-dir``)."""
+    n_clients = int(d["federation"]["num_clients"])
     run_config = {
         **run_task.run_config_entry(d),
         "task": "fedtrain",
@@ -112,7 +114,7 @@ def flower_setup(
                 "partition-id": i,
                 "privagg-backends": "plain,secagg",
             }
-            for i in range(CLIENTS)
+            for i in range(n_clients)
         }
     )
     for ctx in grid.contexts.values():
@@ -121,7 +123,7 @@ def flower_setup(
         {
             **run_config,
             "backend-options": backend_options,
-            "min-nodes": CLIENTS,
+            "min-nodes": n_clients,
             "stage-timeout": 5.0,
         }
     )

@@ -280,6 +280,36 @@ def test_sampling_same_clients_ledger_and_adapter_on_both_runtimes(
         }
 
 
+def test_twelve_clients_same_slots_and_sampling_as_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """12 clients: Federation sorts its client ids (``client10`` before ``client2``)
+    and numbers slots (batch order, ``flora`` slots) in that order; the Flower task
+    must use the same slots and sample the same clients."""
+    d = _run(
+        "seq_cls",
+        "plain",
+        test_seed=11,
+        data={"max_train": 96},
+        federation={"num_clients": 12},
+        rounds={"sampling": "fraction", "sample_rate": 0.5},
+    )
+    fed, initial, res = _inprocess(d)
+    monkeypatch.setattr(run_task, "_CACHE", {})
+    grid, run_config, settings = flower_setup(d, "{}")
+    task = run_task.ServerRunTask(run_config)
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    sampled = [[_party(c) for c in r.sampled] for r in res.rounds]
+    assert all(len(s) == 6 for s in sampled)
+    assert [sorted(r["contributors"]) for r in summary["rounds"]] == [
+        sorted(s) for s in sampled
+    ]
+    diff = _max_diff(fed.global_state, task.global_state)
+    print(f"\n12 clients: max |adapter diff| = {diff:.3e}")
+    assert diff <= 1e-6
+    assert _max_diff(fed.global_state, initial) > 1e-4
+
+
 def test_budget_refuses_a_round_before_its_first_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

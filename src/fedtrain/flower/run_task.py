@@ -273,6 +273,14 @@ def _shared(fr: FlowerRun, side: str) -> _Shared:
     return _CACHE[key]
 
 
+def _slot(part: int, n_parts: int) -> int:
+    """Partition ``part``'s slot: its client id's place among the run's client ids
+    sorted as :class:`~fedtrain.server.Federation` sorts them (``client10`` comes
+    before ``client2``), so batch order and ``flora`` slots agree with in-process."""
+    ids = sorted(f"client{i}" for i in range(n_parts))
+    return ids.index(f"client{part}")
+
+
 def _weight(fr: FlowerRun, sh: _Shared, part: int) -> float:
     """Client ``part``'s public weight, as in-process without failures."""
     if fr.config.rounds.weighting == "uniform":
@@ -432,7 +440,9 @@ class ServerRunTask:
                 sum(weights.values()),
                 mode=self.mode,
                 phase=sh.handle.phase if self.mode == "alternating" else None,
-                slot_weights={slots[p]: weights[p] for p in contributors},
+                slot_weights={
+                    _slot(slots[p], n_parts): weights[p] for p in contributors
+                },
                 r_max=sh.r_max,
                 scaling=c.lora.scaling,
             )
@@ -596,9 +606,10 @@ def client_update(
         )
     global_state = {k: arr.numpy() for k, arr in record.items()}
     cid = sh.client_ids()[part]
+    slot = _slot(part, n_parts)
     apply_global(sh.handle, c.lora, global_state)
     load_client_start(
-        sh.handle, c.lora, global_state, round_=train_round, slot=part, client_id=cid
+        sh.handle, c.lora, global_state, round_=train_round, slot=slot, client_id=cid
     )
     opt_rec = context.state.array_records.get(_OPT_STATE)
     keep = c.lora.mode != "flora"
@@ -619,13 +630,13 @@ def client_update(
         round_=train_round,
         steps=local_steps(c, sh.n_examples[part]),
         training=LocalTraining.from_config(c, sh.device),
-        rng=batch_rng(c.seed, train_round, part),
+        rng=batch_rng(c.seed, train_round, slot),
         dp=dp,
         dp_module=sh.dp_module if dp is not None else None,
         dp_rng=dp_rng(c.test_seed, "dpsgd", train_round, cid) if dp else None,
         clip=p.update_clip,
         opt_state=opt_state,
-        slot=part,
+        slot=slot,
         n_slots=n_parts,
         rank=c.lora.rank_of(cid) if c.lora.mode == "flora" else None,
         r_max=sh.r_max,
