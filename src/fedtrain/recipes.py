@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
+from fedtrain import experiment
 from fedtrain.config import LoraSettings, PrivacyConfig, RoundConfig, RunConfig
 from fedtrain.data import RawDataset
-from fedtrain.experiment import ExperimentSpec, load_task_data
+from fedtrain.experiment import ExperimentSpec
 
 __all__ = ["DEMO_EVAL_FRACTION", "RECIPES", "sentiment_setup"]
 
@@ -131,7 +132,9 @@ def sentiment_setup(
         seed=args.seed,
         model_dropout=getattr(args, "dropout", None),
     )
-    train, ev = load_task_data(
+    # looked up at call time: a test that patches experiment.load_task_data while this
+    # module is first imported must not leave the patched function bound here
+    train, ev = experiment.load_task_data(
         "seq_cls",
         "rt",
         max_train=_pick(args.max_train, 64 if q else None),
