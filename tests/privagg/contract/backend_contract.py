@@ -264,21 +264,41 @@ class BackendContract:
                 with pytest.raises(DeserializationError):
                     privagg.from_bytes(bytes(flipped))
 
+    def _rejected(
+        self,
+        session: Session,
+        vecs: Mapping[str, np.ndarray],
+        bad_reply: Callable[[bytes], bytes],
+        round_id: int = 0,
+    ) -> None:
+        """c0's first reply replaced by ``bad_reply(honest)``: the round aborts with a
+        typed error, or the aggregator drops c0 (as if it had not answered) and the
+        result is the exact sum of the others; never a result that counts c0."""
+
+        def tamper(pid: str, rep: bytes, stage: int) -> bytes:
+            return bad_reply(rep) if pid == "c0" and stage == 0 else rep
+
+        try:
+            res = Recorder().run(session, vecs, round_id=round_id, tamper=tamper)
+        except PrivaggError:
+            return
+        assert "c0" not in res.contributors and res.contributors
+        ref = sum(vecs[c] for c in res.contributors)
+        tol = self._backend().tolerance(n_clients=len(vecs), max_abs=self.bound())
+        assert np.max(np.abs(res.vector - ref)) <= tol
+
     def test_tampered_client_reply_rejected_by_aggregator(self) -> None:
         rng = np.random.default_rng(5)
         ups = layout_updates(rng, 3, self.bound())
         layout = Layout.from_arrays(ups[0])
         session = self._session(layout, 3)
 
-        def tamper(pid: str, rep: bytes, stage: int) -> bytes:
-            if pid == "c0" and stage == 0:
-                b = bytearray(rep)
-                b[len(b) // 2] ^= 0x80
-                return bytes(b)
-            return rep
+        def flip(rep: bytes) -> bytes:
+            b = bytearray(rep)
+            b[len(b) // 2] ^= 0x80
+            return bytes(b)
 
-        with pytest.raises(PrivaggError):
-            Recorder().run(session, self._vectors(layout, ups), tamper=tamper)
+        self._rejected(session, self._vectors(layout, ups), flip)
 
     def test_reply_from_other_session_rejected(self) -> None:
         rng = np.random.default_rng(6)
@@ -291,19 +311,12 @@ class BackendContract:
             sessions.append(self._session(layout, 3))
         vecs = self._vectors(layout, ups)
         for rid, s_b in enumerate(sessions):  # a fresh round id per round
-            agg = s_a.aggregator(rid, list(vecs))
-            reqs = agg.start()
-            replies = {}
-            for cid, req in reqs.items():
-                if cid == "c0":
-                    foreign = s_b.client(cid, rid, np.zeros(s_b.layout.size))
-                    foreign_reqs = s_b.aggregator(rid, list(vecs)).start()
-                    replies[cid] = foreign.handle(foreign_reqs[cid])
-                else:
-                    replies[cid] = s_a.client(cid, rid, vecs[cid]).handle(req)
-            # every message carries params_id, so the first stage already rejects it
-            with pytest.raises(PrivaggError):
-                agg.receive(replies)
+            foreign = s_b.client("c0", rid, np.zeros(s_b.layout.size))
+            foreign_reply = foreign.handle(
+                s_b.aggregator(rid, list(vecs)).start()["c0"]
+            )
+            # every message carries params_id, so the first stage already tells it
+            self._rejected(s_a, vecs, lambda _, r=foreign_reply: r, round_id=rid)
 
     def test_replayed_reply_from_other_round_rejected(self) -> None:
         rng = np.random.default_rng(7)
@@ -313,15 +326,9 @@ class BackendContract:
         vecs = self._vectors(layout, ups)
         old = session.aggregator(1, list(vecs)).start()
         stale = session.client("c0", 1, vecs["c0"]).handle(old["c0"])
-        agg = session.aggregator(2, list(vecs))
-        reqs = agg.start()
-        replies = {
-            cid: session.client(cid, 2, vecs[cid]).handle(r) for cid, r in reqs.items()
-        }
-        replies["c0"] = stale
-        with pytest.raises(PrivaggError):
-            agg.receive(replies)
+        self._rejected(session, vecs, lambda _: stale, round_id=2)
         # and a client refuses a request for another round
+        reqs = session.aggregator(3, list(vecs)).start()
         with pytest.raises(PrivaggError):
             session.client("c1", 1, vecs["c1"]).handle(reqs["c1"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -46,10 +47,13 @@ from privagg.errors import (
     ConfigurationError,
     DeserializationError,
     InsufficientParticipantsError,
+    ParameterMismatchError,
     ProtocolError,
 )
 from privagg.keys import SecretKey
 from privagg.protocols import Recovered
+
+_log = logging.getLogger(__name__)
 
 
 # -- roles -------------------------------------------------------------------------------------
@@ -244,18 +248,34 @@ class AdditiveAggregator(FinishedResult):
             s: [] for s in cfg.server_ids
         }
         accepted: list[str] = []
-        for sender in sorted(replies):
-            data = replies[sender]
+        for sender in replies:  # the caller's routing, checked before anything is read
             if sender not in expected:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
-            cfg.check_header(
-                data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}"
-            )
-            msg = ClientShares.from_bytes(data)
-            if msg.party != sender:
-                raise ProtocolError(
-                    f"client {sender!r} sent a reply labelled {msg.party!r}"
+        for sender in sorted(replies):
+            data = replies[sender]
+            # A reply that is not a well-formed message of this session, round and stage
+            # labelled with its sender (garbage, cut, another client's, replayed from
+            # another round or session) counts as that client not answering: skipped
+            # and reported, not allowed to abort the round.
+            try:
+                cfg.check_header(
+                    data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}"
                 )
+                msg = ClientShares.from_bytes(data)
+                if msg.party != sender:
+                    raise ProtocolError(
+                        f"client {sender!r} sent a reply labelled {msg.party!r}"
+                    )
+            except (DeserializationError, ParameterMismatchError, ProtocolError) as exc:
+                _log.warning(
+                    "additive round %d: ignoring %s's unreadable reply (%s); it is "
+                    "treated as dropped",
+                    self._round,
+                    sender,
+                    type(exc).__name__,
+                )
+                self.rejected.add(sender)
+                continue
             # Content checks: a client whose entry is unusable (share of the wrong type or
             # size, a server not addressed, a low-order ephemeral key, a seed ciphertext of
             # the wrong length) is skipped and reported, not allowed to abort the round.
