@@ -217,7 +217,8 @@ class AdditiveAggregator(FinishedResult):
         self._clients = tuple(client_ids)
         self._stage = 0
         self._contributors: tuple[str, ...] = ()
-        #: clients whose shares were unusable (skipped, not in the sum), for reporting
+        #: clients whose shares were unusable (skipped, not in the sum) in the batch of
+        #: client replies last read, for reporting
         self.rejected: set[str] = set()
         self._partial0: npt.NDArray[np.unsignedinteger] | None = None
         self._result: bytes | None = None
@@ -251,6 +252,9 @@ class AdditiveAggregator(FinishedResult):
         for sender in replies:  # the caller's routing, checked before anything is read
             if sender not in expected:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
+        # The report describes the batch this call reads (a batch refused for too few
+        # contributors may be followed by another one).
+        self.rejected = set()
         for sender in sorted(replies):
             data = replies[sender]
             # A reply that is not a well-formed message of this session, round and stage
