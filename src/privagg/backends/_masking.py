@@ -26,11 +26,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ from privagg.encoding import FixedPointEncoder, noise_headroom
 from privagg.envelope import Scheme, open_envelope
 from privagg.errors import (
     ConfigurationError,
+    DeserializationError,
     EncodingOverflowError,
     ParameterMismatchError,
     ProtocolError,
@@ -51,6 +53,7 @@ from privagg.layout import FloatVector
 from privagg.protocols import NoiseShare, check_round_id
 
 __all__ = [
+    "UNREADABLE",
     "RingBackend",
     "RingClient",
     "RingConfig",
@@ -61,10 +64,47 @@ __all__ = [
     "decode_total",
     "ids_digest",
     "kdf_context",
+    "log_dropped",
     "open_result",
     "party_field",
     "valid_x25519",
 ]
+
+#: What :meth:`RingConfig.read_reply` raises for a reply it cannot use.
+UNREADABLE = (DeserializationError, ParameterMismatchError, ProtocolError)
+
+
+class _Reply(Protocol):
+    """A client reply message: its stage's kind, its sender, its parser."""
+
+    KIND: ClassVar[int]
+
+    @property
+    def party(self) -> str: ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self: ...
+
+
+_M = TypeVar("_M", bound=_Reply)
+
+
+def log_dropped(
+    log: logging.Logger,
+    label: str,
+    round_id: int,
+    sender: str,
+    error: type[Exception],
+) -> None:
+    """One warning for a party dropped for a reply that could not be used: the round,
+    the sender and the error's type only (never bytes, keys or the error's text)."""
+    log.warning(
+        label + " round %d: ignoring %s's unreadable reply (%s); it is treated as "
+        "dropped",
+        round_id,
+        sender,
+        error.__name__,
+    )
 
 
 # -- options -------------------------------------------------------------------------------
@@ -190,6 +230,22 @@ class RingConfig:
             raise ProtocolError(
                 f"{who}: unexpected message kind {h.kind} at this stage (expected {kind})"
             )
+
+    def read_reply(self, data: bytes, round_id: int, cls: type[_M], sender: str) -> _M:
+        """``sender``'s reply decoded as ``cls`` (a message of this session, round
+        and stage, labelled with its sender).
+
+        Raises:
+            DeserializationError, ParameterMismatchError, ProtocolError (together
+            :data:`UNREADABLE`): garbage, a cut message, another party's, one replayed
+            from another round or session. The aggregators treat them as that party
+            dropping at this stage (:func:`log_dropped`).
+        """
+        self.check_header(data, round_id, cls.KIND, f"reply of {sender!r}")
+        msg = cls.from_bytes(data)
+        if msg.party != sender:
+            raise ProtocolError(f"party {sender!r} sent a reply labelled {msg.party!r}")
+        return msg
 
     def encode(
         self,

@@ -11,8 +11,10 @@ import numpy.typing as npt
 from privagg._rng import Rng
 from privagg.backends._common import FinishedResult
 from privagg.backends._masking import (
+    UNREADABLE,
     RingClient,
     decode_total,
+    log_dropped,
     open_result,
     valid_x25519,
 )
@@ -47,7 +49,6 @@ from privagg.errors import (
     ConfigurationError,
     DeserializationError,
     InsufficientParticipantsError,
-    ParameterMismatchError,
     ProtocolError,
 )
 from privagg.keys import SecretKey
@@ -262,22 +263,9 @@ class AdditiveAggregator(FinishedResult):
             # another round or session) counts as that client not answering: skipped
             # and reported, not allowed to abort the round.
             try:
-                cfg.check_header(
-                    data, self._round, AdditiveKind.SHARES, f"reply of {sender!r}"
-                )
-                msg = ClientShares.from_bytes(data)
-                if msg.party != sender:
-                    raise ProtocolError(
-                        f"client {sender!r} sent a reply labelled {msg.party!r}"
-                    )
-            except (DeserializationError, ParameterMismatchError, ProtocolError) as exc:
-                _log.warning(
-                    "additive round %d: ignoring %s's unreadable reply (%s); it is "
-                    "treated as dropped",
-                    self._round,
-                    sender,
-                    type(exc).__name__,
-                )
+                msg = cfg.read_reply(data, self._round, ClientShares, sender)
+            except UNREADABLE as exc:
+                log_dropped(_log, "additive", self._round, sender, type(exc))
                 self.rejected.add(sender)
                 continue
             # Content checks: a client whose entry is unusable (share of the wrong type or

@@ -14,7 +14,7 @@ from privagg.backends._common import FinishedResult
 from privagg.backends._graph import (
     GraphParams,
 )
-from privagg.backends._masking import valid_x25519
+from privagg.backends._masking import UNREADABLE, log_dropped, valid_x25519
 from privagg.backends._primitives import (
     ecdh,
     ed25519_verify,
@@ -52,7 +52,6 @@ from privagg.errors import (
     ConfigurationError,
     DeserializationError,
     InsufficientParticipantsError,
-    ParameterMismatchError,
     ProtocolError,
 )
 
@@ -132,13 +131,7 @@ class SecAggAggregator(FinishedResult):
     def _drop(self, sender: str, error: type[Exception]) -> None:
         """Treat ``sender`` as dropped at this stage for a reply it cannot read; the log
         names the error's type only (never the bytes or the error's text)."""
-        _log.warning(
-            "SecAgg+ round %d: ignoring %s's unreadable reply (%s); it is treated as "
-            "dropped",
-            self._round,
-            sender,
-            error.__name__,
-        )
+        log_dropped(_log, "SecAgg+", self._round, sender, error)
         self.rejected.add(sender)
 
     def _decode(
@@ -164,18 +157,9 @@ class SecAggAggregator(FinishedResult):
             if sender not in allowed:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
             try:
-                self._cfg.check_header(
-                    data, self._round, cls.KIND, f"reply of {sender!r}"
-                )
-                msg = cls.from_bytes(data)
-                if msg.party != sender:
-                    raise ProtocolError(
-                        f"party {sender!r} sent a reply labelled {msg.party!r}"
-                    )
-            except (DeserializationError, ParameterMismatchError, ProtocolError) as exc:
+                out[sender] = self._cfg.read_reply(data, self._round, cls, sender)
+            except UNREADABLE as exc:
                 self._drop(sender, type(exc))
-                continue
-            out[sender] = msg
         return out
 
     def _need(self, n: int, what: str) -> None:
