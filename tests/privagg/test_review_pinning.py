@@ -11,6 +11,7 @@ attack that worked was fixed (see the review report in the commit message).
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 
 import numpy as np
@@ -131,7 +132,12 @@ MALFORMED: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("pinned", MALFORMED, ids=lambda p: repr(p)[:20])
+def _pin_id(pinned: object) -> str:
+    """A test id without memory addresses (xdist workers must collect the same ids)."""
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(pinned))[:20]
+
+
+@pytest.mark.parametrize("pinned", MALFORMED, ids=_pin_id)
 def test_review_malformed_or_missing_pin_fails_closed_at_every_layer(
     pinned: Any,
 ) -> None:
