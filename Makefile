@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 TEST_JOBS ?= 2
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint typecheck docs bench bench-gpu hardening clean
+.PHONY: setup demo test test-fast lint typecheck docs bench bench-gpu hardening hardening-memory clean
 
 setup: $(STAMP)
 
@@ -73,6 +73,20 @@ hardening: setup
 	  HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=ci \
 	  $(BIN)/python scripts/hardening_table.py run --out $(HARDENING_OUT) --jobs $(HARDENING_JOBS) \
 	    --doc docs/hardening.md -- -q -p no:cacheprovider $(HARDENING_TESTS) $(PYTEST_ARGS)
+
+# Peak memory per role at 1e8 values (issue #13), every backend, one fresh run each,
+# then the table in docs/hardening.md. Hours on 2 cores (Paillier alone: ~3 CPU-hours),
+# so not part of `make hardening`.
+HARDENING_MEMORY_VALUES ?= 100000000
+HARDENING_MEMORY_BACKENDS ?= plain secagg additive ckks paillier
+
+hardening-memory: setup
+	@mkdir -p $(HARDENING_OUT)
+	@for b in $(HARDENING_MEMORY_BACKENDS); do echo "== memory $$b"; \
+	  OMP_NUM_THREADS=1 $(BIN)/python benchmarks/memory.py --values $(HARDENING_MEMORY_VALUES) \
+	    --backends $$b > $(HARDENING_OUT)/memory-$$b.txt || exit 1; done
+	$(BIN)/python scripts/hardening_table.py memory \
+	  $(foreach b,$(HARDENING_MEMORY_BACKENDS),$(HARDENING_OUT)/memory-$(b).txt) --doc docs/hardening.md
 
 bench: setup
 	@for b in benchmarks/*.py; do case $$b in */_*) continue;; esac; \

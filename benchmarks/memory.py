@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -271,7 +272,12 @@ def main() -> None:
     if a.child:
         child(a.child, a.backends, n, Path(a.work), a.party)
         return
-    figures: dict[str, Any] = {"values": n, "backends": {}}
+    figures: dict[str, Any] = {
+        "values": n,
+        "backends": {},
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "cpus": os.cpu_count(),
+    }
     for b in a.backends.split(","):
         if b not in privagg.available_backends():
             continue

@@ -10,6 +10,11 @@ typed by hand. ``table`` re-renders from an existing counts file.
     python scripts/hardening_table.py run --out runs/hardening --doc docs/hardening.md -- <pytest args>
     python scripts/hardening_table.py run --jobs 2 ...   # one pytest per test path, 2 at a time
     python scripts/hardening_table.py table runs/hardening/counts.json --doc docs/hardening.md
+    python scripts/hardening_table.py memory runs/hardening/memory-*.txt --doc docs/hardening.md
+
+``memory`` renders the peak-memory table (between the ``memory-table`` markers) from the
+outputs of ``benchmarks/memory.py`` (``make hardening-memory``), one or more backends per
+file; a backend measured in several files keeps the last file's figures.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ from typing import Any
 
 START = "<!-- hardening-table:start -->"
 END = "<!-- hardening-table:end -->"
+MEMORY_START = "<!-- memory-table:start -->"
+MEMORY_END = "<!-- memory-table:end -->"
+#: issue #13: a role's peak memory is at most this many times its own data
+MEMORY_TARGET = 2.0
+_ROLES = ("client", "aggregator", "holder")
+_MEMORY_NAMES = {
+    "plain": "plain",
+    "secagg": "SecAgg+ (active)",
+    "additive": "additive",
+    "ckks": "CKKS (`secure`)",
+    "paillier": "Paillier",
+}
 
 
 def _n(x: int) -> str:
@@ -130,14 +147,89 @@ def render(counts: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_doc(doc: Path, table: str) -> None:
+def write_doc(doc: Path, table: str, start: str = START, end: str = END) -> None:
     """Replace the text between the markers of ``doc`` with ``table``."""
     text = doc.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{doc}: no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
+    if start not in text or end not in text:
+        raise SystemExit(f"{doc}: no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
+
+
+def read_memory(path: Path) -> dict[str, Any]:
+    """The closing JSON line of one ``benchmarks/memory.py`` output.
+
+    Raises:
+        SystemExit: the file has no ``"benchmark": "memory"`` JSON line.
+    """
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("benchmark") == "memory":
+            return record
+    raise SystemExit(f"{path}: no memory benchmark JSON line")
+
+
+def merge_memory(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """backend -> its figures (with the run's ``values``, ``date``, ``cpus``)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        for backend, fig in rec.get("backends", {}).items():
+            rows[backend] = {
+                **fig,
+                "values": rec.get("values"),
+                "date": rec.get("date", "?"),
+                "cpus": rec.get("cpus", "?"),
+            }
+    return rows
+
+
+def _mib(x: float) -> str:
+    return f"{x / 2**20:,.0f}"
+
+
+def render_memory(rows: dict[str, dict[str, Any]]) -> str:
+    """The peak-memory table: per backend and role, peak extra / data and the ratio."""
+    out = [
+        "### Peak memory per role",
+        "",
+        "| backend | values | client: peak extra / data | aggregator | holder "
+        "| round | measured |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    worst = 0.0
+    order = [b for b in _MEMORY_NAMES if b in rows] + sorted(
+        b for b in rows if b not in _MEMORY_NAMES
+    )
+    for b in order:
+        fig = rows[b]
+        cells = []
+        for role in _ROLES:
+            r = fig[role]
+            ratio = r["peak_extra"] / r["data"] if r["data"] else 0.0
+            worst = max(worst, ratio)
+            cells.append(
+                f"{_mib(r['peak_extra'])} / {_mib(r['data'])} MiB (**{ratio:.2f}x**)"
+            )
+        values = fig.get("values")
+        out.append(
+            f"| {_MEMORY_NAMES.get(b, b)} | {values:.0e} | "
+            + " | ".join(cells)
+            + f" | {fig.get('seconds', 0):,.0f} s | {fig['date']}, {fig['cpus']} cores |"
+        )
+    verdict = "met" if worst <= MEMORY_TARGET else "**missed**"
+    out += [
+        "",
+        f"Largest ratio: {worst:.2f}x; target (issue #13: at most "
+        f"{MEMORY_TARGET:g}x a role's own data) {verdict}.",
+    ]
+    return "\n".join(out) + "\n"
 
 
 _ENV_KEYS = (
@@ -286,6 +378,15 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    rows = merge_memory([read_memory(Path(f)) for f in args.outputs])
+    if not rows:
+        raise SystemExit("no backend figures in the given outputs")
+    write_doc(Path(args.doc), render_memory(rows), MEMORY_START, MEMORY_END)
+    print(f"hardening: peak-memory table written to {args.doc} ({', '.join(rows)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -302,11 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table", help="write the tables from a counts file")
     t.add_argument("counts")
     t.add_argument("--doc", default="docs/hardening.md")
+    m = sub.add_parser(
+        "memory", help="write the peak-memory table from benchmarks/memory.py outputs"
+    )
+    m.add_argument("outputs", nargs="+")
+    m.add_argument("--doc", default="docs/hardening.md")
     args = p.parse_args(argv)
     if args.cmd == "run":
         if args.pytest_args and args.pytest_args[0] == "--":
             args.pytest_args = args.pytest_args[1:]
         return cmd_run(args)
+    if args.cmd == "memory":
+        return cmd_memory(args)
     return cmd_table(args)
 
 

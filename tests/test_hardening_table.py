@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,3 +51,67 @@ def test_test_paths_are_told_from_options(tmp_path: Path) -> None:
     assert ht._is_test_path(f"{f}::test_a")
     assert not ht._is_test_path("-q")
     assert not ht._is_test_path("no:cacheprovider")
+
+
+def _memory_output(backends: dict[str, dict[str, float]], values: int = 10**8) -> str:
+    figures = {
+        b: {
+            role: {"peak_extra": peak, "data": 100 * 2**20}
+            for role, peak in zip(
+                ("client", "aggregator", "holder"), peaks, strict=True
+            )
+        }
+        | {"seconds": 12.0}
+        for b, peaks in backends.items()
+    }
+    record = {
+        "benchmark": "memory",
+        "values": values,
+        "backends": figures,
+        "date": "2026-12-04",
+        "cpus": 2,
+    }
+    return "plain: client ...\n" + json.dumps(record) + "\n"
+
+
+def test_memory_table_is_written_from_the_benchmark_outputs(tmp_path: Path) -> None:
+    ht = _script()
+    a = tmp_path / "memory-a.txt"
+    b = tmp_path / "memory-b.txt"
+    a.write_text(_memory_output({"plain": (150 * 2**20, 2**20, 100 * 2**20)}))
+    b.write_text(_memory_output({"paillier": (155 * 2**20, 101 * 2**20, 2**20)}))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{ht.MEMORY_START}\nSTALE-TABLE\n{ht.MEMORY_END}\nafter\n")
+    assert ht.main(["memory", str(a), str(b), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert (
+        "STALE-TABLE" not in text
+        and text.startswith("intro\n")
+        and text.endswith("after\n")
+    )
+    plain = next(ln for ln in text.splitlines() if ln.startswith("| plain |"))
+    assert "150 / 100 MiB (**1.50x**)" in plain and "| 1e+08 |" in plain
+    paillier = next(ln for ln in text.splitlines() if ln.startswith("| Paillier |"))
+    assert "155 / 100 MiB (**1.55x**)" in paillier
+    assert "Largest ratio: 1.55x" in text and "met" in text
+
+
+def test_memory_table_says_when_the_target_is_missed(tmp_path: Path) -> None:
+    ht = _script()
+    rows = ht.merge_memory(
+        [
+            json.loads(
+                _memory_output({"ckks": (2**20, 250 * 2**20, 2**20)}).splitlines()[1]
+            )
+        ]
+    )
+    assert "Largest ratio: 2.50x" in ht.render_memory(rows)
+    assert "**missed**" in ht.render_memory(rows)
+
+
+def test_memory_outputs_without_the_json_line_are_refused(tmp_path: Path) -> None:
+    ht = _script()
+    f = tmp_path / "broken.txt"
+    f.write_text('plain: client 1 MiB\n{"benchmark": "secagg"}\n{not json\n')
+    with pytest.raises(SystemExit, match="no memory benchmark JSON line"):
+        ht.read_memory(f)
