@@ -49,13 +49,13 @@ def _client_nodes(material_dir: Path | None = None) -> list[dict[str, Any]]:
 
 
 def _run(
-    d: LocalDeployment, name: str, *, timeout: float = 90.0, **config: Any
+    d: LocalDeployment, name: str, *, timeout: float = 180.0, **config: Any
 ) -> dict[str, Any]:
     result = d.workdir / f"{name}.json"
     run_config = {
         "shapes": SHAPES,
         "min-nodes": len(d.node_configs),
-        "stage-timeout": 20.0,
+        "stage-timeout": 40.0,
         "node-wait": 30.0,
         "result-path": str(result),
         **config,

@@ -65,7 +65,7 @@ def _run(d: LocalDeployment, directory: Path, name: str, **extra: Any) -> Any:
         "identity-directory": str(directory),
         "shapes": SHAPES,
         "min-nodes": len(WEIGHTS),
-        "stage-timeout": 20.0,
+        "stage-timeout": 40.0,
         "node-wait": 60.0,
         "first-round-id": FIRST_ROUND,
         "result-path": str(result),
