@@ -129,15 +129,28 @@ class OneShotAggregator(FinishedResult):
         }
 
     def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        """Validate every reply, then combine. Replies from unknown parties are errors."""
+        """Validate every reply, then combine. Replies from unknown parties are errors.
+
+        Raises:
+            ProtocolError: a reply from a party that was not asked (nothing is read or
+                changed), or a call out of order.
+            InsufficientParticipantsError, ProtocolError, DeserializationError: a bad
+                reply or too few of them: the round is aborted (every later ``receive``
+                and ``result`` call raises; see :class:`FinishedResult`).
+        """
+        self._check_not_aborted()
         if not self._started or self._result is not None:
             raise ProtocolError("receive() called out of order")
-        bodies: list[bytes | memoryview] = []
-        contributors: list[str] = []
         expected = set(self.client_ids)
-        for sender, data in replies.items():
+        for sender in replies:  # the caller's routing, checked before anything is read
             if sender not in expected:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
+        return self._run_stage(self._combine, replies)
+
+    def _combine(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
+        bodies: list[bytes | memoryview] = []
+        contributors: list[str] = []
+        for sender, data in replies.items():
             msg = Contribution.from_bytes(data)
             if msg.scheme != self.scheme:
                 raise ProtocolError(f"client {sender!r} answered with another scheme")

@@ -380,4 +380,81 @@ def test_supernode_answering_garbage_never_gives_a_wrong_aggregate(
     check_sum(rec, WEIGHTS)
     if stage <= 2:  # before its masked input was in, client-3 cannot contribute
         assert "client-3" not in rec["contributors"]
+    # every dropped client has a reason, in fixed words (the "dropped" list unchanged)
+    assert sorted(rec["drop_reasons"]) == sorted(rec["dropped"])
+    if "client-3" in rec["dropped"]:
+        why = rec["drop_reasons"]["client-3"]
+        if kind == "routed-as-other":
+            assert why == "mismatched routing fields"
+        else:
+            assert why.startswith("unreadable reply: ")
+            assert why.removeprefix("unreadable reply: ").endswith("Error")
+            assert why.removeprefix("unreadable reply: ").isidentifier()
     count("faults", f"flower: {kind} reply", injected=1, ok=1, correct=1)
+
+
+def test_drop_reason_carries_no_payload_bytes(
+    identities: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client-3 answers stage 0 with a reply that carries a client-chosen label (and,
+    for the second case, client-0's honest reply relabelled: an error text would name
+    client-0's label): the summary names the error's type, never the label, the
+    error's text or any 8-byte window of the reply."""
+    folder, directory, pin = identities
+    label = b"TOP-SECRET-LABEL-\xfe\x01"
+    corrupt = _Corrupt(103, 0, "random")
+    sent: list[bytes] = []
+
+    def garbage(kind: str, payload: bytes, other: bytes) -> bytes:
+        bad = label + payload[: len(payload) // 2]
+        sent.append(bad)
+        return bad
+
+    monkeypatch.setattr(client_app, "privagg_query", corrupt)
+    monkeypatch.setitem(globals(), "_garbage", garbage)  # what _Corrupt calls
+    grid = FakeGrid(node_configs(folder, directory, pin))
+    summary = _run(grid, _settings(directory))
+    assert corrupt.fired and sent
+    rec = summary["rounds"][0]
+    check_sum(rec, WEIGHTS)
+    assert rec["dropped"] == ["client-3"]
+    why = rec["drop_reasons"]["client-3"]
+    assert why.startswith("unreadable reply: ")
+    text = json.dumps(summary)
+    assert "TOP-SECRET" not in text and label.hex() not in text
+    for bad in sent:  # (the honest half names "client-3", which the summary lists)
+        for i in range(len(bad) - 8):
+            assert bad[i : i + 8].hex() not in text
+    for i in range(len(label) - 8):
+        assert label[i : i + 8].decode("latin-1") not in text
+
+
+def test_drop_reasons_for_every_kind_of_drop() -> None:
+    """The transport's reason first, then the aggregator's, then the first stage a
+    client did not answer; contributors get none."""
+
+    class _Agg:
+        def __init__(self) -> None:
+            self.rejection_reasons = {"c2": "unreadable reply: DeserializationError"}
+
+    driven = server_app.DriveResult(b"", 5, {1: ("c3", "c4"), 3: ("c4", "c5")})
+    got = server_app.drop_reasons(
+        ["c0", "c1", "c2", "c3", "c4", "c5", "c6"],
+        ["c0"],
+        _Agg(),
+        {"c1": "client error", "c3": "mismatched routing fields"},
+        driven,
+    )
+    assert got == {
+        "c1": "client error",
+        "c2": "unreadable reply: DeserializationError",
+        "c3": "mismatched routing fields",
+        "c4": "no reply (stage 1)",
+        "c5": "no reply (stage 3)",
+        "c6": "left out by the protocol",
+    }
+    # an aggregator without a report (the one-shot backends)
+    assert server_app.drop_reasons(["c0", "c1"], [], object(), {}, driven) == {
+        "c0": "left out by the protocol",
+        "c1": "left out by the protocol",
+    }

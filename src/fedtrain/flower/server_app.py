@@ -69,6 +69,7 @@ from fedtrain.flower.settings import settings_from_config
 from fedtrain.flower.tasks import DEFAULT_SHAPES, SyntheticServerTask, get_server_task
 from fedtrain.flower.transport import (
     MESSAGE_TYPE,
+    DriveResult,
     Envelope,
     GridExchange,
     Op,
@@ -374,6 +375,42 @@ def _open_checkpoint(
     )
 
 
+def drop_reasons(
+    client_ids: Sequence[str],
+    contributors: Sequence[str],
+    aggregator: object,
+    transport: Mapping[str, str],
+    driven: DriveResult,
+) -> dict[str, str]:
+    """Why each client of the round is not a contributor, in a few fixed words.
+
+    The transport's reason (``GridExchange.reasons``: ``"client error"`` when its
+    ClientApp failed, the text being under ``errors``; ``"unreadable envelope"``;
+    ``"mismatched routing fields"``), the aggregator's reason (``"unreadable reply: <ErrorType>"``
+    from ``rejection_reasons`` of the SecAgg+ and additive aggregators, or another fixed
+    phrase), ``"no reply (stage N)"`` (the first stage it did not answer), else
+    ``"left out by the protocol"`` (e.g. too few live neighbours). Never an error's
+    text or a byte of a reply: either can carry client-chosen labels or secrets.
+    """
+    rejected: Mapping[str, str] = getattr(aggregator, "rejection_reasons", {})
+    silent: dict[str, int] = {}
+    for stage in sorted(driven.missing, reverse=True):
+        silent.update(dict.fromkeys(driven.missing[stage], stage))
+    out: dict[str, str] = {}
+    for cid in client_ids:
+        if cid in contributors:
+            continue
+        if cid in transport:
+            out[cid] = transport[cid]
+        elif cid in rejected:
+            out[cid] = rejected[cid]
+        elif cid in silent:
+            out[cid] = f"no reply (stage {silent[cid]})"
+        else:
+            out[cid] = "left out by the protocol"
+    return out
+
+
 def _empty_round(
     round_id: int, task: ServerTask, checkpoint: RunCheckpoint | None, t0: float
 ) -> dict[str, Any]:
@@ -387,6 +424,7 @@ def _empty_round(
         "round": round_id,
         "contributors": [],
         "dropped": [],
+        "drop_reasons": {},
         "stages": 0,
         "missing": {},
         "errors": {},
@@ -507,6 +545,9 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
                 "round": round_id,
                 "contributors": list(contributors),
                 "dropped": [c for c in client_ids if c not in contributors],
+                "drop_reasons": drop_reasons(
+                    client_ids, contributors, aggregator, exchange.reasons, driven
+                ),
                 "stages": driven.stages,
                 "missing": {str(k): list(v) for k, v in driven.missing.items()},
                 "errors": exchange.errors,

@@ -623,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "round_seconds": [r["seconds"] for r in rounds],
         "contributors": [len(r["contributors"]) for r in rounds],
         "dropped": [r["dropped"] for r in rounds],
+        "drop_reasons": [r.get("drop_reasons", {}) for r in rounds],
         "stages": [r["stages"] for r in rounds],
         "simulation_seconds": summary["simulation_seconds"],
         "ray_start_seconds": summary["ray_start_seconds"],

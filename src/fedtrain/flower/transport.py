@@ -291,6 +291,10 @@ class GridExchange:
         self._extra = dict(extra or {})
         self.errors: dict[str, str] = {}
         """Party id -> error text for parties whose ClientApp answered with an error."""
+        self.reasons: dict[str, str] = {}
+        """Party id -> why its reply was not passed on, in fixed words (``"client
+        error"``, ``"unreadable envelope"``, ``"mismatched routing fields"``): never an
+        error's text or a byte of the reply."""
 
     def exchange(
         self, requests: Mapping[str, bytes], *, stage: int
@@ -324,12 +328,14 @@ class GridExchange:
                 continue
             if msg.has_error():
                 self.errors[sender] = str(msg.error.reason)
+                self.reasons[sender] = "client error"
                 log.warning("party %s failed: %s", sender, msg.error.reason)
                 continue
             try:
                 env = unpack(msg.content)
             except ProtocolError as exc:
                 self.errors[sender] = str(exc)
+                self.reasons[sender] = "unreadable envelope"
                 continue
             if (
                 env.op != Op.REQUEST
@@ -337,6 +343,7 @@ class GridExchange:
                 or env.round_id != self._round
             ):
                 self.errors[sender] = "reply with mismatched routing fields"
+                self.reasons[sender] = "mismatched routing fields"
                 continue
             replies[sender] = env.payload
         return replies

@@ -11,6 +11,9 @@ and have a holder decode the unmasked sum. What they share lives here, once:
 * :class:`RingConfig`: the public per-session configuration every role holds, with
   the cheap header check every role runs before decoding a message and the client's
   fused encode-and-mask pass;
+* :class:`RingAggregator`: what both aggregators report of the clients whose replies
+  they did not use (``rejected``, ``rejection_reasons``), and the round's end at its
+  first refusal (from :class:`~privagg.backends._common.FinishedResult`);
 * :func:`check_round_id`, :func:`check_client_update`: argument checks of the roles;
 * :func:`open_result` and :func:`decode_total`: the holder's checks and decoding;
 * :func:`valid_x25519`: refuses low-order (unusable) X25519 public keys;
@@ -38,6 +41,7 @@ import numpy.typing as npt
 
 from privagg._rng import Rng
 from privagg.backends import _wire
+from privagg.backends._common import FinishedResult
 from privagg.backends._primitives import ecdh, x25519_key
 from privagg.backends._ringcode import centred, encode_to_ring
 from privagg.encoding import FixedPointEncoder, noise_headroom
@@ -55,6 +59,7 @@ from privagg.protocols import NoiseShare, check_round_id
 __all__ = [
     "UNREADABLE",
     "RingBackend",
+    "RingAggregator",
     "RingClient",
     "RingConfig",
     "RingOptions",
@@ -67,6 +72,7 @@ __all__ = [
     "log_dropped",
     "open_result",
     "party_field",
+    "unreadable_reason",
     "valid_x25519",
 ]
 
@@ -105,6 +111,46 @@ def log_dropped(
         sender,
         error.__name__,
     )
+
+
+def unreadable_reason(error: type[Exception]) -> str:
+    """The reported reason for a reply that could not be read: the error's type only
+    (never its text, which can carry a sender-chosen label, nor any byte of the reply)."""
+    return f"unreadable reply: {error.__name__}"
+
+
+#: The reported reason for a reply that was read but failed a content check.
+UNUSABLE_REPLY = "unusable reply"
+
+
+class RingAggregator(FinishedResult):
+    """What the SecAgg+ and additive aggregators share: the report of the clients whose
+    replies were not used, and a round that ends at its first refusal."""
+
+    _LOG_LABEL: ClassVar[str]
+    _LOGGER: ClassVar[logging.Logger]
+    _round: int
+
+    def __init__(self) -> None:
+        #: client id -> why its reply was not used: ``"unreadable reply: <ErrorType>"``
+        #: or a short fixed phrase (:data:`UNUSABLE_REPLY`, ...); never a byte of the
+        #: reply or an error's text
+        self.rejection_reasons: dict[str, str] = {}
+
+    @property
+    def rejected(self) -> set[str]:
+        """The clients whose replies were not used (unreadable or unusable)."""
+        return set(self.rejection_reasons)
+
+    def _reject(self, sender: str, reason: str = UNUSABLE_REPLY) -> None:
+        """List ``sender`` as rejected (its first reason is kept)."""
+        self.rejection_reasons.setdefault(sender, reason)
+
+    def _drop(self, sender: str, error: type[Exception]) -> None:
+        """Treat ``sender`` as dropped at this stage for a reply it cannot read; the log
+        and the report name the error's type only (never the bytes or the error's text)."""
+        log_dropped(self._LOGGER, self._LOG_LABEL, self._round, sender, error)
+        self._reject(sender, unreadable_reason(error))
 
 
 # -- options -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import privagg
 from privagg import (
     ConfigurationError,
     DeserializationError,
+    InsufficientParticipantsError,
     Layout,
     ParameterMismatchError,
     PrivaggError,
@@ -332,6 +333,27 @@ class BackendContract:
         reqs = session.aggregator(3, list(vecs)).start()
         with pytest.raises(PrivaggError):
             session.client("c1", 1, vecs["c1"]).handle(reqs["c1"])
+
+    def test_refused_batch_ends_the_round(self) -> None:
+        """A batch refused for too few contributors ends the round: the honest batch
+        given next is refused with the same error family, and there is no result."""
+        rng = np.random.default_rng(9)
+        ups = layout_updates(rng, self.n_clients, self.bound())
+        layout = Layout.from_arrays(ups[0])
+        session = self._session(layout, self.n_clients)
+        vecs = self._vectors(layout, ups)
+        agg = session.aggregator(0, list(vecs))
+        requests = agg.start()
+        honest = {
+            c: session.client(c, 0, vecs[c]).handle(req) for c, req in requests.items()
+        }
+        with pytest.raises(InsufficientParticipantsError):
+            agg.receive({})
+        with pytest.raises(InsufficientParticipantsError, match="aborted"):
+            agg.receive(honest)
+        assert not agg.done
+        with pytest.raises(InsufficientParticipantsError, match="aborted"):
+            agg.result()
 
     # -- secrets ------------------------------------------------------------------------
     def test_secrets_never_pickle_print_or_log(

@@ -9,12 +9,11 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg._rng import Rng
-from privagg.backends._common import FinishedResult
 from privagg.backends._masking import (
     UNREADABLE,
+    RingAggregator,
     RingClient,
     decode_total,
-    log_dropped,
     open_result,
     valid_x25519,
 )
@@ -201,8 +200,17 @@ class AdditiveServer:
         return f"AdditiveServer({self._id!r}, round={self._round})"
 
 
-class AdditiveAggregator(FinishedResult):
-    """The coordinator, which is also server 0."""
+class AdditiveAggregator(RingAggregator):
+    """The coordinator, which is also server 0.
+
+    ``rejected`` / ``rejection_reasons`` describe the clients whose replies it could not
+    use. A refused batch (too few contributors, a server's bad partial sum) ends the
+    round: every later ``receive`` / ``result`` call raises the same error family and
+    nothing of the round is kept (:class:`~privagg.backends._common.FinishedResult`).
+    """
+
+    _LOG_LABEL = "additive"
+    _LOGGER = _log
 
     def __init__(self, cfg: _Config, round_id: int, client_ids: Sequence[str]) -> None:
         if len(set(client_ids)) != len(client_ids):
@@ -213,14 +221,12 @@ class AdditiveAggregator(FinishedResult):
             raise ConfigurationError(
                 f"{len(client_ids)} clients, but the session was set up for max_clients={cfg.max_clients}"
             )
+        super().__init__()
         self._cfg = cfg
         self._round = round_id
         self._clients = tuple(client_ids)
         self._stage = 0
         self._contributors: tuple[str, ...] = ()
-        #: clients whose shares were unusable (skipped, not in the sum) in the batch of
-        #: client replies last read, for reporting
-        self.rejected: set[str] = set()
         self._partial0: npt.NDArray[np.unsignedinteger] | None = None
         self._result: bytes | None = None
 
@@ -235,27 +241,37 @@ class AdditiveAggregator(FinishedResult):
         }
 
     def receive(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
-        """Stage 1: sum server 0's shares and relay the seeds; stage 2: collect partial sums."""
+        """Stage 1: sum server 0's shares and relay the seeds; stage 2: collect partial sums.
+
+        Raises:
+            ProtocolError: a reply from a party that was not asked at this stage
+                (nothing is read or changed), or a call out of order.
+            InsufficientParticipantsError: too few contributors, or a server did not
+                answer: the round is aborted (as is any other error of this batch).
+        """
+        self._check_not_aborted()
         if self._stage == 1:
-            return self._on_shares(replies)
-        if self._stage == 2:
-            return self._on_partials(replies)
-        raise ProtocolError("receive() called out of order")
+            step, expected = self._on_shares, set(self._clients)
+        elif self._stage == 2:
+            step, expected = self._on_partials, set(self._cfg.server_ids)
+        else:
+            raise ProtocolError("receive() called out of order")
+        for sender in replies:  # the caller's routing, checked before anything is read
+            if sender not in expected:
+                raise ProtocolError(f"reply from unexpected party {sender!r}")
+        return self._run_stage(step, replies)
+
+    def _forget(self) -> None:
+        self._partial0 = None
+        self._contributors = ()
 
     def _on_shares(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         cfg = self._cfg
-        expected = set(self._clients)
         acc = np.zeros(cfg.size, dtype=cfg.dtype)
         per_server: dict[str, list[tuple[str, bytes, bytes]]] = {
             s: [] for s in cfg.server_ids
         }
         accepted: list[str] = []
-        for sender in replies:  # the caller's routing, checked before anything is read
-            if sender not in expected:
-                raise ProtocolError(f"reply from unexpected party {sender!r}")
-        # The report describes the batch this call reads (a batch refused for too few
-        # contributors may be followed by another one).
-        self.rejected = set()
         for sender in sorted(replies):
             data = replies[sender]
             # A reply that is not a well-formed message of this session, round and stage
@@ -265,8 +281,7 @@ class AdditiveAggregator(FinishedResult):
             try:
                 msg = cfg.read_reply(data, self._round, ClientShares, sender)
             except UNREADABLE as exc:
-                log_dropped(_log, "additive", self._round, sender, type(exc))
-                self.rejected.add(sender)
+                self._drop(sender, type(exc))
                 continue
             # Content checks: a client whose entry is unusable (share of the wrong type or
             # size, a server not addressed, a low-order ephemeral key, a seed ciphertext of
@@ -280,7 +295,7 @@ class AdditiveAggregator(FinishedResult):
                 or any(len(ct) != _SEED_CT_LEN for ct in seeds.values())
                 or not valid_x25519(msg.ephemeral_pk)
             ):
-                self.rejected.add(sender)
+                self._reject(sender)
                 continue
             np.add(acc, msg.share0, out=acc)
             accepted.append(sender)
@@ -324,11 +339,6 @@ class AdditiveAggregator(FinishedResult):
             if msg.contributors != self._contributors:
                 raise ProtocolError(f"server {sid!r} summed a different set of clients")
             parts.append((sid, msg.ephemeral_pk, msg.ciphertext))
-        unexpected = set(replies) - set(cfg.server_ids)
-        if unexpected:
-            raise ProtocolError(
-                f"reply from unexpected party {sorted(unexpected)[0]!r}"
-            )
         return self._finish(tuple(parts))
 
     def _finish(

@@ -10,11 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg.backends import _shamir
-from privagg.backends._common import FinishedResult
 from privagg.backends._graph import (
     GraphParams,
 )
-from privagg.backends._masking import UNREADABLE, log_dropped, valid_x25519
+from privagg.backends._masking import UNREADABLE, RingAggregator, valid_x25519
 from privagg.backends._primitives import (
     ecdh,
     ed25519_verify,
@@ -59,8 +58,18 @@ _log = logging.getLogger(__name__)
 
 
 # -- aggregator ----------------------------------------------------------------------------
-class SecAggAggregator(FinishedResult):
-    """The untrusted SecAgg+ server's state machine for one round."""
+class SecAggAggregator(RingAggregator):
+    """The untrusted SecAgg+ server's state machine for one round.
+
+    ``rejected`` / ``rejection_reasons`` describe the clients dropped for replies it
+    could not use. A refused batch (too few clients left at any stage, a secret that
+    does not reconstruct) ends the round: every later ``receive`` / ``result`` call
+    raises the same error family and nothing of the round is kept
+    (:class:`~privagg.backends._common.FinishedResult`).
+    """
+
+    _LOG_LABEL = "SecAgg+"
+    _LOGGER = _log
 
     def __init__(
         self,
@@ -77,6 +86,7 @@ class SecAggAggregator(FinishedResult):
             raise ConfigurationError(
                 f"{len(client_ids)} clients, but the session was set up for max_clients={cfg.max_clients}"
             )
+        super().__init__()
         self._cfg = cfg
         self._round = round_id
         self._u0 = tuple(sorted(client_ids))
@@ -91,7 +101,6 @@ class SecAggAggregator(FinishedResult):
         self._holders_of: dict[str, frozenset[str]] = {}  # see _holders
         self._peers: dict[str, frozenset[str]] = {}
         self._attest: dict[str, tuple[tuple[str, ...], bytes]] = {}
-        self.rejected: set[str] = set()  # clients dropped for invalid keys or shares
         self._directory = directory
         self._expect: int | None = None
         self._asked: frozenset[str] = frozenset()  # who got the current stage's request
@@ -127,12 +136,6 @@ class SecAggAggregator(FinishedResult):
         )
         self._asked = frozenset(self._u0)
         return {cid: mk(cid) for cid in self._u0}
-
-    def _drop(self, sender: str, error: type[Exception]) -> None:
-        """Treat ``sender`` as dropped at this stage for a reply it cannot read; the log
-        names the error's type only (never the bytes or the error's text)."""
-        log_dropped(_log, "SecAgg+", self._round, sender, error)
-        self.rejected.add(sender)
 
     def _decode(
         self,
@@ -174,8 +177,10 @@ class SecAggAggregator(FinishedResult):
         Raises:
             ProtocolError: a reply from a party that was not sent this stage's request
                 (nothing is read or changed), or a call out of order.
-            InsufficientParticipantsError: too few clients left to go on.
+            InsufficientParticipantsError: too few clients left to go on: the round is
+                aborted (as is any other error of this batch).
         """
+        self._check_not_aborted()
         stage = self._expect
         if stage is None or self._result is not None:
             raise ProtocolError("receive() called out of order")
@@ -184,18 +189,32 @@ class SecAggAggregator(FinishedResult):
         for sender in replies:
             if sender not in self._asked:
                 raise ProtocolError(f"reply from unexpected party {sender!r}")
+        step: Callable[[Mapping[str, bytes]], dict[str, bytes]] = self._on_unmask
         if stage == SecAggKind.ADVERTISE:
-            out = self._on_advertise(replies)
+            step = self._on_advertise
         elif stage == SecAggKind.SHARES:
-            out = self._on_shares(replies)
+            step = self._on_shares
         elif stage == SecAggKind.MASKED:
-            out = self._on_masked(replies)
+            step = self._on_masked
         elif stage == SecAggKind.SIGNATURE:
-            out = self._on_signatures(replies)
-        else:
-            out = self._on_unmask(replies)
+            step = self._on_signatures
+        out = self._run_stage(step, replies)
         self._asked = frozenset(out)
         return out
+
+    def _forget(self) -> None:
+        self._asked = frozenset()
+        self._keys = {}
+        self._nbrs = {}
+        self._seed = b""
+        self._routed = {}
+        self._rejected_by = {}
+        self._holders_of = {}
+        self._peers = {}
+        self._attest = {}
+        self._u2 = frozenset()
+        self._u3 = ()
+        self._acc = None
 
     def _on_advertise(self, replies: Mapping[str, bytes]) -> dict[str, bytes]:
         msgs: dict[str, AdvertiseMessage] = self._decode(
@@ -229,7 +248,8 @@ class SecAggAggregator(FinishedResult):
                 if pk in seen:
                     rejected |= {cid, seen[pk]}
                 seen[pk] = cid
-        self.rejected |= rejected
+        for cid in sorted(rejected):
+            self._reject(cid, "invalid keys")
         msgs = {c: m for c, m in msgs.items() if c not in rejected}
         self._need(len(msgs), "clients advertised valid keys")
         self._keys = msgs
@@ -254,9 +274,7 @@ class SecAggAggregator(FinishedResult):
         for sender in sorted(msgs):
             want = self._nbrs[sender] & self._keys.keys()
             if {r for r, _ in msgs[sender].ciphertexts} != want:
-                self.rejected.add(
-                    sender
-                )  # shares for the wrong parties: a stage-1 dropout
+                self._reject(sender)  # shares for the wrong parties: a stage-1 dropout
                 del msgs[sender]
         self._need(len(msgs), "clients shared keys")
         u2 = frozenset(msgs)
@@ -306,14 +324,15 @@ class SecAggAggregator(FinishedResult):
                 or not self._attestation_ok(sender, msg)
             ):
                 # An unusable upload: ignore it (as if the client dropped before uploading).
-                self.rejected.add(sender)
+                self._reject(sender)
                 continue
             msgs[sender] = msg
         # A client whose share ciphertext some uploader rejected is treated as dropped at
         # stage 2 (its upload is ignored, its mask key is recovered): the rejecting client
         # did not mask with it, so its pairwise masks would not cancel.
         accused = {j for m in msgs.values() for j in m.rejected}
-        self.rejected |= accused & set(msgs)
+        for cid in sorted(accused & set(msgs)):
+            self._reject(cid, "share refused by a neighbour")
         self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
         self._holders_of = {}
         acc = np.zeros(self._cfg.size, dtype=dtype)
@@ -411,7 +430,7 @@ class SecAggAggregator(FinishedResult):
             if not ed25519_verify(self._directory(cid), msgs[cid].signature, smsg):
                 # Not counted (as if it had not answered): one client cannot abort the
                 # round this late (second review, finding 4).
-                self.rejected.add(cid)
+                self._reject(cid, "invalid signature")
                 continue
             sigs.append((cid, msgs[cid].signature))
         if len(sigs) < self._quorum:
@@ -441,7 +460,7 @@ class SecAggAggregator(FinishedResult):
                 or which != (_B if owner in alive else _S)
                 for owner, which, _ in m.shares
             ):
-                self.rejected.add(sender)
+                self._reject(sender)
                 continue
             try:  # all of a reply's shares, or none of them
                 shares = [
