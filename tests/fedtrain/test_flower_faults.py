@@ -280,6 +280,15 @@ def _check(
         assert set(contributors) <= set(setup.weights)
         if rec["round"] == fault.fired and faulty and fault.stage <= input_stage:
             assert faulty not in contributors
+        # every dropped client has a reason in fixed words ("dropped" is unchanged)
+        assert sorted(rec["drop_reasons"]) == sorted(rec["dropped"])
+        if rec["round"] == fault.fired and faulty in rec["dropped"]:
+            why = rec["drop_reasons"][faulty]
+            if fault.kind in ("replayed", "routed-as-other"):  # the transport's
+                assert why == "mismatched routing fields"
+            else:  # the aggregator's: the error's type, never its text
+                assert why.startswith("unreadable reply: ")
+                assert why.removeprefix("unreadable reply: ").isidentifier()
         want = LAYOUT.unflatten(
             synthetic_sum(
                 LAYOUT, {c: setup.weights[c] for c in contributors}, rec["round"]
