@@ -50,6 +50,22 @@ process everybody's secrets. :func:`session_for_role` and :func:`deal` are the w
 protocol for a deployment tool, which only moves the blobs (``fedtrain.flower.material``
 writes and reads them as 0600 files). Material blobs are opaque bytes made by the
 backend; no pickle.
+
+**Distributed DP noise.** ``session_for_role(..., noise=share)`` gives the role the
+clients' :class:`~privagg.NoiseShare`, exactly as ``Backend.setup(noise=share)`` gives
+it to a one-process session: a client adds its share after encoding, before
+protection; every role sizes the ring (or slots, or CKKS headroom) for it, and the
+backends that bind it put it in ``params_id``. So *every* process of a session must be
+given the same share (none, or one with the same type and ``stddev``); a process given
+another one gets another ``params_id`` (CKKS, Paillier) or ring, and its messages are
+refused. The share is public configuration (a distribution and its scale), not a
+secret: only the clients draw from it. Key material never depends on it, so
+:func:`deal` and :func:`own_key` take none. A ``noise`` that is not a
+:class:`~privagg.NoiseShare` is a :class:`~privagg.errors.ConfigurationError`; a
+backend whose role loader takes no ``noise`` is refused with
+:class:`~privagg.errors.UnsupportedError` when one is given; a share whose headroom
+does not fit raises what ``setup`` raises (``ConfigurationError``,
+``EncodingOverflowError``).
 """
 
 from __future__ import annotations
@@ -61,6 +77,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
 from privagg._pin import check_pin, parse_pin
+from privagg.encoding import _accepts
 from privagg.envelope import open_envelope
 from privagg.errors import (
     ConfigurationError,
@@ -71,7 +88,7 @@ from privagg.errors import (
 from privagg.identity import IdentityDirectory
 from privagg.keys import SecretBytes, fingerprint
 from privagg.layout import Layout
-from privagg.protocols import Backend, Session
+from privagg.protocols import Backend, NoiseShare, Session
 
 __all__ = [
     "DealtMaterial",
@@ -248,8 +265,10 @@ class Distributable(Protocol):
         *,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> Session:
-        """A session for one role, from that role's material only."""
+        """A session for one role, from that role's material only (``noise``: the
+        clients' DP noise share, as for ``Backend.setup``)."""
         ...
 
 
@@ -264,6 +283,7 @@ class PublicSeeded(Protocol):
         *,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> Session:
         """A session whose *public* parameters come from ``seed`` alone."""
         ...
@@ -283,6 +303,7 @@ class DirectoryKeyed(Protocol):
         identity: SecretBytes | None = None,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> Session:
         """A session for one role from the public directory (and, for a client, its
         own identity secret key only)."""
@@ -322,6 +343,7 @@ class SelfKeyed(Protocol):
         max_weight: float = 1.0,
         secret: bytes | None = None,
         pinned: str | bytes | None = None,
+        noise: NoiseShare | None = None,
     ) -> Session:
         """A session for one role from the directory (``material``), which must have
         the ``pinned`` fingerprint (:func:`directory_fingerprint`; required, refused
@@ -437,12 +459,16 @@ def public_setup(
     *,
     max_clients: int,
     max_weight: float = 1.0,
+    noise: NoiseShare | None = None,
 ) -> Session:
-    """The session every process of a ``PUBLIC_SEED`` backend builds from ``seed``.
+    """The session every process of a ``PUBLIC_SEED`` backend builds from ``seed``
+    (``noise``: the clients' DP noise share, see the module docstring).
 
     Raises:
-        UnsupportedError: the backend has no public-seeded setup.
-        ConfigurationError: ``seed`` is not 32 bytes.
+        UnsupportedError: the backend has no public-seeded setup, or one that takes no
+            noise share and ``noise`` is given.
+        ConfigurationError: ``seed`` is not 32 bytes, or ``noise`` is not a
+            :class:`~privagg.NoiseShare`.
     """
     if not isinstance(backend, PublicSeeded):
         raise UnsupportedError(
@@ -454,8 +480,43 @@ def public_setup(
             f"backend {backend.name!r} needs a public 32-byte setup seed"
         )
     return backend.public_setup(
-        layout, seed, max_clients=max_clients, max_weight=max_weight
+        layout,
+        seed,
+        max_clients=max_clients,
+        max_weight=max_weight,
+        **_noise_kw(backend, backend.public_setup, noise),
     )
+
+
+def _check_noise(noise: object) -> None:
+    if noise is not None and not isinstance(noise, NoiseShare):
+        raise ConfigurationError(
+            "noise must be a privagg NoiseShare (sample_encoded, sample_real, "
+            f"headroom), got {type(noise).__name__}"
+        )
+
+
+def _noise_kw(
+    backend: Backend, loader: object, noise: NoiseShare | None
+) -> dict[str, NoiseShare]:
+    """``{"noise": noise}`` for a role loader, or {} without noise (a loader written
+    before noise shares were distributed is called as before).
+
+    Raises:
+        ConfigurationError: ``noise`` is not a :class:`~privagg.NoiseShare`.
+        UnsupportedError: ``noise`` is given and the loader takes none: the roles
+            would silently run without it.
+    """
+    _check_noise(noise)
+    if noise is None:
+        return {}
+    if not callable(loader) or not _accepts(loader, "noise"):
+        raise UnsupportedError(
+            f"backend {backend.name!r} cannot load a role with a DP noise share "
+            "(its role loader takes no noise=): refusing to run without the noise",
+            UnsupportedReason.OPERATION,
+        )
+    return {"noise": noise}
 
 
 def session_for_role(
@@ -472,6 +533,7 @@ def session_for_role(
     pinned: str | bytes | None = None,
     max_clients: int,
     max_weight: float = 1.0,
+    noise: NoiseShare | None = None,
 ) -> Session:
     """This process's session for one role, whatever the backend's :class:`Dealing`.
 
@@ -495,18 +557,28 @@ def session_for_role(
             backend, checked against ``directory.fingerprint`` when given.
         max_clients: as given to :func:`deal`.
         max_weight: as given to :func:`deal`.
+        noise: the clients' distributed-DP noise share, or None: passed to the
+            backend's role loader for every :class:`Dealing` with the semantics of
+            ``Backend.setup(noise=...)`` (a client adds it; every role sizes for
+            it). Every role of the session must be given the same share (see the
+            module docstring).
 
     Returns:
         A session; use only the method of ``role``.
 
     Raises:
-        UnsupportedError: as :func:`dealing`.
+        UnsupportedError: as :func:`dealing`; or ``noise`` given to a backend whose
+            role loader takes none.
         ParameterMismatchError: a directory whose fingerprint is not ``pinned``.
         ConfigurationError: an unknown role, a ``DEALER`` or ``OWN_KEYS`` backend
             without material or (``OWN_KEYS``) without ``pinned``, a ``PUBLIC_SEED`` backend without a 32-byte seed, or a
             ``DIRECTORY`` backend without a directory (or a client without its
-            identity key, or another role given one).
+            identity key, or another role given one), or a ``noise`` that is not a
+            :class:`~privagg.NoiseShare` (refused before any material is read).
+        EncodingOverflowError: the sums plus the noise headroom do not fit (as
+            ``Backend.setup`` with the same ``noise``).
     """
+    _check_noise(noise)
     hook = _hook(backend)
     mode = hook.dealing()
     try:
@@ -516,7 +588,9 @@ def session_for_role(
             f"role must be aggregator, client, holder or server, got {role!r}"
         ) from None
     if mode is Dealing.NONE:
-        return backend.setup(layout, max_clients=max_clients, max_weight=max_weight)
+        return backend.setup(
+            layout, max_clients=max_clients, max_weight=max_weight, noise=noise
+        )
     if mode is Dealing.PUBLIC_SEED:
         return public_setup(
             backend,
@@ -524,6 +598,7 @@ def session_for_role(
             setup_seed or b"",
             max_clients=max_clients,
             max_weight=max_weight,
+            noise=noise,
         )
     if mode is Dealing.DIRECTORY:
         if pinned is not None and directory is not None:
@@ -537,6 +612,7 @@ def session_for_role(
             identity,
             max_clients=max_clients,
             max_weight=max_weight,
+            noise=noise,
         )
     if material is None:
         raise ConfigurationError(
@@ -544,7 +620,8 @@ def session_for_role(
         )
     if mode is Dealing.OWN_KEYS:
         parse_pin(pinned)  # no pin: refused before the material is read
-        session = _self_keyed(backend).load_role(
+        keyed = _self_keyed(backend)
+        session = keyed.load_role(
             layout,
             role.value,
             party_id,
@@ -553,6 +630,7 @@ def session_for_role(
             max_weight=max_weight,
             secret=secret,
             pinned=pinned,
+            **_noise_kw(backend, keyed.load_role, noise),
         )
         # The hook checks the pin (after checking that the file is a directory, so a
         # key file given by mistake is not reported by its fingerprint); checked again
@@ -566,6 +644,7 @@ def session_for_role(
         material,
         max_clients=max_clients,
         max_weight=max_weight,
+        **_noise_kw(backend, hook.load_role, noise),
     )
 
 
@@ -579,6 +658,7 @@ def _directory_role(
     *,
     max_clients: int,
     max_weight: float,
+    noise: NoiseShare | None,
 ) -> Session:
     if not isinstance(backend, DirectoryKeyed):
         raise UnsupportedError(
@@ -609,4 +689,5 @@ def _directory_role(
         identity=identity,
         max_clients=max_clients,
         max_weight=max_weight,
+        **_noise_kw(backend, backend.directory_role, noise),
     )

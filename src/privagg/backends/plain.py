@@ -122,11 +122,14 @@ class PlainBackend:
         *,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> OneShotSession:
         """The same session :meth:`setup` makes (the material is empty)."""
         if material:
             raise DeserializationError("the plain backend has no key material")
-        return self.setup(layout, max_clients=max_clients, max_weight=max_weight)
+        return self.setup(
+            layout, max_clients=max_clients, max_weight=max_weight, noise=noise
+        )
 
     def __repr__(self) -> str:
         return "PlainBackend()"

@@ -407,6 +407,7 @@ class AdditiveBackend(RingBackend):
         secret: bytes | None = None,
         rng: Rng | None = None,
         pinned: str | bytes | None = None,
+        noise: NoiseShare | None = None,
     ) -> AdditiveSession:
         """A session for one role, from the public directory and (key holders) its own
         secret blob only.
@@ -427,6 +428,8 @@ class AdditiveBackend(RingBackend):
                 :func:`privagg.distribution.directory_fingerprint`), received out of
                 band. Required for every role: whoever hands a process its directory
                 could otherwise substitute the servers' or the holder's keys.
+            noise: the clients' DP noise share, as for :meth:`setup`: every role
+                must be given the same one (it sizes the ring); only a client adds it.
 
         Returns:
             A session; only ``role``'s method is usable (``holder()`` raises
@@ -495,7 +498,7 @@ class AdditiveBackend(RingBackend):
             layout,
             max_clients,
             max_weight,
-            None,
+            noise,
             rng or SystemRng(),
             pks,
             server_sks,

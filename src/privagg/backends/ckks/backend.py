@@ -518,6 +518,7 @@ class CkksBackend:
         max_weight: float = 1.0,
         protection: Protection | None = None,
         rng: Rng | None = None,
+        noise: NoiseShare | None = None,
     ) -> OneShotSession:
         """A session for one role, built from that role's material only.
 
@@ -534,6 +535,9 @@ class CkksBackend:
             max_weight: as given to :meth:`deal`.
             protection: how the holder's secret was exported (default: none).
             rng: randomness for the holder's flooding noise (default: the OS).
+            noise: the clients' DP noise share, as for :meth:`setup`: every role
+                must be given the same one (it enters ``params_id`` and the
+                headroom); only a client adds it.
 
         Returns:
             A session; only ``role``'s method is usable (the aggregator's and the
@@ -566,7 +570,12 @@ class CkksBackend:
                 f"role must be aggregator, client or holder, got {role!r}"
             )
         return self.session(
-            layout, context, max_clients=max_clients, max_weight=max_weight, rng=rng
+            layout,
+            context,
+            max_clients=max_clients,
+            max_weight=max_weight,
+            noise=noise,
+            rng=rng,
         )
 
     def __repr__(self) -> str:

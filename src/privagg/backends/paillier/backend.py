@@ -711,8 +711,13 @@ class PaillierBackend:
         *,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> OneShotSession:
         """A session for one role from that role's material (see :meth:`deal`).
+
+        ``noise`` is the clients' DP noise share, as for :meth:`setup`: every role must
+        be given the same one (it sizes the slots and enters ``params_id``); only a
+        client adds it.
 
         Raises:
             ConfigurationError: an unknown role, or a client without a party id.
@@ -739,6 +744,7 @@ class PaillierBackend:
             secret,
             max_clients=max_clients,
             max_weight=max_weight,
+            noise=noise,
         )
         if role == "client":
             # the per-key fixed-base table (about 38 MB at 3072 bits, 17 MB at 2048,

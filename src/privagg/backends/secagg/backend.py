@@ -285,9 +285,11 @@ def _role_session(
     directory: dict[str, bytes],
     secret: bytes,
     secret_rng: Rng,
+    noise: NoiseShare | None = None,
 ) -> SecAggSession:
-    """The session of one role, given the public directory and the client's key."""
-    session = SecAggSession(cfg, layout, None, secret_rng)
+    """The session of one role, given the public directory and the client's key
+    (``noise``: the clients' DP noise share; only the client role adds it)."""
+    session = SecAggSession(cfg, layout, noise, secret_rng)
     session._public = dict(directory)
     session._dealt = True
     if role == "client":
@@ -459,6 +461,7 @@ class SecAggBackend(RingBackend):
         *,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> SecAggSession:
         """The session every process builds from one *public* 32-byte ``seed``.
 
@@ -466,12 +469,14 @@ class SecAggBackend(RingBackend):
         ``params_id``. Every secret the session may make (identity keys) comes from the
         system CSPRNG, passed explicitly, so that no default and no public seed can
         ever reach one (review #11, finding 6): each process gets its own,
-        unreproducible secrets.
+        unreproducible secrets. ``noise`` is the clients' DP noise share, as for
+        :meth:`setup`: every role must be given the same one (it sizes the ring).
         """
         return self.setup(
             layout,
             max_clients=max_clients,
             max_weight=max_weight,
+            noise=noise,
             rng=DeterministicRng(seed),
             secret_rng=SystemRng(),
         )
@@ -527,22 +532,25 @@ class SecAggBackend(RingBackend):
         max_clients: int,
         max_weight: float = 1.0,
         rng: Rng | None = None,
+        noise: NoiseShare | None = None,
     ) -> SecAggSession:
         """A session for one role (``"aggregator"``, ``"client"`` or ``"holder"``) built
-        from that role's material only.
+        from that role's material only (``noise``: as for :meth:`setup`; the material
+        was dealt without one, so a noise share that widens the ring is refused as a
+        parameter mismatch).
 
         Raises:
             ParameterMismatchError: material dealt for other options or another layout.
             DeserializationError: malformed material.
         """
         nonce, directory, secret = _read_material(material)
-        cfg = self._config(layout, max_clients, max_weight, None, nonce)
+        cfg = self._config(layout, max_clients, max_weight, noise, nonce)
         if not hmac.compare_digest(open_envelope(material)[0].params_id, cfg.params_id):
             raise ParameterMismatchError(
                 "the material was dealt for other parameters or another layout"
             )
         return _role_session(
-            cfg, layout, role, party_id, directory, secret, rng or SystemRng()
+            cfg, layout, role, party_id, directory, secret, rng or SystemRng(), noise
         )
 
     def directory_role(
@@ -555,9 +563,12 @@ class SecAggBackend(RingBackend):
         identity: SecretBytes | None = None,
         max_clients: int,
         max_weight: float = 1.0,
+        noise: NoiseShare | None = None,
     ) -> SecAggSession:
         """A session for one role of active SecAgg+ from the public-key directory (and,
         for a client, its own identity key): no dealer, nobody holds another's secret.
+        ``noise``: the clients' DP noise share, as for :meth:`setup` (every role gets
+        the same one; only a client adds it).
 
         The directory's fingerprint is the session nonce, so ``params_id`` binds it:
         processes holding different directories cannot exchange messages.
@@ -571,10 +582,19 @@ class SecAggBackend(RingBackend):
             raise ConfigurationError("identity directories are for active SecAgg+")
         if (identity is not None) != (role == "client"):
             raise ConfigurationError("exactly the client role holds an identity key")
-        cfg = self._config(layout, max_clients, max_weight, None, directory.fingerprint)
+        cfg = self._config(
+            layout, max_clients, max_weight, noise, directory.fingerprint
+        )
         secret = b"" if identity is None else identity.reveal()
         return _role_session(
-            cfg, layout, role, party_id, dict(directory.keys), secret, SystemRng()
+            cfg,
+            layout,
+            role,
+            party_id,
+            dict(directory.keys),
+            secret,
+            SystemRng(),
+            noise,
         )
 
     def __repr__(self) -> str:
