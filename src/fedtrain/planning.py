@@ -13,7 +13,13 @@ DP-SGD's randomness from the same source and keeps the same privacy ledger:
   per-client plan ``(q_k, steps)`` and its noise multiplier (configured, or calibrated
   from ``target_epsilon`` over the whole run);
 * :func:`open_book`: the run's :class:`~fedtrain.privacy.PrivacyBook` in the run's
-  folder (``privacy`` or ``privacy-<unit>``).
+  folder (``privacy`` or ``privacy-<unit>``);
+* :func:`client_dp` (:class:`ClientDP`): client-level DP's guaranteed minimum of
+  contributors, noise multiplier (configured, or calibrated from ``target_epsilon``),
+  each client's noise share and the session's :class:`LayoutShare`, and the ledger's
+  event for a sum of ``n`` shares; :func:`client_backend_options` (the backend's
+  per-coordinate bound set to, or checked against, the clip) and
+  :func:`dp_accountant`.
 """
 
 from __future__ import annotations
@@ -22,18 +28,31 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import privagg
 from fedtrain.config import RunConfig
+from fedtrain.errors import ConfigError
 from fedtrain.privacy import ClientEvent, PrivacyBook, calibrate_noise_multiplier
 from privagg import Rng, SystemRng
-from privagg.dp import GaussianEvent, PoissonSampledEvent
+from privagg.dp import (
+    DiscreteGaussianShare,
+    GaussianEvent,
+    PoissonSampledEvent,
+    survivors,
+)
 from privagg.hazmat import DeterministicRng, uniform01
 
 __all__ = [
+    "ClientDP",
+    "LayoutShare",
+    "client_backend_options",
+    "client_dp",
+    "dp_accountant",
     "dp_rng",
     "local_steps",
     "open_book",
@@ -168,3 +187,195 @@ def open_book(
         target_epsilon=p.target_epsilon,
         client_event=client_event if p.level == "client" else None,
     )
+
+
+@dataclass(frozen=True)
+class LayoutShare:
+    """A noise share whose ring headroom covers the whole layout over the planned
+    rounds: the backends call ``headroom(max_clients)``; this passes ``dim`` (the
+    layout's size) and ``rounds`` so the bound holds for every coordinate at once."""
+
+    share: DiscreteGaussianShare
+    dim: int
+    rounds: int
+
+    @property
+    def stddev(self) -> float:
+        return self.share.stddev
+
+    def sample_encoded(self, n: int, *, scale: float, rng: Rng | None = None) -> Any:
+        return self.share.sample_encoded(n, scale=scale, rng=rng)
+
+    def sample_real(self, n: int, *, rng: Rng | None = None) -> Any:
+        return self.share.sample_real(n, rng=rng)
+
+    def headroom(
+        self,
+        n_clients: int,
+        *,
+        scale: float = 1.0,
+        dim: int | None = None,
+        rounds: int | None = None,
+        failure_log2: float = 40.0,
+    ) -> float:
+        return float(
+            self.share.headroom(
+                n_clients,
+                scale=scale,
+                dim=dim if dim is not None else self.dim,
+                rounds=rounds if rounds is not None else self.rounds,
+                failure_log2=failure_log2,
+            )
+        )
+
+    def event(self, **kw: Any) -> Any:
+        return self.share.event(**kw)
+
+
+def dp_accountant(config: RunConfig, scale: float | None) -> str:
+    """The accountant: privagg's RDP for client-level DP on a fixed-point backend
+    (``scale`` not None: the distributed discrete Gaussian is analysed by RDP only),
+    the configured one otherwise."""
+    p = config.privacy
+    return "rdp" if p.level == "client" and scale is not None else p.accountant
+
+
+def client_backend_options(
+    config: RunConfig, backend: str, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Client level: the backend options with the per-coordinate bound
+    (:func:`privagg.value_bound_option`) set to the clip when not given (updates
+    clipped to L2 <= C have every |coordinate| <= C); other levels: ``options``.
+
+    Raises:
+        ConfigError: the given bound is below the clip (clipped updates would
+            overflow).
+    """
+    p, opts = config.privacy, dict(options)
+    if p.level != "client":
+        return opts
+    key = privagg.value_bound_option(privagg.get_backend(backend, **opts))
+    if key is not None:
+        given = opts.get(key)
+        if given is None:
+            opts[key] = p.clip
+        elif not float(given) >= p.clip:
+            raise ConfigError(
+                f"backend option {key}={given!r} is below the client clip "
+                f"{p.clip}: clipped updates would overflow"
+            )
+    return opts
+
+
+@dataclass(frozen=True)
+class ClientDP:
+    """Client-level DP of a run on one backend (see :func:`client_dp`).
+
+    Attributes:
+        clip: the L2 clip ``C`` of each client's update.
+        min_clients: the guaranteed minimum of contributors the noise is sized for.
+        noise_multiplier: ``z``: ``min_clients`` shares carry ``N(0, (z C)^2)``.
+        share: each client's share, std ``z C / sqrt(min_clients)``.
+        scale: the backend's fixed-point scale, or None (a backend on reals).
+        dimension: values per update (the layout's size).
+        rounds: the planned rounds (the headroom covers all of them).
+    """
+
+    clip: float
+    min_clients: int
+    noise_multiplier: float
+    share: DiscreteGaussianShare
+    scale: float | None
+    dimension: int
+    rounds: int
+
+    def session_noise(self) -> LayoutShare:
+        """The noise share every role of the privagg session is set up with."""
+        return LayoutShare(self.share, self.dimension, self.rounds)
+
+    def event(self, n: int) -> tuple[Any, dict[str, Any]]:
+        """The event and ledger metadata of a sum of ``n`` contributions.
+
+        ``n`` shares of std ``s`` carry noise of std ``s sqrt(n)``: the float
+        backends release ``Gaussian(s sqrt(n) / C)``; the integer backends the
+        distributed discrete Gaussian with ``n`` shares of std ``s * scale``, L2
+        sensitivity ``C * scale + sqrt(d)`` (stochastic rounding) and dimension ``d``.
+        """
+        s, c = self.share.stddev, self.clip
+        meta: dict[str, Any] = {
+            "num_contributors": n,
+            "share_stddev": s,
+            "clip": c,
+            "min_clients": self.min_clients,
+        }
+        if self.scale is not None:
+            d = self.dimension
+            ev: Any = self.share.event(
+                n_survivors=n, clip_norm=c, scale=self.scale, dimension=d
+            )
+            meta.update(
+                mechanism="distributed_discrete_gaussian", scale=self.scale, dimension=d
+            )
+        else:
+            ev = GaussianEvent(s * math.sqrt(n) / c)
+            meta.update(mechanism="gaussian", noise_multiplier=s * math.sqrt(n) / c)
+        return ev, meta
+
+
+def _client_min(config: RunConfig, n_clients: int) -> int:
+    """The guaranteed minimum of contributors (the noise is sized for it)."""
+    c, p = config, config.privacy
+    if p.min_clients is not None:
+        if p.min_clients > n_clients:
+            raise ConfigError(
+                f"min_clients={p.min_clients} exceeds the {n_clients} clients"
+            )
+        return p.min_clients
+    qn = c.rounds.sample_rate * n_clients
+    k = round(qn) if c.rounds.sampling == "fraction" else math.floor(qn)
+    return survivors(max(1, k), p.dropout_tolerance)
+
+
+def client_dp(
+    config: RunConfig, *, n_clients: int, scale: float | None, dimension: int
+) -> ClientDP | None:
+    """Client-level DP of the run (None at any other privacy level).
+
+    Args:
+        config: the run (``privacy``, ``rounds``).
+        n_clients: every client of the federation.
+        scale: the backend's fixed-point scale (:func:`privagg.fixed_point_scale`),
+            None for a backend on reals.
+        dimension: the layout's size.
+
+    Raises:
+        ConfigError: ``min_clients`` above ``n_clients``.
+    """
+    c, p = config, config.privacy
+    if p.level != "client":
+        return None
+    m = _client_min(c, n_clients)
+    z = p.noise_multiplier
+    if p.calibrate:
+        assert p.target_epsilon is not None
+
+        def event(z: float) -> Any:
+            share = DiscreteGaussianShare(z * p.clip / math.sqrt(m))
+            if scale is not None:
+                return share.event(
+                    n_survivors=m, clip_norm=p.clip, scale=scale, dimension=dimension
+                )
+            return GaussianEvent(z)
+
+        z = calibrate_noise_multiplier(
+            event,
+            target_epsilon=p.target_epsilon,
+            delta=p.delta,
+            accountant=dp_accountant(c, scale),
+            count=c.rounds.rounds,
+        )
+    # each client adds std z C / sqrt(m_min) after encoding (discrete Gaussian on the
+    # integer backends, float Gaussian on ckks/plain): m_min contributors carry at
+    # least N(0, (z C)^2)
+    share = DiscreteGaussianShare(z * p.clip / math.sqrt(m))
+    return ClientDP(p.clip, m, z, share, scale, dimension, c.rounds.rounds)

@@ -17,7 +17,6 @@ All clients share ONE base model in memory; adapters are swapped by copying valu
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import time
@@ -66,6 +65,11 @@ from fedtrain.models import (
     resolve_model,
 )
 from fedtrain.planning import (
+    ClientDP,
+    LayoutShare,
+    client_backend_options,
+    client_dp,
+    dp_accountant,
     dp_rng,
     local_steps,
     open_book,
@@ -73,64 +77,16 @@ from fedtrain.planning import (
     record_plan,
     sample_clients,
 )
-from fedtrain.privacy import (
-    ACCOUNTANT_SOURCE,
-    PrivacyBook,
-    calibrate_noise_multiplier,
-)
+from fedtrain.privacy import ACCOUNTANT_SOURCE, PrivacyBook
 from fedtrain.strategy import ServerOptimizer, Strategy, make_strategy, server_step
 from fedtrain.train import DPSGD
 from privagg import Rng
-from privagg.dp import (
-    DiscreteGaussianShare,
-    GaussianEvent,
-    survivors,
-)
+from privagg.dp import DiscreteGaussianShare
 
 __all__ = ["Federation", "RoundRecord", "RunResult", "ServerOptimizer"]
 
 
-@dataclass(frozen=True)
-class _LayoutShare:
-    """A noise share whose ring headroom covers the whole layout over the planned
-    rounds: the backends call ``headroom(max_clients)``; this passes ``dim`` (the
-    layout's size) and ``rounds`` so the bound holds for every coordinate at once."""
-
-    share: DiscreteGaussianShare
-    dim: int
-    rounds: int
-
-    @property
-    def stddev(self) -> float:
-        return self.share.stddev
-
-    def sample_encoded(self, n: int, *, scale: float, rng: Rng | None = None) -> Any:
-        return self.share.sample_encoded(n, scale=scale, rng=rng)
-
-    def sample_real(self, n: int, *, rng: Rng | None = None) -> Any:
-        return self.share.sample_real(n, rng=rng)
-
-    def headroom(
-        self,
-        n_clients: int,
-        *,
-        scale: float = 1.0,
-        dim: int | None = None,
-        rounds: int | None = None,
-        failure_log2: float = 40.0,
-    ) -> float:
-        return float(
-            self.share.headroom(
-                n_clients,
-                scale=scale,
-                dim=dim if dim is not None else self.dim,
-                rounds=rounds if rounds is not None else self.rounds,
-                failure_log2=failure_log2,
-            )
-        )
-
-    def event(self, **kw: Any) -> Any:
-        return self.share.event(**kw)
+_LayoutShare = LayoutShare  # the name before it moved to fedtrain.planning
 
 
 class _MinHolder:
@@ -336,47 +292,36 @@ class Federation:
         )
 
     def _setup_backend(self) -> None:
-        c, p = self.config, self.config.privacy
-        opts = dict(c.backend_options)
+        c = self.config
         self.layout = privagg.Layout.from_arrays(self._template_message())
         # privagg says whether the backend computes on fixed-point integers (discrete
         # noise shares, accounted at its scale) or on reals; no backend names here.
         # Constructing a backend only validates its options (keys come in setup).
+        opts = dict(c.backend_options)
         scale = privagg.fixed_point_scale(privagg.get_backend(c.backend, **opts))
         self.integer_backend = scale is not None
         self.scale = 1.0 if scale is None else scale
-        # the distributed discrete Gaussian is analysed by privagg's RDP accountant only
-        self.accountant = (
-            "rdp" if p.level == "client" and self.integer_backend else p.accountant
+        self.accountant = dp_accountant(c, scale)
+        # client level (fedtrain.planning, shared with the Flower task): the minimum
+        # of contributors, z, each client's share and the ledger's event
+        self.client_dp: ClientDP | None = client_dp(
+            c, n_clients=len(self.client_ids), scale=scale, dimension=self.layout.size
         )
-        self.min_clients = self._min_clients() if p.level == "client" else 0
-        self.noise_multiplier = self._resolve_noise_multiplier()
-        self.noise_share: DiscreteGaussianShare | None = None
-        if p.level == "client":
-            # each client adds std z C / sqrt(m_min) after encoding (discrete Gaussian
-            # on the integer backends, float Gaussian on ckks/plain): m_min
-            # contributors carry at least N(0, (z C)^2)
-            self.noise_share = DiscreteGaussianShare(
-                self.noise_multiplier * p.clip / math.sqrt(self.min_clients)
-            )
-            key = privagg.value_bound_option(privagg.get_backend(c.backend, **opts))
-            if key is not None:
-                given = opts.get(key)
-                if given is None:
-                    opts[key] = p.clip  # clipped to L2 <= C: every |coordinate| <= C
-                elif not float(given) >= p.clip:
-                    raise ConfigError(
-                        f"backend option {key}={given!r} is below the client clip "
-                        f"{p.clip}: clipped updates would overflow"
-                    )
+        cdp = self.client_dp
+        self.min_clients = 0 if cdp is None else cdp.min_clients
+        self.noise_multiplier = (
+            self._resolve_noise_multiplier() if cdp is None else cdp.noise_multiplier
+        )
+        self.noise_share: DiscreteGaussianShare | None = (
+            None if cdp is None else cdp.share
+        )
+        opts = client_backend_options(c, c.backend, opts)
         self.backend = privagg.get_backend(c.backend, **opts)
         self.session = self.backend.setup(
             self.layout,
             max_clients=len(self.client_ids),
             max_weight=1.0,
-            noise=None
-            if self.noise_share is None
-            else _LayoutShare(self.noise_share, self.layout.size, c.rounds.rounds),
+            noise=None if cdp is None else cdp.session_noise(),
         )
         if c.lora.mode == "flora" and privagg.protects_inputs(self.backend):
             warnings.warn(
@@ -385,80 +330,19 @@ class Federation:
                 stacklevel=3,
             )
 
-    def _min_clients(self) -> int:
-        """Client level: the guaranteed minimum of contributors (noise sized for it)."""
-        c, p = self.config, self.config.privacy
-        if p.min_clients is not None:
-            if p.min_clients > len(self.client_ids):
-                raise ConfigError(
-                    f"min_clients={p.min_clients} exceeds the {len(self.client_ids)} clients"
-                )
-            return p.min_clients
-        qn = c.rounds.sample_rate * len(self.client_ids)
-        k = round(qn) if c.rounds.sampling == "fraction" else math.floor(qn)
-        return survivors(max(1, k), p.dropout_tolerance)
-
     def client_event(self, n: int) -> tuple[Any, dict[str, Any]]:
-        """Client level: the event and ledger metadata of a sum of ``n`` contributions.
-
-        ``n`` shares of std ``s`` carry noise of std ``s sqrt(n)``: the float
-        backends release ``Gaussian(s sqrt(n) / C)``; the integer backends the
-        distributed discrete Gaussian with ``n`` shares of std ``s * scale``, L2
-        sensitivity ``C * scale + sqrt(d)`` (stochastic rounding) and dimension ``d``.
-        """
-        p = self.config.privacy
-        assert self.noise_share is not None
-        s = self.noise_share.stddev
-        meta: dict[str, Any] = {
-            "num_contributors": n,
-            "share_stddev": s,
-            "clip": p.clip,
-            "min_clients": self.min_clients,
-        }
-        if self.integer_backend:
-            d = self.layout.size
-            ev: Any = self.noise_share.event(
-                n_survivors=n, clip_norm=p.clip, scale=self.scale, dimension=d
-            )
-            meta.update(
-                mechanism="distributed_discrete_gaussian", scale=self.scale, dimension=d
-            )
-        else:
-            ev = GaussianEvent(s * math.sqrt(n) / p.clip)
-            meta.update(
-                mechanism="gaussian", noise_multiplier=s * math.sqrt(n) / p.clip
-            )
-        return ev, meta
+        """Client level: the event and ledger metadata of a sum of ``n``
+        contributions (:meth:`fedtrain.planning.ClientDP.event`)."""
+        assert self.client_dp is not None
+        return self.client_dp.event(n)
 
     def _resolve_noise_multiplier(self) -> float:
-        """z: the configured one, or calibrated from ``target_epsilon``."""
+        """z without client-level DP: the configured one, or (record level)
+        calibrated from ``target_epsilon``."""
         c, p = self.config, self.config.privacy
-        if p.level == "none" or not p.calibrate:
-            return p.noise_multiplier
-        assert p.target_epsilon is not None
-        rounds = c.rounds.rounds
-        if p.level == "record":
+        if p.level == "record" and p.calibrate:
             return record_noise_multiplier(c, self.n_examples, self.accountant)
-        m = self.min_clients
-
-        def event(z: float) -> Any:
-            share = DiscreteGaussianShare(z * p.clip / math.sqrt(m))
-            if self.integer_backend:
-                return share.event(
-                    n_survivors=m,
-                    clip_norm=p.clip,
-                    scale=self.scale,
-                    dimension=self.layout.size,
-                )
-            return GaussianEvent(z)
-
-        return calibrate_noise_multiplier(
-            event,
-            target_epsilon=p.target_epsilon,
-            delta=p.delta,
-            accountant=self.accountant,
-            count=rounds,
-        )
+        return p.noise_multiplier
 
     # ------------------------------------------------------------------ helpers
 
