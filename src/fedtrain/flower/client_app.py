@@ -132,9 +132,9 @@ from fedtrain.flower.material import (
 )
 from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
-from fedtrain.flower.tasks import get_task
+from fedtrain.flower.tasks import get_session_noise, get_task
 from fedtrain.flower.transport import Envelope, Op, pack, recovery_check, unpack
-from privagg import HolderRole, Layout, SystemRng
+from privagg import HolderRole, Layout, NoiseShare, SystemRng
 from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
 from privagg.keys import Protection
@@ -220,6 +220,15 @@ def _maybe_stall(context: Context, stage: int) -> None:
         time.sleep(float(context.node_config.get("fault-stall-seconds", 60.0)))
 
 
+def _noise(
+    env: Envelope, spec: SessionSpec, layout: Layout, context: Context
+) -> NoiseShare | None:
+    """The session's distributed-DP noise share, from the task and this node's own
+    run config (client-level DP; the ServerApp sends no noise parameter)."""
+    fn = get_session_noise(env.meta.get("task", "synthetic"))
+    return fn(context.run_config, spec.backend_object(), layout)
+
+
 def _session_digest(env: Envelope) -> bytes:
     """Digest of the round's public session (spec and layout), fixed at stage 0."""
     return _digest(
@@ -289,6 +298,7 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
         identity_protection=_identity_protection(context),
         identity_directory=_directory(context)[0],
         directory_fingerprint=_directory(context)[1],
+        noise=_noise(env, spec, layout, context),
     )
     vector = np.frombuffer(state["vector"], dtype="<f8").copy()  # type: ignore[arg-type]
     role = session.client(
@@ -369,6 +379,7 @@ def _serve(env: Envelope, context: Context) -> bytes:
         material=_material(context, "privagg-material"),
         directory_fingerprint=_directory(context)[1],
         own_key=own_key,
+        noise=_noise(env, spec, layout, context),
     )
     server = session.servers(env.round_id).get(party)
     if server is None:
@@ -386,6 +397,7 @@ def _holder_for(
     material: str | None,
     directory: tuple[str | None, str | None] = (None, None),
     own_key: str | None = None,
+    noise: NoiseShare | None = None,
 ) -> HolderRole:
     """This process's holder for a session, built once and cached.
 
@@ -411,6 +423,7 @@ def _holder_for(
         layout.to_bytes().hex(),
         *ident,
         *map(str, directory),
+        repr(noise),
     )
     holder = _HOLDERS.get(key)
     if holder is None:
@@ -422,6 +435,7 @@ def _holder_for(
             identity_directory=directory[0],
             directory_fingerprint=directory[1],
             own_key=own_key,
+            noise=noise,
         )
         holder = session.holder()
         _HOLDERS[key] = holder
@@ -472,6 +486,7 @@ def _recover(env: Envelope, context: Context) -> Envelope:
         material,
         _directory(context),
         _material(context, "privagg-own-key"),
+        _noise(env, spec, layout, context),
     )
     register = _register(context, spec, material)
     if register is None:

@@ -18,9 +18,17 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Context, RecordDict
 
-from privagg import Layout
+from privagg import Backend, Layout, NoiseShare
 
-__all__ = ["LocalUpdate", "SamplingTask", "ServerTask", "ServerTaskFactory", "TaskFn"]
+__all__ = [
+    "LocalUpdate",
+    "NoisyTask",
+    "SamplingTask",
+    "ServerTask",
+    "ServerTaskFactory",
+    "SessionNoiseFn",
+    "TaskFn",
+]
 
 
 @dataclass(frozen=True)
@@ -78,3 +86,19 @@ class SamplingTask(Protocol):
 
 ServerTaskFactory = Callable[[Mapping[str, Any]], ServerTask]
 """The Flower run config -> the task's server side."""
+
+SessionNoiseFn = Callable[[Mapping[str, Any], Backend, Layout], NoiseShare | None]
+"""(run config, the session's backend, layout) -> the clients' distributed-DP noise
+share every role of the privagg session is loaded with (None: no noise). A node
+computes it from its own run config, never from what the ServerApp sends."""
+
+
+@runtime_checkable
+class NoisyTask(Protocol):
+    """A server task whose privagg session carries a distributed-DP noise share
+    (optional for a ServerTask; client-level DP)."""
+
+    def session_noise(self, backend: Backend, layout: Layout) -> NoiseShare | None:
+        """The noise share of the session on ``backend`` (the same one the task's
+        :data:`SessionNoiseFn` gives every node), or None."""
+        ...

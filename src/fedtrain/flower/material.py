@@ -357,6 +357,7 @@ def load_session(
     identity_key: str | Path | None = None,
     identity_protection: Protection | None = None,
     own_key: str | Path | None = None,
+    noise: privagg.NoiseShare | None = None,
 ) -> Session:
     """Build this process's session for one role.
 
@@ -381,6 +382,9 @@ def load_session(
             ``NoProtection`` by default.
         own_key: path of this key holder's own key file (``OWN_KEYS`` backends:
             servers and the holder; see :func:`make_own_key`).
+        noise: the clients' distributed-DP noise share, or None
+            (:func:`privagg.distribution.session_for_role`): every role of the
+            session must be given the same one; only a client adds it.
 
     Returns:
         A session; use only the method of ``role`` (``aggregator``, ``client`` or
@@ -454,4 +458,5 @@ def load_session(
         pinned=directory_fingerprint if mode is Dealing.OWN_KEYS else None,
         max_clients=spec.max_clients,
         max_weight=spec.max_weight,
+        noise=noise,
     )

@@ -25,9 +25,10 @@ in-process runtime's own pieces:
   end the peft export (:func:`fedtrain.checkpoint.export_adapter` and the model
   sidecar) to ``out/adapter``.
 
-Weights: ``uniform`` (``1 / clients``) or ``examples`` (``n_k / sum n``), as in-process.
-They are public: every party computes every client's example count from the public
-partition, and the ServerApp divides the recovered sum by the contributors' total.
+Weights: ``uniform`` (``1 / clients``) or ``examples`` (``n_k / sum n``), as in-process
+(client-level DP: 1 each, the sum divided by the number of contributors). They are
+public: every party computes every client's example count from the public partition,
+and the ServerApp divides the recovered sum by the contributors' total.
 
 The model, tokenizer and data are loaded once per process and cached (one entry per
 side and run), not once per round. Each round's broadcast carries the training round
@@ -43,8 +44,27 @@ open_book`) in ``checkpoint-dir/privacy`` (else ``out/privacy``), checked before
 round's first request and recorded after recovery, before the sum is applied. The
 task's state is kept in the ServerApp checkpoint (:meth:`ServerRunTask.state`).
 
-Not supported here (a :class:`~fedtrain.flower.errors.FlowerConfigError`): privacy
-level ``client``, the ``causal_lm`` task.
+Client-level DP uses the in-process code too (:func:`fedtrain.planning.client_dp`):
+each client clips its update to L2 norm ``clip`` (``local_update(clip=...)``, i.e.
+:func:`privagg.dp.clip_l2`) and sends it with weight 1; its privagg client role adds
+the noise share ``z C / sqrt(min_clients)`` after encoding, before protection. Every
+node loads its privagg role with that share (:func:`session_noise`, computed from the
+node's own run config and the session's backend: the ServerApp sends no noise
+parameter), and so does the ServerApp's aggregator (:meth:`ServerRunTask.
+session_noise`), as ``Federation`` sets up its session with it. The ledger is
+checked before a round's first request for ``(min_clients, sampled)`` contributors
+and records each applied release with its contributor count, as in-process. A round
+that samples fewer than ``min_clients`` clients sends nothing; a recovered sum of
+fewer than ``min_clients`` contributions is neither applied nor recorded, as the
+in-process holder refuses to output it (over Flower the sum has reached the
+ServerApp, which discards it: see ``docs``). The backend's per-coordinate bound must
+be at least the clip: a ``backend-options`` bound below it is a
+:class:`~fedtrain.errors.ConfigError`, and so is a default bound below it when
+``backend-options`` sets none (in-process, ``Federation`` sets the bound to the
+clip; over Flower the session's options are the run config's, so set it there).
+
+Not supported here (a :class:`~fedtrain.flower.errors.FlowerConfigError`): the
+``causal_lm`` task.
 """
 
 from __future__ import annotations
@@ -61,6 +81,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+import privagg
 from fedtrain.client import (
     LocalTraining,
     apply_global,
@@ -88,6 +109,10 @@ from fedtrain.models import (
     write_model_sidecar,
 )
 from fedtrain.planning import (
+    ClientDP,
+    client_backend_options,
+    client_dp,
+    dp_accountant,
     dp_rng,
     local_steps,
     open_book,
@@ -99,7 +124,7 @@ from fedtrain.privacy import PrivacyBook
 from fedtrain.runfile import RunFile, parse_run_dict
 from fedtrain.strategy import Strategy, make_strategy, server_step
 from fedtrain.train import DPSGD
-from privagg import Layout
+from privagg import Backend, Layout, NoiseShare
 
 __all__ = [
     "GLOBAL_RECORD",
@@ -109,6 +134,7 @@ __all__ = [
     "ServerRunTask",
     "client_update",
     "run_config_entry",
+    "session_noise",
 ]
 
 RUN_KEY = "fedtrain-run"
@@ -179,13 +205,6 @@ class FlowerRun:
         if c.task not in _TASKS:
             raise FlowerConfigError(
                 f"task {c.task!r} is not supported over Flower (supported: {_TASKS})"
-            )
-        if c.privacy.level not in ("none", "record"):
-            raise FlowerConfigError(
-                f"privacy level {c.privacy.level!r} is not supported over Flower yet "
-                "(supported: 'none', 'record'): client-level DP's noise shares are "
-                "added by privagg's client sessions, and the Flower sessions "
-                "(privagg.distribution.session_for_role) take no noise yet"
             )
         backend = cfg.get("backend")
         if backend is not None and backend != c.backend:
@@ -283,6 +302,8 @@ def _slot(part: int, n_parts: int) -> int:
 
 def _weight(fr: FlowerRun, sh: _Shared, part: int) -> float:
     """Client ``part``'s public weight, as in-process without failures."""
+    if fr.config.privacy.level == "client":
+        return 1.0  # sensitivity C in the sum
     if fr.config.rounds.weighting == "uniform":
         return 1.0 / len(sh.parts)
     return sh.n_examples[part] / sum(sh.n_examples)
@@ -302,6 +323,61 @@ def _partition_of(party: str, n_parts: int) -> int:
     return int(tail)
 
 
+_CLIENT_DP: dict[tuple[str, float | None, int], ClientDP | None] = {}
+
+
+def _client_dp(fr: FlowerRun, scale: float | None, dimension: int) -> ClientDP | None:
+    """The run's client-level DP on a backend of fixed-point ``scale`` (None: reals)
+    for updates of ``dimension`` values, as ``Federation`` plans it (cached per
+    process: calibration is not redone at every stage)."""
+    key = (fr.key, scale, dimension)
+    if key not in _CLIENT_DP:
+        if len(_CLIENT_DP) >= 16:
+            _CLIENT_DP.pop(next(iter(_CLIENT_DP)))
+        _CLIENT_DP[key] = client_dp(
+            fr.config,
+            n_clients=fr.run.federation.num_clients,
+            scale=scale,
+            dimension=dimension,
+        )
+    return _CLIENT_DP[key]
+
+
+def session_noise(
+    run_config: Mapping[str, Any], backend: Backend, layout: Layout
+) -> NoiseShare | None:
+    """The distributed-DP noise share every privagg role of the run's session is
+    loaded with: client level, :meth:`fedtrain.planning.ClientDP.session_noise` of
+    the run (the same share ``Federation`` sets its session up with); None otherwise.
+
+    Args:
+        run_config: this process's Flower run config (``fedtrain-run``).
+        backend: the session's backend (its fixed-point scale enters calibration).
+        layout: the session's layout (the headroom covers every coordinate).
+
+    Raises:
+        FlowerConfigError, ConfigError: as :meth:`FlowerRun.from_run_config`.
+    """
+    fr = FlowerRun.from_run_config(run_config)
+    if fr.config.privacy.level != "client":
+        return None
+    cdp = _client_dp(fr, privagg.fixed_point_scale(backend), layout.size)
+    assert cdp is not None
+    return cdp.session_noise()
+
+
+def _session_options(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The session's backend options: the run config's ``backend-options`` (what
+    the ServerApp sets every role up with)."""
+    try:
+        opts = json.loads(str(run_config.get("backend-options", "{}")) or "{}")
+    except (ValueError, RecursionError) as exc:
+        raise FlowerConfigError("run config 'backend-options' is not JSON") from exc
+    if not isinstance(opts, dict):
+        raise FlowerConfigError("run config 'backend-options' must be a JSON object")
+    return opts
+
+
 class ServerRunTask:
     """Server side of the ``fedtrain`` task (see the module docstring).
 
@@ -312,6 +388,10 @@ class ServerRunTask:
     def __init__(self, run_config: Mapping[str, Any]) -> None:
         self.run = FlowerRun.from_run_config(run_config)
         c = self.run.config
+        # client level: the session's backend checked before anything is loaded
+        backend = (
+            self._client_backend(run_config) if c.privacy.level == "client" else None
+        )
         self.shared = sh = _shared(self.run, "server")
         self.mode = str(c.lora.mode)
         self.global_state = initial_state(sh.handle, self.mode)
@@ -341,14 +421,67 @@ class ServerRunTask:
         self._next: list[str] | None = None
         self.run_id = secrets.token_hex(8)
         self.book: PrivacyBook | None = None
+        self.client_dp: ClientDP | None = None
+        folder = str(run_config.get("checkpoint-dir", "")) or self.run.run.out
         if c.privacy.level == "record":
-            folder = str(run_config.get("checkpoint-dir", "")) or self.run.run.out
             self.book = open_book(
                 c,
                 folder or None,
                 noise_multiplier=sh.noise_multiplier(c),
                 accountant=c.privacy.accountant,
             )
+        elif backend is not None:
+            scale = privagg.fixed_point_scale(backend)
+            self.client_dp = _client_dp(self.run, scale, self._layout.size)
+            assert self.client_dp is not None
+            self.book = open_book(
+                c,
+                folder or None,
+                noise_multiplier=self.client_dp.noise_multiplier,
+                accountant=dp_accountant(c, scale),
+                client_event=self.client_dp.event,
+            )
+
+    def _client_backend(self, run_config: Mapping[str, Any]) -> Backend:
+        """Client level: the session's backend, checked as ``Federation`` checks it
+        (its per-coordinate bound at least the clip).
+
+        Raises:
+            ConfigError: a bound below the clip, given in ``backend-options`` or (none
+                given) the backend's default.
+        """
+        c = self.run.config
+        opts = _session_options(run_config)
+        client_backend_options(c, c.backend, opts)  # a given bound below the clip
+        backend = privagg.get_backend(c.backend, **opts)
+        bound = backend.value_bound
+        if bound is not None and not bound >= c.privacy.clip:
+            key = privagg.value_bound_option(backend)
+            raise ConfigError(
+                f"backend {c.backend!r}: its default bound {bound} is below the client "
+                f"clip {c.privacy.clip}: clipped updates would overflow; set run config "
+                f"'backend-options' {{\"{key}\": {c.privacy.clip}}} (in-process, "
+                "Federation sets it to the clip)"
+            )
+        return backend
+
+    def session_noise(self, backend: Backend, layout: Layout) -> NoiseShare | None:
+        """The clients' noise share for the session on ``backend`` (client level;
+        the share every node computes with :func:`session_noise`), else None.
+
+        Raises:
+            FlowerConfigError: ``backend`` has another fixed-point scale than the
+                run config's backend (the ledger would account the wrong noise).
+        """
+        cdp = self.client_dp
+        if cdp is None:
+            return None
+        if privagg.fixed_point_scale(backend) != cdp.scale or layout != self._layout:
+            raise FlowerConfigError(
+                "the session's backend or layout is not the one the privacy ledger "
+                "accounts for"
+            )
+        return cdp.session_noise()
 
     def layout(self) -> Layout:
         """The layout of a client's message (the mode's)."""
@@ -378,6 +511,11 @@ class ServerRunTask:
         sampled = sample_clients(
             self.run.config, self.client_ids, self.train_round + 1, self.draws
         )
+        cdp = self.client_dp
+        if cdp is not None and len(sampled) < cdp.min_clients:
+            # fewer than the noise is sized for: nothing trains, nothing is released
+            # (as in-process)
+            sampled = []
         self._next = sampled
         n_parts = len(self.shared.parts)
         slots = {
@@ -397,8 +535,12 @@ class ServerRunTask:
         """
         sampled = list(self.client_ids) if self._next is None else self._next
         self._next = None
-        if self.book is not None:
-            self.book.check(self._plan(sampled))
+        if self.book is not None and sampled:
+            cdp = self.client_dp
+            self.book.check(
+                self._plan(sampled),
+                () if cdp is None else (cdp.min_clients, len(sampled)),
+            )
         self.sampled = sampled
         self.train_round += 1
         return RecordDict(
@@ -420,7 +562,17 @@ class ServerRunTask:
         slots = {p: _partition_of(p, n_parts) for p in contributors}
         weights = {p: _weight(self.run, sh, s) for p, s in slots.items()}
         facts: dict[str, Any] = {}
-        if self.book is not None:
+        cdp = self.client_dp
+        if cdp is not None and len(contributors) < cdp.min_clients:
+            # as the in-process holder refuses to output a sum of fewer contributions
+            # than the noise is sized for: not recorded, not applied
+            if contributors:
+                facts["skipped"] = (
+                    f"{len(contributors)} contributions, fewer than min_clients="
+                    f"{cdp.min_clients}: the sum is not applied"
+                )
+            contributors = ()
+        elif self.book is not None:
             # the release happened: record it before applying anything; every client
             # sent the round's request is charged (the ServerApp cannot tell which
             # of them trained)
@@ -437,7 +589,9 @@ class ServerRunTask:
                 self.opt,
                 self.global_state,
                 dict(aggregate),
-                sum(weights.values()),
+                # client level: unit weights; dividing by the contributor count is
+                # post-processing (it depends on no client's data)
+                float(len(contributors)) if cdp is not None else sum(weights.values()),
                 mode=self.mode,
                 phase=sh.handle.phase if self.mode == "alternating" else None,
                 slot_weights={
@@ -449,7 +603,12 @@ class ServerRunTask:
             apply_global(sh.handle, c.lora, self.global_state)
         metrics = self.evaluate()
         self.history.append({"round": self.train_round, "metrics": metrics})
-        return {"train_round": self.train_round, "metrics": metrics, **facts}
+        return {
+            "train_round": self.train_round,
+            "metrics": metrics,
+            **facts,
+            **(self._spent() if cdp is not None else {}),
+        }
 
     def _spent(self) -> dict[str, Any]:
         if self.book is None:
@@ -466,10 +625,13 @@ class ServerRunTask:
         (every client it was sent to) unless the ledger already recorded it."""
         if self.book is None or self.train_round in self.book.releases():
             return
+        cdp = self.client_dp
         self.book.record(
             self.train_round,
             self._plan(self.sampled),
-            [],
+            # client level: the worst case of a sum the ServerApp would have applied
+            # (min_clients shares); only the count is written
+            [] if cdp is None else self.sampled[: cdp.min_clients],
             run_id=self.run_id,
         )
 
@@ -634,7 +796,7 @@ def client_update(
         dp=dp,
         dp_module=sh.dp_module if dp is not None else None,
         dp_rng=dp_rng(c.test_seed, "dpsgd", train_round, cid) if dp else None,
-        clip=p.update_clip,
+        clip=p.clip if p.level == "client" else p.update_clip,
         opt_state=opt_state,
         slot=slot,
         n_slots=n_parts,

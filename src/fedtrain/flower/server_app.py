@@ -54,7 +54,7 @@ from fedtrain.flower.errors import (
     FlowerProtocolError,
     NotEnoughNodesError,
 )
-from fedtrain.flower.interfaces import SamplingTask, ServerTask
+from fedtrain.flower.interfaces import NoisyTask, SamplingTask, ServerTask
 from fedtrain.flower.material import (
     Role,
     SessionSpec,
@@ -490,6 +490,10 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         material=settings.aggregator_material or None,
         identity_directory=settings.identity_directory or None,
         directory_fingerprint=settings.pin() or None,
+        # client-level DP: the clients' noise share (the nodes compute the same one)
+        noise=task.session_noise(spec.backend_object(), layout)
+        if isinstance(task, NoisyTask)
+        else None,
     )
     meta = {
         "spec": spec.to_json(),

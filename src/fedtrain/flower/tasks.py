@@ -36,9 +36,10 @@ from fedtrain.flower.interfaces import (
     LocalUpdate,
     ServerTask,
     ServerTaskFactory,
+    SessionNoiseFn,
     TaskFn,
 )
-from privagg import Layout
+from privagg import Backend, Layout, NoiseShare
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -47,6 +48,7 @@ __all__ = [
     "Task",
     "TaskFn",
     "get_server_task",
+    "get_session_noise",
     "get_task",
     "parse_shapes",
     "synthetic_sum",
@@ -208,6 +210,20 @@ def _run_server(run_config: Mapping[str, Any]) -> ServerTask:
     return run_task.ServerRunTask(run_config)
 
 
+def _run_noise(
+    run_config: Mapping[str, Any], backend: Backend, layout: Layout
+) -> NoiseShare | None:
+    from fedtrain.flower import run_task
+
+    return run_task.session_noise(run_config, backend, layout)
+
+
+def _no_noise(
+    run_config: Mapping[str, Any], backend: Backend, layout: Layout
+) -> NoiseShare | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Task:
     """One row of the task table.
@@ -215,16 +231,19 @@ class Task:
     Attributes:
         client: the client side (called by the ClientApp at a round's first request).
         server: builds the server side from the run config (called by the ServerApp).
+        noise: the distributed-DP noise share every node loads its privagg role with
+            (client-level DP; default: none).
     """
 
     client: TaskFn
     server: ServerTaskFactory
+    noise: SessionNoiseFn = _no_noise
 
 
 _TASKS: dict[str, Task] = {
     "synthetic": Task(_synthetic, _synthetic_server),
     "lora": Task(_lora, _lora_server),
-    "fedtrain": Task(_run, _run_server),
+    "fedtrain": Task(_run, _run_server, _run_noise),
 }
 
 
@@ -244,6 +263,15 @@ def get_task(name: str) -> TaskFn:
         FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
     """
     return _row(name).client
+
+
+def get_session_noise(name: str) -> SessionNoiseFn:
+    """How a node of the task called ``name`` gets its session's noise share.
+
+    Raises:
+        FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
+    """
+    return _row(name).noise
 
 
 def get_server_task(name: str, run_config: Mapping[str, Any]) -> ServerTask:
