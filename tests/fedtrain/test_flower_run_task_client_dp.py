@@ -15,6 +15,8 @@ the real ClientApp handler, every privagg role loaded through
   (float rounding), passive SecAgg+ within its fixed-point tolerance (see the bound);
 * with the real draw, the aggregate the ServerApp recovers is the clients' clipped
   updates plus noise of the planned standard deviation;
+* a round with fewer than ``min_clients`` sampled clients, or contributions, releases
+  nothing (as in-process);
 * the refusal of client-level DP over Flower is gone; bad combinations still get
   typed errors.
 """
@@ -41,6 +43,7 @@ import privagg
 from fedtrain.errors import ConfigError
 from fedtrain.flower import material, run_task, server_app
 from fedtrain.flower.run_task import FlowerRun
+from fedtrain.flower.transport import unpack
 from privagg.dp import DiscreteGaussianShare
 
 CLIENT = {
@@ -259,3 +262,34 @@ def test_session_noise_is_none_without_client_level() -> None:
     d = _client_run()
     share = run_task.session_noise(run_task.run_config_entry(d), plain, layout)
     assert share is not None and share.stddev == pytest.approx(0.5 / math.sqrt(2))
+
+
+def test_too_few_clients_release_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in-process: a round that samples fewer than ``min_clients`` clients sends
+    nothing; a sum of fewer than ``min_clients`` contributions (a node silent) is
+    neither recorded nor applied."""
+    monkeypatch.setattr(run_task, "_CACHE", {})
+    monkeypatch.setattr(run_task, "_CLIENT_DP", {})
+    # one client sampled (fraction 1/3), noise sized for 2: nothing sent
+    d = _client_run(rounds={"rounds": 1, "sample_rate": 0.34})
+    grid, run_config, settings = flower_setup(d, "{}")
+    task = run_task.ServerRunTask(run_config)
+    before = {k: v.copy() for k, v in task.global_state.items()}
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    assert summary["rounds"][0]["skipped"] == "no client sampled"
+    assert all(unpack(m.content).round_id == 0 for m in grid.sent)  # hello only
+    assert task.book is not None and task.book.releases() == []
+    assert _max_diff(task.global_state, before) == 0.0
+    # all three sampled, noise sized for 3, one node silent: 2 contributions
+    d = _client_run(rounds={"rounds": 1}, privacy={"min_clients": 3})
+    grid, run_config, settings = flower_setup(d, "{}")
+    grid.silent.add(102)
+    task = run_task.ServerRunTask(run_config)
+    before = {k: v.copy() for k, v in task.global_state.items()}
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    rec = summary["rounds"][0]
+    assert rec["contributors"] == ["client-0", "client-1"]
+    assert "fewer than min_clients=3" in rec["skipped"]
+    assert task.book is not None and task.book.releases() == []
+    assert summary["epsilon"] == 0.0
+    assert _max_diff(task.global_state, before) == 0.0
