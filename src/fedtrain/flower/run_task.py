@@ -57,7 +57,7 @@ and records each applied release with its contributor count, as in-process. A ro
 that samples fewer than ``min_clients`` clients sends nothing; a recovered sum of
 fewer than ``min_clients`` contributions is neither applied nor recorded, as the
 in-process holder refuses to output it (over Flower the sum has reached the
-ServerApp, which discards it: see ``docs``). The backend's per-coordinate bound must
+ServerApp, which discards it: see ``docs/flower.md``). The backend's per-coordinate bound must
 be at least the clip: a ``backend-options`` bound below it is a
 :class:`~fedtrain.errors.ConfigError`, and so is a default bound below it when
 ``backend-options`` sets none (in-process, ``Federation`` sets the bound to the
