@@ -240,11 +240,6 @@ def test_run_config_is_checked_strictly() -> None:
         (_entry([1, 2]), ConfigError, "table"),
         (_entry({**good, "bogus": 1}), ConfigError, "bogus"),
         (_entry({**good, "rounds": {"lr": "fast"}}), ConfigError, "rounds.lr"),
-        (
-            _entry({**good, "privacy": {"level": "client", "noise_multiplier": 1.0}}),
-            FlowerConfigError,
-            "privacy level",
-        ),
         (_entry({**good, "task": "causal_lm"}), FlowerConfigError, "causal_lm"),
         ({**_entry(good), "backend": "ckks"}, FlowerConfigError, "backend"),
         ({**_entry(good), "rounds": 5}, FlowerConfigError, "rounds"),
@@ -252,6 +247,11 @@ def test_run_config_is_checked_strictly() -> None:
     for cfg, exc, match in cases:
         with pytest.raises(exc, match=match):
             run_task.FlowerRun.from_run_config(cfg)
+    # client-level DP is run too (test_flower_run_task_client_dp.py)
+    client = {**good, "privacy": {"level": "client", "noise_multiplier": 1.0}}
+    assert run_task.FlowerRun.from_run_config(_entry(client)).config.privacy.level == (
+        "client"
+    )
     # record-level DP and client sampling are run (test_flower_run_task_dp.py)
     ok = {
         **good,

@@ -226,7 +226,7 @@ def _noise(
     """The session's distributed-DP noise share, from the task and this node's own
     run config (client-level DP; the ServerApp sends no noise parameter)."""
     fn = get_session_noise(env.meta.get("task", "synthetic"))
-    return fn(context.run_config, spec.backend_object(), layout)
+    return None if fn is None else fn(context.run_config, spec.backend_object(), layout)
 
 
 def _session_digest(env: Envelope) -> bytes:

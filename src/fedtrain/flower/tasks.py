@@ -218,12 +218,6 @@ def _run_noise(
     return run_task.session_noise(run_config, backend, layout)
 
 
-def _no_noise(
-    run_config: Mapping[str, Any], backend: Backend, layout: Layout
-) -> NoiseShare | None:
-    return None
-
-
 @dataclass(frozen=True)
 class Task:
     """One row of the task table.
@@ -232,12 +226,12 @@ class Task:
         client: the client side (called by the ClientApp at a round's first request).
         server: builds the server side from the run config (called by the ServerApp).
         noise: the distributed-DP noise share every node loads its privagg role with
-            (client-level DP; default: none).
+            (client-level DP), or None: the task's sessions carry no noise.
     """
 
     client: TaskFn
     server: ServerTaskFactory
-    noise: SessionNoiseFn = _no_noise
+    noise: SessionNoiseFn | None = None
 
 
 _TASKS: dict[str, Task] = {
@@ -265,8 +259,9 @@ def get_task(name: str) -> TaskFn:
     return _row(name).client
 
 
-def get_session_noise(name: str) -> SessionNoiseFn:
-    """How a node of the task called ``name`` gets its session's noise share.
+def get_session_noise(name: str) -> SessionNoiseFn | None:
+    """How a node of the task called ``name`` gets its session's noise share (None:
+    the task's sessions carry no noise).
 
     Raises:
         FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
