@@ -163,7 +163,7 @@ class OneShotAggregator(FinishedResult):
                 )
             if msg.client_id != sender:
                 raise ProtocolError(
-                    f"client {sender!r} sent a contribution labelled {msg.client_id!r}"
+                    f"client {sender!r} sent a contribution labelled as another party"
                 )
             bodies.append(msg.body)
             contributors.append(sender)

@@ -329,7 +329,7 @@ class GridExchange:
             if msg.has_error():
                 self.errors[sender] = str(msg.error.reason)
                 self.reasons[sender] = "client error"
-                log.warning("party %s failed: %s", sender, msg.error.reason)
+                log.warning("party %s failed: %r", sender, str(msg.error.reason))
                 continue
             try:
                 env = unpack(msg.content)

@@ -290,7 +290,10 @@ class RingConfig:
         self.check_header(data, round_id, cls.KIND, f"reply of {sender!r}")
         msg = cls.from_bytes(data)
         if msg.party != sender:
-            raise ProtocolError(f"party {sender!r} sent a reply labelled {msg.party!r}")
+            # the label is the sender's choice: never in the error's text
+            raise ProtocolError(
+                f"party {sender!r} sent a reply labelled as another party"
+            )
         return msg
 
     def encode(

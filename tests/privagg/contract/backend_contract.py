@@ -31,6 +31,7 @@ from privagg import (
     Layout,
     ParameterMismatchError,
     PrivaggError,
+    ProtocolError,
     SecretBytes,
     SecretKey,
 )
@@ -351,6 +352,15 @@ class BackendContract:
             agg.receive({})
         with pytest.raises(InsufficientParticipantsError, match="aborted"):
             agg.receive(honest)
+        assert not agg.done
+        with pytest.raises(InsufficientParticipantsError, match="aborted"):
+            agg.result()
+        # every later call (review of 8539b36): a batch with a party that was not asked
+        # names the abort, not the routing; no restart; still no result
+        with pytest.raises(InsufficientParticipantsError, match="aborted"):
+            agg.receive({**honest, "not-a-party": b"x"})
+        with pytest.raises(ProtocolError, match="already started"):
+            agg.start()
         assert not agg.done
         with pytest.raises(InsufficientParticipantsError, match="aborted"):
             agg.result()

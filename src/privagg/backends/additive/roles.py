@@ -334,7 +334,7 @@ class AdditiveAggregator(RingAggregator):
             msg = PartialSum.from_bytes(data)
             if msg.party != sid:
                 raise ProtocolError(
-                    f"server {sid!r} sent a reply labelled {msg.party!r}"
+                    f"server {sid!r} sent a reply labelled as another party"
                 )
             if msg.contributors != self._contributors:
                 raise ProtocolError(f"server {sid!r} summed a different set of clients")
