@@ -172,3 +172,29 @@ def test_a_one_shot_round_ended_by_a_payload_names_no_planted_byte(
         _run("plain", fault, monkeypatch)
     assert fault.fired
     _scan(f"{exc.value!r} {exc.value}")
+
+
+def test_a_failed_hello_cannot_forge_a_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node NODE answers the hello with an Error whose text holds a newline and a
+    forged log line: it is not a party, the others' round runs, and no log message
+    holds a newline (the text is quoted)."""
+    caplog.set_level(logging.DEBUG)
+    real = client_app.privagg_query
+
+    def hello_fails(msg: Message, context: Any) -> Message:
+        if context.node_id == NODE and unpack(msg.content).op == Op.HELLO:
+            return Message(Error(code=1, reason=FORGED), reply_to=msg)
+        return real(msg, context)
+
+    monkeypatch.setattr(client_app, "privagg_query", hello_fails)
+    grid = FakeGrid(_nodes([1.0] * 5))
+    settings = server_app.RunSettings(
+        backend="plain", shapes=SHAPES, min_nodes=5, stage_timeout=1.0
+    )
+    summary = server_app.run(grid, settings, server_app._SyntheticTask(SHAPES))  # type: ignore[arg-type]
+    assert summary["parties"] == ["client-0", "client-1", "client-2", "client-4"]
+    assert any("failed hello" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:
+        assert "\n" not in record.getMessage()

@@ -220,9 +220,9 @@ def _hello(
     for reply in send_and_receive(grid, msgs, timeout=timeout):
         if reply.has_error():
             log.warning(
-                "node %s failed hello: %s",
+                "node %s failed hello: %r",  # the node's text: quoted, one line
                 reply.metadata.src_node_id,
-                reply.error.reason,
+                str(reply.error.reason),
             )
             continue
         env = unpack(reply.content)
