@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +41,6 @@ FORGED = (
 pytestmark = pytest.mark.skipif(
     "secagg" not in privagg.available_backends(), reason="secagg backend not available"
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_holder_cache() -> Iterator[None]:
-    client_app._HOLDERS.clear()
-    yield
-    client_app._HOLDERS.clear()
 
 
 @dataclass
