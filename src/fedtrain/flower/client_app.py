@@ -133,7 +133,14 @@ from fedtrain.flower.material import (
 from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
 from fedtrain.flower.tasks import get_session_noise, get_task
-from fedtrain.flower.transport import Envelope, Op, pack, recovery_check, unpack
+from fedtrain.flower.transport import (
+    Envelope,
+    Op,
+    is_party_id,
+    pack,
+    recovery_check,
+    unpack,
+)
 from privagg import HolderRole, Layout, NoiseShare, SystemRng
 from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
@@ -165,6 +172,11 @@ def _party_id(context: Context) -> str:
     if not isinstance(pid, str) or not pid:
         raise FlowerConfigError(
             "node config 'party-id' (a non-empty string) is missing"
+        )
+    if not is_party_id(pid):
+        raise FlowerConfigError(
+            "node config 'party-id' must be 1-128 characters of letters, digits and "
+            "'._:@+-', starting with a letter or a digit"
         )
     return pid
 

@@ -74,6 +74,7 @@ from fedtrain.flower.transport import (
     GridExchange,
     Op,
     drive_aggregator,
+    is_party_id,
     pack,
     recovery_check,
     send_and_receive,
@@ -225,8 +226,18 @@ def _hello(
                 str(reply.error.reason),
             )
             continue
-        env = unpack(reply.content)
         node = reply.metadata.src_node_id
+        try:
+            env = unpack(reply.content)
+        except FlowerProtocolError as exc:
+            log.warning(
+                "node %s: unreadable hello reply (%s)", node, type(exc).__name__
+            )
+            continue
+        if env.party and not is_party_id(env.party):
+            # the id is the node's choice: never logged or kept as it is
+            log.warning("node %s announced a malformed party id; left out", node)
+            continue
         if env.party:
             if env.party in parties:
                 raise FlowerProtocolError(f"two nodes claim party id {env.party!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from fedtrain.flower.errors import FlowerProtocolError
 from privagg import AggregatorRole, ProtocolError
 
 __all__ = [
+    "is_party_id",
     "MESSAGE_TYPE",
     "RECORD",
     "DriveResult",
@@ -52,6 +54,19 @@ MESSAGE_TYPE = "query.privagg"
 """Flower message type of every privagg message (``@app.query("privagg")``)."""
 
 RECORD = "privagg"
+
+#: what a party id may look like over Flower: 1-128 printable ASCII characters from a
+#: small set (letters, digits, ``. _ : @ + -``), starting with a letter or a digit. A
+#: node announces its id at hello; the ServerApp logs it and keys its run summary by
+#: it, so no control character, space or quote may be in it.
+_PARTY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+
+
+def is_party_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed party id (:data:`_PARTY_ID`)."""
+    return isinstance(value, str) and _PARTY_ID.fullmatch(value) is not None
+
+
 """Key of the ConfigRecord that carries a privagg message inside a RecordDict."""
 
 MAX_STAGES = 64
