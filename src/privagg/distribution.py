@@ -88,7 +88,7 @@ from privagg.errors import (
 from privagg.identity import IdentityDirectory
 from privagg.keys import SecretBytes, fingerprint
 from privagg.layout import Layout
-from privagg.protocols import Backend, NoiseShare, Session
+from privagg.protocols import Backend, NoiseShare, Session, check_noise_share
 
 __all__ = [
     "DealtMaterial",
@@ -488,14 +488,6 @@ def public_setup(
     )
 
 
-def _check_noise(noise: object) -> None:
-    if noise is not None and not isinstance(noise, NoiseShare):
-        raise ConfigurationError(
-            "noise must be a privagg NoiseShare (sample_encoded, sample_real, "
-            f"headroom), got {type(noise).__name__}"
-        )
-
-
 def _noise_kw(
     backend: Backend, loader: object, noise: NoiseShare | None
 ) -> dict[str, NoiseShare]:
@@ -507,7 +499,7 @@ def _noise_kw(
         UnsupportedError: ``noise`` is given and the loader takes none: the roles
             would silently run without it.
     """
-    _check_noise(noise)
+    check_noise_share(noise)
     if noise is None:
         return {}
     if not callable(loader) or not _accepts(loader, "noise"):
@@ -578,7 +570,7 @@ def session_for_role(
         EncodingOverflowError: the sums plus the noise headroom do not fit (as
             ``Backend.setup`` with the same ``noise``).
     """
-    _check_noise(noise)
+    check_noise_share(noise)
     hook = _hook(backend)
     mode = hook.dealing()
     try:

@@ -105,9 +105,12 @@ def noise_headroom(
         The allowance, finite and ``>= 0``.
 
     Raises:
-        ConfigurationError: bad ``dim``/``rounds``, or a share returned a negative or
-            non-finite headroom.
+        ConfigurationError: ``noise`` is not a :class:`~privagg.NoiseShare`, bad
+            ``dim``/``rounds``, or a share returned a negative or non-finite headroom.
     """
+    from privagg.protocols import check_noise_share  # no import cycle at load time
+
+    check_noise_share(noise)
     for name, v in (("dim", dim), ("rounds", rounds)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigurationError(f"{name} must be an integer >= 0, got {v!r}")

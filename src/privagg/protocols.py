@@ -33,6 +33,7 @@ from privagg.layout import FloatVector, Layout
 
 __all__ = [
     "AGGREGATOR",
+    "check_noise_share",
     "check_round_id",
     "check_setup_args",
     "AggregatorRole",
@@ -179,6 +180,20 @@ class NoiseShare(Protocol):
         warns (``DeprecationWarning``): its bound may hold only per coordinate.
         """
         ...
+
+
+def check_noise_share(noise: object) -> None:
+    """Raise :class:`~privagg.errors.ConfigurationError` unless ``noise`` is None or a
+    :class:`NoiseShare` instance (a class such as ``DiscreteGaussianShare`` itself
+    passes the runtime protocol check, its methods being attributes, and is refused
+    too: review of #14)."""
+    if noise is not None and (
+        isinstance(noise, type) or not isinstance(noise, NoiseShare)
+    ):
+        raise ConfigurationError(
+            "noise must be a privagg NoiseShare (sample_encoded, sample_real, "
+            f"headroom), got {type(noise).__name__}"
+        )
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from privagg.envelope import PayloadReader, PayloadWriter, Scheme
 from privagg.errors import DeserializationError
 from privagg.keys import fingerprint
 from privagg.layout import FloatVector, Layout
-from privagg.protocols import NoiseShare, check_setup_args
+from privagg.protocols import NoiseShare, check_noise_share, check_setup_args
 
 __all__ = ["PlainBackend"]
 
@@ -88,8 +88,14 @@ class PlainBackend:
         noise: NoiseShare | None = None,
         rng: Rng | None = None,
     ) -> OneShotSession:
-        """A session for ``layout`` (no keys to generate)."""
+        """A session for ``layout`` (no keys to generate).
+
+        Raises:
+            ConfigurationError: bad ``max_clients``/``max_weight``, or a ``noise`` that
+                is not a :class:`~privagg.NoiseShare`.
+        """
         check_setup_args(max_clients, max_weight)
+        check_noise_share(noise)
         params_id = fingerprint(b"plain/v1", layout.fingerprint)
         codec = _Codec(layout.size, noise)
         return OneShotSession(

@@ -422,12 +422,22 @@ class DiscreteGaussianShare:
             failure_log2: ``-log2 p``.
 
         Raises:
-            ConfigurationError: non-positive or non-integer arguments.
+            ConfigurationError: non-positive or non-integer arguments, or a headroom
+                that is not a finite float.
         """
         _int("n_clients", n_clients)
         _pos("scale", scale)
         big_l = _log_tail(_coordinates(dim, rounds), failure_log2)
-        return _ROUND_UP * math.sqrt(2.0 * n_clients * self.stddev**2 * big_l)
+        try:
+            b = _ROUND_UP * math.sqrt(2.0 * n_clients * self.stddev**2 * big_l)
+        except OverflowError:  # stddev^2 above the float range (review of #14)
+            b = math.inf
+        if not math.isfinite(b):
+            raise ConfigurationError(
+                f"the headroom of {n_clients} shares of stddev {self.stddev!r} is not "
+                "finite"
+            )
+        return b
 
     def event(
         self, *, n_survivors: int, clip_norm: float, scale: float, dimension: int
@@ -552,7 +562,10 @@ class SkellamShare:
         _int("n_clients", n_clients)
         s = _pos("scale", scale)
         big_l = _log_tail(_coordinates(dim, rounds), failure_log2)
-        v = n_clients * (self.stddev * s) ** 2
+        try:
+            v = n_clients * (self.stddev * s) ** 2
+        except OverflowError:  # above the float range (review of #14)
+            v = math.inf
         if not math.isfinite(v):
             raise ConfigurationError("n_clients * (stddev * scale)^2 is not finite")
         return _ROUND_UP * _skellam_tail_root(v, big_l) / s
