@@ -57,8 +57,12 @@ it to a one-process session: a client adds its share after encoding, before
 protection; every role sizes the ring (or slots, or CKKS headroom) for it, and the
 backends that bind it put it in ``params_id``. So *every* process of a session must be
 given the same share (none, or one with the same type and ``stddev``); a process given
-another one gets another ``params_id`` (CKKS, Paillier) or ring, and its messages are
-refused. The share is public configuration (a distribution and its scale), not a
+another one gets another ``params_id`` on CKKS and Paillier, and its messages are
+refused. SecAgg+ and additive only size their ring for the share (plain ignores it):
+there the share enters the session only through the ring width it sizes, so clients
+given a *smaller* share than the aggregator's (same ring) agree on ``params_id``, are
+not refused and add less noise (``tests/privagg/test_review_noise_distribution.py``); the caller must give every
+role the same share. The share is public configuration (a distribution and its scale), not a
 secret: only the clients draw from it. Key material never depends on it, so
 :func:`deal` and :func:`own_key` take none. A ``noise`` that is not a
 :class:`~privagg.NoiseShare` is a :class:`~privagg.errors.ConfigurationError`; a

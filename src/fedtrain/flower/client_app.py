@@ -232,12 +232,35 @@ def _maybe_stall(context: Context, stage: int) -> None:
         time.sleep(float(context.node_config.get("fault-stall-seconds", 60.0)))
 
 
+def _task_name(env: Envelope, context: Context) -> str:
+    """The task the request names, which must be the node's run config ``task``
+    where that names one.
+
+    The request names the task, and the task's noise hook decides whether the
+    node's privagg role adds any noise: a ServerApp could otherwise have the nodes of
+    a client-level run train on their data and load their roles without noise by
+    naming a task without a hook (review of #14).
+
+    Raises:
+        FlowerProtocolError: the request's task is not the run config's ``task``.
+    """
+    task = str(env.meta.get("task", "synthetic"))
+    want = context.run_config.get("task")
+    if want is not None and str(want) != task:
+        raise FlowerProtocolError(
+            "the request names another task than this run's run config"
+        )
+    return task
+
+
 def _noise(
     env: Envelope, spec: SessionSpec, layout: Layout, context: Context
 ) -> NoiseShare | None:
     """The session's distributed-DP noise share, from the task and this node's own
-    run config (client-level DP; the ServerApp sends no noise parameter)."""
-    fn = get_session_noise(env.meta.get("task", "synthetic"))
+    run config (client-level DP; the ServerApp sends no noise parameter; the task is
+    checked by :func:`_task_name`)."""
+    task = _task_name(env, context)
+    fn = get_session_noise(task)
     return None if fn is None else fn(context.run_config, spec.backend_object(), layout)
 
 
@@ -278,7 +301,7 @@ def _respond(env: Envelope, msg: Message, context: Context) -> bytes:
             )
         _join_once(context, spec, env)
         context.state[_LAST_ROUND] = ConfigRecord({"round": env.round_id})
-        task = get_task(env.meta.get("task", "synthetic"))
+        task = get_task(_task_name(env, context))
         update = task(party, env.round_id, layout, msg.content, context)
         vector = layout.flatten(update.arrays, who=f"client {party!r}")
         state = ConfigRecord(

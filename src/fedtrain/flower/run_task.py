@@ -356,14 +356,41 @@ def session_noise(
         layout: the session's layout (the headroom covers every coordinate).
 
     Raises:
-        FlowerConfigError, ConfigError: as :meth:`FlowerRun.from_run_config`.
+        FlowerConfigError, ConfigError: as :meth:`FlowerRun.from_run_config`; or
+            (client level) ``backend`` is not the run config's backend with its
+            ``backend-options``' fixed-point scale: the session the ServerApp names
+            would be noised for another scale than the one the ledger accounts for
+            (review of #14).
     """
     fr = FlowerRun.from_run_config(run_config)
     if fr.config.privacy.level != "client":
         return None
-    cdp = _client_dp(fr, privagg.fixed_point_scale(backend), layout.size)
+    scale = privagg.fixed_point_scale(backend)
+    if backend.name != fr.config.backend or scale != _run_scale(
+        fr.config.backend, _session_options(run_config)
+    ):
+        raise FlowerConfigError(
+            "the session's backend or its fixed-point scale is not the run config's "
+            "(backend, backend-options): the noise would not be the one the privacy "
+            "ledger accounts for"
+        )
+    cdp = _client_dp(fr, scale, layout.size)
     assert cdp is not None
     return cdp.session_noise()
+
+
+_RUN_SCALE: dict[tuple[str, str], float | None] = {}
+
+
+def _run_scale(name: str, opts: Mapping[str, Any]) -> float | None:
+    """The fixed-point scale of backend ``name`` with the run config's options
+    (cached per process)."""
+    key = (name, json.dumps(opts, sort_keys=True, default=repr))
+    if key not in _RUN_SCALE:
+        if len(_RUN_SCALE) >= 16:
+            _RUN_SCALE.pop(next(iter(_RUN_SCALE)))
+        _RUN_SCALE[key] = privagg.fixed_point_scale(privagg.get_backend(name, **opts))
+    return _RUN_SCALE[key]
 
 
 def _session_options(run_config: Mapping[str, Any]) -> dict[str, Any]:
