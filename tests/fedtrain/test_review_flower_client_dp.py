@@ -37,19 +37,13 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 from test_flower_run_task import _run
+from test_flower_run_task_client_dp import CLIENT
 
 import privagg
 from fedtrain.flower import client_app, run_task
 from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
 from fedtrain.flower.tasks import get_session_noise
 
-CLIENT = {
-    "level": "client",
-    "noise_multiplier": 1.0,
-    "clip": 0.5,
-    "delta": 1e-5,
-    "min_clients": 2,
-}
 LAYOUT = privagg.Layout.from_arrays({"w": np.zeros(8)})
 OPTS = {"active": False, "bound": 0.5}
 
