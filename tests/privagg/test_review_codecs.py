@@ -784,6 +784,7 @@ def test_replayed_foreign_and_relabelled_contributions_are_refused() -> None:
     ).to_bytes()
     with pytest.raises(ProtocolError):  # another scheme's envelope
         agg.receive({"a": as_plain, "b": fresh["b"]})
+    agg, fresh = _round_messages(s, 2)  # a refused batch ends that round (8539b36)
     with pytest.raises(DeserializationError):  # a request where a contribution belongs
         agg.receive(
             {"a": RoundRequest(Scheme.PAILLIER, s.params_id, 2, "a").to_bytes()}
