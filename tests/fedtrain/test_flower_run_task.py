@@ -113,6 +113,12 @@ def flower_setup(
                 "party-id": f"client-{i}",
                 "partition-id": i,
                 "privagg-backends": "plain,secagg",
+                # a DP run's test_seed makes its noise recomputable: nodes opt in
+                **(
+                    {run_task.ALLOW_TEST_SEED: "true"}
+                    if d.get("test_seed") is not None
+                    else {}
+                ),
             }
             for i in range(n_clients)
         }

@@ -38,10 +38,11 @@ import pytest
 from flwr.app import Context, RecordDict
 from test_flower_run_task import _run
 from test_flower_run_task_client_dp import CLIENT
+from test_flower_run_task_dp import RECORD
 
 import privagg
 from fedtrain.flower import client_app, run_task
-from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
+from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError, PolicyError
 from fedtrain.flower.tasks import get_session_noise
 
 LAYOUT = privagg.Layout.from_arrays({"w": np.zeros(8)})
@@ -181,13 +182,36 @@ def test_a_node_refuses_a_run_with_less_noise_than_its_floor() -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design (#14 review, record level, predates #14): a run config "
-    "test_seed makes each client's DP-SGD noise DeterministicRng(sha256(test_seed, "
-    "'dpsgd', round, client id)), a stream the ServerApp can recompute; the node "
-    "does not refuse a run config test_seed",
-)
-def test_record_level_noise_is_not_derived_from_a_run_config_seed() -> None:
-    src = inspect.getsource(run_task.client_update)
-    assert "dp_rng(c.test_seed" not in src
+@pytest.mark.parametrize("level", ["record", "client"])
+@pytest.mark.parametrize("allow", [None, False, "false", "yes", 1])
+def test_a_dp_run_config_test_seed_is_refused_unless_the_node_allows_it(
+    level: str, allow: Any
+) -> None:
+    """A run config ``test_seed`` makes record-level DP-SGD noise
+    ``dp_rng(test_seed, "dpsgd", round, client)``, a stream the ServerApp (which chose
+    the seed) can recompute and subtract: a node trains under it only when its own
+    node config says ``fedtrain-allow-test-seed = true`` (was a strict xfail)."""
+    privacy = RECORD if level == "record" else CLIENT
+    d = _run("seq_cls", "plain", privacy=privacy, test_seed=11)
+    cfg = {**run_task.run_config_entry(d), "task": "fedtrain"}
+    node = {"party-id": "client-0", "partition-id": 0}
+    if allow is not None:
+        node[run_task.ALLOW_TEST_SEED] = allow
+    with pytest.raises(PolicyError, match="test_seed"):
+        run_task.client_update("client-0", 1, LAYOUT, RecordDict(), _ctx(cfg, node))
+    config = run_task.FlowerRun.from_run_config(cfg).config
+    with pytest.raises(PolicyError):
+        run_task.check_test_seed(config, node)
+    for ok in (True, "true", "TRUE"):
+        run_task.check_test_seed(config, {run_task.ALLOW_TEST_SEED: ok})
+
+
+def test_a_test_seed_without_dp_or_dp_without_a_test_seed_needs_no_permission() -> None:
+    for privacy, seed in ((None, 11), (RECORD, None)):
+        extra: dict[str, Any] = {"test_seed": seed} if seed is not None else {}
+        d = _run(
+            "seq_cls", "plain", **({"privacy": privacy} if privacy else {}), **extra
+        )
+        cfg = {**run_task.run_config_entry(d), "task": "fedtrain"}
+        config = run_task.FlowerRun.from_run_config(cfg).config
+        run_task.check_test_seed(config, {})

@@ -97,7 +97,7 @@ from fedtrain.data import RawDataset, partition
 from fedtrain.errors import ConfigError, PrivacyRecordError
 from fedtrain.evaluate import MAIN_METRIC, evaluate
 from fedtrain.experiment import load_task_data
-from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.flower.errors import FlowerConfigError, PolicyError
 from fedtrain.flower.interfaces import LocalUpdate
 from fedtrain.lora import LoraHandle, client_message
 from fedtrain.models import (
@@ -763,6 +763,34 @@ class ServerRunTask:
         }
 
 
+#: node config key with which a SuperNode's operator lets a DP run use ``test_seed``
+ALLOW_TEST_SEED = "fedtrain-allow-test-seed"
+
+
+def check_test_seed(config: RunConfig, node_config: Mapping[str, Any]) -> None:
+    """Refuse a DP run whose run config sets ``test_seed`` unless this node allows it.
+
+    ``test_seed`` makes the DP randomness a stream anybody who knows the seed can
+    recompute (record-level DP-SGD noise: ``dp_rng(test_seed, "dpsgd", round,
+    client)``), and the run config is the ServerApp's: a ServerApp that sets it could
+    subtract each client's noise. Only the node's own config can allow it (node config
+    ``fedtrain-allow-test-seed = true``, for tests and reproducible experiments).
+
+    Raises:
+        PolicyError: a DP run with ``test_seed`` and no such permission.
+    """
+    if config.test_seed is None or config.privacy.level == "none":
+        return
+    allowed = node_config.get(ALLOW_TEST_SEED, False)
+    if allowed is True or (isinstance(allowed, str) and allowed.lower() == "true"):
+        return
+    raise PolicyError(
+        "the run config sets test_seed with differential privacy on: its noise would "
+        "be recomputable by whoever knows the seed (the ServerApp chose it); this node "
+        f"takes part only if its node config sets {ALLOW_TEST_SEED} = true"
+    )
+
+
 def client_update(
     party_id: str, round_id: int, layout: Layout, content: RecordDict, context: Context
 ) -> LocalUpdate:
@@ -775,6 +803,7 @@ def client_update(
     """
     fr = FlowerRun.from_run_config(context.run_config)
     c = fr.config
+    check_test_seed(c, context.node_config)
     try:
         record = content.array_records[GLOBAL_RECORD]
         train_round = int(content.config_records[ROUND_RECORD]["round"])  # type: ignore[arg-type]
