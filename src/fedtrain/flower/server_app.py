@@ -278,9 +278,8 @@ def _recover_remote(
     if not replies:
         raise FlowerProtocolError("the result holder did not answer")
     if replies[0].has_error():
-        raise FlowerProtocolError(
-            f"the result holder failed: {replies[0].error.reason}"
-        )
+        reason = str(replies[0].error.reason)  # the node's text: quoted, one line
+        raise FlowerProtocolError(f"the result holder failed: {reason!r}")
     env = unpack(replies[0].content)
     if env.op != Op.RECOVER or env.round_id != round_id or env.party != "holder":
         raise FlowerProtocolError(

@@ -54,6 +54,9 @@ MESSAGE_TYPE = "query.privagg"
 """Flower message type of every privagg message (``@app.query("privagg")``)."""
 
 RECORD = "privagg"
+"""Key of the ConfigRecord that carries a privagg message inside a RecordDict."""
+
+MAX_STAGES = 64
 
 #: what a party id may look like over Flower: 1-128 printable ASCII characters from a
 #: small set (letters, digits, ``. _ : @ + -``), starting with a letter or a digit. A
@@ -65,11 +68,6 @@ _PARTY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 def is_party_id(value: object) -> bool:
     """Whether ``value`` is a well-formed party id (:data:`_PARTY_ID`)."""
     return isinstance(value, str) and _PARTY_ID.fullmatch(value) is not None
-
-
-"""Key of the ConfigRecord that carries a privagg message inside a RecordDict."""
-
-MAX_STAGES = 64
 
 
 class Op(enum.StrEnum):
