@@ -14,11 +14,13 @@ Worked, fixed:
   for. ``run_task.session_noise`` now refuses a backend or scale other than the run
   config's (as ``ServerRunTask.session_noise`` does on the ServerApp's side).
 
-Worked, design (strict xfails): the DP parameters (level, ``noise_multiplier``,
-``clip``, ``min_clients``, ``test_seed``) come from the run config, which the
-project's own policy counts as the ServerApp's (``fedtrain.flower.policy``): no node
-config floor lets a node refuse a run with less noise, and a run config
-``test_seed`` makes record-level DP-SGD noise a stream anybody can recompute.
+Worked, design (were strict xfails, now fixed): the DP parameters (level,
+``noise_multiplier``, ``clip``, ``min_clients``, ``test_seed``) come from the run
+config, which the project's own policy counts as the ServerApp's
+(``fedtrain.flower.policy``): no node config floor let a node refuse a run with less
+noise (now: ``DPFloors``, node config ``fedtrain-min-noise-multiplier`` and others),
+and a run config ``test_seed`` makes record-level DP-SGD noise a stream anybody can
+recompute (now refused unless the node allows it).
 
 Refused (regression tests): the share every node computes is a pure function of the
 run config and the backend (no other input); non-client levels load no noise; the
@@ -164,16 +166,12 @@ def test_client_round_randomness_is_seeded_from_the_os_csprng() -> None:
         assert "np.random" not in text and "import random" not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design (#14 review): the DP parameters come from the run config, which "
-    "fedtrain.flower.policy counts as the ServerApp's; no node-config floor "
-    "(e.g. a minimum noise multiplier or min_clients) lets a node refuse a run with "
-    "less noise; a run config with noise_multiplier 0.01 is accepted by every node",
-)
 def test_a_node_refuses_a_run_with_less_noise_than_its_floor() -> None:
+    """Was a strict xfail (design: the DP parameters come from the ServerApp's run
+    config); a node's node config now sets DP floors (``fedtrain.flower.policy.
+    DPFloors``, tests/fedtrain/test_flower_dp_floors.py)."""
     node = {"fedtrain-min-noise-multiplier": 1.0, "fedtrain-min-dp-clients": 2}
-    with pytest.raises(privagg.PrivaggError):
+    with pytest.raises(PolicyError, match="fedtrain-min-noise-multiplier"):
         client_app._noise(
             _env("fedtrain"),
             _spec(),

@@ -132,7 +132,7 @@ from fedtrain.flower.material import (
 )
 from fedtrain.flower.policy import ClientPolicy
 from fedtrain.flower.release import ReleaseRegister, register_path_for
-from fedtrain.flower.tasks import get_session_noise, get_task
+from fedtrain.flower.tasks import check_dp_floors_of, get_session_noise, get_task
 from fedtrain.flower.transport import (
     Envelope,
     Op,
@@ -241,8 +241,13 @@ def _task_name(env: Envelope, context: Context) -> str:
     a client-level run train on their data and load their roles without noise by
     naming a task without a hook (review of #14).
 
+    A task without differential privacy is refused on a node whose DP floors
+    (node config ``fedtrain-...``, :class:`fedtrain.flower.policy.DPFloors`) ask for
+    it, before it runs; a task with DP checks the floors against the run itself.
+
     Raises:
         FlowerProtocolError: the request's task is not the run config's ``task``.
+        PolicyError: a task without DP on a node that asks for DP.
     """
     task = str(env.meta.get("task", "synthetic"))
     want = context.run_config.get("task")
@@ -250,6 +255,7 @@ def _task_name(env: Envelope, context: Context) -> str:
         raise FlowerProtocolError(
             "the request names another task than this run's run config"
         )
+    check_dp_floors_of(task, context.node_config)
     return task
 
 
@@ -258,10 +264,13 @@ def _noise(
 ) -> NoiseShare | None:
     """The session's distributed-DP noise share, from the task and this node's own
     run config (client-level DP; the ServerApp sends no noise parameter; the task is
-    checked by :func:`_task_name`)."""
+    checked by :func:`_task_name`), after the run is checked against this node's DP
+    floors (node config; a run below them is a ``PolicyError``)."""
     task = _task_name(env, context)
     fn = get_session_noise(task)
-    return None if fn is None else fn(context.run_config, spec.backend_object(), layout)
+    if fn is None:
+        return None
+    return fn(context.run_config, spec.backend_object(), layout, context.node_config)
 
 
 def _session_digest(env: Envelope) -> bytes:

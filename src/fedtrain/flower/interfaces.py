@@ -87,10 +87,14 @@ class SamplingTask(Protocol):
 ServerTaskFactory = Callable[[Mapping[str, Any]], ServerTask]
 """The Flower run config -> the task's server side."""
 
-SessionNoiseFn = Callable[[Mapping[str, Any], Backend, Layout], NoiseShare | None]
-"""(run config, the session's backend, layout) -> the clients' distributed-DP noise
-share every role of the privagg session is loaded with (None: no noise). A node
-computes it from its own run config, never from what the ServerApp sends."""
+SessionNoiseFn = Callable[
+    [Mapping[str, Any], Backend, Layout, Mapping[str, Any]], NoiseShare | None
+]
+"""(run config, the session's backend, layout, node config) -> the clients'
+distributed-DP noise share every role of the privagg session is loaded with (None: no
+noise). A node computes it from its own run config, never from what the ServerApp
+sends, and refuses a run below its node config's DP floors
+(:class:`fedtrain.flower.policy.DPFloors`) before computing it."""
 
 
 @runtime_checkable

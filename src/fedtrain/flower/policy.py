@@ -46,6 +46,35 @@ What is checked, per backend (all values public):
 
 The option values the server leaves out are the backend's own defaults (read from its
 constructor's signature), so the policy checks what the session will actually use.
+
+**Differential-privacy floors** (:class:`DPFloors`, the field :attr:`ClientPolicy.dp`).
+A ``fedtrain`` run's DP parameters (``privacy`` in the run config's ``fedtrain-run``)
+are the ServerApp's choice too. A node's operator can set floors, read only from the
+node config like the rest of this policy; a run below one is refused before the node
+loads its data or model, trains, or computes a noise share (record level: in
+:func:`fedtrain.flower.run_task.client_update`; client level: there and in
+:func:`fedtrain.flower.run_task.session_noise`; a task without DP, ``lora`` or
+``synthetic``, in the ClientApp before the task runs). Each key unset: no check (the
+behaviour before these keys existed).
+
+* ``fedtrain-min-noise-multiplier`` (float >= 0): the run's noise multiplier ``z`` (the
+  configured ``privacy.noise_multiplier``, or with ``privacy.calibrate`` the one the
+  node calibrates itself from ``privacy.target_epsilon``) must be at least this; a run
+  without DP (``privacy.level = "none"``, or a task without DP) has ``z = 0``.
+* ``fedtrain-min-dp-clients`` (int >= 1): client level: the run's ``min_clients`` (the
+  contributors the noise is sized for, configured or derived from the sampling) must be
+  at least this. It is the smallest crowd a release may hold, not a noise floor: each
+  node's own share has std ``z C / sqrt(min_clients)``, smaller for a larger value.
+* ``fedtrain-require-dp`` (bool, ``true``/``false``): refuse a run without DP.
+* ``fedtrain-max-epsilon`` (float > 0): the run must carry a budget
+  ``privacy.target_epsilon`` of at most this (a DP run without one, or a run without
+  DP, is refused), at a ``privacy.delta`` of at most ``fedtrain-max-delta``.
+* ``fedtrain-max-delta`` (float in (0, 1)): the run's ``privacy.delta`` must be at most
+  this; with ``fedtrain-max-epsilon`` set and this unset, ``1e-5`` (fedtrain's default
+  delta) applies.
+
+There is no clip ceiling: the noise's std is ``z`` times the clip at both levels, so a
+larger clip with the same ``z`` has the same epsilon (the clip is a utility choice).
 """
 
 from __future__ import annotations
@@ -59,11 +88,12 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import privagg
+from fedtrain.config import PrivacyConfig
 from fedtrain.flower.errors import PolicyError
 from fedtrain.flower.material import SessionSpec
 from privagg import Layout
 
-__all__ = ["ClientPolicy", "PolicyError"]
+__all__ = ["ClientPolicy", "DPFloors", "PolicyError"]
 
 _T = TypeVar("_T")
 
@@ -84,6 +114,191 @@ def _parse_bool_free(kind: Callable[[Any], _T]) -> Callable[[Any], _T]:
 
 def _names(value: Any) -> frozenset[str]:
     return frozenset(s.strip() for s in str(value).split(",") if s.strip())
+
+
+#: fedtrain's default ``privacy.delta``: the delta ceiling of a node that sets
+#: ``fedtrain-max-epsilon`` and no ``fedtrain-max-delta``
+DEFAULT_MAX_DELTA = 1e-5
+
+_RUN = "run config 'fedtrain-run'"
+
+
+def _finite_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(type(value).__name__)
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError("not finite")
+    return out
+
+
+def _strict_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("bool")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise TypeError(type(value).__name__)
+
+
+def _strict_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise TypeError(type(value).__name__)
+
+
+@dataclass(frozen=True)
+class DPFloors:
+    """A node's floors on a ``fedtrain`` run's differential privacy (see the module
+    docstring; node config keys ``fedtrain-<field with dashes>``).
+
+    Attributes:
+        min_noise_multiplier: smallest noise multiplier ``z`` accepted, or None.
+        min_dp_clients: client level: smallest ``min_clients`` accepted, or None.
+        require_dp: refuse a run without DP.
+        max_epsilon: largest ``privacy.target_epsilon`` accepted (a run without one is
+            refused), or None.
+        max_delta: largest ``privacy.delta`` accepted, or None (with ``max_epsilon``
+            set: :data:`DEFAULT_MAX_DELTA`).
+    """
+
+    min_noise_multiplier: float | None = None
+    min_dp_clients: int | None = None
+    require_dp: bool = False
+    max_epsilon: float | None = None
+    max_delta: float | None = None
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> DPFloors:
+        """Read the floors from a Flower node config (never from the run config).
+
+        Raises:
+            PolicyError: a value of the wrong type or out of range (the message names
+                the key).
+        """
+        rules: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
+            "min_noise_multiplier": (_finite_float, lambda v: v >= 0, "a float >= 0"),
+            "min_dp_clients": (_strict_int, lambda v: v >= 1, "an int >= 1"),
+            "require_dp": (_strict_bool, lambda v: True, "true or false"),
+            "max_epsilon": (_finite_float, lambda v: v > 0, "a float > 0"),
+            "max_delta": (_finite_float, lambda v: 0 < v < 1, "a float in (0, 1)"),
+        }
+        values: dict[str, Any] = {}
+        for name, (convert, ok, want) in rules.items():
+            key = "fedtrain-" + name.replace("_", "-")
+            if key not in node_config:
+                continue
+            raw = node_config[key]
+            try:
+                value = convert(raw)
+            except (TypeError, ValueError, OverflowError):
+                value = None
+            if value is None or not ok(value):
+                raise PolicyError(
+                    f"node config {key!r} must be {want}, got {str(raw)[:40]!r}"
+                )
+            values[name] = value
+        return cls(**values)
+
+    @property
+    def delta_ceiling(self) -> float | None:
+        """The largest delta accepted (None: any)."""
+        if self.max_delta is not None:
+            return self.max_delta
+        return DEFAULT_MAX_DELTA if self.max_epsilon is not None else None
+
+    def check_no_dp(self, what: str) -> None:
+        """Refuse a run without DP (``what`` names it) if any floor asks for DP.
+
+        Raises:
+            PolicyError: ``fedtrain-require-dp``, ``fedtrain-min-noise-multiplier`` > 0
+                or ``fedtrain-max-epsilon`` is set.
+        """
+        if self.require_dp:
+            key = "fedtrain-require-dp"
+        elif self.min_noise_multiplier:
+            key = "fedtrain-min-noise-multiplier"
+        elif self.max_epsilon is not None:
+            key = "fedtrain-max-epsilon"
+        else:
+            return
+        raise PolicyError(
+            f"{what} has no differential privacy; this node's node config {key!r} "
+            "asks for it"
+        )
+
+    def check_run(
+        self,
+        privacy: PrivacyConfig,
+        *,
+        noise_multiplier: float | None = None,
+        min_clients: int | None = None,
+    ) -> None:
+        """Refuse a run whose DP is below these floors.
+
+        Args:
+            privacy: the run's ``privacy`` (from the run config).
+            noise_multiplier: the run's effective ``z`` when the caller computed it
+                (``privacy.calibrate``: the node's own calibration); None: the
+                configured one, or (calibrated) no ``z`` check yet.
+            min_clients: client level: the run's effective ``min_clients``
+                (configured or derived); None: the configured one, if any.
+
+        Raises:
+            PolicyError: below a floor (the message names the node config key and
+                the run config field).
+        """
+        level = str(privacy.level)
+        if level == "none":
+            self.check_no_dp(f"{_RUN} privacy.level = 'none'")
+            return
+        if self.max_epsilon is not None:
+            eps = privacy.target_epsilon
+            if eps is None:
+                raise PolicyError(
+                    f"{_RUN} sets no privacy.target_epsilon (no epsilon budget); this "
+                    "node's node config 'fedtrain-max-epsilon' asks for one of at most "
+                    f"{self.max_epsilon}"
+                )
+            if not eps <= self.max_epsilon:
+                raise PolicyError(
+                    f"{_RUN} privacy.target_epsilon = {eps} exceeds this node's "
+                    f"maximum {self.max_epsilon} (node config 'fedtrain-max-epsilon')"
+                )
+        ceiling = self.delta_ceiling
+        if ceiling is not None and not privacy.delta <= ceiling:
+            key = "fedtrain-max-delta" if self.max_delta is not None else (
+                "fedtrain-max-epsilon, with no fedtrain-max-delta"
+            )
+            raise PolicyError(
+                f"{_RUN} privacy.delta = {privacy.delta} exceeds this node's maximum "
+                f"{ceiling} (node config {key!r})"
+            )
+        z = noise_multiplier
+        field_ = "the noise multiplier calibrated from privacy.target_epsilon"
+        if z is None and not privacy.calibrate:
+            z, field_ = privacy.noise_multiplier, "privacy.noise_multiplier"
+        floor = self.min_noise_multiplier
+        if floor is not None and z is not None and not z >= floor:
+            raise PolicyError(
+                f"{_RUN} {field_} = {z:.6g} is below this node's floor {floor} "
+                "(node config 'fedtrain-min-noise-multiplier')"
+            )
+        m = privacy.min_clients if min_clients is None else min_clients
+        if (
+            level == "client"
+            and self.min_dp_clients is not None
+            and m is not None
+            and m < self.min_dp_clients
+        ):
+            raise PolicyError(
+                f"{_RUN} privacy.min_clients = {m} (the contributors the noise is "
+                f"sized for) is below this node's floor {self.min_dp_clients} (node "
+                "config 'fedtrain-min-dp-clients')"
+            )
 
 
 @dataclass(frozen=True)
@@ -112,6 +327,8 @@ class ClientPolicy:
         identity_directory: path of the node's SecAgg+ public-key directory, or "";
             if set, only active SecAgg+ is accepted (a server cannot downgrade a node
             that has identities to the passive variant).
+        dp: the node's floors on a ``fedtrain`` run's differential privacy (node
+            config keys ``fedtrain-...``, see :class:`DPFloors`).
     """
 
     backends: frozenset[str] = frozenset()
@@ -129,6 +346,7 @@ class ClientPolicy:
     min_ckks_flood_bits: int = 40
     min_paillier_key_bits: int = 2048
     identity_directory: str = ""
+    dp: DPFloors = DPFloors()
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> ClientPolicy:
@@ -158,8 +376,10 @@ class ClientPolicy:
             "min_corruption_rate": _parse_bool_free(float),
             "max_dropout_rate": _parse_bool_free(float),
         }
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"dp": DPFloors.from_node_config(node_config)}
         for f in fields(cls):
+            if f.name == "dp":
+                continue
             key = "privagg-" + f.name.replace("_", "-")
             if key not in node_config:
                 continue

@@ -99,6 +99,7 @@ from fedtrain.evaluate import MAIN_METRIC, evaluate
 from fedtrain.experiment import load_task_data
 from fedtrain.flower.errors import FlowerConfigError, PolicyError
 from fedtrain.flower.interfaces import LocalUpdate
+from fedtrain.flower.policy import DPFloors
 from fedtrain.lora import LoraHandle, client_message
 from fedtrain.models import (
     Encoded,
@@ -133,6 +134,7 @@ __all__ = [
     "FlowerRun",
     "ServerRunTask",
     "client_update",
+    "check_dp_floors",
     "run_config_entry",
     "session_noise",
 ]
@@ -225,20 +227,10 @@ class _Shared:
     """What one process loads once per run: data, tokenizer, model, LoRA handle."""
 
     def __init__(self, fr: FlowerRun) -> None:
-        c, run = fr.config, fr.run
-        train, ev = load_task_data(
-            c.task,
-            run.data.train,
-            eval_data=run.data.eval,
-            max_train=run.data.max_train,
-            max_eval=run.data.max_eval,
-            seed=run.federation.seed,
-        )
-        fed = run.federation
-        parts = partition(
-            train, fed.num_clients, fed.partition, fed.seed, alpha=fed.alpha
-        )
-        self.parts: list[RawDataset] = list(parts)
+        c = fr.config
+        self.fr = fr
+        parts, ev = _load_parts(fr)
+        self.parts: list[RawDataset] = parts
         self.eval_data = ev
         self.label_names = list(ev.label_names)
         self.n_examples = [len(p) for p in self.parts]
@@ -248,7 +240,6 @@ class _Shared:
         self.r_max = self.handle.modules[0].a.shape[0]
         self._encoded: dict[int, Encoded] = {}
         self._eval_enc: Encoded | None = None
-        self._z: float | None = None
         self.dp_module: Any = None
 
     def n_examples_by_id(self) -> dict[str, int]:
@@ -257,12 +248,8 @@ class _Shared:
 
     def noise_multiplier(self, config: RunConfig) -> float:
         """Record level: DP-SGD's z as in-process (configured or calibrated from the
-        public partition), computed once per process."""
-        if self._z is None:
-            self._z = record_noise_multiplier(
-                config, self.n_examples_by_id(), config.privacy.accountant
-            )
-        return self._z
+        public partition), computed once per process (:func:`_record_z`)."""
+        return _record_z(self.fr)
 
     def client_ids(self) -> list[str]:
         """The in-process runtime's client ids (``client<i>``)."""
@@ -280,6 +267,47 @@ class _Shared:
 
 
 _CACHE: dict[tuple[str, str], _Shared] = {}
+
+_PARTS: dict[str, tuple[list[RawDataset], RawDataset]] = {}
+_RECORD_Z: dict[str, float] = {}
+
+
+def _load_parts(fr: FlowerRun) -> tuple[list[RawDataset], RawDataset]:
+    """The run's training data partitioned as ``fedtrain run`` does, and its eval
+    data (cached per process; no tokenizer or model)."""
+    if fr.key not in _PARTS:
+        c, run = fr.config, fr.run
+        train, ev = load_task_data(
+            c.task,
+            run.data.train,
+            eval_data=run.data.eval,
+            max_train=run.data.max_train,
+            max_eval=run.data.max_eval,
+            seed=run.federation.seed,
+        )
+        fed = run.federation
+        parts = partition(
+            train, fed.num_clients, fed.partition, fed.seed, alpha=fed.alpha
+        )
+        if len(_PARTS) >= 4:
+            _PARTS.pop(next(iter(_PARTS)))
+        _PARTS[fr.key] = (list(parts), ev)
+    return _PARTS[fr.key]
+
+
+def _record_z(fr: FlowerRun) -> float:
+    """Record level: DP-SGD's z as in-process, configured or calibrated from the
+    public partition's sizes (cached per process; loads the data, not the model)."""
+    c = fr.config
+    if not c.privacy.calibrate:
+        return c.privacy.noise_multiplier
+    if fr.key not in _RECORD_Z:
+        parts, _ = _load_parts(fr)
+        sizes = {f"client{i}": len(p) for i, p in enumerate(parts)}
+        if len(_RECORD_Z) >= 16:
+            _RECORD_Z.pop(next(iter(_RECORD_Z)))
+        _RECORD_Z[fr.key] = record_noise_multiplier(c, sizes, c.privacy.accountant)
+    return _RECORD_Z[fr.key]
 
 
 def _shared(fr: FlowerRun, side: str) -> _Shared:
@@ -344,7 +372,10 @@ def _client_dp(fr: FlowerRun, scale: float | None, dimension: int) -> ClientDP |
 
 
 def session_noise(
-    run_config: Mapping[str, Any], backend: Backend, layout: Layout
+    run_config: Mapping[str, Any],
+    backend: Backend,
+    layout: Layout,
+    node_config: Mapping[str, Any] | None = None,
 ) -> NoiseShare | None:
     """The distributed-DP noise share every privagg role of the run's session is
     loaded with: client level, :meth:`fedtrain.planning.ClientDP.session_noise` of
@@ -354,8 +385,11 @@ def session_noise(
         run_config: this process's Flower run config (``fedtrain-run``).
         backend: the session's backend (its fixed-point scale enters calibration).
         layout: the session's layout (the headroom covers every coordinate).
+        node_config: a node's node config: its DP floors (:func:`check_dp_floors`)
+            are checked before the share is computed; None (the ServerApp): none.
 
     Raises:
+        PolicyError: the run is below the node's DP floors.
         FlowerConfigError, ConfigError: as :meth:`FlowerRun.from_run_config`; or
             (client level) ``backend`` is not the run config's backend with its
             ``backend-options``' fixed-point scale: the session the ServerApp names
@@ -363,6 +397,8 @@ def session_noise(
             (review of #14).
     """
     fr = FlowerRun.from_run_config(run_config)
+    if node_config is not None:
+        check_dp_floors(fr, run_config, node_config, layout)
     if fr.config.privacy.level != "client":
         return None
     scale = privagg.fixed_point_scale(backend)
@@ -791,12 +827,53 @@ def check_test_seed(config: RunConfig, node_config: Mapping[str, Any]) -> None:
     )
 
 
+def check_dp_floors(
+    fr: FlowerRun,
+    run_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    layout: Layout,
+) -> None:
+    """Refuse a run whose differential privacy is below this node's floors
+    (:class:`fedtrain.flower.policy.DPFloors`, read from ``node_config`` only).
+
+    Nothing is loaded or computed when the node config sets no floor. Otherwise the
+    run config's ``privacy`` is checked first; then the effective values where they
+    differ from the configured ones: client level, the noise multiplier (calibrated
+    with ``privacy.calibrate``) and ``min_clients`` the node's own
+    :func:`fedtrain.planning.client_dp` gives for the run config's backend and
+    ``layout`` (no data, no model); record level with ``privacy.calibrate``, the
+    DP-SGD noise multiplier calibrated from the public partition's sizes (this loads
+    and partitions the training data; no tokenizer, no model).
+
+    Raises:
+        PolicyError: the run is below a floor (the message names the node config key
+            and the run config field), or a floor's value is malformed.
+    """
+    floors = DPFloors.from_node_config(node_config)
+    if floors == DPFloors():
+        return
+    c = fr.config
+    p = c.privacy
+    floors.check_run(p)
+    if p.level == "client":
+        scale = _run_scale(c.backend, _session_options(run_config))
+        cdp = _client_dp(fr, scale, layout.size)
+        assert cdp is not None
+        floors.check_run(
+            p, noise_multiplier=cdp.noise_multiplier, min_clients=cdp.min_clients
+        )
+    elif p.level == "record" and p.calibrate and floors.min_noise_multiplier:
+        floors.check_run(p, noise_multiplier=_record_z(fr))
+
+
 def client_update(
     party_id: str, round_id: int, layout: Layout, content: RecordDict, context: Context
 ) -> LocalUpdate:
     """Train locally from the broadcast global state with the in-process client step.
 
     Raises:
+        PolicyError: a DP run with ``test_seed`` the node does not allow, or a run
+            below the node's DP floors (:func:`check_dp_floors`).
         FlowerConfigError: no global state or round in the request, or a node config
             that does not name this client's partition.
         ConfigError: an invalid run.
@@ -804,6 +881,8 @@ def client_update(
     fr = FlowerRun.from_run_config(context.run_config)
     c = fr.config
     check_test_seed(c, context.node_config)
+    # the node's DP floors, before its model is loaded or anything trains
+    check_dp_floors(fr, context.run_config, context.node_config, layout)
     try:
         record = content.array_records[GLOBAL_RECORD]
         train_round = int(content.config_records[ROUND_RECORD]["round"])  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from flwr.app import Context, RecordDict
 
 from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.flower.policy import DPFloors
 from fedtrain.flower.interfaces import (
     LocalUpdate,
     ServerTask,
@@ -47,6 +48,7 @@ __all__ = [
     "SyntheticServerTask",
     "Task",
     "TaskFn",
+    "check_dp_floors_of",
     "get_server_task",
     "get_session_noise",
     "get_task",
@@ -211,11 +213,14 @@ def _run_server(run_config: Mapping[str, Any]) -> ServerTask:
 
 
 def _run_noise(
-    run_config: Mapping[str, Any], backend: Backend, layout: Layout
+    run_config: Mapping[str, Any],
+    backend: Backend,
+    layout: Layout,
+    node_config: Mapping[str, Any],
 ) -> NoiseShare | None:
     from fedtrain.flower import run_task
 
-    return run_task.session_noise(run_config, backend, layout)
+    return run_task.session_noise(run_config, backend, layout, node_config)
 
 
 @dataclass(frozen=True)
@@ -227,17 +232,22 @@ class Task:
         server: builds the server side from the run config (called by the ServerApp).
         noise: the distributed-DP noise share every node loads its privagg role with
             (client-level DP), or None: the task's sessions carry no noise.
+        dp: the task can run with differential privacy and checks the node's DP
+            floors itself (:class:`fedtrain.flower.policy.DPFloors`); False: the task
+            has no DP, and a node whose floors ask for DP refuses it
+            (:func:`check_dp_floors_of`).
     """
 
     client: TaskFn
     server: ServerTaskFactory
     noise: SessionNoiseFn | None = None
+    dp: bool = False
 
 
 _TASKS: dict[str, Task] = {
     "synthetic": Task(_synthetic, _synthetic_server),
     "lora": Task(_lora, _lora_server),
-    "fedtrain": Task(_run, _run_server, _run_noise),
+    "fedtrain": Task(_run, _run_server, _run_noise, dp=True),
 }
 
 
@@ -267,6 +277,21 @@ def get_session_noise(name: str) -> SessionNoiseFn | None:
         FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
     """
     return _row(name).noise
+
+
+def check_dp_floors_of(name: str, node_config: Mapping[str, Any]) -> None:
+    """Refuse the task called ``name`` if it has no differential privacy and the node
+    config's DP floors ask for it (a task with DP checks them itself, with the run's
+    parameters).
+
+    Raises:
+        PolicyError: a task without DP on a node whose ``fedtrain-require-dp``,
+            ``fedtrain-min-noise-multiplier`` (> 0) or ``fedtrain-max-epsilon`` is set;
+            or a malformed floor.
+        FlowerConfigError: unknown task (a ``privagg.ConfigurationError``).
+    """
+    if not _row(name).dp:
+        DPFloors.from_node_config(node_config).check_no_dp(f"task {name!r}")
 
 
 def get_server_task(name: str, run_config: Mapping[str, Any]) -> ServerTask:
