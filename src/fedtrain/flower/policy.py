@@ -270,8 +270,10 @@ class DPFloors:
                 )
         ceiling = self.delta_ceiling
         if ceiling is not None and not privacy.delta <= ceiling:
-            key = "fedtrain-max-delta" if self.max_delta is not None else (
-                "fedtrain-max-epsilon, with no fedtrain-max-delta"
+            key = (
+                "fedtrain-max-delta"
+                if self.max_delta is not None
+                else ("fedtrain-max-epsilon, with no fedtrain-max-delta")
             )
             raise PolicyError(
                 f"{_RUN} privacy.delta = {privacy.delta} exceeds this node's maximum "

@@ -32,7 +32,6 @@ import numpy.typing as npt
 from flwr.app import Context, RecordDict
 
 from fedtrain.flower.errors import FlowerConfigError
-from fedtrain.flower.policy import DPFloors
 from fedtrain.flower.interfaces import (
     LocalUpdate,
     ServerTask,
@@ -40,6 +39,7 @@ from fedtrain.flower.interfaces import (
     SessionNoiseFn,
     TaskFn,
 )
+from fedtrain.flower.policy import DPFloors
 from privagg import Backend, Layout, NoiseShare
 
 __all__ = [
