@@ -409,3 +409,30 @@ def test_a_larger_clip_with_the_same_multiplier_is_no_larger_epsilon(
     else:
         assert eps[1] <= eps[0]
     print(f"\n{backend}: epsilon clip 0.5 -> {eps[0]:.4f}, clip 5.0 -> {eps[1]:.4f}")
+
+
+def test_the_docs_example_node_config_reads_and_refuses_as_documented() -> None:
+    """The ```toml example of docs/flower.md's "DP floors" section."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs/flower.md").read_text("utf-8")
+    section = text.split("### DP floors", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    node = tomllib.loads(block.group(1))
+    policy = ClientPolicy.from_node_config(node)
+    assert policy.dp == DPFloors(0.8, 3, True, 8.0, 1e-5)
+    ok = _cfg(noise_multiplier=0.8, min_clients=3, target_epsilon=8.0)
+    run_task.check_dp_floors(run_task.FlowerRun.from_run_config(ok), ok, node, LAYOUT)
+    for bad in (
+        _cfg(noise_multiplier=0.79, min_clients=3, target_epsilon=8.0),
+        _cfg(noise_multiplier=0.8, min_clients=2, target_epsilon=8.0),
+        _cfg(noise_multiplier=0.8, min_clients=3),
+        _cfg(noise_multiplier=0.8, min_clients=3, target_epsilon=8.0, delta=1e-4),
+        _none_cfg(),
+    ):
+        fr = run_task.FlowerRun.from_run_config(bad)
+        with pytest.raises(PolicyError, match="node config 'fedtrain-"):
+            run_task.check_dp_floors(fr, bad, node, LAYOUT)

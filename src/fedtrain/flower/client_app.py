@@ -99,6 +99,11 @@ Node config keys (``flower-supernode --node-config``):
 * ``privagg-holder-register`` (str, optional): path of the holder's release register
   (default ``<privagg-holder-material>.released``).
 * ``privagg-weight`` (float): the client's weight (``synthetic`` task).
+* ``fedtrain-min-noise-multiplier``, ``fedtrain-min-dp-clients``,
+  ``fedtrain-require-dp``, ``fedtrain-max-epsilon``, ``fedtrain-max-delta``
+  (optional): the node's floors on a run's differential privacy
+  (:class:`fedtrain.flower.policy.DPFloors`); a task without DP is refused by
+  :func:`_task_name` when they ask for DP, the ``fedtrain`` task checks them itself.
 * ``fault-stall-stage`` / ``fault-stall-seconds`` (int / float): fault injection for
   tests: sleep before answering that stage, to play a node that does not reply in time.
 """

@@ -63,6 +63,12 @@ be at least the clip: a ``backend-options`` bound below it is a
 ``backend-options`` sets none (in-process, ``Federation`` sets the bound to the
 clip; over Flower the session's options are the run config's, so set it there).
 
+A node's own floors on the run's DP (node config ``fedtrain-min-noise-multiplier``,
+``fedtrain-min-dp-clients``, ``fedtrain-require-dp``, ``fedtrain-max-epsilon``,
+``fedtrain-max-delta``; :class:`fedtrain.flower.policy.DPFloors`) are checked by
+:func:`check_dp_floors` in :func:`client_update` before the node loads its model or
+trains, and in :func:`session_noise` before a node computes its share.
+
 Not supported here (a :class:`~fedtrain.flower.errors.FlowerConfigError`): the
 ``causal_lm`` task.
 """
