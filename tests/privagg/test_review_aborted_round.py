@@ -13,6 +13,7 @@ exact outcome.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -184,7 +185,7 @@ def test_abort_at_any_stage_is_final_and_keeps_nothing(name: str, stage: int) ->
 def test_protocol_error_abort_is_final_too(name: str) -> None:
     """An abort that is not for too few (one-shot: a garbage contribution; additive: a
     server's unusable partial sum; SecAgg+: shares that do not reconstruct a dropped
-    client's advertised key) is final with ProtocolError, never the insufficient
+    client's advertised key, more wrong ones than can be corrected) is final with ProtocolError, never the insufficient
     family, and never a retry that succeeds."""
     r = _Round(name)
     r.start()
@@ -291,33 +292,54 @@ def test_run_stage_forgets_even_a_result_set_before_the_error() -> None:
 
 
 # -- a malicious client at SecAgg+'s last stage ---------------------------------------
-def _wrong_mask_key_share(r: _Round) -> tuple[dict[str, bytes], dict[str, bytes]]:
+def _wrong_mask_key_share(
+    r: _Round,
+    liars: tuple[str, ...] = ("c00", "c01"),
+    delta: Callable[[str], int] | None = None,
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """Run SecAgg+ to its unmask stage with c04 silent from the masking stage on, and
-    return (the unmask batch where c00 sends a wrong share of c04's mask key, the
-    honest batch)."""
+    return (the unmask batch where each of ``liars`` sends a wrong share of c04's mask
+    key, its right one plus ``delta(liar)``, the honest batch). c04's four holders
+    (c00..c03, t = 3) allow one wrong share to be corrected: the default two liars are
+    one too many. The default offsets are unrelated (a hash of the liar's id), so no
+    subset of the wrong shares happens to interpolate the right key."""
+    off = delta or (
+        lambda c: 1 + int.from_bytes(hashlib.sha256(c.encode()).digest(), "big")
+    )
     r.step(r.replies())  # keys
     r.step(r.replies())  # shares
     r.step(r.replies(frozenset({"c04"})))  # masked inputs: c04 dropped
     if isinstance(r.agg, SecAggAggregator) and r.agg._cfg.active:
         r.step(r.replies())  # survivor-set signatures
     honest = r.replies()
-    msg = UnmaskShares.from_bytes(honest["c00"])
-    shares = tuple(
-        (o, w, _shamir.encode_share((_shamir.decode_share(s) + 1) % _shamir.PRIME))
-        if o == "c04"
-        else (o, w, s)
-        for o, w, s in msg.shares
-    )
-    assert any(o == "c04" for o, _, _ in msg.shares)
-    forged = UnmaskShares(msg.params_id, msg.round_id, "c00", shares).to_bytes()
-    return {**honest, "c00": forged}, honest
+    forged_batch = dict(honest)
+    for liar in liars:
+        msg = UnmaskShares.from_bytes(honest[liar])
+        shares = tuple(
+            (
+                o,
+                w,
+                _shamir.encode_share(
+                    (_shamir.decode_share(s) + off(liar)) % _shamir.PRIME
+                ),
+            )
+            if o == "c04"
+            else (o, w, s)
+            for o, w, s in msg.shares
+        )
+        assert any(o == "c04" for o, _, _ in msg.shares)
+        forged_batch[liar] = UnmaskShares(
+            msg.params_id, msg.round_id, liar, shares
+        ).to_bytes()
+    return forged_batch, honest
 
 
 @pytest.mark.parametrize("active", [False, True])
 def test_wrong_mask_key_share_after_abort_reveals_nothing_more(active: bool) -> None:
-    """c00 (a survivor) sends a wrong share of dropped c04's mask key: ProtocolError.
-    The round is over: the honest batch (with c00's right share) is refused, nothing of
-    the masked sum or of the other shares is kept, and there is no result."""
+    """c00 and c01 (survivors) send wrong shares of dropped c04's mask key, one more
+    than its four holders' shares can correct (t = 3): ProtocolError. The round is
+    over: the honest batch (with their right shares) is refused, nothing of the masked
+    sum or of the other shares is kept, and there is no result."""
     r = _Round("secagg-active" if active else "secagg-passive")
     r.start()
     bad, honest = _wrong_mask_key_share(r)
@@ -331,30 +353,38 @@ def test_wrong_mask_key_share_after_abort_reveals_nothing_more(active: bool) -> 
     _assert_aborted(r.agg, ProtocolError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProtocolError,
-    reason=(
-        "design question (pre-existing, not introduced by 8539b36): SecAgg+ reconstructs "
-        "a dropped client's mask key from the t shares with the smallest x and aborts "
-        "when the key does not match the advertised one, so one survivor with a small "
-        "x can end a round the honest shares alone would finish (4 shares, t=3). "
-        "Recovering needs error correction over the surplus shares (the advertised key "
-        "is a check oracle); the self-mask shares have no such check at all (the sum is "
-        "then silently wrong), so a malicious survivor can always spoil a round. Since "
-        "8539b36 the abort is also final for the aggregator (before, a caller could "
-        "retry the stage without the liar)."
-    ),
-)
-def test_one_wrong_mask_key_share_should_not_abort_a_round_honest_shares_finish() -> (
-    None
-):
-    r = _Round("secagg-passive")
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("liar", ["c00", "c01", "c02", "c03"])
+def test_one_wrong_mask_key_share_should_not_abort_a_round_honest_shares_finish(
+    active: bool, liar: str
+) -> None:
+    """Was a strict xfail (the t = 3 shares with the smallest x were used and the round
+    aborted): one survivor's wrong share of dropped c04's mask key, among its four
+    holders' shares, is corrected (the advertised key checks the result); the sum is
+    exact and the liar is named, still a contributor."""
+    r = _Round("secagg-active" if active else "secagg-passive")
     r.start()
-    bad, _ = _wrong_mask_key_share(r)
+    bad, _ = _wrong_mask_key_share(r, (liar,))
     r.step(bad)
     rec = r.session.holder().recover(r.agg.result())
     r.check_sum(rec, set(r.ups) - {"c04"})
+    assert isinstance(r.agg, SecAggAggregator)
+    assert r.agg.rejection_reasons == {liar: "wrong mask-key share"}
+
+
+def test_beyond_the_bound_coordinated_liars_can_name_an_honest_holder() -> None:
+    """A limit, pinned: c00 and c01 (two liars, one more than the bound) both add 1 to
+    their shares of c04's key. Over x = 1, 2, 3 the offsets cancel at 0 (Lagrange
+    weights 3 and -3), so the shares of c00..c02 interpolate the right key and c03's
+    honest share is the one that disagrees: the key checks, the sum is exact, but the
+    honest c03 is named. The names are exact only within the bound."""
+    r = _Round("secagg-passive")
+    r.start()
+    bad, _ = _wrong_mask_key_share(r, ("c00", "c01"), lambda c: 1)
+    r.step(bad)
+    r.check_sum(r.session.holder().recover(r.agg.result()), set(r.ups) - {"c04"})
+    assert isinstance(r.agg, SecAggAggregator)
+    assert r.agg.rejection_reasons == {"c03": "wrong mask-key share"}
 
 
 # -- what the report and the log carry ------------------------------------------------

@@ -554,33 +554,62 @@ def test_wrong_shares_hidden_behind_one_noncanonical_share_are_all_ignored(
     assert r.agg.rejected == {"c00"} and set(res.contributors) == set(_ids(7))
 
 
-@pytest.mark.parametrize("active", [True, False])
-def test_a_wrong_canonical_mask_key_share_aborts_cleanly(active: bool) -> None:
-    """Documented as not covered (docs/backends/secagg.md, 'Not covered'): a holder
-    sending a well-formed but wrong share of a dropped client's mask key makes the
-    round abort at the last stage, with a typed ProtocolError and no result (the
-    recovered key is checked against the advertised one). One malicious holder can
-    thus still abort a round this late: open, not changed by 7010b99."""
-    r = _Round(7, active)
-    last = _last(active)
+def _mask_key_liars(
+    r: _Round, last: int, n_liars: int, chosen: list[str]
+) -> Callable[[int, dict[str, bytes]], dict[str, bytes]]:
+    """A tamper: VICTIM drops before its masked upload; at the unmask stage its
+    ``n_liars`` holders with the smallest x (their shares are among the first t; the
+    graph depends on the session) send wrong shares of its mask key (unrelated
+    offsets), and are appended to ``chosen``."""
 
     def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
         if s == MASKED:
             del replies[VICTIM]  # an ordinary dropout: its mask key is recovered
         if s == last:
-            holder = min(
+            holders = sorted(
                 c
                 for c, d in replies.items()
                 if any(o == VICTIM for o, _, _ in sm.UnmaskShares.from_bytes(d).shares)
-            )  # the smallest x among the victim's holders: its share is used
-            replies[holder] = _forge_shares(
-                replies[holder],
-                lambda o, w, sh: _plus_one(sh) if o == VICTIM else sh,
             )
+            assert len(holders) == 4  # degree 4, only VICTIM dropped
+            chosen.extend(holders[:n_liars])
+            for k, holder in enumerate(holders[:n_liars]):
+
+                def change(o: str, w: int, sh: bytes, k: int = k) -> bytes:
+                    if o != VICTIM:
+                        return sh
+                    v = int.from_bytes(sh, "big") + 1 + 7**90 * (k + 1) ** 3
+                    return (v % PRIME).to_bytes(SHARE_SIZE, "big")
+
+                replies[holder] = _forge_shares(replies[holder], change)
         return replies
 
+    return tamper
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_a_wrong_canonical_mask_key_share_is_corrected(active: bool) -> None:
+    """A holder sending a well-formed but wrong share of a dropped client's mask key
+    used to abort the round (pinned here until the #14 follow-up): the victim's four
+    holders' shares (t = 2) now correct one wrong share, checked against the advertised
+    key; the sum is exact and the liar is named, still a contributor."""
+    r = _Round(7, active)
+    chosen: list[str] = []
+    res = r.run(_mask_key_liars(r, _last(active), 1, chosen))
+    r.assert_exact(res)
+    assert len(chosen) == 1
+    assert r.agg.rejection_reasons == {chosen[0]: "wrong mask-key share"}
+    assert set(res.contributors) == set(_ids(7)) - {VICTIM}
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_too_many_wrong_mask_key_shares_abort_cleanly(active: bool) -> None:
+    """Two wrong shares among the four (one more than can be corrected with t = 2):
+    the round aborts at the last stage with a typed ProtocolError and no result; no
+    key that fails the advertised one is used."""
+    r = _Round(7, active)
     with pytest.raises(ProtocolError, match="do not reconstruct its advertised key"):
-        r.run(tamper)
+        r.run(_mask_key_liars(r, _last(active), 2, []))
     assert not r.agg.done
 
 

@@ -485,15 +485,11 @@ class SecAggAggregator(RingAggregator):
             )
         seeds: list[tuple[bytes, int]] = []
         for owner in needed:
-            secret = _shamir.reconstruct(got[owner], t)
+            secret = self._recover(owner, got[owner], owner in alive)
             if owner in alive:
                 seeds.append((secret, -1))
                 continue
             s_sk = x25519_key(secret)
-            if x25519_public(s_sk) != self._keys[owner].s_pk:
-                raise ProtocolError(
-                    f"shares of {owner!r} do not reconstruct its advertised key"
-                )
             for i in sorted(i for i in alive if owner in self._peers[i]):
                 seed = _pair_seed(
                     self._cfg, self._round, ecdh(s_sk, self._keys[i].s_pk), i, owner
@@ -505,6 +501,47 @@ class SecAggAggregator(RingAggregator):
             self._cfg.params_id, self._round, "holder", self._u3, acc
         ).to_bytes()
         return {}
+
+    def _recover(self, owner: str, points: Mapping[int, int], alive: bool) -> bytes:
+        """``owner``'s secret from its holders' shares (x -> value), correcting wrong ones.
+
+        A dropped client's mask key is checked against the public key it advertised: a
+        key that does not give it is never used. Up to
+        :func:`~privagg.backends._shamir.max_wrong_shares` wrong shares (``(m - t + 1)
+        // 2`` of ``m`` for a mask key, with the key as the check) are corrected and
+        their senders listed in ``rejection_reasons`` ("wrong mask-key share"); more
+        abort the round (:class:`ProtocolError`). A named sender is a survivor: its
+        masked input is in the sum and its self-mask must still be removed, so it stays
+        a contributor; it is only reported.
+
+        A survivor's self-mask seed has no public check: up to ``(m - t) // 2`` wrong
+        shares are corrected (senders reported, "wrong self-mask share"), more that do
+        not lie on one polynomial abort the round; more than that on one polynomial,
+        or any wrong share when only ``t`` arrived, make the sum wrong silently
+        (SECURITY.md, "SecAgg+").
+
+        Raises:
+            ProtocolError: the shares do not decode within the bound.
+        """
+        check = None
+        if not alive:
+            s_pk = self._keys[owner].s_pk
+
+            def check(raw: bytes) -> bool:
+                return x25519_public(x25519_key(raw)) == s_pk
+
+        found = _shamir.decode(points, self._graph.threshold, check)
+        if found is None:
+            raise ProtocolError(
+                f"shares of {owner!r} do not reconstruct its advertised key"
+                if not alive
+                else f"shares of {owner!r}'s self-mask seed do not decode"
+            )
+        secret, wrong = found
+        why = "wrong self-mask share" if alive else "wrong mask-key share"
+        for x in sorted(wrong):
+            self._reject(self._u0[x - 1], why)  # x = index in U0 + 1 (_x_coord)
+        return secret
 
     def __repr__(self) -> str:
         return f"SecAggAggregator(round={self._round}, clients={len(self._u0)})"
