@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from privagg import ConfigurationError, EncodingOverflowError, ProtocolError
 from privagg.backends import _shamir
+from privagg.backends._primitives import x25519_key, x25519_public
 from privagg.backends.secagg import messages as sm
 from privagg.backends.secagg.aggregator import SecAggAggregator
 from privagg.hazmat import DeterministicRng
@@ -353,6 +354,16 @@ def test_open_a_wrong_self_mask_share_without_surplus_is_not_caught() -> None:
     assert isinstance(r.agg, SecAggAggregator) and r.agg.rejection_reasons == {}
     with pytest.raises(EncodingOverflowError):
         r.session.holder().recover(r.agg.result())
+
+
+def test_the_key_check_cannot_tell_keys_equal_up_to_clamping() -> None:
+    """The caveat the docs state: an X25519 private key with its clamped bits changed
+    gives the same public key, so the mask-key check accepts it (the same ECDH
+    results: the masks still cancel). Crafting one needs the key itself."""
+    raw = bytes(range(40, 72))
+    other = bytes([raw[0] ^ 0x07]) + raw[1:31] + bytes([raw[31] ^ 0x80])
+    assert other != raw
+    assert x25519_public(x25519_key(other)) == x25519_public(x25519_key(raw))
 
 
 def test_decode_needs_t_shares() -> None:

@@ -25,7 +25,9 @@ missing reply is a dropout):
    seed, ``U3``); clients later refuse to unmask unless a quorum ``q`` signed the same.
 4. ``UNMASK`` -> ``UNMASK_SHARES``: each survivor sends its shares of ``b_i`` for survivors
    and of ``s_sk_j`` for dropped neighbours (never both for one client); the aggregator
-   reconstructs, removes the masks and emits ``RESULT`` (the unmasked sum).
+   reconstructs (correcting a bounded number of wrong shares, a mask key checked
+   against its advertised public key), removes the masks and emits ``RESULT`` (the
+   unmasked sum).
 
 Every message carries the scheme, kind, params_id and round id in its envelope and the
 sending/receiving party in its payload; duplicates, replays, messages of another round or

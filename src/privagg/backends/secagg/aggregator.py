@@ -518,7 +518,7 @@ class SecAggAggregator(RingAggregator):
         shares are corrected (senders reported, "wrong self-mask share"), more that do
         not lie on one polynomial abort the round; more than that on one polynomial,
         or any wrong share when only ``t`` arrived, make the sum wrong silently
-        (SECURITY.md, "SecAgg+").
+        (``docs/backends/secagg.md``, "Dropouts and aborts"; SECURITY.md).
 
         Raises:
             ProtocolError: the shares do not decode within the bound.
