@@ -63,6 +63,7 @@ __all__ = [
     "MAX_DIRECTORY_BYTES",
     "MAX_PARTIES",
     "IdentityDirectory",
+    "check_public_key",
     "identity_fingerprint",
     "load_identity_key",
     "parse_public_record",
@@ -133,6 +134,17 @@ def _check_public_key(key: object) -> bytes:
     if pow(x2, (_P - 1) // 2, _P) != 1:
         raise ConfigurationError("an Ed25519 public key not on the curve")
     return key
+
+
+def check_public_key(key: object) -> bytes:
+    """``key`` if it is an acceptable Ed25519 identity public key: 32 bytes, canonical
+    encoding, on the curve, not of small order (the checks a directory and a public
+    record apply; for a key received from elsewhere, e.g. a pinned result holder's).
+
+    Raises:
+        ConfigurationError: any other value.
+    """
+    return _check_public_key(key)
 
 
 def _strict_json(data: bytes, limit: int) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,42 @@ def _nodes(weights: Sequence[float]) -> dict[int, dict[str, object]]:
         }
         for i, w in enumerate(weights)
     }
+
+
+def holder_identity(folder: Path) -> tuple[dict[str, object], str]:
+    """The result holder's own key, made as its operator would (``privagg keygen
+    --backend secagg --party-id holder`` in ``folder``): the node config entries that
+    load it and the fingerprint the run config pins as ``holder-key``."""
+    from click.testing import CliRunner
+
+    from privagg.cli import cli
+
+    res = CliRunner().invoke(
+        cli, ["keygen", "--backend", "secagg", "--party-id", "holder", str(folder)]
+    )
+    assert res.exit_code == 0, res.output
+    pub = json.loads((folder / "secagg-identity-holder.pub").read_text())
+    key = folder / "secagg-identity-holder.key"
+    return {"privagg-identity-key": str(key)}, str(pub["fingerprint"])
+
+
+def fake_node(
+    monkeypatch: pytest.MonkeyPatch,
+    node: int,
+    fake: Callable[[Envelope, Message], Message | None],
+) -> None:
+    """Node ``node`` answers with ``fake(request, msg)`` when that returns a Message
+    (a malicious or faulty node); everything else goes to the real ClientApp."""
+    real = client_app.privagg_query
+
+    def query(msg: Message, context: Context) -> Message:
+        if context.node_id == node:
+            out = fake(unpack(msg.content), msg)
+            if out is not None:
+                return out
+        return real(msg, context)
+
+    monkeypatch.setattr(client_app, "privagg_query", query)
 
 
 _expected = synthetic_sum
@@ -272,9 +309,11 @@ def test_paillier_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
     nodes = _nodes(weights)
     for i, cfg in enumerate(nodes.values()):
         cfg["privagg-material"] = str(paths[f"client-{i}"])
+    ident, pin = holder_identity(tmp_path / "holder-id")
     nodes[200] = {
         "privagg-holder": True,
         "privagg-holder-material": str(paths["holder"]),
+        **ident,
     }
     grid = FakeGrid(nodes)
     settings = server_app.RunSettings(
@@ -284,6 +323,7 @@ def test_paillier_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
         min_nodes=4,
         stage_timeout=5.0,
         holder="node",
+        holder_key=pin,
         aggregator_material=str(paths["aggregator"]),
     )
     summary = server_app.run(grid, settings, server_app._SyntheticTask(SHAPES))  # type: ignore[arg-type]
@@ -332,9 +372,11 @@ def test_ckks_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
         # test-fast has heuristic flooding only: the nodes' policy must allow it
         cfg["privagg-ckks-presets"] = "test-fast"
         cfg["privagg-min-ckks-flood-bits"] = 0
+    ident, pin = holder_identity(tmp_path / "holder-id")
     nodes[200] = {
         "privagg-holder": True,
         "privagg-holder-material": str(paths["holder"]),
+        **ident,
     }
     settings = server_app.RunSettings(
         backend="ckks",
@@ -343,6 +385,7 @@ def test_ckks_keys_dealt_to_roles_over_fake_grid(tmp_path: Path) -> None:
         min_nodes=4,
         stage_timeout=5.0,
         holder="node",
+        holder_key=pin,
         aggregator_material=str(paths["aggregator"]),
     )
     summary = server_app.run(
@@ -575,9 +618,15 @@ def test_run_settings_from_run_config() -> None:
             "backend-options": '{"bound": 2.0}',
             "rounds": 3,
             "holder": "node",
+            "holder-key": "AB" * 32,
         }
     )
     assert s.backend_options == {"bound": 2.0} and s.rounds == 3 and s.holder == "node"
+    assert s.holder_pin() == b"\xab" * 32
+    # holder = "node" must pin the holder's key (#14, r3): refused before any round
+    for bad in ({}, {"holder-key": ""}, {"holder-key": "ab" * 31}, {"holder-key": "zz" * 32}):
+        with pytest.raises(FlowerConfigError, match="holder-key"):
+            server_app.RunSettings.from_run_config({"holder": "node", **bad})
     with pytest.raises(privagg.ConfigurationError):
         server_app.RunSettings.from_run_config({"holder": "everyone"})
     with pytest.raises(privagg.ConfigurationError):

@@ -94,7 +94,11 @@ Node config keys (``flower-supernode --node-config``):
 * ``privagg-round-register`` (str, optional): active SecAgg+: the file recording the
   ``(params_id, round id)`` pairs this node joined, across runs (default
   ``<privagg-identity-key>.rounds``, 0600); a pair is joined once.
-* ``privagg-holder`` (bool): this node is the result holder.
+* ``privagg-holder`` (bool): this node is the result holder. It needs its own
+  Ed25519 key, ``privagg-identity-key`` (``privagg keygen --backend secagg
+  --party-id holder`` on its machine; optional ``privagg-identity-password-env``),
+  whose fingerprint the run config pins as ``holder-key``: it signs the ServerApp's
+  hello challenge and every recovery reply (:mod:`fedtrain.flower.holder_auth`).
 * ``privagg-holder-material`` (str): path of the holder's material file.
 * ``privagg-holder-register`` (str, optional): path of the holder's release register
   (default ``<privagg-holder-material>.released``).
@@ -126,6 +130,12 @@ from fedtrain.flower.errors import (
     AlreadyReleasedError,
     FlowerConfigError,
     FlowerProtocolError,
+)
+from fedtrain.flower.holder_auth import (
+    HolderSigner,
+    hello_message,
+    parse_challenge,
+    recovery_message,
 )
 from fedtrain.flower.material import (
     Role,
@@ -522,6 +532,13 @@ def _recover(env: Envelope, context: Context) -> Envelope:
         raise FlowerProtocolError("this node is not the result holder")
     spec = SessionSpec.from_json(env.meta["spec"])
     layout = Layout.from_bytes(bytes.fromhex(env.meta["layout"]))
+    # The ServerApp's challenge: sign the reply with this node's own key (checked
+    # before anything is released). A request without one gets an unsigned reply,
+    # which a ServerApp with a pinned holder key refuses.
+    signer = None
+    if "challenge" in env.meta:
+        challenge = parse_challenge(env.meta["challenge"])
+        signer = _holder_signer(context)
     material = _material(context, "privagg-holder-material")
     header, _ = open_envelope(env.payload)  # DeserializationError on junk
     if header.round_id != env.round_id:
@@ -548,16 +565,44 @@ def _recover(env: Envelope, context: Context) -> Envelope:
         )
     vector = np.ascontiguousarray(rec.vector, dtype="<f8").tobytes()
     contributors = json.dumps(list(rec.contributors))
-    return Envelope(
-        Op.RECOVER,
-        env.round_id,
-        env.party,
-        vector,
-        {
-            "contributors": contributors,
-            "check": recovery_check(env.round_id, env.payload, vector, contributors),
-        },
-    )
+    check = recovery_check(env.round_id, env.payload, vector, contributors)
+    meta = {"contributors": contributors, "check": check}
+    if signer is not None:
+        meta["signature"] = signer.sign(
+            recovery_message(challenge, env.round_id, check)
+        )
+    return Envelope(Op.RECOVER, env.round_id, env.party, vector, meta)
+
+
+def _holder_signer(context: Context) -> HolderSigner:
+    """The holder's own signing key (node config ``privagg-identity-key``).
+
+    Raises:
+        FlowerConfigError: the holder node has no key configured.
+    """
+    signer = HolderSigner.from_node_config(context, _identity_protection(context))
+    if signer is None:
+        raise FlowerConfigError(
+            "a result holder node needs 'privagg-identity-key' (its own key, made "
+            "on its machine with 'privagg keygen --backend secagg'), whose "
+            "fingerprint the run config pins as 'holder-key'"
+        )
+    return signer
+
+
+def _hello(env: Envelope, context: Context) -> Envelope:
+    """Announce this node's party id and roles; the holder proves its key by signing
+    the ServerApp's challenge (:mod:`fedtrain.flower.holder_auth`)."""
+    holder = bool(context.node_config.get("privagg-holder", False))
+    pid = context.node_config.get("party-id")
+    party = str(pid) if pid else ""
+    meta = {"holder": "1" if holder else "0", "role": _node_role(context)}
+    if holder and "challenge" in env.meta:
+        challenge = parse_challenge(env.meta["challenge"])
+        signer = _holder_signer(context)
+        meta["holder-key"] = signer.public_key.hex()
+        meta["holder-signature"] = signer.sign(hello_message(challenge, party))
+    return Envelope(Op.HELLO, env.round_id, party, meta=meta)
 
 
 def handle_envelope(env: Envelope, msg: Message, context: Context) -> Envelope:
@@ -576,14 +621,7 @@ def handle_envelope(env: Envelope, msg: Message, context: Context) -> Envelope:
             an error reply, i.e. this party drops out).
     """
     if env.op == Op.HELLO:
-        holder = bool(context.node_config.get("privagg-holder", False))
-        pid = context.node_config.get("party-id")
-        return Envelope(
-            Op.HELLO,
-            env.round_id,
-            str(pid) if pid else "",
-            meta={"holder": "1" if holder else "0", "role": _node_role(context)},
-        )
+        return _hello(env, context)
     if env.op == Op.REQUEST:
         if _node_role(context) == "server":
             return Envelope(Op.REQUEST, env.round_id, env.party, _serve(env, context))

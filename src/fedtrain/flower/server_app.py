@@ -20,7 +20,9 @@ One run = ``rounds`` privagg rounds:
 Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``): ``backend``,
 ``backend-options`` (JSON object), ``task``, ``shapes`` (synthetic), ``rounds``,
 ``min-nodes``, ``node-wait``, ``stage-timeout``, ``holder``, ``aggregator-material``,
-``max-weight``, ``result-path``, ``identity-directory`` (active SecAgg+: the
+``max-weight``, ``result-path``, ``holder-key`` (``holder = "node"``: the result
+holder's identity fingerprint, required; :mod:`fedtrain.flower.holder_auth`),
+``identity-directory`` (active SecAgg+: the
 public-key directory file), ``directory-fingerprint`` (its pinned fingerprint, optional
 for active SecAgg+; required for additive, whose directory is ``aggregator-material``;
 ``identity-directory-fingerprint`` is the older name, still read), ``first-round-id`` (default -1: a random 62-bit base,
@@ -53,6 +55,12 @@ from fedtrain.flower.errors import (
     FlowerConfigError,
     FlowerProtocolError,
     NotEnoughNodesError,
+)
+from fedtrain.flower.holder_auth import (
+    new_challenge,
+    parse_holder_pin,
+    verify_holder_claim,
+    verify_recovery,
 )
 from fedtrain.flower.interfaces import NoisyTask, SamplingTask, ServerTask
 from fedtrain.flower.material import (
@@ -117,6 +125,7 @@ class RunSettings:
     result_path: str = ""
     first_round_id: int = -1
     checkpoint_dir: str = ""
+    holder_key: str = ""
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -139,6 +148,7 @@ class RunSettings:
             raise FlowerConfigError(
                 f"holder must be 'server' or 'node', got {out.holder!r}"
             )
+        out.holder_pin()
         if out.rounds < 1 or out.min_nodes < 1:
             raise FlowerConfigError("rounds and min-nodes must be >= 1")
         if out.first_round_id < -1 or out.first_round_id + out.rounds > _MAX_ROUND_ID:
@@ -164,6 +174,17 @@ class RunSettings:
                 "'identity-directory-fingerprint' disagree"
             )
         return new or old
+
+    def holder_pin(self) -> bytes | None:
+        """The pinned holder key's fingerprint (run config ``holder-key``) for
+        ``holder = "node"``; None for ``holder = "server"``.
+
+        Raises:
+            FlowerConfigError: ``holder = "node"`` without a well-formed pin.
+        """
+        if self.holder != "node":
+            return None
+        return parse_holder_pin(self.holder_key)
 
     def round_ids(self) -> range:
         """This run's round ids: ``rounds`` consecutive ids from ``first_round_id``,
@@ -202,22 +223,47 @@ def _wait_for_nodes(grid: Grid, n: int, wait: float) -> list[int]:
         time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class _Holder:
+    """The holder node accepted at hello: its node id, the public key it proved (the
+    pinned one) and the run's challenge it signed."""
+
+    node: int
+    key: bytes
+    challenge: bytes
+
+
 def _hello(
-    grid: Grid, nodes: list[int], timeout: float, servers: set[str] | None = None
-) -> tuple[dict[str, int], int | None]:
+    grid: Grid,
+    nodes: list[int],
+    timeout: float,
+    servers: set[str] | None = None,
+    *,
+    holder_pin: bytes | None = None,
+) -> tuple[dict[str, int], _Holder | None]:
     """Ask every node for its party id; return party -> node and the holder node.
 
     The party ids of nodes that announce ``role = "server"`` are added to ``servers``
-    (when given): they answer the aggregator but are not clients.
+    (when given): they answer the aggregator but are not clients. A party id that
+    more than one node announces is left out with all its claimants (a warning, not
+    the end of the run). With ``holder_pin`` (the run config's ``holder-key``), the
+    holder is the first node that proves that key by signing this hello's fresh
+    challenge (:func:`fedtrain.flower.holder_auth.verify_holder_claim`); any other
+    claim is logged and ignored. Without a pin no holder node is accepted.
     """
+    challenge = new_challenge()
     msgs = [
         Message(
-            pack(Envelope(Op.HELLO, 0, "")), dst_node_id=n, message_type=MESSAGE_TYPE
+            pack(Envelope(Op.HELLO, 0, "", b"", {"challenge": challenge.hex()})),
+            dst_node_id=n,
+            message_type=MESSAGE_TYPE,
         )
         for n in nodes
     ]
     parties: dict[str, int] = {}
-    holder: int | None = None
+    claimed: dict[str, list[int]] = {}
+    roles: dict[str, str] = {}
+    holder: _Holder | None = None
     for reply in send_and_receive(grid, msgs, timeout=timeout):
         if reply.has_error():
             log.warning(
@@ -239,23 +285,41 @@ def _hello(
             log.warning("node %s announced a malformed party id; left out", node)
             continue
         if env.party:
-            if env.party in parties:
-                raise FlowerProtocolError(f"two nodes claim party id {env.party!r}")
-            parties[env.party] = node
-            if env.meta.get("role") == "server" and servers is not None:
-                servers.add(env.party)
-        if env.meta.get("holder") == "1":
-            if holder is not None:
-                raise FlowerProtocolError(
-                    "more than one node claims the result-holder role"
+            claimed.setdefault(env.party, []).append(node)
+            roles.setdefault(env.party, env.meta.get("role", "client"))
+        if env.meta.get("holder") == "1" and holder_pin is not None:
+            key = verify_holder_claim(env.meta, challenge, env.party, holder_pin)
+            if key is None:
+                log.warning(
+                    "node %s claims the result-holder role without proving the "
+                    "pinned holder key; claim ignored",
+                    node,
                 )
-            holder = node
+            elif holder is not None:
+                log.warning(
+                    "node %s also proves the pinned holder key (one key on two "
+                    "machines?); node %s stays the holder",
+                    node,
+                    holder.node,
+                )
+            else:
+                holder = _Holder(node, key, challenge)
+    for party, claimants in claimed.items():
+        if len(claimants) > 1:
+            log.warning(
+                "nodes %s announced the same party id; all of them left out",
+                sorted(claimants),
+            )
+            continue
+        parties[party] = claimants[0]
+        if roles[party] == "server" and servers is not None:
+            servers.add(party)
     return parties, holder
 
 
 def _recover_remote(
     grid: Grid,
-    node: int,
+    holder: _Holder,
     round_id: int,
     result: bytes,
     meta: Mapping[str, str],
@@ -266,12 +330,15 @@ def _recover_remote(
 ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
     """Ask the holder node to recover ``result``; check its reply (a reply of another
     operation, round or party, one that fails its check value
-    (:func:`~fedtrain.flower.transport.recovery_check`), a vector of the wrong size or
-    not finite, contributors that are not distinct clients of the round:
+    (:func:`~fedtrain.flower.transport.recovery_check`) or is not signed by the
+    holder's pinned key over this run's challenge, round and check value
+    (:func:`~fedtrain.flower.holder_auth.verify_recovery`), a vector of the wrong size
+    or not finite, contributors that are not distinct clients of the round:
     :class:`FlowerProtocolError`)."""
+    request_meta = {**meta, "challenge": holder.challenge.hex()}
     msg = Message(
-        pack(Envelope(Op.RECOVER, round_id, "holder", result, meta)),
-        dst_node_id=node,
+        pack(Envelope(Op.RECOVER, round_id, "holder", result, request_meta)),
+        dst_node_id=holder.node,
         message_type=MESSAGE_TYPE,
     )
     replies = send_and_receive(grid, [msg], timeout=timeout)
@@ -298,6 +365,9 @@ def _recover_remote(
             "the result holder's reply does not match its check value (damaged, or "
             "the reply to another request)"
         )
+    verify_recovery(
+        holder.key, env.meta.get("signature"), holder.challenge, round_id, check
+    )
     try:
         contributors = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -465,8 +535,11 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     """
     t0 = time.monotonic()
     nodes = _wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
+    holder_pin = settings.holder_pin()  # before any message: a missing pin fails
     servers: set[str] = set()
-    parties, holder_node = _hello(grid, nodes, settings.stage_timeout, servers)
+    parties, holder_node = _hello(
+        grid, nodes, settings.stage_timeout, servers, holder_pin=holder_pin
+    )
     clients = sorted(set(parties) - servers)
     if not clients:
         raise NotEnoughNodesError("no node announced a client party id")
@@ -489,7 +562,10 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
             "must run on a node (holder = 'node'), not in the ServerApp"
         )
     if settings.holder == "node" and holder_node is None:
-        raise FlowerConfigError("holder = 'node' but no node has privagg-holder=true")
+        raise NotEnoughNodesError(
+            "holder = 'node' but no node proved the pinned holder key ('holder-key') "
+            "at hello: no round is run"
+        )
     checkpoint = _open_checkpoint(settings, spec, layout, task)
     if checkpoint is not None:
         spec = _resumed_spec(spec, checkpoint)  # the same setup seed

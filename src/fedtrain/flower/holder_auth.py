@@ -1,0 +1,208 @@
+"""The result holder node's proof of identity: a pinned Ed25519 key (issue #14, r3).
+
+With ``holder = "node"`` the ServerApp sends the protected aggregate to one SuperNode
+and applies the vector and contributor list it sends back. Which node that is must not
+be a node's own claim. The holder node therefore has its own Ed25519 identity key,
+made on its machine (``privagg keygen --backend secagg --party-id holder``; node config
+``privagg-identity-key``, optional ``privagg-identity-password-env``), and the run
+config pins its fingerprint (``holder-key``: the hex ``keygen`` prints).
+
+* **Hello.** The ServerApp sends a fresh 32-byte challenge (the system CSPRNG) with
+  every hello request. A node with ``privagg-holder=true`` answers with its public key
+  and an Ed25519 signature over :func:`hello_message` (context string, version, the
+  challenge, its party id). The ServerApp accepts the claim only if the key is a valid
+  Ed25519 point (:func:`privagg.identity.check_public_key`), its fingerprint equals
+  the pin (constant-time compare) and the signature verifies
+  (:func:`verify_holder_claim`).
+* **Recovery.** The recover request carries the same challenge; the holder signs
+  :func:`recovery_message` (context string, version, the challenge, the round id and
+  :func:`fedtrain.flower.transport.recovery_check` of the aggregate it was asked to
+  recover, the vector and the contributor list). The ServerApp checks it with the key
+  it accepted at hello, so a reply from another node, of another round or of another
+  run is refused before anything is applied or recorded.
+
+What the pin does not do: it authenticates the holder to the ServerApp; it does not
+make the holder trustworthy (it still sees and returns the sum), nor does it bind the
+other nodes' party ids (see docs/flower.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from flwr.app import Context
+
+import privagg
+from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
+from privagg import SystemRng
+from privagg.identity import check_public_key, identity_fingerprint, load_identity_key
+from privagg.keys import Protection
+
+__all__ = [
+    "CHALLENGE_BYTES",
+    "HolderSigner",
+    "hello_message",
+    "new_challenge",
+    "parse_challenge",
+    "parse_holder_pin",
+    "recovery_message",
+    "verify_holder_claim",
+    "verify_recovery",
+]
+
+CHALLENGE_BYTES = 32
+"""Length of the ServerApp's hello challenge (the run's nonce), in bytes."""
+
+_VERSION = 1
+_HELLO_CONTEXT = b"fedtrain-flower/holder-hello"
+_RECOVER_CONTEXT = b"fedtrain-flower/holder-recover"
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+_HEX64 = re.compile(r"[0-9a-f]{128}")
+
+
+def new_challenge() -> bytes:
+    """A fresh hello challenge from the system CSPRNG."""
+    return SystemRng().random_bytes(CHALLENGE_BYTES)
+
+
+def _frame(context: bytes, *parts: bytes) -> bytes:
+    out = bytearray(context + b"\x00" + _VERSION.to_bytes(2, "big"))
+    for part in parts:
+        out += len(part).to_bytes(8, "big") + part
+    return bytes(out)
+
+
+def _challenge(challenge: bytes) -> bytes:
+    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
+        raise FlowerProtocolError("a holder challenge is 32 bytes")
+    return challenge
+
+
+def hello_message(challenge: bytes, party: str) -> bytes:
+    """What the holder signs at hello: the challenge and its party id ("" if none)."""
+    return _frame(_HELLO_CONTEXT, _challenge(challenge), party.encode("utf-8"))
+
+
+def recovery_message(challenge: bytes, round_id: int, check: str) -> bytes:
+    """What the holder signs with a recovery reply: the run's challenge, the round id
+    and the reply's :func:`~fedtrain.flower.transport.recovery_check` (which covers
+    the round id, the aggregate, the vector and the contributor list)."""
+    return _frame(
+        _RECOVER_CONTEXT,
+        _challenge(challenge),
+        int(round_id).to_bytes(8, "big", signed=True),
+        check.encode("ascii"),
+    )
+
+
+def parse_challenge(text: object) -> bytes:
+    """A challenge from its hex text in a request's meta.
+
+    Raises:
+        FlowerProtocolError: not 64 lowercase hex characters.
+    """
+    if not isinstance(text, str) or not _HEX32.fullmatch(text):
+        raise FlowerProtocolError("the request carries no well-formed holder challenge")
+    return bytes.fromhex(text)
+
+
+def parse_holder_pin(text: object) -> bytes:
+    """The run config's ``holder-key``: the holder's identity fingerprint (64 hex
+    characters, as ``privagg keygen`` prints it).
+
+    Raises:
+        FlowerConfigError: missing or malformed.
+    """
+    value = str(text or "").strip().lower()
+    if not _HEX32.fullmatch(value):
+        raise FlowerConfigError(
+            "holder = 'node' needs run config 'holder-key': the result holder's "
+            "identity fingerprint (64 hex characters, printed by 'privagg keygen "
+            "--backend secagg' on the holder's machine)"
+        )
+    return bytes.fromhex(value)
+
+
+class HolderSigner:
+    """The holder node's signing key (node config ``privagg-identity-key``)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(secret)
+        self.public_key = self._key.public_key().public_bytes_raw()
+
+    @classmethod
+    def from_node_config(
+        cls, context: Context, protection: Protection | None
+    ) -> HolderSigner | None:
+        """The key named by node config ``privagg-identity-key``, or None if unset.
+
+        Raises:
+            privagg.PrivaggError: an unreadable key file.
+        """
+        path = context.node_config.get("privagg-identity-key")
+        if not path:
+            return None
+        secret = load_identity_key(
+            privagg.read_secret_file(str(path)), protection=protection
+        )
+        return cls(secret.reveal())
+
+    def sign(self, message: bytes) -> str:
+        """The hex Ed25519 signature of ``message``."""
+        return self._key.sign(message).hex()
+
+
+def _verify(public_key: bytes, signature: object, message: bytes) -> bool:
+    if not isinstance(signature, str) or not _HEX64.fullmatch(signature):
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            bytes.fromhex(signature), message
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify_holder_claim(
+    meta: Mapping[str, str], challenge: bytes, party: str, pin: bytes
+) -> bytes | None:
+    """The claimant's public key if its hello reply proves the pinned holder key,
+    else None (no key, a malformed or invalid key, another fingerprint, a signature
+    that does not verify over this challenge and party id)."""
+    text = meta.get("holder-key", "")
+    if not _HEX32.fullmatch(text):
+        return None
+    try:
+        key = check_public_key(bytes.fromhex(text))
+    except privagg.ConfigurationError:
+        return None
+    if not hmac.compare_digest(identity_fingerprint(key), pin):
+        return None
+    message = hello_message(challenge, party)
+    return key if _verify(key, meta.get("holder-signature"), message) else None
+
+
+def verify_recovery(
+    public_key: bytes, signature: object, challenge: bytes, round_id: int, check: str
+) -> None:
+    """Check the holder's signature of a recovery reply.
+
+    Raises:
+        FlowerProtocolError: missing, malformed or not by ``public_key`` over this
+            challenge, round and check value.
+    """
+    if not _verify(
+        public_key, signature, recovery_message(challenge, round_id, check)
+    ):
+        raise FlowerProtocolError(
+            "the result holder's reply is not signed by the pinned holder key for "
+            "this run and round (forged, replayed or damaged): not applied"
+        )
