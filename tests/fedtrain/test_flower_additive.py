@@ -22,6 +22,7 @@ from flwr.app import Context, RecordDict
 from tests.fedtrain.test_flower_transport import (  # the fake Grid and its fixture
     FakeGrid,
     _task_identity,  # noqa: F401  (autouse: Flower Messages need a task identity)
+    holder_identity,
 )
 
 import privagg
@@ -63,7 +64,16 @@ def make_keys(root: Path) -> dict[str, Path]:
     keys["directory"] = material.write_directory(
         spec, pubs, root / "operator" / "directory.bin"
     )
+    # the holder node's signing key (privagg keygen; the run config pins it, #14)
+    ident, _ = holder_identity(root / "machine-holder" / "identity")
+    keys["holder-identity"] = Path(str(ident["privagg-identity-key"]))
     return keys
+
+
+def holder_key(keys: dict[str, Path]) -> str:
+    """The holder's identity fingerprint: the run config's ``holder-key``."""
+    pub = keys["holder-identity"].with_suffix(".pub")
+    return str(json.loads(pub.read_text())["fingerprint"])
 
 
 def pin(keys: dict[str, Path]) -> str:
@@ -103,6 +113,7 @@ def node_configs(keys: dict[str, Path]) -> list[dict[str, Any]]:
             "privagg-holder": True,
             "privagg-holder-material": directory,
             "privagg-own-key": str(keys["holder"]),
+            "privagg-identity-key": str(keys["holder-identity"]),
             **fp,
         }
     )
@@ -133,10 +144,11 @@ def test_key_files_directory_and_modes(tmp_path: Path) -> None:
         assert p.stat().st_mode & 0o777 == 0o600
     # a party's machine holds its own key and nobody else's
     for pid in ("server-1", "server-2", "holder"):
-        assert sorted(f.name for f in (tmp_path / f"machine-{pid}").iterdir()) == [
-            f"own-{pid}.key",
-            f"own-{pid}.pub",
-        ]
+        assert sorted(
+            f.name for f in (tmp_path / f"machine-{pid}").iterdir() if f.is_file()
+        ) == [f"own-{pid}.key", f"own-{pid}.pub"]
+    # and the holder's signing key (keygen's folder on its machine, #14)
+    assert keys["holder-identity"].parent.parent == tmp_path / "machine-holder"
     # nothing for a dealer to write; no own key for clients or other backends
     assert material.deal(spec, LAYOUT, sorted(WEIGHTS), tmp_path / "dealer") == {}
     with pytest.raises(privagg.ConfigurationError, match="no key of its own"):
@@ -171,6 +183,7 @@ def test_additive_over_fake_grid_equals_in_process(tmp_path: Path) -> None:
         min_nodes=len(nodes),
         stage_timeout=5.0,
         holder="node",
+        holder_key=holder_key(keys),
         aggregator_material=str(keys["directory"]),
         directory_fingerprint=pin(keys),
     )

@@ -23,6 +23,7 @@ from tests.fedtrain.test_flower_additive import (
     _server_context,
     _server_request,
     _spec,
+    holder_key,
     make_keys,
     node_configs,
     pin,
@@ -163,6 +164,7 @@ def test_serverapp_pins_the_directory(tmp_path: Path) -> None:
         min_nodes=len(nodes),
         stage_timeout=5.0,
         holder="node",
+        holder_key=holder_key(keys),
         aggregator_material=str(keys["directory"]),
     )
     with pytest.raises(privagg.ConfigurationError, match="fingerprint"):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.fedtrain.test_flower_transport import holder_identity
 
 import privagg
 from fedtrain.flower.launch import DeploymentError, LocalDeployment
@@ -95,13 +96,16 @@ def _stopped(d: LocalDeployment) -> None:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
-    """3 client SuperNodes + 1 result-holder SuperNode (holder material preset)."""
+    """3 client SuperNodes + 1 result-holder SuperNode (holder material preset; its
+    own signing key made with ``privagg keygen``, pinned by the runs: #14)."""
     work = tmp_path_factory.mktemp("flower")
     nodes = _client_nodes(work / "material")
+    ident, _ = holder_identity(work / "holder-machine")
     nodes.append(
         {
             "privagg-holder": True,
             "privagg-holder-material": str(work / "material" / "holder.key"),
+            **ident,
         }
     )
     d = LocalDeployment(work, nodes)
@@ -178,6 +182,7 @@ def test_secure_backend(
         "backend-options": json.dumps(options),
         # the holder SuperNode recovers (required where the holder has a secret key)
         "holder": "node",
+        "holder-key": _holder_key(deployment),
     }
     if paths:
         _check_aggregator_material_is_public(spec, layout, paths)
@@ -195,6 +200,12 @@ def test_secure_backend(
         assert str(paths["aggregator"]) in run_toml
         assert str(paths["holder"]) not in run_toml
         assert all(str(paths[p]) not in run_toml for p in WEIGHTS)
+
+
+def _holder_key(deployment: LocalDeployment) -> str:
+    """The holder SuperNode's key fingerprint (its keygen ``.pub``): ``holder-key``."""
+    pub = deployment.workdir / "holder-machine" / "secagg-identity-holder.pub"
+    return str(json.loads(pub.read_text())["fingerprint"])
 
 
 def _check_aggregator_material_is_public(

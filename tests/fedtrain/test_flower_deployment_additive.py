@@ -19,6 +19,7 @@ from tests.fedtrain.test_flower_additive import (
     LAYOUT,
     OPTIONS,
     WEIGHTS,
+    holder_key,
     in_process_sum,
     make_keys,
     node_configs,
@@ -46,6 +47,7 @@ def test_additive_two_server_nodes_three_clients(tmp_path: Path) -> None:
             **{
                 "backend-options": json.dumps(OPTIONS),
                 "holder": "node",
+                "holder-key": holder_key(keys),
                 "rounds": 2,
                 "aggregator-material": str(keys["directory"]),
                 "directory-fingerprint": pin(keys),

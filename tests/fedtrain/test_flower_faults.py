@@ -36,11 +36,13 @@ from tests.fedtrain import test_flower_additive as additive_tests
 from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
     FakeGrid,
     _task_identity,
+    holder_identity,
 )
 from tests.hardening_counts import count
 
 import privagg
 from fedtrain.flower import client_app, material, server_app
+from fedtrain.flower.holder_auth import HolderSigner, recovery_message
 from fedtrain.flower.material import SessionSpec
 from fedtrain.flower.tasks import parse_shapes, synthetic_sum
 from fedtrain.flower.transport import Envelope, Op, pack, recovery_check, unpack
@@ -164,9 +166,11 @@ def _dealt(
         if backend == "ckks":
             nodes[100 + i]["privagg-ckks-presets"] = "test-fast"
             nodes[100 + i]["privagg-min-ckks-flood-bits"] = 0
+    ident, holder_key = holder_identity(root / "holder-identity")
     nodes[200] = {
         "privagg-holder": True,
         "privagg-holder-material": str(paths["holder"]),
+        **ident,
     }
     settings = server_app.RunSettings(
         backend=backend,
@@ -176,6 +180,7 @@ def _dealt(
         min_nodes=4,
         stage_timeout=5.0,
         holder="node",
+        holder_key=holder_key,
         aggregator_material=str(paths["aggregator"]),
     )
     tol = spec.backend_object().tolerance(n_clients=3, max_abs=1.0)
@@ -196,6 +201,7 @@ def _additive(root: Path) -> _Setup:
         min_nodes=len(nodes),
         stage_timeout=5.0,
         holder="node",
+        holder_key=additive_tests.holder_key(keys),
         aggregator_material=str(keys["directory"]),
         **extra,
     )
@@ -418,7 +424,17 @@ class _HolderContributors(_Fault):
         env = unpack(reply.content)
         text = '["client-0", "intruder"]'  # with a matching check value
         check = recovery_check(req.round_id, req.payload, env.payload, text)
-        meta = dict(env.meta) | {"contributors": text, "check": check}
+        # signed by the genuine holder's key: a holder that lies about its
+        # contributors (only the contributor check can catch it)
+        signer = HolderSigner.from_node_config(context, None)
+        assert signer is not None
+        challenge = bytes.fromhex(req.meta["challenge"])
+        signature = signer.sign(recovery_message(challenge, req.round_id, check))
+        meta = dict(env.meta) | {
+            "contributors": text,
+            "check": check,
+            "signature": signature,
+        }
         return Message(
             pack(Envelope(env.op, env.round_id, env.party, env.payload, meta)),
             reply_to=msg,

@@ -36,6 +36,7 @@ from tests.fedtrain.test_flower_faults import _dealt
 from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
     FakeGrid,
     _task_identity,
+    holder_identity,
 )
 
 import privagg
@@ -124,11 +125,13 @@ def _active_grid(
     configs = node_configs(folder, directory, pin)
     for c in configs.values():
         c["privagg-round-register"] = str(tmp_path / f"{c['party-id']}.rounds")
+    ident, holder_key = holder_identity(tmp_path / "holder-identity")
     configs[200] = {
         "privagg-holder": True,
         "privagg-holder-register": str(tmp_path / "holder.released"),
         "privagg-identity-directory": str(directory),
         "privagg-identity-directory-fingerprint": pin,
+        **ident,
     }
     settings = server_app.RunSettings(
         backend="secagg",
@@ -138,6 +141,7 @@ def _active_grid(
         min_nodes=5,
         stage_timeout=1.0,
         holder="node",
+        holder_key=holder_key,
         identity_directory=str(directory),
         first_round_id=FIRST,
         checkpoint_dir=str(tmp_path / "ck"),

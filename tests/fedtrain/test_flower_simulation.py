@@ -88,11 +88,26 @@ def test_per_node_material_and_node_configs(tmp_path: Path) -> None:
     )
     layout = parse_shapes(SHAPES)
     paths = deal_per_node(cfg.spec(), layout, cfg.party_ids(), tmp_path / "m")
-    assert set(paths) == {"aggregator", "holder", "client-0", "client-1", "client-2"}
+    assert set(paths) == {
+        "aggregator",
+        "holder",
+        "holder-identity",  # the holder's signing key, pinned by the run (#14)
+        "client-0",
+        "client-1",
+        "client-2",
+    }
     folders = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert folders == ["aggregator", "holder", "node-0", "node-1", "node-2"]
-    for path in paths.values():
+    assert paths["holder-identity"].parent == paths["holder"].parent
+    for role, path in paths.items():
+        if role.startswith("holder"):
+            continue
         assert [f.name for f in path.parent.iterdir()] == [path.name]
+    assert sorted(f.name for f in paths["holder"].parent.iterdir()) == [
+        "holder-identity.key",
+        "holder.key",
+    ]
+    for path in paths.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     nodes = node_configs(cfg, paths)
@@ -108,6 +123,7 @@ def test_per_node_material_and_node_configs(tmp_path: Path) -> None:
     assert nodes[3] == {
         "privagg-holder": True,
         "privagg-holder-material": str(paths["holder"]),
+        "privagg-identity-key": str(paths["holder-identity"]),
     }
     # no dealer, no files: every node builds its session from the public spec
     plain = SimulationConfig(nodes=2, backend="plain", shapes=SHAPES)

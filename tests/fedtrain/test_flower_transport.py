@@ -624,7 +624,12 @@ def test_run_settings_from_run_config() -> None:
     assert s.backend_options == {"bound": 2.0} and s.rounds == 3 and s.holder == "node"
     assert s.holder_pin() == b"\xab" * 32
     # holder = "node" must pin the holder's key (#14, r3): refused before any round
-    for bad in ({}, {"holder-key": ""}, {"holder-key": "ab" * 31}, {"holder-key": "zz" * 32}):
+    for bad in (
+        {},
+        {"holder-key": ""},
+        {"holder-key": "ab" * 31},
+        {"holder-key": "zz" * 32},
+    ):
         with pytest.raises(FlowerConfigError, match="holder-key"):
             server_app.RunSettings.from_run_config({"holder": "node", **bad})
     with pytest.raises(privagg.ConfigurationError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -42,13 +43,20 @@ from flwr.app import Context
 import privagg
 from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
 from privagg import SystemRng
-from privagg.identity import check_public_key, identity_fingerprint, load_identity_key
-from privagg.keys import Protection
+from privagg.identity import (
+    IDENTITY_SCHEME,
+    check_public_key,
+    identity_fingerprint,
+    load_identity_key,
+)
+from privagg.keys import NoProtection, Protection, SecretBytes, SecretKey
 
 __all__ = [
     "CHALLENGE_BYTES",
     "HolderSigner",
     "hello_message",
+    "holder_key_fingerprint",
+    "make_holder_key",
     "new_challenge",
     "parse_challenge",
     "parse_holder_pin",
@@ -159,6 +167,40 @@ class HolderSigner:
         return self._key.sign(message).hex()
 
 
+def make_holder_key(
+    path: str | Path, *, protection: Protection | None = None
+) -> tuple[Path, str]:
+    """Write a new holder key file at ``path`` (0600, atomic; the same format as
+    ``privagg keygen --backend secagg``) from the system CSPRNG; return the path and
+    the fingerprint the run config pins as ``holder-key``. For in-process setups (the
+    simulation); a deployment's holder runs ``privagg keygen`` on its own machine.
+    """
+    secret = SecretBytes(SystemRng().random_bytes(32), label="holder identity key")
+    public = Ed25519PrivateKey.from_private_bytes(secret.reveal()).public_key()
+    fp = identity_fingerprint(public.public_bytes_raw())
+    key: SecretKey[SecretBytes] = SecretKey(
+        IDENTITY_SCHEME, secret, public_fingerprint=fp, export=lambda m: m.reveal()
+    )
+    out = privagg.write_secret_file(
+        Path(path), key.to_bytes(protection=protection or NoProtection())
+    )
+    return Path(out), fp.hex()
+
+
+def holder_key_fingerprint(
+    path: str | Path, *, protection: Protection | None = None
+) -> str:
+    """The fingerprint (hex) of the holder key file at ``path``: what ``privagg keygen``
+    printed for it and the run config pins as ``holder-key``.
+
+    Raises:
+        privagg.PrivaggError: not a readable identity key file.
+    """
+    secret = load_identity_key(privagg.read_secret_file(path), protection=protection)
+    public = Ed25519PrivateKey.from_private_bytes(secret.reveal()).public_key()
+    return identity_fingerprint(public.public_bytes_raw()).hex()
+
+
 def _verify(public_key: bytes, signature: object, message: bytes) -> bool:
     if not isinstance(signature, str) or not _HEX64.fullmatch(signature):
         return False
@@ -199,9 +241,7 @@ def verify_recovery(
         FlowerProtocolError: missing, malformed or not by ``public_key`` over this
             challenge, round and check value.
     """
-    if not _verify(
-        public_key, signature, recovery_message(challenge, round_id, check)
-    ):
+    if not _verify(public_key, signature, recovery_message(challenge, round_id, check)):
         raise FlowerProtocolError(
             "the result holder's reply is not signed by the pinned holder key for "
             "this run and round (forged, replayed or damaged): not applied"

@@ -62,6 +62,7 @@ import privagg
 from fedtrain.flower import client_app as _client_app
 from fedtrain.flower import server_app as _server_app
 from fedtrain.flower.errors import FlowerConfigError
+from fedtrain.flower.holder_auth import holder_key_fingerprint, make_holder_key
 from fedtrain.flower.material import SessionSpec, deal
 from fedtrain.flower.tasks import (
     DEFAULT_SHAPES,
@@ -168,11 +169,13 @@ def deal_per_node(
     :func:`fedtrain.flower.material.deal` writes all files into one folder; a machine
     should hold only its own. Here client ``party_ids[i]``'s file goes to
     ``out_dir/node-<i>/client.key``, the holder's to ``out_dir/holder/holder.key`` and
-    the aggregator's to ``out_dir/aggregator/aggregator.key``.
+    the aggregator's to ``out_dir/aggregator/aggregator.key``. The holder also gets
+    its own signing key, ``out_dir/holder/holder-identity.key``
+    (:func:`fedtrain.flower.holder_auth.make_holder_key`; the run pins it).
 
     Returns:
-        Role key ("aggregator", "holder" or a party id) -> file path; empty for
-        backends that need no dealer.
+        Role key ("aggregator", "holder", "holder-identity" or a party id) -> file
+        path; empty for backends that need no dealer.
 
     Raises:
         privagg.UnsupportedError: the backend cannot be distributed.
@@ -190,6 +193,10 @@ def deal_per_node(
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             out[role] = folder / name
             os.replace(src, out[role])
+        if "holder" in out:
+            out["holder-identity"] = make_holder_key(
+                out["holder"].parent / "holder-identity.key"
+            )[0]
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -219,6 +226,7 @@ def node_configs(
             {
                 "privagg-holder": True,
                 "privagg-holder-material": str(material["holder"]),
+                "privagg-identity-key": str(material["holder-identity"]),
             }
         )
     return out
@@ -438,6 +446,9 @@ def simulate(
             node_wait=60.0,
             stage_timeout=cfg.stage_timeout,
             holder="node" if "holder" in material else "server",
+            holder_key=holder_key_fingerprint(material["holder-identity"])
+            if "holder" in material
+            else "",
             aggregator_material=str(material.get("aggregator", "")),
             max_weight=cfg.max_weight,
             first_round_id=cfg.first_round_id,
