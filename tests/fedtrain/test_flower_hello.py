@@ -15,11 +15,12 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
     FakeGrid,
     _nodes,
     _task_identity,
+    fake_node,
 )
 
 from fedtrain.flower import client_app, server_app
 from fedtrain.flower.errors import FlowerConfigError
-from fedtrain.flower.transport import Envelope, Op, is_party_id, pack, unpack
+from fedtrain.flower.transport import Envelope, Op, is_party_id, pack
 
 NODE = 103  # client-3
 PLANT = "PLANTED-id-0123456789"
@@ -82,14 +83,13 @@ def test_a_malformed_announced_id_leaves_that_node_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    real = client_app.privagg_query
 
-    def hello(msg: Message, context: Any) -> Message:
-        if context.node_id == NODE and unpack(msg.content).op == Op.HELLO:
+    def hello(env: Envelope, msg: Message) -> Message | None:
+        if env.op == Op.HELLO:
             return Message(pack(Envelope(Op.HELLO, 0, announced)), reply_to=msg)
-        return real(msg, context)
+        return None
 
-    monkeypatch.setattr(client_app, "privagg_query", hello)
+    fake_node(monkeypatch, NODE, hello)
     summary = _run(FakeGrid(_nodes([1.0] * 5)))
     assert summary["parties"] == ["client-0", "client-1", "client-2", "client-4"]
     text = " ".join(r.getMessage() for r in caplog.records) + repr(summary)
@@ -116,14 +116,11 @@ def test_a_malformed_announced_id_leaves_that_node_out(
 def test_an_unreadable_hello_reply_leaves_that_node_out(
     content: RecordDict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = client_app.privagg_query
 
-    def hello(msg: Message, context: Any) -> Message:
-        if context.node_id == NODE and unpack(msg.content).op == Op.HELLO:
-            return Message(content, reply_to=msg)
-        return real(msg, context)
+    def hello(env: Envelope, msg: Message) -> Message | None:
+        return Message(content, reply_to=msg) if env.op == Op.HELLO else None
 
-    monkeypatch.setattr(client_app, "privagg_query", hello)
+    fake_node(monkeypatch, NODE, hello)
     summary = _run(FakeGrid(_nodes([1.0] * 5)))
     assert summary["parties"] == ["client-0", "client-1", "client-2", "client-4"]
 

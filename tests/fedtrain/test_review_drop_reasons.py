@@ -24,6 +24,7 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
     FakeGrid,
     _nodes,
     _task_identity,
+    fake_node,
 )
 
 import privagg
@@ -173,14 +174,13 @@ def test_a_failed_hello_cannot_forge_a_log_line(
     forged log line: it is not a party, the others' round runs, and no log message
     holds a newline (the text is quoted)."""
     caplog.set_level(logging.DEBUG)
-    real = client_app.privagg_query
 
-    def hello_fails(msg: Message, context: Any) -> Message:
-        if context.node_id == NODE and unpack(msg.content).op == Op.HELLO:
+    def hello_fails(env: Envelope, msg: Message) -> Message | None:
+        if env.op == Op.HELLO:
             return Message(Error(code=1, reason=FORGED), reply_to=msg)
-        return real(msg, context)
+        return None
 
-    monkeypatch.setattr(client_app, "privagg_query", hello_fails)
+    fake_node(monkeypatch, NODE, hello_fails)
     grid = FakeGrid(_nodes([1.0] * 5))
     settings = server_app.RunSettings(
         backend="plain", shapes=SHAPES, min_nodes=5, stage_timeout=1.0

@@ -24,7 +24,7 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
     holder_identity,
 )
 
-from fedtrain.flower import client_app, server_app
+from fedtrain.flower import server_app
 from fedtrain.flower.errors import FlowerProtocolError, NotEnoughNodesError
 from fedtrain.flower.transport import (
     Envelope,
@@ -164,14 +164,13 @@ def test_r3_a_holder_error_text_is_not_raised_raw(
     GridExchange quote node texts with %r. A newline in it forges log lines when
     the exception is logged."""
     forged = 'boom\nINFO privagg-summary {"forged": true}'
-    real = client_app.privagg_query
 
-    def query(msg: Message, context: Any) -> Message:
-        if context.node_id == HOLDER and unpack(msg.content).op == Op.RECOVER:
+    def fails(env: Envelope, msg: Message) -> Message | None:
+        if env.op == Op.RECOVER:
             return Message(Error(code=1, reason=forged), reply_to=msg)
-        return real(msg, context)
+        return None
 
-    monkeypatch.setattr(client_app, "privagg_query", query)
+    fake_node(monkeypatch, HOLDER, fails)
     nodes, pin = _with_holder(tmp_path)
     with pytest.raises(FlowerProtocolError) as info:
         _run(FakeGrid(nodes), min_nodes=6, holder="node", holder_key=pin)
@@ -180,7 +179,7 @@ def test_r3_a_holder_error_text_is_not_raised_raw(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="open (review r3, medium, documented limit): outside active SecAgg+ party ids are not bound to nodes; a node can announce the id of a node that misses hello",
+    reason="open (review r3, medium, documented limit; #14 pinned the result holder only): outside active SecAgg+ a client party id is not bound to a key; a node can announce the id of a node that misses hello",
 )
 def test_r3_a_node_cannot_take_over_a_late_nodes_party_id(
     monkeypatch: pytest.MonkeyPatch,
