@@ -92,8 +92,10 @@ def _run(grid: FakeGrid, settings: server_app.RunSettings, task: Any = None) -> 
     return server_app.run(grid, settings, task or _Recording())
 
 
-def _claim(meta: dict[str, str]) -> Any:
-    """ATTACKER's hello reply: its own party id and a holder claim with ``meta``."""
+def holder_claim(meta: dict[str, str]) -> Any:
+    """ATTACKER's hello reply: its own party id and a holder claim with ``meta``; if
+    it were asked to recover, a forged sum (EVIL everywhere) with a matching unkeyed
+    check value."""
 
     def fake(env: Envelope, msg: Message) -> Message | None:
         if env.op == Op.HELLO:
@@ -191,7 +193,7 @@ def test_a_holder_claim_without_the_pinned_key_is_ignored(
     grid, settings = _setup(tmp_path)
     genuine = _signer(tmp_path / "holder-machine" / "secagg-identity-holder.key")
     claim = _claims(tmp_path, genuine, b"\x00" * 32)[kind]
-    fake_node(monkeypatch, ATTACKER, _claim(claim))
+    fake_node(monkeypatch, ATTACKER, holder_claim(claim))
     task = _Recording()
     summary = _run(grid, settings, task)
     assert len(task.applied) == 2 and len(summary["rounds"]) == 2
@@ -241,7 +243,7 @@ def test_a_replayed_hello_signature_is_ignored(
         if env.op == Op.HELLO:
             out = Envelope(Op.HELLO, 0, "", b"", recorded)
             return Message(pack(out), reply_to=msg)
-        return _claim({})(env, msg)
+        return holder_claim({})(env, msg)
 
     fake_node(monkeypatch, ATTACKER, replay)
     grid2, _ = _setup(tmp_path / "again")

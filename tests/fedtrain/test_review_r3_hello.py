@@ -7,14 +7,13 @@ means the attack was refused.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from flwr.app import Error, Message
+from tests.fedtrain.test_flower_holder_auth import holder_claim
 from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
     SHAPES,
     FakeGrid,
@@ -31,10 +30,8 @@ from fedtrain.flower.transport import (
     Op,
     is_party_id,
     pack,
-    recovery_check,
     unpack,
 )
-from privagg import Layout
 
 ATTACKER = 103  # client-3, a malicious node
 HOLDER = 200  # the genuine result-holder node
@@ -123,27 +120,8 @@ def test_r3_a_self_declared_holder_cannot_forge_the_aggregate(
     bypasses secure aggregation and the clients' clipping). Fixed (#14): the run
     config pins the holder's key; the claim proves nothing, so no holder is
     accepted and the run stops before any round (nothing applied)."""
-    evil = 1000.0  # exact in float16 too
-
-    def fake(env: Envelope, msg: Message) -> Message | None:
-        if env.op == Op.HELLO:
-            reply = Envelope(Op.HELLO, 0, "client-3", b"", {"holder": "1"})
-            return Message(pack(reply), reply_to=msg)
-        if env.op == Op.RECOVER:
-            n = Layout.from_bytes(bytes.fromhex(env.meta["layout"])).size
-            vector = np.full(n, evil, dtype="<f8").tobytes()
-            contributors = json.dumps(["client-0"])
-            check = recovery_check(env.round_id, env.payload, vector, contributors)
-            out = Envelope(
-                Op.RECOVER,
-                env.round_id,
-                env.party,
-                vector,
-                {"contributors": contributors, "check": check},
-            )
-            return Message(pack(out), reply_to=msg)
-        return None
-
+    # claims holder="1" (no key); asked to recover, it would answer 1000.0 everywhere
+    fake = holder_claim({})
     _attack(monkeypatch, fake)
     nodes, pin = _with_holder(tmp_path)
     grid = FakeGrid(nodes)
