@@ -280,8 +280,9 @@ def test_two_nodes_with_the_pinned_key_the_first_is_the_holder(
 
 def test_holder_node_without_its_key_or_run_without_a_pin(tmp_path: Path) -> None:
     """holder = "node" without run config ``holder-key``: refused before any message
-    is sent. A holder node without ``privagg-identity-key`` fails its hello (typed),
-    so no holder is accepted and no round runs."""
+    is sent. A holder node without ``privagg-identity-key`` claims the role without a
+    proof, so no holder is accepted and no round runs; asked to recover it refuses
+    (typed) before releasing anything."""
     grid, settings = _setup(tmp_path)
     for bad in ("", "ab" * 31, "g" * 64):
         with pytest.raises(FlowerConfigError, match="holder-key"):

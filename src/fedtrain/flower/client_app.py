@@ -598,10 +598,13 @@ def _hello(env: Envelope, context: Context) -> Envelope:
     party = str(pid) if pid else ""
     meta = {"holder": "1" if holder else "0", "role": _node_role(context)}
     if holder and "challenge" in env.meta:
-        challenge = parse_challenge(env.meta["challenge"])
-        signer = _holder_signer(context)
-        meta["holder-key"] = signer.public_key.hex()
-        meta["holder-signature"] = signer.sign(hello_message(challenge, party))
+        # no key configured: the claim carries no proof and the ServerApp ignores it
+        # (logged there); the node still answers hello for any other role it has
+        signer = HolderSigner.from_node_config(context, _identity_protection(context))
+        if signer is not None:
+            challenge = parse_challenge(env.meta["challenge"])
+            meta["holder-key"] = signer.public_key.hex()
+            meta["holder-signature"] = signer.sign(hello_message(challenge, party))
     return Envelope(Op.HELLO, env.round_id, party, meta=meta)
 
 
