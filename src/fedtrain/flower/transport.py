@@ -162,7 +162,9 @@ def recovery_check(
     the aggregate it was asked to recover, the recovered vector and the contributor
     list). The ServerApp recomputes it: a reply damaged on the way, or one that
     belongs to another request (an earlier round's, a stale one), is refused. Not an
-    authenticator: the holder is trusted with the sum; TLS protects the channel."""
+    authenticator by itself: the holder signs it, with the run's challenge and the
+    round id, under its pinned key (:func:`fedtrain.flower.holder_auth.
+    recovery_message`), and the ServerApp checks that signature."""
     h = hashlib.sha256(b"fedtrain-flower-recover-1\x00")
     h.update(int(round_id).to_bytes(8, "big", signed=True))
     for part in (aggregate, vector, contributors.encode("utf-8")):
