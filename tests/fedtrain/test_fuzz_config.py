@@ -228,6 +228,7 @@ _RUN = {
     "min-nodes": 2,
     "node-wait": 5.0,
     "holder": "node",
+    "holder-key": "ab" * 32,  # required with holder = "node" (#14)
     "first-round-id": 7,
 }
 _LORA_RUN = {

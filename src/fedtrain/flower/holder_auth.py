@@ -128,7 +128,7 @@ def parse_holder_pin(text: object) -> bytes:
     Raises:
         FlowerConfigError: missing or malformed.
     """
-    value = str(text or "").strip().lower()
+    value = text.strip().lower() if isinstance(text, str) else ""
     if not _HEX32.fullmatch(value):
         raise FlowerConfigError(
             "holder = 'node' needs run config 'holder-key': the result holder's "
