@@ -6,8 +6,10 @@ and have a holder decode the unmasked sum. What they share lives here, once:
 
 * :class:`RingOptions`: the backend options of the ring (value bound, fixed-point
   scale bits, clipping), their validation, the declared error tolerance and the ring
-  width a session needs (:meth:`RingOptions.size_ring`); :class:`RingBackend`, what
-  a backend declares from them;
+  width a session needs (:meth:`RingOptions.size_ring`) and, with it, what the
+  session's ``params_id`` binds of the DP noise share (:meth:`RingOptions.size_session`,
+  :class:`RingSizing`, :func:`noise_binding`); :class:`RingBackend`, what a backend
+  declares from them;
 * :class:`RingConfig`: the public per-session configuration every role holds, with
   the cheap header check every role runs before decoding a message and the client's
   fused encode-and-mask pass;
@@ -20,8 +22,11 @@ and have a holder decode the unmasked sum. What they share lives here, once:
 * :func:`kdf_context`, :func:`party_field`, :func:`ids_digest`: one builder for the
   byte strings that key derivations and signatures bind.
 
-Nothing here changes a byte on the wire: every helper reproduces what both backends
-computed before (see ``tests/vectors/masking``).
+Nothing here changes a byte on the wire of a session without DP noise: every helper
+reproduces what both backends computed before (see ``tests/vectors/masking`` and the
+pinned ``params_id`` values of ``tests/privagg/test_masking_noise_binding.py``). A
+session with a noise share binds it in ``params_id`` (#14), so its ``params_id`` (and
+with it every key derivation and transcript) differs from earlier releases'.
 """
 
 from __future__ import annotations
@@ -41,11 +46,11 @@ import numpy.typing as npt
 
 from privagg._rng import Rng
 from privagg.backends import _wire
-from privagg.backends._common import FinishedResult
-from privagg.backends._primitives import ecdh, x25519_key
+from privagg.backends._common import FinishedResult, noise_descriptor
+from privagg.backends._primitives import MASK_PRG, ecdh, x25519_key
 from privagg.backends._ringcode import centred, encode_to_ring
 from privagg.encoding import FixedPointEncoder, noise_headroom
-from privagg.envelope import Scheme, open_envelope
+from privagg.envelope import PayloadWriter, Scheme, open_envelope
 from privagg.errors import (
     ConfigurationError,
     DeserializationError,
@@ -53,6 +58,7 @@ from privagg.errors import (
     ParameterMismatchError,
     ProtocolError,
 )
+from privagg.keys import fingerprint
 from privagg.layout import FloatVector
 from privagg.protocols import NoiseShare, check_round_id
 
@@ -64,12 +70,14 @@ __all__ = [
     "RingConfig",
     "RingOptions",
     "RingSession",
+    "RingSizing",
     "check_client_update",
     "check_round_id",
     "decode_total",
     "ids_digest",
     "kdf_context",
     "log_dropped",
+    "noise_binding",
     "open_result",
     "party_field",
     "unreadable_reason",
@@ -194,6 +202,23 @@ class RingOptions:
         Raises:
             EncodingOverflowError: the sums would not fit the 64-bit ring.
         """
+        sizing = self.size_session(size, max_clients, max_weight, noise)
+        return sizing.encoder, sizing.ring_bits
+
+    def size_session(
+        self,
+        size: int,
+        max_clients: int,
+        max_weight: float,
+        noise: NoiseShare | None,
+    ) -> RingSizing:
+        """As :meth:`size_ring`, with what ``params_id`` binds of ``noise``
+        (:func:`noise_binding`): both backends build their ``params_id`` from it
+        (:meth:`RingSizing.params_id`).
+
+        Raises:
+            EncodingOverflowError: the sums would not fit the 64-bit ring.
+        """
         extra = noise_headroom(noise, max_clients, dim=size)
         encoder = FixedPointEncoder(
             self.bound * max_weight, self.scale_bits, noise_allowance=extra
@@ -203,7 +228,50 @@ class RingOptions:
             raise EncodingOverflowError(
                 f"sums need {need} bits, more than the 64-bit ring"
             )
-        return encoder, 32 if need <= 32 else 64
+        return RingSizing(
+            encoder, 32 if need <= 32 else 64, noise_binding(noise, extra)
+        )
+
+
+def noise_binding(noise: NoiseShare | None, headroom: float) -> tuple[bytes, ...]:
+    """The ``params_id`` parts that bind the clients' DP noise share (#14).
+
+    None without noise, so that a session without one keeps the ``params_id`` of
+    earlier releases byte for byte. With a share, one part: ``"noise"``, the share's
+    canonical descriptor (:func:`~privagg.backends._common.noise_descriptor`: its
+    type's qualified name and its ``stddev`` as an IEEE-754 double, the encoding CKKS
+    and Paillier bind) and its ``headroom`` for the session (``max_clients`` shares over
+    every coordinate; as CKKS binds it). Every part of a ``params_id`` is
+    length-prefixed (:func:`privagg.keys.fingerprint`), so a noised session's id is
+    never a noiseless one's: a role loaded with another share, or without the
+    aggregator's, computes another ``params_id`` and the first message it exchanges
+    is refused (:class:`~privagg.errors.ParameterMismatchError`).
+    """
+    if noise is None:
+        return ()
+    part = PayloadWriter().text("noise").blob(noise_descriptor(noise)).f64(headroom)
+    return (part.getvalue(),)
+
+
+@dataclass(frozen=True)
+class RingSizing:
+    """What a masking session derives from its options and its noise share.
+
+    Attributes:
+        encoder: the fixed-point encoder (value bound, scale, noise allowance).
+        ring_bits: the ring width, 32 or 64.
+        noise_parts: :func:`noise_binding` of the share (empty without noise).
+    """
+
+    encoder: FixedPointEncoder
+    ring_bits: int
+    noise_parts: tuple[bytes, ...]
+
+    def params_id(self, tag: bytes, public: bytes, layout_fingerprint: bytes) -> bytes:
+        """``fingerprint(tag, MASK_PRG, public, layout_fingerprint, *noise_parts)``:
+        the ``params_id`` of a masking backend (``tag``: ``b"secagg/v3"`` or
+        ``b"additive/v3"``; ``public``: its packed options and public keys)."""
+        return fingerprint(tag, MASK_PRG, public, layout_fingerprint, *self.noise_parts)
 
 
 class RingBackend:

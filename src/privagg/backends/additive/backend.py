@@ -16,7 +16,6 @@ from privagg.backends._masking import (
     check_round_id,
 )
 from privagg.backends._primitives import (
-    MASK_PRG,
     new_x25519,
     x25519_public,
 )
@@ -267,7 +266,8 @@ class AdditiveBackend(RingBackend):
                 f"min_contributions explicitly to accept fewer contributors)"
             )
         ring = self._ring
-        encoder, ring_bits = ring.size_ring(layout.size, max_clients, max_weight, noise)
+        sizing = ring.size_session(layout.size, max_clients, max_weight, noise)
+        encoder, ring_bits = sizing.encoder, sizing.ring_bits
         server_ids = self._server_ids()
         server_pks = tuple(public_keys[sid] for sid in server_ids)
         holder_pk = public_keys["holder"]
@@ -289,8 +289,10 @@ class AdditiveBackend(RingBackend):
         # per set of keys), its parties and roles are fixed by n_servers, and every key
         # it lists is in ``public``, so two directories that a backend accepts give two
         # params_ids (tests/privagg/test_directory_pinning.py). Binding its fingerprint
-        # again would add no input and change the v3 transcripts.
-        params_id = fingerprint(b"additive/v3", MASK_PRG, public, layout.fingerprint)
+        # again would add no input and change the v3 transcripts. The noise share is
+        # bound after these parts, only when there is one (#14): a session without
+        # noise keeps the params_id of earlier releases.
+        params_id = sizing.params_id(b"additive/v3", public, layout.fingerprint)
         cfg = _Config(
             params_id,
             layout.size,

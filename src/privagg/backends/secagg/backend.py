@@ -23,7 +23,6 @@ from privagg.backends._masking import (
     open_result,
 )
 from privagg.backends._primitives import (
-    MASK_PRG,
     ed25519_public,
     new_ed25519,
 )
@@ -53,7 +52,7 @@ from privagg.errors import (
     ProtocolError,
 )
 from privagg.identity import IdentityDirectory
-from privagg.keys import SecretBytes, fingerprint
+from privagg.keys import SecretBytes
 from privagg.layout import FloatVector, Layout
 from privagg.protocols import NoiseShare, Recovered, Responder, check_setup_args
 
@@ -403,7 +402,8 @@ class SecAggBackend(RingBackend):
     ) -> _Config:
         max_clients, max_weight = check_setup_args(max_clients, max_weight)
         ring = self._ring
-        encoder, ring_bits = ring.size_ring(layout.size, max_clients, max_weight, noise)
+        sizing = ring.size_session(layout.size, max_clients, max_weight, noise)
+        encoder, ring_bits = sizing.encoder, sizing.ring_bits
         public = (
             struct.pack(
                 ">dIBdIddIIBB",
@@ -422,7 +422,9 @@ class SecAggBackend(RingBackend):
             + struct.pack(">Q", max_clients)
             + nonce
         )
-        params_id = fingerprint(b"secagg/v3", MASK_PRG, public, layout.fingerprint)
+        # the noise share is bound after these parts, and only when there is one: a
+        # session without noise keeps the params_id of earlier releases (#14)
+        params_id = sizing.params_id(b"secagg/v3", public, layout.fingerprint)
         return _Config(
             params_id,
             layout.size,
@@ -535,20 +537,31 @@ class SecAggBackend(RingBackend):
         noise: NoiseShare | None = None,
     ) -> SecAggSession:
         """A session for one role (``"aggregator"``, ``"client"`` or ``"holder"``) built
-        from that role's material only (``noise``: as for :meth:`setup`; the material
-        was dealt without one, so a noise share that widens the ring is refused as a
-        parameter mismatch).
+        from that role's material only.
+
+        ``noise``: the clients' DP noise share, as for :meth:`setup`: every role must be
+        given the same one. The material is dealt without a share (key material never
+        depends on it) and is checked against the session's options without one; the
+        session's ``params_id`` then binds the share (#14), so a role given another
+        share than its peers' is refused at the first message they exchange.
 
         Raises:
             ParameterMismatchError: material dealt for other options or another layout.
             DeserializationError: malformed material.
         """
         nonce, directory, secret = _read_material(material)
-        cfg = self._config(layout, max_clients, max_weight, noise, nonce)
-        if not hmac.compare_digest(open_envelope(material)[0].params_id, cfg.params_id):
+        dealt = self._config(layout, max_clients, max_weight, None, nonce)
+        if not hmac.compare_digest(
+            open_envelope(material)[0].params_id, dealt.params_id
+        ):
             raise ParameterMismatchError(
                 "the material was dealt for other parameters or another layout"
             )
+        cfg = (
+            dealt
+            if noise is None
+            else self._config(layout, max_clients, max_weight, noise, nonce)
+        )
         return _role_session(
             cfg, layout, role, party_id, directory, secret, rng or SystemRng(), noise
         )
