@@ -54,16 +54,19 @@ backend; no pickle.
 **Distributed DP noise.** ``session_for_role(..., noise=share)`` gives the role the
 clients' :class:`~privagg.NoiseShare`, exactly as ``Backend.setup(noise=share)`` gives
 it to a one-process session: a client adds its share after encoding, before
-protection; every role sizes the ring (or slots, or CKKS headroom) for it, and the
-backends that bind it put it in ``params_id``. So *every* process of a session must be
-given the same share (none, or one with the same type and ``stddev``); a process given
-another one gets another ``params_id`` on CKKS and Paillier, and its messages are
-refused. SecAgg+ and additive only size their ring for the share (plain ignores it):
-there the share enters the session only through the ring width it sizes, so clients
-given a *smaller* share than the aggregator's (same ring) agree on ``params_id``, are
-not refused and add less noise (``tests/privagg/test_review_noise_distribution.py``); the caller must give every
-role the same share. The share is public configuration (a distribution and its scale), not a
-secret: only the clients draw from it. Key material never depends on it, so
+protection; every role sizes the ring (or slots, or CKKS headroom) for it, and CKKS,
+Paillier, SecAgg+ and additive bind it in ``params_id`` (its type, its ``stddev`` and
+its headroom). So *every* process of a session must be given the same share (none, or
+one with the same type and ``stddev``); a process given another one, or none where
+the others have one, gets another ``params_id``, and the first message it exchanges
+with the others is refused (:class:`~privagg.errors.ParameterMismatchError`;
+``tests/privagg/test_masking_noise_binding.py``, ``test_distribution_noise.py``).
+Plain ignores the share. A session without a share keeps the ``params_id`` of earlier
+releases. The binding is a header check between honest processes: on passive
+SecAgg+ a relay that rewrites every message's header between clients and aggregator
+is not detected (measured in ``test_masking_noise_binding.py``). The share is public
+configuration (a distribution and its scale), not a secret: only the clients draw
+from it. Key material never depends on it, so
 :func:`deal` and :func:`own_key` take none. A ``noise`` that is not a
 :class:`~privagg.NoiseShare` is a :class:`~privagg.errors.ConfigurationError`; a
 backend whose role loader takes no ``noise`` is refused with

@@ -16,8 +16,9 @@ The contract, per backend (one per dealing kind: plain ``NONE``, passive SecAgg+
 * a ``noise`` that is not a :class:`~privagg.NoiseShare` is a
   :class:`~privagg.ConfigurationError` for every role and kind.
 
-Then: where the backend binds the share in ``params_id`` (CKKS, Paillier), a role
-loaded without it is refused by the noised ones; a backend whose role loader takes no
+Then: where the backend binds the share in ``params_id`` (CKKS, Paillier here; SecAgg+
+and additive in ``test_masking_noise_binding.py``), a role loaded without it is
+refused by the noised ones; a backend whose role loader takes no
 ``noise`` still loads without one and refuses one (:class:`~privagg.UnsupportedError`).
 """
 

@@ -303,3 +303,66 @@ def test_a_relay_rewriting_every_header_measured(case: str) -> None:
     rec = run()
     got = float(np.std(rec.vector - sum(ups.values())))
     assert got < math.sqrt(len(IDS)) * SHARE.stddev / 10
+
+
+class _CustomShare:
+    """A third-party share without ``stddev``: only its type and headroom describe it."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+
+    def sample_encoded(self, n: int, *, scale: float, rng: Any) -> Any:
+        return np.zeros(n, dtype=np.int64)
+
+    def sample_real(self, n: int, *, rng: Any) -> Any:
+        return np.zeros(n)
+
+    def headroom(self, n_clients: int, *, dim: int, rounds: int) -> float:
+        return self.bound
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_share_without_stddev_is_bound_by_type_and_headroom(case: str) -> None:
+    """What the binding covers of a share without ``stddev``: its type (not the
+    built-in shares') and its headroom (1.0 and 2.0 fit the same ring here)."""
+    be = _backend(case)
+    one = LOADERS[case](be, _CustomShare(1.0))["aggregator"].params_id
+    again = LOADERS[case](be, _CustomShare(1.0))["aggregator"].params_id
+    two = LOADERS[case](be, _CustomShare(2.0))["aggregator"].params_id
+    dg = LOADERS[case](be, SHARE)["aggregator"].params_id
+    assert one == again
+    assert len({one, two, dg}) == 3
+
+
+def _dealt_secagg(be: Any, dealt: Any, noise: Any) -> Sessions:
+    """Every role of SecAgg+ from dealt material (``load_role``), with ``noise``."""
+    kw: dict[str, Any] = {"max_clients": len(IDS), "noise": noise}
+    out: Sessions = {
+        "aggregator": be.load_role(LAYOUT, "aggregator", None, dealt.aggregator, **kw),
+        "holder": be.load_role(LAYOUT, "holder", None, dealt.holder, **kw),
+    }
+    for c in IDS:
+        out[c] = be.load_role(LAYOUT, "client", c, dealt.clients[c], **kw)
+    return out
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_secagg_dealt_material_takes_the_share_at_load_time(active: bool) -> None:
+    """The material is dealt without a share and checked without one; the share is
+    bound in the loaded session. So a share that widens the ring (refused before the
+    binding, as the material's params_id changed with the ring) loads, and roles
+    loaded with different shares from the same material refuse each other."""
+    be = privagg.get_backend("secagg", active=active)
+    dealt = be.deal(LAYOUT, IDS, max_clients=len(IDS))
+    bare = _dealt_secagg(be, dealt, None)
+    noised = _dealt_secagg(be, dealt, SHARE)
+    wide = _dealt_secagg(be, dealt, DiscreteGaussianShare(1e5))
+    for s in (bare, noised, wide):
+        assert len({s[p].params_id for p in s}) == 1
+    assert len({bare["holder"].params_id, noised["holder"].params_id}) == 2
+    assert (bare["holder"]._cfg.ring_bits, wide["holder"]._cfg.ring_bits) == (32, 64)
+    rec = _round(noised, _updates())  # the same share everywhere: a round
+    assert rec.contributors == tuple(IDS)
+    mixed = {**_dealt_secagg(be, dealt, SHARE), **{c: bare[c] for c in IDS}}
+    with pytest.raises(privagg.ParameterMismatchError):
+        _round(mixed, _updates())
