@@ -236,7 +236,7 @@ class RingOptions:
 def noise_binding(noise: NoiseShare | None, headroom: float) -> tuple[bytes, ...]:
     """The ``params_id`` parts that bind the clients' DP noise share (#14).
 
-    None without noise, so that a session without one keeps the ``params_id`` of
+    No part without noise, so that a session without one keeps the ``params_id`` of
     earlier releases byte for byte. With a share, one part: ``"noise"``, the share's
     canonical descriptor (:func:`~privagg.backends._common.noise_descriptor`: its
     type's qualified name and its ``stddev`` as an IEEE-754 double, the encoding CKKS
