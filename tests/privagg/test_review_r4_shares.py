@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -63,13 +63,24 @@ def _lagrange_at(xs: list[int], ys: list[int], x: int, prime: int = P) -> int:
     return acc
 
 
-def _bump(roots: list[int], x: int, prime: int = P) -> int:
+def _bump(roots: Sequence[int], x: int, prime: int = P) -> int:
     """g(x) for the polynomial g of degree len(roots) with g(0) = 1 vanishing on
     ``roots``."""
     v = 1
     for r in roots:
         v = v * (x - r) % prime * pow(-r, -1, prime) % prime
     return v
+
+
+def _moved(
+    f: Mapping[int, int], liars: Sequence[int], roots: Sequence[int], delta: int
+) -> dict[int, int]:
+    """The shares with each liar moved onto f + delta*g (g as in :func:`_bump`): the
+    liars only need their own shares and the public x's."""
+    pts = dict(f)
+    for x in liars:
+        pts[x] = (f[x] + delta * _bump(roots, x)) % P
+    return pts
 
 
 def _clamp_delta(secret: int) -> int:
@@ -179,9 +190,7 @@ def test_decode_names_exactly_the_liars_within_the_bound_despite_clamping() -> N
     liars = xs[:bound]  # x = 1, 2, 3: the first one is in the head
     roots = xs[bound : bound + t - 1]  # honest x = 4, 5: p agrees with them
     delta = _clamp_delta(int.from_bytes(key, "big"))
-    pts = dict(f)
-    for x in liars:  # each liar only needs its own share and the public x's
-        pts[x] = (f[x] + delta * _bump(roots, x)) % P
+    pts = _moved(f, liars, roots, delta)
     got = _shamir.decode(pts, t, lambda raw: x25519_public(x25519_key(raw)) == spk)
     assert got is not None
     assert got[1] == frozenset(liars)
@@ -244,9 +253,7 @@ def test_t_minus_one_colluders_cannot_move_a_checked_key_without_a_guess() -> No
     f = _shamir.share(key, xs, t, DeterministicRng(6))
     for liars in itertools.combinations(xs, t - 1):
         roots = [x for x in xs if x not in liars][: t - 1]
-        pts = dict(f)
-        for x in liars:
-            pts[x] = (f[x] + (1 << 100) * _bump(roots, x)) % P
+        pts = _moved(f, liars, roots, (1 << 100))
         got = _shamir.decode(pts, t, lambda raw: x25519_public(x25519_key(raw)) == spk)
         assert got is not None and got[0] == key
         assert got[1] == frozenset(liars)  # 3 <= bound (m - t = 5: 3)
@@ -266,9 +273,7 @@ def test_a_majority_on_a_non_clamped_key_never_passes_the_check() -> None:
     for e in range(1, m - t + 2):
         liars = xs[-e:] if e % 2 else xs[:e]
         roots = [x for x in xs if x not in liars][: t - 1]
-        pts = dict(f)
-        for x in liars:
-            pts[x] = (f[x] + (1 << 200) * _bump(roots, x)) % P
+        pts = _moved(f, liars, roots, (1 << 200))
         got = _shamir.decode(pts, t, lambda raw: x25519_public(x25519_key(raw)) == spk)
         if e <= bound:
             assert got == (key, frozenset(liars))
@@ -322,9 +327,7 @@ def test_colluders_beyond_the_bound_do_not_frame_honest_self_mask_holders() -> N
     e = _self_mask_colluders(m, t)
     assert e == _shamir.max_wrong_shares(m, t, checked=False) + 1 == 3 < t
     liars, roots = xs[:e], xs[e : e + t - 1]
-    pts = dict(f)
-    for x in liars:
-        pts[x] = (f[x] + 12345 * _bump(roots, x)) % P
+    pts = _moved(f, liars, roots, 12345)
     got = _shamir.decode(pts, t)
     # secure: no answer (abort) rather than a wrong seed with honest holders named
     assert got is None or not (got[1] - set(liars))
@@ -339,9 +342,7 @@ def test_colluders_beyond_the_bound_get_a_wrong_self_mask_seed_accepted() -> Non
     seed = bytes(range(50, 82))
     f = _shamir.share(seed, xs, t, DeterministicRng(8))
     liars, roots = xs[:3], xs[3:8]
-    pts = dict(f)
-    for x in liars:
-        pts[x] = (f[x] + 12345 * _bump(roots, x)) % P
+    pts = _moved(f, liars, roots, 12345)
     got = _shamir.decode(pts, t)
     assert got is not None
     assert int.from_bytes(got[0], "big") == int.from_bytes(seed, "big") + 12345
@@ -357,9 +358,7 @@ def test_one_fewer_colluder_on_a_self_mask_seed_is_corrected() -> None:
     f = _shamir.share(seed, xs, t, DeterministicRng(8))
     for liars in itertools.combinations(xs, 2):
         roots = [x for x in xs if x not in liars][: t - 1]
-        pts = dict(f)
-        for x in liars:
-            pts[x] = (f[x] + 12345 * _bump(roots, x)) % P
+        pts = _moved(f, liars, roots, 12345)
         assert _shamir.decode(pts, t) == (seed, frozenset(liars))
 
 
