@@ -80,12 +80,14 @@ hardening: setup
 # so not part of `make hardening`.
 HARDENING_MEMORY_VALUES ?= 100000000
 HARDENING_MEMORY_BACKENDS ?= plain secagg additive ckks paillier
+HARDENING_MEMORY_ROLES ?= client,aggregator,holder
 
 hardening-memory: setup
 	@mkdir -p $(HARDENING_OUT)
 	@for b in $(HARDENING_MEMORY_BACKENDS); do echo "== memory $$b"; \
 	  OMP_NUM_THREADS=1 $(BIN)/python benchmarks/memory.py --values $(HARDENING_MEMORY_VALUES) \
-	    --backends $$b > $(HARDENING_OUT)/memory-$$b.txt || exit 1; done
+	    --backends $$b --roles $(HARDENING_MEMORY_ROLES) > $(HARDENING_OUT)/memory-$$b.txt 2>&1 \
+	    || { tail -20 $(HARDENING_OUT)/memory-$$b.txt; exit 1; }; done
 	$(BIN)/python scripts/hardening_table.py memory \
 	  $(foreach b,$(HARDENING_MEMORY_BACKENDS),$(HARDENING_OUT)/memory-$(b).txt) --doc docs/hardening.md
 

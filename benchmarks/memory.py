@@ -22,6 +22,15 @@ public key, about 38 MB at 3072 bits) is measured apart, as ``setup_extra`` per 
 
     python benchmarks/memory.py --values 100000000 --backends plain,secagg,ckks
     python benchmarks/memory.py --quick          # 1e6 values
+    python benchmarks/memory.py --backends paillier --roles client,aggregator
+
+``--roles`` measures only the roles named (a dealt backend's roles run in order, so
+``client,aggregator`` stops before the holder: a Paillier holder at 1e8 values needs
+about 2 CPU-hours of CRT decryption); a role not measured is absent from the JSON.
+Every role's figure is also printed to stderr as soon as it is measured
+(``<backend> <role>[ <party>]: <s> s, ['<json>']``): ``scripts/hardening_table.py
+memory`` reads those lines too, so a run stopped early still gives the roles it
+finished.
 
 The last line is JSON with every figure.
 """
@@ -77,6 +86,7 @@ def measured(fn: Callable[[], T]) -> tuple[T, int]:
 
 
 DEALT = ("plain", "ckks", "paillier")
+ROLES = ("client", "aggregator", "holder")
 
 
 def _layout(n: int) -> privagg.Layout:
@@ -138,8 +148,10 @@ def child(role: str, backend: str, n: int, work: Path, party: str | None) -> Non
     print(json.dumps({"peak_extra": extra, "data": data}))
 
 
-def dealt_round(backend: str, n: int) -> dict[str, Any]:
-    """Each role of a dealt backend in a fresh process (see the module docstring)."""
+def dealt_round(backend: str, n: int, roles: tuple[str, ...] = ROLES) -> dict[str, Any]:
+    """Each role of a dealt backend in a fresh process (see the module docstring);
+    only ``roles`` are measured (the ones before the last of them still run: the
+    aggregator needs the clients' messages)."""
     from privagg.distribution import deal
 
     ids = ["c0", "c1"]
@@ -157,8 +169,11 @@ def dealt_round(backend: str, n: int) -> dict[str, Any]:
         for c, req in agg.start().items():
             (work / f"request-{c}.bin").write_bytes(req)
         t0 = time.perf_counter()
-        roles = [("client", c) for c in ids] + [("aggregator", None), ("holder", None)]
-        for role, party in roles:
+        plan = [("client", c) for c in ids] + [("aggregator", None), ("holder", None)]
+        last = max(ROLES.index(r) for r in roles)
+        for role, party in plan:
+            if ROLES.index(role) > last:
+                break
             cmd = [
                 sys.executable,
                 __file__,
@@ -196,7 +211,10 @@ def dealt_round(backend: str, n: int) -> dict[str, Any]:
             prev = out.get(role, {"peak_extra": 0, "data": 0})
             out[role] = {k: max(prev[k], fig[k]) for k in ("peak_extra", "data")}
         out["seconds"] = time.perf_counter() - t0
-    for r in ("client", "aggregator", "holder"):
+    for r in ROLES:
+        if r not in roles:
+            out.pop(r, None)
+            continue
         d = out[r]["data"]
         out[r]["ratio"] = out[r]["peak_extra"] / d if d else None
     return out
@@ -264,6 +282,11 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--values", type=int, default=100_000_000)
     p.add_argument("--backends", default="plain,secagg,additive,ckks")
+    p.add_argument(
+        "--roles",
+        default=",".join(ROLES),
+        help="roles to measure, comma-separated (dealt backends: stops after the last)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     p.add_argument("--party", default=None, help=argparse.SUPPRESS)
@@ -272,24 +295,33 @@ def main() -> None:
     if a.child:
         child(a.child, a.backends, n, Path(a.work), a.party)
         return
+    print(f"# values: {n}", file=sys.stderr, flush=True)  # for a run stopped early
     figures: dict[str, Any] = {
         "values": n,
         "backends": {},
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "cpus": os.cpu_count(),
     }
+    roles = tuple(r for r in ROLES if r in a.roles.split(","))
+    if not roles or set(a.roles.split(",")) - set(ROLES):
+        p.error(f"--roles: a comma-separated subset of {','.join(ROLES)}")
     for b in a.backends.split(","):
         if b not in privagg.available_backends():
             continue
-        row = dealt_round(b, n) if b in DEALT else one_round(b, n)
+        if b in DEALT:
+            row = dealt_round(b, n, roles)
+        else:  # every role runs in one process: keep only the roles asked for
+            row = {
+                k: v for k, v in one_round(b, n).items() if k not in ROLES or k in roles
+            }
         figures["backends"][b] = row
         print(
             f"{b}: "
             + ", ".join(
                 f"{r} {row[r]['peak_extra'] / 2**20:.0f} MiB "
                 f"(x{row[r]['ratio']:.2f} of {row[r]['data'] / 2**20:.0f} MiB)"
-                for r in ("client", "aggregator", "holder")
-                if row[r]["ratio"] is not None
+                for r in ROLES
+                if r in row and row[r]["ratio"] is not None
             ),
             flush=True,
         )

@@ -157,13 +157,26 @@ def write_doc(doc: Path, table: str, start: str = START, end: str = END) -> None
     doc.write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
 
 
+_PROGRESS = re.compile(
+    r"(?P<backend>[a-z]+) (?P<role>client|aggregator|holder)(?: (?P<party>\S+))?: "
+    r"(?P<seconds>\d+) s, \['(?P<json>\{.*\})'\]"
+)
+
+
 def read_memory(path: Path) -> dict[str, Any]:
-    """The closing JSON line of one ``benchmarks/memory.py`` output.
+    """The closing JSON line of one ``benchmarks/memory.py`` output, or, for a run
+    stopped early (no closing line), the per-role progress lines it printed to
+    stderr (``<backend> <role>[ <party>]: <s> s, ['<json>']``): then only the roles
+    that finished are in the record, and ``values`` must follow ``--values`` in a
+    ``# values: N`` line of the file (the progress lines do not carry it).
 
     Raises:
-        SystemExit: the file has no ``"benchmark": "memory"`` JSON line.
+        SystemExit: the file has neither a ``"benchmark": "memory"`` JSON line nor
+            progress lines with a ``# values:`` line.
     """
-    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+    text = path.read_text(encoding="utf-8")
+    mtime = time.gmtime(path.stat().st_mtime)
+    for line in reversed(text.splitlines()):
         line = line.strip()
         if not line.startswith("{"):
             continue
@@ -173,9 +186,26 @@ def read_memory(path: Path) -> dict[str, Any]:
             continue
         if isinstance(record, dict) and record.get("benchmark") == "memory":
             # outputs of before the script recorded its date: the file's own date
-            mtime = time.gmtime(path.stat().st_mtime)
             record.setdefault("date", time.strftime("%Y-%m-%d", mtime))
             return record
+    values = re.search(r"^# values: (\d+)$", text, re.MULTILINE)
+    backends: dict[str, dict[str, Any]] = {}
+    for m in _PROGRESS.finditer(text):
+        fig = json.loads(m["json"])
+        row = backends.setdefault(
+            m["backend"],
+            {"partial": True, "seconds": 0.0, "isolation": "one process per role"},
+        )
+        row["seconds"] += float(m["seconds"])
+        prev = row.get(m["role"], {"peak_extra": 0, "data": 0})
+        row[m["role"]] = {k: max(prev[k], int(fig[k])) for k in ("peak_extra", "data")}
+    if backends and values:
+        return {
+            "benchmark": "memory",
+            "values": int(values[1]),
+            "backends": backends,
+            "date": time.strftime("%Y-%m-%d", mtime),
+        }
     raise SystemExit(f"{path}: no memory benchmark JSON line")
 
 
@@ -214,6 +244,9 @@ def render_memory(rows: dict[str, dict[str, Any]]) -> str:
         fig = rows[b]
         cells = []
         for role in _ROLES:
+            if role not in fig:
+                cells.append("not measured")
+                continue
             r = fig[role]
             ratio = r["peak_extra"] / r["data"] if r["data"] else 0.0
             worst = max(worst, ratio)
@@ -224,7 +257,9 @@ def render_memory(rows: dict[str, dict[str, Any]]) -> str:
         out.append(
             f"| {_MEMORY_NAMES.get(b, b)} | {values:.0e} | "
             + " | ".join(cells)
-            + f" | {fig.get('seconds', 0):,.0f} s | {fig['date']}"
+            + f" | {fig.get('seconds', 0):,.0f} s"
+            + (" (stopped early)" if fig.get("partial") else "")
+            + f" | {fig['date']}"
             + (f", {fig['cpus']} cores |" if fig.get("cpus") else " |")
         )
     verdict = "met" if worst <= MEMORY_TARGET else "**missed**"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -115,3 +116,72 @@ def test_memory_outputs_without_the_json_line_are_refused(tmp_path: Path) -> Non
     f.write_text('plain: client 1 MiB\n{"benchmark": "secagg"}\n{not json\n')
     with pytest.raises(SystemExit, match="no memory benchmark JSON line"):
         ht.read_memory(f)
+
+
+def test_memory_table_from_a_run_stopped_early(tmp_path: Path) -> None:
+    """A dealt-backend run stopped before its holder (no closing JSON line): the
+    table takes the roles its stderr progress lines report, says the holder was not
+    measured and that the round was stopped early."""
+    ht = _script()
+    log = tmp_path / "memory-paillier.txt"
+    log.write_text(
+        "# values: 100000000\n"
+        'paillier client c0: 2238 s, [\'{"peak_extra": 157286400, "data": 104857600}\']\n'
+        'paillier client c1: 2100 s, [\'{"peak_extra": 167772160, "data": 104857600}\']\n'
+        'paillier aggregator: 90 s, [\'{"peak_extra": 104857600, "data": 209715200}\']\n'
+    )
+    rec = ht.read_memory(log)
+    row = rec["backends"]["paillier"]
+    assert rec["values"] == 10**8 and row["partial"] and "holder" not in row
+    assert row["client"] == {"peak_extra": 167772160, "data": 104857600}
+    assert row["seconds"] == 2238 + 2100 + 90
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{ht.MEMORY_START}\n{ht.MEMORY_END}\n")
+    assert ht.main(["memory", str(log), "--doc", str(doc)]) == 0
+    line = next(
+        ln for ln in doc.read_text().splitlines() if ln.startswith("| Paillier")
+    )
+    assert "160 / 100 MiB (**1.60x**)" in line and "100 / 200 MiB (**0.50x**)" in line
+    assert "not measured" in line and "(stopped early)" in line
+
+
+def test_memory_progress_without_values_is_refused(tmp_path: Path) -> None:
+    ht = _script()
+    log = tmp_path / "memory.txt"
+    log.write_text('paillier client c0: 1 s, [\'{"peak_extra": 1, "data": 1}\']\n')
+    with pytest.raises(SystemExit, match="no memory benchmark"):
+        ht.read_memory(log)
+
+
+def test_memory_benchmark_measures_only_the_roles_asked_for(tmp_path: Path) -> None:
+    """``benchmarks/memory.py --roles client,aggregator`` on a dealt backend stops
+    before the holder: its JSON has no holder figure, and the stderr progress lines
+    give the same figures (what a run stopped early leaves)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "memory.py"),
+            "--values",
+            "2000",
+            "--backends",
+            "plain",
+            "--roles",
+            "client,aggregator",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    row = rec["backends"]["plain"]
+    assert {"client", "aggregator"} <= set(row) and "holder" not in row
+    assert "plain holder" not in out.stderr and "plain aggregator" in out.stderr
+    log = tmp_path / "stderr.txt"
+    log.write_text(out.stderr)
+    partial = _script().read_memory(log)
+    assert partial["values"] == 2000
+    assert partial["backends"]["plain"]["aggregator"] == {
+        k: row["aggregator"][k] for k in ("peak_extra", "data")
+    }
