@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol, runtime_checkable
 
 from privagg._pin import check_pin, parse_pin
-from privagg.encoding import _accepts
+from privagg._signature import accepts_keyword
 from privagg.envelope import open_envelope
 from privagg.errors import (
     ConfigurationError,
@@ -509,7 +509,7 @@ def _noise_kw(
     check_noise_share(noise)
     if noise is None:
         return {}
-    if not callable(loader) or not _accepts(loader, "noise"):
+    if not callable(loader) or not accepts_keyword(loader, "noise"):
         raise UnsupportedError(
             f"backend {backend.name!r} cannot load a role with a DP noise share "
             "(its role loader takes no noise=): refusing to run without the noise",

@@ -26,7 +26,6 @@ failure probability and in practice far below it.
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg._rng import Rng, SystemRng, uniform01
+from privagg._signature import accepts_keyword
 from privagg.errors import ConfigurationError, EncodingOverflowError
 
 if TYPE_CHECKING:
@@ -58,23 +58,6 @@ HEADROOM_ROUNDS: Final = 1 << 20
 """Rounds a session's noise headroom covers by default: the union bound runs over
 ``dim * HEADROOM_ROUNDS`` coordinates: ``B`` grows by ``sqrt(1 + 20 ln 2 / ln(2 dim / p))``,
 at most 0.3 bits (``dim = 1``), 0.19 bits at ``dim = 10^8``."""
-
-
-def _accepts(fn: Callable[..., object], name: str) -> bool:
-    """Whether ``fn`` takes keyword argument ``name`` (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (
-            p.name == name
-            and p.kind
-            in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        )
-        for p in params
-    )
 
 
 def noise_headroom(
@@ -117,9 +100,9 @@ def noise_headroom(
     if noise is None or dim == 0 or rounds == 0:
         return 0.0  # nothing to bound (an empty layout has no coordinate to overflow)
     fn: Callable[..., float] = noise.headroom
-    if _accepts(fn, "dim") and _accepts(fn, "rounds"):
+    if accepts_keyword(fn, "dim") and accepts_keyword(fn, "rounds"):
         h = fn(n_clients, dim=dim, rounds=rounds)
-    elif _accepts(fn, "dim"):
+    elif accepts_keyword(fn, "dim"):
         h = fn(n_clients, dim=dim * rounds)
     else:
         warnings.warn(
