@@ -8,10 +8,12 @@ its severity ("open (review r4, SEVERITY)"). Fake Grid only, no SuperLink proces
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from flwr.app import Message
 from test_flower_dp_floors import NODE, _check, _record_cfg
@@ -41,7 +43,8 @@ from fedtrain.flower.holder_auth import (
     verify_recovery,
 )
 from fedtrain.flower.policy import ClientPolicy, DPFloors
-from fedtrain.flower.transport import Envelope, Op, pack, unpack
+from fedtrain.flower.transport import Envelope, Op, pack, recovery_check, unpack
+from privagg import Layout
 from privagg.backends.secagg import _context as secagg_context
 from privagg.backends.secagg import client as secagg_client
 
@@ -482,3 +485,38 @@ def test_r4_recovery_message_out_of_range_round_id_is_typed(round_id: int) -> No
     """ATTACK (huge values): a round id that does not fit the signed frame."""
     with pytest.raises(privagg.PrivaggError):
         recovery_message(b"\x00" * 32, round_id, "ab" * 32)
+
+
+def test_r4_the_holders_hello_reply_replayed_as_its_recovery_reply_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ATTACK (cross-message replay over the wire): the holder's own signed hello
+    reply, relabelled as the recovery reply of round r (op, round and party set as
+    the ServerApp expects, hello signature as the recovery signature): refused,
+    nothing applied."""
+    grid, settings = _setup(tmp_path)
+    real = client_app.privagg_query
+    hello: list[Envelope] = []
+
+    def fake(env: Envelope, msg: Message) -> Message | None:
+        if env.op == Op.HELLO:
+            out = real(msg, grid.contexts[HOLDER])
+            hello.append(unpack(out.content))
+            return out
+        if env.op == Op.RECOVER:
+            n = Layout.from_bytes(bytes.fromhex(env.meta["layout"])).size
+            vec = np.full(n, 1000.0, dtype="<f8").tobytes()
+            text = json.dumps(["client-0"])
+            check = recovery_check(env.round_id, env.payload, vec, text)
+            meta = dict(hello[0].meta, contributors=text, check=check)
+            meta["signature"] = hello[0].meta["holder-signature"]
+            reply = Envelope(Op.RECOVER, env.round_id, "holder", vec, meta)
+            return Message(pack(reply), reply_to=msg)
+        return None
+
+    fake_node(monkeypatch, HOLDER, fake)
+    task = _Recording()
+    with pytest.raises(FlowerProtocolError, match="not signed by the pinned"):
+        server_app.run(grid, settings, task)
+    assert hello and hello[0].meta["holder-signature"]
+    assert task.applied == []
