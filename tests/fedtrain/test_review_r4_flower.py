@@ -287,11 +287,6 @@ def _holder_reply(
     return info.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r4, LOW): _recover_remote puts the holder reply's "
-    "node-chosen party text (any length) into the exception message",
-)
 def test_r4_holder_reply_party_text_is_not_in_the_exception(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,11 +297,6 @@ def test_r4_holder_reply_party_text_is_not_in_the_exception(
     assert SECRET not in str(exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r4, LOW): a holder node's error reason is quoted into the "
-    "FlowerProtocolError text (node-supplied bytes in exception text)",
-)
 def test_r4_holder_error_reason_is_not_in_the_exception(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -452,14 +442,6 @@ def test_r4_the_floor_check_runs_before_any_noise_share_or_training(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r4, MEDIUM): fedtrain-min-dp-clients bounds only the run "
-    "config's min_clients (the noise sizing); a node still joins a SecAgg+ round with "
-    "fewer participants (privagg-min-participants defaults to 1), so a malicious "
-    "ServerApp gets a sum of 1 update noised for min_clients contributors "
-    "(noise std z C / sqrt(min_clients) instead of z C)",
-)
 def test_r4_min_dp_clients_refuses_a_round_with_fewer_participants() -> None:
     """ATTACK (sampling): the run config sizes the noise for ``min_clients = 3`` (at
     the node's floor ``fedtrain-min-dp-clients = 3``) but the ServerApp's SecAgg+ setup
@@ -475,12 +457,6 @@ def test_r4_min_dp_clients_refuses_a_round_with_fewer_participants() -> None:
 
 
 @pytest.mark.parametrize("round_id", [2**63, -(2**63) - 1, 2**64])
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r4, LOW): holder_auth.recovery_message raises an untyped "
-    "OverflowError for a round id outside int64 (Flower records carry int64 and the "
-    "ServerApp's ids are < 2**62, so reachable only through the public function)",
-)
 def test_r4_recovery_message_out_of_range_round_id_is_typed(round_id: int) -> None:
     """ATTACK (huge values): a round id that does not fit the signed frame."""
     with pytest.raises(privagg.PrivaggError):

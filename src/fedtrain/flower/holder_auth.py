@@ -101,7 +101,13 @@ def hello_message(challenge: bytes, party: str) -> bytes:
 def recovery_message(challenge: bytes, round_id: int, check: str) -> bytes:
     """What the holder signs with a recovery reply: the run's challenge, the round id
     and the reply's :func:`~fedtrain.flower.transport.recovery_check` (which covers
-    the round id, the aggregate, the vector and the contributor list)."""
+    the round id, the aggregate, the vector and the contributor list).
+
+    Raises:
+        FlowerProtocolError: a round id outside the signed 64-bit range.
+    """
+    if isinstance(round_id, bool) or not -(2**63) <= int(round_id) < 2**63:
+        raise FlowerProtocolError("the round id does not fit a signed 64-bit integer")
     return _frame(
         _RECOVER_CONTEXT,
         _challenge(challenge),

@@ -529,6 +529,14 @@ class ClientPolicy:
                 f"the round has {n} participants, fewer than this client's minimum "
                 f"{self.min_participants} (node config 'privagg-min-participants')"
             )
+        dp_floor = self.dp.min_dp_clients
+        if dp_floor is not None and n < dp_floor:
+            # the noise share is sized for >= dp_floor contributors: a round with
+            # fewer would release a sum with less noise than the node's floor
+            raise PolicyError(
+                f"the round has {n} participants, fewer than this node's DP floor "
+                f"{dp_floor} (node config 'fedtrain-min-dp-clients')"
+            )
         floor_t = min(self.min_threshold, max(n - 1, 1))
         floor_k = min(self.min_degree, max(n - 1, 1))
         if req.threshold < floor_t:

@@ -345,13 +345,20 @@ def _recover_remote(
     if not replies:
         raise FlowerProtocolError("the result holder did not answer")
     if replies[0].has_error():
-        reason = str(replies[0].error.reason)  # the node's text: quoted, one line
-        raise FlowerProtocolError(f"the result holder failed: {reason!r}")
+        # the node's text goes to the log (quoted, one line), never into the error
+        log.warning(
+            "the result holder failed round %d: %r",
+            round_id,
+            str(replies[0].error.reason)[:200],
+        )
+        raise FlowerProtocolError(
+            f"the result holder failed round {round_id} (its reason is in the log)"
+        )
     env = unpack(replies[0].content)
     if env.op != Op.RECOVER or env.round_id != round_id or env.party != "holder":
         raise FlowerProtocolError(
-            f"the result holder answered {str(env.op)!r} for round {env.round_id} "
-            f"as {env.party!r}, not the recovery of round {round_id} as 'holder'"
+            f"the result holder's reply is not the recovery of round {round_id} as "
+            "'holder' (another operation, round or party)"
         )
     if len(env.payload) != 8 * size:
         raise FlowerProtocolError(
