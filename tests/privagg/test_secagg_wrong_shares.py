@@ -3,9 +3,9 @@
 A survivor may answer the unmask request with well-formed but wrong Shamir shares. The
 aggregator decodes each secret's shares as a Reed-Solomon codeword
 (:func:`privagg.backends._shamir.decode`): a dropped client's mask key is checked
-against its advertised public key and up to ``(m - t + 1) // 2`` of its ``m`` shares may
-be wrong; a survivor's self-mask seed has no check and up to ``(m - t) // 2`` may be
-wrong. Within the bound the sum is exact and the liars are named
+against its advertised public key (in clamped form, SecAgg+ v4) and a survivor's
+self-mask seed against the commitment it advertised (v4); up to ``(m - t + 1) // 2`` of
+a secret's ``m`` shares may be wrong. Within the bound the sum is exact and the liars are named
 (``rejection_reasons``); beyond it the round aborts (``ProtocolError``), except the
 limits pinned at the end.
 
@@ -26,11 +26,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from privagg import ConfigurationError, EncodingOverflowError, ProtocolError
+from privagg import ConfigurationError, ProtocolError
 from privagg.backends import _shamir
-from privagg.backends._primitives import x25519_key, x25519_public
+from privagg.backends._primitives import clamp_x25519, x25519_key, x25519_public
 from privagg.backends.secagg import messages as sm
-from privagg.backends.secagg.aggregator import SecAggAggregator
+from privagg.backends.secagg.aggregator import SecAggAggregator, mask_key_check
 from privagg.hazmat import DeterministicRng
 from tests.privagg.test_review_aborted_round import _assert_aborted
 from tests.privagg.test_review_aborted_round import _Round as _Round5
@@ -55,7 +55,7 @@ def _offset(holder: str, owner: str) -> int:
 
 
 def _bound(owner: str, m: int) -> int:
-    return _shamir.max_wrong_shares(m, T, checked=owner in DROPPED)
+    return _shamir.max_wrong_shares(m, T, checked=True)  # both secrets checked (v4)
 
 
 T = 3
@@ -298,37 +298,43 @@ def _half(owner: str, m: int) -> int:
     return (m - T) // 2
 
 
-def _half_plus_one(owner: str, m: int) -> int:
-    return (m - T) // 2 + 1
+def _bound_plus_one(owner: str, m: int) -> int:
+    return _bound(owner, m) + 1
 
 
 @pytest.mark.parametrize("active", [False, True])
-def test_wrong_self_mask_shares_within_the_bound_are_corrected(active: bool) -> None:
-    """Survivor c00's self-mask seed: (m - t) // 2 of its holders lie, with no check:
-    unique decoding still gives the seed, the sum is exact, the liars are named."""
-    r, liars, res = _run(active, {"c00": _first(_half, "c00")})
+@pytest.mark.parametrize("k", [_half, _bound])
+def test_wrong_self_mask_shares_within_the_bound_are_corrected(
+    active: bool, k: Callable[[str, int], int]
+) -> None:
+    """Survivor c00's self-mask seed: (m - t) // 2 of its holders lie (unique
+    decoding), or the checked bound (m - t + 1) // 2 (since v4 the seed is checked
+    against its commitment): the seed is recovered, the sum is exact, the liars are
+    named."""
+    r, liars, res = _run(active, {"c00": _first(k, "c00")})
     r.assert_exact(res)
     assert liars.chosen["c00"]
     assert r.agg.rejection_reasons == liars.named("wrong self-mask share")
 
 
 def test_wrong_self_mask_shares_beyond_the_bound_abort() -> None:
-    """One more liar than (m - t) // 2 for c00's self-mask seed (shares on no common
-    polynomial): the round aborts (ProtocolError) instead of a silently wrong sum."""
+    """One more liar than the checked bound for c00's self-mask seed (shares on no
+    common polynomial): the round aborts (ProtocolError) instead of a silently wrong
+    sum. (Before v4 the bound was (m - t) // 2, one less when m - t is odd.)"""
     r = _Round(N, False)
     with pytest.raises(ProtocolError, match="self-mask seed do not decode"):
-        r.run(_Liars(_last(False), {"c00": _first(_half_plus_one, "c00")}))
+        r.run(_Liars(_last(False), {"c00": _first(_bound_plus_one, "c00")}))
     _assert_aborted(r.agg, ProtocolError)
 
 
-def test_open_a_wrong_self_mask_share_without_surplus_is_not_caught() -> None:
-    """Documented as open: 5 clients (t = 3), c04 silent from the masking stage, so each
-    survivor's self-mask seed has exactly t = 3 holders. c00 adds 1 to its share of
-    c01's seed: the aggregator cannot tell (it finishes, reports nobody); the sum it
-    hands out carries a wrong mask, which the holder's range check refuses here
-    (EncodingOverflowError: a pseudo-random vector outside the sum's range). The
-    round is spoiled, not silently wrong, unless every coordinate happens to land in
-    range."""
+def test_a_wrong_self_mask_share_without_surplus_aborts() -> None:
+    """5 clients (t = 3), c04 silent from the masking stage, so each survivor's
+    self-mask seed has exactly t = 3 holders. c00 adds 1 to its share of c01's seed.
+    Before v4 the aggregator could not tell (it finished, reported nobody, and handed
+    out a sum with a wrong mask); now the seed fails c01's commitment and, with no
+    surplus share to correct from, the round aborts (ProtocolError): never a wrong
+    seed accepted. (This test was the pinned open limit; its outcome changed with the
+    commitment.)"""
     r = _Round5("secagg-passive")
     r.start()
     r.step(r.replies())
@@ -349,21 +355,28 @@ def test_open_a_wrong_self_mask_share_without_surplus_is_not_caught() -> None:
         return _shamir.encode_share((_shamir.decode_share(sh) + 1) % _shamir.PRIME)
 
     batch["c00"] = _forge_shares(batch["c00"], plus_one)
-    r.step(batch)
-    assert r.agg.done
-    assert isinstance(r.agg, SecAggAggregator) and r.agg.rejection_reasons == {}
-    with pytest.raises(EncodingOverflowError):
-        r.session.holder().recover(r.agg.result())
+    with pytest.raises(ProtocolError, match="self-mask seed do not decode"):
+        r.step(batch)
+    assert isinstance(r.agg, SecAggAggregator)
+    _assert_aborted(r.agg, ProtocolError)
 
 
-def test_the_key_check_cannot_tell_keys_equal_up_to_clamping() -> None:
-    """The caveat the docs state: an X25519 private key with its clamped bits changed
-    gives the same public key, so the mask-key check accepts it (the same ECDH
-    results: the masks still cancel). Crafting one needs the key itself."""
-    raw = bytes(range(40, 72))
-    other = bytes([raw[0] ^ 0x07]) + raw[1:31] + bytes([raw[31] ^ 0x80])
-    assert other != raw
-    assert x25519_public(x25519_key(other)) == x25519_public(x25519_key(raw))
+def test_the_key_check_accepts_only_the_clamped_form() -> None:
+    """An X25519 private key with its clamped bits changed gives the same public key
+    (the old check, the public key alone, accepted it); the aggregator's check
+    (v4) accepts exactly the clamped form, the one clients share."""
+    raw = clamp_x25519(bytes(range(40, 72)))
+    spk = x25519_public(x25519_key(raw))
+    check = mask_key_check(spk)
+    assert check(raw)
+    for other in (
+        bytes([raw[0] ^ 0x07]) + raw[1:],
+        raw[:31] + bytes([raw[31] ^ 0x80]),
+        raw[:31] + bytes([raw[31] ^ 0x40]),
+    ):
+        assert x25519_public(x25519_key(other)) == spk  # same public key
+        assert not check(other)
+    assert not check(clamp_x25519(bytes(range(41, 73))))
 
 
 def test_decode_needs_t_shares() -> None:

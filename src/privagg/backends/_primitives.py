@@ -53,6 +53,7 @@ __all__ = [
     "hkdf",
     "mask_cipher",
     "mask_key",
+    "clamp_x25519",
     "new_ed25519",
     "new_x25519",
     "x25519_key",
@@ -73,6 +74,18 @@ MASK_PRG_INFO = b"privagg/mask-prg/v1/aes-128-ctr"
 def new_x25519(rng: Rng) -> bytes:
     """Fresh X25519 private key bytes from ``rng`` (clamped by X25519 itself)."""
     return rng.random_bytes(KEY_SIZE)
+
+
+def clamp_x25519(private: bytes) -> bytes:
+    """The canonical (RFC 7748 clamped) form of 32 X25519 private key bytes: the
+    bytes X25519 actually uses. Keys that differ only in the bits clamping sets or
+    clears have the same public key; only one of them is in clamped form."""
+    if len(private) != KEY_SIZE:
+        raise ValueError("X25519 private keys are 32 bytes")
+    k = bytearray(private)
+    k[0] &= 248
+    k[31] = (k[31] & 127) | 64
+    return bytes(k)
 
 
 def x25519_public(private: bytes | X25519PrivateKey) -> bytes:

@@ -250,10 +250,12 @@ def decode(
     ``< t`` agrees with at most ``t - 1`` honest shares (``t - 2`` if it has the same
     value at 0, the case a check leaves when ``m - t`` is odd), too few to reach
     ``m - E`` agreements. So the returned x-coordinates are exactly those of the wrong
-    shares. (A checked secret could also pass with another value that the check cannot
-    tell apart, e.g. an X25519 key equal up to clamping; crafting one needs the secret,
-    i.e. the owner itself or ``t`` holders colluding: then ``p`` reproduces the checked
-    key but the names may be wrong.)
+    shares. The names are exact only if the check identifies one secret: a check that
+    several values pass (e.g. an X25519 public key alone, which keys equal up to
+    clamping share) lets ``E`` liars on ``f + delta*g``, ``g(0) = 1`` and vanishing on
+    ``t - 1`` honest x's, pass with honest holders named and without knowing the
+    secret (review r4); SecAgg+ therefore checks keys in clamped form and seeds
+    against a hash commitment.
 
     Work: one interpolation (no wrong share: the usual case), else one Berlekamp-Welch
     decoding (O(m^3) field operations), and when the one extra wrong share is allowed, at
@@ -266,12 +268,20 @@ def decode(
         (secret, x-coordinates of the wrong shares), or None.
 
     Raises:
-        ConfigurationError: fewer than ``threshold`` shares.
+        ConfigurationError: fewer than ``threshold`` shares, an x-coordinate outside
+            ``[1, PRIME)`` (so the x's are distinct mod PRIME, as :func:`share` requires)
+            or a share value that is not a canonical field element.
     """
     t = threshold
     m = len(points)
     if t < 1 or m < t:
         raise ConfigurationError(f"need {t} shares, got {m}")
+    if any(not 0 < x < PRIME for x in points):  # distinct: they are a mapping's keys
+        raise ConfigurationError(
+            "share x-coordinates must be distinct and in [1, PRIME)"
+        )
+    if any(not 0 <= y < PRIME for y in points.values()):
+        raise ConfigurationError("share values must be field elements in [0, PRIME)")
     xs = sorted(points)
     bound = max_wrong_shares(m, t, checked=check is not None)
 

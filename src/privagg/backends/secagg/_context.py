@@ -33,6 +33,8 @@ from privagg.envelope import (
 )
 
 _DOMAIN = b"privagg/secagg/v2/"  # v2: signed partner attestations (stage 2)
+# SecAgg+ v4 (params_id tag b"secagg/v4"): the advertised keys carry a commitment to the
+# self-mask seed, signed with them; the shared mask key is in clamped form.
 
 
 # -- shared configuration ------------------------------------------------------------------
@@ -103,7 +105,7 @@ class _Config(RingConfig):
         )
         for cid in sorted(keys):
             k = keys[cid]
-            h.update(_field(cid) + k.c_pk + k.s_pk)
+            h.update(_field(cid) + k.c_pk + k.s_pk + k.b_commit)
         return h.digest()
 
     def neighbours(
@@ -138,10 +140,23 @@ def _key_message(
     s_pk: bytes,
     u0: bytes,
     rparams: bytes,
+    b_commit: bytes,
 ) -> bytes:
-    """What a client signs at stage 0: its keys, H(U0) and the round's (n, k, t, q, min_live)."""
-    ctx = kdf_context(cfg.params_id, round_id, _field(cid), c_pk, s_pk, u0, rparams)
+    """What a client signs at stage 0: its keys, H(U0), the round's (n, k, t, q,
+    min_live) and the commitment to its self-mask seed (32 bytes, v4)."""
+    ctx = kdf_context(
+        cfg.params_id, round_id, _field(cid), c_pk, s_pk, u0, rparams, b_commit
+    )
     return _DOMAIN + b"keys" + ctx
+
+
+def _seed_commitment(cfg: _Config, round_id: int, cid: str, b: bytes) -> bytes:
+    """SHA-256 commitment to client ``cid``'s self-mask seed ``b`` (32 random bytes, so
+    the hash hides it), domain-separated and bound to the session (params_id), the
+    round and the client: a commitment is valid for one seed of one client in one
+    round. The aggregator accepts a reconstructed seed only if it matches."""
+    ctx = kdf_context(cfg.params_id, round_id, _field(cid))
+    return hashlib.sha256(_DOMAIN + b"self-mask-commitment" + ctx + b).digest()
 
 
 def _survivor_message(

@@ -15,6 +15,7 @@ from privagg.backends._graph import (
 )
 from privagg.backends._masking import UNREADABLE, RingAggregator, valid_x25519
 from privagg.backends._primitives import (
+    clamp_x25519,
     ecdh,
     ed25519_verify,
     x25519_key,
@@ -27,6 +28,7 @@ from privagg.backends.secagg._context import (
     _pair_seed,
     _pair_sign,
     _partner_message,
+    _seed_commitment,
     _survivor_message,
     _x_coord,
     u0_digest,
@@ -55,6 +57,18 @@ from privagg.errors import (
 )
 
 _log = logging.getLogger(__name__)
+
+
+def mask_key_check(s_pk: bytes) -> Callable[[bytes], bool]:
+    """The check of a reconstructed mask key: in clamped form (the form clients share,
+    SecAgg+ v4) and with public key ``s_pk``. Exactly one 32-byte string passes: keys
+    equal up to the bits X25519 clamping ignores have the same public key, but only
+    one of them is clamped."""
+
+    def check(raw: bytes) -> bool:
+        return clamp_x25519(raw) == raw and x25519_public(x25519_key(raw)) == s_pk
+
+    return check
 
 
 # -- aggregator ----------------------------------------------------------------------------
@@ -235,6 +249,7 @@ class SecAggAggregator(RingAggregator):
                     m.s_pk,
                     self._u0_digest,
                     self._rparams,
+                    m.b_commit,
                 ),
             ):
                 rejected.add(cid)
@@ -484,8 +499,9 @@ class SecAggAggregator(RingAggregator):
                 "the masked sum of this round is gone (already unmasked)"
             )
         seeds: list[tuple[bytes, int]] = []
+        liars: set[int] = set()  # x's of the senders named so far in this round
         for owner in needed:
-            secret = self._recover(owner, got[owner], owner in alive)
+            secret = self._recover(owner, got[owner], owner in alive, liars)
             if owner in alive:
                 seeds.append((secret, -1))
                 continue
@@ -502,44 +518,65 @@ class SecAggAggregator(RingAggregator):
         ).to_bytes()
         return {}
 
-    def _recover(self, owner: str, points: Mapping[int, int], alive: bool) -> bytes:
+    def _recover(
+        self,
+        owner: str,
+        points: Mapping[int, int],
+        alive: bool,
+        liars: set[int],
+    ) -> bytes:
         """``owner``'s secret from its holders' shares (x -> value), correcting wrong ones.
 
-        A dropped client's mask key is checked against the public key it advertised: a
-        key that does not give it is never used. Up to
-        :func:`~privagg.backends._shamir.max_wrong_shares` wrong shares (``(m - t + 1)
-        // 2`` of ``m`` for a mask key, with the key as the check) are corrected and
-        their senders listed in ``rejection_reasons`` ("wrong mask-key share"); more
-        abort the round (:class:`ProtocolError`). A named sender is a survivor: its
-        masked input is in the sum and its self-mask must still be removed, so it stays
-        a contributor; it is only reported.
+        Every reconstructed secret is checked, and only a secret that passes is used: a
+        dropped client's mask key must be in clamped form and give the public key it
+        advertised (one secret passes: the check cannot be fooled by a key equal up to
+        X25519 clamping); a survivor's self-mask seed must match the commitment it
+        advertised (and signed, active variant) at stage 0. Up to
+        :func:`~privagg.backends._shamir.max_wrong_shares` (checked) wrong shares,
+        ``(m - t + 1) // 2`` of ``m``, are corrected and their senders listed in
+        ``rejection_reasons`` ("wrong mask-key share" / "wrong self-mask share"); more
+        abort the round (:class:`ProtocolError`), as does a client whose shares agree
+        on a seed that does not match its own commitment. A named sender is a
+        survivor: its masked input is in the sum and its self-mask must still be
+        removed, so it stays a contributor; it is only reported.
 
-        A survivor's self-mask seed has no public check: up to ``(m - t) // 2`` wrong
-        shares are corrected (senders reported, "wrong self-mask share"), more that do
-        not lie on one polynomial abort the round; more than that on one polynomial,
-        or any wrong share when only ``t`` arrived, make the sum wrong silently
-        (``docs/backends/secagg.md``, "Dropouts and aborts"; SECURITY.md).
+        ``liars`` (the x's of senders named earlier in this round, updated here): their
+        shares are treated as erasures (left out when at least ``t`` others remain), so
+        a liar costs at most one Berlekamp-Welch decoding per round instead of one per
+        secret it holds a share of; if decoding without them fails, all shares are
+        decoded (the bound is then the full one).
 
         Raises:
-            ProtocolError: the shares do not decode within the bound.
+            ProtocolError: the shares do not decode within the bound to a secret that
+                passes the check.
         """
-        check = None
-        if not alive:
-            s_pk = self._keys[owner].s_pk
+        check: Callable[[bytes], bool]
+        if alive:
+            commit = self._keys[owner].b_commit
 
             def check(raw: bytes) -> bool:
-                return x25519_public(x25519_key(raw)) == s_pk
+                return _seed_commitment(self._cfg, self._round, owner, raw) == commit
 
-        found = _shamir.decode(points, self._graph.threshold, check)
+        else:
+            check = mask_key_check(self._keys[owner].s_pk)
+        t = self._graph.threshold
+        found = None
+        kept = {x: v for x, v in points.items() if x not in liars}
+        if liars & points.keys() and len(kept) >= t:
+            found = _shamir.decode(kept, t, check)
+        if found is None:
+            found = _shamir.decode(points, t, check)
         if found is None:
             raise ProtocolError(
                 f"shares of {owner!r} do not reconstruct its advertised key"
                 if not alive
-                else f"shares of {owner!r}'s self-mask seed do not decode"
+                else f"shares of {owner!r}'s self-mask seed do not decode to its "
+                "committed seed"
             )
         secret, wrong = found
         why = "wrong self-mask share" if alive else "wrong mask-key share"
         for x in sorted(wrong):
+            liars.add(x)
             self._reject(self._u0[x - 1], why)  # x = index in U0 + 1 (_x_coord)
         return secret
 

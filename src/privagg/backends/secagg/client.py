@@ -18,6 +18,7 @@ from privagg.backends._masking import RingClient
 from privagg.backends._primitives import (
     aead_decrypt,
     aead_encrypt,
+    clamp_x25519,
     ecdh,
     ed25519_key,
     ed25519_sign,
@@ -32,6 +33,7 @@ from privagg.backends.secagg._context import (
     _pair_seed,
     _pair_sign,
     _partner_message,
+    _seed_commitment,
     _share_key,
     _survivor_message,
     _x_coord,
@@ -99,7 +101,7 @@ class _Advertised:
     c_key: X25519PrivateKey
     s_key: X25519PrivateKey
     b: SecretBytes
-    own_pks: tuple[bytes, bytes]
+    own_pks: tuple[bytes, bytes, bytes]  # c_pk, s_pk, commitment to b
 
 
 @dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
@@ -239,8 +241,11 @@ class SecAggClient(RingClient[_Config]):
             rparams=self._cfg.round_params(len(ids)),
         )
         c_sk = SecretBytes(new_x25519(self._rng), label="secagg c_sk")
-        s_sk = SecretBytes(new_x25519(self._rng), label="secagg s_sk")
+        # s_sk is shared in clamped form, the one form the aggregator accepts (with its
+        # public key) when it reconstructs it: the check identifies one secret.
+        s_sk = SecretBytes(clamp_x25519(new_x25519(self._rng)), label="secagg s_sk")
         b = SecretBytes(self._rng.random_bytes(32), label="secagg self-mask seed")
+        b_commit = _seed_commitment(self._cfg, self._round, self._id, b.reveal())
         c_key, s_key = x25519_key(c_sk.reveal()), x25519_key(s_sk.reveal())
         c_pk, s_pk = x25519_public(c_key), x25519_public(s_key)
         sig = b""
@@ -248,19 +253,28 @@ class SecAggClient(RingClient[_Config]):
             sig = ed25519_sign(
                 self._identity_key(),
                 _key_message(
-                    self._cfg, self._round, self._id, c_pk, s_pk, view.u0, view.rparams
+                    self._cfg,
+                    self._round,
+                    self._id,
+                    c_pk,
+                    s_pk,
+                    view.u0,
+                    view.rparams,
+                    b_commit,
                 ),
             )
         reply = AdvertiseMessage(
-            self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig
+            self._cfg.params_id, self._round, self._id, c_pk, s_pk, sig, b_commit
         ).to_bytes()
-        return reply, _Advertised(view, c_sk, s_sk, c_key, s_key, b, (c_pk, s_pk))
+        return reply, _Advertised(
+            view, c_sk, s_sk, c_key, s_key, b, (c_pk, s_pk, b_commit)
+        )
 
     def _share(self, st: _Advertised, req: ShareKeysRequest) -> tuple[bytes, _Shared]:
         view = st.view
         keys = {k.party: k for k in req.keys}
         mine = keys.get(self._id)
-        if mine is None or (mine.c_pk, mine.s_pk) != st.own_pks:
+        if mine is None or (mine.c_pk, mine.s_pk, mine.b_commit) != st.own_pks:
             raise ProtocolError(
                 f"client {self._id!r}: the relayed key set misstates its own keys"
             )
@@ -287,7 +301,14 @@ class SecAggClient(RingClient[_Config]):
             for cid in sorted(nbrs & keys.keys()):
                 k = keys[cid]
                 msg = _key_message(
-                    self._cfg, self._round, cid, k.c_pk, k.s_pk, view.u0, view.rparams
+                    self._cfg,
+                    self._round,
+                    cid,
+                    k.c_pk,
+                    k.s_pk,
+                    view.u0,
+                    view.rparams,
+                    k.b_commit,
                 )
                 if not ed25519_verify(self._directory(cid), k.signature, msg):
                     raise ProtocolError(

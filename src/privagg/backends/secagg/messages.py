@@ -76,25 +76,28 @@ class SetupRequest(_Message):
 @register_message((Scheme.SECAGG, SecAggKind.ADVERTISE))
 @dataclass(frozen=True)
 class AdvertiseMessage(_Message):
-    """Client -> aggregator (stage 0): ephemeral public keys (+ Ed25519 signature)."""
+    """Client -> aggregator (stage 0): ephemeral public keys, the commitment to the
+    self-mask seed (SecAgg+ v4) and (active variant) the Ed25519 signature over them."""
 
     KIND: ClassVar[int] = SecAggKind.ADVERTISE
     c_pk: bytes = b""
     s_pk: bytes = b""
     signature: bytes = b""
+    # SHA-256 commitment to the self-mask seed b (see _context._seed_commitment)
+    b_commit: bytes = b""
 
     def _write(self, w: PayloadWriter) -> None:
-        w.blob(self.c_pk).blob(self.s_pk).blob(self.signature)
+        w.blob(self.c_pk).blob(self.s_pk).blob(self.b_commit).blob(self.signature)
 
     @classmethod
     def _read(
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
-        c_pk, s_pk = _fixed(r, 32), _fixed(r, 32)
+        c_pk, s_pk, b_commit = _fixed(r, 32), _fixed(r, 32), _fixed(r, 32)
         sig = r.blob()
         if len(sig) not in (0, 64):
             raise DeserializationError()
-        return cls(params_id, round_id, party, c_pk, s_pk, sig)
+        return cls(params_id, round_id, party, c_pk, s_pk, sig, b_commit)
 
 
 @register_message((Scheme.SECAGG, SecAggKind.SHARE_KEYS))
@@ -108,7 +111,8 @@ class ShareKeysRequest(_Message):
     def _write(self, w: PayloadWriter) -> None:
         w.u32(len(self.keys))
         for k in self.keys:
-            w.text(k.party).blob(k.c_pk).blob(k.s_pk).blob(k.signature)
+            w.text(k.party)
+            k._write(w)
 
     @classmethod
     def _read(
