@@ -69,16 +69,18 @@ CASES = list(LOADERS)
 # are made per run). The ``none`` rows are the output of commit cba62c8, before the
 # share was bound (there every share gave the ``none`` value): a session without noise
 # keeps them. The others pin the binding's encoding.
+# SecAgg+ pins regenerated for SecAgg+ v4 (params_id tag secagg/v4: the self-mask seed
+# commitment and clamped mask keys change the wire format); additive pins unchanged.
 PINNED: dict[str, dict[str, str]] = {
     "secagg-passive": {
-        "none": "16411a916f5dbbd32d99e73416ced189afc7f339346363d00eb51212c083cfc6",
-        "dg": "a510591db9ace8a7df8b7c3e74974687a721fcd1a75c50b154047bcdba5fcdf5",
-        "skellam": "f5d82612fceaba8338ae535734d2bae8f82885f2c0b64071ebf61a77d1b30789",
+        "none": "ed466cbfa79ed5262f8dace606cc1955d91198b306e20b70c56dc3a39c45f995",
+        "dg": "404c42ef67d0c074e7899ba446b309e2bbc1891e54b3c74627f352063dd8ab3d",
+        "skellam": "ab00c2da42ea1ce4e224477ac641ae753bb30fdd568ff9579f741d6128bb00c1",
     },
     "secagg-active": {
-        "none": "313c7c7ad439ac85beff4c275523f256362f4a11b23dc137d10f4e3069a00524",
-        "dg": "b13c0056a8027dc14ac8f79a5d65bf328d668ed05689192d03f575f4d5fc76d2",
-        "skellam": "f443420d8b36cae64d5040c23eac42e5b8fd0f9bbe5eeba13cb1c9d690becb40",
+        "none": "f3b7bc407b50e8e0886faa1980ddc05059509e5bec8a42ce1c70ed6b9c781b48",
+        "dg": "f115e1758848bd811e15412aa982458eb756d05c6070a317d37f4c2a7209012c",
+        "skellam": "c5acee370c99b817833881975906f8129603596106d625ec62e3d0044552e562",
     },
     "additive": {
         "none": "3759033af755c8d78e568c2ff4ecdd304d122af97874c388e83532b3195f9755",
@@ -113,7 +115,8 @@ def _client(s: Sessions, i: int) -> Any:
 @pytest.mark.parametrize("noise", list(NOISE))
 @pytest.mark.parametrize("case", CASES)
 def test_params_id_pinned(case: str, noise: str) -> None:
-    """No noise: the params_id of earlier releases; a share: a new one per share."""
+    """No noise: the params_id of earlier releases (for SecAgg+, of v4); a share: a
+    new one per share."""
     be = _backend(case)
     if case == "additive":
         s = be.setup(
@@ -265,12 +268,13 @@ def test_a_relay_rewriting_every_header_measured(case: str) -> None:
     """The limit of a header binding: clients loaded with 1/50 of the ledger's share,
     and a relay between them and the aggregator that rewrites every header to the
     receiver's params_id. Active SecAgg+ (signatures over params_id) and additive (the
-    seeds' encryption keys are salted with it) refuse the round; passive SecAgg+,
-    whose semi-honest server relays every message, completes it with the clients'
-    smaller noise."""
+    seeds' encryption keys are salted with it) refuse the round; since SecAgg+ v4
+    passive SecAgg+ refuses it too: the clients' self-mask seed commitments are bound
+    to their params_id, so the aggregator's check of every recovered seed fails (this
+    test's outcome for secagg-passive changed with v4: it used to complete with the
+    clients' smaller noise)."""
     s = _mixed(case, SHARE, DiscreteGaussianShare(0.001))
     pa, pc = s["aggregator"].params_id, s[IDS[0]].params_id
-    ups = _updates()
     agg = s["aggregator"].aggregator(ROUND, IDS)
     roles = {c: _client(s, i) for i, c in enumerate(IDS)}
     for p, sess in s.items():
@@ -291,13 +295,8 @@ def test_a_relay_rewriting_every_header_measured(case: str) -> None:
         rec: privagg.Recovered = s["holder"].holder().recover(agg.result())
         return rec
 
-    if case != "secagg-passive":
-        with pytest.raises(privagg.PrivaggError):
-            run()
-        return
-    rec = run()
-    got = float(np.std(rec.vector - sum(ups.values())))
-    assert got < math.sqrt(len(IDS)) * SHARE.stddev / 10
+    with pytest.raises(privagg.PrivaggError):
+        run()
 
 
 class _CustomShare:

@@ -448,7 +448,13 @@ def test_forged_key_signature_rejected() -> None:
                 k
                 if k.party == pid
                 else sa.AdvertiseMessage(
-                    k.params_id, k.round_id, k.party, k.c_pk[::-1], k.s_pk, k.signature
+                    k.params_id,
+                    k.round_id,
+                    k.party,
+                    k.c_pk[::-1],
+                    k.s_pk,
+                    k.signature,
+                    k.b_commit,
                 )
                 for k in m.keys
             ]

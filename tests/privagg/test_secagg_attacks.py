@@ -230,7 +230,7 @@ def test_graph_seed_hashes_the_advertised_keys() -> None:
     other = dict(adv)
     k = other[ids[3]]
     other[ids[3]] = sa.AdvertiseMessage(
-        k.params_id, k.round_id, k.party, k.s_pk, k.c_pk, k.signature
+        k.params_id, k.round_id, k.party, k.s_pk, k.c_pk, k.signature, k.b_commit
     )
     assert cfg.neighbours(R, ids, other) != nb
 
@@ -287,13 +287,20 @@ def test_low_order_x25519_key_drops_only_that_client() -> None:
     bad = "c03"
     m = sa.AdvertiseMessage.from_bytes(replies[bad])
     msg = sa_ctx._key_message(
-        cfg, R, bad, _LOW_ORDER, m.s_pk, sa.u0_digest(ids), cfg.round_params(len(ids))
+        cfg,
+        R,
+        bad,
+        _LOW_ORDER,
+        m.s_pk,
+        sa.u0_digest(ids),
+        cfg.round_params(len(ids)),
+        m.b_commit,
     )
     sig = ed25519_sign(
         sess._identity(bad).reveal(), msg
     )  # the malicious client signs it
     replies[bad] = sa.AdvertiseMessage(
-        cfg.params_id, R, bad, _LOW_ORDER, m.s_pk, sig
+        cfg.params_id, R, bad, _LOW_ORDER, m.s_pk, sig, m.b_commit
     ).to_bytes()
     out = agg.receive(replies)
     assert bad in agg.rejected and bad not in out
@@ -421,7 +428,7 @@ def test_bad_key_signature_drops_only_that_client() -> None:
     replies = {c: cl[c].handle(r) for c, r in out.items()}
     m = sa.AdvertiseMessage.from_bytes(replies["c07"])
     replies["c07"] = sa.AdvertiseMessage(
-        m.params_id, R, "c07", m.c_pk, m.s_pk, bytes(64)
+        m.params_id, R, "c07", m.c_pk, m.s_pk, bytes(64), m.b_commit
     ).to_bytes()
     out = agg.receive(replies)
     assert "c07" in agg.rejected and "c07" not in out

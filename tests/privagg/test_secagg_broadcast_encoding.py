@@ -31,7 +31,7 @@ PARTIES = ["c0", "client-000017", "é-ü-ß", "x" * 300, "客户端"]
 
 def _adv(party: str) -> sa_msg.AdvertiseMessage:
     return sa_msg.AdvertiseMessage(
-        PARAMS, 7, party, os.urandom(32), os.urandom(32), os.urandom(64)
+        PARAMS, 7, party, os.urandom(32), os.urandom(32), os.urandom(64), os.urandom(32)
     )
 
 
