@@ -10,8 +10,9 @@ missing reply is a dropout):
 
 0. ``SETUP`` -> ``ADVERTISE``: the round's participant list ``U0`` and ``(k, t)``; each
    client makes two fresh X25519 key pairs (``c`` for encryption, ``s`` for masking) and a
-   32-byte self-mask seed ``b``, and advertises the public keys, signed with its long-term
-   Ed25519 identity key when ``active=True`` over (keys, H(U0), n, k, t, q, m).
+   32-byte self-mask seed ``b``, and advertises the public keys and a SHA-256
+   commitment to ``b`` (v4), signed with its long-term Ed25519 identity key when
+   ``active=True`` over (keys, H(U0), n, k, t, q, m, commitment).
 1. ``SHARE_KEYS`` -> ``SHARES``: the aggregator relays every advertised key set (U1); the
    graph seed hashes them all. Each client checks its neighbours' signatures (same H(U0)
    and parameters), requires at least ``m >= t`` live neighbours, Shamir-shares ``s_sk``
@@ -25,8 +26,8 @@ missing reply is a dropout):
    seed, ``U3``); clients later refuse to unmask unless a quorum ``q`` signed the same.
 4. ``UNMASK`` -> ``UNMASK_SHARES``: each survivor sends its shares of ``b_i`` for survivors
    and of ``s_sk_j`` for dropped neighbours (never both for one client); the aggregator
-   reconstructs (correcting a bounded number of wrong shares, a mask key checked
-   against its advertised public key), removes the masks and emits ``RESULT`` (the
+   reconstructs (correcting a bounded number of wrong shares, a mask key checked in
+   clamped form against its advertised public key, a seed against its commitment), removes the masks and emits ``RESULT`` (the
    unmasked sum).
 
 Every message carries the scheme, kind, params_id and round id in its envelope and the
