@@ -172,20 +172,26 @@ def test_a_v3_peer_is_another_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wire format changed (the commitment in the advertisement): the params_id
     tag is ``secagg/v4``, so a v3 peer's requests are refused before decoding."""
     layout = Layout.from_arrays({"w": np.zeros(8)})
-
-    def make() -> Any:
-        return SecAggBackend().setup(layout, max_clients=3, rng=DeterministicRng(1))
-
-    new = make()
+    sessions = {}
     real = _masking.fingerprint
-
-    def v3(tag: bytes, *rest: bytes) -> bytes:
-        return real(b"secagg/v3" if tag == b"secagg/v4" else tag, *rest)
-
-    monkeypatch.setattr(_masking, "fingerprint", v3)
-    old = make()
+    for version in (b"secagg/v4", b"secagg/v3"):
+        monkeypatch.setattr(
+            _masking,
+            "fingerprint",
+            lambda tag, *rest, v=version: real(
+                v if tag == b"secagg/v4" else tag, *rest
+            ),
+        )
+        sessions[version] = SecAggBackend().setup(
+            layout, max_clients=3, rng=DeterministicRng(1)
+        )
     monkeypatch.undo()
-    assert old.params_id != new.params_id
-    reqs = old.aggregator(0, ["a", "b", "c"]).start()
+    v4, v3 = sessions[b"secagg/v4"], sessions[b"secagg/v3"]
+    assert v3.params_id != v4.params_id
+    assert (
+        SecAggBackend().setup(layout, max_clients=3, rng=DeterministicRng(1)).params_id
+        == v4.params_id
+    )
+    request = v3.aggregator(0, ["a", "b", "c"]).start()["a"]
     with pytest.raises(ParameterMismatchError):
-        new.client("a", 0, np.zeros(8)).handle(reqs["a"])
+        v4.client("a", 0, np.zeros(8)).handle(request)
