@@ -328,9 +328,10 @@ def test_colluders_beyond_the_bound_do_not_frame_honest_self_mask_holders() -> N
 
 
 def test_colluders_beyond_the_bound_get_a_wrong_self_mask_seed_accepted() -> None:
-    """The mechanics of the xfail above, pinned: the decoded seed is the right one
-    plus the colluders' chosen offset, and the named x's are exactly the honest
-    shares off the wrong polynomial."""
+    """The mechanics of the attack above (formerly an xfail), pinned for decoding
+    WITHOUT a check: the decoded seed is the right one plus the colluders' chosen
+    offset, and the named x's are exactly the honest shares off the wrong polynomial.
+    The aggregator no longer decodes a seed without its commitment check."""
     m, t = 10, 6
     xs = list(range(1, m + 1))
     seed = bytes(range(50, 82))
