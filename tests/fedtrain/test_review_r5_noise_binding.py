@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
+from tests.privagg.test_masking_noise_binding import _CustomShare
 
 import privagg
 from fedtrain.flower import client_app
@@ -33,23 +33,11 @@ def _fresh_cache() -> Iterator[None]:
     client_app._HOLDERS.clear()
 
 
-class _Opaque:
-    """A third-party share whose repr does not show its parameters."""
-
-    def __init__(self, bound: float) -> None:
-        self.bound = bound
+class _Opaque(_CustomShare):
+    """A third-party share (headroom ``bound``) whose repr does not show it."""
 
     def __repr__(self) -> str:
         return "_Opaque()"
-
-    def sample_encoded(self, n: int, *, scale: float, rng: Any) -> Any:
-        return np.zeros(n, dtype=np.int64)
-
-    def sample_real(self, n: int, *, rng: Any) -> Any:
-        return np.zeros(n)
-
-    def headroom(self, n_clients: int, *, dim: int, rounds: int) -> float:
-        return self.bound
 
 
 @pytest.mark.skipif(not SECAGG, reason="secagg backend not available")
