@@ -104,7 +104,12 @@ def test_r5_skellam_and_dg_of_equal_variance_are_refused(case: str) -> None:
 )
 def test_r5_float_encodings_of_stddev_do_not_collide(a: float, b: float) -> None:
     """Refused: ``stddev`` is bound as an IEEE-754 double; -0.0, subnormals, huge and
-    infinite values all get their own encoding (equal values, 1 and 1.0, agree)."""
+    infinite values all get their own encoding (equal values, 1 and 1.0, agree); an
+    infinite ``stddev`` is refused with a typed error (since the r5 fixes)."""
+    if not math.isfinite(b):
+        with pytest.raises(privagg.ConfigurationError):
+            noise_binding(_Third(b), 1.0)
+        return
     one, two = noise_binding(_Third(a), 1.0), noise_binding(_Third(b), 1.0)
     assert (one == two) is (a == 1.0 and b == 1)
 
@@ -117,34 +122,17 @@ def test_r5_nan_stddev_is_refused_by_builtin_shares() -> None:
                 cls(v)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r5, LOW): a share whose stddev is a numpy float32 (or "
-    "Decimal/Fraction) is bound by its type and headroom only, like a share "
-    "without stddev: two such shares 50x apart with the same headroom get one "
-    "params_id (docs/dp.md says only shares *without* stddev are so bound)",
-)
 @pytest.mark.parametrize("case", CASES)
 def test_r5_non_float_stddev_is_bound(case: str) -> None:
     big, small = _Third(np.float32(1.0)), _Third(np.float32(0.02))
     assert _pid(case, big) != _pid(case, small)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r5, LOW): a third-party share with an int stddev above the "
-    "float range makes setup raise OverflowError (untyped) in noise_descriptor",
-)
 def test_r5_huge_int_stddev_raises_a_typed_error() -> None:
     with pytest.raises(privagg.PrivaggError):
         _pid("secagg-passive", _Third(10**400))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r5, LOW): DiscreteGaussianShare(10**400) raises "
-    "OverflowError (untyped) from math.isfinite in its validation",
-)
 def test_r5_builtin_share_huge_int_stddev_is_typed() -> None:
     with pytest.raises(privagg.ConfigurationError):
         DiscreteGaussianShare(10**400)
@@ -160,11 +148,6 @@ class _RaisingStddev(_Third):
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r5, LOW): a share whose stddev property raises anything but "
-    "AttributeError escapes setup untyped (getattr(noise, 'stddev', None))",
-)
 def test_r5_share_with_raising_stddev_is_a_typed_error() -> None:
     with pytest.raises(privagg.PrivaggError):
         _pid("secagg-passive", _RaisingStddev(1.0))

@@ -8,10 +8,17 @@
 
 from __future__ import annotations
 
+import decimal
+import math
+import numbers
 from collections.abc import Callable, Mapping
 
 from privagg.envelope import PayloadWriter
-from privagg.errors import InsufficientParticipantsError, ProtocolError
+from privagg.errors import (
+    ConfigurationError,
+    InsufficientParticipantsError,
+    ProtocolError,
+)
 from privagg.protocols import NoiseShare
 
 __all__ = ["FinishedResult", "noise_descriptor"]
@@ -86,8 +93,27 @@ def noise_descriptor(noise: NoiseShare | None) -> bytes:
     if noise is None:
         return w.text("none").getvalue()
     t = type(noise)
-    stddev = getattr(noise, "stddev", None)
+    try:  # a third-party share's property may raise anything
+        stddev = getattr(noise, "stddev", None)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"the noise share {t.__qualname__}: its stddev cannot be read"
+        ) from exc
     w.text(f"{t.__module__}.{t.__qualname__}")
-    if isinstance(stddev, (int, float)) and not isinstance(stddev, bool):
-        return w.u8(1).f64(float(stddev)).getvalue()
+    if isinstance(stddev, numbers.Real | decimal.Decimal) and not isinstance(
+        stddev, bool
+    ):
+        # any real number (numpy floats, Fraction, Decimal) is bound by its value as
+        # a double: a plain float is encoded as before
+        try:
+            value = float(stddev)
+        except (OverflowError, ValueError, ArithmeticError) as exc:
+            raise ConfigurationError(
+                f"the noise share {t.__qualname__}: stddev is not a finite double"
+            ) from exc
+        if not math.isfinite(value):
+            raise ConfigurationError(
+                f"the noise share {t.__qualname__}: stddev is not a finite double"
+            )
+        return w.u8(1).f64(value).getvalue()
     return w.u8(0).getvalue()

@@ -110,14 +110,15 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def _pos(name: str, v: float) -> float:
-    if (
-        isinstance(v, bool)
-        or not isinstance(v, (int, float))
-        or not math.isfinite(v)
-        or v <= 0
-    ):
-        raise ConfigurationError(f"{name} must be finite and > 0, got {v!r}")
-    return float(v)
+    try:  # float() first: math.isfinite(10**400) raises OverflowError
+        ok = not isinstance(v, bool) and isinstance(v, (int, float))
+        f = float(v) if ok else math.nan
+    except OverflowError:
+        f = math.nan
+    if not math.isfinite(f) or f <= 0:
+        shown = f"{v!r}" if len(repr(v)) <= 40 else f"{repr(v)[:40]}..."
+        raise ConfigurationError(f"{name} must be finite and > 0, got {shown}")
+    return f
 
 
 def _int(name: str, v: int, minimum: int = 1) -> int:
