@@ -54,13 +54,6 @@ def test_r5_builtin_shares_never_share_a_cached_holder() -> None:
 
 
 @pytest.mark.skipif(not SECAGG, reason="secagg backend not available")
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review r5, LOW): the ClientApp holder cache is keyed by "
-    "repr(noise); a third-party share whose repr omits its parameters reuses the "
-    "holder bound to another share (in a long-lived node process, a later session's "
-    "holder accepts results bound to the earlier, possibly smaller, share)",
-)
 def test_r5_opaque_repr_share_gets_its_own_holder() -> None:
     first = client_app._holder_for(SPEC, LAYOUT, None, noise=_Opaque(1.0))
     second = client_app._holder_for(SPEC, LAYOUT, None, noise=_Opaque(1e6))

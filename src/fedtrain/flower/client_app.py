@@ -157,6 +157,7 @@ from fedtrain.flower.transport import (
     unpack,
 )
 from privagg import HolderRole, Layout, NoiseShare, SystemRng
+from privagg.encoding import noise_headroom
 from privagg.envelope import open_envelope
 from privagg.hazmat import DeterministicRng
 from privagg.keys import Protection
@@ -450,6 +451,25 @@ def _serve(env: Envelope, context: Context) -> bytes:
     )
 
 
+def _noise_key(
+    noise: NoiseShare | None, spec: SessionSpec, layout: Layout
+) -> tuple[str, ...]:
+    """What the holder cache keys a noise share by: at least what a session's
+    ``params_id`` binds of it (its type, its ``stddev`` and its headroom for this
+    session), plus its repr. A third-party share whose repr leaves out its
+    parameters still gets its own holder (review r5)."""
+    if noise is None:
+        return ("none",)
+    t = type(noise)
+    headroom = noise_headroom(noise, spec.max_clients, dim=layout.size)
+    return (
+        f"{t.__module__}.{t.__qualname__}",
+        repr(getattr(noise, "stddev", None)),
+        float(headroom).hex(),
+        repr(noise),
+    )
+
+
 def _holder_for(
     spec: SessionSpec,
     layout: Layout,
@@ -482,7 +502,7 @@ def _holder_for(
         layout.to_bytes().hex(),
         *ident,
         *map(str, directory),
-        repr(noise),
+        *_noise_key(noise, spec, layout),
     )
     holder = _HOLDERS.get(key)
     if holder is None:
