@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from privagg import ConfigurationError
+from privagg import ConfigurationError, ProtocolError
 from privagg.backends import _shamir
 from privagg.backends._primitives import clamp_x25519, x25519_key, x25519_public
 from privagg.backends.secagg import _context as sa_ctx
@@ -18,6 +18,7 @@ from privagg.backends.secagg import messages as sm
 from privagg.backends.secagg.aggregator import mask_key_check
 from privagg.errors import DeserializationError
 from privagg.hazmat import DeterministicRng
+from tests.privagg.test_review_secagg_drop import _Round
 
 
 def _adv(b_commit: bytes) -> sm.AdvertiseMessage:
@@ -115,3 +116,31 @@ def test_decode_with_a_check_never_returns_a_failing_secret() -> None:
         secret,
         frozenset(),
     )
+
+
+def test_passive_relay_swapping_two_commitments_is_refused() -> None:
+    """Passive variant (nothing signed): the relay swaps c02's and c03's commitments
+    in their advertisements. Each commitment names its owner, so neither verifies the
+    other's seed; the first of them to see the relayed set refuses it (misstated own
+    keys) at stage 1, before any masked input is sent."""
+    r = _Round(8, False)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == 0:
+            a = sm.AdvertiseMessage.from_bytes(replies["c02"])
+            b = sm.AdvertiseMessage.from_bytes(replies["c03"])
+            for m, other in ((a, b), (b, a)):
+                replies[m.party] = sm.AdvertiseMessage(
+                    m.params_id,
+                    m.round_id,
+                    m.party,
+                    m.c_pk,
+                    m.s_pk,
+                    b"",
+                    other.b_commit,
+                ).to_bytes()
+        return replies
+
+    with pytest.raises(ProtocolError, match="the relayed key set misstates"):
+        r.run(tamper)
+    assert r.stage == 1
