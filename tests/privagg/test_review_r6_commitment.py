@@ -8,11 +8,14 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
-from privagg import ConfigurationError, ProtocolError
+from privagg import ConfigurationError, Layout, ProtocolError
+from privagg._rng import SystemRng
 from privagg.backends import _shamir
 from privagg.backends._primitives import clamp_x25519, x25519_key, x25519_public
+from privagg.backends.secagg import SecAggBackend
 from privagg.backends.secagg import _context as sa_ctx
 from privagg.backends.secagg import messages as sm
 from privagg.backends.secagg.aggregator import mask_key_check
@@ -144,3 +147,20 @@ def test_passive_relay_swapping_two_commitments_is_refused() -> None:
     with pytest.raises(ProtocolError, match="the relayed key set misstates"):
         r.run(tamper)
     assert r.stage == 1
+
+
+def test_the_self_mask_seed_comes_from_the_system_csprng_by_default() -> None:
+    """Privacy of the commitment rests on b being 32 uniformly random bytes: without
+    an explicit rng the client draws its secrets from the system CSPRNG, and the
+    commitment it advertises is 32 bytes and differs between two sessions' clients
+    with the same id, round and update."""
+    commits = []
+    for _ in range(2):
+        s = SecAggBackend().setup(Layout.from_arrays({"w": np.zeros(4)}), max_clients=3)
+        clients = {c: s.client(c, 1, np.zeros(4)) for c in ("c0", "c1", "c2")}
+        assert isinstance(clients["c0"]._rng, SystemRng)
+        req = s.aggregator(1, sorted(clients)).start()
+        adv = sm.AdvertiseMessage.from_bytes(clients["c0"].handle(req["c0"]))
+        assert len(adv.b_commit) == 32
+        commits.append(adv.b_commit)
+    assert commits[0] != commits[1]
