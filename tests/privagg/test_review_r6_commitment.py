@@ -21,7 +21,7 @@ from privagg.backends.secagg import messages as sm
 from privagg.backends.secagg.aggregator import mask_key_check
 from privagg.errors import DeserializationError
 from privagg.hazmat import DeterministicRng
-from tests.privagg.test_review_secagg_drop import _Round
+from tests.privagg.test_review_secagg_drop import _last, _Round
 
 
 def _adv(b_commit: bytes) -> sm.AdvertiseMessage:
@@ -164,3 +164,25 @@ def test_the_self_mask_seed_comes_from_the_system_csprng_by_default() -> None:
         assert len(adv.b_commit) == 32
         commits.append(adv.b_commit)
     assert commits[0] != commits[1]
+
+
+def test_active_server_telling_one_client_a_survivor_dropped_is_refused() -> None:
+    """The classic SecAgg+ attack (active variant): after c03's masked input is in,
+    the server tells c00 that c03 dropped (U3 without c03 and its signature) to get
+    c03's mask key from c00 while the others reveal c03's seed. The survivors'
+    signatures are over the real U3, so c00 refuses and reveals nothing."""
+    r = _Round(8, True)
+    while r.stage < _last(True):
+        r.step(r.honest())
+    m = sm.UnmaskRequest.from_bytes(r.requests["c00"])
+    forged = sm.UnmaskRequest(
+        m.params_id,
+        m.round_id,
+        m.party,
+        tuple(c for c in m.survivors if c != "c03"),
+        tuple(s for s in m.signatures if s[0] != "c03"),
+        tuple(a for a in m.attestations if a[0] != "c03"),
+    ).to_bytes()
+    assert "c03" in m.survivors
+    with pytest.raises(ProtocolError, match="survivor set differs"):
+        r.clients["c00"].handle(forged)
