@@ -596,14 +596,7 @@ def _setup(args: argparse.Namespace, argv: Sequence[str]) -> tuple[Any, ...]:
             raise ConfigError("no run folder: set `out` in the run file or pass --out")
         out = Path(out_s)
         cfg = _replace_backend(rf.config, choose_backend(rf.config.backend))
-        train, ev = load_task_data(
-            cfg.task,
-            rf.data.train,
-            eval_data=rf.data.eval,
-            max_train=rf.data.max_train,
-            max_eval=rf.data.max_eval,
-            seed=rf.federation.seed,
-        )
+        train, ev = rf.load_data()
         effective = RunFile(
             config=cfg, data=rf.data, federation=rf.federation, out=str(out.resolve())
         )

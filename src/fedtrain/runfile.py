@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from fedtrain.config import LoraSettings, PrivacyConfig, RoundConfig, RunConfig
+from fedtrain.data import RawDataset
 from fedtrain.errors import ConfigError
-from fedtrain.experiment import ExperimentSpec
+from fedtrain.experiment import ExperimentSpec, load_task_data
 
 __all__ = [
     "DataSpec",
@@ -97,6 +98,23 @@ class RunFile:
     data: DataSpec = field(default_factory=DataSpec)
     federation: ExperimentSpec = field(default_factory=ExperimentSpec)
     out: str | None = None
+
+    def load_data(self) -> tuple[RawDataset, RawDataset]:
+        """The run's training and evaluation data, as every runtime loads them
+        (``fedtrain run``, the Flower ClientApp and ServerApp): :attr:`data` for the
+        run's task, subsets drawn with the federation's seed.
+
+        Raises:
+            fedtrain.errors.DataError: a source that cannot be read.
+        """
+        return load_task_data(
+            self.config.task,
+            self.data.train,
+            eval_data=self.data.eval,
+            max_train=self.data.max_train,
+            max_eval=self.data.max_eval,
+            seed=self.federation.seed,
+        )
 
 
 _SECTIONS: dict[str, type[Any]] = {

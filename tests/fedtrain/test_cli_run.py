@@ -156,6 +156,35 @@ def test_none_unsets_optional_and_epochs_replace_steps() -> None:
     assert rf.config.privacy.target_epsilon is None
 
 
+def test_run_file_loads_its_data_sections(tmp_path: Path) -> None:
+    """``RunFile.load_data`` (what ``fedtrain run`` and both Flower apps call) reads
+    ``data.train`` and ``data.eval`` and draws the subsets with the federation seed."""
+    train, ev = tmp_path / "train.csv", tmp_path / "eval.csv"
+    train.write_text(
+        "text,label\n"
+        + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(9))
+    )
+    ev.write_text("text,label\ne0,neg\ne1,pos\ne2,neg\n")
+    rf = parse_run_dict(
+        {
+            "data": {"train": str(train), "eval": str(ev), "max_train": 5},
+            "federation": {"seed": 3},
+        }
+    )
+    got_train, got_eval = rf.load_data()
+    assert [e["text"] for e in got_eval.examples] == ["e0", "e1", "e2"]
+    assert len(got_train.examples) == 5
+    again, _ = rf.load_data()
+    assert again.examples == got_train.examples
+    other, _ = parse_run_dict(
+        {
+            "data": {"train": str(train), "eval": str(ev), "max_train": 5},
+            "federation": {"seed": 4},
+        }
+    ).load_data()
+    assert other.examples != got_train.examples  # the seed draws the subset
+
+
 def test_run_file_read_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read run file"):
         load_run_file(tmp_path / "missing.toml")

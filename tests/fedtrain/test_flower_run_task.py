@@ -23,7 +23,6 @@ import fedtrain.client
 import privagg
 from fedtrain.data import partition
 from fedtrain.errors import ConfigError
-from fedtrain.experiment import load_task_data
 from fedtrain.flower import run_task, server_app
 from fedtrain.flower.errors import FlowerConfigError
 from fedtrain.runfile import parse_run_dict
@@ -73,13 +72,7 @@ def _inprocess(
 ) -> tuple[Federation, dict[str, np.ndarray], Any]:
     rf = parse_run_dict(d)
     c = rf.config
-    train, ev = load_task_data(
-        c.task,
-        rf.data.train,
-        max_train=rf.data.max_train,
-        max_eval=rf.data.max_eval,
-        seed=rf.federation.seed,
-    )
+    train, ev = rf.load_data()
     fed_spec = rf.federation
     parts = partition(
         train,

@@ -102,7 +102,6 @@ from fedtrain.config import RunConfig
 from fedtrain.data import RawDataset, partition
 from fedtrain.errors import ConfigError, PrivacyRecordError
 from fedtrain.evaluate import MAIN_METRIC, evaluate
-from fedtrain.experiment import load_task_data
 from fedtrain.flower.errors import FlowerConfigError, PolicyError
 from fedtrain.flower.interfaces import LocalUpdate
 from fedtrain.flower.policy import DPFloors
@@ -282,16 +281,8 @@ def _load_parts(fr: FlowerRun) -> tuple[list[RawDataset], RawDataset]:
     """The run's training data partitioned as ``fedtrain run`` does, and its eval
     data (cached per process; no tokenizer or model)."""
     if fr.key not in _PARTS:
-        c, run = fr.config, fr.run
-        train, ev = load_task_data(
-            c.task,
-            run.data.train,
-            eval_data=run.data.eval,
-            max_train=run.data.max_train,
-            max_eval=run.data.max_eval,
-            seed=run.federation.seed,
-        )
-        fed = run.federation
+        train, ev = fr.run.load_data()
+        fed = fr.run.federation
         parts = partition(
             train, fed.num_clients, fed.partition, fed.seed, alpha=fed.alpha
         )
