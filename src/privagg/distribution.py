@@ -62,9 +62,11 @@ the others have one, gets another ``params_id``, and the first message it exchan
 with the others is refused (:class:`~privagg.errors.ParameterMismatchError`;
 ``tests/privagg/test_masking_noise_binding.py``, ``test_distribution_noise.py``).
 Plain ignores the share. A session without a share keeps the ``params_id`` of earlier
-releases. The binding is a header check between honest processes: on passive
-SecAgg+ a relay that rewrites every message's header between clients and aggregator
-is not detected (measured in ``test_masking_noise_binding.py``). The share is public
+releases. The binding is a header check; a relay that rewrites every message's
+header between clients and aggregator is refused where the protocol authenticates
+``params_id``: active SecAgg+ (signatures), additive (seed encryption) and, since
+SecAgg+ v4, passive SecAgg+ (the self-mask seed commitments), at its last stage
+(``test_masking_noise_binding.py``). The share is public
 configuration (a distribution and its scale), not a secret: only the clients draw
 from it. Key material never depends on it, so
 :func:`deal` and :func:`own_key` take none. A ``noise`` that is not a

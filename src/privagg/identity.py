@@ -112,14 +112,19 @@ _C8 = int.from_bytes(
 _SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _C8, _P - _C8})
 
 
-def _check_public_key(key: object) -> bytes:
-    """A 32-byte Ed25519 public key in canonical encoding, on the curve, not of small
-    order (review r2: ``cryptography``'s Ed25519 accepts all three, and under the
-    identity point the signature ``R = identity, S = 0`` verifies on every message).
+def check_public_key(key: object) -> bytes:
+    """``key`` if it is an acceptable Ed25519 identity public key: 32 bytes, canonical
+    encoding, on the curve, not of small order (the checks a directory and a public
+    record apply; for a key received from elsewhere, e.g. a pinned result holder's).
+    Review r2: ``cryptography``'s Ed25519 accepts all three, and under the identity
+    point the signature ``R = identity, S = 0`` verifies on every message.
 
     Public-value checks only (no secret is touched): ``y < p``, ``y`` not that of one
     of the 8 small-order points (so ``x = 0``, whose sign bit could be set, is gone
     too), ``(y^2 - 1) / (d y^2 + 1)`` a square mod ``p`` (Euler's criterion).
+
+    Raises:
+        ConfigurationError: any other value.
     """
     if not isinstance(key, bytes) or len(key) != 32:
         raise ConfigurationError("an Ed25519 public key is 32 bytes")
@@ -134,17 +139,6 @@ def _check_public_key(key: object) -> bytes:
     if pow(x2, (_P - 1) // 2, _P) != 1:
         raise ConfigurationError("an Ed25519 public key not on the curve")
     return key
-
-
-def check_public_key(key: object) -> bytes:
-    """``key`` if it is an acceptable Ed25519 identity public key: 32 bytes, canonical
-    encoding, on the curve, not of small order (the checks a directory and a public
-    record apply; for a key received from elsewhere, e.g. a pinned result holder's).
-
-    Raises:
-        ConfigurationError: any other value.
-    """
-    return _check_public_key(key)
 
 
 def _strict_json(data: bytes, limit: int) -> Any:
@@ -200,7 +194,7 @@ class IdentityDirectory:
         seen: set[bytes] = set()
         for pid, key in self.keys.items():
             _check_party(pid)
-            _check_public_key(key)
+            check_public_key(key)
             if key in seen:
                 raise ConfigurationError(
                     f"two parties share one identity key (party {pid!r})"
@@ -369,7 +363,7 @@ def parse_public_record(record: bytes | str | Mapping[str, Any]) -> tuple[str, b
         if not isinstance(rec, Mapping) or rec.get("format") != IDENTITY_PUBLIC_FORMAT:
             raise DeserializationError()
         pid = _check_party(rec.get("party_id"))
-        key = _check_public_key(_hex32(rec.get("ed25519_public_key")))
+        key = check_public_key(_hex32(rec.get("ed25519_public_key")))
         fp = _hex32(rec.get("fingerprint"))
     except (DeserializationError, ConfigurationError):
         raise ConfigurationError(

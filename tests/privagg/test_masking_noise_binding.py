@@ -21,9 +21,10 @@ Shown here, on passive SecAgg+, active SecAgg+ and additive, through
   when their shares are equal (same type and ``stddev``);
 * one message whose header ``params_id`` is rewritten (and re-sealed with a valid
   digest) is refused as before;
-* measured, the limit: a relay that rewrites *every* header between the clients and
-  the aggregator is caught where the protocol authenticates ``params_id`` (active
-  SecAgg+ signatures, additive's seed encryption) but not on passive SecAgg+.
+* a relay that rewrites *every* header between the clients and the aggregator is
+  caught where the protocol authenticates ``params_id``: active SecAgg+ signatures,
+  additive's seed encryption and, since SecAgg+ v4, passive SecAgg+'s self-mask seed
+  commitments.
 """
 
 from __future__ import annotations
