@@ -157,7 +157,7 @@ def test_r3_a_holder_error_text_is_not_raised_raw(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="open (review r3, medium, documented limit; #14 pinned the result holder only): outside active SecAgg+ a client party id is not bound to a key; a node can announce the id of a node that misses hello",
+    reason="documented limit (review r3, medium) of a run WITHOUT an identity directory: a client party id is then the node's own claim, so a node can announce the id of a node that misses hello (with run config identity-directory it is refused: tests/fedtrain/test_flower_party_binding.py)",
 )
 def test_r3_a_node_cannot_take_over_a_late_nodes_party_id(
     monkeypatch: pytest.MonkeyPatch,

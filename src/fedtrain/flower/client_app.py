@@ -135,6 +135,7 @@ from fedtrain.flower.holder_auth import (
     HolderSigner,
     hello_message,
     parse_challenge,
+    party_hello_message,
     recovery_message,
 )
 from fedtrain.flower.material import (
@@ -611,18 +612,23 @@ def _holder_signer(context: Context) -> HolderSigner:
 
 
 def _hello(env: Envelope, context: Context) -> Envelope:
-    """Announce this node's party id and roles; the holder proves its key by signing
-    the ServerApp's challenge (:mod:`fedtrain.flower.holder_auth`)."""
+    """Announce this node's party id and roles. With the ServerApp's challenge and a
+    key (``privagg-identity-key``), the node proves its party id and, as the holder,
+    its holder key by signing the challenge (:mod:`fedtrain.flower.holder_auth`)."""
     holder = bool(context.node_config.get("privagg-holder", False))
     pid = context.node_config.get("party-id")
     party = str(pid) if pid else ""
     meta = {"holder": "1" if holder else "0", "role": _node_role(context)}
-    if holder and "challenge" in env.meta:
-        # no key configured: the claim carries no proof and the ServerApp ignores it
-        # (logged there); the node still answers hello for any other role it has
-        signer = HolderSigner.from_node_config(context, _identity_protection(context))
-        if signer is not None:
-            challenge = parse_challenge(env.meta["challenge"])
+    if "challenge" not in env.meta or not (holder or party):
+        return Envelope(Op.HELLO, env.round_id, party, meta=meta)
+    # no key configured: the claims carry no proof; a ServerApp that asks for one
+    # ignores them (logged there); the node still answers hello
+    signer = HolderSigner.from_node_config(context, _identity_protection(context))
+    if signer is not None:
+        challenge = parse_challenge(env.meta["challenge"])
+        if party:
+            meta["party-signature"] = signer.sign(party_hello_message(challenge, party))
+        if holder:
             meta["holder-key"] = signer.public_key.hex()
             meta["holder-signature"] = signer.sign(hello_message(challenge, party))
     return Envelope(Op.HELLO, env.round_id, party, meta=meta)

@@ -22,8 +22,18 @@ config pins its fingerprint (``holder-key``: the hex ``keygen`` prints).
   run is refused before anything is applied or recorded.
 
 What the pin does not do: it authenticates the holder to the ServerApp; it does not
-make the holder trustworthy (it still sees and returns the sum), nor does it bind the
-other nodes' party ids (see docs/flower.md).
+make the holder trustworthy (it still sees and returns the sum).
+
+**Party ids.** The same hello binds the clients' party ids when the run config names
+an identity directory (``identity-directory``: party id -> Ed25519 public key, the file
+``privagg directory`` writes; any backend). A node with ``privagg-identity-key`` signs
+:func:`party_hello_message` (another context string: the challenge and its party id);
+the ServerApp accepts the claim of a party id the directory lists only if that
+signature verifies under the directory's key for that id
+(:func:`verify_party_claim`), and leaves out client ids the directory does not list.
+So a node cannot take the party id of a node that misses hello, nor knock a node out
+by announcing its id. Without a directory a party id is the node's own claim (see
+docs/flower.md).
 """
 
 from __future__ import annotations
@@ -58,10 +68,12 @@ __all__ = [
     "holder_key_fingerprint",
     "make_holder_key",
     "new_challenge",
+    "party_hello_message",
     "parse_challenge",
     "parse_holder_pin",
     "recovery_message",
     "verify_holder_claim",
+    "verify_party_claim",
     "verify_recovery",
 ]
 
@@ -71,6 +83,7 @@ CHALLENGE_BYTES = 32
 _VERSION = 1
 _HELLO_CONTEXT = b"fedtrain-flower/holder-hello"
 _RECOVER_CONTEXT = b"fedtrain-flower/holder-recover"
+_PARTY_CONTEXT = b"fedtrain-flower/party-hello"
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _HEX64 = re.compile(r"[0-9a-f]{128}")
 
@@ -96,6 +109,13 @@ def _challenge(challenge: bytes) -> bytes:
 def hello_message(challenge: bytes, party: str) -> bytes:
     """What the holder signs at hello: the challenge and its party id ("" if none)."""
     return _frame(_HELLO_CONTEXT, _challenge(challenge), party.encode("utf-8"))
+
+
+def party_hello_message(challenge: bytes, party: str) -> bytes:
+    """What a node signs at hello to prove its party id (run config
+    ``identity-directory``): the challenge and the id, under its own context string
+    (a holder's hello signature is never a party proof, nor the reverse)."""
+    return _frame(_PARTY_CONTEXT, _challenge(challenge), party.encode("utf-8"))
 
 
 def recovery_message(challenge: bytes, round_id: int, check: str) -> bytes:
@@ -145,7 +165,8 @@ def parse_holder_pin(text: object) -> bytes:
 
 
 class HolderSigner:
-    """The holder node's signing key (node config ``privagg-identity-key``)."""
+    """A node's identity signing key (node config ``privagg-identity-key``): the
+    holder's proof, and any node's party-id proof at hello."""
 
     def __init__(self, secret: bytes) -> None:
         self._key = Ed25519PrivateKey.from_private_bytes(secret)
@@ -236,6 +257,16 @@ def verify_holder_claim(
         return None
     message = hello_message(challenge, party)
     return key if _verify(key, meta.get("holder-signature"), message) else None
+
+
+def verify_party_claim(
+    meta: Mapping[str, str], challenge: bytes, party: str, public_key: bytes
+) -> bool:
+    """Whether a hello reply's ``party-signature`` proves ``party`` under
+    ``public_key`` (the identity directory's key for that id) over this challenge."""
+    return _verify(
+        public_key, meta.get("party-signature"), party_hello_message(challenge, party)
+    )
 
 
 def verify_recovery(

@@ -60,6 +60,7 @@ from fedtrain.flower.holder_auth import (
     new_challenge,
     parse_holder_pin,
     verify_holder_claim,
+    verify_party_claim,
     verify_recovery,
 )
 from fedtrain.flower.interfaces import NoisyTask, SamplingTask, ServerTask
@@ -93,6 +94,7 @@ from privagg import (
     PrivaggError,
     SystemRng,
 )
+from privagg.identity import IdentityDirectory
 
 __all__ = ["RunSettings", "ServerTask", "app", "run"]
 
@@ -240,16 +242,22 @@ def _hello(
     servers: set[str] | None = None,
     *,
     holder_pin: bytes | None = None,
+    directory: IdentityDirectory | None = None,
 ) -> tuple[dict[str, int], _Holder | None]:
     """Ask every node for its party id; return party -> node and the holder node.
 
     The party ids of nodes that announce ``role = "server"`` are added to ``servers``
-    (when given): they answer the aggregator but are not clients. A party id that
-    more than one node announces is left out with all its claimants (a warning, not
-    the end of the run). With ``holder_pin`` (the run config's ``holder-key``), the
-    holder is the first node that proves that key by signing this hello's fresh
-    challenge (:func:`fedtrain.flower.holder_auth.verify_holder_claim`); any other
-    claim is logged and ignored. Without a pin no holder node is accepted.
+    (when given): they answer the aggregator but are not clients. With ``directory``
+    (run config ``identity-directory``), the claim of a party id the directory lists
+    counts only if the node signed this hello's fresh challenge and that id with the
+    directory's key for it (:func:`fedtrain.flower.holder_auth.verify_party_claim`);
+    an unproven claim is logged and ignored, so it neither takes the id nor knocks
+    out the node that owns it. A party id that more than one node announces (and, with
+    a directory, proves) is left out with all its claimants (a warning, not the end
+    of the run). With ``holder_pin`` (the run config's ``holder-key``), the holder is
+    the first node that proves that key by signing the challenge
+    (:func:`fedtrain.flower.holder_auth.verify_holder_claim`); any other claim is
+    logged and ignored. Without a pin no holder node is accepted.
     """
     challenge = new_challenge()
     msgs = [
@@ -284,7 +292,20 @@ def _hello(
             # the id is the node's choice: never logged or kept as it is
             log.warning("node %s announced a malformed party id; left out", node)
             continue
-        if env.party:
+        if (
+            env.party
+            and directory is not None
+            and env.party in directory.keys
+            and not verify_party_claim(
+                env.meta, challenge, env.party, directory.keys[env.party]
+            )
+        ):
+            log.warning(
+                "node %s announced a party id of the identity directory without "
+                "proving its key; claim ignored",
+                node,
+            )
+        elif env.party:
             claimed.setdefault(env.party, []).append(node)
             roles.setdefault(env.party, env.meta.get("role", "client"))
         if env.meta.get("holder") == "1" and holder_pin is not None:
@@ -394,25 +415,30 @@ def _recover_remote(
     return vector, tuple(contributors)
 
 
-def _known_parties(parties: Mapping[str, int], settings: RunSettings) -> dict[str, int]:
-    """Active SecAgg+: the parties the identity directory lists (others could not sign
-    their keys, so the honest clients would refuse them: leave them out up front)."""
-    if not settings.identity_directory:
-        raise FlowerConfigError(
-            "active SecAgg+ needs the public-key directory: run config "
-            "'identity-directory'"
-        )
-    directory = load_directory(
-        settings.identity_directory,
-        pinned=settings.pin() or None,
-    )
-    unknown = sorted(set(parties) - set(directory.parties))
+def _known_parties(
+    parties: Mapping[str, int], directory: IdentityDirectory, servers: set[str]
+) -> dict[str, int]:
+    """The servers and the clients the identity directory lists (a client it does not
+    list could not prove its id at hello, nor, on active SecAgg+, sign its keys, so
+    the honest clients would refuse it: leave it out up front)."""
+    unknown = sorted(set(parties) - set(directory.parties) - servers)
     if unknown:
         log.warning("parties not in the identity directory left out: %s", unknown)
-    known = {p: n for p, n in parties.items() if p in directory.keys}
-    if not known:
+    known = {p: n for p, n in parties.items() if p in directory.keys or p in servers}
+    if not set(known) - servers:
         raise NotEnoughNodesError("no node's party id is in the identity directory")
     return known
+
+
+def _run_directory(settings: RunSettings) -> IdentityDirectory | None:
+    """The run's identity directory (run config ``identity-directory``), or None.
+
+    Active SecAgg+ checks it against the pinned ``directory-fingerprint`` when it
+    loads its session; here it is the ServerApp's own file, read to bind the party
+    ids at hello (for additive, ``directory-fingerprint`` pins its key directory)."""
+    if not settings.identity_directory:
+        return None
+    return load_directory(settings.identity_directory)
 
 
 def _resumed_spec(spec: SessionSpec, checkpoint: RunCheckpoint) -> SessionSpec:
@@ -544,8 +570,14 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     nodes = _wait_for_nodes(grid, settings.min_nodes, settings.node_wait)
     holder_pin = settings.holder_pin()  # before any message: a missing pin fails
     servers: set[str] = set()
+    directory = _run_directory(settings)
     parties, holder_node = _hello(
-        grid, nodes, settings.stage_timeout, servers, holder_pin=holder_pin
+        grid,
+        nodes,
+        settings.stage_timeout,
+        servers,
+        holder_pin=holder_pin,
+        directory=directory,
     )
     clients = sorted(set(parties) - servers)
     if not clients:
@@ -559,8 +591,13 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
     )
     if needs_setup_seed(spec):
         spec = dataclasses.replace(spec, setup_seed=SystemRng().random_bytes(32).hex())
-    if needs_identity_directory(spec):
-        parties = _known_parties(parties, settings)
+    if directory is None and needs_identity_directory(spec):
+        raise FlowerConfigError(
+            "active SecAgg+ needs the public-key directory: run config "
+            "'identity-directory'"
+        )
+    if directory is not None:
+        parties = _known_parties(parties, directory, servers)
         clients = sorted(set(parties) - servers)
         spec = dataclasses.replace(spec, max_clients=len(clients))
     if settings.holder == "server" and not holder_needs_no_secret(spec):
