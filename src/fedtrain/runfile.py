@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from fedtrain import experiment
 from fedtrain.config import LoraSettings, PrivacyConfig, RoundConfig, RunConfig
 from fedtrain.data import RawDataset
 from fedtrain.errors import ConfigError
-from fedtrain.experiment import ExperimentSpec, load_task_data
+from fedtrain.experiment import ExperimentSpec
 
 __all__ = [
     "DataSpec",
@@ -107,7 +108,7 @@ class RunFile:
         Raises:
             fedtrain.errors.DataError: a source that cannot be read.
         """
-        return load_task_data(
+        return experiment.load_task_data(
             self.config.task,
             self.data.train,
             eval_data=self.data.eval,

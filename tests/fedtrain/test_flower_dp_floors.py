@@ -27,6 +27,7 @@ from fedtrain.flower import client_app, run_task
 from fedtrain.flower.errors import FlowerConfigError, PolicyError
 from fedtrain.flower.policy import ClientPolicy, DPFloors
 from fedtrain.planning import client_dp
+from fedtrain.runfile import RunFile
 
 NODE = {"party-id": "client-0", "partition-id": 0}
 
@@ -49,7 +50,8 @@ def _boom(monkeypatch: pytest.MonkeyPatch, *, data: bool = True) -> None:
     names = ["_shared", "local_update", "load_client_start", "apply_global"]
     names += ["build_handle", "load_tokenizer"]
     if data:
-        names += ["_load_parts", "load_task_data"]
+        names += ["_load_parts"]
+        monkeypatch.setattr(RunFile, "load_data", boom)
     for name in names:
         monkeypatch.setattr(run_task, name, boom)
 
