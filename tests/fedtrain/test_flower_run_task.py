@@ -296,6 +296,45 @@ def test_party_ids_map_to_partitions() -> None:
             run_task._partition_of(bad, 3)
 
 
+def with_dealt_keys(
+    grid: FakeGrid,
+    run_config: dict[str, Any],
+    settings: server_app.RunSettings,
+    task: run_task.ServerRunTask,
+    folder: Path,
+) -> tuple[FakeGrid, server_app.RunSettings]:
+    """The fake Grid and settings of a run on a dealt backend (CKKS, Paillier): each
+    node loads its own dealt file, a holder node (its own pinned key) the secret key,
+    the ServerApp the aggregator's file."""
+    spec = SessionSpec(
+        settings.backend, dict(settings.backend_options), max_clients=CLIENTS
+    )
+    ids = [f"client-{i}" for i in range(CLIENTS)]
+    paths = material.deal(spec, task.layout(), ids, folder / "keys")
+    configs = {n: dict(ctx.node_config) for n, ctx in grid.contexts.items()}
+    for cfg in configs.values():
+        cfg["privagg-backends"] = settings.backend
+        cfg["privagg-material"] = str(paths[str(cfg["party-id"])])
+        cfg["privagg-ckks-presets"] = "test-fast"  # heuristic flooding: allowed here
+        cfg["privagg-min-ckks-flood-bits"] = 0
+    ident, pin = holder_identity(folder / "holder-id")
+    configs[200] = {
+        "privagg-holder": True,
+        "privagg-holder-material": str(paths["holder"]),
+        **ident,
+    }
+    dealt = FakeGrid(configs)
+    for ctx in dealt.contexts.values():
+        ctx.run_config = dict(run_config)
+    return dealt, dataclasses.replace(
+        settings,
+        holder="node",
+        holder_key=pin,
+        aggregator_material=str(paths["aggregator"]),
+        min_nodes=CLIENTS + 1,
+    )
+
+
 @pytest.mark.slow
 def test_same_run_on_both_runtimes_ckks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -312,36 +351,13 @@ def test_same_run_on_both_runtimes_ckks(
         {**d, "out": str(tmp_path / "out")}, json.dumps(options)
     )
     task = run_task.ServerRunTask(run_config)
-    spec = SessionSpec("ckks", dict(options), max_clients=CLIENTS)
-    ids = [f"client-{i}" for i in range(CLIENTS)]
-    paths = material.deal(spec, task.layout(), ids, tmp_path / "keys")
-    configs = {n: dict(ctx.node_config) for n, ctx in grid.contexts.items()}
-    for cfg in configs.values():
-        cfg["privagg-backends"] = "ckks"
-        cfg["privagg-material"] = str(paths[str(cfg["party-id"])])
-        cfg["privagg-ckks-presets"] = "test-fast"  # heuristic flooding: allowed here
-        cfg["privagg-min-ckks-flood-bits"] = 0
-    ident, pin = holder_identity(tmp_path / "holder-id")
-    configs[200] = {
-        "privagg-holder": True,
-        "privagg-holder-material": str(paths["holder"]),
-        **ident,
-    }
-    grid = FakeGrid(configs)
-    for ctx in grid.contexts.values():
-        ctx.run_config = dict(run_config)
-    settings = dataclasses.replace(
-        settings,
-        holder="node",
-        holder_key=pin,
-        aggregator_material=str(paths["aggregator"]),
-        min_nodes=CLIENTS + 1,
-    )
+    grid, settings = with_dealt_keys(grid, run_config, settings, task, tmp_path)
     summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
     diff = _max_diff(fed.global_state, task.global_state)
     print(f"\nckks: max |adapter diff| = {diff:.3e}")
     assert diff <= 1e-4
     assert _max_diff(fed.global_state, initial) > 50 * 1e-4
+    ids = [f"client-{i}" for i in range(CLIENTS)]
     assert [r["contributors"] for r in summary["rounds"]] == [ids] * 2
     for k, want in res.final_metrics.items():
         assert abs(summary["final_metrics"][k] - want) <= 1e-2, k
