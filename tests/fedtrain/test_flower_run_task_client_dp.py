@@ -39,7 +39,7 @@ from test_flower_run_task import (  # noqa: F401 (autouse fixture)
     flower_setup,
     with_dealt_keys,
 )
-from test_flower_run_task_dp import _ledger
+from test_flower_run_task_dp import _flower_dp, _ledger
 
 import privagg
 from fedtrain.errors import ConfigError
@@ -308,3 +308,79 @@ def test_too_few_clients_release_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
     assert task.book is not None and task.book.releases() == []
     assert summary["epsilon"] == 0.0
     assert _max_diff(task.global_state, before) == 0.0
+
+
+@pytest.mark.slow
+def test_client_dp_resumed_serverapp_keeps_the_privacy_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client level, ServerApp killed and restarted (``checkpoint-dir``): between
+    rounds, nothing is lost or counted twice; after round 2's sum was released and
+    before it was recorded, the resumed run charges that round (a sum of
+    ``min_clients`` shares, the worst case the ServerApp would have applied) and runs
+    one more training round; a second resume of the finished run charges nothing."""
+    monkeypatch.setattr(run_task, "_CLIENT_DP", {})
+    d = _client_run("plain")
+    whole, s_whole = _flower_dp(d, tmp_path / "whole", None)
+    between, s_between = _flower_dp(d, tmp_path / "between", ("broadcast", 2))
+    assert whole.book is not None and between.book is not None
+    assert s_between["resumed"] is True
+    want = _ledger(whole.book)
+    assert [len(r) for r in want.values()] == [2]  # one federation ledger, 2 rounds
+    assert _ledger(between.book) == want
+    assert s_between["epsilon"] == s_whole["epsilon"] > 0
+    mid, s_mid = _flower_dp(d, tmp_path / "mid", ("apply", 2))
+    assert mid.book is not None
+    ledger = _ledger(mid.book)
+    (records,) = ledger.values()
+    assert [r["metadata"]["fl_round"] for r in records] == [1, 2, 3]
+    assert records[:1] == next(iter(want.values()))[:1]
+    # the applied rounds hold 3 shares (z sqrt(3/2)); the round in flight is charged
+    # as the worst case, a sum of min_clients = 2 shares (z itself)
+    meta = [r["metadata"] for r in records]
+    assert [m["num_contributors"] for m in meta] == [3, 2, 3]
+    assert [r["event"]["noise_multiplier"] for r in records] == pytest.approx(
+        [math.sqrt(1.5), 1.0, math.sqrt(1.5)]
+    )
+    assert [e["status"] for e in s_mid["releases"]] == [
+        "applied",
+        "possibly-released",
+        "applied",
+    ]
+    assert s_mid["epsilon"] > s_whole["epsilon"]
+    again, _ = _flower_dp(d, tmp_path / "mid", None)
+    assert again.book is not None and _ledger(again.book) == ledger
+
+
+@pytest.mark.slow
+def test_client_dp_calibrated_from_target_epsilon_on_both_runtimes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``privacy.calibrate`` with ``target_epsilon``: the ServerApp and every node
+    calibrate the same noise multiplier as ``Federation`` (no data, no model: public
+    parameters only), so the ledger and epsilon are the same and end within the
+    target."""
+    d = _client_run(
+        "plain",
+        privacy={"calibrate": True, "target_epsilon": 20.0, "noise_multiplier": 99.0},
+    )
+    calls = _zero_noise(monkeypatch)
+    fed, _initial, res = _inprocess(d)
+    assert fed.client_dp is not None
+    z = fed.client_dp.noise_multiplier
+    assert z != 99.0  # calibrated, not the configured value
+    calls.clear()
+    monkeypatch.setattr(run_task, "_CACHE", {})
+    monkeypatch.setattr(run_task, "_CLIENT_DP", {})
+    loaded = _spy_sessions(monkeypatch)
+    grid, run_config, settings = flower_setup(d, "{}")
+    task = run_task.ServerRunTask(run_config)
+    summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
+    share = fed.client_dp.session_noise()
+    assert loaded and all(n == share for _, n in loaded)
+    assert {c for c in calls} == {("real", fed.client_dp.share.stddev)}
+    assert task.book is not None
+    assert _ledger(task.book) == _ledger(fed.ledger)
+    eps = [r.epsilon for r in res.rounds]
+    assert [r["epsilon"] for r in summary["rounds"]] == eps
+    assert 0 < summary["epsilon"] <= 20.0
