@@ -335,6 +335,80 @@ def with_dealt_keys(
     )
 
 
+def with_identities(
+    grid: FakeGrid, settings: server_app.RunSettings, folder: Path
+) -> tuple[FakeGrid, server_app.RunSettings]:
+    """The fake Grid and settings of an active SecAgg+ run: each node its own identity
+    key (``privagg keygen``), the operator's directory, pinned by every node."""
+    from test_flower_active_secagg import make_identities
+
+    ids = [f"client-{i}" for i in range(CLIENTS)]
+    directory, pin = make_identities(folder, ids)
+    for ctx in grid.contexts.values():
+        p = str(ctx.node_config["party-id"])
+        ctx.node_config["privagg-identity-key"] = str(
+            folder / p / f"secagg-identity-{p}.key"
+        )
+        ctx.node_config["privagg-identity-directory"] = str(directory)
+        ctx.node_config["privagg-directory-fingerprint"] = pin
+    return grid, dataclasses.replace(settings, identity_directory=str(directory))
+
+
+def with_additive_servers(
+    grid: FakeGrid,
+    run_config: dict[str, Any],
+    settings: server_app.RunSettings,
+    folder: Path,
+) -> tuple[FakeGrid, server_app.RunSettings]:
+    """The fake Grid and settings of an additive run: each aggregation server and the
+    holder a node with its own key (made on its "machine"), the operator's directory
+    pinned by every node and the ServerApp."""
+    spec = SessionSpec(
+        settings.backend, dict(settings.backend_options), max_clients=CLIENTS
+    )
+    keys, pubs = {}, []
+    for pid in material.key_holders(spec):
+        keys[pid], public = material.make_own_key(spec, pid, folder / f"m-{pid}")
+        pubs.append(public)
+    directory = material.write_directory(spec, pubs, folder / "op" / "directory.bin")
+    fp = material.directory_fingerprint(directory)
+    pinned = {"privagg-material": str(directory), "privagg-directory-fingerprint": fp}
+    configs = {n: dict(ctx.node_config) | pinned for n, ctx in grid.contexts.items()}
+    options = json.dumps(dict(settings.backend_options))
+    for cfg in configs.values():
+        cfg["privagg-backends"] = "additive"
+        cfg["privagg-backend-options"] = options  # a node pins what it accepts
+    servers = sorted(p for p in keys if p != "holder")
+    for i, sid in enumerate(servers):
+        configs[300 + i] = {
+            "party-id": sid,
+            "privagg-role": "server",
+            "privagg-backends": "additive",
+            "privagg-own-key": str(keys[sid]),
+            "privagg-backend-options": options,
+            **pinned,
+        }
+    ident, holder_pin = holder_identity(folder / "holder-id")
+    configs[200] = {
+        "privagg-holder": True,
+        "privagg-holder-material": str(directory),
+        "privagg-own-key": str(keys["holder"]),
+        "privagg-directory-fingerprint": fp,
+        **ident,
+    }
+    dealt = FakeGrid(configs)
+    for ctx in dealt.contexts.values():
+        ctx.run_config = dict(run_config)
+    return dealt, dataclasses.replace(
+        settings,
+        holder="node",
+        holder_key=holder_pin,
+        aggregator_material=str(directory),
+        directory_fingerprint=fp,
+        min_nodes=len(configs),
+    )
+
+
 @pytest.mark.slow
 def test_same_run_on_both_runtimes_ckks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -37,7 +37,9 @@ from test_flower_run_task import (  # noqa: F401 (autouse fixture)
     _run,
     _task_identity,
     flower_setup,
+    with_additive_servers,
     with_dealt_keys,
+    with_identities,
 )
 from test_flower_run_task_dp import _flower_dp, _ledger
 
@@ -118,6 +120,10 @@ def _spy_sessions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         # approximate arithmetic and Paillier's fixed point (the same AdamW effect)
         ("ckks", '{"preset": "test-fast", "threads": 1}', 2e-4),
         ("paillier", '{"key_bits": 2048, "bound": 0.5}', 2e-4),
+        # active SecAgg+: each node its own identity key, the pinned directory
+        ("secagg", '{"active": true, "bound": 0.5}', 2e-4),
+        # additive: two aggregation-server nodes and a holder node, own keys
+        ("additive", '{"n_servers": 3, "bound": 0.5}', 2e-4),
     ],
 )
 def test_client_dp_same_ledger_and_adapter_on_both_runtimes(
@@ -137,7 +143,7 @@ def test_client_dp_same_ledger_and_adapter_on_both_runtimes(
     assert fed.client_dp is not None
     share = fed.client_dp.share
     assert share.stddev == pytest.approx(1.0 * 0.5 / math.sqrt(2))
-    kind = "encoded" if backend in ("secagg", "paillier") else "real"
+    kind = "real" if backend in ("plain", "ckks") else "encoded"
     assert calls == [(kind, share.stddev)] * 6  # 3 clients x 2 rounds
     calls.clear()
     monkeypatch.setattr(run_task, "_CACHE", {})
@@ -149,6 +155,11 @@ def test_client_dp_same_ledger_and_adapter_on_both_runtimes(
     if backend in ("ckks", "paillier"):
         grid, settings = with_dealt_keys(grid, run_config, settings, task, tmp_path)
         roles.add("holder")
+    elif json.loads(options).get("active"):
+        grid, settings = with_identities(grid, settings, tmp_path)
+    elif backend == "additive":
+        grid, settings = with_additive_servers(grid, run_config, settings, tmp_path)
+        roles |= {"server", "holder"}
     summary = server_app.run(grid, settings, task)  # type: ignore[arg-type]
     # every role got Federation's share (same type, stddev, dimension and rounds)
     assert {r for r, _ in loaded} == roles
