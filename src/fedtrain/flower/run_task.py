@@ -3,7 +3,7 @@
 The run config key ``fedtrain-run`` holds the run, as JSON, with the keys of a
 ``fedtrain run`` TOML file (:func:`fedtrain.runfile.parse_run_dict` checks them: an
 unknown key, a wrong type or a bad value is a :class:`~fedtrain.errors.ConfigError`
-naming the key): the ``RunConfig`` (task ``seq_cls`` or ``token_cls``, model, every
+naming the key): the ``RunConfig`` (every task, model, every
 LoRA mode, rounds, server optimizer, weighting, device, seeds), ``[data]`` and
 ``[federation]`` (how the training data is split into clients) and ``out`` (where the
 ServerApp exports the final adapter). Both sides build everything from it with the
@@ -69,8 +69,8 @@ A node's own floors on the run's DP (node config ``fedtrain-min-noise-multiplier
 :func:`check_dp_floors` in :func:`client_update` before the node loads its model or
 trains, and in :func:`session_noise` before a node computes its share.
 
-Not supported here (a :class:`~fedtrain.flower.errors.FlowerConfigError`): the
-``causal_lm`` task.
+Every task runs here (``seq_cls``, ``token_cls`` and ``causal_lm``, e.g. SmolLM2 on
+instructions), with the in-process runtime's encoding, evaluation and export.
 """
 
 from __future__ import annotations
@@ -155,7 +155,6 @@ ROUND_RECORD = "fedtrain.run.round"
 
 _OPT_STATE = "fedtrain.run.opt"
 _STATE_FACTS = "fedtrain.run.facts"
-_TASKS = ("seq_cls", "token_cls")
 
 
 def run_config_entry(run: Mapping[str, Any]) -> dict[str, str]:
@@ -209,10 +208,6 @@ class FlowerRun:
             raise FlowerConfigError(f"run config {RUN_KEY!r} is not JSON") from exc
         run = parse_run_dict(d)
         c = run.config
-        if c.task not in _TASKS:
-            raise FlowerConfigError(
-                f"task {c.task!r} is not supported over Flower (supported: {_TASKS})"
-            )
         backend = cfg.get("backend")
         if backend is not None and backend != c.backend:
             raise FlowerConfigError(
