@@ -301,6 +301,25 @@ def test_party_ids_map_to_partitions() -> None:
             run_task._partition_of(bad, 3)
 
 
+def _grid_with_holder(
+    configs: dict[int, dict[str, object]],
+    run_config: dict[str, Any],
+    settings: server_app.RunSettings,
+    folder: Path,
+    **replace: Any,
+) -> tuple[FakeGrid, server_app.RunSettings]:
+    """The fake Grid of ``configs`` whose node 200 is the result holder (its own
+    identity key, pinned by the run) and the settings with ``replace`` applied."""
+    ident, pin = holder_identity(folder / "holder-id")
+    configs[200] = {"privagg-holder": True, **configs[200], **ident}
+    grid = FakeGrid(configs)
+    for ctx in grid.contexts.values():
+        ctx.run_config = dict(run_config)
+    return grid, dataclasses.replace(
+        settings, holder="node", holder_key=pin, min_nodes=len(configs), **replace
+    )
+
+
 def with_dealt_keys(
     grid: FakeGrid,
     run_config: dict[str, Any],
@@ -322,21 +341,13 @@ def with_dealt_keys(
         cfg["privagg-material"] = str(paths[str(cfg["party-id"])])
         cfg["privagg-ckks-presets"] = "test-fast"  # heuristic flooding: allowed here
         cfg["privagg-min-ckks-flood-bits"] = 0
-    ident, pin = holder_identity(folder / "holder-id")
-    configs[200] = {
-        "privagg-holder": True,
-        "privagg-holder-material": str(paths["holder"]),
-        **ident,
-    }
-    dealt = FakeGrid(configs)
-    for ctx in dealt.contexts.values():
-        ctx.run_config = dict(run_config)
-    return dealt, dataclasses.replace(
+    configs[200] = {"privagg-holder-material": str(paths["holder"])}
+    return _grid_with_holder(
+        configs,
+        run_config,
         settings,
-        holder="node",
-        holder_key=pin,
+        folder,
         aggregator_material=str(paths["aggregator"]),
-        min_nodes=CLIENTS + 1,
     )
 
 
@@ -393,24 +404,18 @@ def with_additive_servers(
             "privagg-backend-options": options,
             **pinned,
         }
-    ident, holder_pin = holder_identity(folder / "holder-id")
     configs[200] = {
-        "privagg-holder": True,
         "privagg-holder-material": str(directory),
         "privagg-own-key": str(keys["holder"]),
         "privagg-directory-fingerprint": fp,
-        **ident,
     }
-    dealt = FakeGrid(configs)
-    for ctx in dealt.contexts.values():
-        ctx.run_config = dict(run_config)
-    return dealt, dataclasses.replace(
+    return _grid_with_holder(
+        configs,
+        run_config,
         settings,
-        holder="node",
-        holder_key=holder_pin,
+        folder,
         aggregator_material=str(directory),
         directory_fingerprint=fp,
-        min_nodes=len(configs),
     )
 
 

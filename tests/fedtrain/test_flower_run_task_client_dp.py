@@ -41,7 +41,7 @@ from test_flower_run_task import (  # noqa: F401 (autouse fixture)
     with_dealt_keys,
     with_identities,
 )
-from test_flower_run_task_dp import _flower_dp, _ledger
+from test_flower_run_task_dp import _flower_dp, _ledger, check_resumed_after_release
 
 import privagg
 from fedtrain.errors import ConfigError
@@ -353,14 +353,7 @@ def test_client_dp_resumed_serverapp_keeps_the_privacy_ledger(
     assert [r["event"]["noise_multiplier"] for r in records] == pytest.approx(
         [math.sqrt(1.5), 1.0, math.sqrt(1.5)]
     )
-    assert [e["status"] for e in s_mid["releases"]] == [
-        "applied",
-        "possibly-released",
-        "applied",
-    ]
-    assert s_mid["epsilon"] > s_whole["epsilon"]
-    again, _ = _flower_dp(d, tmp_path / "mid", None)
-    assert again.book is not None and _ledger(again.book) == ledger
+    check_resumed_after_release(d, s_mid, s_whole, tmp_path / "mid", ledger)
 
 
 @pytest.mark.slow

@@ -153,14 +153,26 @@ def test_resumed_serverapp_keeps_the_privacy_ledger(tmp_path: Path) -> None:
         assert [r["metadata"]["fl_round"] for r in records] == [1, 2, 3], name
         assert records[:1] == _ledger(whole.book)[name][:1]
         assert records[1]["metadata"]["in_sum"] is False  # charged, not recorded
+    check_resumed_after_release(d, s_mid, s_whole, tmp_path / "mid", ledger)
+
+
+def check_resumed_after_release(
+    d: dict[str, Any],
+    s_mid: Mapping[str, Any],
+    s_whole: Mapping[str, Any],
+    ck: Path,
+    ledger: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A run killed after round 2's release and resumed from ``ck``: round 2 is
+    possibly released (charged), one more round ran, epsilon is above the
+    uninterrupted run's, and a second resume of the finished run charges nothing."""
     assert [e["status"] for e in s_mid["releases"]] == [
         "applied",
         "possibly-released",
         "applied",
     ]
     assert s_mid["epsilon"] > s_whole["epsilon"]
-    # a second resume of the finished run charges nothing more
-    again, _ = _flower_dp(d, tmp_path / "mid", None)
+    again, _ = _flower_dp(d, ck, None)
     assert again.book is not None and _ledger(again.book) == ledger
 
 
