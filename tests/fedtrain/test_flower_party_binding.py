@@ -121,7 +121,9 @@ def test_a_node_cannot_take_over_a_late_nodes_party_id(
         if env.op != Op.HELLO:
             return None
         sig = own.sign(
-            party_hello_message(bytes.fromhex(env.meta["challenge"]), "client-0")
+            party_hello_message(
+                bytes.fromhex(env.meta["challenge"]), "client-0", ATTACKER
+            )
         )
         reply = Envelope(Op.HELLO, 0, "client-0", b"", {"party-signature": sig.hex()})
         return Message(pack(reply), reply_to=msg)
@@ -188,21 +190,50 @@ def test_without_a_directory_party_ids_are_the_nodes_claims(
     assert summary["parties"] == PARTIES
 
 
-def test_proofs_are_bound_to_their_context_challenge_and_id() -> None:
-    """Unit: a party proof verifies only for its challenge, id and key; a holder's hello
-    signature is never a party proof; malformed signatures are refused."""
+def test_proofs_are_bound_to_their_context_challenge_id_and_node() -> None:
+    """Unit: a party proof verifies only for its challenge, id, Flower node id and key;
+    a holder's hello signature is never a party proof; malformed signatures and node
+    ids are refused."""
     key = Ed25519PrivateKey.generate()
     pub = key.public_key().public_bytes_raw()
     ch, other = new_challenge(), new_challenge()
-    good = {"party-signature": key.sign(party_hello_message(ch, "client-0")).hex()}
-    assert verify_party_claim(good, ch, "client-0", pub)
-    assert not verify_party_claim(good, other, "client-0", pub)
-    assert not verify_party_claim(good, ch, "client-1", pub)
+    msg = party_hello_message(ch, "client-0", 100)
+    good = {"party-signature": key.sign(msg).hex()}
+    assert verify_party_claim(good, ch, "client-0", pub, 100)
+    assert not verify_party_claim(good, other, "client-0", pub, 100)
+    assert not verify_party_claim(good, ch, "client-1", pub, 100)
+    assert not verify_party_claim(good, ch, "client-0", pub, 101)  # relayed
     other_pub = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
-    assert not verify_party_claim(good, ch, "client-0", other_pub)
+    assert not verify_party_claim(good, ch, "client-0", other_pub, 100)
     holder_sig = {"party-signature": key.sign(hello_message(ch, "client-0")).hex()}
-    assert not verify_party_claim(holder_sig, ch, "client-0", pub)
+    assert not verify_party_claim(holder_sig, ch, "client-0", pub, 100)
     sig = good["party-signature"]
     for bad in ("", sig.upper(), sig[:-2], sig + "00", "zz" * 64, " " + sig[1:]):
-        assert not verify_party_claim({"party-signature": bad}, ch, "client-0", pub)
-    assert not verify_party_claim({}, ch, "client-0", pub)
+        assert not verify_party_claim(
+            {"party-signature": bad}, ch, "client-0", pub, 100
+        )
+    assert not verify_party_claim({}, ch, "client-0", pub, 100)
+    for node in (-1, 2**64, True):
+        assert not verify_party_claim(good, ch, "client-0", pub, node)
+
+
+def test_a_proof_relayed_by_another_node_in_the_same_run_is_refused(
+    identities: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 103 obtains client-0's genuine proof for THIS hello (a network attacker
+    who sees client-0's reply without TLS, and drops it) and answers with it: the
+    proof names client-0's Flower node id (100), not 103, so it does not verify."""
+    folder, directory = identities
+    grid = FakeGrid(_configs(folder))
+
+    def relay(env: Envelope, msg: Message) -> Message | None:
+        if env.op != Op.HELLO:
+            return None
+        genuine = unpack(client_app.privagg_query(msg, grid.contexts[100]).content)
+        reply = Envelope(Op.HELLO, 0, "client-0", b"", dict(genuine.meta))
+        return Message(pack(reply), reply_to=msg)
+
+    fake_node(monkeypatch, ATTACKER, relay)
+    grid.silent = {100}
+    summary = _run(grid, directory, min_nodes=4)
+    assert "client-0" not in summary["parties"]

@@ -627,7 +627,9 @@ def _hello(env: Envelope, context: Context) -> Envelope:
     if signer is not None:
         challenge = parse_challenge(env.meta["challenge"])
         if party:
-            meta["party-signature"] = signer.sign(party_hello_message(challenge, party))
+            meta["party-signature"] = signer.sign(
+                party_hello_message(challenge, party, int(context.node_id))
+            )
         if holder:
             meta["holder-key"] = signer.public_key.hex()
             meta["holder-signature"] = signer.sign(hello_message(challenge, party))

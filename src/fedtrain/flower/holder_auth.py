@@ -27,7 +27,8 @@ make the holder trustworthy (it still sees and returns the sum).
 **Party ids.** The same hello binds the clients' party ids when the run config names
 an identity directory (``identity-directory``: party id -> Ed25519 public key, the file
 ``privagg directory`` writes; any backend). A node with ``privagg-identity-key`` signs
-:func:`party_hello_message` (another context string: the challenge and its party id);
+:func:`party_hello_message` (another context string: the challenge, its party id and
+its Flower node id);
 the ServerApp accepts the claim of a party id the directory lists only if that
 signature verifies under the directory's key for that id
 (:func:`verify_party_claim`), and leaves out client ids the directory does not list.
@@ -111,11 +112,24 @@ def hello_message(challenge: bytes, party: str) -> bytes:
     return _frame(_HELLO_CONTEXT, _challenge(challenge), party.encode("utf-8"))
 
 
-def party_hello_message(challenge: bytes, party: str) -> bytes:
+def party_hello_message(challenge: bytes, party: str, node_id: int) -> bytes:
     """What a node signs at hello to prove its party id (run config
-    ``identity-directory``): the challenge and the id, under its own context string
-    (a holder's hello signature is never a party proof, nor the reverse)."""
-    return _frame(_PARTY_CONTEXT, _challenge(challenge), party.encode("utf-8"))
+    ``identity-directory``): the challenge, the id and the Flower node id it answers
+    from (so a proof relayed by another node, even in the same run, does not verify),
+    under its own context string (a holder's hello signature is never a party proof,
+    nor the reverse).
+
+    Raises:
+        FlowerProtocolError: a node id outside the unsigned 64-bit range.
+    """
+    if isinstance(node_id, bool) or not 0 <= int(node_id) < 2**64:
+        raise FlowerProtocolError("a Flower node id is an unsigned 64-bit integer")
+    return _frame(
+        _PARTY_CONTEXT,
+        _challenge(challenge),
+        party.encode("utf-8"),
+        int(node_id).to_bytes(8, "big"),
+    )
 
 
 def recovery_message(challenge: bytes, round_id: int, check: str) -> bytes:
@@ -260,13 +274,20 @@ def verify_holder_claim(
 
 
 def verify_party_claim(
-    meta: Mapping[str, str], challenge: bytes, party: str, public_key: bytes
+    meta: Mapping[str, str],
+    challenge: bytes,
+    party: str,
+    public_key: bytes,
+    node_id: int,
 ) -> bool:
     """Whether a hello reply's ``party-signature`` proves ``party`` under
-    ``public_key`` (the identity directory's key for that id) over this challenge."""
-    return _verify(
-        public_key, meta.get("party-signature"), party_hello_message(challenge, party)
-    )
+    ``public_key`` (the identity directory's key for that id) over this challenge,
+    from Flower node ``node_id`` (the reply's source, as the SuperLink reports it)."""
+    try:
+        message = party_hello_message(challenge, party, node_id)
+    except FlowerProtocolError:
+        return False
+    return _verify(public_key, meta.get("party-signature"), message)
 
 
 def verify_recovery(

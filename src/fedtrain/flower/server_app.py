@@ -297,7 +297,7 @@ def _hello(
             and directory is not None
             and env.party in directory.keys
             and not verify_party_claim(
-                env.meta, challenge, env.party, directory.keys[env.party]
+                env.meta, challenge, env.party, directory.keys[env.party], node
             )
         ):
             log.warning(
