@@ -1,0 +1,198 @@
+"""Review r7 (outside reviewer): crafted bytes on the SecAgg+ v4 message parsers that
+changed (``AdvertiseMessage`` with ``b_commit``, ``ShareKeysRequest`` which now writes
+each key set with ``AdvertiseMessage._write``, the unmask messages) and on the live
+endpoints that read them.
+
+Attacks: every truncation and every single-bit flip of each payload, re-sealed in a
+valid envelope (so the digest does not hide the parser), random multi-byte mutations
+(hypothesis), and the same bytes delivered to the aggregator (as a client's reply) and
+to a client (as the aggregator's request). Only ``PrivaggError`` may escape; a mutated
+payload that parses must be the canonical encoding of what it parses to (no two byte
+strings for one message: re-encoding gives the same bytes). All refused.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import privagg
+from privagg.backends.secagg import messages as sm
+from privagg.envelope import open_envelope, seal
+from tests.privagg.test_fuzz_parsers import mutate_bytes
+from tests.privagg.test_review_secagg_drop import _Round
+
+N = 5
+REPLIES: dict[bool, list[type[Any]]] = {
+    False: [sm.AdvertiseMessage, sm.SharesMessage, sm.MaskedInput, sm.UnmaskShares],
+    True: [
+        sm.AdvertiseMessage,
+        sm.SharesMessage,
+        sm.MaskedInput,
+        sm.SignatureMessage,
+        sm.UnmaskShares,
+    ],
+}
+REQUESTS: dict[bool, list[type[Any]]] = {
+    False: [sm.SetupRequest, sm.ShareKeysRequest, sm.MaskRequest, sm.UnmaskRequest],
+    True: [
+        sm.SetupRequest,
+        sm.ShareKeysRequest,
+        sm.MaskRequest,
+        sm.ConsistencyRequest,
+        sm.UnmaskRequest,
+    ],
+}
+CHANGED = (sm.AdvertiseMessage, sm.ShareKeysRequest, sm.UnmaskShares, sm.UnmaskRequest)
+
+
+@cache
+def _transcript(active: bool) -> tuple[list[dict[str, bytes]], list[dict[str, bytes]]]:
+    """An honest round's requests and replies, by stage."""
+    r = _Round(N, active)
+    requests = []
+    while not r.agg.done:
+        requests.append(dict(r.requests))
+        r.step(r.honest())
+    return requests, r.got
+
+
+def _corpus(cls: type[Any]) -> list[bytes]:
+    out = []
+    for active in (False, True):
+        requests, replies = _transcript(active)
+        for stage, kinds in enumerate(REQUESTS[active]):
+            if kinds is cls:
+                out += list(requests[stage].values())[:2]
+        for stage, kinds in enumerate(REPLIES[active]):
+            if kinds is cls:
+                out += list(replies[stage].values())[:2]
+    return out
+
+
+def _parse_checked(cls: type[Any], data: bytes) -> None:
+    """Parse ``data`` as ``cls``: a typed error, or the canonical encoding."""
+    try:
+        msg = cls.from_bytes(data)
+    except privagg.PrivaggError:
+        return
+    assert msg.to_bytes() == data  # canonical: nothing ignored, nothing re-encoded
+
+
+@pytest.mark.parametrize("cls", CHANGED, ids=lambda c: c.__name__)
+def test_r7_every_truncation_of_a_resealed_payload_is_typed(cls: type[Any]) -> None:
+    for data in _corpus(cls):
+        header, payload = open_envelope(data)
+        body = bytes(payload)
+        assert cls.from_bytes(data).to_bytes() == data
+        for cut in range(len(body)):
+            with pytest.raises(privagg.PrivaggError):
+                cls.from_bytes(seal(header, body[:cut]))
+        with pytest.raises(privagg.PrivaggError):
+            cls.from_bytes(seal(header, body + b"\x00"))  # trailing byte
+
+
+@pytest.mark.parametrize(
+    "cls", [sm.AdvertiseMessage, sm.UnmaskShares], ids=lambda c: c.__name__
+)
+def test_r7_every_bit_flip_of_a_resealed_payload_is_typed_or_canonical(
+    cls: type[Any],
+) -> None:
+    data = _corpus(cls)[0]
+    header, payload = open_envelope(data)
+    body = bytearray(payload)
+    for i in range(len(body)):
+        for bit in range(8):
+            body[i] ^= 1 << bit
+            _parse_checked(cls, seal(header, bytes(body)))
+            body[i] ^= 1 << bit
+
+
+def test_r7_advertisement_length_fields_accept_only_32_byte_keys_and_commitment() -> (
+    None
+):
+    """Refused: each of c_pk, s_pk and b_commit is exactly 32 bytes, the signature 0
+    or 64; a payload with any of them 31 or 33 bytes long is refused (typed)."""
+    base = sm.AdvertiseMessage.from_bytes(_corpus(sm.AdvertiseMessage)[0])
+    for field in ("c_pk", "s_pk", "b_commit", "signature"):
+        for n in (0, 31, 33, 63, 65):
+            if field == "signature" and n == 0:
+                continue
+            bad = sm.AdvertiseMessage(
+                **{
+                    "params_id": base.params_id,
+                    "round_id": base.round_id,
+                    "party": base.party,
+                    "c_pk": base.c_pk,
+                    "s_pk": base.s_pk,
+                    "signature": base.signature,
+                    "b_commit": base.b_commit,
+                    field: bytes(n),
+                }
+            ).to_bytes()
+            with pytest.raises(privagg.DeserializationError):
+                sm.AdvertiseMessage.from_bytes(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), which=st.sampled_from(CHANGED))
+def test_r7_random_mutations_of_changed_messages_are_typed(
+    seed: int, which: type[Any]
+) -> None:
+    rnd = random.Random(seed)
+    data = rnd.choice(_corpus(which))
+    for _ in range(10):
+        _parse_checked(which, mutate_bytes(rnd, data))
+
+
+# -- the live endpoints -------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), active=st.booleans())
+def test_r7_mutated_advertisement_at_the_aggregator_is_typed_and_exact(
+    seed: int, active: bool
+) -> None:
+    """Refused: a client's stage-0 advertisement mutated (re-sealed or raw) reaches the
+    aggregator: the round goes on without that client (or, if the bytes still parse as
+    its advertisement, with it, and its neighbours or the commitment check refuse what
+    does not match), ending in the exact sum of the contributors or a typed error."""
+    rnd = random.Random(seed)
+    r = _Round(N, active)
+    replies = r.honest()
+    replies["c01"] = mutate_bytes(rnd, replies["c01"])
+    try:
+        r.step(replies)
+        res = r.run()
+    except privagg.PrivaggError:
+        assert not r.agg.done
+        return
+    r.assert_exact(res)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), active=st.booleans())
+def test_r7_mutated_key_set_at_a_client_is_typed(seed: int, active: bool) -> None:
+    """Refused: the stage-1 key set (every advertisement, each with its commitment)
+    mutated on its way to one client: that client raises a typed error or answers;
+    the round then ends in the exact sum of its contributors or a typed error."""
+    rnd = random.Random(seed)
+    r = _Round(N, active)
+    r.step(r.honest())
+    bad = mutate_bytes(rnd, r.requests["c02"])
+    replies = {}
+    for c, req in r.requests.items():
+        try:
+            replies[c] = r.clients[c].handle(bad if c == "c02" else req)
+        except privagg.PrivaggError:
+            assert c == "c02"
+    try:
+        r.step(replies)
+        res = r.run()
+    except privagg.PrivaggError:
+        assert not r.agg.done
+        return
+    r.assert_exact(res)
