@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ import pytest
 from privagg import ProtocolError
 from privagg._rng import Rng
 from privagg.backends import _shamir
+from privagg.backends.secagg import _context as sa_ctx
+from privagg.backends.secagg import client as sa_client
 from privagg.backends.secagg import messages as sm
 from tests.privagg.test_review_secagg_drop import MASKED, _forge_shares, _last, _Round
 
@@ -311,3 +314,34 @@ def test_r7_holder_coalitions_never_give_a_wrong_sum(
     else:  # the liars escape; whoever is named is honest (m - k - (t - 2) of them)
         assert not named & set(chosen)
         assert len(named) == m - k - (t - 2)
+
+
+# -- a commitment for the right seed, bound to something else -----------------------------
+@pytest.mark.parametrize("bound_to", ["params_id", "round", "client"])
+@pytest.mark.parametrize("active", [False, True])
+def test_r7_commitment_to_the_right_seed_under_another_binding_aborts(
+    monkeypatch: pytest.MonkeyPatch, active: bool, bound_to: str
+) -> None:
+    """Refused: c02 commits to its real seed, but under another session's params_id,
+    another round id or another client's id (so that, were the binding loose, it could
+    reuse or transplant it). The aggregator checks with the round's own binding: the
+    round aborts with a ProtocolError naming c02 (the documented denial of service of
+    a wrong commitment), never a result."""
+    real = sa_ctx._seed_commitment
+
+    def other(cfg: Any, round_id: int, cid: str, b: bytes) -> bytes:
+        if cid != "c02":
+            return real(cfg, round_id, cid, b)
+        if bound_to == "params_id":
+            cfg = SimpleNamespace(params_id=bytes(a ^ 1 for a in cfg.params_id))
+        elif bound_to == "round":
+            round_id += 1
+        else:
+            cid = "c03"
+        return real(cfg, round_id, cid, b)
+
+    monkeypatch.setattr(sa_client, "_seed_commitment", other)
+    r = _Round(8, active)
+    with pytest.raises(ProtocolError, match="'c02''s self-mask seed"):
+        r.run()
+    assert not r.agg.done
