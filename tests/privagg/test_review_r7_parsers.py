@@ -14,6 +14,7 @@ strings for one message: re-encoding gives the same bytes). All refused.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import privagg
+from privagg.backends._primitives import x25519_key, x25519_public
 from privagg.backends.secagg import messages as sm
 from privagg.envelope import open_envelope, seal
 from tests.privagg.test_fuzz_parsers import mutate_bytes
@@ -151,6 +153,26 @@ def test_r7_random_mutations_of_changed_messages_are_typed(
 
 
 # -- the live endpoints -------------------------------------------------------------------
+def _finish(r: _Round, replies: dict[str, bytes]) -> None:
+    """Deliver ``replies`` and run the round honestly to its end: the exact sum of the
+    contributors, or a typed error and no result; in the passive variant also a
+    result the holder refuses as out of range (a mutated key made a pair of masks not
+    cancel: see test_r7_passive_relay_substituting_a_neighbour_key_is_caught_by_the_holder)."""
+    try:
+        r.step(replies)
+        while not r.agg.done:
+            r.step(r.honest())
+    except privagg.PrivaggError:
+        assert not r.agg.done
+        return
+    try:
+        res = r.session.holder().recover(r.agg.result())
+    except privagg.EncodingOverflowError:
+        assert not r.agg._cfg.active
+        return
+    r.assert_exact(res)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), active=st.booleans())
 def test_r7_mutated_advertisement_at_the_aggregator_is_typed_and_exact(
@@ -164,13 +186,7 @@ def test_r7_mutated_advertisement_at_the_aggregator_is_typed_and_exact(
     r = _Round(N, active)
     replies = r.honest()
     replies["c01"] = mutate_bytes(rnd, replies["c01"])
-    try:
-        r.step(replies)
-        res = r.run()
-    except privagg.PrivaggError:
-        assert not r.agg.done
-        return
-    r.assert_exact(res)
+    _finish(r, replies)
 
 
 @settings(max_examples=25, deadline=None)
@@ -189,10 +205,44 @@ def test_r7_mutated_key_set_at_a_client_is_typed(seed: int, active: bool) -> Non
             replies[c] = r.clients[c].handle(bad if c == "c02" else req)
         except privagg.PrivaggError:
             assert c == "c02"
-    try:
+    _finish(r, replies)
+
+
+def test_r7_passive_relay_substituting_a_neighbour_key_is_caught_by_the_holder() -> (
+    None
+):
+    """Found by the mutation test above (seed 338: bits of c03's ``s_pk`` flipped in
+    the key set relayed to c02). Passive variant (LOW; semi-honest, nothing signed):
+    a relay that changes one neighbour's mask key in ONE client's key set makes that
+    client's pairwise mask with it not cancel. No role sees it: the aggregator
+    finishes (the key set's hash only feeds the graph seed, which the complete graph
+    of 5 ignores, and the share ciphertexts' AAD does not bind it), and only the
+    holder's range check refuses the garbage sum (``EncodingOverflowError``: a
+    pseudo-random ring residue lands in range with probability about
+    ``2 * 327685 / 2**32`` per coordinate, here 8 of them). Active variant: refused
+    (the key's signature does not verify)."""
+    for active in (False, True):
+        r = _Round(N, active)
+        r.step(r.honest())
+        req = sm.ShareKeysRequest.from_bytes(r.requests["c02"])
+        keys = tuple(
+            replace(k, s_pk=x25519_public(x25519_key(bytes(range(32)))))
+            if k.party == "c03"
+            else k
+            for k in req.keys
+        )
+        bad = replace(req, keys=keys).to_bytes()
+        if active:
+            with pytest.raises(privagg.ProtocolError, match="bad signature"):
+                r.clients["c02"].handle(bad)
+            continue
+        replies = {
+            c: r.clients[c].handle(bad if c == "c02" else q)
+            for c, q in r.requests.items()
+        }
         r.step(replies)
-        res = r.run()
-    except privagg.PrivaggError:
-        assert not r.agg.done
-        return
-    r.assert_exact(res)
+        while not r.agg.done:
+            r.step(r.honest())
+        assert r.agg.rejection_reasons == {}  # nobody noticed
+        with pytest.raises(privagg.EncodingOverflowError):
+            r.session.holder().recover(r.agg.result())
