@@ -30,26 +30,23 @@ from tests.privagg.test_fuzz_parsers import mutate_bytes
 from tests.privagg.test_review_secagg_drop import _Round
 
 N = 5
-REPLIES: dict[bool, list[type[Any]]] = {
-    False: [sm.AdvertiseMessage, sm.SharesMessage, sm.MaskedInput, sm.UnmaskShares],
-    True: [
-        sm.AdvertiseMessage,
-        sm.SharesMessage,
-        sm.MaskedInput,
-        sm.SignatureMessage,
-        sm.UnmaskShares,
-    ],
-}
-REQUESTS: dict[bool, list[type[Any]]] = {
-    False: [sm.SetupRequest, sm.ShareKeysRequest, sm.MaskRequest, sm.UnmaskRequest],
-    True: [
-        sm.SetupRequest,
-        sm.ShareKeysRequest,
-        sm.MaskRequest,
-        sm.ConsistencyRequest,
-        sm.UnmaskRequest,
-    ],
-}
+_ACTIVE_REPLIES: list[type[Any]] = [
+    sm.AdvertiseMessage,
+    sm.SharesMessage,
+    sm.MaskedInput,
+    sm.SignatureMessage,  # active only
+    sm.UnmaskShares,
+]
+_ACTIVE_REQUESTS: list[type[Any]] = [
+    sm.SetupRequest,
+    sm.ShareKeysRequest,
+    sm.MaskRequest,
+    sm.ConsistencyRequest,  # active only
+    sm.UnmaskRequest,
+]
+# by stage, for each variant (the passive one has no signature stage)
+REPLIES = {True: _ACTIVE_REPLIES, False: [*_ACTIVE_REPLIES[:3], _ACTIVE_REPLIES[4]]}
+REQUESTS = {True: _ACTIVE_REQUESTS, False: [*_ACTIVE_REQUESTS[:3], _ACTIVE_REQUESTS[4]]}
 CHANGED = (sm.AdvertiseMessage, sm.ShareKeysRequest, sm.UnmaskShares, sm.UnmaskRequest)
 
 
