@@ -133,12 +133,9 @@ def test_r7_any_t_points_decode_to_a_secret_or_none(points: dict[int, int]) -> N
     assert got is None or (len(got[0]) == 32 and got[1] == frozenset())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="r7: decode lets non-int points escape as TypeError"
-)
 @pytest.mark.parametrize("kind", ["float-x", "float-y", "float-t"])
 def test_r7_non_integer_points_are_a_typed_error(kind: str) -> None:
-    """Open (review r7, LOW, internal API): ``decode`` validates the range of the
+    """Fixed (review r7, LOW, internal API; decode now checks the types): ``decode`` validates the range of the
     points (ConfigurationError) but not their type: a float x, a float share value
     or a float threshold raises a bare TypeError from ``pow``/``>>``/slicing. The
     aggregator only passes ints, so this is hygiene; the docstring promises

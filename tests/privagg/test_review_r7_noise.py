@@ -145,11 +145,8 @@ class _BrokenReal(numbers.Real):
     __hash__ = object.__hash__
 
 
-@pytest.mark.xfail(
-    strict=True, reason="r7: stddev whose float() raises TypeError escapes untyped"
-)
 def test_r7_real_stddev_whose_float_raises_type_error_is_typed() -> None:
-    """Open (review r7, LOW): ``noise_descriptor`` catches OverflowError, ValueError
+    """Fixed (review r7, LOW; TypeError is caught too since): ``noise_descriptor`` catches OverflowError, ValueError
     and ArithmeticError from ``float(stddev)`` but not TypeError (nor any other), so
     ``setup(noise=...)`` with such a third-party share raises a bare TypeError; the
     docs promise ConfigurationError for a stddev that "cannot be read"."""

@@ -107,7 +107,7 @@ def noise_descriptor(noise: NoiseShare | None) -> bytes:
         # a double: a plain float is encoded as before
         try:
             value = float(stddev)
-        except (OverflowError, ValueError, ArithmeticError) as exc:
+        except (OverflowError, ValueError, ArithmeticError, TypeError) as exc:
             raise ConfigurationError(
                 f"the noise share {t.__qualname__}: stddev is not a finite double"
             ) from exc

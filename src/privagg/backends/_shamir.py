@@ -268,12 +268,17 @@ def decode(
         (secret, x-coordinates of the wrong shares), or None.
 
     Raises:
-        ConfigurationError: fewer than ``threshold`` shares, an x-coordinate outside
+        ConfigurationError: a threshold, x-coordinate or share value that is not an
+            ``int``, fewer than ``threshold`` shares, an x-coordinate outside
             ``[1, PRIME)`` (so the x's are distinct mod PRIME, as :func:`share` requires)
             or a share value that is not a canonical field element.
     """
     t = threshold
     m = len(points)
+    if not all(
+        type(v) is int for v in (t, *points.keys(), *points.values())
+    ):  # exact ints: bool, float and int subclasses are not field elements
+        raise ConfigurationError("shares, x-coordinates and threshold are ints")
     if t < 1 or m < t:
         raise ConfigurationError(f"need {t} shares, got {m}")
     if any(not 0 < x < PRIME for x in points):  # distinct: they are a mapping's keys
