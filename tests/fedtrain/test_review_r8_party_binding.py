@@ -30,7 +30,7 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
 )
 
 import privagg
-from fedtrain.flower import server_app
+from fedtrain.flower import client_app, server_app
 from fedtrain.flower.errors import FlowerProtocolError
 from fedtrain.flower.holder_auth import (
     CHALLENGE_BYTES,
@@ -42,7 +42,7 @@ from fedtrain.flower.holder_auth import (
     verify_party_claim,
     verify_recovery,
 )
-from fedtrain.flower.transport import Envelope, Op, pack, unpack
+from fedtrain.flower.transport import MESSAGE_TYPE, Envelope, Op, pack, unpack
 from privagg.backends._primitives import ed25519_verify
 from privagg.backends.secagg import _context as secagg_ctx
 from privagg.identity import IdentityDirectory, identity_fingerprint
@@ -460,6 +460,47 @@ def test_r8_an_unproven_second_claim_neither_knocks_out_nor_takes(
     fake_node(monkeypatch, ATTACKER, _reply("client-0", {"party-signature": "ab" * 64}))
     parties = _hello(FakeGrid(_configs(folder)), directory)
     assert parties == {"client-0": 100, "client-1": 101, "client-2": 102}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="r8: LOW: a party proof binds the challenge, the id and the Flower node id, "
+    "but nothing of the federation: a node that runs (or controls) another SuperLink "
+    "where the victim's SuperNode also connects with the same identity key assigns "
+    "the victim there its own node id in this federation and relays this hello's "
+    "challenge to it live; the victim signs (it signs any challenge for its node id), "
+    "and the relayed proof verifies here, so the relay takes a late client's id. "
+    "Needs identity-key reuse across federations and a live relay; fix: bind the "
+    "proof to the federation the node trusts (e.g. the directory fingerprint it pins, "
+    "sent by the ServerApp and checked by the node, in the signed frame) or say in "
+    "docs/flower.md that an identity key must never serve two federations",
+)
+def test_r8_a_proof_relayed_from_another_federation_is_refused(
+    identities: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, directory, _ = identities
+    # the victim client-0 in the attacker's federation: same key file, and the node
+    # id the attacker's SuperLink chose for it is the attacker's node id here
+    elsewhere = FakeGrid({ATTACKER: _configs(folder)[100]})
+    victim_app = client_app.privagg_query  # the real ClientApp, before fake_node
+
+    def relay(env: Envelope, msg: Message) -> Message | None:
+        if env.op != Op.HELLO:
+            return None
+        asked = Message(
+            pack(Envelope(Op.HELLO, 0, "", b"", dict(env.meta))),
+            dst_node_id=ATTACKER,
+            message_type=MESSAGE_TYPE,
+        )
+        victim = unpack(victim_app(asked, elsewhere.contexts[ATTACKER]).content)
+        reply = Envelope(Op.HELLO, 0, victim.party, b"", dict(victim.meta))
+        return Message(pack(reply), reply_to=msg)
+
+    fake_node(monkeypatch, ATTACKER, relay)
+    grid = FakeGrid(_configs(folder))
+    grid.silent = {100}
+    parties = _hello(grid, directory)
+    assert parties.get("client-0") != ATTACKER, parties
 
 
 # -- 4. the role = "server" exemption -------------------------------------------------------
@@ -947,3 +988,168 @@ def test_r8_without_a_directory_an_unreadable_key_changes_nothing(
     configs[102]["privagg-identity-password-env"] = "R8_UNSET_PASSWORD_VARIABLE"
     summary = _run(FakeGrid(configs), None)
     assert summary["parties"] == PARTIES
+
+
+# -- 4b. role = "server" on the additive backend -------------------------------------------
+
+
+def _additive_grid(root: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """Additive over FakeGrid (tests/fedtrain/test_flower_additive.py) with an identity
+    directory binding the three clients: node configs and the run settings."""
+    from tests.fedtrain import test_flower_additive as additive
+
+    keys = additive.make_keys(root)
+    clients = sorted(additive.WEIGHTS)
+    directory, _ = make_identities(root / "identities", clients)
+    nodes = dict(enumerate(additive.node_configs(keys), start=100))
+    for cfg in nodes.values():
+        if cfg.get("party-id") in clients:
+            cfg["privagg-identity-key"] = str(
+                root
+                / "identities"
+                / str(cfg["party-id"])
+                / f"secagg-identity-{cfg['party-id']}.key"
+            )
+    kw = {
+        "backend": "additive",
+        "backend_options": additive.OPTIONS,
+        "min_nodes": len(nodes) + 1,
+        "stage_timeout": 2.0,
+        "holder": "node",
+        "holder_key": additive.holder_key(keys),
+        "aggregator_material": str(keys["directory"]),
+        "directory_fingerprint": additive.pin(keys),
+        "identity_directory": str(directory),
+    }
+    return nodes, kw
+
+
+def _run_kw(grid: FakeGrid, kw: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = server_app.run(
+        grid,  # type: ignore[arg-type]
+        server_app.RunSettings(**{"shapes": SHAPES, **kw}),
+        server_app._SyntheticTask(SHAPES),
+    )
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="r8: MEDIUM: role='server' claims are never proven, even with an identity "
+    "directory: any node (a client, or a node outside the directory) that announces "
+    "an additive aggregation server's id ('server-1') with role='server' knocks the "
+    "genuine server out at hello (both claimants left out), and additive needs every "
+    "server: no round runs. The genuine servers' keys are in the pinned additive key "
+    "directory (aggregator-material), so the ServerApp knows who they are. Fix: "
+    "list the servers' identity keys in the identity directory and require the same "
+    "party proof for role='server' claims (or a proof under the key directory's key), "
+    "and accept role='server' only for the backend's server ids "
+    "(material.key_holders)",
+)
+def test_r8_a_client_cannot_knock_out_an_additive_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    nodes, kw = _additive_grid(tmp_path)
+    nodes[300] = {"party-id": "client-9"}
+    fake_node(monkeypatch, 300, _reply("server-1", {"role": "server"}))
+    summary = _run_kw(FakeGrid(nodes), kw)
+    assert summary["servers"] == ["server-1", "server-2"]
+    assert summary["rounds"][0]["contributors"] == ["client-0", "client-1", "client-2"]
+
+
+def test_r8_a_node_in_a_late_servers_slot_learns_and_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ATTACK: server-1 misses hello; node 300 announces server-1 (role = "server",
+    no proof: accepted, see the xfail above) and so receives server-1's requests. It
+    answers with junk. The request it got is sealed for the genuine server-1's key
+    (the pinned key directory), and its junk is refused: the run ends with a typed
+    DeserializationError, no round is recovered (fails closed; availability only)."""
+    nodes, kw = _additive_grid(tmp_path)
+    server1 = next(n for n, c in nodes.items() if c.get("party-id") == "server-1")
+    nodes[300] = {"party-id": "client-9"}
+    got: list[Envelope] = []
+
+    def impostor(env: Envelope, msg: Message) -> Message | None:
+        got.append(env)
+        if env.op == Op.HELLO:
+            reply = Envelope(Op.HELLO, 0, "server-1", b"", {"role": "server"})
+        else:
+            reply = Envelope(env.op, env.round_id, "server-1", b"\x00" * 64)
+        return Message(pack(reply), reply_to=msg)
+
+    fake_node(monkeypatch, 300, impostor)
+    grid = FakeGrid(nodes)
+    grid.silent = {server1}
+    with pytest.raises(privagg.DeserializationError, match="malformed or tampered"):
+        _run_kw(grid, kw)
+    assert any(e.op == Op.REQUEST for e in got)  # it did take the slot
+
+
+# -- r7 fixes: _shamir.decode and noise_descriptor take typed errors only ------------------
+
+
+class _SubInt(int):
+    pass
+
+
+def test_r8_shamir_decode_refuses_non_exact_ints_typed() -> None:
+    """bool, numpy ints, int subclasses and floats as points, values or threshold:
+    ConfigurationError, never a decoded secret or an untyped error."""
+    from privagg.backends import _shamir
+
+    cases: list[tuple[dict[Any, Any], Any]] = [
+        ({True: 5, 2: 7}, 2),
+        ({1: 5, 2: 7}, True),
+        ({np.int64(1): 5, 2: 7}, 2),
+        ({1: np.uint64(5), 2: 7}, 2),
+        ({_SubInt(1): 5, 2: 7}, 2),
+        ({1: _SubInt(5), 2: 7}, 2),
+        ({1: 5, 2: 7}, _SubInt(2)),
+        ({1: 5, 2: 7}, np.int32(2)),
+        ({1: 5.0, 2: 7}, 2),
+        ({1: False, 2: 7}, 2),
+        ({1: 5, 2: 7}, 2.0),
+        ({1: 5, 2: 7}, None),
+    ]
+    for points, t in cases:
+        with pytest.raises(privagg.ConfigurationError):
+            _shamir.decode(points, t)
+
+
+def test_r8_noise_descriptor_is_total_and_typed() -> None:
+    """Odd stddevs: a finite real is bound as a double, a non-real (bool, numpy bool,
+    str, None) binds the type only, a non-finite or unconvertible real and a property
+    that raises are ConfigurationError; nothing else escapes."""
+    import decimal
+    import fractions
+
+    from privagg.backends._common import noise_descriptor
+
+    class Share:
+        def __init__(self, v: Any) -> None:
+            self.stddev = v
+
+    class Raising:
+        @property
+        def stddev(self) -> float:
+            raise KeyError(MARK)
+
+    bound = [np.int64(2), np.float32(1.5), _SubInt(3), fractions.Fraction(1, 3)]
+    for v in bound:
+        assert noise_descriptor(Share(v)) != noise_descriptor(Share(None))  # type: ignore[arg-type]
+    for v in (True, np.bool_(True), "1.0", None):
+        assert noise_descriptor(Share(v)) == noise_descriptor(Share(None))  # type: ignore[arg-type]
+    for v in (
+        decimal.Decimal("NaN"),
+        decimal.Decimal("sNaN"),
+        decimal.Decimal("1e400"),
+        fractions.Fraction(10**400, 3),
+        10**400,
+        np.float64("inf"),
+        math.nan,
+    ):
+        with pytest.raises(privagg.ConfigurationError):
+            noise_descriptor(Share(v))  # type: ignore[arg-type]
+    with pytest.raises(privagg.ConfigurationError):
+        noise_descriptor(Raising())  # type: ignore[arg-type]
