@@ -3,6 +3,17 @@
 Every attack tried is a test. A passing test means the attack was refused; a strict
 xfail (``reason="r8: ..."``) asserts the secure behaviour and means the attack works
 against the code under review (severity in the reason).
+
+Findings (strict xfails): MEDIUM: a configured directory pin is never checked on
+backends other than active SecAgg+ (the directory is read unpinned at hello), so a
+substituted directory file binds a party id to any key; MEDIUM: role = "server" claims
+are never proven, so any node knocks an additive aggregation server out at hello.
+LOW: the directory is read twice on active SecAgg+ (swap between the reads); the
+holder's hello proof does not name the node id (relay); a proof relayed from another
+federation verifies (no federation binding); without a directory an unreadable key
+now fails hello; a role = "server" id outside the directory is reported as a server;
+a hello error reason is logged unbounded; verify_party_claim / party_hello_message
+accept non-int node ids and raise untyped errors on odd arguments.
 """
 
 from __future__ import annotations
