@@ -71,17 +71,19 @@ CASES = list(LOADERS)
 # share was bound (there every share gave the ``none`` value): a session without noise
 # keeps them. The others pin the binding's encoding.
 # SecAgg+ pins regenerated for SecAgg+ v4 (params_id tag secagg/v4: the self-mask seed
-# commitment and clamped mask keys change the wire format); additive pins unchanged.
+# commitment and clamped mask keys change the wire format) and again for v5 (tag
+# secagg/v5: committed share records, share keys bound to the graph seed); additive
+# pins unchanged.
 PINNED: dict[str, dict[str, str]] = {
     "secagg-passive": {
-        "none": "ed466cbfa79ed5262f8dace606cc1955d91198b306e20b70c56dc3a39c45f995",
-        "dg": "404c42ef67d0c074e7899ba446b309e2bbc1891e54b3c74627f352063dd8ab3d",
-        "skellam": "ab00c2da42ea1ce4e224477ac641ae753bb30fdd568ff9579f741d6128bb00c1",
+        "none": "fbc029532518f8e3dee2691159abdf9a6021942252562b44d9653ed4a8d993d8",
+        "dg": "aea89adba6d001bb45225e0775972db3e57f800257d5cdaaa3ba9f915449404d",
+        "skellam": "30fc9f89692918c1d58a5815e1e752c28ece70c7872286abe44166d6b5580da9",
     },
     "secagg-active": {
-        "none": "f3b7bc407b50e8e0886faa1980ddc05059509e5bec8a42ce1c70ed6b9c781b48",
-        "dg": "f115e1758848bd811e15412aa982458eb756d05c6070a317d37f4c2a7209012c",
-        "skellam": "c5acee370c99b817833881975906f8129603596106d625ec62e3d0044552e562",
+        "none": "76d6b2d065388bbe539915744ec6e78fec525b3544398b51af1f0bfb947301c3",
+        "dg": "07ea7a3577fae0a2dd7676a3039e997bdb1587fc8822643534bd89d022c31f07",
+        "skellam": "78d5f04011d089fa3f19edb939be0805200b1342b28bf4201f772d78cc379fb7",
     },
     "additive": {
         "none": "3759033af755c8d78e568c2ff4ecdd304d122af97874c388e83532b3195f9755",
@@ -116,7 +118,7 @@ def _client(s: Sessions, i: int) -> Any:
 @pytest.mark.parametrize("noise", list(NOISE))
 @pytest.mark.parametrize("case", CASES)
 def test_params_id_pinned(case: str, noise: str) -> None:
-    """No noise: the params_id of earlier releases (for SecAgg+, of v4); a share: a
+    """No noise: the params_id of earlier releases (for SecAgg+, of v5); a share: a
     new one per share."""
     be = _backend(case)
     if case == "additive":

@@ -36,6 +36,7 @@ from privagg.backends.secagg import SecAggBackend
 from privagg.backends.secagg.aggregator import SecAggAggregator
 from privagg.backends.secagg.messages import UnmaskShares
 from privagg.hazmat import DeterministicRng
+from tests.privagg.test_review_secagg_drop import _forge_shares
 
 SIZE = 8
 N = 5
@@ -298,8 +299,9 @@ def _wrong_mask_key_share(
     delta: Callable[[str], int] | None = None,
 ) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """Run SecAgg+ to its unmask stage with c04 silent from the masking stage on, and
-    return (the unmask batch where each of ``liars`` sends a wrong share of c04's mask
-    key, its right one plus ``delta(liar)``, the honest batch). c04's four holders
+    return (the unmask batch where each of ``liars`` reveals a wrong share of c04's
+    mask key, its right one plus ``delta(liar)``, as c04 dealt it to it: it opens c04's
+    commitment, v5, see ``_forge_shares``; the honest batch). c04's four holders
     (c00..c03, t = 3) allow one wrong share to be corrected: the default two liars are
     one too many. The default offsets are unrelated (a hash of the liar's id), so no
     subset of the wrong shares happens to interpolate the right key."""
@@ -313,24 +315,19 @@ def _wrong_mask_key_share(
         r.step(r.replies())  # survivor-set signatures
     honest = r.replies()
     forged_batch = dict(honest)
+    assert isinstance(r.agg, SecAggAggregator)
     for liar in liars:
-        msg = UnmaskShares.from_bytes(honest[liar])
-        shares = tuple(
-            (
-                o,
-                w,
-                _shamir.encode_share(
-                    (_shamir.decode_share(s) + off(liar)) % _shamir.PRIME
-                ),
-            )
-            if o == "c04"
-            else (o, w, s)
-            for o, w, s in msg.shares
+        assert any(
+            o == "c04" for o, _, _ in UnmaskShares.from_bytes(honest[liar]).shares
         )
-        assert any(o == "c04" for o, _, _ in msg.shares)
-        forged_batch[liar] = UnmaskShares(
-            msg.params_id, msg.round_id, liar, shares
-        ).to_bytes()
+
+        def change(o: str, w: int, s: bytes, liar: str = liar) -> bytes:
+            if o != "c04":
+                return s
+            v = (_shamir.decode_share(s) + off(liar)) % _shamir.PRIME
+            return _shamir.encode_share(v)
+
+        forged_batch[liar] = _forge_shares(honest[liar], change, dealt=r.agg)
     return forged_batch, honest
 
 
@@ -359,9 +356,9 @@ def test_one_wrong_mask_key_share_should_not_abort_a_round_honest_shares_finish(
     active: bool, liar: str
 ) -> None:
     """Was a strict xfail (the t = 3 shares with the smallest x were used and the round
-    aborted): one survivor's wrong share of dropped c04's mask key, among its four
+    aborted): one wrong share of dropped c04's mask key (c04 dealt it), among its four
     holders' shares, is corrected (the advertised key checks the result); the sum is
-    exact and the liar is named, still a contributor."""
+    exact and the dealer c04 is named (v5), the holder still a contributor."""
     r = _Round("secagg-active" if active else "secagg-passive")
     r.start()
     bad, _ = _wrong_mask_key_share(r, (liar,))
@@ -369,22 +366,24 @@ def test_one_wrong_mask_key_share_should_not_abort_a_round_honest_shares_finish(
     rec = r.session.holder().recover(r.agg.result())
     r.check_sum(rec, set(r.ups) - {"c04"})
     assert isinstance(r.agg, SecAggAggregator)
-    assert r.agg.rejection_reasons == {liar: "wrong mask-key share"}
+    assert r.agg.rejection_reasons == {"c04": "dealt wrong mask-key shares"}
 
 
-def test_beyond_the_bound_coordinated_liars_can_name_an_honest_holder() -> None:
-    """A limit, pinned: c00 and c01 (two liars, one more than the bound) both add 1 to
-    their shares of c04's key. Over x = 1, 2, 3 the offsets cancel at 0 (Lagrange
-    weights 3 and -3), so the shares of c00..c02 interpolate the right key and c03's
-    honest share is the one that disagrees: the key checks, the sum is exact, but the
-    honest c03 is named. The names are exact only within the bound."""
+def test_beyond_the_bound_coordinated_wrong_shares_never_name_a_holder() -> None:
+    """Was a pinned limit (v4): c00's and c01's shares of c04's key (two, one more
+    than the bound) both 1 too high. Over x = 1, 2, 3 the offsets cancel at 0
+    (Lagrange weights 3 and -3), so the shares of c00..c02 interpolate the right key
+    and c03's honest share is the one that disagrees: the key checks and the sum is
+    exact, and v4 named the honest c03. Since v5 a share that reaches decoding opens
+    its dealer's commitment, so the wrong shares are c04's doing and c04 alone is
+    named, whichever share the decoder finds off."""
     r = _Round("secagg-passive")
     r.start()
     bad, _ = _wrong_mask_key_share(r, ("c00", "c01"), lambda c: 1)
     r.step(bad)
     r.check_sum(r.session.holder().recover(r.agg.result()), set(r.ups) - {"c04"})
     assert isinstance(r.agg, SecAggAggregator)
-    assert r.agg.rejection_reasons == {"c03": "wrong mask-key share"}
+    assert r.agg.rejection_reasons == {"c04": "dealt wrong mask-key shares"}
 
 
 # -- what the report and the log carry ------------------------------------------------

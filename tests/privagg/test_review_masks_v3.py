@@ -413,7 +413,7 @@ def test_a_peer_on_the_exact_v2_params_is_refused(
     real = module.fingerprint
 
     def v2_fingerprint(tag: bytes, *rest: bytes) -> bytes:
-        if tag == {"secagg": b"secagg/v4", "additive": b"additive/v3"}[name]:
+        if tag == {"secagg": b"secagg/v5", "additive": b"additive/v3"}[name]:
             return real(f"{name}/v2".encode(), *rest[1:])
         return real(tag, *rest)
 

@@ -3,18 +3,20 @@ decoding (``_shamir.decode`` via ``SecAggAggregator._recover``).
 
 New attack here: the *dealer* of a secret lies. A client Shamir-shares its own mask key
 ``s_sk`` and self-mask seed ``b`` at stage 1, encrypted to each holder; a holder cannot
-check that its share lies on the dealer's polynomial. A dealer that gives up to the
-decoding bound of its holders wrong shares has its secret corrected (the sum stays
-exact) and those honest holders named in ``rejection_reasons`` as liars ("wrong
-self-mask share" / "wrong mask-key share"), while the dealer is not named. The docs say
-the names are exact within the bound (docs/backends/secagg.md, "Dropouts and aborts"):
-that holds against lying holders, not against a lying dealer (open, MEDIUM).
+check that its share lies on the dealer's polynomial. Under v4 a dealer that gave up to
+the decoding bound of its holders wrong shares had its secret corrected (the sum stayed
+exact) and those honest holders named in ``rejection_reasons`` as liars, while the
+dealer was not named (MEDIUM). Fixed in SecAgg+ v5: every dealt share carries the
+dealer's salted commitment, checked by the holder on receipt and by the aggregator on
+reveal, so a wrong share that opens its commitment names the dealer ("dealt wrong ...
+shares") and a holder's wrong reveal does not open ("share does not open its
+commitment").
 
 Also: a dealer beyond the bound aborts the round with a typed error naming it (the
-documented denial of service); a holder lying on both kinds of secret is corrected and
-named once; coalitions of exactly t - 1, exactly the bound and one beyond it, with
-independent offsets and with the strongest structured attack (a polynomial with the same
-secret), never give a wrong sum.
+documented denial of service); a holder lying on both kinds of secret is named once and
+its shares are left out; coalitions of exactly t - 1, exactly the bound and one beyond
+it, with independent offsets and with the strongest structured attack (a polynomial with
+the same secret), never give a wrong sum.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from privagg import ProtocolError
+from privagg import InsufficientParticipantsError, ProtocolError
 from privagg._rng import Rng
 from privagg.backends import _shamir
 from privagg.backends.secagg import _context as sa_ctx
@@ -119,41 +121,40 @@ def _framed_run(
 
 @pytest.mark.parametrize("which", ["b", "s"])
 @pytest.mark.parametrize("active", [False, True])
-def test_r7_lying_dealer_frames_honest_holders_mechanics(
+def test_r7_lying_dealer_is_named_not_its_holders(
     monkeypatch: pytest.MonkeyPatch, active: bool, which: str
 ) -> None:
-    """The mechanics of the finding below, pinned: the dealer's secret is corrected
-    (exact sum), and exactly the honest holders it lied to are named, with the
-    reason of the secret; the dealer itself is not named."""
+    """Refused since v5: the dealer's secret is corrected (exact sum), the dealer
+    alone is named, with the reason of the secret; the honest holders it lied to are
+    not named and stay contributors."""
     r, framed, res = _framed_run(monkeypatch, active, which)
     r.assert_exact(res)
     assert len(framed) == 3  # m = 8 holders, t = 3: the checked bound
-    reason = "wrong self-mask share" if which == "b" else "wrong mask-key share"
-    assert r.agg.rejection_reasons == dict.fromkeys(framed, reason)
-    assert DEALER not in r.agg.rejection_reasons
+    reason = (
+        "dealt wrong self-mask shares"
+        if which == "b"
+        else "dealt wrong mask-key shares"
+    )
+    assert r.agg.rejection_reasons == {DEALER: reason}
     assert framed <= set(res.contributors)
+    assert (DEALER in res.contributors) == (which == "b")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r7: a lying dealer has honest holders named as liars (MEDIUM)",
-)
 @pytest.mark.parametrize("which", ["b", "s"])
 @pytest.mark.parametrize("active", [False, True])
 def test_r7_lying_dealer_cannot_frame_honest_holders(
     monkeypatch: pytest.MonkeyPatch, active: bool, which: str
 ) -> None:
-    """Open (review r7, MEDIUM, accountability): one malicious client deals wrong
-    shares of its own secret to as many holders as the bound allows. Holders cannot
-    see it (the share is on no polynomial they know); the aggregator corrects the
-    secret and reports the honest holders as having sent wrong shares. Every round,
-    one client can have up to ``(m - t + 1) // 2`` chosen honest clients named (and
-    their shares treated as erasures for the rest of the round). Secure: an honest
-    holder is never blamed alone; the dealer is named (or no holder is)."""
+    """Review r7, MEDIUM, accountability (fixed in v5): one malicious client deals
+    wrong shares of its own secret to as many holders as the bound allows. Holders
+    cannot see it (the share is on no polynomial they know, but it opens the dealer's
+    commitment); the aggregator corrects the secret. Secure: an honest holder is never
+    blamed alone; the dealer is named (or no holder is)."""
     r, framed, res = _framed_run(monkeypatch, active, which)
     r.assert_exact(res)
     named = set(r.agg.rejection_reasons)
     assert DEALER in named or not framed & named
+    assert not framed & named
 
 
 @pytest.mark.parametrize("which", ["b", "s"])
@@ -182,8 +183,8 @@ def test_r7_holder_lying_on_both_kinds_is_corrected_and_named_once(
 ) -> None:
     """Refused: with c03 dropped before its upload, one holder of c03's key sends a
     wrong share of EVERY secret it holds: the survivors' self-mask seeds and c03's
-    mask key. Every secret is corrected, the sum is exact, the liar (only it) is
-    named once (its first reason: seeds are decoded before keys) and stays a
+    mask key. Its shares do not open their dealers' commitments (v5): they are left
+    out, the sum is exact, the liar (only it) is named once and stays a
     contributor."""
     r = _Round(N, active)
     last = _last(active)
@@ -213,7 +214,7 @@ def test_r7_holder_lying_on_both_kinds_is_corrected_and_named_once(
 
     res = r.run(tamper)
     r.assert_exact(res)
-    assert r.agg.rejection_reasons == {liar[0]: "wrong self-mask share"}
+    assert r.agg.rejection_reasons == {liar[0]: "share does not open its commitment"}
     assert liar[0] in res.contributors and "c03" not in res.contributors
 
 
@@ -282,38 +283,32 @@ COALITIONS: dict[str, Callable[[int, int], int]] = {
 def test_r7_holder_coalitions_never_give_a_wrong_sum(
     full_graph: bool, size: str, structured: bool
 ) -> None:
-    """Refused / pinned: coalitions of exactly t - 1, exactly the checked bound and
-    one beyond it on survivor c05's self-mask seed (sparse graph: m = 8, t = 3, bound
-    3; complete graph: m = 11, t = 7, bound 2). Within the bound: exact sum, exactly
-    the liars named. Beyond it: independent offsets abort (ProtocolError); the
-    structured coalition aborts too unless its polynomial is within the bound of the
-    received word (``m - k - (t - 2) <= bound``); then the right seed is accepted
-    with honest holders named (the documented limit: "Beyond the bound, coordinated
-    liars ... can have an honest holder named while the secret still checks"; with
-    t - 1 = 6 liars on the complete graph nobody is named at all). Never a wrong sum."""
+    """Refused: coalitions of exactly t - 1, exactly the checked bound and one beyond
+    it on survivor c05's self-mask seed (sparse graph: m = 8, t = 3, bound 3; complete
+    graph: m = 11, t = 7, bound 2). Under v4 coalitions beyond the bound could have
+    honest holders named (structured) or abort the round. Since v5 a wrong reveal does
+    not open its dealer's commitment: every liar is named and its shares left out,
+    whatever the coalition's structure; the sum is exact while ``m - k >= t`` honest
+    shares remain, else the round aborts for too few shares (t - 1 = 6 liars on the
+    complete graph). Never a wrong sum, never an honest holder named."""
     r = _Round(N, False, full_graph=full_graph)
     t = r.agg.graph.threshold
     chosen: list[str] = []
     tamper = _holder_coalition(r, "c05", COALITIONS[size], structured, t, chosen)
     m = 8 if not full_graph else 11
     k = COALITIONS[size](m, t)
-    within = k <= _checked(m, t)
-    # the structured polynomial disagrees with the honest holders off h's roots only
-    accepted = within or (structured and m - k - (t - 2) <= _checked(m, t))
-    if not accepted:
-        with pytest.raises(ProtocolError, match="committed seed"):
+    if m - k < t:
+        with pytest.raises(InsufficientParticipantsError, match="too few shares"):
             r.run(tamper)
         assert not r.agg.done
+        assert len(chosen) == k
         return
     res = r.run(tamper)
     r.assert_exact(res)
-    named = set(r.agg.rejection_reasons)
     assert len(chosen) == k
-    if within:
-        assert named == set(chosen)
-    else:  # the liars escape; whoever is named is honest (m - k - (t - 2) of them)
-        assert not named & set(chosen)
-        assert len(named) == m - k - (t - 2)
+    assert r.agg.rejection_reasons == dict.fromkeys(
+        chosen, "share does not open its commitment"
+    )
 
 
 # -- a commitment for the right seed, bound to something else -----------------------------

@@ -205,19 +205,17 @@ def test_r7_mutated_key_set_at_a_client_is_typed(seed: int, active: bool) -> Non
     _finish(r, replies)
 
 
-def test_r7_passive_relay_substituting_a_neighbour_key_is_caught_by_the_holder() -> (
-    None
-):
+def test_r7_passive_relay_substituting_a_neighbour_key_leaves_the_victim_out() -> None:
     """Found by the mutation test above (seed 338: bits of c03's ``s_pk`` flipped in
     the key set relayed to c02). Passive variant (LOW; semi-honest, nothing signed):
-    a relay that changes one neighbour's mask key in ONE client's key set makes that
-    client's pairwise mask with it not cancel. No role sees it: the aggregator
-    finishes (the key set's hash only feeds the graph seed, which the complete graph
-    of 5 ignores, and the share ciphertexts' AAD does not bind it), and only the
-    holder's range check refuses the garbage sum (``EncodingOverflowError``: a
-    pseudo-random ring residue lands in range with probability about
-    ``2 * 327685 / 2**32`` per coordinate, here 8 of them). Active variant: refused
-    (the key's signature does not verify)."""
+    under v4 a relay that changed one neighbour's mask key in ONE client's key set
+    made that client's pairwise mask with it not cancel; no role saw it (the complete
+    graph of 5 ignores the graph seed, and the share ciphertexts' AAD did not bind the
+    key sets) and only the holder's range check refused the garbage sum. Since v5 the
+    share keys bind the graph seed, which hashes every key set: c02 and its
+    neighbours cannot read each other's shares, so they refuse each other, c02 is
+    left out (it refuses to mask with fewer than t partners) and the others' sum is
+    exact. Active variant: refused (the key's signature does not verify)."""
     for active in (False, True):
         r = _Round(N, active)
         r.step(r.honest())
@@ -238,8 +236,11 @@ def test_r7_passive_relay_substituting_a_neighbour_key_is_caught_by_the_holder()
             for c, q in r.requests.items()
         }
         r.step(replies)
+        with pytest.raises(privagg.InsufficientParticipantsError, match="'c02'"):
+            r.clients["c02"].handle(r.requests["c02"])
         while not r.agg.done:
-            r.step(r.honest())
-        assert r.agg.rejection_reasons == {}  # nobody noticed
-        with pytest.raises(privagg.EncodingOverflowError):
-            r.session.holder().recover(r.agg.result())
+            r.step(r.honest(quiet_refusals=True))
+        res = r.session.holder().recover(r.agg.result())
+        r.assert_exact(res)
+        assert set(res.contributors) == set(r.ups) - {"c02"}
+        assert r.agg.rejection_reasons == {}  # c02 silent at stage 2: a dropout

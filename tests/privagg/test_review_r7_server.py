@@ -32,6 +32,7 @@ from privagg.backends.secagg import messages as sm
 from privagg.errors import InsufficientParticipantsError
 from tests.privagg.test_review_secagg_drop import MASKED, _Round
 
+SZ = _shamir.SHARE_SIZE  # a revealed share is share || salt (v5)
 N = 12
 VICTIM = "c05"
 
@@ -75,8 +76,8 @@ def _split_view(colluders: Sequence[str], g1_size: int) -> tuple[_Round, bool, i
     b_pts: dict[int, int] = {}
     s_pts: dict[int, int] = {}
     for k in colluders:
-        s_share, b_share = r.clients[k]._state.held[VICTIM]
-        b_pts[index[k]], s_pts[index[k]] = b_share, s_share
+        held = r.clients[k]._state.held[VICTIM]
+        b_pts[index[k]], s_pts[index[k]] = held.b, held.s
     refused = 0  # honest clients that refused to sign or to unmask
     for group, want_b in ((g1, True), (g2, False)):
         survivors = tuple(sorted({*colluders, *group}))
@@ -108,7 +109,9 @@ def _split_view(colluders: Sequence[str], g1_size: int) -> tuple[_Round, bool, i
             for owner, which, sh in reply.shares:
                 if owner == VICTIM:
                     assert (which == sm._B) is want_b  # each client: one kind only
-                    (b_pts if want_b else s_pts)[index[c]] = _shamir.decode_share(sh)
+                    (b_pts if want_b else s_pts)[index[c]] = _shamir.decode_share(
+                        sh[:SZ]
+                    )
     return r, _recovers_both(r, b_pts, s_pts, VICTIM), refused
 
 
@@ -182,7 +185,7 @@ def test_r7_passive_relay_with_two_survivor_lists_leaks_but_never_a_wrong_sum() 
         for owner, which, sh in sm.UnmaskShares.from_bytes(data).shares:
             if owner == VICTIM:
                 pts = b_pts if which == sm._B else s_pts
-                pts[index[c]] = _shamir.decode_share(sh)
+                pts[index[c]] = _shamir.decode_share(sh[:SZ])
     assert _recovers_both(r, b_pts, s_pts, VICTIM)  # the documented semi-honest limit
     try:
         r.step(replies)

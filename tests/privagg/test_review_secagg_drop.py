@@ -26,6 +26,7 @@ from privagg import Layout
 from privagg.backends._shamir import PRIME, SHARE_SIZE
 from privagg.backends._wire import peek_header
 from privagg.backends.secagg import SecAggBackend
+from privagg.backends.secagg import _context as sa_ctx
 from privagg.backends.secagg import messages as sm
 from privagg.backends.secagg.aggregator import SecAggAggregator
 from privagg.envelope import FORMAT_VERSION, Scheme
@@ -517,10 +518,44 @@ def test_tiny_rounds_never_reveal_one_update_whoever_answers_garbage(
 
 
 # -- crafted unmask shares ---------------------------------------------------------------
-def _forge_shares(data: bytes, change: Callable[[str, int, bytes], bytes]) -> bytes:
+def _forge_shares(
+    data: bytes,
+    change: Callable[[str, int, bytes], bytes],
+    *,
+    dealt: SecAggAggregator | None = None,
+) -> bytes:
+    """``data`` (an ``UnmaskShares``) with each revealed share replaced by
+    ``change(owner, which, share)``; the salts that follow the shares (v5) are kept.
+
+    Without ``dealt`` a changed share does not open its dealer's commitment: a holder
+    lying. With ``dealt`` (the round's aggregator) each changed share is made the one
+    its dealer committed to: the aggregator's record of the dealer's commitment
+    becomes the commitment to the changed share under the same salt, exactly what the
+    aggregator holds when the dealer dealt that wrong share (since v5 only a dealer can
+    make a wrong share that opens; ``test_review_r7_clients.py`` runs such dealers for
+    real). The decoding sees the same shares either way."""
     m = sm.UnmaskShares.from_bytes(data)
-    shares = tuple((o, w, change(o, w, sh)) for o, w, sh in m.shares)
-    return dataclasses.replace(m, shares=shares).to_bytes()
+    n = SHARE_SIZE
+    shares = []
+    for o, w, rec in m.shares:
+        sh, salt = change(o, w, rec[:n]), rec[n:]
+        if dealt is not None and sh != rec[:n]:
+            as_dealt(dealt, o, m.party, w, sh + salt)
+        shares.append((o, w, sh + salt))
+    return dataclasses.replace(m, shares=tuple(shares)).to_bytes()
+
+
+def as_dealt(
+    agg: SecAggAggregator, owner: str, holder: str, which: int, revealed: bytes
+) -> None:
+    """Make ``revealed`` (share || salt) the share ``owner`` committed to dealing
+    ``holder`` in ``agg``'s round (see :func:`_forge_shares`)."""
+    n = SHARE_SIZE
+    c = sa_ctx._share_commitment(
+        agg._cfg, agg._round, owner, holder, which, revealed[:n], revealed[n:]
+    )
+    cs, cb = agg._commits[owner, holder]
+    agg._commits[owner, holder] = (c, cb) if which == sm._S else (cs, c)
 
 
 def _plus_one(sh: bytes) -> bytes:
@@ -559,8 +594,9 @@ def _mask_key_liars(
 ) -> Callable[[int, dict[str, bytes]], dict[str, bytes]]:
     """A tamper: VICTIM drops before its masked upload; at the unmask stage its
     ``n_liars`` holders with the smallest x (their shares are among the first t; the
-    graph depends on the session) send wrong shares of its mask key (unrelated
-    offsets), and are appended to ``chosen``."""
+    graph depends on the session) reveal wrong shares of its mask key (unrelated
+    offsets) that VICTIM dealt them (``_forge_shares(dealt=...)``: they open VICTIM's
+    commitments), and are appended to ``chosen``."""
 
     def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
         if s == MASKED:
@@ -581,7 +617,7 @@ def _mask_key_liars(
                     v = int.from_bytes(sh, "big") + 1 + 7**90 * (k + 1) ** 3
                     return (v % PRIME).to_bytes(SHARE_SIZE, "big")
 
-                replies[holder] = _forge_shares(replies[holder], change)
+                replies[holder] = _forge_shares(replies[holder], change, dealt=r.agg)
         return replies
 
     return tamper
@@ -589,16 +625,17 @@ def _mask_key_liars(
 
 @pytest.mark.parametrize("active", [True, False])
 def test_a_wrong_canonical_mask_key_share_is_corrected(active: bool) -> None:
-    """A holder sending a well-formed but wrong share of a dropped client's mask key
-    used to abort the round (pinned here until the #14 follow-up): the victim's four
-    holders' shares (t = 2) now correct one wrong share, checked against the advertised
-    key; the sum is exact and the liar is named, still a contributor."""
+    """A well-formed but wrong share of a dropped client's mask key used to abort the
+    round (pinned here until the #14 follow-up): the victim's four holders' shares
+    (t = 2) now correct one wrong share, checked against the advertised key; the sum is
+    exact and the dealer of the wrong share (v5: it opens the victim's commitment) is
+    named, not the holder."""
     r = _Round(7, active)
     chosen: list[str] = []
     res = r.run(_mask_key_liars(r, _last(active), 1, chosen))
     r.assert_exact(res)
     assert len(chosen) == 1
-    assert r.agg.rejection_reasons == {chosen[0]: "wrong mask-key share"}
+    assert r.agg.rejection_reasons == {VICTIM: "dealt wrong mask-key shares"}
     assert set(res.contributors) == set(_ids(7)) - {VICTIM}
 
 
@@ -632,8 +669,10 @@ def test_a_drop_is_logged_with_the_error_type_only(
         if s == last:
             m = sm.UnmaskShares.from_bytes(replies["c00"])
             shares_hex.extend(sh.hex() for _, _, sh in m.shares)
-            replies["c00"] = _forge_shares(
-                replies["c00"], lambda o, w, sh: PRIME.to_bytes(SHARE_SIZE, "big")
+            replies["c00"] = _forge_shares(  # opening its commitments: v5 checks
+                replies["c00"],  # the opening before the encoding
+                lambda o, w, sh: PRIME.to_bytes(SHARE_SIZE, "big"),
+                dealt=r.agg,
             )
         return replies
 

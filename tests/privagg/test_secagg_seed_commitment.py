@@ -168,30 +168,37 @@ def test_clamp_is_the_rfc7748_clamping() -> None:
     assert clamp_x25519(k) == k
 
 
-def test_a_v3_peer_is_another_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wire format changed (the commitment in the advertisement): the params_id
-    tag is ``secagg/v4``, so a v3 peer's requests are refused before decoding."""
+@pytest.mark.parametrize("old", [b"secagg/v3", b"secagg/v4"])
+def test_an_older_peer_is_another_session(
+    monkeypatch: pytest.MonkeyPatch, old: bytes
+) -> None:
+    """The wire format changed (v4: the commitment in the advertisement; v5: committed
+    share records): the params_id tag is ``secagg/v5``, so a v3 or v4 peer's requests
+    are refused before decoding, both ways."""
     layout = Layout.from_arrays({"w": np.zeros(8)})
     sessions = {}
     real = _masking.fingerprint
-    for version in (b"secagg/v4", b"secagg/v3"):
+    for version in (b"secagg/v5", old):
         monkeypatch.setattr(
             _masking,
             "fingerprint",
             lambda tag, *rest, v=version: real(
-                v if tag == b"secagg/v4" else tag, *rest
+                v if tag == b"secagg/v5" else tag, *rest
             ),
         )
         sessions[version] = SecAggBackend().setup(
             layout, max_clients=3, rng=DeterministicRng(1)
         )
     monkeypatch.undo()
-    v4, v3 = sessions[b"secagg/v4"], sessions[b"secagg/v3"]
-    assert v3.params_id != v4.params_id
+    new, older = sessions[b"secagg/v5"], sessions[old]
+    assert older.params_id != new.params_id
     assert (
         SecAggBackend().setup(layout, max_clients=3, rng=DeterministicRng(1)).params_id
-        == v4.params_id
+        == new.params_id
     )
-    request = v3.aggregator(0, ["a", "b", "c"]).start()["a"]
+    request = older.aggregator(0, ["a", "b", "c"]).start()["a"]
     with pytest.raises(ParameterMismatchError):
-        v4.client("a", 0, np.zeros(8)).handle(request)
+        new.client("a", 0, np.zeros(8)).handle(request)
+    request = new.aggregator(0, ["a", "b", "c"]).start()["a"]
+    with pytest.raises(ParameterMismatchError):
+        older.client("a", 0, np.zeros(8)).handle(request)

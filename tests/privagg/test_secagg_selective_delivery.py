@@ -132,9 +132,9 @@ def _attack(
 
     after_mask = {c: cl[c]._state for c in masked}
     for c in bad:
-        for owner, (s_share, b_share) in after_mask[c].held.items():  # type: ignore[union-attr]
-            add_share(owner, sa_msg._S, c, s_share)
-            add_share(owner, sa_msg._B, c, b_share)
+        for owner, held in after_mask[c].held.items():  # type: ignore[union-attr]
+            add_share(owner, sa_msg._S, c, held.s)
+            add_share(owner, sa_msg._B, c, held.b)
 
     # Selective drop: U3 leaves out the chosen clients.
     drop_pick = choose_dropped or (lambda ii, dd, mx: sorted(dd))
@@ -170,7 +170,7 @@ def _attack(
             out.refusals[c] = f"unmask: {exc}"
             continue
         for owner, which, sh in rep.shares:
-            add_share(owner, which, c, _shamir.decode_share(sh))
+            add_share(owner, which, c, _shamir.decode_share(sh[: _shamir.SHARE_SIZE]))
 
     # What the server can reconstruct.
     b_known: dict[str, bytes] = {}

@@ -1,13 +1,15 @@
 """SecAgg+ unmasking with wrong shares (issue #14 review follow-up).
 
-A survivor may answer the unmask request with well-formed but wrong Shamir shares. The
+Well-formed but wrong Shamir shares may reach the unmask stage. Since SecAgg+ v5 only
+their dealer can make them (a holder's wrong reveal does not open the dealer's
+commitment: ``test_review_r7_clients.py``), so the tamper here reveals wrong shares
+*as dealt* (``_forge_shares(dealt=...)``: they open their commitments). The
 aggregator decodes each secret's shares as a Reed-Solomon codeword
 (:func:`privagg.backends._shamir.decode`): a dropped client's mask key is checked
 against its advertised public key (in clamped form, SecAgg+ v4) and a survivor's
 self-mask seed against the commitment it advertised (v4); up to ``(m - t + 1) // 2`` of
-a secret's ``m`` shares may be wrong. Within the bound the sum is exact and the liars are named
-(``rejection_reasons``); beyond it the round aborts (``ProtocolError``), except the
-limits pinned at the end.
+a secret's ``m`` shares may be wrong. Within the bound the sum is exact and the dealer
+is named (``rejection_reasons``); beyond it the round aborts (``ProtocolError``).
 
 The rounds: 12 clients on the default graph (degree 8, t = 3), two clients dropped
 before their masked upload (their mask keys are recovered from 6 to 8 holders each).
@@ -64,12 +66,20 @@ T = 3
 class _Liars:
     """A tamper: DROPPED go silent before their masked upload; at the unmask stage the
     holders ``picks[owner]`` chooses (from those that send a share of ``owner``'s
-    secret in this round: the graph depends on the session) send wrong shares of it.
+    secret in this round: the graph depends on the session) send wrong shares of it,
+    as ``owner`` dealt them to them when ``dealt`` is the round's aggregator (they open
+    ``owner``'s commitments), else as lying holders (they do not).
     ``chosen`` / ``m`` record the liars and the number of holders, by owner."""
 
-    def __init__(self, last: int, picks: dict[str, Pick]) -> None:
+    def __init__(
+        self,
+        last: int,
+        picks: dict[str, Pick],
+        dealt: SecAggAggregator | None = None,
+    ) -> None:
         self.last = last
         self.picks = picks
+        self.dealt = dealt
         self.chosen: dict[str, list[str]] = {}
         self.m: dict[str, int] = {}
 
@@ -93,10 +103,14 @@ class _Liars:
                 v = (_shamir.decode_share(sh) + _offset(holder, o)) % _shamir.PRIME
                 return _shamir.encode_share(v)
 
-            replies[holder] = _forge_shares(replies[holder], change)
+            replies[holder] = _forge_shares(replies[holder], change, dealt=self.dealt)
         return replies
 
     def named(self, reason: str) -> dict[str, str]:
+        """Who the aggregator should name: the owners whose wrong shares were dealt
+        (``dealt``), else the lying holders."""
+        if self.dealt is not None:
+            return dict.fromkeys((o for o, hs in self.chosen.items() if hs), reason)
         return dict.fromkeys({h for hs in self.chosen.values() for h in hs}, reason)
 
 
@@ -112,7 +126,7 @@ def _last_ones(k: Callable[[str, int], int], owner: str) -> Pick:
 
 def _run(active: bool, picks: dict[str, Pick]) -> tuple[_Round, _Liars, Any]:
     r = _Round(N, active)
-    liars = _Liars(_last(active), picks)
+    liars = _Liars(_last(active), picks, dealt=r.agg)
     return r, liars, r.run(liars)
 
 
@@ -143,12 +157,14 @@ def test_bounds() -> None:
 # -- mask keys of dropped clients ----------------------------------------------------------
 @pytest.mark.parametrize("active", [False, True])
 def test_one_wrong_share_among_the_surplus_is_corrected(active: bool) -> None:
-    """The holder with the largest x (its share is not among the first t) lies about
-    c03's key: the sum is exact, the liar is named and still a contributor."""
+    """c03 dealt a wrong share of its key to the holder with the largest x (its share
+    is not among the first t): the sum is exact, c03 (not the holder) is named, and
+    the holder is still a contributor."""
     r, liars, res = _run(active, {"c03": lambda hs: hs[-1:]})
     r.assert_exact(res)
     assert set(res.contributors) == set(r.ups) - set(DROPPED)
-    assert r.agg.rejection_reasons == liars.named("wrong mask-key share")
+    assert r.agg.rejection_reasons == liars.named("dealt wrong mask-key shares")
+    assert r.agg.rejection_reasons == {"c03": "dealt wrong mask-key shares"}
     assert len(r.agg.rejection_reasons) == 1
 
 
@@ -156,8 +172,9 @@ def test_one_wrong_share_among_the_surplus_is_corrected(active: bool) -> None:
 def test_as_many_wrong_shares_as_the_bound_for_two_dropped_clients(
     active: bool,
 ) -> None:
-    """For each dropped client, as many of its holders as the bound allows lie (the ones
-    with the smallest x for c03, the largest for c08): exact sum, every liar named."""
+    """Each dropped client dealt wrong shares to as many of its holders as the bound
+    allows (the ones with the smallest x for c03, the largest for c08): exact sum,
+    both dealers named, no holder."""
     r, liars, res = _run(
         active, {"c03": _first(_bound, "c03"), "c08": _last_ones(_bound, "c08")}
     )
@@ -165,7 +182,9 @@ def test_as_many_wrong_shares_as_the_bound_for_two_dropped_clients(
     assert set(res.contributors) == set(r.ups) - set(DROPPED)
     for o in DROPPED:
         assert len(liars.chosen[o]) == _bound(o, liars.m[o]) >= 2
-    assert r.agg.rejection_reasons == liars.named("wrong mask-key share")
+    assert r.agg.rejection_reasons == dict.fromkeys(
+        DROPPED, "dealt wrong mask-key shares"
+    )
 
 
 def _one_more(owner: str, m: int) -> int:
@@ -178,7 +197,7 @@ def test_one_more_wrong_share_than_the_bound_aborts(active: bool) -> None:
     every later call refused as aborted (FinishedResult)."""
     r = _Round(N, active)
     with pytest.raises(ProtocolError, match="do not reconstruct its advertised key"):
-        r.run(_Liars(_last(active), {"c08": _first(_one_more, "c08")}))
+        r.run(_Liars(_last(active), {"c08": _first(_one_more, "c08")}, dealt=r.agg))
     a = r.agg
     assert a._acc is None and a._keys == {} and a._u3 == () and a._result is None
     assert not a.done
@@ -211,9 +230,9 @@ def test_the_work_is_bounded(
     interpolation fails and the decoder runs): at most one decode per needed secret,
     and at most 1 + m Berlekamp-Welch solves in all (none for the secrets whose shares
     all agree)."""
-    liars = _Liars(_last(False), {"c03": _first(k, "c03")})
     with _counting(monkeypatch) as counts:
         r = _Round(N, False)
+        liars = _Liars(_last(False), {"c03": _first(k, "c03")}, dealt=r.agg)
         if k is _bound:
             r.assert_exact(r.run(liars))
             assert counts["decode"] == N  # 10 self-mask seeds, 2 mask keys
@@ -253,15 +272,15 @@ def test_worst_case_decode_time_at_a_realistic_size() -> None:
 def test_any_liars_within_the_bound_give_the_exact_sum(
     active: bool, picks: list[int], owner: str
 ) -> None:
-    """Whichever of a dropped client's holders lie (at most the bound), the sum is
-    exact and exactly the liars are named."""
+    """Whichever of a dropped client's holders it dealt wrong shares to (at most the
+    bound), the sum is exact and exactly the dealer is named (when it lied)."""
 
     def pick(hs: list[str]) -> list[str]:
         return sorted({hs[i % len(hs)] for i in picks})[: _bound(owner, len(hs))]
 
     r, liars, res = _run(active, {owner: pick})
     r.assert_exact(res)
-    assert r.agg.rejection_reasons == liars.named("wrong mask-key share")
+    assert r.agg.rejection_reasons == liars.named("dealt wrong mask-key shares")
 
 
 def test_shamir_decode_names_exactly_the_liars_within_the_bound() -> None:
@@ -307,14 +326,14 @@ def _bound_plus_one(owner: str, m: int) -> int:
 def test_wrong_self_mask_shares_within_the_bound_are_corrected(
     active: bool, k: Callable[[str, int], int]
 ) -> None:
-    """Survivor c00's self-mask seed: (m - t) // 2 of its holders lie (unique
-    decoding), or the checked bound (m - t + 1) // 2 (since v4 the seed is checked
-    against its commitment): the seed is recovered, the sum is exact, the liars are
-    named."""
+    """Survivor c00's self-mask seed: it dealt wrong shares to (m - t) // 2 of its
+    holders (unique decoding), or the checked bound (m - t + 1) // 2 (since v4 the
+    seed is checked against its commitment): the seed is recovered, the sum is exact,
+    c00 is named."""
     r, liars, res = _run(active, {"c00": _first(k, "c00")})
     r.assert_exact(res)
     assert liars.chosen["c00"]
-    assert r.agg.rejection_reasons == liars.named("wrong self-mask share")
+    assert r.agg.rejection_reasons == {"c00": "dealt wrong self-mask shares"}
 
 
 def test_wrong_self_mask_shares_beyond_the_bound_abort() -> None:
@@ -323,13 +342,16 @@ def test_wrong_self_mask_shares_beyond_the_bound_abort() -> None:
     sum. (Before v4 the bound was (m - t) // 2, one less when m - t is odd.)"""
     r = _Round(N, False)
     with pytest.raises(ProtocolError, match="self-mask seed do not decode"):
-        r.run(_Liars(_last(False), {"c00": _first(_bound_plus_one, "c00")}))
+        r.run(
+            _Liars(_last(False), {"c00": _first(_bound_plus_one, "c00")}, dealt=r.agg)
+        )
     _assert_aborted(r.agg, ProtocolError)
 
 
 def test_a_wrong_self_mask_share_without_surplus_aborts() -> None:
     """5 clients (t = 3), c04 silent from the masking stage, so each survivor's
-    self-mask seed has exactly t = 3 holders. c00 adds 1 to its share of c01's seed.
+    self-mask seed has exactly t = 3 holders. c00 reveals its share of c01's seed plus
+    1, as c01 dealt it (it opens c01's commitment, v5).
     Before v4 the aggregator could not tell (it finished, reported nobody, and handed
     out a sum with a wrong mask); now the seed fails c01's commitment and, with no
     surplus share to correct from, the round aborts (ProtocolError): never a wrong
@@ -354,7 +376,8 @@ def test_a_wrong_self_mask_share_without_surplus_aborts() -> None:
             return sh
         return _shamir.encode_share((_shamir.decode_share(sh) + 1) % _shamir.PRIME)
 
-    batch["c00"] = _forge_shares(batch["c00"], plus_one)
+    assert isinstance(r.agg, SecAggAggregator)
+    batch["c00"] = _forge_shares(batch["c00"], plus_one, dealt=r.agg)
     with pytest.raises(ProtocolError, match="self-mask seed do not decode"):
         r.step(batch)
     assert isinstance(r.agg, SecAggAggregator)

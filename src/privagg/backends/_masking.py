@@ -269,7 +269,7 @@ class RingSizing:
 
     def params_id(self, tag: bytes, public: bytes, layout_fingerprint: bytes) -> bytes:
         """``fingerprint(tag, MASK_PRG, public, layout_fingerprint, *noise_parts)``:
-        the ``params_id`` of a masking backend (``tag``: ``b"secagg/v4"`` or
+        the ``params_id`` of a masking backend (``tag``: ``b"secagg/v5"`` or
         ``b"additive/v3"``; ``public``: its packed options and public keys)."""
         return fingerprint(tag, MASK_PRG, public, layout_fingerprint, *self.noise_parts)
 

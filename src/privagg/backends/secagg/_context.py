@@ -35,6 +35,10 @@ from privagg.envelope import (
 _DOMAIN = b"privagg/secagg/v2/"  # v2: signed partner attestations (stage 2)
 # SecAgg+ v4 (params_id tag b"secagg/v4"): the advertised keys carry a commitment to the
 # self-mask seed, signed with them; the shared mask key is in clamped form.
+# SecAgg+ v5 (params_id tag b"secagg/v5"): every dealt share carries a salted commitment
+# (sent in clear beside its ciphertext, opened when the share is revealed), so a wrong
+# share is attributed to whoever made it; the share keys bind the graph seed (every
+# advertised key set), so a client shown a different key set cannot exchange shares.
 
 
 # -- shared configuration ------------------------------------------------------------------
@@ -185,10 +189,48 @@ def _partner_message(
     return _DOMAIN + b"partners" + ctx
 
 
+def _share_commitment(
+    cfg: _Config,
+    round_id: int,
+    dealer: str,
+    holder: str,
+    which: int,
+    share: bytes,
+    salt: bytes,
+) -> bytes:
+    """SHA-256 commitment to the share of kind ``which`` (``_S``: mask key, ``_B``:
+    self-mask seed) that ``dealer`` deals to ``holder`` (v5).
+
+    ``share`` is the canonical 33-byte encoding, ``salt`` 32 fresh secret bytes of the
+    dealer's (one per dealer, holder and kind, so a revealed share and salt say nothing
+    of the other kind's share); both have fixed sizes, and the context binds the
+    session, the round, both parties and the kind. The dealer sends it in clear beside
+    the share ciphertext; the holder checks the decrypted share opens it before it
+    holds the share; the aggregator checks the revealed share opens it. So a revealed
+    share that opens its commitment is the one the dealer committed to (a wrong one is
+    the dealer's fault), and one that does not open it is the holder's."""
+    ctx = kdf_context(
+        cfg.params_id, round_id, _field(dealer), _field(holder), bytes([which])
+    )
+    return hashlib.sha256(_DOMAIN + b"share-commitment" + ctx + share + salt).digest()
+
+
 def _share_key(
-    cfg: _Config, round_id: int, shared: bytes, sender: str, recipient: str, u0: bytes
+    cfg: _Config,
+    round_id: int,
+    shared: bytes,
+    sender: str,
+    recipient: str,
+    view: bytes,
 ) -> tuple[bytes, bytes]:
-    ctx = kdf_context(cfg.params_id, round_id, u0, _field(sender), _field(recipient))
+    """The AES-GCM key and AAD of the share ciphertext ``sender`` -> ``recipient``.
+
+    ``view = H(U0) || graph seed``: the graph seed hashes every advertised key set
+    (v5), so a client that was shown a key set differing from its neighbour's in any
+    key cannot decrypt that neighbour's shares (it refuses them, and the aggregator
+    treats the sender as dropped), instead of masking with a key its partner does not
+    have (review r7)."""
+    ctx = kdf_context(cfg.params_id, round_id, view, _field(sender), _field(recipient))
     key = hkdf(shared, salt=cfg.params_id, info=_DOMAIN + b"share-key" + ctx)
     return key, _DOMAIN + b"share-aad" + ctx
 

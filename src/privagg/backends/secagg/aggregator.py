@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from privagg.backends.secagg._context import (
     _pair_sign,
     _partner_message,
     _seed_commitment,
+    _share_commitment,
     _survivor_message,
     _x_coord,
     u0_digest,
@@ -48,6 +50,7 @@ from privagg.backends.secagg.messages import (
     SignatureMessage,
     UnmaskRequest,
     UnmaskShares,
+    open_sealed,
 )
 from privagg.errors import (
     ConfigurationError,
@@ -120,6 +123,8 @@ class SecAggAggregator(RingAggregator):
         self._asked: frozenset[str] = frozenset()  # who got the current stage's request
         self._keys: dict[str, AdvertiseMessage] = {}
         self._routed: dict[str, list[tuple[str, bytes]]] = {}
+        # (dealer, holder) -> the dealer's commitments to the (s, b) shares it dealt (v5)
+        self._commits: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._u2: frozenset[str] = frozenset()
         self._u3: tuple[str, ...] = ()
         self._acc: npt.NDArray[np.unsignedinteger] | None = None
@@ -222,6 +227,7 @@ class SecAggAggregator(RingAggregator):
         self._nbrs = {}
         self._seed = b""
         self._routed = {}
+        self._commits = {}
         self._rejected_by = {}
         self._holders_of = {}
         self._peers = {}
@@ -294,11 +300,15 @@ class SecAggAggregator(RingAggregator):
         self._need(len(msgs), "clients shared keys")
         u2 = frozenset(msgs)
         routed: dict[str, list[tuple[str, bytes]]] = {cid: [] for cid in u2}
+        commits: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         for sender in sorted(msgs):
-            for recipient, ct in msgs[sender].ciphertexts:
+            for recipient, record in msgs[sender].ciphertexts:
                 if recipient in u2:
-                    routed[recipient].append((sender, ct))
+                    routed[recipient].append((sender, record))
+                    commit_s, commit_b, _ = open_sealed(record)
+                    commits[sender, recipient] = (commit_s, commit_b)
         self._u2 = u2
+        self._commits = commits
         self._routed = routed
         self._expect = SecAggKind.MASKED
         return {
@@ -477,10 +487,18 @@ class SecAggAggregator(RingAggregator):
             ):
                 self._reject(sender)
                 continue
+            # v5: a revealed share that does not open its dealer's commitment is this
+            # holder's doing: it is named and that share is an erasure; its shares
+            # that open are the ones their dealers committed to, and are used
+            opened = [
+                (owner, rec[: _shamir.SHARE_SIZE])
+                for owner, which, rec in m.shares
+                if self._opens(owner, sender, which, rec)
+            ]
+            if len(opened) != len(m.shares):
+                self._reject(sender, "share does not open its commitment")
             try:  # all of a reply's shares, or none of them
-                shares = [
-                    (owner, _shamir.decode_share(sh)) for owner, _, sh in m.shares
-                ]
+                shares = [(owner, _shamir.decode_share(sh)) for owner, sh in opened]
             except DeserializationError as exc:
                 self._drop(sender, type(exc))  # a non-canonical share
                 continue
@@ -499,9 +517,8 @@ class SecAggAggregator(RingAggregator):
                 "the masked sum of this round is gone (already unmasked)"
             )
         seeds: list[tuple[bytes, int]] = []
-        liars: set[int] = set()  # x's of the senders named so far in this round
         for owner in needed:
-            secret = self._recover(owner, got[owner], owner in alive, liars)
+            secret = self._recover(owner, got[owner], owner in alive)
             if owner in alive:
                 seeds.append((secret, -1))
                 continue
@@ -518,33 +535,44 @@ class SecAggAggregator(RingAggregator):
         ).to_bytes()
         return {}
 
-    def _recover(
-        self,
-        owner: str,
-        points: Mapping[int, int],
-        alive: bool,
-        liars: set[int],
-    ) -> bytes:
+    def _opens(self, owner: str, holder: str, which: int, revealed: bytes) -> bool:
+        """Whether ``revealed`` (share || salt) opens ``owner``'s commitment to the share
+        of kind ``which`` it dealt ``holder`` (v5). A one-client round deals no
+        commitments (the sum is the input anyway): nothing to open."""
+        if len(self._u0) == 1:
+            return True
+        size = _shamir.SHARE_SIZE
+        commit_s, commit_b = self._commits[owner, holder]
+        got = _share_commitment(
+            self._cfg,
+            self._round,
+            owner,
+            holder,
+            which,
+            revealed[:size],
+            revealed[size:],
+        )
+        return hmac.compare_digest(got, commit_s if which == _S else commit_b)
+
+    def _recover(self, owner: str, points: Mapping[int, int], alive: bool) -> bytes:
         """``owner``'s secret from its holders' shares (x -> value), correcting wrong ones.
 
         Every reconstructed secret is checked, and only a secret that passes is used: a
         dropped client's mask key must be in clamped form and give the public key it
         advertised (one secret passes: the check cannot be fooled by a key equal up to
         X25519 clamping); a survivor's self-mask seed must match the commitment it
-        advertised (and signed, active variant) at stage 0. Up to
-        :func:`~privagg.backends._shamir.max_wrong_shares` (checked) wrong shares,
-        ``(m - t + 1) // 2`` of ``m``, are corrected and their senders listed in
-        ``rejection_reasons`` ("wrong mask-key share" / "wrong self-mask share"); more
-        abort the round (:class:`ProtocolError`), as does a client whose shares agree
-        on a seed that does not match its own commitment. A named sender is a
-        survivor: its masked input is in the sum and its self-mask must still be
-        removed, so it stays a contributor; it is only reported.
+        advertised (and signed, active variant) at stage 0.
 
-        ``liars`` (the x's of senders named earlier in this round, updated here): their
-        shares are treated as erasures (left out when at least ``t`` others remain), so
-        a liar costs at most one Berlekamp-Welch decoding per round instead of one per
-        secret it holds a share of; if decoding without them fails, all shares are
-        decoded (the bound is then the full one).
+        Every share here opened the commitment its dealer sent with it (v5, checked in
+        :meth:`_on_unmask`), so a share that is wrong was dealt wrong: ``owner`` is
+        named in ``rejection_reasons`` ("dealt wrong self-mask shares" / "dealt wrong
+        mask-key shares"), never the holders. Up to
+        :func:`~privagg.backends._shamir.max_wrong_shares` (checked) wrong shares,
+        ``(m - t + 1) // 2`` of ``m``, are corrected; more abort the round
+        (:class:`ProtocolError` naming ``owner``), as do shares that agree on a seed
+        that does not match the owner's own commitment. A named survivor's masked
+        input is in the sum and its self-mask must still be removed, so it stays a
+        contributor; it is only reported.
 
         Raises:
             ProtocolError: the shares do not decode within the bound to a secret that
@@ -559,13 +587,7 @@ class SecAggAggregator(RingAggregator):
 
         else:
             check = mask_key_check(self._keys[owner].s_pk)
-        t = self._graph.threshold
-        found = None
-        kept = {x: v for x, v in points.items() if x not in liars}
-        if liars & points.keys() and len(kept) >= t:
-            found = _shamir.decode(kept, t, check)
-        if found is None:
-            found = _shamir.decode(points, t, check)
+        found = _shamir.decode(points, self._graph.threshold, check)
         if found is None:
             raise ProtocolError(
                 f"shares of {owner!r} do not reconstruct its advertised key"
@@ -574,10 +596,13 @@ class SecAggAggregator(RingAggregator):
                 "committed seed"
             )
         secret, wrong = found
-        why = "wrong self-mask share" if alive else "wrong mask-key share"
-        for x in sorted(wrong):
-            liars.add(x)
-            self._reject(self._u0[x - 1], why)  # x = index in U0 + 1 (_x_coord)
+        if wrong:
+            self._reject(
+                owner,
+                "dealt wrong self-mask shares"
+                if alive
+                else "dealt wrong mask-key shares",
+            )
         return secret
 
     def __repr__(self) -> str:

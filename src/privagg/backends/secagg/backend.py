@@ -424,7 +424,7 @@ class SecAggBackend(RingBackend):
         )
         # the noise share is bound after these parts, and only when there is one: a
         # session without noise keeps the params_id of earlier releases (#14)
-        params_id = sizing.params_id(b"secagg/v4", public, layout.fingerprint)
+        params_id = sizing.params_id(b"secagg/v5", public, layout.fingerprint)
         return _Config(
             params_id,
             layout.size,

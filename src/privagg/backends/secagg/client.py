@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -34,6 +35,7 @@ from privagg.backends.secagg._context import (
     _pair_sign,
     _partner_message,
     _seed_commitment,
+    _share_commitment,
     _share_key,
     _survivor_message,
     _x_coord,
@@ -42,6 +44,7 @@ from privagg.backends.secagg._context import (
 from privagg.backends.secagg.messages import (
     _B,
     _S,
+    SALT_SIZE,
     AdvertiseMessage,
     ConsistencyRequest,
     MaskedInput,
@@ -54,6 +57,8 @@ from privagg.backends.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
     _Message,
+    open_sealed,
+    seal_shares,
 )
 from privagg.errors import (
     ConfigurationError,
@@ -105,6 +110,17 @@ class _Advertised:
 
 
 @dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
+class _Held:
+    """The two shares a holder holds of one owner, with the salts that open the
+    owner's commitments to them (v5)."""
+
+    s: int
+    b: int
+    salt_s: bytes
+    salt_b: bytes
+
+
+@dataclass(frozen=True, repr=False, eq=False)  # secrets: no field-wise ==
 class _Shared:
     """After ``SHARE_KEYS``: the relayed keys, the graph and the stage-2 ECDH secrets."""
 
@@ -114,7 +130,7 @@ class _Shared:
     all_nbrs: Mapping[str, frozenset[str]]
     nbrs: frozenset[str]
     c_shared: Mapping[str, bytes]  # X25519(c_i, c_j) per holder
-    held: Mapping[str, tuple[int, int]]  # owner -> (s share, b share): solo rounds only
+    held: Mapping[str, _Held]  # owner -> its shares: solo rounds only
     masked_with: frozenset[str]  # solo rounds only
 
 
@@ -125,7 +141,7 @@ class _Masked:
     view: _RoundView
     seed: bytes
     all_nbrs: Mapping[str, frozenset[str]]
-    held: Mapping[str, tuple[int, int]]  # owner -> (s share, b share)
+    held: Mapping[str, _Held]  # owner -> its shares
     masked_with: frozenset[str]
     missing: frozenset[str]  # graph neighbours it did not mask with
 
@@ -330,20 +346,30 @@ class SecAggClient(RingClient[_Config]):
         b_sh = _shamir.share(st.b.reveal(), xs, t, self._rng)
         cts = []
         c_shared: dict[str, bytes] = {}
-        held: dict[str, tuple[int, int]] = {}
+        held: dict[str, _Held] = {}
         masked_with: frozenset[str] = frozenset()
         c_sk = st.c_key
         for h in holders:
             x = _x_coord(view.index, h)
+            dealt = _Held(
+                s_sh[x],
+                b_sh[x],
+                self._rng.random_bytes(SALT_SIZE),
+                self._rng.random_bytes(SALT_SIZE),
+            )
             if solo:
-                held[h] = (s_sh[x], b_sh[x])
+                held[h] = dealt
                 masked_with = frozenset({h})
                 continue
             shared = ecdh(c_sk, keys[h].c_pk)
             c_shared[h] = shared
-            key, aad = _share_key(self._cfg, self._round, shared, self._id, h, view.u0)
-            pt = _shamir.encode_share(s_sh[x]) + _shamir.encode_share(b_sh[x])
-            cts.append((h, aead_encrypt(key, pt, aad)))
+            key, aad = _share_key(
+                self._cfg, self._round, shared, self._id, h, view.u0 + seed
+            )
+            s_enc, b_enc = _shamir.encode_share(dealt.s), _shamir.encode_share(dealt.b)
+            commit_s, commit_b = self._commitments(self._id, h, s_enc, b_enc, dealt)
+            ct = aead_encrypt(key, s_enc + b_enc + dealt.salt_s + dealt.salt_b, aad)
+            cts.append((h, seal_shares(commit_s, commit_b, ct)))
         reply = SharesMessage(
             self._cfg.params_id, self._round, self._id, tuple(cts)
         ).to_bytes()
@@ -351,34 +377,59 @@ class SecAggClient(RingClient[_Config]):
             st, keys, seed, all_nbrs, nbrs, c_shared, held, masked_with
         )
 
+    def _commitments(
+        self, dealer: str, holder: str, s_enc: bytes, b_enc: bytes, held: _Held
+    ) -> tuple[bytes, bytes]:
+        """The dealer's commitments to the two shares it deals ``holder`` (v5)."""
+        cfg, rid = self._cfg, self._round
+        return (
+            _share_commitment(cfg, rid, dealer, holder, _S, s_enc, held.salt_s),
+            _share_commitment(cfg, rid, dealer, holder, _B, b_enc, held.salt_b),
+        )
+
     def _mask(self, st: _Shared, req: MaskRequest) -> tuple[bytes, _Masked]:
         view = st.adv.view
         peers: set[str] = set()
         rejected: list[str] = []
         held = dict(st.held)
-        for sender, ct in req.ciphertexts:
+        size = _shamir.SHARE_SIZE
+        for sender, record in req.ciphertexts:
             shared = st.c_shared.get(sender)
             if shared is None:
                 raise ProtocolError(
                     f"client {self._id!r}: shares relayed from unexpected {sender!r}"
                 )
             key, aad = _share_key(
-                self._cfg, self._round, shared, sender, self._id, view.u0
+                self._cfg, self._round, shared, sender, self._id, view.u0 + st.seed
             )
             try:
+                commit_s, commit_b, ct = open_sealed(record)
                 pt = aead_decrypt(key, ct, aad)
-                if len(pt) != 2 * _shamir.SHARE_SIZE:
+                if len(pt) != 2 * (size + SALT_SIZE):
                     raise DeserializationError()
-                pair = (
-                    _shamir.decode_share(pt[: _shamir.SHARE_SIZE]),
-                    _shamir.decode_share(pt[_shamir.SHARE_SIZE :]),
+                s_enc, b_enc = pt[:size], pt[size : 2 * size]
+                got = _Held(
+                    _shamir.decode_share(s_enc),
+                    _shamir.decode_share(b_enc),
+                    pt[2 * size : 2 * size + SALT_SIZE],
+                    pt[2 * size + SALT_SIZE :],
                 )
+                # v5: hold only shares that open the dealer's commitments, the ones the
+                # aggregator will check them against when they are revealed
+                want_s, want_b = self._commitments(sender, self._id, s_enc, b_enc, got)
+                if not (
+                    hmac.compare_digest(want_s, commit_s)
+                    & hmac.compare_digest(want_b, commit_b)
+                ):
+                    raise DeserializationError()
             except DeserializationError:
-                # A bad share ciphertext: treat the sender as dropped (do not mask with it,
-                # hold nothing of it) and report it, so the aggregator excludes it too.
+                # A bad share record (a ciphertext that does not decrypt, or shares that
+                # do not open their commitments): treat the sender as dropped (do not
+                # mask with it, hold nothing of it) and report it, so the aggregator
+                # excludes it too.
                 rejected.append(sender)
                 continue
-            held[sender] = pair
+            held[sender] = got
             peers.add(sender)
         solo = len(view.participants) == 1
         if len(peers) < view.graph.threshold and not solo:
@@ -482,11 +533,11 @@ class SecAggClient(RingClient[_Config]):
             self._check_attestations(st, req.attestations, alive)
         out = []
         for owner in sorted(st.masked_with):  # never its own secrets
-            s_share, b_share = st.held[owner]
-            if owner in alive:
-                out.append((owner, _B, _shamir.encode_share(b_share)))
+            h = st.held[owner]
+            if owner in alive:  # the share and the salt that opens its commitment
+                out.append((owner, _B, _shamir.encode_share(h.b) + h.salt_b))
             else:
-                out.append((owner, _S, _shamir.encode_share(s_share)))
+                out.append((owner, _S, _shamir.encode_share(h.s) + h.salt_s))
         reply = UnmaskShares(
             self._cfg.params_id, self._round, self._id, tuple(out)
         ).to_bytes()

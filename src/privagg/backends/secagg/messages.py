@@ -23,6 +23,38 @@ from privagg.errors import (
 
 _B, _S = 0, 1  # which secret a share is of
 
+# SecAgg+ v5 share records (fixed sizes, checked when a message is read):
+COMMIT_SIZE = (
+    32  # SHA-256 commitment to one dealt share (see _context._share_commitment)
+)
+SALT_SIZE = 32  # the secret salt of one commitment
+_GCM_TAG = 16
+# a dealt share record: commit_s || commit_b || AES-GCM(s share || b share || salt_s || salt_b)
+SEALED_SIZE = 2 * COMMIT_SIZE + 2 * (_shamir.SHARE_SIZE + SALT_SIZE) + _GCM_TAG
+# a revealed share: share || salt
+REVEAL_SIZE = _shamir.SHARE_SIZE + SALT_SIZE
+
+
+def seal_shares(commit_s: bytes, commit_b: bytes, ciphertext: bytes) -> bytes:
+    """One dealt share record: the two commitments in clear, then the ciphertext
+    (:func:`open_sealed` is its inverse)."""
+    return commit_s + commit_b + ciphertext
+
+
+def open_sealed(record: bytes) -> tuple[bytes, bytes, bytes]:
+    """(commit_s, commit_b, ciphertext) of a record of :data:`SEALED_SIZE` bytes."""
+    if len(record) != SEALED_SIZE:
+        raise DeserializationError()
+    c = COMMIT_SIZE
+    return record[:c], record[c : 2 * c], record[2 * c :]
+
+
+def _read_sealed(r: PayloadReader) -> tuple[tuple[str, bytes], ...]:
+    items = _wire.read_pairs(r)
+    if any(len(rec) != SEALED_SIZE for _, rec in items):
+        raise DeserializationError()
+    return items
+
 
 class SecAggKind(enum.IntEnum):
     """Message kinds of the SecAgg+ scheme (envelope byte 7)."""
@@ -130,7 +162,8 @@ class ShareKeysRequest(_Message):
 @register_message((Scheme.SECAGG, SecAggKind.SHARES))
 @dataclass(frozen=True)
 class SharesMessage(_Message):
-    """Client -> aggregator (stage 1): encrypted share pairs, by recipient."""
+    """Client -> aggregator (stage 1): the dealt share records (:func:`seal_shares`,
+    :data:`SEALED_SIZE` bytes each), by recipient."""
 
     KIND: ClassVar[int] = SecAggKind.SHARES
     ciphertexts: tuple[tuple[str, bytes], ...] = ()
@@ -142,13 +175,13 @@ class SharesMessage(_Message):
     def _read(
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
-        return cls(params_id, round_id, party, _read_cts(r))
+        return cls(params_id, round_id, party, _read_sealed(r))
 
 
 @register_message((Scheme.SECAGG, SecAggKind.MASK))
 @dataclass(frozen=True)
 class MaskRequest(_Message):
-    """Aggregator -> client (stage 2): the encrypted shares addressed to it, by sender."""
+    """Aggregator -> client (stage 2): the share records addressed to it, by dealer."""
 
     KIND: ClassVar[int] = SecAggKind.MASK
     ciphertexts: tuple[tuple[str, bytes], ...] = ()
@@ -160,7 +193,7 @@ class MaskRequest(_Message):
     def _read(
         cls, params_id: bytes, round_id: int, party: str, r: PayloadReader
     ) -> Self:
-        return cls(params_id, round_id, party, _read_cts(r))
+        return cls(params_id, round_id, party, _read_sealed(r))
 
 
 @register_message((Scheme.SECAGG, SecAggKind.MASKED))
@@ -308,7 +341,8 @@ class UnmaskRequest(_Message):
 @register_message((Scheme.SECAGG, SecAggKind.UNMASK_SHARES))
 @dataclass(frozen=True)
 class UnmaskShares(_Message):
-    """Client -> aggregator (last stage): (owner, which secret, share) triples."""
+    """Client -> aggregator (last stage): (owner, which secret, share || salt) triples
+    (:data:`REVEAL_SIZE` bytes: the share and the salt that opens its commitment)."""
 
     KIND: ClassVar[int] = SecAggKind.UNMASK_SHARES
     shares: tuple[tuple[str, int, bytes], ...] = ()
@@ -324,7 +358,7 @@ class UnmaskShares(_Message):
     ) -> Self:
         out = []
         for _ in range(_count(r)):
-            owner, which, sh = r.text(), r.u8(), _fixed(r, _shamir.SHARE_SIZE)
+            owner, which, sh = r.text(), r.u8(), _fixed(r, REVEAL_SIZE)
             if which not in (_B, _S):
                 raise DeserializationError()
             out.append((owner, which, sh))
