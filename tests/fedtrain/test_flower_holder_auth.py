@@ -129,7 +129,7 @@ def _ops(grid: FakeGrid) -> set[str]:
 def _claims(tmp_path: Path, genuine: HolderSigner, challenge: bytes) -> dict[str, Any]:
     """Holder claims an attacker can make without the pinned secret key."""
     other = _other_key(tmp_path)
-    msg = hello_message(challenge, "client-3")
+    msg = hello_message(challenge, "client-3", 7)
     right_key = genuine.public_key.hex()
     return {
         "wrong key, valid signature": {
@@ -235,9 +235,12 @@ def test_a_replayed_hello_signature_is_ignored(
     # the recorded reply verifies for its own challenge only
     pin = settings.holder_pin()
     assert pin is not None
-    assert holder_auth.verify_holder_claim(recorded, b"\xab" * 32, "", pin)
-    assert not holder_auth.verify_holder_claim(recorded, b"\xac" * 32, "", pin)
-    assert not holder_auth.verify_holder_claim(recorded, b"\xab" * 32, "client-3", pin)
+    ab, ac = b"\xab" * 32, b"\xac" * 32
+    assert holder_auth.verify_holder_claim(recorded, ab, "", pin, HOLDER)
+    assert not holder_auth.verify_holder_claim(recorded, ac, "", pin, HOLDER)
+    assert not holder_auth.verify_holder_claim(recorded, ab, "client-3", pin, HOLDER)
+    # relayed by another node (review r8): the proof names the holder's node id
+    assert not holder_auth.verify_holder_claim(recorded, ab, "", pin, HOLDER + 1)
 
     def replay(env: Envelope, msg: Message) -> Message | None:
         if env.op == Op.HELLO:
@@ -407,15 +410,16 @@ def test_the_genuine_signed_reply_is_accepted(tmp_path: Path) -> None:
 
 def test_signed_messages_are_domain_separated_and_bound() -> None:
     c = b"\x07" * 32
-    assert hello_message(c, "") != recovery_message(c, 0, "")
-    assert hello_message(c, "a") != hello_message(c, "b")
-    assert hello_message(c, "") != hello_message(b"\x08" * 32, "")
+    assert hello_message(c, "", 1) != recovery_message(c, 0, "")
+    assert hello_message(c, "a", 1) != hello_message(c, "b", 1)
+    assert hello_message(c, "", 1) != hello_message(b"\x08" * 32, "", 1)
+    assert hello_message(c, "", 1) != hello_message(c, "", 2)
     check = "ab" * 32
     assert recovery_message(c, 1, check) != recovery_message(c, 2, check)
     assert recovery_message(c, 1, check) != recovery_message(c, 1, "cd" * 32)
     for bad in (b"", b"\x00" * 31, b"\x00" * 33):
         with pytest.raises(FlowerProtocolError):
-            hello_message(bad, "")
+            hello_message(bad, "", 1)
     with pytest.raises(FlowerProtocolError):
         holder_auth.parse_challenge("AB" * 32)  # not the ServerApp's lowercase form
     with pytest.raises(privagg.ConfigurationError):

@@ -156,7 +156,15 @@ def test_a_replayed_proof_from_an_earlier_hello_is_refused(
     grid = FakeGrid(_configs(folder))
     old_challenge = new_challenge()
     req = Message(
-        pack(Envelope(Op.HELLO, 0, "", b"", {"challenge": old_challenge.hex()})),
+        pack(
+            Envelope(
+                Op.HELLO,
+                0,
+                "",
+                b"",
+                {"challenge": old_challenge.hex(), "party-proof": "1"},
+            )
+        ),
         dst_node_id=100,
         message_type=MESSAGE_TYPE,
     )
@@ -205,7 +213,7 @@ def test_proofs_are_bound_to_their_context_challenge_id_and_node() -> None:
     assert not verify_party_claim(good, ch, "client-0", pub, 101)  # relayed
     other_pub = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     assert not verify_party_claim(good, ch, "client-0", other_pub, 100)
-    holder_sig = {"party-signature": key.sign(hello_message(ch, "client-0")).hex()}
+    holder_sig = {"party-signature": key.sign(hello_message(ch, "client-0", 100)).hex()}
     assert not verify_party_claim(holder_sig, ch, "client-0", pub, 100)
     sig = good["party-signature"]
     for bad in ("", sig.upper(), sig[:-2], sig + "00", "zz" * 64, " " + sig[1:]):

@@ -57,6 +57,8 @@ def _genuine(tmp_path: Path) -> Any:
     return _signer(tmp_path / "holder-machine" / "secagg-identity-holder.key")
 
 
+HOLDER_NODE = 9  # the Flower node id the holder answers hello from (signed since r8)
+
 # == (a) the pinned result holder ======================================================
 
 
@@ -70,17 +72,17 @@ def test_r4_a_hello_signature_is_no_recovery_signature_and_back(
     genuine = _genuine(tmp_path)
     c = b"\x05" * 32
     check = "ab" * 32
-    hello_sig = genuine.sign(hello_message(c, "holder"))
+    hello_sig = genuine.sign(hello_message(c, "holder", HOLDER_NODE))
     with pytest.raises(FlowerProtocolError, match="not signed by the pinned"):
         verify_recovery(genuine.public_key, hello_sig, c, 0, check)
     rec_sig = genuine.sign(recovery_message(c, 0, check))
     pin = privagg.identity.identity_fingerprint(genuine.public_key)
     meta = {"holder-key": genuine.public_key.hex(), "holder-signature": rec_sig}
-    assert verify_holder_claim(meta, c, "", pin) is None
-    assert verify_holder_claim(meta, c, "holder", pin) is None
+    assert verify_holder_claim(meta, c, "", pin, HOLDER_NODE) is None
+    assert verify_holder_claim(meta, c, "holder", pin, HOLDER_NODE) is None
     # control: the right message is accepted
-    meta["holder-signature"] = genuine.sign(hello_message(c, ""))
-    assert verify_holder_claim(meta, c, "", pin) == genuine.public_key
+    meta["holder-signature"] = genuine.sign(hello_message(c, "", HOLDER_NODE))
+    assert verify_holder_claim(meta, c, "", pin, HOLDER_NODE) == genuine.public_key
 
 
 def test_r4_holder_messages_are_domain_separated_from_secagg_signatures() -> None:
@@ -93,7 +95,7 @@ def test_r4_holder_messages_are_domain_separated_from_secagg_signatures() -> Non
 
     domain = secagg_context._DOMAIN
     c = b"\x00" * 32
-    for msg in (hello_message(c, ""), recovery_message(c, 0, "")):
+    for msg in (hello_message(c, "", HOLDER_NODE), recovery_message(c, 0, "")):
         assert msg.startswith(b"fedtrain-flower/holder-")
         assert not msg.startswith(domain)
         assert not domain.startswith(msg[: len(domain)])
@@ -119,9 +121,9 @@ def test_r4_a_non_canonical_signature_is_refused(tmp_path: Path) -> None:
         return (sig[:32] + s.to_bytes(32, "little")).hex()
 
     pin = privagg.identity.identity_fingerprint(genuine.public_key)
-    sig = malleate(genuine.sign(hello_message(c, "")))
+    sig = malleate(genuine.sign(hello_message(c, "", HOLDER_NODE)))
     meta = {"holder-key": genuine.public_key.hex(), "holder-signature": sig}
-    assert verify_holder_claim(meta, c, "", pin) is None
+    assert verify_holder_claim(meta, c, "", pin, HOLDER_NODE) is None
     rsig = malleate(genuine.sign(recovery_message(c, 3, "cd" * 32)))
     with pytest.raises(FlowerProtocolError):
         verify_recovery(genuine.public_key, rsig, c, 3, "cd" * 32)
@@ -149,7 +151,7 @@ def test_r4_crafted_claim_bytes_are_ignored_without_an_exception(
     genuine = _genuine(tmp_path)
     c = b"\x01" * 32
     pin = privagg.identity.identity_fingerprint(genuine.public_key)
-    key, sig = genuine.public_key.hex(), genuine.sign(hello_message(c, ""))
+    key, sig = genuine.public_key.hex(), genuine.sign(hello_message(c, "", HOLDER_NODE))
     if kind == "uppercase key":
         key = key.upper()
     elif kind == "key with newline":
@@ -168,7 +170,7 @@ def test_r4_crafted_claim_bytes_are_ignored_without_an_exception(
     else:
         key, sig = "\x00" * 64, "\x00" * 128
     assert verify_holder_claim(
-        {"holder-key": key, "holder-signature": sig}, c, "", pin
+        {"holder-key": key, "holder-signature": sig}, c, "", pin, NODE
     ) in (None,)
 
 

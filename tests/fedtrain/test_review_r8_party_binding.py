@@ -4,16 +4,18 @@ Every attack tried is a test. A passing test means the attack was refused; a str
 xfail (``reason="r8: ..."``) asserts the secure behaviour and means the attack works
 against the code under review (severity in the reason).
 
-Findings (strict xfails): MEDIUM: a configured directory pin is never checked on
-backends other than active SecAgg+ (the directory is read unpinned at hello), so a
-substituted directory file binds a party id to any key; MEDIUM: role = "server" claims
-are never proven, so any node knocks an additive aggregation server out at hello.
-LOW: the directory is read twice on active SecAgg+ (swap between the reads); the
-holder's hello proof does not name the node id (relay); a proof relayed from another
-federation verifies (no federation binding); without a directory an unreadable key
-now fails hello; a role = "server" id outside the directory is reported as a server;
-a hello error reason is logged unbounded; verify_party_claim / party_hello_message
-accept non-int node ids and raise untyped errors on odd arguments.
+Findings: MEDIUM: a configured directory pin was never checked on backends other
+than active SecAgg+ (the directory was read unpinned at hello), so a substituted
+directory file bound a party id to any key; MEDIUM: role = "server" claims were never
+proven, so any node knocked an additive aggregation server out at hello. LOW: the
+directory was read twice on active SecAgg+ (swap between the reads); the holder's
+hello proof did not name the node id (relay); without a directory an unreadable key
+failed hello; a role = "server" id outside the directory was reported as a server; a
+hello error reason was logged unbounded; verify_party_claim / party_hello_message
+accepted non-int node ids and raised untyped errors on odd arguments. All fixed after
+the review (the tests that were strict xfails now pass). Open (strict xfail, LOW): a
+proof relayed from another federation verifies (no federation binding; documented:
+use one identity key per federation).
 """
 
 from __future__ import annotations
@@ -198,14 +200,14 @@ def test_r8_holder_and_recovery_signatures_are_never_party_proofs() -> None:
     ch = new_challenge()
     pin = identity_fingerprint(pub)
     for party in ("client-0", "", "a" * 128):
-        holder_sig = key.sign(hello_message(ch, party)).hex()
         for node in (0, 1, 100, 2**64 - 1):
+            holder_sig = key.sign(hello_message(ch, party, node)).hex()
             assert not verify_party_claim(
                 {"party-signature": holder_sig}, ch, party, pub, node
             )
         party_sig = key.sign(party_hello_message(ch, party, 100)).hex()
         meta = {"holder-key": pub.hex(), "holder-signature": party_sig}
-        assert verify_holder_claim(meta, ch, party, pin) is None
+        assert verify_holder_claim(meta, ch, party, pin, 100) is None
         with pytest.raises(FlowerProtocolError, match="not signed"):
             verify_recovery(pub, party_sig, ch, 100, party)
     for round_id, check in ((100, "client-0"), (0, ""), (-1, "x" * 64)):
@@ -267,7 +269,7 @@ def test_r8_secagg_signatures_and_party_proofs_do_not_cross() -> None:
         assert not ed25519_verify(pub, proof, m)
     # the contexts: NUL-terminated, pairwise distinct, none is SecAgg+'s domain
     contexts = [
-        hello_message(ch, "p"),
+        hello_message(ch, "p", 100),
         party_frame,
         recovery_message(ch, 1, "c"),
     ]
@@ -351,15 +353,6 @@ def test_r8_out_of_range_node_ids_are_refused_typed() -> None:
             party_hello_message(ch, "client-0", node)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: party_hello_message / verify_party_claim take any int()-able node "
-    "id: 100.9, 100.0, '100', b' 100 ' frame (and verify) as node 100, i.e. distinct "
-    "arguments share one frame; None, nan, inf, [100] raise untyped TypeError/"
-    "ValueError/OverflowError out of verify_party_claim. Flower node ids are ints, "
-    "so not reachable through the ServerApp; fix: `type(node_id) is int` as in "
-    "_shamir.decode, else FlowerProtocolError",
-)
 def test_r8_non_int_node_ids_are_refused() -> None:
     key = Ed25519PrivateKey.generate()
     pub = _pub(key)
@@ -369,13 +362,6 @@ def test_r8_non_int_node_ids_are_refused() -> None:
         assert verify_party_claim(good, ch, "client-0", pub, node) is False  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: verify_party_claim raises untyped AttributeError (a non-str party) "
-    "or UnicodeEncodeError (a lone surrogate) instead of returning False; the "
-    "ServerApp checks is_party_id first, so only direct API callers see it; fix: "
-    "catch (or check) in party_hello_message -> FlowerProtocolError",
-)
 def test_r8_non_str_or_unencodable_party_is_refused() -> None:
     key = Ed25519PrivateKey.generate()
     pub = _pub(key)
@@ -547,15 +533,6 @@ def test_r8_role_server_id_outside_the_directory_is_not_a_client(
     assert "intruder" not in summary["rounds"][0]["contributors"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: with an identity directory on a backend that has no aggregation "
-    "servers (plain), a node outside the directory that announces role='server' "
-    "is still accepted and reported in the run summary's 'servers' (and kept in the "
-    "party->node map) without any proof; it gets no request, but the summary names "
-    "an unauthenticated server. Fix: accept role='server' only for the backend's "
-    "server ids (material.key_holders) and bind them to the key directory",
-)
 def test_r8_role_server_outside_the_directory_is_not_reported_as_a_server(
     identities: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -727,9 +704,11 @@ def test_r8_one_hello_reply_costs_at_most_one_check_of_each_kind(
         calls["party"].append(node)
         return real_party(meta, challenge, p, key, node)
 
-    def holder(meta: Any, challenge: bytes, p: str, pin: bytes) -> bytes | None:
-        calls["holder"].append(0)
-        return real_holder(meta, challenge, p, pin)
+    def holder(
+        meta: Any, challenge: bytes, p: str, pin: bytes, node: int
+    ) -> bytes | None:
+        calls["holder"].append(node)
+        return real_holder(meta, challenge, p, pin, node)
 
     monkeypatch.setattr(server_app, "verify_party_claim", party)
     monkeypatch.setattr(server_app, "verify_holder_claim", holder)
@@ -785,9 +764,10 @@ def test_r8_every_backend_binds_party_ids_the_same_way(
 ) -> None:
     """ATTACK on each backend with a directory: client-0 misses hello, node 104
     claims it unsigned, node 105 proves "intruder" (outside the directory) with
-    client-3's key, node 106 announces role = "server". Every backend binds the
-    same: client-1..3 (max_clients 3), the server kept as a server, client-0 and
-    the intruder out."""
+    client-3's key, node 106 announces role = "server" for an id the directory does
+    not list. Every backend binds the same: client-1..3 (max_clients 3); client-0,
+    the intruder and the unlisted server out (since the fix a server is bound like a
+    client)."""
     folder, directory, _ = identities
     ident, holder_pin = holder_identity(tmp_path / "holder")
     configs = _configs(folder)
@@ -823,7 +803,7 @@ def test_r8_every_backend_binds_party_ids_the_same_way(
             holder="node",
             holder_key=holder_pin,
         )
-    assert bound == {"client-1": 101, "client-2": 102, "client-3": 103, "server-1": 106}
+    assert bound == {"client-1": 101, "client-2": 102, "client-3": 103}
     assert seen[0].max_clients == 3
     assert all(unpack(m.content).op == Op.HELLO for m in grid.sent)
 
@@ -838,18 +818,6 @@ def _forged_directory(folder: Path, path: Path, evil: Ed25519PrivateKey) -> Path
     return _write_directory(path, keys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: MEDIUM: _run_directory loads identity-directory without its pin; on "
-    "every backend but active SecAgg+ (plain, passive SecAgg+, Paillier, CKKS) a "
-    "configured 'directory-fingerprint' is never checked, so whoever can replace "
-    "the directory file (the pin exists because the file may come over an "
-    "untrusted channel) binds any party id to their own key: here node 104 takes "
-    "client-0's id and slot on a plain run. Before 262fa00 the directory was loaded "
-    "with pinned=settings.pin(). Fix: load_directory(path, pinned=settings.pin() or "
-    "None) in _run_directory (and refuse a directory without a pin, or say in "
-    "docs/flower.md that an unpinned directory is trusted as is)",
-)
 def test_r8_a_substituted_directory_is_refused_when_a_pin_is_configured(
     identities: tuple[Path, Path, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -880,10 +848,10 @@ def test_r8_active_secagg_refuses_a_substituted_directory_before_any_round(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """ATTACK: the same substituted file on active SecAgg+ with the genuine pin: hello
-    binds with the forged file (it is read unpinned), but the session load checks
-    the pin and the run stops with ParameterMismatchError: only hello messages were
-    ever sent (nothing secret leaves any node). docs/flower.md says so."""
+    """ATTACK: the same substituted file on active SecAgg+ with the genuine pin. Under
+    review, hello bound with the forged file (read unpinned) and the session load
+    stopped the run after hello. Since the fix the directory is read once, pinned,
+    before hello: ParameterMismatchError and no message is sent at all."""
     folder, _, pin = identities
     evil = Ed25519PrivateKey.generate()
     forged = _forged_directory(folder, tmp_path / "directory.json", evil)
@@ -900,18 +868,9 @@ def test_r8_active_secagg_refuses_a_substituted_directory_before_any_round(
             backend_options={"active": True},
             directory_fingerprint=pin,
         )
-    assert grid.sent and all(unpack(m.content).op == Op.HELLO for m in grid.sent)
+    assert grid.sent == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: active SecAgg+ reads the directory twice (unpinned at hello, "
-    "pinned at session load): a file swapped between the two reads binds a party id "
-    "to the swapper's key at hello and still passes the pin. The round's own "
-    "signatures then refuse the impostor (honest clients check the genuine keys), so "
-    "the effect is that a late client's slot is held by a node that will fail; fix: "
-    "read the file once, pinned, and use that object for hello and the session",
-)
 def test_r8_the_directory_bound_at_hello_is_the_pinned_one(
     identities: tuple[Path, Path, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -979,17 +938,6 @@ def test_r8_with_a_directory_an_unreadable_key_fails_hello(
     assert "node 102 failed hello" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: regression without a directory: the ServerApp always sends a "
-    "challenge and the ClientApp then always loads privagg-identity-key, so on a "
-    "plain run without identity-directory a node with a stale/unreadable key entry "
-    "(missing file, unset password variable) now fails hello and is left out; "
-    "before 262fa00 it took part (the key was not needed). The CHANGELOG's 'was: "
-    "dropped at its first round' holds for active SecAgg+ only. Fix: the hello "
-    "request says whether a party proof is wanted (e.g. meta 'party-proof': '1' only "
-    "with a directory) and the node loads its key only then (or for the holder)",
-)
 def test_r8_without_a_directory_an_unreadable_key_changes_nothing(
     identities: tuple[Path, Path, str],
 ) -> None:
@@ -1006,15 +954,18 @@ def test_r8_without_a_directory_an_unreadable_key_changes_nothing(
 
 def _additive_grid(root: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
     """Additive over FakeGrid (tests/fedtrain/test_flower_additive.py) with an identity
-    directory binding the three clients: node configs and the run settings."""
+    directory binding the three clients and the two aggregation servers (each with its
+    own identity key: since the fix a server's claim needs the proof too): node
+    configs and the run settings."""
     from tests.fedtrain import test_flower_additive as additive
 
     keys = additive.make_keys(root)
-    clients = sorted(additive.WEIGHTS)
-    directory, _ = make_identities(root / "identities", clients)
     nodes = dict(enumerate(additive.node_configs(keys), start=100))
+    members = sorted(str(c["party-id"]) for c in nodes.values() if c.get("party-id"))
+    assert members == ["client-0", "client-1", "client-2", "server-1", "server-2"]
+    directory, _ = make_identities(root / "identities", members)
     for cfg in nodes.values():
-        if cfg.get("party-id") in clients:
+        if cfg.get("party-id") in members:
             cfg["privagg-identity-key"] = str(
                 root
                 / "identities"
@@ -1044,22 +995,13 @@ def _run_kw(grid: FakeGrid, kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: MEDIUM: role='server' claims are never proven, even with an identity "
-    "directory: any node (a client, or a node outside the directory) that announces "
-    "an additive aggregation server's id ('server-1') with role='server' knocks the "
-    "genuine server out at hello (both claimants left out), and additive needs every "
-    "server: no round runs. The genuine servers' keys are in the pinned additive key "
-    "directory (aggregator-material), so the ServerApp knows who they are. Fix: "
-    "list the servers' identity keys in the identity directory and require the same "
-    "party proof for role='server' claims (or a proof under the key directory's key), "
-    "and accept role='server' only for the backend's server ids "
-    "(material.key_holders)",
-)
 def test_r8_a_client_cannot_knock_out_an_additive_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """ATTACK (MEDIUM, fixed): node 300 announces additive server-1's id with role
+    "server" and no proof. Before the fix both claimants were left out and no round
+    ran; now a claim needs the directory key's proof whatever the role, so the
+    impostor's claim is ignored and the run completes."""
     nodes, kw = _additive_grid(tmp_path)
     nodes[300] = {"party-id": "client-9"}
     fake_node(monkeypatch, 300, _reply("server-1", {"role": "server"}))
@@ -1072,10 +1014,11 @@ def test_r8_a_node_in_a_late_servers_slot_learns_and_changes_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """ATTACK: server-1 misses hello; node 300 announces server-1 (role = "server",
-    no proof: accepted, see the xfail above) and so receives server-1's requests. It
-    answers with junk. The request it got is sealed for the genuine server-1's key
-    (the pinned key directory), and its junk is refused: the run ends with a typed
-    DeserializationError, no round is recovered (fails closed; availability only)."""
+    no proof). Before the fix it was accepted and received server-1's requests (sealed
+    for the genuine server-1's key, so its junk answer ended the run with a typed
+    DeserializationError). Now its claim is ignored: server-1 is missing, the
+    aggregator addresses an unknown party and the run stops with a typed
+    FlowerProtocolError before any request is sent to the impostor."""
     nodes, kw = _additive_grid(tmp_path)
     server1 = next(n for n, c in nodes.items() if c.get("party-id") == "server-1")
     nodes[300] = {"party-id": "client-9"}
@@ -1092,9 +1035,9 @@ def test_r8_a_node_in_a_late_servers_slot_learns_and_changes_nothing(
     fake_node(monkeypatch, 300, impostor)
     grid = FakeGrid(nodes)
     grid.silent = {server1}
-    with pytest.raises(privagg.DeserializationError, match="malformed or tampered"):
+    with pytest.raises(FlowerProtocolError, match="unknown parties"):
         _run_kw(grid, kw)
-    assert any(e.op == Op.REQUEST for e in got)  # it did take the slot
+    assert got and all(e.op == Op.HELLO for e in got)  # it never got a request
 
 
 # -- r7 fixes: _shamir.decode and noise_descriptor take typed errors only ------------------
@@ -1169,16 +1112,6 @@ def test_r8_noise_descriptor_is_total_and_typed() -> None:
 # -- more: the holder's hello proof, look-alike ids, log size --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: the holder's hello proof (hello_message: challenge, party id) "
-    "does not name the Flower node id, unlike the party proof since 722dd2a: the "
-    "genuine holder's proof for THIS hello, relayed from another node (a network "
-    "attacker that sees the holder's reply without TLS and drops it), makes that "
-    "node the holder; it is then sent the protected aggregate (on plain/SecAgg+ the "
-    "sum itself) and the run fails at recovery (it cannot sign). Fix: bind node_id "
-    "into hello_message as party_hello_message does",
-)
 def test_r8_a_relayed_holder_proof_is_refused(
     identities: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -1224,13 +1157,6 @@ def test_r8_look_alike_ids_are_not_directory_ids(
         assert summary["parties"] == ["client-1", "client-2"], alike
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r8: LOW: a node's hello error reason is logged in full (quoted, one line, "
-    "but unbounded): one node writes megabytes into the ServerApp's log per hello "
-    "(the recovery path truncates to 200 characters, hello does not; the same in "
-    "transport.GridExchange's 'party %s failed'). Fix: log str(reason)[:200]",
-)
 def test_r8_a_hello_error_reason_is_logged_bounded(
     identities: tuple[Path, Path, str],
     monkeypatch: pytest.MonkeyPatch,

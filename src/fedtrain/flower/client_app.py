@@ -613,26 +613,33 @@ def _holder_signer(context: Context) -> HolderSigner:
 
 def _hello(env: Envelope, context: Context) -> Envelope:
     """Announce this node's party id and roles. With the ServerApp's challenge and a
-    key (``privagg-identity-key``), the node proves its party id and, as the holder,
-    its holder key by signing the challenge (:mod:`fedtrain.flower.holder_auth`)."""
+    key (``privagg-identity-key``), the node proves, as the holder, its holder key and,
+    when the hello asks for it (meta ``party-proof``: the run has an identity
+    directory), its party id, by signing the challenge and its node id
+    (:mod:`fedtrain.flower.holder_auth`). A run that asks for neither never reads the
+    key, so an unreadable key changes nothing there."""
     holder = bool(context.node_config.get("privagg-holder", False))
     pid = context.node_config.get("party-id")
     party = str(pid) if pid else ""
     meta = {"holder": "1" if holder else "0", "role": _node_role(context)}
-    if "challenge" not in env.meta or not (holder or party):
+    prove_party = bool(party) and env.meta.get("party-proof") == "1"
+    if "challenge" not in env.meta or not (holder or prove_party):
         return Envelope(Op.HELLO, env.round_id, party, meta=meta)
     # no key configured: the claims carry no proof; a ServerApp that asks for one
     # ignores them (logged there); the node still answers hello
     signer = HolderSigner.from_node_config(context, _identity_protection(context))
     if signer is not None:
         challenge = parse_challenge(env.meta["challenge"])
-        if party:
+        node = int(context.node_id)
+        if prove_party:
             meta["party-signature"] = signer.sign(
-                party_hello_message(challenge, party, int(context.node_id))
+                party_hello_message(challenge, party, node)
             )
         if holder:
             meta["holder-key"] = signer.public_key.hex()
-            meta["holder-signature"] = signer.sign(hello_message(challenge, party))
+            meta["holder-signature"] = signer.sign(
+                hello_message(challenge, party, node)
+            )
     return Envelope(Op.HELLO, env.round_id, party, meta=meta)
 
 

@@ -10,7 +10,7 @@ config pins its fingerprint (``holder-key``: the hex ``keygen`` prints).
 * **Hello.** The ServerApp sends a fresh 32-byte challenge (the system CSPRNG) with
   every hello request. A node with ``privagg-holder=true`` answers with its public key
   and an Ed25519 signature over :func:`hello_message` (context string, version, the
-  challenge, its party id). The ServerApp accepts the claim only if the key is a valid
+  challenge, its party id, the Flower node id it answers from). The ServerApp accepts the claim only if the key is a valid
   Ed25519 point (:func:`privagg.identity.check_public_key`), its fingerprint equals
   the pin (constant-time compare) and the signature verifies
   (:func:`verify_holder_claim`).
@@ -31,10 +31,12 @@ an identity directory (``identity-directory``: party id -> Ed25519 public key, t
 its Flower node id);
 the ServerApp accepts the claim of a party id the directory lists only if that
 signature verifies under the directory's key for that id
-(:func:`verify_party_claim`), and leaves out client ids the directory does not list.
-So a node cannot take the party id of a node that misses hello, nor knock a node out
-by announcing its id. Without a directory a party id is the node's own claim (see
-docs/flower.md).
+(:func:`verify_party_claim`), and ignores every other claim, a ``role = "server"``
+claim included (an additive run's servers are listed in the directory too). So a node
+cannot take the party id of a node that misses hello, nor knock a node out by
+announcing its id. The hello request asks for the party proof only when the run has a
+directory (meta ``party-proof``). Without a directory a party id is the node's own
+claim (see docs/flower.md).
 """
 
 from __future__ import annotations
@@ -107,9 +109,43 @@ def _challenge(challenge: bytes) -> bytes:
     return challenge
 
 
-def hello_message(challenge: bytes, party: str) -> bytes:
-    """What the holder signs at hello: the challenge and its party id ("" if none)."""
-    return _frame(_HELLO_CONTEXT, _challenge(challenge), party.encode("utf-8"))
+def _party(party: object) -> bytes:
+    """A party id's UTF-8 bytes ("" for none).
+
+    Raises:
+        FlowerProtocolError: not a str, or not encodable (a lone surrogate).
+    """
+    if not isinstance(party, str):
+        raise FlowerProtocolError("a party id is a str")
+    try:
+        return party.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FlowerProtocolError("a party id is not valid unicode") from None
+
+
+def _node_id(node_id: object) -> bytes:
+    """A Flower node id as 8 big-endian bytes.
+
+    Raises:
+        FlowerProtocolError: not an int (a bool, a float, a str, an int subclass) or
+            outside the unsigned 64-bit range.
+    """
+    if type(node_id) is not int or not 0 <= node_id < 2**64:
+        raise FlowerProtocolError("a Flower node id is an unsigned 64-bit integer")
+    return node_id.to_bytes(8, "big")
+
+
+def hello_message(challenge: bytes, party: str, node_id: int) -> bytes:
+    """What the holder signs at hello: the challenge, its party id ("" if none) and
+    the Flower node id it answers from (so a holder proof relayed by another node
+    does not verify: review r8).
+
+    Raises:
+        FlowerProtocolError: a malformed challenge, party id or node id.
+    """
+    return _frame(
+        _HELLO_CONTEXT, _challenge(challenge), _party(party), _node_id(node_id)
+    )
 
 
 def party_hello_message(challenge: bytes, party: str, node_id: int) -> bytes:
@@ -120,15 +156,11 @@ def party_hello_message(challenge: bytes, party: str, node_id: int) -> bytes:
     nor the reverse).
 
     Raises:
-        FlowerProtocolError: a node id outside the unsigned 64-bit range.
+        FlowerProtocolError: a malformed challenge, party id or node id (an int in
+            the unsigned 64-bit range).
     """
-    if isinstance(node_id, bool) or not 0 <= int(node_id) < 2**64:
-        raise FlowerProtocolError("a Flower node id is an unsigned 64-bit integer")
     return _frame(
-        _PARTY_CONTEXT,
-        _challenge(challenge),
-        party.encode("utf-8"),
-        int(node_id).to_bytes(8, "big"),
+        _PARTY_CONTEXT, _challenge(challenge), _party(party), _node_id(node_id)
     )
 
 
@@ -255,11 +287,12 @@ def _verify(public_key: bytes, signature: object, message: bytes) -> bool:
 
 
 def verify_holder_claim(
-    meta: Mapping[str, str], challenge: bytes, party: str, pin: bytes
+    meta: Mapping[str, str], challenge: bytes, party: str, pin: bytes, node_id: int
 ) -> bytes | None:
     """The claimant's public key if its hello reply proves the pinned holder key,
     else None (no key, a malformed or invalid key, another fingerprint, a signature
-    that does not verify over this challenge and party id)."""
+    that does not verify over this challenge, party id and Flower node id
+    ``node_id``: the reply's source, as the SuperLink reports it)."""
     text = meta.get("holder-key", "")
     if not _HEX32.fullmatch(text):
         return None
@@ -269,7 +302,10 @@ def verify_holder_claim(
         return None
     if not hmac.compare_digest(identity_fingerprint(key), pin):
         return None
-    message = hello_message(challenge, party)
+    try:
+        message = hello_message(challenge, party, node_id)
+    except FlowerProtocolError:
+        return None
     return key if _verify(key, meta.get("holder-signature"), message) else None
 
 

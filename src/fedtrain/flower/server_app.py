@@ -90,14 +90,19 @@ from fedtrain.flower.transport import (
     unpack,
 )
 from privagg import (
+    Dealing,
     Layout,
     PrivaggError,
     SystemRng,
+    get_backend,
 )
+from privagg import distribution as _distribution
 from privagg.identity import IdentityDirectory
 
 __all__ = ["RunSettings", "ServerTask", "app", "run"]
 
+# the most characters of a node's own error text logged (review r8)
+_REASON_CHARS = 200
 log = logging.getLogger(__name__)
 
 # Round ids travel as signed 64-bit ints in Flower records and as u64 in privagg headers.
@@ -248,21 +253,26 @@ def _hello(
 
     The party ids of nodes that announce ``role = "server"`` are added to ``servers``
     (when given): they answer the aggregator but are not clients. With ``directory``
-    (run config ``identity-directory``), the claim of a party id the directory lists
-    counts only if the node signed this hello's fresh challenge and that id with the
-    directory's key for it (:func:`fedtrain.flower.holder_auth.verify_party_claim`);
-    an unproven claim is logged and ignored, so it neither takes the id nor knocks
+    (run config ``identity-directory``), the hello asks for a party proof (meta
+    ``party-proof``) and a claim counts only if the directory lists the id and the
+    node signed this hello's fresh challenge, that id and its node id with the
+    directory's key for it (:func:`fedtrain.flower.holder_auth.verify_party_claim`),
+    whatever role it announces (an additive run's servers are listed too: review
+    r8); any other claim is logged and ignored, so it neither takes an id nor knocks
     out the node that owns it. A party id that more than one node announces (and, with
     a directory, proves) is left out with all its claimants (a warning, not the end
     of the run). With ``holder_pin`` (the run config's ``holder-key``), the holder is
-    the first node that proves that key by signing the challenge
+    the first node that proves that key by signing the challenge and its node id
     (:func:`fedtrain.flower.holder_auth.verify_holder_claim`); any other claim is
     logged and ignored. Without a pin no holder node is accepted.
     """
     challenge = new_challenge()
+    ask = {"challenge": challenge.hex()}
+    if directory is not None:
+        ask["party-proof"] = "1"
     msgs = [
         Message(
-            pack(Envelope(Op.HELLO, 0, "", b"", {"challenge": challenge.hex()})),
+            pack(Envelope(Op.HELLO, 0, "", b"", ask)),
             dst_node_id=n,
             message_type=MESSAGE_TYPE,
         )
@@ -275,9 +285,9 @@ def _hello(
     for reply in send_and_receive(grid, msgs, timeout=timeout):
         if reply.has_error():
             log.warning(
-                "node %s failed hello: %r",  # the node's text: quoted, one line
+                "node %s failed hello: %r",  # the node's text: quoted, one line, cut
                 reply.metadata.src_node_id,
-                str(reply.error.reason),
+                str(reply.error.reason)[:_REASON_CHARS],
             )
             continue
         node = reply.metadata.src_node_id
@@ -292,10 +302,15 @@ def _hello(
             # the id is the node's choice: never logged or kept as it is
             log.warning("node %s announced a malformed party id; left out", node)
             continue
-        if (
+        if env.party and directory is not None and env.party not in directory.keys:
+            log.warning(
+                "node %s announced a party id the identity directory does not list; "
+                "claim ignored",
+                node,
+            )
+        elif (
             env.party
             and directory is not None
-            and env.party in directory.keys
             and not verify_party_claim(
                 env.meta, challenge, env.party, directory.keys[env.party], node
             )
@@ -309,7 +324,7 @@ def _hello(
             claimed.setdefault(env.party, []).append(node)
             roles.setdefault(env.party, env.meta.get("role", "client"))
         if env.meta.get("holder") == "1" and holder_pin is not None:
-            key = verify_holder_claim(env.meta, challenge, env.party, holder_pin)
+            key = verify_holder_claim(env.meta, challenge, env.party, holder_pin, node)
             if key is None:
                 log.warning(
                     "node %s claims the result-holder role without proving the "
@@ -370,7 +385,7 @@ def _recover_remote(
         log.warning(
             "the result holder failed round %d: %r",
             round_id,
-            str(replies[0].error.reason)[:200],
+            str(replies[0].error.reason)[:_REASON_CHARS],
         )
         raise FlowerProtocolError(
             f"the result holder failed round {round_id} (its reason is in the log)"
@@ -418,13 +433,14 @@ def _recover_remote(
 def _known_parties(
     parties: Mapping[str, int], directory: IdentityDirectory, servers: set[str]
 ) -> dict[str, int]:
-    """The servers and the clients the identity directory lists (a client it does not
-    list could not prove its id at hello, nor, on active SecAgg+, sign its keys, so
-    the honest clients would refuse it: leave it out up front)."""
-    unknown = sorted(set(parties) - set(directory.parties) - servers)
-    if unknown:
-        log.warning("parties not in the identity directory left out: %s", unknown)
-    known = {p: n for p, n in parties.items() if p in directory.keys or p in servers}
+    """The servers and the clients the identity directory lists (hello accepts no
+    other claim; a client it does not list could not, on active SecAgg+, sign its
+    keys either, so the honest clients would refuse it).
+
+    Raises:
+        NotEnoughNodesError: no client is left.
+    """
+    known = {p: n for p, n in parties.items() if p in directory.keys}
     if not set(known) - servers:
         raise NotEnoughNodesError("no node's party id is in the identity directory")
     return known
@@ -433,12 +449,23 @@ def _known_parties(
 def _run_directory(settings: RunSettings) -> IdentityDirectory | None:
     """The run's identity directory (run config ``identity-directory``), or None.
 
-    Active SecAgg+ checks it against the pinned ``directory-fingerprint`` when it
-    loads its session; here it is the ServerApp's own file, read to bind the party
-    ids at hello (for additive, ``directory-fingerprint`` pins its key directory)."""
+    Read once per run, before hello, and checked against the pinned fingerprint
+    (run config ``directory-fingerprint``) when one is set, on every backend but
+    additive, where that key pins additive's own key directory (review r8: a pin
+    set for the identity directory was not checked at hello). Active SecAgg+ loads
+    its session from the same file with the same pin, so the two reads agree.
+
+    Raises:
+        privagg.PrivaggError: an unreadable, malformed or (pinned) substituted
+            directory.
+    """
     if not settings.identity_directory:
         return None
-    return load_directory(settings.identity_directory)
+    backend = get_backend(settings.backend, **settings.backend_options)
+    pin = settings.pin()
+    if _distribution.dealing(backend) is Dealing.OWN_KEYS:
+        pin = ""  # directory-fingerprint pins additive's key directory
+    return load_directory(settings.identity_directory, pinned=pin or None)
 
 
 def _resumed_spec(spec: SessionSpec, checkpoint: RunCheckpoint) -> SessionSpec:

@@ -48,6 +48,8 @@ __all__ = [
     "unpack",
 ]
 
+# the most characters of a node's own error text kept or logged (review r8)
+_REASON_CHARS = 200
 log = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "query.privagg"
@@ -342,9 +344,10 @@ class GridExchange:
             if sender is None:
                 continue
             if msg.has_error():
-                self.errors[sender] = str(msg.error.reason)
+                # the node's text: kept and logged quoted, one line, cut
+                self.errors[sender] = str(msg.error.reason)[:_REASON_CHARS]
                 self.reasons[sender] = "client error"
-                log.warning("party %s failed: %r", sender, str(msg.error.reason))
+                log.warning("party %s failed: %r", sender, self.errors[sender])
                 continue
             try:
                 env = unpack(msg.content)
