@@ -4,19 +4,20 @@ Every attack tried is a test. A passing test means the attack was refused; a str
 xfail (``reason="r10: ..."``) asserts the secure behaviour and means the attack works
 against the code under review (severity in the reason).
 
-Findings: MEDIUM: on the additive backend the identity directory cannot be pinned at
-all (``directory-fingerprint`` pins additive's key directory, the older
+Findings (all fixed after the review; their strict xfails are now plain tests):
+MEDIUM: on the additive backend the identity directory could not be pinned at all
+(``directory-fingerprint`` pins additive's key directory, the older
 ``identity-directory-fingerprint`` is an alias that must agree with it), so a
-substituted identity file still binds any listed id, clients and servers, to any key
-(r8's MEDIUM stays open there; SECURITY.md says the directory "is checked against its
-pin when one is set"). LOW: ``role`` is neither signed nor checked against the
-backend's servers, so a client proving its own id with ``role = "server"`` is reported
-as an aggregation server. LOW: an aggregation server missing after hello (not in
-the directory, unproven, late) is noticed only at the server stage, after every client
-was sent its round request. LOW: ``recovery_message`` / ``verify_recovery`` truncate
-float round ids, accept str and numpy round ids and raise untyped errors on None,
-NaN, inf and non-ASCII check values; ``verify_holder_claim`` / ``verify_party_claim``
-raise untyped errors on a non-str meta value, a non-mapping meta or a non-bytes key.
+substituted identity file still bound any listed id to any key; fixed with run config
+``identity-directory-pin``, required on additive. LOW: ``role`` was neither signed nor
+checked against the backend's servers (a client proving its own id with ``role =
+"server"`` was reported as an aggregation server); LOW: an aggregation server missing
+after hello was noticed only at the server stage, after every client was sent its
+round request; both fixed by checking the backend's server ids right after hello.
+LOW: ``recovery_message`` / ``verify_recovery`` truncated float round ids, accepted str
+and numpy round ids and raised untyped errors on None, NaN, inf and non-ASCII check
+values; ``verify_holder_claim`` / ``verify_party_claim`` raised untyped errors on a
+non-str meta value, a non-mapping meta or a non-bytes key; fixed (typed).
 Refused (pass): relayed and replayed server proofs, a server announcing
 ``role = "client"``, servers missing from the directory, a stripped ``party-proof``
 request, an unsolicited proof, a malformed challenge at the node, replayed / rebound
@@ -58,7 +59,11 @@ from tests.fedtrain.test_review_r8_party_binding import (
 
 import privagg
 from fedtrain.flower import client_app, server_app
-from fedtrain.flower.errors import FlowerConfigError, FlowerProtocolError
+from fedtrain.flower.errors import (
+    FlowerConfigError,
+    FlowerProtocolError,
+    NotEnoughNodesError,
+)
 from fedtrain.flower.holder_auth import (
     hello_message,
     new_challenge,
@@ -151,8 +156,9 @@ def test_r10_relayed_or_replayed_server_proof_cannot_take_a_server_slot(
     """ATTACK: server-1 misses hello; node 300 announces server-1 (role = "server")
     with (a) server-1's genuine key signing for server-1's node id (a relay of the
     live proof) and (b) server-1's genuine reply to an earlier hello (replay). Both
-    are ignored: the run stops typed ("unknown parties ['server-1']") and node 300
-    never receives a request."""
+    are ignored: the run stops typed before any request (since the fix: the backend's
+    server ids are checked right after hello; before, "unknown parties ['server-1']"
+    at the server stage) and node 300 never receives a request."""
     nodes, kw = _additive(tmp_path, extra=True)
     key1 = _signing_key(tmp_path / "identities", "server-1")
     grid0 = FakeGrid(nodes)
@@ -180,25 +186,20 @@ def test_r10_relayed_or_replayed_server_proof_cannot_take_a_server_slot(
         grid = FakeGrid(nodes)
         grid.silent = {SERVER1}
         with pytest.raises(
-            FlowerProtocolError, match=r"unknown parties \['server-1'\]"
+            NotEnoughNodesError, match=r"aggregation servers \['server-1'\]"
         ):
             _run_kw(grid, kw)
         assert _ops_to(grid, ATTACKER) == {Op.HELLO}
+        assert {unpack(m.content).op for m in grid.sent} == {Op.HELLO}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r10: LOW: role is neither in the signed hello frame nor checked against "
-    "the backend's server list (additive's key directory names its servers): a "
-    "client that proves its own directory id with role = 'server' (or a relay that "
-    "flips the unsigned field) is accepted and reported as an aggregation server "
-    "(summary 'servers'), and leaves the clients; fix: on additive take the server "
-    "ids from the aggregator's key directory and refuse a role claim that disagrees "
-    "(or sign the role in party_hello_message)",
-)
 def test_r10_a_client_proving_its_id_as_role_server_is_not_a_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Was LOW (fixed): a client proving its own id with role = "server" (or a relay
+    flipping the unsigned field) was reported as an aggregation server. Now a
+    role = "server" claim for an id that is not one of the backend's servers is
+    left out (logged): the servers are exactly additive's."""
     nodes, kw = _additive(tmp_path)
     _rewrite_hello(monkeypatch, 102, reply=lambda m: m | {"role": "server"})
     summary = _run_kw(FakeGrid(nodes), kw)
@@ -213,17 +214,17 @@ def test_r10_a_server_announcing_another_role_stops_the_run_typed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """ATTACK (role confusion): server-1 proves its id but announces role = "client"
-    (or empty, other case, injected text), the field the proof does not sign: it
-    becomes a client in name only; privagg refuses the client list that contains a
-    server id with a typed ConfigurationError before any request, and the node's
-    role text never reaches the log."""
+    (or empty, other case, injected text), the field the proof does not sign: it is no
+    server then, so the run stops typed right after hello (server-1 missing:
+    NotEnoughNodesError; under review privagg's ConfigurationError "client ids must
+    differ from the server ids") before any request, and the node's role text never
+    reaches the log."""
     nodes, kw = _additive(tmp_path)
     _rewrite_hello(monkeypatch, SERVER1, reply=lambda m: m | {"role": role})
     grid = FakeGrid(nodes)
     with caplog.at_level(logging.DEBUG, logger="fedtrain.flower"):
         with pytest.raises(
-            privagg.ConfigurationError,
-            match="client ids must differ from the server ids",
+            NotEnoughNodesError, match=r"aggregation servers \['server-1'\]"
         ):
             _run_kw(grid, kw)
     assert {unpack(m.content).op for m in grid.sent} == {Op.HELLO}
@@ -235,39 +236,40 @@ def test_r10_servers_missing_from_the_directory_fail_typed(
 ) -> None:
     """The operator listed only the clients in the identity directory: the servers'
     claims are ignored at hello (logged, node id only) and the run stops with a typed
-    FlowerProtocolError naming the missing server ids (passes today, after the
-    clients' first requests: see the xfail below)."""
+    NotEnoughNodesError naming the missing server ids (before the fix, a
+    FlowerProtocolError after the clients' first requests)."""
     nodes, kw = _additive(tmp_path)
     path = Path(kw["identity_directory"])
     keys = server_app.load_directory(path).keys
     _write_directory(path, {p: k for p, k in keys.items() if p.startswith("client")})
+    kw = {
+        **kw,
+        "identity_directory_pin": server_app.load_directory(path).fingerprint.hex(),
+    }
     grid = FakeGrid(nodes)
     with caplog.at_level(logging.WARNING, logger="fedtrain.flower.server_app"):
         with pytest.raises(
-            FlowerProtocolError,
-            match=r"unknown parties \['server-1', 'server-2'\]",
+            NotEnoughNodesError,
+            match=r"aggregation servers \['server-1', 'server-2'\]",
         ):
             _run_kw(grid, kw)
     assert f"node {SERVER1} announced a party id the identity directory" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r10: LOW: with an aggregation server missing after hello (not listed in "
-    "the identity directory, its claim unproven, or just late) the run still starts "
-    "the round: every client is sent its request and uploads (shares sealed for the "
-    "servers), and only the server stage fails ('unknown parties'); the clients' "
-    "work and the round id are spent on a run that cannot finish; fix: after hello "
-    "compare the backend's server ids (additive's key directory) with the proven "
-    "servers and stop typed before any request, naming the identity directory",
-)
 def test_r10_a_missing_server_stops_the_run_before_any_request(
     tmp_path: Path,
 ) -> None:
+    """Was LOW (fixed): a missing aggregation server was found only at the server
+    stage, after every client had uploaded. Now the backend's server ids are checked
+    right after hello."""
     nodes, kw = _additive(tmp_path)
     path = Path(kw["identity_directory"])
     keys = server_app.load_directory(path).keys
     _write_directory(path, {p: k for p, k in keys.items() if p.startswith("client")})
+    kw = {
+        **kw,
+        "identity_directory_pin": server_app.load_directory(path).fingerprint.hex(),
+    }
     grid = FakeGrid(nodes)
     with pytest.raises(privagg.PrivaggError):
         _run_kw(grid, kw)
@@ -277,21 +279,12 @@ def test_r10_a_missing_server_stops_the_run_before_any_request(
 # -- 2. the additive exception to pinning ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r10: MEDIUM: on additive the identity directory cannot be pinned: "
-    "directory-fingerprint pins additive's key directory and "
-    "identity-directory-fingerprint is an alias that must agree with it "
-    "(FlowerConfigError), so a substituted identity file binds any listed id, "
-    "clients and aggregation servers, to an attacker's key (take a late node's id, "
-    "knock out a present one: r8's MEDIUM, still open on additive); SECURITY.md "
-    "says the directory 'is checked against its pin when one is set'; fix: on "
-    "additive read identity-directory-fingerprint as the identity directory's own "
-    "pin (no aliasing there), or refuse additive + identity-directory without it",
-)
 def test_r10_additive_identity_directory_can_be_pinned(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Was MEDIUM (fixed): on additive the identity directory could not be pinned.
+    Run config ``identity-directory-pin`` pins it on any backend; a substituted file
+    is refused before any message."""
     nodes, kw = _additive(tmp_path, extra=True)
     genuine = Path(kw["identity_directory"])
     ident_pin = server_app.load_directory(genuine).fingerprint.hex()
@@ -303,23 +296,24 @@ def test_r10_additive_identity_directory_can_be_pinned(
     kw = {
         **kw,
         "identity_directory": str(forged),
-        "identity_directory_fingerprint": ident_pin,
+        "identity_directory_pin": ident_pin,
     }
     with pytest.raises(privagg.ParameterMismatchError):
         _run_kw(grid, kw)
     assert grid.sent == []
+    # and without an identity pin an additive run with a directory does not start
+    kw.pop("identity_directory_pin")
+    grid = FakeGrid(nodes)
+    with pytest.raises(FlowerConfigError, match="identity-directory-pin"):
+        _run_kw(grid, kw)
+    assert grid.sent == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r10: MEDIUM (the same finding, as docs/flower.md configures additive: "
-    "only additive's pin set): the substituted identity file is read unpinned at "
-    "hello, so node 300 proves client-0 with its own key and takes the late "
-    "client-0's slot; fix as above (or refuse the run without an identity pin)",
-)
 def test_r10_additive_substituted_directory_does_not_bind_ids(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Was MEDIUM (fixed): the substituted file, with additive's configuration (its
+    identity pin included, as additive now requires), is refused when read."""
     nodes, kw = _additive(tmp_path, extra=True)
     genuine = Path(kw["identity_directory"])
     evil = Ed25519PrivateKey.generate()
@@ -327,12 +321,11 @@ def test_r10_additive_substituted_directory_does_not_bind_ids(
     fake_node(monkeypatch, ATTACKER, _signed_reply(evil, "client-0", as_node=ATTACKER))
     grid = FakeGrid(nodes)
     grid.silent = {100}
-    try:
-        d = server_app._run_directory(
+    with pytest.raises(privagg.ParameterMismatchError):
+        server_app._run_directory(
             server_app.RunSettings(**{**kw, "identity_directory": str(forged)})
         )
-    except privagg.PrivaggError:
-        return  # secure: the run refuses the unpinned / forged identity directory
+    d = server_app._run_directory(server_app.RunSettings(**kw))  # the genuine one
     assert d is not None
     parties, _ = server_app._hello(
         grid,  # type: ignore[arg-type]
@@ -514,16 +507,6 @@ def test_r10_odd_node_and_party_ids_are_refused_typed_everywhere() -> None:
             frame(ch[:31], "client-0", 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r10: LOW: recovery_message / verify_recovery are not typed like the hello "
-    "frames: a float round id is truncated (a signature for round 1 verifies for "
-    "1.5), str and numpy round ids are accepted, None / NaN / inf raise TypeError / "
-    "ValueError / OverflowError and a non-ASCII or non-str check value raises "
-    "UnicodeEncodeError / AttributeError; the ServerApp passes its own ints today, "
-    "so not node-reachable; fix: the same exact-int check as _node_id (signed "
-    "64-bit) and a typed check of 'check'",
-)
 def test_r10_recovery_frame_is_typed() -> None:
     key = Ed25519PrivateKey.generate()
     pub = key.public_key().public_bytes_raw()
@@ -539,14 +522,6 @@ def test_r10_recovery_frame_is_typed() -> None:
             recovery_message(ch, 1, check)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r10: LOW: verify_holder_claim raises TypeError / AttributeError on a "
-    "non-str holder-key value or a non-mapping meta, verify_party_claim TypeError on "
-    "a non-bytes key (the docstrings promise None / False; unpack makes meta values "
-    "str, so not node-reachable today); fix: isinstance checks before the regex and "
-    "the key",
-)
 def test_r10_claim_verifiers_are_total() -> None:
     ch = new_challenge()
     pin = b"\x00" * 32
@@ -581,7 +556,9 @@ def test_r10_pin_spellings_and_conflicts(
     other = "0" * 64
     for backend in ("plain", "additive"):
         grid = FakeGrid(_configs(folder))
-        with pytest.raises(FlowerConfigError, match="disagree"):
+        # additive: refused for the missing identity-directory-pin (its
+        # directory-fingerprint pins its key directory), plain: the two disagree
+        with pytest.raises(FlowerConfigError, match=r"disagree|identity-directory-pin"):
             _run(
                 grid,
                 directory,
@@ -590,6 +567,12 @@ def test_r10_pin_spellings_and_conflicts(
                 identity_directory_fingerprint=other,
             )
         assert grid.sent == []
+    grid = FakeGrid(_configs(folder))
+    with pytest.raises(FlowerConfigError, match="disagree"):
+        _run(grid, directory, directory_fingerprint=pin, identity_directory_pin=other)
+    assert grid.sent == []
+    summary = _run(FakeGrid(_configs(folder)), directory, identity_directory_pin=pin)
+    assert summary["parties"] == PARTIES
     for bad in ("zz" * 32, pin[:-2], other):
         grid = FakeGrid(_configs(folder))
         with pytest.raises(privagg.PrivaggError):

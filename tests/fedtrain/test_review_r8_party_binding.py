@@ -44,7 +44,7 @@ from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixtur
 
 import privagg
 from fedtrain.flower import client_app, server_app
-from fedtrain.flower.errors import FlowerProtocolError
+from fedtrain.flower.errors import FlowerProtocolError, NotEnoughNodesError
 from fedtrain.flower.holder_auth import (
     CHALLENGE_BYTES,
     hello_message,
@@ -767,8 +767,10 @@ def test_r8_every_backend_binds_party_ids_the_same_way(
     client-3's key, node 106 announces role = "server" for an id the directory does
     not list. Every backend binds the same: client-1..3 (max_clients 3); client-0,
     the intruder and the unlisted server out (since the fix a server is bound like a
-    client)."""
-    folder, directory, _ = identities
+    client). Additive (its identity directory pinned, as it requires since review
+    r10) then stops typed right after hello: its aggregation servers did not answer
+    (no request is sent)."""
+    folder, directory, pin = identities
     ident, holder_pin = holder_identity(tmp_path / "holder")
     configs = _configs(folder)
     configs[104] = {"party-id": "client-5"}  # replaced by the fake below
@@ -794,7 +796,8 @@ def test_r8_every_backend_binds_party_ids_the_same_way(
 
     monkeypatch.setattr(server_app, "_known_parties", known)
     monkeypatch.setattr(server_app, "load_session", stop)
-    with pytest.raises(_StopError):
+    additive = backend == "additive"
+    with pytest.raises(NotEnoughNodesError if additive else _StopError) as stopped:
         _run(
             grid,
             directory,
@@ -802,9 +805,13 @@ def test_r8_every_backend_binds_party_ids_the_same_way(
             backend_options=options,
             holder="node",
             holder_key=holder_pin,
+            identity_directory_pin=pin if additive else "",
         )
     assert bound == {"client-1": 101, "client-2": 102, "client-3": 103}
-    assert seen[0].max_clients == 3
+    if additive:
+        assert "aggregation servers ['server-" in str(stopped.value)
+    else:
+        assert seen[0].max_clients == 3
     assert all(unpack(m.content).op == Op.HELLO for m in grid.sent)
 
 
@@ -963,7 +970,7 @@ def _additive_grid(root: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any
     nodes = dict(enumerate(additive.node_configs(keys), start=100))
     members = sorted(str(c["party-id"]) for c in nodes.values() if c.get("party-id"))
     assert members == ["client-0", "client-1", "client-2", "server-1", "server-2"]
-    directory, _ = make_identities(root / "identities", members)
+    directory, identity_pin = make_identities(root / "identities", members)
     for cfg in nodes.values():
         if cfg.get("party-id") in members:
             cfg["privagg-identity-key"] = str(
@@ -982,6 +989,7 @@ def _additive_grid(root: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any
         "aggregator_material": str(keys["directory"]),
         "directory_fingerprint": additive.pin(keys),
         "identity_directory": str(directory),
+        "identity_directory_pin": identity_pin,  # required on additive (review r10)
     }
     return nodes, kw
 
@@ -1016,9 +1024,8 @@ def test_r8_a_node_in_a_late_servers_slot_learns_and_changes_nothing(
     """ATTACK: server-1 misses hello; node 300 announces server-1 (role = "server",
     no proof). Before the fix it was accepted and received server-1's requests (sealed
     for the genuine server-1's key, so its junk answer ended the run with a typed
-    DeserializationError). Now its claim is ignored: server-1 is missing, the
-    aggregator addresses an unknown party and the run stops with a typed
-    FlowerProtocolError before any request is sent to the impostor."""
+    DeserializationError). Now its claim is ignored: server-1 is missing and the run
+    stops typed right after hello (review r10), before any request."""
     nodes, kw = _additive_grid(tmp_path)
     server1 = next(n for n, c in nodes.items() if c.get("party-id") == "server-1")
     nodes[300] = {"party-id": "client-9"}
@@ -1035,9 +1042,12 @@ def test_r8_a_node_in_a_late_servers_slot_learns_and_changes_nothing(
     fake_node(monkeypatch, 300, impostor)
     grid = FakeGrid(nodes)
     grid.silent = {server1}
-    with pytest.raises(FlowerProtocolError, match="unknown parties"):
+    with pytest.raises(
+        NotEnoughNodesError, match=r"aggregation servers \['server-1'\]"
+    ):
         _run_kw(grid, kw)
     assert got and all(e.op == Op.HELLO for e in got)  # it never got a request
+    assert {unpack(m.content).op for m in grid.sent} == {Op.HELLO}
 
 
 # -- r7 fixes: _shamir.decode and noise_descriptor take typed errors only ------------------

@@ -170,14 +170,18 @@ def recovery_message(challenge: bytes, round_id: int, check: str) -> bytes:
     the round id, the aggregate, the vector and the contributor list).
 
     Raises:
-        FlowerProtocolError: a round id outside the signed 64-bit range.
+        FlowerProtocolError: a round id that is not an int in the signed 64-bit range
+            (a bool, a float, a str, an int subclass), or a check value that is not an
+            ASCII str.
     """
-    if isinstance(round_id, bool) or not -(2**63) <= int(round_id) < 2**63:
+    if type(round_id) is not int or not -(2**63) <= round_id < 2**63:
         raise FlowerProtocolError("the round id does not fit a signed 64-bit integer")
+    if not isinstance(check, str) or not check.isascii():
+        raise FlowerProtocolError("a recovery check value is ASCII text")
     return _frame(
         _RECOVER_CONTEXT,
         _challenge(challenge),
-        int(round_id).to_bytes(8, "big", signed=True),
+        round_id.to_bytes(8, "big", signed=True),
         check.encode("ascii"),
     )
 
@@ -274,8 +278,10 @@ def holder_key_fingerprint(
     return identity_fingerprint(public.public_bytes_raw()).hex()
 
 
-def _verify(public_key: bytes, signature: object, message: bytes) -> bool:
+def _verify(public_key: object, signature: object, message: bytes) -> bool:
     if not isinstance(signature, str) or not _HEX64.fullmatch(signature):
+        return False
+    if not isinstance(public_key, bytes):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
@@ -293,8 +299,10 @@ def verify_holder_claim(
     else None (no key, a malformed or invalid key, another fingerprint, a signature
     that does not verify over this challenge, party id and Flower node id
     ``node_id``: the reply's source, as the SuperLink reports it)."""
+    if not isinstance(meta, Mapping):
+        return None
     text = meta.get("holder-key", "")
-    if not _HEX32.fullmatch(text):
+    if not isinstance(text, str) or not _HEX32.fullmatch(text):
         return None
     try:
         key = check_public_key(bytes.fromhex(text))
@@ -319,6 +327,8 @@ def verify_party_claim(
     """Whether a hello reply's ``party-signature`` proves ``party`` under
     ``public_key`` (the identity directory's key for that id) over this challenge,
     from Flower node ``node_id`` (the reply's source, as the SuperLink reports it)."""
+    if not isinstance(meta, Mapping):
+        return False
     try:
         message = party_hello_message(challenge, party, node_id)
     except FlowerProtocolError:

@@ -68,6 +68,7 @@ from fedtrain.flower.material import (
     Role,
     SessionSpec,
     holder_needs_no_secret,
+    key_holders,
     load_directory,
     load_session,
     needs_identity_directory,
@@ -94,6 +95,7 @@ from privagg import (
     Layout,
     PrivaggError,
     SystemRng,
+    UnsupportedError,
     get_backend,
 )
 from privagg import distribution as _distribution
@@ -126,6 +128,7 @@ class RunSettings:
     holder: str = "server"
     aggregator_material: str = ""
     identity_directory: str = ""
+    identity_directory_pin: str = ""
     identity_directory_fingerprint: str = ""
     directory_fingerprint: str = ""
     max_weight: float = 1.0
@@ -446,26 +449,75 @@ def _known_parties(
     return known
 
 
+def _check_servers(
+    parties: Mapping[str, int], servers: set[str], spec: SessionSpec
+) -> dict[str, int]:
+    """``parties`` without the nodes that announced ``role = "server"`` for an id that
+    is not one of the backend's aggregation servers (logged; they are no clients
+    either), after checking every aggregation server answered hello (review r10).
+
+    Raises:
+        NotEnoughNodesError: an aggregation server of the backend is missing (it did not
+            answer hello, or, with an identity directory, did not prove its id): no
+            request of any round is sent.
+    """
+    try:
+        holders = key_holders(spec)
+    except UnsupportedError:  # not distributable: refused later, with its reason
+        holders = {}
+    expected = {p for p, role in holders.items() if role is Role.SERVER}
+    stray = sorted(servers - expected)
+    if stray:
+        log.warning(
+            "nodes announced role 'server' for ids that are not this backend's "
+            "aggregation servers; left out: %s",
+            stray,
+        )
+        servers.difference_update(stray)
+    missing = sorted(expected - servers)
+    if missing:
+        raise NotEnoughNodesError(
+            f"aggregation servers {missing} did not answer hello (or did not prove "
+            "their ids): no round is run"
+        )
+    return {p: n for p, n in parties.items() if p not in stray}
+
+
 def _run_directory(settings: RunSettings) -> IdentityDirectory | None:
     """The run's identity directory (run config ``identity-directory``), or None.
 
-    Read once per run, before hello, and checked against the pinned fingerprint
-    (run config ``directory-fingerprint``) when one is set, on every backend but
-    additive, where that key pins additive's own key directory (review r8: a pin
-    set for the identity directory was not checked at hello). Active SecAgg+ loads
-    its session from the same file with the same pin, so the two reads agree.
+    Read once per run, before hello, and checked against its pin: run config
+    ``identity-directory-pin`` (any backend), or on every backend but additive
+    ``directory-fingerprint`` (both set: they must agree). Additive's
+    ``directory-fingerprint`` pins its own key directory, so an additive run with an
+    identity directory needs ``identity-directory-pin`` (review r10). Without a pin
+    (other backends) the file is the ServerApp operator's own. Active SecAgg+ loads its
+    session from the same file with the same pin, so the two reads agree (review r8).
 
     Raises:
+        FlowerConfigError: the two pins disagree, or additive without
+            ``identity-directory-pin``.
         privagg.PrivaggError: an unreadable, malformed or (pinned) substituted
             directory.
     """
     if not settings.identity_directory:
         return None
     backend = get_backend(settings.backend, **settings.backend_options)
-    pin = settings.pin()
-    if _distribution.dealing(backend) is Dealing.OWN_KEYS:
-        pin = ""  # directory-fingerprint pins additive's key directory
-    return load_directory(settings.identity_directory, pinned=pin or None)
+    additive = _distribution.dealing(backend) is Dealing.OWN_KEYS
+    own = settings.identity_directory_pin.strip().lower()
+    shared = "" if additive else settings.pin()
+    if own and shared and own != shared:
+        raise FlowerConfigError(
+            "run config 'identity-directory-pin' and 'directory-fingerprint' disagree"
+        )
+    if additive and not own:
+        raise FlowerConfigError(
+            f"backend {settings.backend!r} with 'identity-directory' needs run config "
+            "'identity-directory-pin' (the identity directory's fingerprint; "
+            "'directory-fingerprint' pins its key directory): an unpinned directory "
+            "could bind a party id to any key"
+        )
+    return load_directory(settings.identity_directory, pinned=(own or shared) or None)
 
 
 def _resumed_spec(spec: SessionSpec, checkpoint: RunCheckpoint) -> SessionSpec:
@@ -627,6 +679,7 @@ def run(grid: Grid, settings: RunSettings, task: ServerTask) -> dict[str, Any]:
         parties = _known_parties(parties, directory, servers)
         clients = sorted(set(parties) - servers)
         spec = dataclasses.replace(spec, max_clients=len(clients))
+    parties = _check_servers(parties, servers, spec)
     if settings.holder == "server" and not holder_needs_no_secret(spec):
         raise FlowerConfigError(
             f"backend {spec.backend!r}: the result holder holds a secret key, so it "

@@ -146,7 +146,7 @@ def unpack(content: RecordDict) -> Envelope:
         raise FlowerProtocolError("message carries no privagg record") from exc
     if not (
         isinstance(op, str)
-        and isinstance(round_id, int)
+        and type(round_id) is int  # not a bool
         and isinstance(party, str)
         and isinstance(payload, bytes)
     ):
