@@ -34,6 +34,7 @@ from flwr.app import Error, Message, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.fedtrain.test_flower_active_secagg import make_identities
+from tests.fedtrain.test_flower_party_binding import _run
 from tests.fedtrain.test_flower_transport import (  # noqa: F401 (autouse fixture)
     SHAPES,
     FakeGrid,
@@ -100,25 +101,6 @@ def _configs(
         }
         for i, p in enumerate(parties)
     }
-
-
-def _run(grid: FakeGrid, directory: Path | None, **kw: Any) -> dict[str, Any]:
-    settings_ = server_app.RunSettings(
-        **{
-            "backend": "plain",
-            "shapes": SHAPES,
-            "min_nodes": len(grid.contexts),
-            "stage_timeout": 1.0,
-            "identity_directory": str(directory) if directory else "",
-            **kw,
-        }
-    )
-    out: dict[str, Any] = server_app.run(
-        grid,  # type: ignore[arg-type]
-        settings_,
-        server_app._SyntheticTask(SHAPES),
-    )
-    return out
 
 
 def _hello(
