@@ -5,6 +5,8 @@ reveal is a typed DeserializationError."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from privagg.backends.secagg import messages as sm
@@ -45,3 +47,32 @@ def test_r11_reveal_of_wrong_size_is_typed(delta: int) -> None:
     data = sm.UnmaskShares(PID, 1, "c1", (("c2", sm._S, bad),)).to_bytes()
     with pytest.raises(DeserializationError):
         sm.UnmaskShares.from_bytes(data)
+
+
+# -- attack 2: a holder reveals a share with a forged salt -------------------------------
+@pytest.mark.parametrize("active", [True, False])
+def test_r11_holder_revealing_true_share_with_forged_salt_is_named(
+    active: bool,
+) -> None:
+    """c00 reveals its true shares but flips a bit of every salt: none opens its
+    commitment, c00 is named "share does not open its commitment" (only c00), its
+    shares are erasures, the sum is exact."""
+    from tests.privagg.test_review_secagg_drop import _last, _Round
+
+    r = _Round(7, active)
+    last = _last(active)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+            m = sm.UnmaskShares.from_bytes(replies["c00"])
+            n = sm.REVEAL_SIZE - sm.SALT_SIZE
+            shares = tuple(
+                (o, w, rec[:n] + bytes([rec[n] ^ 1]) + rec[n + 1 :])
+                for o, w, rec in m.shares
+            )
+            replies["c00"] = dataclasses.replace(m, shares=shares).to_bytes()
+        return replies
+
+    res = r.run(tamper)
+    r.assert_exact(res)
+    assert r.agg.rejection_reasons == {"c00": "share does not open its commitment"}
