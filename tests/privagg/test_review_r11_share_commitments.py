@@ -76,3 +76,33 @@ def test_r11_holder_revealing_true_share_with_forged_salt_is_named(
     res = r.run(tamper)
     r.assert_exact(res)
     assert r.agg.rejection_reasons == {"c00": "share does not open its commitment"}
+
+
+# -- attack 1: a dealer commits to a share other than the one it encrypts ----------------
+@pytest.mark.parametrize("active", [True, False])
+def test_r11_dealer_committing_to_another_share_for_one_holder_is_excluded(
+    active: bool,
+) -> None:
+    """c00's record for its first holder carries a commitment that the encrypted share
+    does not open: that holder refuses c00 (as a bad ciphertext), c00 alone is named
+    "share refused by a neighbour" and left out, no honest holder is named, the sum of
+    the others is exact."""
+    from tests.privagg.test_review_secagg_drop import _Round
+
+    r = _Round(7, active)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == 1:
+            m = sm.SharesMessage.from_bytes(replies["c00"])
+            h0 = m.ciphertexts[0][0]
+            cts = tuple(
+                (h, bytes([rec[0] ^ 1]) + rec[1:] if h == h0 else rec)
+                for h, rec in m.ciphertexts
+            )
+            replies["c00"] = dataclasses.replace(m, ciphertexts=cts).to_bytes()
+        return replies
+
+    res = r.run(tamper)
+    r.assert_exact(res)
+    assert sorted(res.contributors) == [f"c0{i}" for i in range(1, 7)]
+    assert r.agg.rejection_reasons == {"c00": "share refused by a neighbour"}
