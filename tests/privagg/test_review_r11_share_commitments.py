@@ -106,3 +106,34 @@ def test_r11_dealer_committing_to_another_share_for_one_holder_is_excluded(
     r.assert_exact(res)
     assert sorted(res.contributors) == [f"c0{i}" for i in range(1, 7)]
     assert r.agg.rejection_reasons == {"c00": "share refused by a neighbour"}
+
+
+# -- attack 2: a holder reveals another holder's (share, salt) ---------------------------
+@pytest.mark.parametrize("active", [True, False])
+def test_r11_holder_replaying_another_holders_reveal_is_named(active: bool) -> None:
+    """c00 replaces its reveals by another holder's (share, salt) of the same owners:
+    the commitment binds the holder, so they do not open; only c00 is named, the sum
+    over all seven is exact."""
+    from tests.privagg.test_review_secagg_drop import _last, _Round
+
+    r = _Round(7, active)
+    last = _last(active)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+            ms = {c: sm.UnmaskShares.from_bytes(d) for c, d in replies.items()}
+            a = ms["c00"]
+            for c, m in sorted(ms.items()):
+                other = {(o, w): rec for o, w, rec in m.shares}
+                sh = tuple((o, w, other.get((o, w), rec)) for o, w, rec in a.shares)
+                if c != "c00" and sh != a.shares:
+                    replies["c00"] = dataclasses.replace(a, shares=sh).to_bytes()
+                    break
+            else:
+                raise AssertionError("no shared owner")
+        return replies
+
+    res = r.run(tamper)
+    r.assert_exact(res)
+    assert len(res.contributors) == 7
+    assert r.agg.rejection_reasons == {"c00": "share does not open its commitment"}
