@@ -1,0 +1,371 @@
+"""Review r12 (outside reviewer, applied cryptography): SecAgg+ v5 committed shares
+(commit 05f42f3), what review r11 left.
+
+Attacks: the salts (default Rng, repeats, ever in clear), every binding of a share
+commitment (params_id, round, dealer, holder, kind) at the aggregator and at the
+holder, cross-round and cross-session replays of reveals, kind confusion in a reveal,
+a relay swapping / replaying / reordering commitments, dealers crafting records
+(valid commitments over garbage), out-of-range shares that open their commitment, t - 1
+colluders using the blame rules for a double reveal, and blame correctness (false
+accusations, a lying dealer laundering its blame). A resisted attack pins the defended
+outcome (exact sum, typed error, who is named); a finding is an ``xfail(strict=True)``
+test that asserts the secure behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import privagg
+from privagg._rng import SystemRng
+from privagg.backends import _shamir
+from privagg.backends.secagg import client as sa_client
+from privagg.backends.secagg import messages as sm
+from privagg.backends.secagg.aggregator import SecAggAggregator
+from privagg.hazmat import DeterministicRng
+from tests.privagg.test_review_secagg_drop import (
+    MASKED,
+    SIZE,
+    _ids,
+    _last,
+    _Round,
+    _session,
+)
+
+Tamper = Callable[[int, dict[str, bytes]], dict[str, bytes]]
+N7 = 7
+NS = _shamir.SHARE_SIZE
+
+
+class _R(_Round):
+    """A :class:`_Round` whose clients draw from ``DeterministicRng(rng_base + i)``, or
+    from the session's default Rng when ``rng_base`` is None (another round of the same
+    session must not reuse the first round's streams)."""
+
+    def __init__(
+        self,
+        n: int,
+        active: bool,
+        *,
+        session: privagg.Session | None = None,
+        round_id: int = 1,
+        rng_base: int | None = 0,
+    ) -> None:
+        g = np.random.default_rng(11 + round_id)
+        self.n = n
+        self.ups = {c: g.uniform(-1, 1, SIZE) for c in _ids(n)}
+        self.session = session or _session(n, active)
+        self.clients = {
+            c: self.session.client(
+                c,
+                round_id,
+                u,
+                rng=None if rng_base is None else DeterministicRng(rng_base + i),
+            )
+            for i, (c, u) in enumerate(sorted(self.ups.items()))
+        }
+        agg = self.session.aggregator(round_id, sorted(self.ups))
+        assert isinstance(agg, SecAggAggregator)
+        self.agg = agg
+        self.requests = agg.start()
+        self.asked = []
+        self.got = []
+        self.stage = 0
+        self.sent: list[dict[str, bytes]] = []  # the requests, by stage
+
+    def drive(
+        self, *, requests: Tamper | None = None, replies: Tamper | None = None
+    ) -> privagg.Recovered:
+        """Run the round with the relay tampering with ``requests`` (what clients get)
+        and/or ``replies`` (what the aggregator gets) at each stage."""
+        while not self.agg.done:
+            if requests is not None:
+                self.requests = requests(self.stage, dict(self.requests))
+            self.sent.append(dict(self.requests))
+            rep = self.honest()
+            if replies is not None:
+                rep = replies(self.stage, rep)
+            self.step(rep)
+        return self.session.holder().recover(self.agg.result())
+
+    def held(self) -> dict[str, dict[str, sa_client._Held]]:
+        """holder -> owner -> the shares and salts it holds (after stage 2)."""
+        out = {}
+        for c, cl in self.clients.items():
+            st = cl._state
+            assert isinstance(st, sa_client._Masked | sa_client._Signed)
+            m = st.masked if isinstance(st, sa_client._Signed) else st
+            out[c] = dict(m.held)
+        return out
+
+
+def _reveal(h: sa_client._Held, which: int) -> bytes:
+    if which == sm._S:
+        return _shamir.encode_share(h.s) + h.salt_s
+    return _shamir.encode_share(h.b) + h.salt_b
+
+
+def _replace_reveals(
+    data: bytes, change: Callable[[str, int, bytes], tuple[int, bytes]]
+) -> bytes:
+    """``data`` (an ``UnmaskShares``) with each entry replaced by ``change``."""
+    m = sm.UnmaskShares.from_bytes(data)
+    shares = tuple((o, *change(o, w, rec)) for o, w, rec in m.shares)
+    return dataclasses.replace(m, shares=shares).to_bytes()
+
+
+# -- 1. the salts: default Rng, never repeated, never in clear ----------------------------
+def test_r12_default_client_rng_is_the_csprng_and_salts_never_repeat() -> None:
+    """A client made without ``rng`` draws its salts from ``SystemRng``; over two
+    rounds of one session every salt (per dealer, holder, kind, round) is distinct."""
+    session = _session(N7, True)
+    salts: list[bytes] = []
+    pairs = 0
+    for rid in (1, 2):
+        r = _R(N7, True, session=session, round_id=rid, rng_base=None)
+        assert all(type(c._rng) is SystemRng for c in r.clients.values())
+        for _ in range(MASKED + 1):  # after MASK every client holds its shares
+            r.step(r.honest())
+        for held in r.held().values():
+            pairs += len(held)
+            for h in held.values():
+                salts += [h.salt_s, h.salt_b]
+    assert pairs >= 2 * N7 * 2  # every client holds shares of >= 2 neighbours
+    assert all(len(s) == sm.SALT_SIZE for s in salts)
+    assert len(set(salts)) == len(salts) == 2 * pairs
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_no_share_or_salt_in_clear_but_the_revealed_kind(active: bool) -> None:
+    """Everything the server sees (every request and reply of the round) is scanned for
+    every dealt share and salt: before the unmask replies none appears; in them only the
+    b shares and salts of survivors (here everyone): no s share, no s salt, ever. The
+    commitments in clear are 32-byte hashes that contain neither."""
+    r = _R(N7, active)
+    for _ in range(MASKED + 1):
+        r.sent.append(dict(r.requests))
+        r.step(r.honest())
+    held = r.held()
+    res = r.drive()
+    r.assert_exact(res)
+    before = b"".join(
+        [d for st in r.sent for d in st.values()]
+        + [d for st in r.got[:-1] for d in st.values()]
+    )
+    last = b"".join(r.got[-1].values())
+    for hs in held.values():
+        for h in hs.values():
+            s_enc, b_enc = _shamir.encode_share(h.s), _shamir.encode_share(h.b)
+            for secret in (s_enc, b_enc, h.salt_s, h.salt_b):
+                assert secret not in before
+            assert s_enc not in last and h.salt_s not in last
+            assert b_enc + h.salt_b in last
+
+
+# -- 2. every binding of a commitment is checked -------------------------------------------
+def test_r12_a_reveal_opens_only_its_own_dealer_holder_kind_round_and_session() -> None:
+    """Every real reveal of a round opens the commitment of exactly its (dealer, holder,
+    kind) at its round's aggregator, and none of: the other kind, another dealer's
+    commitment to the same holder, the same dealer's to another holder, the same pair
+    in another round of the session, the same pair and round id in another session."""
+    r = _R(N7, True)
+    r.drive()
+    other_round = _R(N7, True, session=r.session, round_id=2, rng_base=100)
+    other_round.drive()
+    other_session = _R(N7, True, rng_base=200)
+    other_session.drive()
+    agg = r.agg
+    checked = 0
+    for holder, data in r.got[-1].items():
+        for owner, which, rec in sm.UnmaskShares.from_bytes(data).shares:
+            assert agg._opens(owner, holder, which, rec)
+            assert not agg._opens(owner, holder, 1 - which, rec)
+            for d, h in agg._commits:
+                if (d, h) != (owner, holder) and (d == owner or h == holder):
+                    assert not agg._opens(d, h, which, rec)
+                    assert not agg._opens(d, h, 1 - which, rec)
+            for other in (other_round.agg, other_session.agg):
+                if (owner, holder) in other._commits:
+                    assert not other._opens(owner, holder, which, rec)
+                    assert not other._opens(owner, holder, 1 - which, rec)
+            checked += 1
+    assert checked >= 2 * N7
+
+
+@pytest.mark.parametrize("where", ["round", "session"])
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_reveal_replayed_from_another_round_or_session_is_named(
+    active: bool, where: str
+) -> None:
+    """c00 held shares of the same owners in an earlier round of the session (or in
+    round 1 of another session) and reveals those (share, salt) instead of this
+    round's: the commitment binds the round and params_id, so none opens; only c00
+    is named ("share does not open its commitment"), the sum over all seven is
+    exact."""
+    first = _R(N7, active, rng_base=0)
+    for _ in range(MASKED + 1):
+        first.step(first.honest())
+    old = first.held()["c00"]
+    if where == "round":
+        r = _R(N7, active, session=first.session, round_id=2, rng_base=100)
+    else:
+        r = _R(N7, active, rng_base=100)
+    last = _last(active)
+    replayed: list[str] = []
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+
+            def change(o: str, w: int, rec: bytes) -> tuple[int, bytes]:
+                if o in old:
+                    replayed.append(o)
+                    return w, _reveal(old[o], w)
+                return w, rec
+
+            replies["c00"] = _replace_reveals(replies["c00"], change)
+        return replies
+
+    res = r.drive(replies=tamper)
+    r.assert_exact(res)
+    assert replayed
+    assert len(res.contributors) == N7
+    assert r.agg.rejection_reasons == {"c00": "share does not open its commitment"}
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_s_share_revealed_as_a_b_share_does_not_open(active: bool) -> None:
+    """Kind confusion: for every survivor c00 holds, it sends the mask-key share and
+    its salt (which open commit_s) labelled as the self-mask share: the aggregator
+    checks it against commit_b under kind b, it does not open; c00 alone is named,
+    its shares are erasures, the sum is exact."""
+    r = _R(N7, active)
+    for _ in range(MASKED + 1):
+        r.step(r.honest())
+    mine = r.held()["c00"]
+    last = _last(active)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+            replies["c00"] = _replace_reveals(
+                replies["c00"], lambda o, w, rec: (w, _reveal(mine[o], sm._S))
+            )
+        return replies
+
+    res = r.drive(replies=tamper)
+    r.assert_exact(res)
+    assert len(res.contributors) == N7
+    assert r.agg.rejection_reasons == {"c00": "share does not open its commitment"}
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_s_share_of_a_survivor_labelled_s_is_ignored_whole(active: bool) -> None:
+    """c00 reveals, for every survivor it holds, the mask-key share with the salt that
+    DOES open commit_s, labelled as such (the double-reveal half a colluder can send):
+    the aggregator never checks or uses it, the whole reply is ignored ("unusable
+    reply"); the sum is exact without c00's shares."""
+    r = _R(N7, active)
+    for _ in range(MASKED + 1):
+        r.step(r.honest())
+    mine = r.held()["c00"]
+    last = _last(active)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+            replies["c00"] = _replace_reveals(
+                replies["c00"], lambda o, w, rec: (sm._S, _reveal(mine[o], sm._S))
+            )
+        return replies
+
+    res = r.drive(replies=tamper)
+    r.assert_exact(res)
+    assert len(res.contributors) == N7
+    assert r.agg.rejection_reasons == {"c00": "unusable reply"}
+
+
+# -- 3. a relay swapping, replaying or reordering commitments -------------------------------
+def _relay_change(r: _R, holder: str, how: str) -> tuple[Tamper, list[str]]:
+    """A request tamper: in ``holder``'s MaskRequest, one dealer's record gets the
+    commitments changed as ``how`` says. Returns the tamper and the dealer (filled)."""
+    dealer: list[str] = []
+
+    def tamper(s: int, requests: dict[str, bytes]) -> dict[str, bytes]:
+        if s != MASKED:
+            return requests
+        m = sm.MaskRequest.from_bytes(requests[holder])
+        recs = dict(m.ciphertexts)
+        d = sorted(recs)[0]
+        dealer.append(d)
+        cs, cb, ct = sm.open_sealed(recs[d])
+        if how == "swap kinds":
+            new = sm.seal_shares(cb, cs, ct)
+        elif how == "other dealer":
+            other = sorted(recs)[1]
+            ocs, ocb, _ = sm.open_sealed(recs[other])
+            new = sm.seal_shares(ocs, ocb, ct)
+        elif how == "other holder":
+            h2 = next(
+                h
+                for h, q in sorted(requests.items())
+                if h != holder and d in dict(sm.MaskRequest.from_bytes(q).ciphertexts)
+            )
+            rec2 = dict(sm.MaskRequest.from_bytes(requests[h2]).ciphertexts)[d]
+            ocs, ocb, _ = sm.open_sealed(rec2)
+            new = sm.seal_shares(ocs, ocb, ct)
+        elif how == "garbage ciphertext":
+            new = sm.seal_shares(cs, cb, ct[:-1] + bytes([ct[-1] ^ 1]))
+        else:
+            raise AssertionError(how)
+        recs[d] = new
+        cts = tuple(sorted(recs.items()))
+        requests[holder] = dataclasses.replace(m, ciphertexts=cts).to_bytes()
+        return requests
+
+    return tamper, dealer
+
+
+@pytest.mark.parametrize(
+    "how", ["swap kinds", "other dealer", "other holder", "garbage ciphertext"]
+)
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_relayed_commitments_swapped_or_replayed_are_refused(
+    active: bool, how: str
+) -> None:
+    """The relay (the server, or the network) changes the commitments beside one
+    dealer's ciphertext to c00 (commit_s <-> commit_b, another dealer's to c00, the
+    same dealer's to another holder) or flips a ciphertext bit under valid
+    commitments. They are not in the AAD, but c00 checks them against the decrypted
+    shares: it refuses the dealer as for a bad ciphertext; that dealer is left out
+    ("share refused by a neighbour", the server's own doing here), c00 is never named,
+    nothing is accepted that its dealer did not commit to, and the sum of the others
+    is exact."""
+    r = _R(N7, active)
+    tamper, dealer = _relay_change(r, "c00", how)
+    res = r.drive(requests=tamper)
+    r.assert_exact(res)
+    (d,) = dealer
+    assert r.agg.rejection_reasons == {d: "share refused by a neighbour"}
+    assert sorted(res.contributors) == sorted(set(_ids(N7)) - {d})
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_reordered_records_change_nothing(active: bool) -> None:
+    """The relay reverses the order of the records in every MaskRequest (and of the
+    entries it forwards): records are matched by dealer id, not position; no one is
+    named, the sum over all seven is exact."""
+    r = _R(N7, active)
+
+    def tamper(s: int, requests: dict[str, bytes]) -> dict[str, bytes]:
+        if s == MASKED:
+            for c, q in requests.items():
+                m = sm.MaskRequest.from_bytes(q)
+                cts = tuple(reversed(m.ciphertexts))
+                requests[c] = dataclasses.replace(m, ciphertexts=cts).to_bytes()
+        return requests
+
+    res = r.drive(requests=tamper)
+    r.assert_exact(res)
+    assert len(res.contributors) == N7 and r.agg.rejection_reasons == {}
