@@ -660,3 +660,101 @@ def test_r12_lying_dealer_cannot_launder_its_blame(
         else "dealt wrong mask-key shares"
     )
     assert r.agg.rejection_reasons.get(DEALER) == want
+
+
+# -- 7. more relay replays, and what blame rests on -----------------------------------------
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_record_replayed_from_the_previous_round_is_refused(active: bool) -> None:
+    """The relay keeps dealer d's record to c00 from round 1 (commitments and
+    ciphertext) and relays it in round 2 instead of d's fresh one: the share key and
+    the commitments bind the round, c00 refuses d; d alone is left out and named
+    ("share refused by a neighbour", the relay's doing), the sum is exact."""
+    first = _R(N7, active)
+    first.drive()
+    old = dict(sm.MaskRequest.from_bytes(first.sent[MASKED]["c00"]).ciphertexts)
+    r = _R(N7, active, session=first.session, round_id=2, rng_base=100)
+    dealer: list[str] = []
+
+    def tamper(s: int, requests: dict[str, bytes]) -> dict[str, bytes]:
+        if s == MASKED:
+            m = sm.MaskRequest.from_bytes(requests["c00"])
+            d = sorted(set(dict(m.ciphertexts)) & set(old))[0]
+            dealer.append(d)
+            cts = tuple((s_, old[s_] if s_ == d else rec) for s_, rec in m.ciphertexts)
+            requests["c00"] = dataclasses.replace(m, ciphertexts=cts).to_bytes()
+        return requests
+
+    res = r.drive(requests=tamper)
+    r.assert_exact(res)
+    (d,) = dealer
+    assert r.agg.rejection_reasons == {d: "share refused by a neighbour"}
+    assert sorted(res.contributors) == sorted(set(_ids(N7)) - {d})
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_reveal_altered_in_transit_costs_blame_not_the_sum(active: bool) -> None:
+    """INFO (out of the model of an honest aggregator): replies are not signed (the
+    envelope digest is unkeyed), so a relay that flips one salt bit of an honest
+    holder's reveal on its way to the aggregator has that holder named exactly as a
+    liar. What holds: the share is an erasure and the sum is exact; blame is only as
+    authentic as the client-aggregator channel (TLS)."""
+    r = _R(N7, active)
+    last = _last(active)
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if s == last:
+            m = sm.UnmaskShares.from_bytes(replies["c01"])
+            o, w, rec = m.shares[0]
+            bad = rec[:-1] + bytes([rec[-1] ^ 1])
+            shares = ((o, w, bad), *m.shares[1:])
+            replies["c01"] = dataclasses.replace(m, shares=shares).to_bytes()
+        return replies
+
+    res = r.drive(replies=tamper)
+    r.assert_exact(res)
+    assert len(res.contributors) == N7
+    assert r.agg.rejection_reasons == {"c01": "share does not open its commitment"}
+
+
+# -- 8. reveals the holder cannot hold never reach the commitment check ------------------
+@pytest.mark.parametrize("whose", ["itself", "non-neighbour", "not in U2", "refused"])
+@pytest.mark.parametrize("active", [True, False])
+def test_r12_reveal_for_an_owner_it_cannot_hold_is_ignored_whole(
+    active: bool, whose: str
+) -> None:
+    """c00 adds to its reveals an entry (random bytes) for an owner it holds no
+    commitment of: itself, a non-neighbour, a neighbour that dropped at stage 1 (not
+    in U2), or a neighbour whose record it refused. The aggregator has no commitment
+    for that pair; the reply is ignored whole before any opening ("unusable reply",
+    never a KeyError or an abort); the sum is exact."""
+    r = _R(N7, active)
+    r.sent.append(dict(r.requests))
+    r.step(r.honest())
+    nbrs = r.agg._nbrs["c00"] - {"c00"}
+    target = {
+        "itself": "c00",
+        "non-neighbour": min(set(_ids(N7)) - nbrs - {"c00"}),
+        "not in U2": max(nbrs),
+        "refused": min(nbrs),
+    }[whose]
+    last = _last(active)
+
+    def replies(s: int, rep: dict[str, bytes]) -> dict[str, bytes]:
+        if whose == "not in U2" and s == 1:
+            del rep[target]
+        if s == last:
+            m = sm.UnmaskShares.from_bytes(rep["c00"])
+            assert target not in {o for o, _, _ in m.shares}
+            which = sm._B if target in r.agg._u3 else sm._S
+            extra = (target, which, _junk(sm.REVEAL_SIZE))
+            rep["c00"] = dataclasses.replace(m, shares=(*m.shares, extra)).to_bytes()
+        return rep
+
+    requests = _accuse(["c00"], target) if whose == "refused" else None
+    res = r.drive(requests=requests, replies=replies)
+    r.assert_exact(res)
+    want = {"c00": "unusable reply"}
+    if whose == "refused":
+        want[target] = "share refused by a neighbour"
+    assert r.agg.rejection_reasons == want
+    assert (target in res.contributors) == (whose in ("itself", "non-neighbour"))
