@@ -758,3 +758,76 @@ def test_r12_reveal_for_an_owner_it_cannot_hold_is_ignored_whole(
         want[target] = "share refused by a neighbour"
     assert r.agg.rejection_reasons == want
     assert (target in res.contributors) == (whose in ("itself", "non-neighbour"))
+
+
+# -- 9. blame correctness, as a property over liars -----------------------------------------
+@pytest.mark.parametrize("which", ["b", "s"])
+@pytest.mark.parametrize("case", range(6))
+def test_r12_blame_names_exactly_the_liars_whatever_they_combine(
+    monkeypatch: pytest.MonkeyPatch, case: int, which: str
+) -> None:
+    """A lying dealer (wrong committed shares of its seed, or of its key and then
+    dropping, to a random subset of its holders) and 0-2 lying holders (every reveal's
+    salt flipped), chosen at random: the outcome is exactly the one predicted from
+    the shares that open (liars' shares are erasures, the dealer's wrong shares count
+    against the decoding bound of what is left): an exact sum naming exactly the
+    holder liars ("share does not open its commitment") and the dealer iff one of its
+    wrong shares reached decoding; or InsufficientParticipantsError (a needed secret
+    with fewer than t opened shares) or a ProtocolError naming the dealer (beyond the
+    bound). No honest client is ever named."""
+    rnd = np.random.default_rng(1000 + case + (50 if which == "s" else 0))
+    r = _R(12, True)
+    idx = {c: i + 1 for i, c in enumerate(sorted(r.ups))}
+    inv = {x: c for c, x in idx.items()}
+    others = sorted(set(_ids(12)) - {DEALER})
+    liars = {str(c) for c in rnd.choice(others, int(rnd.integers(0, 3)), False)}
+    last = _last(True)
+
+    def pick(xs: list[int]) -> list[int]:
+        return sorted(int(x) for x in rnd.choice(xs, int(rnd.integers(0, 5)), False))
+
+    def tamper(s: int, replies: dict[str, bytes]) -> dict[str, bytes]:
+        if which == "s" and s == MASKED:
+            del replies[DEALER]
+        if s == last:  # the round's state, before an abort forgets it
+            u3 = set(r.agg._u3)
+            for o in r.agg._needed():
+                opened[o] = (r.agg._holders(o) & u3) - liars
+            for c in liars:
+
+                def flip(o: str, w: int, rec: bytes) -> tuple[int, bytes]:
+                    return w, rec[:-1] + bytes([rec[-1] ^ 1])
+
+                replies[c] = _replace_reveals(replies[c], flip)
+        return replies
+
+    t = r.agg.graph.threshold
+    opened: dict[str, set[str]] = {}  # needed owner -> holders whose share opens
+    outcome: object
+    with _lying_dealer(monkeypatch, r, DEALER, which, pick) as lied:
+        try:
+            outcome = r.drive(replies=tamper)
+        except (privagg.InsufficientParticipantsError, privagg.ProtocolError) as e:
+            outcome = e
+    assert opened
+    reaching = {inv[x] for x in lied} & opened.get(DEALER, set())
+    m = len(opened.get(DEALER, ()))
+    beyond = len(reaching) > _shamir.max_wrong_shares(m, t, checked=True)
+    named = set(r.agg.rejection_reasons)
+    assert named <= liars | {DEALER}  # never an honest client
+    if any(len(v) < t for v in opened.values()):
+        assert isinstance(outcome, privagg.InsufficientParticipantsError)
+    elif beyond:
+        assert isinstance(outcome, privagg.ProtocolError)
+        assert repr(DEALER) in str(outcome)
+    else:
+        assert isinstance(outcome, privagg.Recovered)
+        r.assert_exact(outcome)
+        want = dict.fromkeys(liars, "share does not open its commitment")
+        if reaching:
+            want[DEALER] = (
+                "dealt wrong self-mask shares"
+                if which == "b"
+                else "dealt wrong mask-key shares"
+            )
+        assert r.agg.rejection_reasons == want
