@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 
 import privagg
+from privagg import Layout
 from privagg._rng import SystemRng
 from privagg.backends import _shamir
 from privagg.backends._primitives import aead_decrypt, aead_encrypt
+from privagg.backends.secagg import SecAggBackend
 from privagg.backends.secagg import _context as sa_ctx
 from privagg.backends.secagg import client as sa_client
 from privagg.backends.secagg import messages as sm
@@ -207,22 +209,38 @@ def test_r12_a_reveal_opens_only_its_own_dealer_holder_kind_round_and_session() 
     assert checked >= 2 * N7
 
 
-@pytest.mark.parametrize("where", ["round", "session"])
+def _seeded_session(active: bool) -> privagg.Session:
+    """A session whose params_id follows from a public seed (the same each call)."""
+    return SecAggBackend(active=active).setup(
+        Layout.from_arrays({"w": np.zeros(SIZE)}),
+        max_clients=N7,
+        rng=DeterministicRng(b"r12-public-seed".ljust(32, b"\0")),
+    )
+
+
+@pytest.mark.parametrize("where", ["round", "session", "same params_id and round"])
 @pytest.mark.parametrize("active", [True, False])
 def test_r12_reveal_replayed_from_another_round_or_session_is_named(
     active: bool, where: str
 ) -> None:
-    """c00 held shares of the same owners in an earlier round of the session (or in
-    round 1 of another session) and reveals those (share, salt) instead of this
-    round's: the commitment binds the round and params_id, so none opens; only c00
-    is named ("share does not open its commitment"), the sum over all seven is
-    exact."""
-    first = _R(N7, active, rng_base=0)
+    """c00 held shares of the same owners in an earlier round of the session, in
+    round 1 of another session, or in round 1 of an earlier run from the same public
+    seed (same params_id and round id: every field the commitment binds is equal) and
+    reveals those (share, salt) instead of this round's: the commitment binds the
+    round and params_id, and the salt and share are fresh, so none opens; only c00 is
+    named ("share does not open its commitment"), the sum over all seven is exact."""
+    seeded = where == "same params_id and round"
+    first = _R(
+        N7, active, rng_base=0, session=_seeded_session(active) if seeded else None
+    )
     for _ in range(MASKED + 1):
         first.step(first.honest())
     old = first.held()["c00"]
     if where == "round":
         r = _R(N7, active, session=first.session, round_id=2, rng_base=100)
+    elif seeded:
+        r = _R(N7, active, session=_seeded_session(active), rng_base=100)
+        assert r.agg._cfg.params_id == first.agg._cfg.params_id
     else:
         r = _R(N7, active, rng_base=100)
     last = _last(active)
@@ -802,7 +820,7 @@ def test_r12_blame_names_exactly_the_liars_whatever_they_combine(
         return replies
 
     t = r.agg.graph.threshold
-    opened: dict[str, set[str]] = {}  # needed owner -> holders whose share opens
+    opened: dict[str, frozenset[str]] = {}  # needed owner -> holders whose share opens
     outcome: object
     with _lying_dealer(monkeypatch, r, DEALER, which, pick) as lied:
         try:
