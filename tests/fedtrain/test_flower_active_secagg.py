@@ -472,3 +472,18 @@ def test_drop_reasons_for_every_kind_of_drop() -> None:
         "c0": "left out by the protocol",
         "c1": "left out by the protocol",
     }
+
+
+def test_drop_reasons_name_both_sides_of_a_refused_share_record() -> None:
+    """Review r12 (LOW, fixed): a client left out because neighbours refused its
+    share record is reported with the refusing neighbours, so an accuser is named
+    beside the client it accused (either may have lied)."""
+
+    class _Agg:
+        def __init__(self) -> None:
+            self.rejection_reasons = {"c2": "share refused by a neighbour"}
+            self.disputes = {"c2": frozenset({"c3", "c0"})}
+
+    driven = server_app.DriveResult(b"", 5, {})
+    got = server_app.drop_reasons(["c0", "c2", "c3"], ["c0", "c3"], _Agg(), {}, driven)
+    assert got == {"c2": "share refused by a neighbour (refused by c0, c3)"}

@@ -588,27 +588,23 @@ def test_r12_false_accusation_costs_availability_only(active: bool) -> None:
     assert not [h for h, o, w in r.revealed() if o == d and w == sm._B]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r12 FINDING LOW: a false accusation at stage 2 names the honest dealer "
-    "exactly as a dealer whose share does not open its commitment ('share refused "
-    "by a neighbour'); the accuser, who gives no evidence, is never named",
-)
 @pytest.mark.parametrize("active", [True, False])
 def test_r12_false_accusation_does_not_name_the_honest_dealer_alone(
     active: bool,
 ) -> None:
-    """Secure behaviour (v5's claim "a wrong share is attributed to whoever made it"):
-    when c00 refuses d's record although the record d sent decrypts and opens its
-    commitments, d is not named as the culprit alone: either d is not named or the
-    accuser c00 is."""
+    """r12 FINDING LOW (fixed): when c00 refuses d's record although the record d
+    sent decrypts and opens its commitments, d is not named as the culprit alone.
+    The aggregator cannot check a refusal (its evidence would be the refuser's
+    shares), so it reports a dispute naming both sides: d is left out for "share
+    refused by a neighbour" and ``disputes`` names its accuser c00 (before the fix
+    the accuser was never named)."""
     r = _R(N7, active)
     r.sent.append(dict(r.requests))
     r.step(r.honest())
     d = sorted(r.agg._nbrs["c00"] - {"c00"})[0]
     r.drive(requests=_accuse(["c00"], d))
-    reasons = r.agg.rejection_reasons
-    assert d not in reasons or "c00" in reasons
+    assert r.agg.rejection_reasons == {d: "share refused by a neighbour"}
+    assert r.agg.disputes == {d: frozenset({"c00"})}
 
 
 def _laundering(r: _R, which: str, how: str) -> Tamper:
@@ -654,21 +650,15 @@ def test_r12_lying_dealer_with_a_bad_reply_gives_an_exact_sum(
     assert set(r.agg.rejection_reasons) == {DEALER}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="r12 FINDING LOW: rejection_reasons keeps a client's FIRST reason, so a "
-    "lying dealer that first sends one bad reply (garbage: reported as a mere "
-    "'unreadable reply' dropout) or one non-opening reveal is never reported as "
-    "'dealt wrong ... shares'",
-)
 @pytest.mark.parametrize(("which", "how"), LAUNDER)
 @pytest.mark.parametrize("active", [True, False])
 def test_r12_lying_dealer_cannot_launder_its_blame(
     monkeypatch: pytest.MonkeyPatch, active: bool, which: str, how: str
 ) -> None:
-    """Secure behaviour: a dealer whose wrong shares were corrected is reported as
-    such ("dealt wrong self-mask shares" / "dealt wrong mask-key shares"), whatever
-    other reason it collected first."""
+    """r12 FINDING LOW (fixed: proven misbehaviour replaces an earlier reason): a
+    dealer whose wrong shares were corrected is reported as such ("dealt wrong
+    self-mask shares" / "dealt wrong mask-key shares"), whatever other reason it
+    collected first."""
     r = _R(12, active)
     with _lying_dealer(monkeypatch, r, DEALER, which, _bound_last):
         r.drive(replies=_laundering(r, which, how))

@@ -580,11 +580,13 @@ def drop_reasons(
     ClientApp failed, the text being under ``errors``; ``"unreadable envelope"``;
     ``"mismatched routing fields"``), the aggregator's reason (``"unreadable reply: <ErrorType>"``
     from ``rejection_reasons`` of the SecAgg+ and additive aggregators, or another fixed
-    phrase), ``"no reply (stage N)"`` (the first stage it did not answer), else
+    phrase; for a SecAgg+ client whose share record a neighbour refused, the refusing
+    neighbours too), ``"no reply (stage N)"`` (the first stage it did not answer), else
     ``"left out by the protocol"`` (e.g. too few live neighbours). Never an error's
     text or a byte of a reply: either can carry client-chosen labels or secrets.
     """
     rejected: Mapping[str, str] = getattr(aggregator, "rejection_reasons", {})
+    disputes: Mapping[str, frozenset[str]] = getattr(aggregator, "disputes", {})
     silent: dict[str, int] = {}
     for stage in sorted(driven.missing, reverse=True):
         silent.update(dict.fromkeys(driven.missing[stage], stage))
@@ -596,6 +598,8 @@ def drop_reasons(
             out[cid] = transport[cid]
         elif cid in rejected:
             out[cid] = rejected[cid]
+            if cid in disputes:  # SecAgg+: a refusal that names both sides
+                out[cid] += f" (refused by {', '.join(sorted(disputes[cid]))})"
         elif cid in silent:
             out[cid] = f"no reply (stage {silent[cid]})"
         else:

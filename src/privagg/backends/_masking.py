@@ -151,8 +151,26 @@ class RingAggregator(FinishedResult):
         return set(self.rejection_reasons)
 
     def _reject(self, sender: str, reason: str = UNUSABLE_REPLY) -> None:
-        """List ``sender`` as rejected (its first reason is kept)."""
+        """List ``sender`` as rejected (its first reason is kept, unless a proven one
+        replaces it: :meth:`_convict`)."""
         self.rejection_reasons.setdefault(sender, reason)
+
+    def _convict(self, sender: str, reason: str) -> None:
+        """List ``sender`` for misbehaviour the aggregator has proven (it dealt wrong
+        shares): this reason replaces any earlier one, so a client cannot hide a proven
+        lie behind a milder reason it collected first (a garbage reply that reads as a
+        dropout). The replaced reason is logged."""
+        earlier = self.rejection_reasons.get(sender)
+        if earlier is not None and earlier != reason:
+            self._LOGGER.warning(
+                "%s round %d: %s is reported for %r (proven), not for %r",
+                self._LOG_LABEL,
+                self._round,
+                sender,
+                reason,
+                earlier,
+            )
+        self.rejection_reasons[sender] = reason
 
     def _drop(self, sender: str, error: type[Exception]) -> None:
         """Treat ``sender`` as dropped at this stage for a reply it cannot read; the log

@@ -79,7 +79,10 @@ class SecAggAggregator(RingAggregator):
     """The untrusted SecAgg+ server's state machine for one round.
 
     ``rejected`` / ``rejection_reasons`` describe the clients dropped for replies it
-    could not use. A refused batch (too few clients left at any stage, a secret that
+    could not use. ``disputes`` maps each client whose share record a neighbour
+    refused (``"share refused by a neighbour"``) to the neighbours that refused it:
+    a refusal carries no evidence the aggregator can check without reading the
+    refuser's shares, so either side may be the liar and both are named. A refused batch (too few clients left at any stage, a secret that
     does not reconstruct) ends the round: every later ``receive`` / ``result`` call
     raises the same error family and nothing of the round is kept
     (:class:`~privagg.backends._common.FinishedResult`).
@@ -115,6 +118,8 @@ class SecAggAggregator(RingAggregator):
         self._seed = b""
         self._nbrs: dict[str, frozenset[str]] = {}  # known once the keys are advertised
         self._rejected_by: dict[str, frozenset[str]] = {}
+        #: client -> the neighbours that refused its share record (see the class doc)
+        self.disputes: dict[str, frozenset[str]] = {}
         self._holders_of: dict[str, frozenset[str]] = {}  # see _holders
         self._peers: dict[str, frozenset[str]] = {}
         self._attest: dict[str, tuple[tuple[str, ...], bytes]] = {}
@@ -356,6 +361,16 @@ class SecAggAggregator(RingAggregator):
         # stage 2 (its upload is ignored, its mask key is recovered): the rejecting client
         # did not mask with it, so its pairwise masks would not cancel.
         accused = {j for m in msgs.values() for j in m.rejected}
+        for cid in sorted(accused):
+            refusers = frozenset(c for c, m in msgs.items() if cid in m.rejected)
+            self.disputes[cid] = refusers
+            _log.warning(
+                "SecAgg+ round %d: %s's share record refused by %s (unproven: either "
+                "side may have lied)",
+                self._round,
+                cid,
+                ", ".join(sorted(refusers)),
+            )
         for cid in sorted(accused & set(msgs)):
             self._reject(cid, "share refused by a neighbour")
         self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
@@ -597,7 +612,7 @@ class SecAggAggregator(RingAggregator):
             )
         secret, wrong = found
         if wrong:
-            self._reject(
+            self._convict(
                 owner,
                 "dealt wrong self-mask shares"
                 if alive
