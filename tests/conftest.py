@@ -66,6 +66,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return _Units(config, log)
 
 
+_OWN_CACHE = "_PRIVAGG_TESTS_OWN_CACHE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One fedtrain cache folder for the whole run (xdist workers and the example
+    subprocesses inherit it from the controller's environment), made fresh, so the
+    GGUF model is converted once per run and never read from an earlier run's cache."""
+    if hasattr(config, "workerinput") or os.environ.get("FEDTRAIN_CACHE_DIR"):
+        return
+    import tempfile
+
+    os.environ["FEDTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedtrain-test-cache-")
+    os.environ[_OWN_CACHE] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or not os.environ.pop(_OWN_CACHE, None):
+        return
+    import shutil
+
+    shutil.rmtree(os.environ.pop("FEDTRAIN_CACHE_DIR"), ignore_errors=True)
+
+
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
