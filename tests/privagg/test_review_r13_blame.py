@@ -267,7 +267,9 @@ def _refusing(r: _R, refuser: str, rejected: tuple[str, ...]) -> Tamper:
     return tamper
 
 
-@pytest.mark.parametrize("target", ["non-neighbour", "foreign id", "log injection"])
+@pytest.mark.parametrize(
+    "target", ["non-neighbour", "stage-1 dropout", "foreign id", "log injection"]
+)
 @pytest.mark.parametrize("active", [True, False])
 def test_r13_refusal_of_a_party_never_routed_to_the_refuser_is_not_a_dispute(
     caplog: pytest.LogCaptureFixture, active: bool, target: str
@@ -280,9 +282,15 @@ def test_r13_refusal_of_a_party_never_routed_to_the_refuser_is_not_a_dispute(
     r = _R(7, active)
     r.sent.append(dict(r.requests))
     r.step(r.honest())
+    gone = sorted(r.agg._nbrs["c00"])[-1]
+    shares = r.honest()
+    if target == "stage-1 dropout":  # a neighbour that never dealt (not in U2)
+        del shares[gone]
     r.sent.append(dict(r.requests))
-    r.step(r.honest())
-    if target == "non-neighbour":
+    r.step(shares)
+    if target == "stage-1 dropout":
+        bogus = gone
+    elif target == "non-neighbour":
         bogus = sorted(set(_ids(7)) - r.agg._nbrs["c00"] - {"c00"})[0]
     elif target == "foreign id":
         bogus = "c99"
@@ -293,7 +301,8 @@ def test_r13_refusal_of_a_party_never_routed_to_the_refuser_is_not_a_dispute(
     r.assert_exact(res)
     assert r.agg.rejection_reasons == {"c00": "unusable reply"}
     assert r.agg.disputes == {}
-    assert sorted(res.contributors) == sorted(set(_ids(7)) - {"c00"})
+    out = {"c00"} | ({gone} if target == "stage-1 dropout" else set())
+    assert sorted(res.contributors) == sorted(set(_ids(7)) - out)
     assert "forged" not in caplog.text and "c99" not in caplog.text
 
 
@@ -389,7 +398,16 @@ def test_r13_disputes_name_exactly_the_refusing_neighbours(
         _ids(7), res.contributors, r.agg, {}, DriveResult(b"", 5, {})
     )
     assert got == {d: f"{REFUSED} (refused by c00, {other})"}
-    for bad in ("c0\nERROR forged", "c0\r", "c0\x1b[2J", "a" * 129, "", "c0 c1"):
+    for bad in (
+        "c0\nERROR forged",
+        "c0\r",
+        "c0\x1b[2J",
+        "a" * 129,
+        "",
+        "c0 c1",
+        "c1, c2",
+        "c0)",
+    ):
         assert not is_party_id(bad)
 
 
