@@ -80,7 +80,9 @@ class SecAggAggregator(RingAggregator):
 
     ``rejected`` / ``rejection_reasons`` describe the clients dropped for replies it
     could not use. ``disputes`` maps each client whose share record a neighbour
-    refused (``"share refused by a neighbour"``) to the neighbours that refused it:
+    refused in an accepted upload to the neighbours that refused it (the client is
+    left out; its reason is ``"share refused by a neighbour"`` unless it also
+    dropped or sent an unusable upload itself):
     a refusal carries no evidence the aggregator can check without reading the
     refuser's shares, so either side may be the liar and both are named. A refused batch (too few clients left at any stage, a secret that
     does not reconstruct) ends the round: every later ``receive`` / ``result`` call
