@@ -82,10 +82,10 @@ class SecAggAggregator(RingAggregator):
     could not use. ``disputes`` maps each client whose share record a neighbour
     refused in an accepted upload to the neighbours that refused it (the client is
     left out; its reason is ``"share refused by a neighbour"`` unless it also
-    dropped or sent an unusable upload itself):
-    a refusal carries no evidence the aggregator can check without reading the
-    refuser's shares, so either side may be the liar and both are named. A refused batch (too few clients left at any stage, a secret that
-    does not reconstruct) ends the round: every later ``receive`` / ``result`` call
+    dropped or sent an unusable upload itself): a refusal carries no evidence the
+    aggregator can check without reading the refuser's shares, so either side may be
+    the liar and both are named. A refused batch (too few clients left at any stage,
+    a secret that does not reconstruct) ends the round: every later ``receive`` / ``result`` call
     raises the same error family and nothing of the round is kept
     (:class:`~privagg.backends._common.FinishedResult`).
     """
@@ -362,20 +362,24 @@ class SecAggAggregator(RingAggregator):
         # A client whose share ciphertext some uploader rejected is treated as dropped at
         # stage 2 (its upload is ignored, its mask key is recovered): the rejecting client
         # did not mask with it, so its pairwise masks would not cancel.
-        accused = {j for m in msgs.values() for j in m.rejected}
-        for cid in sorted(accused):
-            refusers = frozenset(c for c, m in msgs.items() if cid in m.rejected)
-            self.disputes[cid] = refusers
+        self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
+        refusers: dict[str, set[str]] = {}
+        for refuser, refused in self._rejected_by.items():
+            for cid in refused:
+                refusers.setdefault(cid, set()).add(refuser)
+        # kept as the round's report (it outlives _forget, as rejection_reasons does)
+        self.disputes = {cid: frozenset(refusers[cid]) for cid in sorted(refusers)}
+        for cid, by in self.disputes.items():
             _log.warning(
                 "SecAgg+ round %d: %s's share record refused by %s (unproven: either "
                 "side may have lied)",
                 self._round,
                 cid,
-                ", ".join(sorted(refusers)),
+                ", ".join(sorted(by)),
             )
+        accused = set(self.disputes)
         for cid in sorted(accused & set(msgs)):
             self._reject(cid, "share refused by a neighbour")
-        self._rejected_by = {c: frozenset(m.rejected) for c, m in msgs.items()}
         self._holders_of = {}
         acc = np.zeros(self._cfg.size, dtype=dtype)
         u3 = []
