@@ -12,7 +12,10 @@ keyed by the file's SHA-256 and the ``transformers`` version, and loaded from th
 reading GGUF metadata and de-quantizing costs about 30 s for SmolLM2-135M on 2 cores,
 the converted folder about 1 s. The tensors are the de-quantized GGUF ones, unchanged.
 ``FEDTRAIN_GGUF_CACHE=0`` turns the cache off; a conversion that cannot be written
-(read-only or full disk) is logged and the GGUF file is loaded directly.
+(read-only or full disk) is logged and the GGUF file is loaded directly. The folder's
+weights are trusted as they are (a folder's name, not its content, is checked), so keep
+the cache folder private to the user who runs fedtrain, as the default is; never point
+``FEDTRAIN_CACHE_DIR`` at a folder others can write.
 
 Sequence classification reads the encoder through a ``pooling`` choice:
 
@@ -33,6 +36,7 @@ architecture's own prefix, e.g. ``bert``, plus a zero-initialisable linear
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -147,8 +151,16 @@ def cache_dir() -> Path:
 
 
 def _file_sha256(path: Path) -> str:
+    """The file's SHA-256, hashed once per (path, size, mtime) in this process: a run
+    loads a model and its tokenizer several times, and hashing 90 MB costs 0.1-0.2 s."""
+    st = path.stat()
+    return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()

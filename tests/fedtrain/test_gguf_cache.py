@@ -180,3 +180,14 @@ def test_smollm2_through_the_cache_equals_the_gguf_file(
     assert tok.pad_token == tok_direct.pad_token
     assert tok.eos_token == tok_direct.eos_token
     assert tok.chat_template == tok_direct.chat_template
+
+
+def test_the_file_is_hashed_once_until_it_changes(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"one")
+    first = models._file_sha256(f)
+    hits = models._sha256_of.cache_info().hits
+    assert models._file_sha256(f) == first
+    assert models._sha256_of.cache_info().hits == hits + 1
+    f.write_bytes(b"other content")  # another size: hashed again
+    assert models._file_sha256(f) != first
