@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg.dp import _rdp_math
+from privagg.dp._pld_memo import make_pld_accountant
 from privagg.dp.events import (
     ComposedEvent,
     DiscreteGaussianEvent,
@@ -628,11 +629,9 @@ class PldAccountant(_BaseAccountant):
         self._acct = self._fresh()
 
     def _fresh(self) -> Any:
-        from dp_accounting.pld import pld_privacy_accountant
-
-        return pld_privacy_accountant.PLDAccountant(
-            value_discretization_interval=self._interval
-        )
+        # upstream's accountant, composing memoized PLDs for repeated Gaussian events
+        # (bit-identical results; see privagg.dp._pld_memo)
+        return make_pld_accountant(self._interval)
 
     def _config(self) -> dict[str, Any]:
         return {"value_discretization_interval": self._interval}
