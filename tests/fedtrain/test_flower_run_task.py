@@ -43,13 +43,13 @@ def _task_identity() -> Iterator[None]:
 
 def _run(task: str, backend: str, **kw: Any) -> dict[str, Any]:
     """A tiny run-file dict: MiniLM, 3 clients, 2 rounds, max_len 16 (``causal_lm``:
-    SmolLM2-135M on Rotten Tomatoes as instructions, max_len 48)."""
+    SmolLM2-135M on Rotten Tomatoes as instructions, max_len 32)."""
     data = {"train": "rt", "max_train": 36, "max_eval": 24}
     if task == "token_cls":
         data = {"train": "conll", "max_train": 30, "max_eval": 16}
     if task == "causal_lm":
         data = {"train": "rt", "max_train": 12, "max_eval": 4}
-        kw = {"model": "smollm2", "max_len": 48, **kw}
+        kw = {"model": "smollm2", "max_len": 32, **kw}
     d: dict[str, Any] = {
         "task": task,
         "model": "minilm",
