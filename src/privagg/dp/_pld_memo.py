@@ -18,7 +18,10 @@ Sharing is sound because a dp_accounting PLD is never changed after it is built:
 checks that a kept PLD's arrays are unchanged after use). Other events (Laplace,
 Poisson-sampled Laplace, ...) go to upstream untouched: their PLDs are analytic and
 cheap. Should a dp_accounting release drop the private hook this relies on
-(``_maybe_compose``), :func:`make_pld_accountant` returns the plain upstream accountant.
+(``_maybe_compose``, defined on ``PLDAccountant`` itself), :func:`make_pld_accountant`
+returns the plain upstream accountant. The memo keys only on real ``int``/``float``
+parameters (privagg's events convert every parameter to ``float``); anything else goes
+to upstream, which then raises its own errors.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import functools
 import math
 from typing import Any
 
-__all__ = ["make_pld_accountant", "memo_info"]
+from dp_accounting.pld import pld_privacy_accountant
+
+__all__ = ["MemoPLDAccountant", "make_pld_accountant", "memo_info"]
 
 # An entry is 1-10 MB at the default grid (1e-4; measured: a sampled Gaussian at
 # q = 0.05, z = 1.1 composed 3000 times holds 8.1 MB): 8 of each kind bound the memo to
@@ -72,6 +77,12 @@ def memo_info() -> dict[str, Any]:
     }
 
 
+def _real(x: Any) -> bool:
+    """A parameter the memo may key on: a real int or float (not bool, complex or a
+    numpy scalar, whose hashes could equal a different upstream input's)."""
+    return type(x) in (int, float)
+
+
 def _memo_pld(acct: Any, event: Any, count: int) -> Any | None:
     """The PLD upstream would compose for ``event`` repeated ``count`` times, from the
     memo, or None where upstream must handle the event itself."""
@@ -81,49 +92,42 @@ def _memo_pld(acct: Any, event: Any, count: int) -> Any | None:
     relation = acct.neighboring_relation
     if type(event) is dp_event.GaussianDpEvent:
         z = event.noise_multiplier
-        if z == 0:
-            return None  # upstream marks the accountant non-private
+        if not _real(z) or z == 0:  # z = 0: upstream marks the accountant non-private
+            return None
         return _gaussian(z / math.sqrt(count), interval, relation, None)
     if type(event) is dp_event.PoissonSampledDpEvent and (
         type(event.event) is dp_event.GaussianDpEvent
     ):
         q, z = event.sampling_probability, event.event.noise_multiplier
-        if q == 0 or z == 0:
-            return None  # upstream: a no-op, or non-private
+        if not (_real(q) and _real(z)) or q == 0 or z == 0:
+            return None  # upstream: a no-op, non-private, or its own type errors
         return _sampled_gaussian(z, q, interval, relation, count)
     return None
 
 
-@functools.cache
-def _memo_class() -> type | None:
-    from dp_accounting.pld import pld_privacy_accountant
+class MemoPLDAccountant(pld_privacy_accountant.PLDAccountant):  # type: ignore[misc]
+    """``PLDAccountant`` composing memoized PLDs for Gaussian leaves (module level, so
+    an accountant holding one still pickles)."""
 
-    base = pld_privacy_accountant.PLDAccountant
-    if not callable(getattr(base, "_maybe_compose", None)):  # pragma: no cover
-        return None
+    _pld: Any
 
-    class MemoPLDAccountant(base):  # type: ignore[misc, valid-type]
-        """``PLDAccountant`` composing memoized PLDs for Gaussian leaves."""
+    def _maybe_compose(self, event: Any, count: int, do_compose: bool) -> Any:
+        if do_compose:
+            pld = _memo_pld(self, event, count)
+            if pld is not None:  # upstream's own step, on the kept PLD
+                self._pld = self._pld.compose(pld)
+                return None
+        return super()._maybe_compose(event, count, do_compose)
 
-        _pld: Any
 
-        def _maybe_compose(self, event: Any, count: int, do_compose: bool) -> Any:
-            if do_compose:
-                pld = _memo_pld(self, event, count)
-                if pld is not None:  # upstream's own step, on the kept PLD
-                    self._pld = self._pld.compose(pld)
-                    return None
-            return super()._maybe_compose(event, count, do_compose)
-
-    return MemoPLDAccountant
+def _hook_present() -> bool:
+    """Whether this dp_accounting's ``PLDAccountant`` itself defines the hook the memo
+    overrides (the abstract declaration on its base class does not count)."""
+    return "_maybe_compose" in vars(pld_privacy_accountant.PLDAccountant)
 
 
 def make_pld_accountant(value_discretization_interval: float) -> Any:
     """A fresh dp_accounting PLD accountant (add-or-remove-one) at this grid step,
     memoizing Gaussian leaves where this dp_accounting allows it."""
-    cls = _memo_class()
-    if cls is None:  # pragma: no cover
-        from dp_accounting.pld import pld_privacy_accountant
-
-        cls = pld_privacy_accountant.PLDAccountant
+    cls = MemoPLDAccountant if _hook_present() else pld_privacy_accountant.PLDAccountant
     return cls(value_discretization_interval=value_discretization_interval)

@@ -37,7 +37,6 @@ import numpy as np
 import numpy.typing as npt
 
 from privagg.dp import _rdp_math
-from privagg.dp._pld_memo import make_pld_accountant
 from privagg.dp.events import (
     ComposedEvent,
     DiscreteGaussianEvent,
@@ -630,7 +629,10 @@ class PldAccountant(_BaseAccountant):
 
     def _fresh(self) -> Any:
         # upstream's accountant, composing memoized PLDs for repeated Gaussian events
-        # (bit-identical results; see privagg.dp._pld_memo)
+        # (bit-identical results; see privagg.dp._pld_memo; imported late, as
+        # dp_accounting was before)
+        from privagg.dp._pld_memo import make_pld_accountant
+
         return make_pld_accountant(self._interval)
 
     def _config(self) -> dict[str, Any]:
@@ -686,7 +688,12 @@ class PldAccountant(_BaseAccountant):
                 f"PldAccountant composes at most {_PLD_MAX_COUNT} repetitions at once, "
                 f"got {count}: the parameters are outside its numeric range"
             )
-        self._acct.compose(to_dp_accounting(event), count)
+        # composed on a copy, rebound on success: a ComposedEvent whose later part is
+        # out of numeric range must not leave its earlier parts in the PLD (review of
+        # the PLD memo, finding 1; upstream composes part by part in place)
+        acct = copy.copy(self._acct)
+        acct.compose(to_dp_accounting(event), count)
+        self._acct = acct
 
     def epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` from the composed PLD (pessimistic estimate).

@@ -1,7 +1,9 @@
 """Outside review of the PLD memo (privagg.dp._pld_memo): one test per attack.
 
-Passing tests document attacks the change resisted; ``xfail(strict=True)`` tests are
-findings that fail on the reviewed code. Reference throughout: dp_accounting's own,
+Passing tests document attacks the change resisted. The review's four findings (a
+complex parameter served from the memo, the fallback guard, pickling, a failed compose
+leaving part of a ComposedEvent in the PLD) were xfail(strict=True) on the reviewed
+code (94439e7); they pass since their fixes. Reference throughout: dp_accounting's own,
 unmemoized ``PLDAccountant`` fed the same events.
 """
 
@@ -54,8 +56,7 @@ def _outcome(acct: object, events: list[tuple[object, int]]) -> object:
 
 
 def _memo(grid: float = _GRID, relation: object = None) -> object:
-    cls = _pld_memo._memo_class()
-    assert cls is not None
+    cls = _pld_memo.MemoPLDAccountant
     if relation is None:
         return cls(value_discretization_interval=grid)
     return cls(neighboring_relation=relation, value_discretization_interval=grid)
@@ -233,14 +234,6 @@ def test_neighbouring_relations_do_not_conflate(relation: object) -> None:
         _same_as_upstream(events, relation=rel)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "negligible: a complex noise multiplier equal to a cached float (2+0j == 2.0,"
-        " same hash) is served the float's PLD, where upstream raises TypeError;"
-        " unreachable through privagg's events, which float() every parameter"
-    ),
-)
 def test_complex_parameter_is_refused_like_upstream() -> None:
     _same_as_upstream([(de.GaussianDpEvent(2.0), 3)])
     _same_as_upstream([(de.GaussianDpEvent(2.0 + 0j), 3)])
@@ -347,7 +340,7 @@ def test_concurrent_accountants_sharing_the_memo_match_upstream() -> None:
 
 
 def test_memo_is_bounded_by_maxsize() -> None:
-    """Many distinct counts/events cannot grow the memo past its 32 entries per
+    """Many distinct counts/events cannot grow the memo past its _MAXSIZE entries per
     table (about 4 MB per sampled entry at the default grid, so ~0.3 GB worst case
     retained even after every accountant is gone: bounded, noted, not a finding)."""
     ev = de.PoissonSampledDpEvent(0.5, de.GaussianDpEvent(8.0))
@@ -369,29 +362,18 @@ def test_subclassed_events_go_to_upstream() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "low: the fallback guard `callable(getattr(PLDAccountant, '_maybe_compose'))`"
-        " is satisfied by PrivacyAccountant's abstract declaration, so a release"
-        " dropping the hook from PLDAccountant would not trigger the fallback"
-    ),
-)
 def test_fallback_triggers_when_pldaccountant_drops_the_hook(monkeypatch) -> None:
+    """Finding 3 (low, fixed): the guard looks at PLDAccountant itself, not at the
+    abstract declaration on its base class."""
+    assert type(_pld_memo.make_pld_accountant(_GRID)) is _pld_memo.MemoPLDAccountant
     monkeypatch.delattr(pld_privacy_accountant.PLDAccountant, "_maybe_compose")
-    assert _pld_memo._memo_class.__wrapped__() is None
+    acct = _pld_memo.make_pld_accountant(_GRID)
+    assert type(acct) is pld_privacy_accountant.PLDAccountant
 
 
 # -- 5. findings ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "low: PldAccountant no longer pickles (MemoPLDAccountant is a local class);"
-        " it did with upstream's PLDAccountant, and RdpAccountant still does"
-    ),
-)
 def test_pld_accountant_still_pickles() -> None:
     acct = PldAccountant(value_discretization_interval=_GRID).compose(
         GaussianEvent(1.5), 2
@@ -400,15 +382,6 @@ def test_pld_accountant_still_pickles() -> None:
     assert back.epsilon(1e-5) == acct.epsilon(1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "medium (pre-existing, not introduced by the memo): a ComposedEvent whose"
-        " later leaf is out of numeric range raises ConfigurationError after the"
-        " earlier leaves were composed into the PLD; history is not updated, so the"
-        " accountant's figures no longer match its ledger/state_dict/copies"
-    ),
-)
 def test_failed_compose_leaves_the_accountant_unchanged() -> None:
     acct = PldAccountant(value_discretization_interval=_GRID)
     with pytest.raises(ConfigurationError):
