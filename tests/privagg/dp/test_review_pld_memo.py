@@ -3,7 +3,7 @@
 Passing tests document attacks the change resisted. The review's four findings (a
 complex parameter served from the memo, the fallback guard, pickling, a failed compose
 leaving part of a ComposedEvent in the PLD) were xfail(strict=True) on the reviewed
-code (94439e7); they pass since their fixes. Reference throughout: dp_accounting's own,
+code (78e622e); they pass since their fixes. Reference throughout: dp_accounting's own,
 unmemoized ``PLDAccountant`` fed the same events.
 """
 
