@@ -30,13 +30,15 @@ import functools
 import math
 from typing import Any
 
+from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.pld import privacy_loss_distribution as pld
 
 __all__ = ["MemoPLDAccountant", "make_pld_accountant", "memo_info"]
 
 # An entry is 1-10 MB at the default grid (1e-4; measured: a sampled Gaussian at
 # q = 0.05, z = 1.1 composed 3000 times holds 8.1 MB): 8 of each kind bound the memo to
-# well under 200 MB. A run uses one or two distinct events; calibration's bisection
+# under 200 MB. A run uses one or two distinct events; calibration's bisection
 # cycles through the memo without growing it.
 _MAXSIZE = 8
 
@@ -45,8 +47,6 @@ _MAXSIZE = 8
 def _gaussian(
     std: float, interval: float, relation: Any, sampling_prob: float | None
 ) -> Any:
-    from dp_accounting.pld import privacy_loss_distribution as pld
-
     if sampling_prob is None:  # upstream's call for a GaussianDpEvent
         return pld.from_gaussian_mechanism(
             standard_deviation=std,
@@ -86,8 +86,6 @@ def _real(x: Any) -> bool:
 def _memo_pld(acct: Any, event: Any, count: int) -> Any | None:
     """The PLD upstream would compose for ``event`` repeated ``count`` times, from the
     memo, or None where upstream must handle the event itself."""
-    from dp_accounting import dp_event
-
     interval = acct._value_discretization_interval
     relation = acct.neighboring_relation
     if type(event) is dp_event.GaussianDpEvent:
@@ -113,9 +111,9 @@ class MemoPLDAccountant(pld_privacy_accountant.PLDAccountant):  # type: ignore[m
 
     def _maybe_compose(self, event: Any, count: int, do_compose: bool) -> Any:
         if do_compose:
-            pld = _memo_pld(self, event, count)
-            if pld is not None:  # upstream's own step, on the kept PLD
-                self._pld = self._pld.compose(pld)
+            kept = _memo_pld(self, event, count)
+            if kept is not None:  # upstream's own step, on the kept PLD
+                self._pld = self._pld.compose(kept)
                 return None
         return super()._maybe_compose(event, count, do_compose)
 

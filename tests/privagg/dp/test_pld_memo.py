@@ -71,9 +71,8 @@ def test_memoized_accountant_equals_upstream_bit_for_bit(
 
 
 def test_repeated_event_is_built_once() -> None:
-    ev = PoissonSampledEvent(
-        0.031, GaussianEvent(0.93)
-    )  # parameters no other test uses
+    # parameters no other test uses, so the first compose must build
+    ev = PoissonSampledEvent(0.031, GaussianEvent(0.93))
     before = _pld_memo.memo_info()
     a = _ours([(ev, 11)])
     mid = _pld_memo.memo_info()

@@ -341,8 +341,8 @@ def test_concurrent_accountants_sharing_the_memo_match_upstream() -> None:
 
 def test_memo_is_bounded_by_maxsize() -> None:
     """Many distinct counts/events cannot grow the memo past its _MAXSIZE entries per
-    table (about 4 MB per sampled entry at the default grid, so ~0.3 GB worst case
-    retained even after every accountant is gone: bounded, noted, not a finding)."""
+    table (1-10 MB per entry at the default grid, so under 200 MB retained even after
+    every accountant is gone: bounded, noted, not a finding)."""
     ev = de.PoissonSampledDpEvent(0.5, de.GaussianDpEvent(8.0))
     for n in range(1, 40):
         _memo(_COARSE).compose(ev, n)
